@@ -1,0 +1,30 @@
+# Two commands for a new user: `make demo` (install + main job) and `make test` (install + tests).
+PY ?= python3
+PIP := $(PY) -m pip
+OUT ?= runs/demo
+
+.PHONY: install data demo test lint bench
+
+install:
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev,fed]'
+	-@$(MAKE) -s data
+
+# Fashion-MNIST ships as a Debian package; without it hybnn downloads the files on first use.
+data:
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+		 (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1)) || \
+		echo "note: dataset-fashion-mnist not installed; hybnn will download Fashion-MNIST when online"; \
+	fi
+
+demo: install
+	hybnn reproduce --out $(OUT)
+
+test: install
+	$(PY) -m ruff check src tests bench
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) bench/hybnn_targets.py
+	$(PY) bench/engine.py

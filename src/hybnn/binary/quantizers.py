@@ -1,0 +1,94 @@
+"""Sign quantizers and their straight-through estimators (STE).
+
+Zero convention: ``sign(0) = +1`` everywhere in hybnn, as in the BNN literature and in the
+packed engine (a bit encodes the sign, there is no third value). ``torch.sign`` maps 0 to 0,
+which would hide the paper's baseline trap: with pixels in [0, 1], every pixel is >= 0, so
+every binarized input is +1 and a binary CNN sees a blank image.
+
+Forward of every quantizer here is ``sign(x)``; they differ only in the backward pass:
+
+- ``ste_sign``   (clipped identity / hardtanh STE):  d/dx = 1 if |x| <= 1 else 0
+- ``approx_sign`` (Bi-Real Net ApproxSign): d/dx = 2 - 2|x| if |x| <= 1 else 0
+- ``identity_sign`` (plain STE): d/dx = 1
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+Quantizer = Callable[[torch.Tensor], torch.Tensor]
+
+
+def sign(x: torch.Tensor) -> torch.Tensor:
+    """Sign with sign(0) = +1, no gradient."""
+    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+
+
+class _SteSign(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return sign(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return grad * (x.abs() <= 1).to(grad.dtype)
+
+
+class _ApproxSign(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return sign(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return grad * torch.clamp(2.0 - 2.0 * x.abs(), min=0.0)
+
+
+class _IdentitySign(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return sign(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return grad
+
+
+def ste_sign(x: torch.Tensor) -> torch.Tensor:
+    """sign(x) forward; clipped-identity (hardtanh) gradient backward."""
+    return _SteSign.apply(x)
+
+
+def approx_sign(x: torch.Tensor) -> torch.Tensor:
+    """sign(x) forward; ApproxSign (piecewise-quadratic) gradient backward."""
+    return _ApproxSign.apply(x)
+
+
+def identity_sign(x: torch.Tensor) -> torch.Tensor:
+    """sign(x) forward; unclipped identity gradient backward."""
+    return _IdentitySign.apply(x)
+
+
+QUANTIZERS: dict[str, Quantizer] = {
+    "ste_sign": ste_sign,
+    "approx_sign": approx_sign,
+    "identity_sign": identity_sign,
+}
+
+
+def get_quantizer(name: str | Quantizer) -> Quantizer:
+    """Look a quantizer up by name, or pass a callable through."""
+    if callable(name):
+        return name
+    try:
+        return QUANTIZERS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown quantizer {name!r}; choose one of {', '.join(sorted(QUANTIZERS))}"
+        ) from None

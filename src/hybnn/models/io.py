@@ -1,0 +1,62 @@
+"""Save and load trained models as safetensors + JSON bundles (never pickle)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from torch import nn
+
+from hybnn.artifacts import load_bundle, save_bundle
+from hybnn.errors import ArtifactError
+from hybnn.models.binary_cnn import BinaryCNN
+from hybnn.models.bnn_head import BNNHead
+from hybnn.models.fp_cnn import FloatCNN
+from hybnn.models.vae import BinaryLatentVAE
+
+MODEL_KIND = "model"
+ARCHITECTURES: dict[str, type[nn.Module]] = {
+    "bnn_head": BNNHead,
+    "binary_cnn": BinaryCNN,
+    "fp_cnn": FloatCNN,
+    "vae": BinaryLatentVAE,
+}
+
+
+def arch_name(model: nn.Module) -> str:
+    for name, cls in ARCHITECTURES.items():
+        if type(model) is cls:
+            return name
+    raise TypeError(f"cannot save a {type(model).__name__}: not a hybnn architecture")
+
+
+def build_model(arch: str, config: dict[str, Any]) -> nn.Module:
+    """Rebuild an architecture from its JSON config (``model.config``)."""
+    if arch not in ARCHITECTURES:
+        raise ArtifactError(f"unknown architecture {arch!r} in model metadata")
+    try:
+        return ARCHITECTURES[arch](**config)
+    except TypeError as exc:
+        raise ArtifactError(f"model config does not fit architecture {arch!r}: {exc}") from None
+
+
+def save_model(
+    directory: str | os.PathLike[str], model: nn.Module, **extra: Any
+) -> dict[str, Any]:
+    """Save ``model`` (state dict + config) and ``extra`` metadata (task, prep, fingerprints)."""
+    config = {"arch": arch_name(model), "arch_config": model.config}
+    return save_bundle(directory, MODEL_KIND, model.state_dict(), config, extra)
+
+
+def load_model(directory: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
+    """Load a model saved by :func:`save_model`; returns (model in eval mode, metadata)."""
+    tensors, meta = load_bundle(directory, MODEL_KIND)
+    config = meta.get("config") or {}
+    model = build_model(str(config.get("arch")), dict(config.get("arch_config") or {}))
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ArtifactError(f"weights in {directory} do not fit the model: {first}") from None
+    model.eval()
+    return model, meta
