@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from hybnn.errors import ArtifactError
@@ -129,7 +129,7 @@ def load_bundle(
         )
     try:
         tensors = load_file(str(weights))
-    except (SafetensorsError, OSError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError) as exc:
         raise ArtifactError(f"cannot read {weights}: {exc}") from None
     return tensors, meta
 

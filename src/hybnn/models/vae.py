@@ -11,6 +11,7 @@ convs, sigmoid output) and is only needed for training and for looking at recons
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -53,7 +54,7 @@ class BinaryLatentVAE(nn.Module):
         )
         rev = list(reversed(CONV_CHANNELS))
         up: list[nn.Module] = []
-        for a, b in zip(rev, rev[1:], strict=False):
+        for a, b in itertools.pairwise(rev):
             up += [nn.ConvTranspose2d(a, b, 4, stride=2, padding=1), nn.BatchNorm2d(b),
                    nn.LeakyReLU(0.2)]
         up += [nn.ConvTranspose2d(rev[-1], in_channels, 4, stride=2, padding=1)]
@@ -100,7 +101,7 @@ def kl_to_uniform_bernoulli(logits: torch.Tensor) -> torch.Tensor:
 def vae_loss(
     model: BinaryLatentVAE, x: torch.Tensor, beta: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Negative ELBO per sample: Bernoulli reconstruction (BCE) + beta * KL. Returns (loss, rec, kl)."""
+    """Negative ELBO: Bernoulli reconstruction (BCE) + beta * KL, batch means of (loss, rec, kl)."""
     recon, logits = model(x)
     rec = F.binary_cross_entropy(recon, x, reduction="none").flatten(1).sum(dim=1).mean()
     kl = kl_to_uniform_bernoulli(logits).mean()

