@@ -1,0 +1,1 @@
+"""Experiments: the paper's reproduction, studies, reports and plots."""

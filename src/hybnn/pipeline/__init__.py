@@ -1,0 +1,1 @@
+"""The three HyBNN phases: pretrain the encoder, extract packed codes, train the BNN head."""

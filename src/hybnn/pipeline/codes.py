@@ -1,0 +1,120 @@
+"""Bit-packed binary codes on disk: 200 bits -> 25 bytes per sample.
+
+A code store is one safetensors file holding ``codes`` (uint8, N x ceil(bits/8), numpy
+``packbits`` order: big-endian within each byte, bit 1 = code +1, bit 0 = code -1, tail bits
+zero) and ``labels`` (int64), with a JSON header that records the encoder's fingerprint,
+the number of bits, the source and the task. A store is only ever read into the model that
+its encoder fingerprint says it belongs to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import load_file, save_file
+
+from hybnn.artifacts import FORMAT_VERSION, atomic_write
+from hybnn.errors import ArtifactError, FingerprintMismatch
+
+CODES_KIND = "codes"
+
+
+def pack_bits(bits: np.ndarray) -> np.ndarray:
+    """(N, B) bool/{0,1} -> (N, ceil(B/8)) uint8, big-endian within each byte."""
+    return np.packbits(np.asarray(bits, dtype=bool), axis=1)
+
+
+def unpack_bits(packed: np.ndarray, num_bits: int) -> np.ndarray:
+    """Inverse of :func:`pack_bits`: (N, ceil(B/8)) uint8 -> (N, B) uint8 in {0, 1}."""
+    return np.unpackbits(packed, axis=1, count=num_bits)
+
+
+def bits_to_signs(bits: np.ndarray) -> torch.Tensor:
+    """{0, 1} bits -> ±1 float32 tensor (bit 1 = +1), the BNN head's input."""
+    return torch.from_numpy(bits.astype(np.float32) * 2.0 - 1.0)
+
+
+@dataclass
+class CodeStore:
+    packed: np.ndarray
+    labels: np.ndarray
+    num_bits: int
+    encoder_fingerprint: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        want = (self.num_bits + 7) // 8
+        if self.packed.dtype != np.uint8 or self.packed.ndim != 2 or self.packed.shape[1] != want:
+            raise ArtifactError(
+                f"packed codes must be uint8 of shape (N, {want}) for {self.num_bits} bits, "
+                f"got {self.packed.dtype} {self.packed.shape}"
+            )
+        if self.labels.shape != (self.packed.shape[0],):
+            raise ArtifactError("code store: labels do not match the number of codes")
+
+    def __len__(self) -> int:
+        return int(self.packed.shape[0])
+
+    @property
+    def bytes_per_sample(self) -> int:
+        return int(self.packed.shape[1])
+
+    def bits(self) -> np.ndarray:
+        return unpack_bits(self.packed, self.num_bits)
+
+    def signs(self) -> torch.Tensor:
+        """Codes as a ±1 float tensor (N, num_bits)."""
+        return bits_to_signs(self.bits())
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.signs(), torch.from_numpy(self.labels.astype(np.int64))
+
+    def require_encoder(self, fingerprint: str, what: str = "this model") -> None:
+        if fingerprint != self.encoder_fingerprint:
+            raise FingerprintMismatch(
+                f"code store was made by encoder {self.encoder_fingerprint[:12]}, but "
+                f"{what} expects encoder {fingerprint[:12]}; re-extract codes with that encoder"
+            )
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        header = {
+            "kind": CODES_KIND,
+            "format_version": FORMAT_VERSION,
+            "num_bits": self.num_bits,
+            "encoder_fingerprint": self.encoder_fingerprint,
+            **self.meta,
+        }
+        arrays = {"codes": np.ascontiguousarray(self.packed),
+                  "labels": self.labels.astype(np.int64)}
+        return atomic_write(path, lambda p: save_file(arrays, str(p),
+                                                      metadata={"hybnn": json.dumps(header)}))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> CodeStore:
+        path = Path(path)
+        if not path.is_file():
+            raise ArtifactError(f"code store not found: {path}")
+        try:
+            arrays = load_file(str(path))
+            with safe_open(str(path), framework="numpy") as fh:
+                header = json.loads((fh.metadata() or {}).get("hybnn", "null"))
+        except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
+            raise ArtifactError(f"{path} is not a readable code store ({exc})") from None
+        if not isinstance(header, dict) or header.get("kind") != CODES_KIND:
+            raise ArtifactError(f"{path} is not a hybnn code store")
+        if header.get("format_version") != FORMAT_VERSION:
+            raise ArtifactError(f"{path}: unsupported code store version "
+                                f"{header.get('format_version')}")
+        if "codes" not in arrays or "labels" not in arrays:
+            raise ArtifactError(f"{path}: code store lacks codes or labels")
+        meta = {k: v for k, v in header.items()
+                if k not in ("kind", "format_version", "num_bits", "encoder_fingerprint")}
+        return cls(arrays["codes"], arrays["labels"], int(header["num_bits"]),
+                   str(header["encoder_fingerprint"]), meta)

@@ -1,0 +1,73 @@
+"""The frozen encoder artifact: a trained binary-latent VAE, saved with its fingerprint."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from hybnn.artifacts import load_bundle, save_bundle
+from hybnn.errors import ArtifactError, DataError
+from hybnn.models.vae import BinaryLatentVAE
+
+ENCODER_KIND = "encoder"
+
+
+@dataclass
+class Encoder:
+    """A frozen VAE plus the metadata that identifies it."""
+
+    vae: BinaryLatentVAE
+    fingerprint: str
+    meta: dict[str, Any]
+
+    @property
+    def latent_bits(self) -> int:
+        return self.vae.latent_bits
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.vae.image_size
+
+    @torch.no_grad()
+    def encode(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+        """Images (N, C, H, W) float32 in [0, 1] -> bool codes (N, latent_bits)."""
+        check_images(images, self.vae.config["in_channels"], self.image_size)
+        self.vae.eval()
+        device = next(self.vae.parameters()).device
+        out = [self.vae.encode(torch.from_numpy(images[i:i + batch_size]).to(device)).cpu()
+               for i in range(0, len(images), batch_size)]
+        if not out:
+            return np.zeros((0, self.latent_bits), dtype=bool)
+        return torch.cat(out).numpy()
+
+
+def check_images(images: np.ndarray, channels: int, size: tuple[int, int]) -> None:
+    want = (channels, *size)
+    if images.ndim != 4 or tuple(images.shape[1:]) != want:
+        raise DataError(
+            f"encoder expects images of shape (N, {', '.join(map(str, want))}), "
+            f"got {tuple(images.shape)}"
+        )
+
+
+def save_encoder(directory: str | os.PathLike[str], vae: BinaryLatentVAE,
+                 extra: dict[str, Any]) -> Encoder:
+    meta = save_bundle(directory, ENCODER_KIND, vae.state_dict(), vae.config, extra)
+    return Encoder(vae.eval(), meta["fingerprint"], meta)
+
+
+def load_encoder(directory: str | os.PathLike[str], device: str = "cpu") -> Encoder:
+    tensors, meta = load_bundle(directory, ENCODER_KIND)
+    try:
+        vae = BinaryLatentVAE(**meta["config"])
+        vae.load_state_dict(tensors, strict=True)
+    except (TypeError, KeyError, RuntimeError) as exc:
+        first = str(exc).splitlines()[0]
+        raise ArtifactError(f"encoder in {directory} does not fit its config: {first}") from None
+    for p in vae.parameters():
+        p.requires_grad_(False)
+    return Encoder(vae.to(device).eval(), meta["fingerprint"], meta)

@@ -1,0 +1,18 @@
+"""Phase 2, binary feature extraction: images -> frozen encoder -> packed code store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hybnn.data.dataset import Dataset
+from hybnn.pipeline.codes import CodeStore, pack_bits
+from hybnn.pipeline.encoder import Encoder
+
+
+def encode_to_codes(encoder: Encoder, data: Dataset, meta: dict[str, Any] | None = None,
+                    batch_size: int = 512) -> CodeStore:
+    """Encode every image of ``data`` into a bit-packed :class:`CodeStore`."""
+    bits = encoder.encode(data.x, batch_size)
+    info = {"source": data.name, "num_classes": data.num_classes, **(meta or {})}
+    return CodeStore(pack_bits(bits), data.y.copy(), encoder.latent_bits,
+                     encoder.fingerprint, info)

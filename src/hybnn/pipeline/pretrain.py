@@ -1,0 +1,126 @@
+"""Phase 1, representation learning: train the binary-latent VAE on a general data set.
+
+Writes the frozen encoder artifact (safetensors + JSON + SHA-256 fingerprint), PNGs of
+reconstructions and of samples from random codes, and bit-usage statistics: how often each
+bit is 1 over the data. A bit that is (almost) always 0 or always 1 carries no information.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hybnn.artifacts import atomic_write_json
+from hybnn.errors import DataError
+from hybnn.models.vae import BinaryLatentVAE, vae_loss
+from hybnn.pipeline.encoder import Encoder, save_encoder
+from hybnn.pipeline.progress import bar
+from hybnn.pipeline.train import resolve_device
+
+DEAD_BIT_THRESHOLD = 0.01
+
+
+@dataclass
+class PretrainConfig:
+    latent_bits: int = 200
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 2e-3
+    beta: float = 1.0
+    tau: float = 1.0
+    seed: int = 0
+    device: str = "cpu"
+
+
+def train_vae(images: np.ndarray, config: PretrainConfig,
+              progress: bool = True) -> tuple[BinaryLatentVAE, list[dict[str, float]]]:
+    """Train a :class:`BinaryLatentVAE` on images (N, C, H, W) in [0, 1]."""
+    if images.ndim != 4 or len(images) < 2:
+        raise DataError(f"pretraining needs at least 2 images of shape (N, C, H, W), "
+                        f"got {images.shape}")
+    torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+    vae = BinaryLatentVAE(images.shape[2:], images.shape[1], config.latent_bits,
+                          config.tau).to(device)
+    opt = torch.optim.Adam(vae.parameters(), lr=config.lr)
+    x_all = torch.from_numpy(images)
+    n = len(x_all)
+    history = []
+    for epoch in bar(range(config.epochs), "pretrain VAE", progress, total=config.epochs):
+        lr = 0.5 * config.lr * (1 + math.cos(math.pi * epoch / config.epochs))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        vae.train()
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed + epoch))
+        sums = np.zeros(3)
+        t0 = time.perf_counter()
+        for i in range(0, n, config.batch_size):
+            idx = order[i:i + config.batch_size]
+            if len(idx) < 2:
+                continue
+            loss, rec, kl = vae_loss(vae, x_all[idx].to(device), config.beta)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sums += np.array([loss.item(), rec.item(), kl.item()]) * len(idx)
+        loss_e, rec_e, kl_e = sums / n
+        history.append({"epoch": epoch + 1, "loss": loss_e, "rec": rec_e, "kl": kl_e,
+                        "seconds": time.perf_counter() - t0})
+    return vae.eval(), history
+
+
+def bit_usage(codes: np.ndarray) -> dict[str, Any]:
+    """Per-bit frequency of 1, dead bits, and the mean per-bit entropy (in bits)."""
+    p = codes.mean(axis=0) if len(codes) else np.zeros(codes.shape[1])
+    q = np.clip(p, 1e-12, 1 - 1e-12)
+    entropy = -(q * np.log2(q) + (1 - q) * np.log2(1 - q))
+    dead = (p < DEAD_BIT_THRESHOLD) | (p > 1 - DEAD_BIT_THRESHOLD)
+    unique = len(np.unique(np.packbits(codes, axis=1), axis=0)) if len(codes) else 0
+    return {
+        "bits": int(codes.shape[1]),
+        "dead_bits": int(dead.sum()),
+        "mean_entropy_bits": float(entropy.mean()),
+        "unique_codes": int(unique),
+        "samples": len(codes),
+        "p_one": [round(float(v), 4) for v in p],
+    }
+
+
+def pretrain(images: np.ndarray, out: str | os.PathLike[str], config: PretrainConfig,
+             data_info: dict[str, Any], progress: bool = True, plots: bool = True) -> Encoder:
+    """Train, save and describe the encoder in ``out``; returns the frozen encoder."""
+    out = Path(out)
+    t0 = time.perf_counter()
+    vae, history = train_vae(images, config, progress)
+    encoder = save_encoder(out, vae, {
+        "pretrain": asdict(config),
+        "data": data_info,
+        "history": history,
+        "train_seconds": time.perf_counter() - t0,
+        "versions": versions(),
+    })
+    codes = encoder.encode(images)
+    usage = bit_usage(codes)
+    atomic_write_json(out / "bit_usage.json", usage)
+    if plots:
+        from hybnn.experiments.plots import plot_bit_usage, plot_reconstructions
+
+        plot_reconstructions(vae, images[:16], out / "reconstructions.png", config.seed)
+        plot_bit_usage(usage, out / "bit_usage.png")
+    return encoder
+
+
+def versions() -> dict[str, str]:
+    import platform
+
+    import hybnn
+
+    return {"hybnn": hybnn.__version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}

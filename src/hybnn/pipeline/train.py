@@ -1,0 +1,242 @@
+"""Phase 3: train a classifier (BNN head on codes, or a CNN baseline on images).
+
+One loop serves every model: Adam, cosine learning-rate decay, batch shuffling from a seed
+per epoch, latent-weight clipping for binary layers, and an atomic checkpoint after every
+epoch. Each epoch reseeds the global RNG from (seed, epoch), so a run resumed from its
+checkpoint, even after ``kill -9``, continues exactly as if it had not stopped.
+
+Methods such as ReBNN plug in through :class:`Callback`: extra loss terms, hooks after the
+backward pass and after each step, and per-epoch metrics written into the history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hybnn.artifacts import atomic_write
+from hybnn.binary.layers import clip_latent_weights
+from hybnn.errors import ArtifactError, DataError
+from hybnn.pipeline.progress import bar
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 1e-2
+    weight_decay: float = 0.0
+    schedule: str = "cosine"  # "cosine" or "constant"
+    seed: int = 0
+    device: str = "cpu"
+
+
+@dataclass
+class History:
+    """Per-epoch records: epoch, train_loss, train_acc, test_loss, test_acc, seconds, ..."""
+
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+
+    def last(self, key: str, default: float = float("nan")) -> float:
+        return float(self.epochs[-1].get(key, default)) if self.epochs else default
+
+    def series(self, key: str) -> list[float]:
+        return [float(e[key]) for e in self.epochs if key in e]
+
+    def train_seconds_per_epoch(self) -> float:
+        s = self.series("seconds")
+        return sum(s) / len(s) if s else float("nan")
+
+
+class Callback:
+    """Hooks into :func:`fit_classifier`; every method is optional."""
+
+    def on_train_begin(self, model: nn.Module) -> None:
+        """Called once before the first (or resumed) epoch."""
+
+    def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
+        """A term added to the task loss of every step (e.g. a reconstruction loss)."""
+        return None
+
+    def on_after_backward(self, model: nn.Module) -> None:
+        """Called after ``loss.backward()``, before the optimizer step (gradients present)."""
+
+    def on_step_end(self, model: nn.Module) -> None:
+        """Called after the optimizer step and latent-weight clipping."""
+
+    def on_epoch_end(self, model: nn.Module, epoch: int, logs: dict[str, Any]) -> None:
+        """Called after each epoch; may add JSON-able entries to ``logs``."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """A torch device, with a clear error when CUDA is asked for but absent."""
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DataError(f"--device {name} requested but CUDA is not available on this machine")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise DataError(f"unknown device {name!r}") from None
+
+
+@torch.no_grad()
+def evaluate_classifier(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024
+) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of ``model`` in eval mode."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    loss_sum, correct = 0.0, 0
+    for i in range(0, len(y), batch_size):
+        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+        logits = model(xb)
+        loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+        correct += int((logits.argmax(1) == yb).sum())
+    model.train(was_training)
+    n = max(len(y), 1)
+    return loss_sum / n, correct / n
+
+
+def fit_classifier(
+    model: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor] | None = None,
+    config: TrainConfig | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    callbacks: list[Callback] | tuple[Callback, ...] = (),
+    progress: bool = True,
+    desc: str = "train",
+) -> History:
+    """Train ``model`` with cross-entropy on ``train``; evaluate on ``test`` every epoch."""
+    config = config or TrainConfig()
+    x, y = train
+    if len(x) != len(y) or len(y) == 0:
+        raise DataError(f"training set needs as many labels as inputs (got {len(x)}, {len(y)})")
+    if not torch.isfinite(x).all():
+        raise DataError("training inputs contain NaN or infinite values")
+    device = resolve_device(config.device)
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
+                                 weight_decay=config.weight_decay)
+    history = History()
+    start_epoch = 0
+    ckpt = Path(checkpoint) if checkpoint else None
+    tag = _config_tag(model, config, len(y))
+    if ckpt is not None and resume and ckpt.is_file():
+        start_epoch, history = _load_checkpoint(ckpt, model, optimizer, tag)
+    for cb in callbacks:
+        cb.on_train_begin(model)
+    n = len(y)
+    steps = math.ceil(n / config.batch_size)
+    for epoch in bar(range(start_epoch, config.epochs), desc, progress,
+                     total=config.epochs - start_epoch):
+        torch.manual_seed(config.seed * 100_003 + epoch)
+        _set_lr(optimizer, config, epoch)
+        model.train()
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed + epoch))
+        t0 = time.perf_counter()
+        loss_sum, correct = 0.0, 0
+        for s in range(steps):
+            idx = order[s * config.batch_size:(s + 1) * config.batch_size]
+            if len(idx) < 2 and n > 1:  # batch norm cannot train on one sample
+                continue
+            xb, yb = x[idx].to(device), y[idx].to(device)
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb)
+            total = loss
+            for cb in callbacks:
+                term = cb.extra_loss(model)
+                if term is not None:
+                    total = total + term
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            for cb in callbacks:
+                cb.on_after_backward(model)
+            optimizer.step()
+            clip_latent_weights(model)
+            for cb in callbacks:
+                cb.on_step_end(model)
+            loss_sum += loss.item() * len(idx)
+            correct += int((logits.argmax(1) == yb).sum())
+        seconds = time.perf_counter() - t0
+        if not math.isfinite(loss_sum):
+            raise DataError(f"training diverged (loss is {loss_sum}) at epoch {epoch + 1}")
+        logs: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / n,
+            "train_acc": correct / n,
+            "seconds": seconds,
+            "lr": optimizer.param_groups[0]["lr"],
+        }
+        if test is not None:
+            logs["test_loss"], logs["test_acc"] = evaluate_classifier(model, *test)
+        for cb in callbacks:
+            cb.on_epoch_end(model, epoch, logs)
+        history.epochs.append(logs)
+        if ckpt is not None:
+            _save_checkpoint(ckpt, model, optimizer, epoch + 1, history, tag)
+    model.eval()
+    return history
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, config: TrainConfig, epoch: int) -> None:
+    if config.schedule == "cosine":
+        lr = 0.5 * config.lr * (1 + math.cos(math.pi * epoch / max(config.epochs, 1)))
+    elif config.schedule == "constant":
+        lr = config.lr
+    else:
+        raise ValueError(f"unknown schedule {config.schedule!r}; use cosine or constant")
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def _config_tag(model: nn.Module, config: TrainConfig, n: int) -> str:
+    """Identifies the run a checkpoint belongs to (resuming another run is refused)."""
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    cfg = {k: v for k, v in asdict(config).items() if k != "device"}
+    blob = json.dumps([type(model).__name__, shapes, cfg, n], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     epoch: int, history: History, tag: str) -> None:
+    state = {
+        "epoch": epoch,
+        "tag": tag,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "history": json.dumps(history.epochs),
+    }
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(path, lambda p: p.write_bytes(buf.getvalue()))
+
+
+def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     tag: str) -> tuple[int, History]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("tag") != tag:
+            raise ArtifactError(
+                f"checkpoint {path} belongs to another run (model, data or settings differ); "
+                "remove it or drop --resume"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        return int(state["epoch"]), History(json.loads(state["history"]))
+    except ArtifactError:
+        raise
+    except Exception as exc:  # torch raises many types for a bad file
+        raise ArtifactError(f"cannot resume from {path}: corrupt checkpoint ({exc})") from None
