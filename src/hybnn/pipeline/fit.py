@@ -1,0 +1,113 @@
+"""Phase 3 entry points: train the BNN head on code stores, or a CNN baseline on images.
+
+Both return the trained model and its history and, given ``out``, save the model artifact
+(``hybnn.models.io``) with everything needed to reuse it: task, input preparation, encoder
+fingerprint, training config, history and versions. A checkpoint is written to
+``out/checkpoint.pt`` every epoch, so ``resume=True`` continues an interrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hybnn.binary.summary import deployed_bytes
+from hybnn.data.dataset import Dataset
+from hybnn.data.prep import prepare
+from hybnn.models.binary_cnn import BinaryCNN
+from hybnn.models.bnn_head import BNNHead
+from hybnn.models.fp_cnn import FloatCNN
+from hybnn.models.io import save_model
+from hybnn.pipeline.codes import CodeStore
+from hybnn.pipeline.pretrain import versions
+from hybnn.pipeline.train import Callback, History, TrainConfig, fit_classifier
+
+IMAGE_ARCHS = {"bcnn": BinaryCNN, "fpcnn": FloatCNN}
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def train_head(
+    train: CodeStore,
+    test: CodeStore | None,
+    config: TrainConfig,
+    hidden: Sequence[int] = (128,),
+    scaling: str = "none",
+    out: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+    progress: bool = True,
+    extra: dict[str, Any] | None = None,
+) -> tuple[BNNHead, History]:
+    """Train a :class:`BNNHead` on packed codes (never on images)."""
+    if test is not None:
+        test.require_encoder(train.encoder_fingerprint, "the training code store")
+    num_classes = int(max(train.meta.get("num_classes", 0), int(train.labels.max()) + 1))
+    torch.manual_seed(config.seed)
+    model = BNNHead(train.num_bits, num_classes, hidden, scaling)
+    history = fit_classifier(
+        model, train.tensors(), test.tensors() if test is not None else None, config,
+        _checkpoint(out), resume, list(callbacks), progress, desc="train BNN head",
+    )
+    if out is not None:
+        _save(out, model, history, config, {
+            "encoder_fingerprint": train.encoder_fingerprint,
+            "task": train.meta.get("task"),
+            "source": train.meta.get("source"),
+            **(extra or {}),
+        })
+    return model, history
+
+
+def image_tensors(data: Dataset, prep: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(prepare(data.x, prep)), torch.from_numpy(data.y.astype(np.int64))
+
+
+def build_image_model(arch: str, data: Dataset, scaling: str = "none") -> nn.Module:
+    if arch == "bcnn":
+        return BinaryCNN(data.image_size, data.x.shape[1], data.num_classes, scaling=scaling)
+    if arch == "fpcnn":
+        return FloatCNN(data.image_size, data.x.shape[1], data.num_classes)
+    raise ValueError(f"unknown image model {arch!r}; choose one of {', '.join(IMAGE_ARCHS)}")
+
+
+def train_image_model(
+    arch: str,
+    train: Dataset,
+    test: Dataset | None,
+    prep: str,
+    config: TrainConfig,
+    scaling: str = "none",
+    out: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+    progress: bool = True,
+    extra: dict[str, Any] | None = None,
+) -> tuple[nn.Module, History]:
+    """Train a baseline CNN (``bcnn`` binary, ``fpcnn`` full precision) on prepared images."""
+    torch.manual_seed(config.seed)
+    model = build_image_model(arch, train, scaling)
+    history = fit_classifier(
+        model, image_tensors(train, prep), image_tensors(test, prep) if test else None,
+        config, _checkpoint(out), resume, list(callbacks), progress, desc=f"train {arch}",
+    )
+    if out is not None:
+        _save(out, model, history, config, {"prep": prep, "source": train.name,
+                                            **(extra or {})})
+    return model, history
+
+
+def _checkpoint(out: str | os.PathLike[str] | None) -> Path | None:
+    return Path(out) / CHECKPOINT_NAME if out is not None else None
+
+
+def _save(out: str | os.PathLike[str], model: nn.Module, history: History,
+          config: TrainConfig, extra: dict[str, Any]) -> None:
+    save_model(out, model, train_config=asdict(config), history=history.epochs,
+               deployed_bytes=deployed_bytes(model), versions=versions(), **extra)
