@@ -57,6 +57,8 @@ def validate_arrays(x: np.ndarray, y: np.ndarray, name: str) -> tuple[np.ndarray
     y = np.asarray(y)
     if y.ndim != 1:
         raise DataError(f"{name}: labels must be one-dimensional, got shape {y.shape}")
+    if x.ndim == 0:
+        raise DataError(f"{name}: images must have 2-4 dimensions, got a scalar")
     if x.shape[0] != y.shape[0]:
         raise DataError(f"{name}: {x.shape[0]} images but {y.shape[0]} labels")
     if x.ndim == 2:

@@ -8,6 +8,7 @@ type, dimension count, and that the payload holds exactly prod(sizes) items.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
@@ -42,7 +43,7 @@ def read_idx_bytes(raw: bytes, name: str = "<bytes>") -> np.ndarray:
         raise DataError(f"{name}: truncated IDX header")
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     dtype = IDX_TYPES[type_code]
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # Python ints: a crafted header cannot overflow
     actual = len(raw) - header
     if actual != expected:
         state = "truncated" if actual < expected else "has trailing bytes"

@@ -92,7 +92,10 @@ def load_npz(path: str | os.PathLike[str]) -> Dataset:
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a lone .npy array
+            raise DataError(f"{path}: not an .npz archive; need arrays x and y")
+        with loaded as npz:
             missing = {"x", "y"} - set(npz.files)
             if missing:
                 raise DataError(f"{path}: missing array(s) {sorted(missing)}; need x and y")

@@ -1,0 +1,74 @@
+"""Shared fixtures: one torch thread, quiet progress bars, small real data, a tiny encoder."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+# Progress bars only draw on a terminal, but a developer running pytest has one.
+os.environ["HYBNN_NO_PROGRESS"] = "1"
+# The suite shares a couple of cores with other jobs; one thread also keeps CPU results
+# bit-identical between this process and the subprocesses some tests start.
+torch.set_num_threads(1)
+
+
+IDX_CODES = {
+    np.dtype(np.uint8): 0x08,
+    np.dtype(np.int8): 0x09,
+    np.dtype(np.int16): 0x0B,
+    np.dtype(np.int32): 0x0C,
+    np.dtype(np.float32): 0x0D,
+    np.dtype(np.float64): 0x0E,
+}
+
+
+def _idx_bytes(arr: np.ndarray) -> bytes:
+    dtype = np.dtype(arr.dtype).newbyteorder("=")
+    header = bytes([0, 0, IDX_CODES[dtype], arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    return header + arr.astype(dtype.newbyteorder(">")).tobytes()
+
+
+@pytest.fixture(scope="session")
+def idx_bytes():
+    """``idx_bytes(arr)``: serialize an array as IDX, the format the reader is specified by."""
+    return _idx_bytes
+
+
+@pytest.fixture(scope="session")
+def write_idx():
+    """``write_idx(path, arr, compress=False)``: write an IDX file (gzip when asked)."""
+
+    def write(path, arr, compress=False):
+        data = _idx_bytes(np.asarray(arr))
+        path.write_bytes(gzip.compress(data) if compress else data)
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's 8x8 digits as a hybnn Dataset (offline, 1,797 images)."""
+    from hybnn.data import load_source
+
+    return load_source("digits")
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory, digits):
+    """An encoder pretrained for one epoch on 200 digits, saved with plots and bit usage.
+
+    Returns (directory, encoder, images it was trained on).
+    """
+    from hybnn.pipeline.pretrain import PretrainConfig, pretrain
+
+    out = tmp_path_factory.mktemp("encoder")
+    images = np.ascontiguousarray(digits.x[:200])
+    config = PretrainConfig(latent_bits=200, epochs=1, batch_size=64, seed=0)
+    encoder = pretrain(images, out, config, {"source": "digits", "n": 200}, progress=False)
+    return out, encoder, images
