@@ -23,7 +23,7 @@ Quantizer = Callable[[torch.Tensor], torch.Tensor]
 
 def sign(x: torch.Tensor) -> torch.Tensor:
     """Sign with sign(0) = +1, no gradient."""
-    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
 
 
 class _SteSign(torch.autograd.Function):

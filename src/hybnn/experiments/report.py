@@ -1,0 +1,53 @@
+"""Human-readable reports of `hybnn reproduce` results: Markdown table and terminal summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+MODEL_COLUMNS = (("hybnn", "HyBNN"), ("bcnn_paper", "BCNN paper (unit)"),
+                 ("bcnn_fair", "BCNN fair (centered)"), ("fp_cnn", "FP CNN"))
+
+
+def _acc(cell: dict[str, Any]) -> str:
+    return f"{100 * cell['acc_mean']:.2f} ± {100 * cell['acc_std']:.2f}"
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    enc = results["encoder"]
+    lines = [
+        f"# HyBNN reproduction on `{results['data']}`",
+        "",
+        f"Seeds {results['seeds']}; encoder `{enc['fingerprint'][:12]}` "
+        f"({enc['latent_bits']} bits, {enc['dead_bits']} dead, {enc['unique_codes']} unique "
+        f"codes over {enc['samples']} training images). Test accuracy after the last epoch, "
+        "mean ± std over seeds, in %.",
+        "",
+        "| task | " + " | ".join(label for _, label in MODEL_COLUMNS) + " |",
+        "|---|" + "---|" * len(MODEL_COLUMNS),
+    ]
+    for task, row in results["tasks"].items():
+        lines.append(f"| {task} | " + " | ".join(_acc(row[m]) for m, _ in MODEL_COLUMNS) + " |")
+    lines += ["", "## Cost", "",
+              "| task | model | epochs | train s/epoch | binary params | float params "
+              "| deployed bytes |", "|---|---|---|---|---|---|---|"]
+    for task, row in results["tasks"].items():
+        for m, label in MODEL_COLUMNS:
+            c = row[m]
+            lines.append(f"| {task} | {label} | {c['epochs']} | {c['train_s_per_epoch']:.4f} "
+                         f"| {c['binary_params']} | {c['float_params']} | {c['model_bytes']} |")
+    lines += ["", "BNN-head training speed-up per epoch over the binary CNN (same samples, "
+              "same batch size): " + ", ".join(
+                  f"{t} {r['head_speedup_vs_bcnn']:.1f}x" for t, r in results["tasks"].items()),
+              "", "Config:", "", "```", *(f"{k}: {v}" for k, v in results["config"].items()),
+              "```", "", "Versions: " + ", ".join(f"{k} {v}" for k, v in
+                                                   results["versions"].items()), ""]
+    return "\n".join(lines)
+
+
+def summary_lines(results: dict[str, Any]) -> list[str]:
+    head = f"{'task':<6}" + "".join(f"{label:>22}" for _, label in MODEL_COLUMNS)
+    out = [f"HyBNN reproduction on {results['data']} "
+           f"(seeds {results['seeds']}, {results['seconds_total']:.0f} s)", head]
+    for task, row in results["tasks"].items():
+        out.append(f"{task:<6}" + "".join(f"{_acc(row[m]):>22}" for m, _ in MODEL_COLUMNS))
+    return out

@@ -1,0 +1,255 @@
+"""`hybnn reproduce`: the HyBNN paper's experiment, run honestly on real data.
+
+Phase 1 trains the binary-latent VAE on the general data (the training split, every class,
+labels unused) and freezes it. For each task, phase 2 extracts packed codes of the task's
+train and test splits, and phase 3 trains, for every seed:
+
+- ``hybnn``: the BNN head (200 -> 128 (BN) -> classes) on codes;
+- ``bcnn_paper``: the plain binary CNN on ``unit`` inputs (pixels in [0, 1]; sign(0) = +1
+  makes every pixel +1: the paper's ~50 % baseline);
+- ``bcnn_fair``: the same binary CNN on ``centered`` inputs (x - 0.5);
+- ``fp_cnn``: the full-precision CNN of the same shape on centered inputs (the ceiling).
+
+Accuracy is the test accuracy after the last epoch (no early stopping on the test set).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hybnn.artifacts import atomic_write, atomic_write_json
+from hybnn.binary.summary import model_summary
+from hybnn.data import PAPER_TASKS, load_source, select_task, train_test
+from hybnn.data.dataset import Dataset
+from hybnn.experiments.plots import plot_curves
+from hybnn.experiments.report import render_markdown, summary_lines
+from hybnn.pipeline.encoder import Encoder, load_encoder
+from hybnn.pipeline.extract import encode_to_codes
+from hybnn.pipeline.fit import train_head, train_image_model
+from hybnn.pipeline.pretrain import PretrainConfig, bit_usage, pretrain, versions
+from hybnn.pipeline.progress import bar
+from hybnn.pipeline.train import History, TrainConfig
+
+MODELS = ("hybnn", "bcnn_paper", "bcnn_fair", "fp_cnn")
+MODEL_LABELS = {
+    "hybnn": "HyBNN (BNN head on 200-bit codes)",
+    "bcnn_paper": "binary CNN, unit inputs (paper)",
+    "bcnn_fair": "binary CNN, centered inputs (fair)",
+    "fp_cnn": "full-precision CNN (ceiling)",
+}
+
+
+@dataclass
+class ReproduceConfig:
+    data: str = "mnist-5k"
+    tasks: list[str] = field(default_factory=lambda: list(PAPER_TASKS))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    latent_bits: int = 200
+    vae_epochs: int = 20
+    vae_samples: int | None = None  # subsample the general data for phase 1 (None: all)
+    head_hidden: list[int] = field(default_factory=lambda: [128])
+    head_epochs: int = 100
+    head_lr: float = 1e-2
+    cnn_epochs: int = 15
+    binary_lr: float = 1e-2
+    float_lr: float = 1e-3
+    batch_size: int = 64
+    max_train: int | None = None  # cap on training samples per task (None: all)
+    device: str = "cpu"
+    quick: bool = False
+    encoder: str | None = None  # reuse a pretrained encoder directory
+
+    @classmethod
+    def make(cls, data: str = "mnist-5k", quick: bool = False, seeds: list[int] | None = None,
+             tasks: list[str] | None = None, device: str = "cpu", **overrides: Any
+             ) -> ReproduceConfig:
+        """Defaults for a full run, or the ``--quick`` variant (< 3 minutes on 2 cores)."""
+        cfg = cls(data=data, device=device, quick=quick)
+        if quick:
+            cfg.seeds, cfg.vae_epochs, cfg.head_epochs, cfg.cnn_epochs = [0], 5, 40, 3
+            cfg.vae_samples, cfg.max_train = 4000, 1000
+        if seeds is not None:
+            cfg.seeds = list(seeds)
+        if tasks is not None:
+            cfg.tasks = list(tasks)
+        for key, value in overrides.items():
+            if not hasattr(cfg, key):
+                raise TypeError(f"unknown reproduce setting {key!r}")
+            setattr(cfg, key, value)
+        return cfg
+
+
+def reproduce(config: ReproduceConfig, out: str | os.PathLike[str],
+              progress: bool = True, echo: bool = True) -> dict[str, Any]:
+    """Run the whole experiment; write results.json, results.md and plots into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / ".write-test", lambda p: p.write_text("ok"))
+    (out / ".write-test").unlink()
+    t_start = time.perf_counter()
+    source = load_source(config.data)
+    train, test = train_test(source)
+    encoder, pretrain_s = _encoder(config, train, out, progress)
+    usage = bit_usage(encoder.encode(_subsample(train, config.vae_samples, 0).x))
+    results: dict[str, Any] = {
+        "data": config.data,
+        "seeds": config.seeds,
+        "quick": config.quick,
+        "config": asdict(config),
+        "encoder": {
+            "fingerprint": encoder.fingerprint,
+            "latent_bits": encoder.latent_bits,
+            "dead_bits": usage["dead_bits"],
+            "unique_codes": usage["unique_codes"],
+            "samples": usage["samples"],
+            "pretrain_seconds": pretrain_s,
+            "path": str(out / "encoder") if config.encoder is None else config.encoder,
+        },
+        "tasks": {},
+        "versions": versions(),
+    }
+    curves: dict[str, dict[str, dict[str, list[float]]]] = {m: {} for m in MODELS}
+    jobs = [(t, s) for t in config.tasks for s in config.seeds]
+    per_task: dict[str, dict[str, list[tuple[History, Any]]]] = {}
+    for task, seed in bar(jobs, "reproduce", progress, total=len(jobs), leave=True):
+        tr = _subsample(select_task(train, task), config.max_train, seed)
+        te = select_task(test, task)
+        runs = per_task.setdefault(task, {m: [] for m in MODELS})
+        for model_name, (history, model) in _train_all(config, encoder, tr, te, task, seed,
+                                                       out).items():
+            runs[model_name].append((history, model))
+    for task, runs in per_task.items():
+        results["tasks"][task] = {m: _aggregate(runs[m], m) for m in MODELS}
+        for m in MODELS:
+            curves[m][task] = {
+                "acc": _mean_curve([h.series("test_acc") for h, _ in runs[m]]),
+                "loss": _mean_curve([h.series("train_loss") for h, _ in runs[m]]),
+            }
+        r = results["tasks"][task]
+        r["head_speedup_vs_bcnn"] = (r["bcnn_fair"]["train_s_per_epoch"]
+                                     / r["hybnn"]["train_s_per_epoch"])
+    results["seconds_total"] = time.perf_counter() - t_start
+    _write_outputs(results, curves, out)
+    if echo:
+        print("\n".join(summary_lines(results)))
+        print(f"results: {out / 'results.md'}")
+    return results
+
+
+def _encoder(config: ReproduceConfig, train: Dataset, out: Path,
+             progress: bool) -> tuple[Encoder, float]:
+    if config.encoder is not None:
+        return load_encoder(config.encoder, config.device), 0.0
+    general = _subsample(train, config.vae_samples, 0)
+    t0 = time.perf_counter()
+    pcfg = PretrainConfig(latent_bits=config.latent_bits, epochs=config.vae_epochs,
+                          seed=config.seeds[0], device=config.device)
+    encoder = pretrain(general.x, out / "encoder", pcfg,
+                       {"source": config.data, "split": "train", "samples": len(general)},
+                       progress=progress)
+    return encoder, time.perf_counter() - t0
+
+
+def _train_all(config: ReproduceConfig, encoder: Encoder, tr: Dataset, te: Dataset,
+               task: str, seed: int, out: Path) -> dict[str, tuple[History, Any]]:
+    code_dir = out / "codes"
+    train_codes = encode_to_codes(encoder, tr, {"task": task, "split": "train"})
+    test_codes = encode_to_codes(encoder, te, {"task": task, "split": "test"})
+    if seed == config.seeds[0]:
+        train_codes.save(code_dir / f"{task}-train.safetensors")
+        test_codes.save(code_dir / f"{task}-test.safetensors")
+    dev = config.device
+    head_cfg = TrainConfig(config.head_epochs, config.batch_size, config.head_lr, seed=seed,
+                           device=dev)
+    bin_cfg = TrainConfig(config.cnn_epochs, config.batch_size, config.binary_lr, seed=seed,
+                          device=dev)
+    fp_cfg = TrainConfig(config.cnn_epochs, config.batch_size, config.float_lr, seed=seed,
+                         device=dev)
+    model_dir = out / "models" / task
+    runs: dict[str, tuple[History, Any]] = {}
+    head, h = train_head(train_codes, test_codes, head_cfg, config.head_hidden,
+                         out=model_dir / f"hybnn-seed{seed}", progress=False)
+    runs["hybnn"] = (h, head)
+    for name, arch, prep, cfg in (("bcnn_paper", "bcnn", "unit", bin_cfg),
+                                  ("bcnn_fair", "bcnn", "centered", bin_cfg),
+                                  ("fp_cnn", "fpcnn", "centered", fp_cfg)):
+        model, h = train_image_model(arch, tr, te, prep, cfg, out=model_dir / f"{name}-seed{seed}",
+                                     progress=False, extra={"task": task})
+        runs[name] = (h, model)
+    for name in runs:
+        (model_dir / f"{name}-seed{seed}" / "checkpoint.pt").unlink(missing_ok=True)
+    return runs
+
+
+def _aggregate(runs: list[tuple[History, Any]], name: str) -> dict[str, Any]:
+    accs = [h.last("test_acc") for h, _ in runs]
+    model = runs[0][1]
+    rows = model_summary(model)
+    return {
+        "acc_mean": float(np.mean(accs)),
+        "acc_std": float(np.std(accs)),
+        "accs": accs,
+        "train_s_per_epoch": float(np.mean([h.train_seconds_per_epoch() for h, _ in runs])),
+        "epochs": len(runs[0][0].epochs),
+        "model_bytes": int(sum(r.deployed_bytes for r in rows)),
+        "binary_params": int(sum(r.binary_params for r in rows)),
+        "float_params": int(sum(r.float_params for r in rows)),
+        "input": "codes" if name == "hybnn" else ("unit" if name == "bcnn_paper" else "centered"),
+    }
+
+
+def _mean_curve(series: list[list[float]]) -> list[float]:
+    n = min((len(s) for s in series), default=0)
+    return [float(np.mean([s[i] for s in series])) for i in range(n)]
+
+
+def _subsample(data: Dataset, limit: int | None, seed: int) -> Dataset:
+    """At most ``limit`` samples, drawn per class in proportion (deterministic from seed)."""
+    if limit is None or len(data) <= limit:
+        return data
+    from hybnn.data.splits import stratified_split
+
+    _, keep = stratified_split(data.y, limit / len(data), seed=seed)
+    return data.subset(keep)
+
+
+def _write_outputs(results: dict[str, Any], curves: dict[str, Any], out: Path) -> None:
+    atomic_write_json(out / "results.json", results)
+    atomic_write(out / "results.md", lambda p: p.write_text(render_markdown(results)))
+    atomic_write_json(out / "curves.json", curves)
+    for m in MODELS:
+        plot_curves({t: c["acc"] for t, c in curves[m].items()}, out / f"acc_{m}.png",
+                    f"{MODEL_LABELS[m]}: test accuracy ({results['data']})", "test accuracy")
+        plot_curves({t: c["loss"] for t, c in curves[m].items()}, out / f"loss_{m}.png",
+                    f"{MODEL_LABELS[m]}: training loss ({results['data']})", "training loss")
+    _plot_accuracy_bars(results, out / "accuracy_by_task.png")
+
+
+def _plot_accuracy_bars(results: dict[str, Any], path: Path) -> None:
+    from hybnn.experiments.plots import plt, save_figure
+
+    tasks = list(results["tasks"])
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(tasks)), 3.6))
+    width = 0.8 / len(MODELS)
+    for i, m in enumerate(MODELS):
+        means = [results["tasks"][t][m]["acc_mean"] for t in tasks]
+        stds = [results["tasks"][t][m]["acc_std"] for t in tasks]
+        ax.bar(np.arange(len(tasks)) + i * width, means, width, yerr=stds, label=MODEL_LABELS[m])
+    ax.set_xticks(np.arange(len(tasks)) + width * (len(MODELS) - 1) / 2, tasks)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"HyBNN vs baselines on {results['data']} (mean ± std over seeds "
+                 f"{results['seeds']})", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    save_figure(fig, path)
+
+
+def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
