@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     _progress(p)
     p.set_defaults(func=cmd_reproduce)
 
+    from hybnn.experiments.study_cli import register as register_study
+    register_study(sub)
     return parser
 
 

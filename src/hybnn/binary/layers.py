@@ -16,7 +16,7 @@ gives; the packed engine pads the same way (no edge correction needed).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import torch
@@ -34,6 +34,8 @@ class BinaryLayer(nn.Module):
     """Shared weight binarization of :class:`BinaryLinear` and :class:`BinaryConv2d`."""
 
     weight: nn.Parameter
+    # Called with ∂L/∂ŵ during backward when set (ReBNN's γ needs max |∂L/∂ŵ| per channel).
+    weight_grad_hook: Callable[[torch.Tensor], None] | None = None
 
     def _init_binary(
         self,
@@ -68,9 +70,10 @@ class BinaryLayer(nn.Module):
         """ŵ = α · sign(w) with the straight-through gradient of the weight quantizer."""
         w_bin = self.weight_quantizer(self.weight)
         alpha = self.weight_scale()
-        if alpha is None:
-            return w_bin
-        return w_bin * alpha.view(-1, *([1] * (w_bin.dim() - 1)))
+        w_hat = w_bin if alpha is None else w_bin * alpha.view(-1, *([1] * (w_bin.dim() - 1)))
+        if self.weight_grad_hook is not None and w_hat.requires_grad:
+            w_hat.register_hook(self.weight_grad_hook)
+        return w_hat
 
     def binarize_input(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.input_quantizer is None else self.input_quantizer(x)

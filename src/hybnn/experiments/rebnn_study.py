@@ -1,0 +1,299 @@
+"""ReBNN study: ``ste`` vs ``xnor`` vs ``rebnn`` vs ``rebnn-const`` on two model families.
+
+- ``bcnn``: the binary CNN (:class:`BinaryCNN`) on centred images;
+- ``hybnn``: the HyBNN head (:class:`BNNHead`) on codes of a VAE pretrained on the train split.
+
+For each family, method and seed it records the final test accuracy and the per-layer
+weight-flip curves (:class:`FlipMonitor`), then writes to ``out``:
+
+- ``results.json``: ``{"methods": {...}, "models": {"bcnn": {"methods": {...}},
+  "hybnn": {"methods": {...}}}, "config": ..., "machine": ..., "versions": ...}``. Each
+  ``methods`` maps a method to ``acc_mean``, ``acc_std``, ``acc`` (per seed),
+  ``flip_ratio_late`` (epoch-wise flip ratio averaged over the last quarter of epochs and all
+  binary layers, mean over seeds), ``step_flip_ratio_late``, ``gamma_late`` and per-layer
+  ``flip_curves`` (mean over seeds). The top-level ``methods`` is the first family studied
+  (the binary CNN unless only ``hybnn`` was asked for); ``top_level_model`` names it.
+- ``table.md``: the Markdown tables; ``plots/<model>_flip_<layer>.png`` one flip-ratio plot
+  per binary layer, ``plots/<model>_test_acc.png`` the accuracy curves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hybnn.artifacts import atomic_write, atomic_write_json
+from hybnn.benchmarks import machine_description, write_section
+from hybnn.binary.methods import METHODS, method_callbacks, method_scaling
+from hybnn.binary.oscillation import FLIP_KEY, STEP_FLIP_KEY, FlipMonitor, late_flip_ratio
+from hybnn.data import load_source, train_test
+from hybnn.data.dataset import Dataset
+from hybnn.pipeline.train import History, TrainConfig
+
+MODELS = ("bcnn", "hybnn")
+SECTION = "rebnn"
+
+
+@dataclass
+class StudyConfig:
+    """Everything that defines a study run (recorded in results.json)."""
+
+    data: str = "fashion-mnist"
+    methods: tuple[str, ...] = METHODS
+    models: tuple[str, ...] = MODELS
+    seeds: tuple[int, ...] = (0, 1, 2)
+    train_size: int | None = 4000  # bcnn training subset (None: the whole train split)
+    head_train_size: int | None = None  # hybnn head training subset
+    test_size: int | None = None  # test subset (None: the whole test split)
+    pretrain_size: int | None = 10000  # images the VAE is pretrained on
+    bcnn_epochs: int = 8
+    head_epochs: int = 20
+    pretrain_epochs: int = 5
+    batch_size: int = 64
+    lr: float = 1e-2
+    hidden: tuple[int, ...] = (128,)
+    latent_bits: int = 200
+    device: str = "cpu"
+    threads: int = 1
+    subset_seed: int = 0
+
+    @classmethod
+    def make(cls, data: str = "fashion-mnist", quick: bool = False,
+             seeds: list[int] | None = None, epochs: int | None = None,
+             device: str = "cpu") -> StudyConfig:
+        """The default study, or a few-minute ``quick`` one; ``epochs`` overrides both runs."""
+        cfg = cls(data=data, device=device)
+        if quick:
+            cfg = replace(cfg, seeds=(0, 1), train_size=1500, head_train_size=5000,
+                          test_size=1000, pretrain_size=2000, bcnn_epochs=4, head_epochs=6,
+                          pretrain_epochs=2)
+        if seeds:
+            cfg.seeds = tuple(seeds)
+        if epochs is not None:
+            cfg.bcnn_epochs = cfg.head_epochs = int(epochs)
+        return cfg
+
+
+def _subset(data: Dataset, size: int | None, seed: int) -> Dataset:
+    if size is None or size >= len(data):
+        return data
+    idx = np.random.default_rng(seed).choice(len(data), size, replace=False)
+    return data.subset(np.sort(idx))
+
+
+def _train_config(cfg: StudyConfig, epochs: int, seed: int) -> TrainConfig:
+    return TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed,
+                       device=cfg.device)
+
+
+def _run_bcnn(cfg: StudyConfig, train: Dataset, test: Dataset, method: str, seed: int,
+              progress: bool) -> History:
+    from hybnn.pipeline.fit import train_image_model
+
+    _, history = train_image_model(
+        "bcnn", train, test, "centered", _train_config(cfg, cfg.bcnn_epochs, seed),
+        scaling=method_scaling(method), callbacks=[*method_callbacks(method), FlipMonitor()],
+        progress=progress)
+    return history
+
+
+def _run_head(cfg: StudyConfig, train: Any, test: Any, method: str, seed: int,
+              progress: bool) -> History:
+    from hybnn.pipeline.fit import train_head
+
+    _, history = train_head(
+        train, test, _train_config(cfg, cfg.head_epochs, seed), hidden=cfg.hidden,
+        scaling=method_scaling(method), callbacks=[*method_callbacks(method), FlipMonitor()],
+        progress=progress)
+    return history
+
+
+def _codes(cfg: StudyConfig, train: Dataset, test: Dataset, out: Path,
+           progress: bool) -> tuple[Any, Any]:
+    """Pretrain the VAE on (a subset of) the train split; encode train and test."""
+    from hybnn.pipeline.extract import encode_to_codes
+    from hybnn.pipeline.pretrain import PretrainConfig, pretrain
+
+    images = _subset(train, cfg.pretrain_size, cfg.subset_seed + 1).x
+    pcfg = PretrainConfig(latent_bits=cfg.latent_bits, epochs=cfg.pretrain_epochs,
+                          seed=cfg.subset_seed, device=cfg.device)
+    encoder = pretrain(images, out / "encoder", pcfg,
+                       {"source": cfg.data, "split": "train", "samples": len(images)},
+                       progress=progress, plots=False)
+    head_train = _subset(train, cfg.head_train_size, cfg.subset_seed)
+    return encode_to_codes(encoder, head_train), encode_to_codes(encoder, test)
+
+
+def summarize(histories: dict[str, list[History]]) -> dict[str, dict[str, Any]]:
+    """Per method: accuracy mean/std over seeds, late flip ratios and mean flip curves."""
+    out: dict[str, dict[str, Any]] = {}
+    for method, runs in histories.items():
+        accs = [h.last("test_acc") for h in runs]
+        layers = [k[len(FLIP_KEY) + 1:] for k in runs[0].epochs[0] if k.startswith(FLIP_KEY + "/")]
+        curves = {n: np.mean([h.series(f"{FLIP_KEY}/{n}") for h in runs], axis=0).tolist()
+                  for n in layers}
+        step_curves = {n: np.mean([h.series(f"{STEP_FLIP_KEY}/{n}") for h in runs],
+                                  axis=0).tolist() for n in layers}
+        gammas = [late_flip_ratio(h, "rebnn_gamma") for h in runs if h.series("rebnn_gamma")]
+        out[method] = {
+            "acc_mean": float(np.mean(accs)),
+            "acc_std": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
+            "acc": accs,
+            "flip_ratio_late": float(np.mean([late_flip_ratio(h) for h in runs])),
+            "step_flip_ratio_late": float(np.mean([late_flip_ratio(h, STEP_FLIP_KEY)
+                                                   for h in runs])),
+            "gamma_late": float(np.mean(gammas)) if gammas else 0.0,
+            "seconds_per_epoch": float(np.mean([h.train_seconds_per_epoch() for h in runs])),
+            "test_acc_curve": np.mean([h.series("test_acc") for h in runs], axis=0).tolist(),
+            "flip_curves": curves,
+            "step_flip_curves": step_curves,
+        }
+    return out
+
+
+def run_study(cfg: StudyConfig, out: str | os.PathLike[str] = "runs/study-rebnn",
+              progress: bool = True, log: Any = print) -> dict[str, Any]:
+    """Run the study described by ``cfg`` and write its results, table and plots to ``out``."""
+    for m in cfg.methods:
+        method_scaling(m)  # fail fast on an unknown method
+    unknown = set(cfg.models) - set(MODELS)
+    if unknown:
+        raise ValueError(f"unknown model families {sorted(unknown)}; use {', '.join(MODELS)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    t0 = time.perf_counter()
+    try:
+        train, test = train_test(load_source(cfg.data))
+        test = _subset(test, cfg.test_size, cfg.subset_seed)
+        models: dict[str, Any] = {}
+        for family in cfg.models:
+            tf = time.perf_counter()
+            if family == "bcnn":
+                fam_train: Any = _subset(train, cfg.train_size, cfg.subset_seed)
+                fam_test: Any = test
+                runner = _run_bcnn
+                sizes = {"train": len(fam_train), "test": len(test)}
+            else:
+                fam_train, fam_test = _codes(cfg, train, test, out, progress)
+                runner = _run_head
+                sizes = {"train": len(fam_train), "test": len(fam_test),
+                         "pretrain": min(cfg.pretrain_size or len(train), len(train))}
+            histories: dict[str, list[History]] = {}
+            for method in cfg.methods:
+                for seed in cfg.seeds:
+                    h = runner(cfg, fam_train, fam_test, method, seed, progress)
+                    histories.setdefault(method, []).append(h)
+                    log(f"[rebnn study] {family} {method} seed {seed}: test acc "
+                        f"{h.last('test_acc'):.4f}, late flip ratio {late_flip_ratio(h):.5f}")
+            models[family] = {"methods": summarize(histories), "sizes": sizes,
+                              "seconds": time.perf_counter() - tf}
+    finally:
+        torch.set_num_threads(threads)
+    from hybnn.pipeline.pretrain import versions
+
+    top = cfg.models[0]
+    results = {
+        "methods": models[top]["methods"],
+        "top_level_model": top,
+        "models": models,
+        "config": asdict(cfg),
+        "seconds": time.perf_counter() - t0,
+        "machine": machine_description(),
+        "versions": versions(),
+        "platform": platform.platform(),
+    }
+    atomic_write_json(out / "results.json", results)
+    table = results_table(results)
+    atomic_write(out / "table.md", lambda p: p.write_text(table + "\n"))
+    plot_study(results, out / "plots")
+    return results
+
+
+def results_table(results: dict[str, Any]) -> str:
+    """Markdown: one table per model family, methods as rows."""
+    cfg = results["config"]
+    parts = []
+    for family, res in results["models"].items():
+        sizes = res["sizes"]
+        epochs = cfg["bcnn_epochs"] if family == "bcnn" else cfg["head_epochs"]
+        what = ("binary CNN on centred images" if family == "bcnn"
+                else f"HyBNN head {cfg['latent_bits']}-{'-'.join(map(str, cfg['hidden']))} "
+                     f"on VAE codes (VAE: {sizes.get('pretrain')} train images, "
+                     f"{cfg['pretrain_epochs']} epochs)")
+        parts.append(f"**{family}**: {what}; {sizes['train']} training / {sizes['test']} test "
+                     f"samples of {cfg['data']}, {epochs} epochs, seeds "
+                     f"{', '.join(map(str, cfg['seeds']))}.\n")
+        parts.append("| method | test acc (mean ± std) | flip ratio, last ¼ epochs | "
+                     "per-step flip ratio, last ¼ | flip reduction vs ste | mean γ, last ¼ |")
+        parts.append("|---|---|---|---|---|---|")
+        base = res["methods"].get("ste", {}).get("flip_ratio_late")
+        for method, r in res["methods"].items():
+            ratio = (f"{base / r['flip_ratio_late']:.2f}×"
+                     if base and r["flip_ratio_late"] > 0 else "–")
+            parts.append(
+                f"| {method} | {r['acc_mean']:.4f} ± {r['acc_std']:.4f} | "
+                f"{r['flip_ratio_late']:.5f} | {r['step_flip_ratio_late']:.6f} | {ratio} | "
+                f"{r['gamma_late']:.2e} |")
+        parts.append("")
+    return "\n".join(parts).rstrip()
+
+
+def plot_study(results: dict[str, Any], directory: str | os.PathLike[str]) -> list[Path]:
+    """One PNG per (model family, binary layer) with each method's flip-ratio curve."""
+    from hybnn.experiments.plots import plot_curves
+
+    directory = Path(directory)
+    paths = []
+    for family, res in results["models"].items():
+        methods = res["methods"]
+        first = next(iter(methods.values()))
+        for layer in first["flip_curves"]:
+            curves = {m: r["flip_curves"][layer] for m, r in methods.items()}
+            name = layer.replace(".", "_") or "root"
+            paths.append(plot_curves(curves, directory / f"{family}_flip_{name}.png",
+                                     f"{family} {layer}: weights whose sign flipped per epoch",
+                                     "flip ratio"))
+        paths.append(plot_curves({m: r["test_acc_curve"] for m, r in methods.items()},
+                                 directory / f"{family}_test_acc.png",
+                                 f"{family}: test accuracy (mean over seeds)", "test accuracy"))
+    return paths
+
+
+def benchmarks_section(results: dict[str, Any], command: str) -> str:
+    """The BENCHMARKS.md ``rebnn`` section for a finished study."""
+    cfg = results["config"]
+    v = results["versions"]
+    shown = {k: cfg[k] for k in ("data", "methods", "seeds", "train_size", "head_train_size",
+                                 "test_size", "pretrain_size", "bcnn_epochs", "head_epochs",
+                                 "pretrain_epochs", "batch_size", "lr", "threads", "device")}
+    lines = [
+        "## ReBNN study: weight oscillation and accuracy",
+        "",
+        f"Command: `{command}` ({results['seconds'] / 60:.1f} min)",
+        "",
+        f"Machine: {results['machine']}; hybnn {v['hybnn']}, torch {v['torch']}, "
+        f"numpy {v['numpy']}.",
+        "",
+        f"Config: `{json.dumps(shown)}`. Adam with cosine decay; flip ratio = fraction of "
+        "latent weights whose sign differs from the previous epoch's end, averaged over the "
+        "binary layers and the last quarter of epochs, then over seeds. Training data are "
+        "random subsets of the official train split where the sizes say so.",
+        "",
+        results_table(results),
+    ]
+    return "\n".join(lines)
+
+
+def write_benchmarks(results: dict[str, Any], command: str,
+                     path: str | os.PathLike[str] = "BENCHMARKS.md") -> Path:
+    return write_section(SECTION, benchmarks_section(results, command), path)
