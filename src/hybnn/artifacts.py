@@ -42,6 +42,9 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
+    except OSError as exc:  # disk full, target is a directory, ...
+        tmp_path.unlink(missing_ok=True)
+        raise ArtifactError(f"cannot write {path}: {exc.strerror or exc}") from None
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise

@@ -36,7 +36,7 @@ def build_model(arch: str, config: dict[str, Any]) -> nn.Module:
         raise ArtifactError(f"unknown architecture {arch!r} in model metadata")
     try:
         return ARCHITECTURES[arch](**config)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ArtifactError(f"model config does not fit architecture {arch!r}: {exc}") from None
 
 
@@ -51,8 +51,11 @@ def save_model(
 def load_model(directory: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
     """Load a model saved by :func:`save_model`; returns (model in eval mode, metadata)."""
     tensors, meta = load_bundle(directory, MODEL_KIND)
-    config = meta.get("config") or {}
-    model = build_model(str(config.get("arch")), dict(config.get("arch_config") or {}))
+    config = meta.get("config")
+    arch_config = config.get("arch_config") if isinstance(config, dict) else None
+    if not isinstance(arch_config, dict):
+        raise ArtifactError(f"{directory}: model metadata lacks an architecture config")
+    model = build_model(str(config.get("arch")), arch_config)
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:

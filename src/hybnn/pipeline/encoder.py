@@ -65,7 +65,7 @@ def load_encoder(directory: str | os.PathLike[str], device: str = "cpu") -> Enco
     try:
         vae = BinaryLatentVAE(**meta["config"])
         vae.load_state_dict(tensors, strict=True)
-    except (TypeError, KeyError, RuntimeError) as exc:
+    except (TypeError, KeyError, ValueError, RuntimeError) as exc:
         first = str(exc).splitlines()[0]
         raise ArtifactError(f"encoder in {directory} does not fit its config: {first}") from None
     for p in vae.parameters():

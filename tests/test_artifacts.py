@@ -1,0 +1,218 @@
+"""Artifact files: atomic writes, fingerprints, and validated safetensors + JSON bundles."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+from hybnn import __version__
+from hybnn.artifacts import (
+    FORMAT_VERSION,
+    META_NAME,
+    WEIGHTS_NAME,
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_json,
+    load_bundle,
+    read_json,
+    save_bundle,
+    sha256_file,
+)
+from hybnn.errors import ArtifactError, HybnnError
+
+# ------------------------------------------------------------------------------- atomic write
+
+
+def test_atomic_write_creates_parents_and_returns_the_path(tmp_path):
+    target = tmp_path / "a" / "b" / "file.bin"
+    assert atomic_write_bytes(target, b"abc") == target
+    assert target.read_bytes() == b"abc"
+
+
+def test_atomic_write_replaces_an_existing_file(tmp_path):
+    target = tmp_path / "f.txt"
+    target.write_text("old")
+    atomic_write(target, lambda p: p.write_text("new"))
+    assert target.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+@pytest.mark.parametrize(
+    ("exc", "raised"),
+    [(RuntimeError("boom"), RuntimeError),
+     (OSError(28, "No space left on device"), ArtifactError),  # OS errors become one message
+     (KeyboardInterrupt(), KeyboardInterrupt)],
+    ids=["error", "oserror", "interrupt"],
+)
+def test_failed_writer_leaves_the_old_file_and_no_temporary(tmp_path, exc, raised):
+    target = tmp_path / "model.json"
+    target.write_text('{"good": true}')
+
+    def writer(p):
+        p.write_text('{"half')
+        raise exc
+
+    with pytest.raises(raised):
+        atomic_write(target, writer)
+    assert target.read_text() == '{"good": true}'
+    assert [p.name for p in tmp_path.iterdir()] == ["model.json"]
+
+
+def test_os_error_of_the_writer_names_the_target_not_the_temporary(tmp_path):
+    def writer(p):
+        raise OSError(28, "No space left on device", str(p))
+
+    with pytest.raises(ArtifactError, match=r"cannot write .*codes\.bin: No space left"):
+        atomic_write(tmp_path / "codes.bin", writer)
+
+
+def test_path_under_a_regular_file_is_an_artifact_error(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("I am a file")
+    with pytest.raises(ArtifactError, match="cannot write"):
+        atomic_write_bytes(blocker / "sub" / "out.bin", b"x")
+    with pytest.raises(ArtifactError, match="cannot write"):
+        save_bundle(blocker / "model", "model", {"w": torch.zeros(2)}, {})
+    assert blocker.read_text() == "I am a file"
+
+
+def test_target_that_is_a_directory_is_an_artifact_error(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("keep")
+    with pytest.raises(ArtifactError, match=r"cannot write .*out"):
+        atomic_write_bytes(tmp_path / "out", b"x")
+    assert (tmp_path / "out" / "keep.txt").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_atomic_write_json_is_readable_json_with_newline(tmp_path):
+    path = atomic_write_json(tmp_path / "m.json", {"b": [1, 2], "a": "é"})
+    text = path.read_text()
+    assert text.endswith("\n") and json.loads(text) == {"b": [1, 2], "a": "é"}
+    assert read_json(path, "meta") == {"b": [1, 2], "a": "é"}
+
+
+def test_sha256_file_is_the_sha256_of_the_bytes(tmp_path):
+    data = bytes(range(256)) * 5000  # more than one 1 MiB read block
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    assert sha256_file(path) == hashlib.sha256(data).hexdigest()
+
+
+# --------------------------------------------------------------------------------- read_json
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "meta not found"), ("{not json", "not valid JSON"), ("[1, 2]", "JSON object"),
+     (b"\xff\xfe\x00", "not valid JSON"), ("", "not valid JSON")],
+    ids=["missing", "syntax", "list", "binary", "empty"],
+)
+def test_read_json_errors_are_artifact_errors(tmp_path, content, message):
+    path = tmp_path / "m.json"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(ArtifactError, match=message):
+        read_json(path, "meta")
+
+
+# ----------------------------------------------------------------------------------- bundles
+
+
+TENSORS = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.tensor([1, 2], dtype=torch.int64)}
+
+
+def test_bundle_roundtrip_and_metadata(tmp_path):
+    meta = save_bundle(tmp_path / "art", "thing", TENSORS, {"size": 3}, {"note": "hi"})
+    tensors, loaded = load_bundle(tmp_path / "art", "thing")
+
+    assert set(tensors) == {"w", "b"}
+    for k, v in TENSORS.items():
+        assert torch.equal(tensors[k], v) and tensors[k].dtype == v.dtype
+    assert loaded == meta
+    assert meta["kind"] == "thing" and meta["format_version"] == FORMAT_VERSION
+    assert meta["hybnn_version"] == __version__
+    assert meta["config"] == {"size": 3} and meta["note"] == "hi"
+    assert meta["fingerprint"] == sha256_file(tmp_path / "art" / WEIGHTS_NAME)
+    assert sorted(p.name for p in (tmp_path / "art").iterdir()) == sorted([WEIGHTS_NAME, META_NAME])
+
+
+def test_bundle_fingerprint_is_stable_for_the_same_tensors(tmp_path):
+    a = save_bundle(tmp_path / "a", "thing", TENSORS, {})
+    b = save_bundle(tmp_path / "b", "thing", dict(reversed(TENSORS.items())), {})
+    assert a["fingerprint"] == b["fingerprint"]
+
+
+def test_bundle_saves_non_contiguous_and_grad_tensors(tmp_path):
+    w = torch.randn(3, 4, requires_grad=True)
+    save_bundle(tmp_path / "a", "thing", {"wt": w.t()}, {})
+    tensors, _ = load_bundle(tmp_path / "a", "thing")
+    assert torch.equal(tensors["wt"], w.detach().t())
+
+
+def edit_meta(directory, **changes):
+    path = directory / META_NAME
+    meta = json.loads(path.read_text())
+    meta.update(changes)
+    path.write_text(json.dumps(meta))
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    save_bundle(tmp_path / "art", "thing", TENSORS, {})
+    return tmp_path / "art"
+
+
+def test_load_bundle_missing_directory(tmp_path):
+    with pytest.raises(ArtifactError, match="thing artifact not found"):
+        load_bundle(tmp_path / "absent", "thing")
+
+
+def test_load_bundle_wrong_kind(bundle):
+    with pytest.raises(ArtifactError, match="holds a 'thing' artifact, expected 'encoder'"):
+        load_bundle(bundle, "encoder")
+
+
+@pytest.mark.parametrize("version", [FORMAT_VERSION + 1, 0, None, "1"])
+def test_load_bundle_unsupported_format_version(bundle, version):
+    edit_meta(bundle, format_version=version)
+    with pytest.raises(ArtifactError, match=r"format version .* is not supported"):
+        load_bundle(bundle, "thing")
+
+
+def test_load_bundle_tampered_weights(bundle):
+    weights = bundle / WEIGHTS_NAME
+    raw = bytearray(weights.read_bytes())
+    raw[-1] ^= 0x01  # one bit of one tensor value
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(ArtifactError, match="fingerprint"):
+        load_bundle(bundle, "thing")
+
+
+def test_load_bundle_missing_weights(bundle):
+    (bundle / WEIGHTS_NAME).unlink()
+    with pytest.raises(ArtifactError, match="weights missing"):
+        load_bundle(bundle, "thing")
+
+
+def test_load_bundle_corrupt_meta(bundle):
+    (bundle / META_NAME).write_text('{"kind": "thing", ')
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        load_bundle(bundle, "thing")
+
+
+def test_load_bundle_unreadable_weights_with_matching_fingerprint(bundle):
+    weights = bundle / WEIGHTS_NAME
+    weights.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken!")
+    edit_meta(bundle, fingerprint=sha256_file(weights))
+    with pytest.raises(ArtifactError, match="cannot read"):
+        load_bundle(bundle, "thing")
+
+
+def test_artifact_errors_are_hybnn_errors():
+    assert issubclass(ArtifactError, HybnnError)
