@@ -51,13 +51,17 @@ class CodeStore:
 
     def __post_init__(self) -> None:
         want = (self.num_bits + 7) // 8
-        if self.packed.dtype != np.uint8 or self.packed.ndim != 2 or self.packed.shape[1] != want:
+        if (self.num_bits < 1 or self.packed.dtype != np.uint8 or self.packed.ndim != 2
+                or self.packed.shape[1] != want):
             raise ArtifactError(
                 f"packed codes must be uint8 of shape (N, {want}) for {self.num_bits} bits, "
                 f"got {self.packed.dtype} {self.packed.shape}"
             )
         if self.labels.shape != (self.packed.shape[0],):
             raise ArtifactError("code store: labels do not match the number of codes")
+        if not np.issubdtype(self.labels.dtype, np.integer) or (
+                self.labels.size and self.labels.min() < 0):
+            raise ArtifactError("code store: labels must be non-negative integers")
 
     def __len__(self) -> int:
         return int(self.packed.shape[0])
@@ -114,7 +118,11 @@ class CodeStore:
                                 f"{header.get('format_version')}")
         if "codes" not in arrays or "labels" not in arrays:
             raise ArtifactError(f"{path}: code store lacks codes or labels")
+        try:
+            num_bits, fingerprint = int(header["num_bits"]), str(header["encoder_fingerprint"])
+        except (KeyError, TypeError, ValueError):
+            raise ArtifactError(f"{path}: code store header lacks a valid num_bits or "
+                                "encoder_fingerprint") from None
         meta = {k: v for k, v in header.items()
                 if k not in ("kind", "format_version", "num_bits", "encoder_fingerprint")}
-        return cls(arrays["codes"], arrays["labels"], int(header["num_bits"]),
-                   str(header["encoder_fingerprint"]), meta)
+        return cls(arrays["codes"], arrays["labels"], num_bits, fingerprint, meta)

@@ -1,0 +1,200 @@
+"""Packed binary codes and the code store file: 200 bits -> 25 bytes, bit 1 = +1."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from safetensors.numpy import save_file
+
+from hybnn.errors import ArtifactError, FingerprintMismatch
+from hybnn.pipeline.codes import CodeStore, bits_to_signs, pack_bits, unpack_bits
+
+FP = "a" * 64
+OTHER_FP = "b" * 64
+
+
+def random_bits(n: int, bits: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 2, (n, bits)).astype(bool)
+
+
+# ------------------------------------------------------------------------------------ packing
+
+
+def test_200_bits_pack_into_25_bytes():
+    packed = pack_bits(random_bits(7, 200))
+    assert packed.shape == (7, 25) and packed.dtype == np.uint8
+
+
+def test_packing_is_big_endian_within_each_byte_with_zero_tail():
+    bits = np.array([[1, 0, 0, 0, 0, 0, 0, 1, 1, 1]])
+    packed = pack_bits(bits)
+    assert packed.tolist() == [[0b1000_0001, 0b1100_0000]]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 300).flatmap(
+    lambda b: hnp.arrays(bool, st.tuples(st.integers(0, 6), st.just(b)))))
+def test_property_pack_unpack_roundtrip_for_any_width(bits):
+    packed = pack_bits(bits)
+    assert packed.shape == (bits.shape[0], (bits.shape[1] + 7) // 8)
+    np.testing.assert_array_equal(unpack_bits(packed, bits.shape[1]), bits.astype(np.uint8))
+
+
+def test_bits_to_signs_maps_one_to_plus_one():
+    signs = bits_to_signs(np.array([[1, 0, 1]], np.uint8))
+    assert signs.dtype == torch.float32
+    assert signs.tolist() == [[1.0, -1.0, 1.0]]
+
+
+# -------------------------------------------------------------------------------- code store
+
+
+def make_store(n=10, bits=200, seed=0) -> tuple[CodeStore, np.ndarray]:
+    raw = random_bits(n, bits, seed)
+    labels = np.random.default_rng(seed).integers(0, 3, n)
+    store = CodeStore(pack_bits(raw), labels, bits, FP, {"source": "toy", "task": "all"})
+    return store, raw
+
+
+def test_store_exposes_bits_signs_and_tensors():
+    store, raw = make_store(bits=13)
+    assert len(store) == 10 and store.bytes_per_sample == 2
+    np.testing.assert_array_equal(store.bits(), raw)
+    signs = store.signs()
+    assert signs.shape == (10, 13) and set(signs.unique().tolist()) <= {-1.0, 1.0}
+    assert torch.equal(signs > 0, torch.from_numpy(raw))  # bit 1 = +1
+    x, y = store.tensors()
+    assert torch.equal(x, signs) and y.dtype == torch.int64
+    assert y.tolist() == store.labels.tolist()
+
+
+def test_store_save_load_roundtrip(tmp_path):
+    store, raw = make_store(n=33, bits=200)
+    path = store.save(tmp_path / "codes.safetensors")
+    loaded = CodeStore.load(path)
+    np.testing.assert_array_equal(loaded.packed, store.packed)
+    np.testing.assert_array_equal(loaded.labels, store.labels)
+    np.testing.assert_array_equal(loaded.bits(), raw)
+    assert loaded.num_bits == 200 and loaded.encoder_fingerprint == FP
+    assert loaded.meta == {"source": "toy", "task": "all"}
+
+
+def test_stored_file_is_about_25_bytes_per_sample(tmp_path):
+    store, _ = make_store(n=1000, bits=200)
+    size = store.save(tmp_path / "c.safetensors").stat().st_size
+    assert 1000 * (25 + 8) <= size < 1000 * (25 + 8) + 1024  # codes + int64 labels + header
+
+
+def test_store_roundtrip_of_empty_store(tmp_path):
+    store = CodeStore(np.zeros((0, 25), np.uint8), np.zeros(0, np.int64), 200, FP)
+    loaded = CodeStore.load(store.save(tmp_path / "empty.safetensors"))
+    assert len(loaded) == 0 and loaded.signs().shape == (0, 200)
+
+
+@pytest.mark.parametrize(
+    ("packed", "labels", "bits"),
+    [
+        (np.zeros((2, 24), np.uint8), np.zeros(2, np.int64), 200),
+        (np.zeros((2, 25), np.int64), np.zeros(2, np.int64), 200),
+        (np.zeros(25, np.uint8), np.zeros(1, np.int64), 200),
+        (np.zeros((2, 25), np.uint8), np.zeros(3, np.int64), 200),
+        (np.zeros((2, 25), np.uint8), np.array([0, -1]), 200),
+        (np.zeros((2, 25), np.uint8), np.array([0.0, 1.0]), 200),
+        (np.zeros((2, 0), np.uint8), np.zeros(2, np.int64), 0),
+    ],
+    ids=["width", "dtype", "1d", "labels-len", "neg-label", "float-label", "zero-bits"],
+)
+def test_store_validates_its_arrays(packed, labels, bits):
+    with pytest.raises(ArtifactError):
+        CodeStore(packed, labels, bits, FP)
+
+
+def test_require_encoder(tmp_path):
+    store, _ = make_store()
+    store.require_encoder(FP)  # same encoder: fine
+    with pytest.raises(FingerprintMismatch, match="re-extract codes") as err:
+        store.require_encoder(OTHER_FP, "the BNN head")
+    assert "aaaaaaaaaaaa" in str(err.value) and "bbbbbbbbbbbb" in str(err.value)
+    assert isinstance(err.value, ArtifactError)
+
+
+# -------------------------------------------------------------------------- refusing files
+
+
+@pytest.fixture
+def saved(tmp_path):
+    store, _ = make_store(n=50)
+    return store.save(tmp_path / "codes.safetensors")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ArtifactError, match="not found"):
+        CodeStore.load(tmp_path / "absent.safetensors")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda raw: raw[: len(raw) // 2],
+        lambda raw: raw[:7],
+        lambda raw: b"",
+        lambda raw: b"\xff" * 64,
+        lambda raw: raw[:9] + b"!" + raw[10:],
+        lambda raw: b"PK\x03\x04" + raw[4:],
+    ],
+    ids=["half", "seven-bytes", "empty", "garbage", "broken-header", "bad-length"],
+)
+def test_truncated_or_corrupt_file_is_an_artifact_error(saved, damage):
+    saved.write_bytes(damage(saved.read_bytes()))
+    with pytest.raises(ArtifactError, match=r"codes\.safetensors"):
+        CodeStore.load(saved)
+
+
+def write_foreign(path, header, arrays=None):
+    arrays = arrays or {"codes": np.zeros((3, 25), np.uint8), "labels": np.zeros(3, np.int64)}
+    metadata = None if header is None else {"hybnn": header}
+    save_file(arrays, str(path), metadata=metadata)
+    return path
+
+
+GOOD_HEADER = {"kind": "codes", "format_version": 1, "num_bits": 200, "encoder_fingerprint": FP}
+
+
+@pytest.mark.parametrize(
+    ("header", "arrays", "message"),
+    [
+        (None, None, "not a hybnn code store"),
+        ("not json", None, "not a readable code store"),
+        (json.dumps([1, 2]), None, "not a hybnn code store"),
+        (json.dumps({**GOOD_HEADER, "kind": "model"}), None, "not a hybnn code store"),
+        (json.dumps({**GOOD_HEADER, "format_version": 2}), None, "unsupported code store version"),
+        (json.dumps(GOOD_HEADER), {"weights": np.zeros(3, np.float32)}, "lacks codes or labels"),
+        (json.dumps({k: v for k, v in GOOD_HEADER.items() if k != "num_bits"}), None,
+         "num_bits"),
+        (json.dumps({**GOOD_HEADER, "num_bits": "many"}), None, "num_bits"),
+        (json.dumps({k: v for k, v in GOOD_HEADER.items() if k != "encoder_fingerprint"}), None,
+         "encoder_fingerprint"),
+        (json.dumps({**GOOD_HEADER, "num_bits": 64}), None, "shape"),
+    ],
+    ids=["no-header", "bad-json", "list", "wrong-kind", "future", "no-arrays", "no-num-bits",
+         "bad-num-bits", "no-fingerprint", "bits-mismatch"],
+)
+def test_foreign_safetensors_file_is_an_artifact_error(tmp_path, header, arrays, message):
+    path = write_foreign(tmp_path / "foreign.safetensors", header, arrays)
+    with pytest.raises(ArtifactError, match=message):
+        CodeStore.load(path)
+
+
+def test_model_weights_are_not_a_code_store(tmp_path):
+    from hybnn.models import BNNHead
+    from hybnn.models.io import save_model
+
+    save_model(tmp_path / "m", BNNHead(16, 2, (8,)))
+    with pytest.raises(ArtifactError, match="not a hybnn code store"):
+        CodeStore.load(tmp_path / "m" / "weights.safetensors")
