@@ -1,0 +1,85 @@
+"""The three phases through the `hybnn` command, as a user runs them (digits, tiny budgets)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def hybnn(*args: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "hybnn.cli", *args], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("cli")
+    hybnn("pretrain", "--data", "digits", "--epochs", "1", "--out", str(d / "enc"),
+          "--no-progress")
+    for split in ("train", "test"):
+        hybnn("extract", "--encoder", str(d / "enc"), "--data", "digits", "--task", "0v1",
+              "--split", split, "--out", str(d / f"{split}.safetensors"))
+    hybnn("train", "--model", "hybnn", "--codes", str(d / "train.safetensors"),
+          "--test-codes", str(d / "test.safetensors"), "--epochs", "5", "--out", str(d / "head"),
+          "--no-progress")
+    return d
+
+
+def test_pretrain_writes_a_fingerprinted_encoder(workdir: Path) -> None:
+    meta = json.loads((workdir / "enc" / "meta.json").read_text())
+    assert meta["kind"] == "encoder" and len(meta["fingerprint"]) == 64
+    assert meta["config"]["latent_bits"] == 200
+    for png in ("reconstructions.png", "bit_usage.png"):
+        assert (workdir / "enc" / png).stat().st_size > 1000
+
+
+def test_extract_stores_25_bytes_per_code(workdir: Path) -> None:
+    from hybnn.pipeline.codes import CodeStore
+
+    store = CodeStore.load(workdir / "train.safetensors")
+    assert store.bytes_per_sample == 25 and store.num_bits == 200
+    assert set(np.unique(store.labels)) == {0, 1}
+    enc_meta = json.loads((workdir / "enc" / "meta.json").read_text())
+    assert store.encoder_fingerprint == enc_meta["fingerprint"]
+
+
+def test_evaluate_reports_accuracy_on_codes_and_on_images(workdir: Path) -> None:
+    on_codes = json.loads(hybnn("evaluate", "--model", str(workdir / "head"), "--codes",
+                                str(workdir / "test.safetensors")).stdout)
+    on_images = json.loads(hybnn("evaluate", "--model", str(workdir / "head"), "--encoder",
+                                 str(workdir / "enc"), "--data", "digits", "--task", "0v1").stdout)
+    assert on_codes["accuracy"] == pytest.approx(on_images["accuracy"])
+    assert on_codes["accuracy"] > 0.8
+    assert on_codes["samples"] == on_images["samples"] > 0
+
+
+def test_predict_classifies_an_array_file(workdir: Path) -> None:
+    from hybnn.data import load_source, select_task
+
+    pair = select_task(load_source("digits"), "0v1")
+    np.save(workdir / "x.npy", (pair.x[:6] * 255).astype(np.uint8))
+    rows = json.loads(hybnn("predict", "--model", str(workdir / "head"), "--encoder",
+                            str(workdir / "enc"), "--json", str(workdir / "x.npy")).stdout)
+    assert len(rows) == 6
+    assert all(0.0 <= r["probability"] <= 1.0 for r in rows)
+    assert sum(r["class"] == y for r, y in zip(rows, pair.y[:6], strict=True)) >= 4
+
+
+def test_summary_counts_binary_weights(workdir: Path) -> None:
+    out = hybnn("summary", str(workdir / "head")).stdout
+    assert "BinaryLinear" in out and "25600" in out and "smaller" in out
+
+
+def test_baseline_cnn_trains_from_the_cli(tmp_path: Path) -> None:
+    out = hybnn("train", "--model", "bcnn", "--data", "digits", "--task", "0v1", "--prep",
+                "unit", "--epochs", "1", "--out", str(tmp_path / "bcnn"), "--no-progress")
+    assert "test accuracy" in out.stdout
+    meta = json.loads((tmp_path / "bcnn" / "meta.json").read_text())
+    assert meta["prep"] == "unit" and meta["config"]["arch"] == "binary_cnn"
