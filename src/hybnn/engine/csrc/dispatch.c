@@ -1,0 +1,58 @@
+/* Runtime CPU dispatch: the best ISA this CPU supports, or the one forced by set_isa. */
+#include "engine.h"
+
+static int g_isa = -1;
+
+int hyb_isa_supported(int isa) {
+    switch (isa) {
+    case HYB_ISA_SCALAR:
+        return 1;
+#if HYB_X86
+    case HYB_ISA_AVX2:
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
+    case HYB_ISA_AVX512:
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq") &&
+               __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
+#endif
+    default:
+        return 0;
+    }
+}
+
+int hyb_detect_isa(void) {
+    for (int isa = HYB_ISA_COUNT - 1; isa > 0; isa--)
+        if (hyb_isa_supported(isa)) return isa;
+    return HYB_ISA_SCALAR;
+}
+
+int hyb_get_isa(void) {
+    if (g_isa < 0) g_isa = hyb_detect_isa();
+    return g_isa;
+}
+
+int hyb_set_isa(int isa) {
+    if (isa < 0 || isa >= HYB_ISA_COUNT || !hyb_isa_supported(isa)) return -1;
+    g_isa = isa;
+    return 0;
+}
+
+const char *hyb_isa_name(int isa) {
+    static const char *names[HYB_ISA_COUNT] = {"scalar", "avx2", "avx512"};
+    return (isa >= 0 && isa < HYB_ISA_COUNT) ? names[isa] : "?";
+}
+
+const hyb_kernels *hyb_active(void) {
+#if HYB_X86
+    switch (hyb_get_isa()) {
+    case HYB_ISA_AVX512:
+        return &hyb_kernels_avx512;
+    case HYB_ISA_AVX2:
+        return &hyb_kernels_avx2;
+    default:
+        break;
+    }
+#endif
+    return &hyb_kernels_scalar;
+}

@@ -1,0 +1,77 @@
+/* Shared declarations of the packed binary engine.
+ *
+ * Bit layout (see docs/engine.md): bit j of word k holds value 64k+j of a row (dense) or of a
+ * pixel's channels (NHWC convolution); bit 1 = -1, bit 0 = +1 (sign(0) = +1). Bits past the real
+ * width are 0 in activations and weights, so they XOR to 0 and never count; an all-zero word is
+ * a pixel of +1, which is exactly the +1 padding of BinaryConv2d.
+ */
+#ifndef HYBNN_ENGINE_H
+#define HYBNN_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define HYB_X86 1
+#else
+#define HYB_X86 0
+#endif
+
+enum { HYB_ISA_SCALAR = 0, HYB_ISA_AVX2 = 1, HYB_ISA_AVX512 = 2, HYB_ISA_COUNT = 3 };
+
+#define HYB_GROUP 32  /* output channels per microkernel call */
+#define HYB_KBLOCK 31 /* words per microkernel call: the AVX2 kernel's 8-bit counters hold 31*8 */
+
+/* Microkernel: acc[c] += sum_k popcount(a_k ^ w[k][c]) for c < 32 and k < nk <= HYB_KBLOCK.
+ * "contig" reads a_k at a + k*E, "ind" at ptr[k]; E = 2 for split kernels (nibble planes
+ * lo = x & 0x0f.., hi = (x >> 4) & 0x0f.., weights [k][2][32]) and 1 otherwise ([k][32]). */
+typedef void (*hyb_mk_contig_fn)(const uint64_t *a, int nk, const uint64_t *w, uint32_t *acc);
+typedef void (*hyb_mk_ind_fn)(const uint64_t *const *a, int nk, const uint64_t *w, uint32_t *acc);
+/* Sign-pack rows of k floats into words(k) words each; returns nonzero if a NaN was seen. */
+typedef int (*hyb_pack_rows_fn)(const float *x, size_t rows, size_t k, uint64_t *out);
+/* Sign-pack NCHW planes into NHWC words (cw words per pixel); returns nonzero on NaN. */
+typedef int (*hyb_pack_nchw_fn)(const float *x, size_t n, size_t c, size_t hw, uint64_t *out);
+/* Split n words into (lo, hi) nibble pairs (split kernels only). */
+typedef void (*hyb_split_fn)(const uint64_t *x, size_t n, uint64_t *out);
+
+typedef struct {
+    const char *name;
+    int split;
+    hyb_mk_contig_fn mk_contig;
+    hyb_mk_ind_fn mk_ind;
+    hyb_pack_rows_fn pack_rows;
+    hyb_pack_nchw_fn pack_nchw;
+    hyb_split_fn split_words;
+} hyb_kernels;
+
+extern const hyb_kernels hyb_kernels_scalar;
+#if HYB_X86
+extern const hyb_kernels hyb_kernels_avx2;
+extern const hyb_kernels hyb_kernels_avx512;
+#endif
+
+/* dispatch.c */
+int hyb_isa_supported(int isa);
+int hyb_detect_isa(void);
+int hyb_get_isa(void);
+int hyb_set_isa(int isa); /* 0 on success, -1 if the CPU lacks it */
+const hyb_kernels *hyb_active(void);
+const char *hyb_isa_name(int isa);
+
+/* scalar helpers shared by every ISA (kernels_scalar.c) */
+void hyb_pack_bytes(const uint8_t *codes, size_t rows, size_t nbits, uint64_t *out);
+int hyb_pack_rows_scalar(const float *x, size_t rows, size_t k, uint64_t *out);
+int hyb_pack_nchw_scalar(const float *x, size_t n, size_t c, size_t hw, uint64_t *out);
+#if HYB_X86
+int hyb_pack_nchw_avx2(const float *x, size_t n, size_t c, size_t hw, uint64_t *out);
+#endif
+void hyb_maxpool(const uint64_t *x, size_t n, size_t h, size_t w, size_t cw, size_t k,
+                 size_t stride, uint64_t *out);
+
+static inline size_t hyb_words(size_t bits) { return (bits + 63) / 64; }
+
+/* threads.c: run fn(ctx, lo, hi) over [0, ntasks) split into nthreads contiguous ranges. */
+typedef void (*hyb_range_fn)(void *ctx, size_t lo, size_t hi);
+void hyb_parallel_for(int nthreads, size_t ntasks, hyb_range_fn fn, void *ctx);
+
+#endif

@@ -1,0 +1,312 @@
+/* Forward pass of a packed network: pack the input, then per layer one parallel loop over
+ * row tiles (dense) or output rows (convolution) with the fused epilogue (threshold -> packed
+ * bits, or integer accumulators, or float logits). */
+#include "network.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TILE 16 /* dense rows per task */
+#define OXT 64  /* output pixels per conv pointer block */
+
+static const uint64_t zero_words[2] = {0, 0};
+
+int hyb_layer_prepare(hyb_layer *L, const uint64_t *rows) {
+    const size_t n = L->groups * L->kwords * HYB_GROUP;
+    L->w_plain = (uint64_t *)calloc(n + 1, sizeof(uint64_t));
+    L->w_split = (uint64_t *)calloc(2 * n + 1, sizeof(uint64_t));
+    if (!L->w_plain || !L->w_split) return -1;
+    const uint64_t m = 0x0f0f0f0f0f0f0f0fULL;
+    for (size_t g = 0; g < L->groups; g++)
+        for (size_t k = 0; k < L->kwords; k++)
+            for (size_t c = 0; c < HYB_GROUP; c++) {
+                const size_t ch = g * HYB_GROUP + c;
+                const uint64_t v = ch < L->n_out ? rows[ch * L->kwords + k] : 0;
+                L->w_plain[(g * L->kwords + k) * HYB_GROUP + c] = v;
+                L->w_split[(g * L->kwords + k) * 2 * HYB_GROUP + c] = v & m;
+                L->w_split[(g * L->kwords + k) * 2 * HYB_GROUP + HYB_GROUP + c] = (v >> 4) & m;
+            }
+    return 0;
+}
+
+void hyb_net_free(hyb_net *net) {
+    if (!net) return;
+    for (size_t l = 0; l < net->nlayers; l++) {
+        hyb_layer *L = &net->layers[l];
+        free(L->w_plain);
+        free(L->w_split);
+        free(L->thr);
+        free(L->flip);
+        free(L->alpha);
+        free(L->bn_a);
+        free(L->bn_b);
+    }
+    free(net->layers);
+    net->layers = NULL;
+    net->nlayers = 0;
+}
+
+/* ---- epilogue ------------------------------------------------------------------------ */
+
+typedef struct {
+    uint64_t *bits; /* packed output [pos][out_cw] (zeroed), or NULL */
+    int32_t *acc;   /* accumulators [pos][n_out], or NULL */
+    float *logits;  /* [pos][n_out], or NULL */
+} hyb_targets;
+
+static void epilogue(const hyb_layer *L, const uint32_t *pop, size_t g, size_t pos,
+                     const hyb_targets *t) {
+    const size_t c0 = g * HYB_GROUP;
+    const size_t nc = L->n_out - c0 < HYB_GROUP ? L->n_out - c0 : HYB_GROUP;
+    const int32_t kb = (int32_t)L->kbits;
+    if (t->bits) {
+        uint64_t bits = 0;
+        for (size_t c = 0; c < nc; c++) bits |= (uint64_t)((int32_t)pop[c] > L->thr[c0 + c]) << c;
+        t->bits[pos * L->out_cw + g / 2] |= bits << (32 * (g & 1));
+    }
+    if (t->acc)
+        for (size_t c = 0; c < nc; c++)
+            t->acc[pos * L->n_out + c0 + c] = L->flip[c0 + c] * (kb - 2 * (int32_t)pop[c]);
+    if (t->logits)
+        for (size_t c = 0; c < nc; c++) {
+            const float z = L->alpha[c0 + c] * (float)(kb - 2 * (int32_t)pop[c]);
+            t->logits[pos * L->n_out + c0 + c] = fmaf(z, L->bn_a[c0 + c], L->bn_b[c0 + c]);
+        }
+}
+
+/* ---- layer loops --------------------------------------------------------------------- */
+
+typedef struct {
+    const hyb_layer *L;
+    const hyb_kernels *K;
+    const uint64_t *act; /* packed (or split) input activations */
+    size_t n;
+    hyb_targets t;
+    int fail;
+} layer_ctx;
+
+static void dense_range(void *vctx, size_t lo, size_t hi) {
+    layer_ctx *ctx = (layer_ctx *)vctx;
+    const hyb_layer *L = ctx->L;
+    const size_t e = ctx->K->split ? 2 : 1, kw = L->kwords;
+    const uint64_t *wl = ctx->K->split ? L->w_split : L->w_plain;
+    uint32_t acc[TILE][HYB_GROUP];
+    for (size_t tile = lo; tile < hi; tile++) {
+        const size_t m0 = tile * TILE;
+        const size_t mt = ctx->n - m0 < TILE ? ctx->n - m0 : TILE;
+        for (size_t g = 0; g < L->groups; g++) {
+            const uint64_t *wg = wl + g * kw * HYB_GROUP * e;
+            memset(acc, 0, sizeof(acc));
+            for (size_t k0 = 0; k0 < kw; k0 += HYB_KBLOCK) {
+                const int nk = (int)(kw - k0 < HYB_KBLOCK ? kw - k0 : HYB_KBLOCK);
+                for (size_t m = 0; m < mt; m++)
+                    ctx->K->mk_contig(ctx->act + ((m0 + m) * kw + k0) * e, nk,
+                                      wg + k0 * HYB_GROUP * e, acc[m]);
+            }
+            for (size_t m = 0; m < mt; m++) epilogue(L, acc[m], g, m0 + m, &ctx->t);
+        }
+    }
+}
+
+static void conv_range(void *vctx, size_t lo, size_t hi) {
+    layer_ctx *ctx = (layer_ctx *)vctx;
+    const hyb_layer *L = ctx->L;
+    const size_t e = ctx->K->split ? 2 : 1, kw = L->kwords;
+    const uint64_t *wl = ctx->K->split ? L->w_split : L->w_plain;
+    const uint64_t **ptrs = (const uint64_t **)malloc(OXT * kw * sizeof(*ptrs));
+    uint32_t(*acc)[HYB_GROUP] = malloc(OXT * sizeof(*acc));
+    if (!ptrs || !acc) {
+        free(ptrs);
+        free(acc);
+        __atomic_store_n(&ctx->fail, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    for (size_t r = lo; r < hi; r++) {
+        const size_t n = r / L->out_h, oy = r % L->out_h;
+        for (size_t ox0 = 0; ox0 < L->out_w; ox0 += OXT) {
+            const size_t ot = L->out_w - ox0 < OXT ? L->out_w - ox0 : OXT;
+            for (size_t j = 0; j < ot; j++) {
+                const uint64_t **p = ptrs + j * kw;
+                for (size_t ky = 0; ky < L->kh; ky++)
+                    for (size_t kx = 0; kx < L->kw; kx++) {
+                        /* signed arithmetic: the window may start in the padding */
+                        const long iy = (long)(oy * L->stride + ky) - (long)L->pad;
+                        const long ix = (long)((ox0 + j) * L->stride + kx) - (long)L->pad;
+                        const int inside = iy >= 0 && ix >= 0 && iy < (long)L->in_h && ix < (long)L->in_w;
+                        const uint64_t *px = inside ? ctx->act + e * (((n * L->in_h + (size_t)iy) * L->in_w + (size_t)ix) * L->in_cw) : NULL;
+                        for (size_t c = 0; c < L->in_cw; c++) *p++ = inside ? px + e * c : zero_words;
+                    }
+            }
+            for (size_t g = 0; g < L->groups; g++) {
+                const uint64_t *wg = wl + g * kw * HYB_GROUP * e;
+                memset(acc, 0, ot * sizeof(*acc));
+                for (size_t k0 = 0; k0 < kw; k0 += HYB_KBLOCK) {
+                    const int nk = (int)(kw - k0 < HYB_KBLOCK ? kw - k0 : HYB_KBLOCK);
+                    for (size_t j = 0; j < ot; j++)
+                        ctx->K->mk_ind(ptrs + j * kw + k0, nk, wg + k0 * HYB_GROUP * e, acc[j]);
+                }
+                for (size_t j = 0; j < ot; j++)
+                    epilogue(L, acc[j], g, (n * L->out_h + oy) * L->out_w + ox0 + j, &ctx->t);
+            }
+        }
+    }
+    free(ptrs);
+    free(acc);
+}
+
+/* ---- input packing and splitting ------------------------------------------------------- */
+
+typedef struct {
+    const hyb_net *net;
+    const hyb_kernels *K;
+    const void *x;
+    int x_kind;
+    uint64_t *out;
+    int nan;
+} pack_ctx;
+
+static void pack_range(void *vctx, size_t lo, size_t hi) {
+    pack_ctx *ctx = (pack_ctx *)vctx;
+    const hyb_net *net = ctx->net;
+    uint64_t *out = ctx->out + lo * net->in_size;
+    int nan = 0;
+    if (ctx->x_kind == HYB_IN_PACKBITS) {
+        const size_t nbytes = (net->in_c + 7) / 8;
+        hyb_pack_bytes((const uint8_t *)ctx->x + lo * nbytes, hi - lo, net->in_c, out);
+    } else if (net->image) {
+        const size_t per = net->in_c * net->in_h * net->in_w;
+        nan = ctx->K->pack_nchw((const float *)ctx->x + lo * per, hi - lo, net->in_c,
+                                net->in_h * net->in_w, out);
+    } else {
+        nan = ctx->K->pack_rows((const float *)ctx->x + lo * net->in_c, hi - lo, net->in_c, out);
+    }
+    if (nan) __atomic_store_n(&ctx->nan, 1, __ATOMIC_RELAXED);
+}
+
+typedef struct {
+    const hyb_kernels *K;
+    const uint64_t *x;
+    uint64_t *out;
+    size_t per;
+} split_ctx;
+
+static void split_range(void *vctx, size_t lo, size_t hi) {
+    split_ctx *ctx = (split_ctx *)vctx;
+    ctx->K->split_words(ctx->x + lo * ctx->per, (hi - lo) * ctx->per, ctx->out + 2 * lo * ctx->per);
+}
+
+/* Pad bits of caller-packed words must be 0, or they would count as mismatches. */
+static int check_pad_bits(const hyb_net *net, const uint64_t *x, size_t n) {
+    const size_t cw = hyb_words(net->in_c), rem = net->in_c % 64;
+    if (rem == 0) return 0;
+    const uint64_t mask = ~(((uint64_t)1 << rem) - 1);
+    const size_t units = n * net->in_h * net->in_w; /* pixels (rows: one unit per sample) */
+    for (size_t u = 0; u < units; u++)
+        if (x[u * cw + cw - 1] & mask) return 1;
+    return 0;
+}
+
+/* ---- driver ---------------------------------------------------------------------------- */
+
+static int run_layer(const hyb_layer *L, const hyb_kernels *K, const uint64_t *in, size_t n,
+                     const hyb_targets *t, int threads) {
+    const uint64_t *act = in;
+    uint64_t *split = NULL;
+    if (K->split) {
+        split = (uint64_t *)malloc(2 * n * L->in_size * sizeof(uint64_t) + 1);
+        if (!split) return HYB_ERR_NOMEM;
+        split_ctx sc = {K, in, split, L->in_size};
+        hyb_parallel_for(threads, n, split_range, &sc);
+        act = split;
+    }
+    layer_ctx ctx = {L, K, act, n, *t, 0};
+    if (L->kind == HYB_CONV)
+        hyb_parallel_for(threads, n * L->out_h, conv_range, &ctx);
+    else
+        hyb_parallel_for(threads, (n + TILE - 1) / TILE, dense_range, &ctx);
+    free(split);
+    return ctx.fail ? HYB_ERR_NOMEM : HYB_OK;
+}
+
+static int forward(const hyb_net *net, const void *x, int x_kind, size_t n, int threads,
+                   int32_t **trace, void *out, int out_kind) {
+    const hyb_kernels *K = hyb_active();
+    uint64_t *owned = NULL;
+    const uint64_t *cur;
+    int status = HYB_OK;
+    if (x_kind == HYB_IN_WORDS) {
+        if (check_pad_bits(net, (const uint64_t *)x, n)) return HYB_ERR_PADBITS;
+        cur = (const uint64_t *)x;
+    } else {
+        owned = (uint64_t *)malloc(n * net->in_size * sizeof(uint64_t) + 1);
+        if (!owned) return HYB_ERR_NOMEM;
+        pack_ctx pc = {net, K, x, x_kind, owned, 0};
+        hyb_parallel_for(threads, n, pack_range, &pc);
+        if (pc.nan) {
+            free(owned);
+            return HYB_ERR_NAN;
+        }
+        cur = owned;
+    }
+    float *scratch_logits = NULL;
+    for (size_t l = 0; l < net->nlayers && status == HYB_OK; l++) {
+        const hyb_layer *L = &net->layers[l];
+        const int last = l + 1 == net->nlayers;
+        hyb_targets t = {NULL, trace ? trace[l] : NULL, NULL};
+        uint64_t *next = NULL;
+        if (!last) {
+            next = (uint64_t *)calloc(n * L->out_size + 1, sizeof(uint64_t));
+            if (!next) {
+                status = HYB_ERR_NOMEM;
+                break;
+            }
+            t.bits = next;
+        } else if (!trace) {
+            if (out_kind == HYB_OUT_WORDS) {
+                memset(out, 0, n * L->out_size * sizeof(uint64_t));
+                t.bits = (uint64_t *)out;
+            } else if (out_kind == HYB_OUT_ACC) {
+                t.acc = (int32_t *)out;
+            } else if (out_kind == HYB_OUT_LOGITS) {
+                t.logits = (float *)out;
+            } else {
+                scratch_logits = (float *)malloc(n * L->n_out * sizeof(float) + 1);
+                if (!scratch_logits) {
+                    status = HYB_ERR_NOMEM;
+                    break;
+                }
+                t.logits = scratch_logits;
+            }
+        }
+        status = run_layer(L, K, cur, n, &t, threads);
+        free(owned);
+        owned = next;
+        cur = next;
+        if (last && status == HYB_OK && out_kind == HYB_OUT_ARGMAX && !trace) {
+            int64_t *idx = (int64_t *)out;
+            for (size_t i = 0; i < n; i++) {
+                const float *row = scratch_logits + i * L->n_out;
+                size_t best = 0;
+                for (size_t c = 1; c < L->n_out; c++)
+                    if (row[c] > row[best]) best = c;
+                idx[i] = (int64_t)best;
+            }
+        }
+    }
+    free(owned);
+    free(scratch_logits);
+    return status;
+}
+
+int hyb_net_run(const hyb_net *net, const void *x, int x_kind, size_t n, void *out, int out_kind,
+                int threads) {
+    if (n == 0) return HYB_OK;
+    return forward(net, x, x_kind, n, threads, NULL, out, out_kind);
+}
+
+int hyb_net_trace(const hyb_net *net, const void *x, int x_kind, size_t n, int32_t **outs,
+                  int threads) {
+    if (n == 0) return HYB_OK;
+    return forward(net, x, x_kind, n, threads, outs, NULL, HYB_OUT_ACC);
+}
