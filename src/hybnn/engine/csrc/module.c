@@ -282,7 +282,7 @@ static int parse_layer(PyObject *spec, hyb_layer *L, size_t prev_c, size_t prev_
         L->n_out = (size_t)on, L->out_cw = hyb_words(L->n_out);
         L->kbits = L->in_c, L->kwords = L->in_cw;
         L->in_size = L->kwords, L->out_size = L->out_cw;
-        if (prev_size != L->in_size) {
+        if (prev_size != L->in_size || prev_c * prev_h * prev_w != L->in_c) {
             PyErr_SetString(PyExc_ValueError, "dense input does not match the previous layer");
             return -1;
         }
