@@ -95,6 +95,19 @@ def failed_extract_over_old_codes(tmp, write_idx):
     return ["extract", "--encoder", "encoder", "--data", "bad.npz", "--out", "codes.safetensors"]
 
 
+@case
+def model_without_encoder_record(tmp, write_idx):
+    save_model(tmp / "model", BNNHead(16, 2, (8,)))  # saved by hand: no encoder fingerprint
+    code_store(tmp / "codes.safetensors", FP_A)
+    return ["evaluate", "--model", "model", "--codes", "codes.safetensors"]
+
+
+@case
+def batch_size_zero(tmp, write_idx):
+    code_store(tmp / "codes.safetensors", FP_A)
+    return ["train", "--codes", "codes.safetensors", "--out", "head", "--batch-size", "0"]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, write_idx) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
     started = {}
@@ -159,3 +172,14 @@ def test_failed_extract_leaves_the_previous_code_store_intact(runs):
     assert_one_line_error(result, "bad.npz", "[0, 1]")
     assert (tmp / "codes.safetensors").read_bytes() == (tmp / "codes.before").read_bytes()
     assert [p.name for p in tmp.iterdir() if p.name.startswith(".")] == []
+
+
+def test_model_that_does_not_record_its_encoder(runs):
+    _, result = runs["model_without_encoder_record"]
+    assert_one_line_error(result, "aaaaaaaaaaaa", "re-extract")
+
+
+def test_impossible_training_settings(runs):
+    tmp, result = runs["batch_size_zero"]
+    assert_one_line_error(result, "batch size >= 1")
+    assert not (tmp / "head").exists()

@@ -186,6 +186,17 @@ def test_mismatched_or_empty_training_set_is_a_data_error():
         fit_classifier(head(), (x[:0], y[:0]), None, CONFIG, progress=False)
 
 
+@pytest.mark.parametrize(
+    "config",
+    [TrainConfig(batch_size=0), TrainConfig(epochs=-1), TrainConfig(lr=0.0),
+     TrainConfig(lr=float("nan")), TrainConfig(lr=float("inf"))],
+    ids=["batch0", "epochs-1", "lr0", "lr-nan", "lr-inf"],
+)
+def test_impossible_settings_are_data_errors(config):
+    with pytest.raises(DataError, match="batch size >= 1, epochs >= 0 and a positive"):
+        fit_classifier(head(), separable(), None, config, progress=False)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 @pytest.mark.parametrize("device", ["cuda", "cuda:1"])
 def test_cuda_without_cuda_is_a_data_error(device):

@@ -87,7 +87,7 @@ def evaluate_model(model_dir: str | os.PathLike[str], codes: str | None = None,
     if arch == "bnn_head":
         if codes:
             store = CodeStore.load(codes)
-            store.require_encoder(meta["encoder_fingerprint"], f"model {model_dir}")
+            store.require_encoder(str(meta.get("encoder_fingerprint")), f"model {model_dir}")
         else:
             if not (encoder and data):
                 raise DataError("a BNN head is evaluated on --codes, or on --data with --encoder")

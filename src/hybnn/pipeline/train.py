@@ -121,6 +121,9 @@ def fit_classifier(
 ) -> History:
     """Train ``model`` with cross-entropy on ``train``; evaluate on ``test`` every epoch."""
     config = config or TrainConfig()
+    if config.batch_size < 1 or config.epochs < 0 or not 0 < config.lr < math.inf:
+        raise DataError(f"training needs batch size >= 1, epochs >= 0 and a positive learning "
+                        f"rate (got {config.batch_size}, {config.epochs}, {config.lr})")
     x, y = train
     if len(x) != len(y) or len(y) == 0:
         raise DataError(f"training set needs as many labels as inputs (got {len(x)}, {len(y)})")
