@@ -33,6 +33,8 @@ typedef int (*hyb_pack_rows_fn)(const float *x, size_t rows, size_t k, uint64_t 
 typedef int (*hyb_pack_nchw_fn)(const float *x, size_t n, size_t c, size_t hw, uint64_t *out);
 /* Split n words into (lo, hi) nibble pairs (split kernels only). */
 typedef void (*hyb_split_fn)(const uint64_t *x, size_t n, uint64_t *out);
+/* 32 output bits: bit c = pop[c] > thr[c] (signed compare; pops are < 2^30). */
+typedef uint32_t (*hyb_thr_bits_fn)(const uint32_t *pop, const int32_t *thr);
 
 typedef struct {
     const char *name;
@@ -42,6 +44,7 @@ typedef struct {
     hyb_pack_rows_fn pack_rows;
     hyb_pack_nchw_fn pack_nchw;
     hyb_split_fn split_words;
+    hyb_thr_bits_fn thr_bits;
 } hyb_kernels;
 
 extern const hyb_kernels hyb_kernels_scalar;
@@ -65,6 +68,7 @@ int hyb_pack_nchw_scalar(const float *x, size_t n, size_t c, size_t hw, uint64_t
 #if HYB_X86
 int hyb_pack_nchw_avx2(const float *x, size_t n, size_t c, size_t hw, uint64_t *out);
 #endif
+uint32_t hyb_thr_bits_scalar(const uint32_t *pop, const int32_t *thr);
 void hyb_maxpool(const uint64_t *x, size_t n, size_t h, size_t w, size_t cw, size_t k,
                  size_t stride, uint64_t *out);
 

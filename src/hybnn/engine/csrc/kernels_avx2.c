@@ -149,7 +149,17 @@ T_AVX2 int hyb_pack_nchw_avx2(const float *x, size_t n, size_t c, size_t hw, uin
     return tail_nan | (_mm256_movemask_ps(nan) != 0);
 }
 
+T_AVX2 static uint32_t thr_bits_avx2(const uint32_t *pop, const int32_t *thr) {
+    uint32_t bits = 0;
+    for (int v = 0; v < 4; v++) {
+        const __m256i gt = _mm256_cmpgt_epi32(LD(pop + 8 * v), LD(thr + 8 * v));
+        bits |= (uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(gt)) << (8 * v);
+    }
+    return bits;
+}
+
 const hyb_kernels hyb_kernels_avx2 = {
     "avx2", 1, mk_avx2_contig, mk_avx2_ind, pack_rows_avx2, hyb_pack_nchw_avx2, split_avx2,
+    thr_bits_avx2,
 };
 #endif

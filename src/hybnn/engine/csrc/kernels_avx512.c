@@ -67,8 +67,15 @@ T_512 static int pack_rows_512(const float *x, size_t rows, size_t k, uint64_t *
     return tail_nan | (nan != 0);
 }
 
+T_512 static uint32_t thr_bits_512(const uint32_t *pop, const int32_t *thr) {
+    const __m512i p0 = _mm512_loadu_si512((const void *)pop), t0 = _mm512_loadu_si512((const void *)thr);
+    const __m512i p1 = _mm512_loadu_si512((const void *)(pop + 16));
+    const __m512i t1 = _mm512_loadu_si512((const void *)(thr + 16));
+    return (uint32_t)_mm512_cmpgt_epi32_mask(p0, t0) | ((uint32_t)_mm512_cmpgt_epi32_mask(p1, t1) << 16);
+}
+
 const hyb_kernels hyb_kernels_avx512 = {
     /* NCHW packing is memory-bound and shared with AVX2 (every AVX-512 CPU has it) */
-    "avx512", 0, mk_512_contig, mk_512_ind, pack_rows_512, hyb_pack_nchw_avx2, NULL,
+    "avx512", 0, mk_512_contig, mk_512_ind, pack_rows_512, hyb_pack_nchw_avx2, NULL, thr_bits_512,
 };
 #endif

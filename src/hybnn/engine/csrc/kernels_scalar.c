@@ -100,6 +100,13 @@ static void mk_scalar_ind(const uint64_t *const *a, int nk, const uint64_t *w, u
     }
 }
 
+uint32_t hyb_thr_bits_scalar(const uint32_t *pop, const int32_t *thr) {
+    uint32_t bits = 0;
+    for (int c = 0; c < HYB_GROUP; c++) bits |= (uint32_t)((int32_t)pop[c] > thr[c]) << c;
+    return bits;
+}
+
 const hyb_kernels hyb_kernels_scalar = {
     "scalar", 0, mk_scalar_contig, mk_scalar_ind, hyb_pack_rows_scalar, hyb_pack_nchw_scalar, NULL,
+    hyb_thr_bits_scalar,
 };

@@ -291,11 +291,11 @@ static int parse_layer(PyObject *spec, hyb_layer *L, size_t prev_c, size_t prev_
         return -1;
     }
     size_t nw;
+    L->groups = (L->n_out + HYB_GROUP - 1) / HYB_GROUP;
     if (!mul_ok(L->n_out, L->kwords, &nw) || L->kbits >= ((size_t)1 << 30)) {
         PyErr_SetString(PyExc_ValueError, "layer too large");
         return -1;
     }
-    L->groups = (L->n_out + HYB_GROUP - 1) / HYB_GROUP;
     if (!(rows = (uint64_t *)copy_array(wo, U64, nw, "weights"))) return -1;
     if (L->kind == HYB_OUT) {
         L->flip = (int8_t *)calloc(L->n_out, 1);
@@ -313,7 +313,15 @@ static int parse_layer(PyObject *spec, hyb_layer *L, size_t prev_c, size_t prev_
                 goto fail;
             }
         if (to != Py_None) {
-            if (!(L->thr = (int32_t *)copy_array(to, I32, L->n_out, "thresholds"))) goto fail;
+            int32_t *thr = (int32_t *)copy_array(to, I32, L->n_out, "thresholds");
+            if (!thr) goto fail;
+            L->thr = (int32_t *)malloc(L->groups * HYB_GROUP * sizeof(int32_t));
+            if (!L->thr) {
+                free(thr);
+                goto nomem;
+            }
+            for (size_t c = 0; c < L->groups * HYB_GROUP; c++) L->thr[c] = c < L->n_out ? thr[c] : INT32_MAX;
+            free(thr);
             for (size_t c = 0; c < L->n_out; c++)
                 if (L->thr[c] < -1 || L->thr[c] > (int32_t)L->kbits) {
                     PyErr_SetString(PyExc_ValueError, "threshold out of range");

@@ -55,19 +55,21 @@ typedef struct {
     float *logits;  /* [pos][n_out], or NULL */
 } hyb_targets;
 
-static void epilogue(const hyb_layer *L, const uint32_t *pop, size_t g, size_t pos,
-                     const hyb_targets *t) {
+static void epilogue(const hyb_layer *L, const hyb_kernels *K, const uint32_t *pop, size_t g,
+                     size_t pos, const hyb_targets *t) {
     const size_t c0 = g * HYB_GROUP;
     const size_t nc = L->n_out - c0 < HYB_GROUP ? L->n_out - c0 : HYB_GROUP;
     const int32_t kb = (int32_t)L->kbits;
-    if (t->bits) {
-        uint64_t bits = 0;
-        for (size_t c = 0; c < nc; c++) bits |= (uint64_t)((int32_t)pop[c] > L->thr[c0 + c]) << c;
-        t->bits[pos * L->out_cw + g / 2] |= bits << (32 * (g & 1));
+    if (t->bits) /* thr is padded to whole groups with INT32_MAX: pad bits stay 0 */
+        t->bits[pos * L->out_cw + g / 2] |= (uint64_t)K->thr_bits(pop, L->thr + c0) << (32 * (g & 1));
+    if (t->acc) {
+        int32_t *restrict dst = t->acc + pos * L->n_out + c0;
+        const int8_t *restrict flip = L->flip + c0;
+        if (nc == HYB_GROUP) /* fixed trip count: vectorized */
+            for (size_t c = 0; c < HYB_GROUP; c++) dst[c] = flip[c] * (kb - 2 * (int32_t)pop[c]);
+        else
+            for (size_t c = 0; c < nc; c++) dst[c] = flip[c] * (kb - 2 * (int32_t)pop[c]);
     }
-    if (t->acc)
-        for (size_t c = 0; c < nc; c++)
-            t->acc[pos * L->n_out + c0 + c] = L->flip[c0 + c] * (kb - 2 * (int32_t)pop[c]);
     if (t->logits)
         for (size_t c = 0; c < nc; c++) {
             const float z = L->alpha[c0 + c] * (float)(kb - 2 * (int32_t)pop[c]);
@@ -104,7 +106,7 @@ static void dense_range(void *vctx, size_t lo, size_t hi) {
                     ctx->K->mk_contig(ctx->act + ((m0 + m) * kw + k0) * e, nk,
                                       wg + k0 * HYB_GROUP * e, acc[m]);
             }
-            for (size_t m = 0; m < mt; m++) epilogue(L, acc[m], g, m0 + m, &ctx->t);
+            for (size_t m = 0; m < mt; m++) epilogue(L, ctx->K, acc[m], g, m0 + m, &ctx->t);
         }
     }
 }
@@ -115,26 +117,39 @@ static void conv_range(void *vctx, size_t lo, size_t hi) {
     const size_t e = ctx->K->split ? 2 : 1, kw = L->kwords;
     const uint64_t *wl = ctx->K->split ? L->w_split : L->w_plain;
     const uint64_t **ptrs = (const uint64_t **)malloc(OXT * kw * sizeof(*ptrs));
+    size_t *off = (size_t *)malloc(kw * sizeof(*off)); /* tap word offsets inside the image */
     uint32_t(*acc)[HYB_GROUP] = malloc(OXT * sizeof(*acc));
-    if (!ptrs || !acc) {
+    if (!ptrs || !acc || !off) {
         free(ptrs);
+        free(off);
         free(acc);
         __atomic_store_n(&ctx->fail, 1, __ATOMIC_RELAXED);
         return;
     }
+    for (size_t ky = 0, i = 0; ky < L->kh; ky++)
+        for (size_t kx = 0; kx < L->kw; kx++)
+            for (size_t c = 0; c < L->in_cw; c++) off[i++] = e * ((ky * L->in_w + kx) * L->in_cw + c);
     for (size_t r = lo; r < hi; r++) {
         const size_t n = r / L->out_h, oy = r % L->out_h;
+        const long iy0 = (long)(oy * L->stride) - (long)L->pad;
+        const uint64_t *img = ctx->act + e * n * L->in_h * L->in_w * L->in_cw;
         for (size_t ox0 = 0; ox0 < L->out_w; ox0 += OXT) {
             const size_t ot = L->out_w - ox0 < OXT ? L->out_w - ox0 : OXT;
             for (size_t j = 0; j < ot; j++) {
                 const uint64_t **p = ptrs + j * kw;
+                const long ix0 = (long)((ox0 + j) * L->stride) - (long)L->pad;
+                if (iy0 >= 0 && ix0 >= 0 && iy0 + (long)L->kh <= (long)L->in_h &&
+                    ix0 + (long)L->kw <= (long)L->in_w) { /* window inside the image */
+                    const uint64_t *base = img + e * (((size_t)iy0 * L->in_w + (size_t)ix0) * L->in_cw);
+                    for (size_t i = 0; i < kw; i++) p[i] = base + off[i];
+                    continue;
+                }
                 for (size_t ky = 0; ky < L->kh; ky++)
                     for (size_t kx = 0; kx < L->kw; kx++) {
-                        /* signed arithmetic: the window may start in the padding */
-                        const long iy = (long)(oy * L->stride + ky) - (long)L->pad;
-                        const long ix = (long)((ox0 + j) * L->stride + kx) - (long)L->pad;
+                        /* windows at the border read the +1 padding as zero words */
+                        const long iy = iy0 + (long)ky, ix = ix0 + (long)kx;
                         const int inside = iy >= 0 && ix >= 0 && iy < (long)L->in_h && ix < (long)L->in_w;
-                        const uint64_t *px = inside ? ctx->act + e * (((n * L->in_h + (size_t)iy) * L->in_w + (size_t)ix) * L->in_cw) : NULL;
+                        const uint64_t *px = inside ? img + e * (((size_t)iy * L->in_w + (size_t)ix) * L->in_cw) : NULL;
                         for (size_t c = 0; c < L->in_cw; c++) *p++ = inside ? px + e * c : zero_words;
                     }
             }
@@ -147,11 +162,12 @@ static void conv_range(void *vctx, size_t lo, size_t hi) {
                         ctx->K->mk_ind(ptrs + j * kw + k0, nk, wg + k0 * HYB_GROUP * e, acc[j]);
                 }
                 for (size_t j = 0; j < ot; j++)
-                    epilogue(L, acc[j], g, (n * L->out_h + oy) * L->out_w + ox0 + j, &ctx->t);
+                    epilogue(L, ctx->K, acc[j], g, (n * L->out_h + oy) * L->out_w + ox0 + j, &ctx->t);
             }
         }
     }
     free(ptrs);
+    free(off);
     free(acc);
 }
 

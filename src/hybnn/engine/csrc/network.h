@@ -19,7 +19,7 @@ typedef struct {
     size_t in_size, out_size;           /* words per sample in and out */
     uint64_t *w_plain;                  /* [groups][kwords][32] */
     uint64_t *w_split;                  /* [groups][kwords][2][32] nibble planes */
-    int32_t *thr;                       /* [n_out]: bit = -1 iff popcount > thr; NULL: none */
+    int32_t *thr; /* [groups*32]: bit = -1 iff popcount > thr (pad: INT32_MAX); NULL: none */
     int8_t *flip;                       /* [n_out]: +1, or -1 where weights were negated */
     float *alpha, *bn_a, *bn_b;         /* HYB_OUT: logit = fma(alpha * d, bn_a, bn_b) */
 } hyb_layer;

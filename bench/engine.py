@@ -1,0 +1,371 @@
+"""Packed engine vs PyTorch float32 on the same shapes; writes BENCHMARKS.md's `engine` section.
+
+Every case times the packed path and its float32 PyTorch counterpart in one process,
+interleaving repetitions (random order within each round) and taking medians, so that load
+from other jobs on the machine hits both sides alike; the speed-up is the ratio of medians.
+"Packed" timings start from float32 input and include the fused sign-and-pack; cases named
+``*_packed_io`` start from packed words and end in packed words (a layer inside a chain, with
+batch norm + sign fused into thresholds). PyTorch uses as many threads as the engine.
+
+    python bench/engine.py [--quick] [--threads N] [--json FILE] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import random
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import hybnn
+from hybnn.engine import detect_isa, export_model, isa, load, pack_images, pack_signs
+from hybnn.engine.ops import PackedLayer
+from hybnn.engine.packing import pack_bits
+from hybnn.models import BinaryCNN, BinaryLatentVAE, BNNHead, FloatCNN
+
+START, END = "<!-- engine:start -->", "<!-- engine:end -->"
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, inner: int = 1) -> dict[str, float]:
+    """Median seconds per call of each function, repetitions interleaved in random order."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for f in fns.values():  # warm-up
+        f()
+    order = list(fns)
+    for _ in range(rounds):
+        random.shuffle(order)
+        for k in order:
+            f = fns[k]
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                f()
+            times[k].append((time.perf_counter() - t0) / inner)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def pm1(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return np.where(rng.random(shape) < 0.5, -1.0, 1.0).astype(np.float32)
+
+
+def randomize_bn(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d):
+                m.weight.copy_(torch.randn(m.num_features, generator=g))
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 4)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) * 10 + 0.1)
+    return model.eval()
+
+
+def case(packed: float, ref: float, threads: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "ratio_vs_float32": ref / packed,
+        "threads": threads,
+        "packed_ms": packed * 1e3,
+        "float32_ms": ref * 1e3,
+        **extra,
+    }
+
+
+def bench_head(rounds: int, threads: int, tmp: Path) -> dict[str, dict[str, Any]]:
+    model = randomize_bn(BNNHead(200, 2), 0)
+    export_model(model, tmp / "head.hybe")
+    engine = load(tmp / "head.hybe", threads=threads)
+    out = {}
+    for batch, inner in ((1, 200), (4096, 1)):
+        x = np.random.default_rng(batch).standard_normal((batch, 200)).astype(np.float32)
+        xt = torch.from_numpy(x)
+        codes = np.packbits(x >= 0, axis=1)
+        with torch.inference_mode():
+            t = interleaved(
+                {
+                    "packed": lambda x=x: engine.logits(x),
+                    "packed_codes": lambda c=codes: engine.logits_packed(c),
+                    "torch": lambda xt=xt: model(xt),
+                },
+                rounds * (4 if batch == 1 else 1),
+                inner,
+            )
+        out[f"head_200-128-2_b{batch}"] = case(
+            t["packed"],
+            t["torch"],
+            threads,
+            batch=batch,
+            packed_from_codes_ms=t["packed_codes"] * 1e3,
+            what="whole BNNHead forward incl. Python call, float ±1 codes in, logits out",
+        )
+    return out
+
+
+def bench_dense(k: int, n: int, batch: int, rounds: int, threads: int) -> dict[str, dict[str, Any]]:
+    rng = np.random.default_rng(k + n)
+    w, x = pm1(rng, (n, k)), rng.standard_normal((batch, k)).astype(np.float32)
+    layer = PackedLayer.dense(pack_bits(w < 0), k, rng.integers(0, k, n).astype(np.int32))
+    xp = pack_signs(x)
+    wt, xt = torch.from_numpy(w), torch.from_numpy(x)
+    with torch.inference_mode():
+        t = interleaved(
+            {
+                "packed": lambda: layer.accumulators(x, threads),
+                "packed_io": lambda: layer.signs(xp, threads),
+                "pack_only": lambda: pack_signs(x),
+                "torch": lambda: F.linear(xt, wt),
+            },
+            rounds,
+        )
+    name = f"dense_{k}x{n}_b{batch}"
+    return {
+        name: case(
+            t["packed"],
+            t["torch"],
+            threads,
+            pack_ms=t["pack_only"] * 1e3,
+            what="float32 in (sign-packed inside), int32 dot products out",
+        ),
+        f"{name}_packed_io": case(
+            t["packed_io"],
+            t["torch"],
+            threads,
+            what="packed words in, packed signs out (fused BN thresholds)",
+        ),
+    }
+
+
+def bench_conv(rounds: int, threads: int) -> dict[str, dict[str, Any]]:
+    rng = np.random.default_rng(3)
+    c = o = 64
+    w, x = pm1(rng, (o, c, 3, 3)), rng.standard_normal((1, c, 56, 56)).astype(np.float32)
+    layer = PackedLayer.conv2d(
+        pack_bits(w.transpose(0, 2, 3, 1) < 0),
+        c,
+        56,
+        56,
+        1,
+        1,
+        rng.integers(0, 9 * c, o).astype(np.int32),
+    )
+    xp = pack_images(x)
+    wt, xt = torch.from_numpy(w), torch.from_numpy(x)
+    with torch.inference_mode():
+        t = interleaved(
+            {
+                "packed": lambda: layer.accumulators(x, threads),
+                "packed_io": lambda: layer.signs(xp, threads),
+                "pack_only": lambda: pack_images(x),
+                "torch": lambda: F.conv2d(xt, wt, padding=1),
+            },
+            rounds * 4,
+        )
+    name = "conv3x3_56x56x64-64_b1"
+    return {
+        name: case(
+            t["packed"],
+            t["torch"],
+            threads,
+            pack_ms=t["pack_only"] * 1e3,
+            what="float32 NCHW in (sign-packed inside), int32 NHWC out",
+        ),
+        f"{name}_packed_io": case(
+            t["packed_io"],
+            t["torch"],
+            threads,
+            what="packed NHWC in, packed signs out (fused BN thresholds)",
+        ),
+    }
+
+
+def bench_end_to_end(rounds: int, threads: int, tmp: Path) -> dict[str, dict[str, Any]]:
+    torch.manual_seed(0)
+    vae = BinaryLatentVAE().eval()
+    head = randomize_bn(BNNHead(200, 2), 1)
+    cnn = randomize_bn(BinaryCNN(), 2)
+    fcnn = randomize_bn(FloatCNN(), 3)
+    export_model(head, tmp / "e2e_head.hybe")
+    export_model(cnn, tmp / "e2e_cnn.hybe")
+    head_e, cnn_e = load(tmp / "e2e_head.hybe", threads), load(tmp / "e2e_cnn.hybe", threads)
+    out = {}
+    for batch, inner in ((1, 20), (256, 1)):
+        x = torch.rand(batch, 1, 28, 28) - 0.5
+        xn = x.numpy()
+
+        def hybnn_path(x=x) -> np.ndarray:
+            # encoder logits >= 0 are the code bits; their signs are the ±1 codes
+            return head_e.predict(vae.logits(x).numpy())
+
+        with torch.inference_mode():
+            t = interleaved(
+                {
+                    "hybnn": hybnn_path,
+                    "encoder_only": lambda x=x: vae.logits(x),
+                    "binary_cnn": lambda xn=xn: cnn_e.predict(xn),
+                    "float_cnn": lambda x=x: fcnn(x).argmax(1),
+                },
+                rounds * 2,
+                inner,
+            )
+        per = {k: v / batch for k, v in t.items()}
+        common = {"batch": batch, "per_sample_us": None}
+        for name, key in (
+            ("hybnn_encoder+packed_head", "hybnn"),
+            ("binary_cnn_packed", "binary_cnn"),
+        ):
+            out[f"e2e_{name}_b{batch}"] = case(
+                per[key],
+                per["float_cnn"],
+                threads,
+                **{**common, "per_sample_us": per[key] * 1e6},
+                encoder_us=per["encoder_only"] * 1e6,
+                float_cnn_us=per["float_cnn"] * 1e6,
+                what="per-sample latency vs the float32 CNN (torch), images in, classes out",
+            )
+    return out
+
+
+def weight_sizes(tmp: Path) -> dict[str, dict[str, Any]]:
+    out = {}
+    for name, model in (("head_200-128-2", BNNHead(200, 2)), ("binary_cnn_28x28", BinaryCNN())):
+        export_model(randomize_bn(model, 0), tmp / f"{name}.hybe")
+        e = load(tmp / f"{name}.hybe")
+        out[f"weights_{name}"] = {
+            "ratio_vs_float32": e.float32_weight_bytes / e.weight_bytes,
+            "threads": 1,
+            "packed_bytes": e.weight_bytes,
+            "float32_bytes": e.float32_weight_bytes,
+            "file_bytes": (tmp / f"{name}.hybe").stat().st_size,
+            "what": "binary weight bytes, packed vs float32 (file: + header, thresholds)",
+        }
+    for name, k, n in (("dense_1024x1024", 1024, 1024), ("conv3x3_64-64", 576, 64)):
+        out[f"weights_{name}"] = {
+            "ratio_vs_float32": 4 * k * n / (8 * n * ((k + 63) // 64)),
+            "threads": 1,
+            "packed_bytes": 8 * n * ((k + 63) // 64),
+            "float32_bytes": 4 * k * n,
+            "what": "binary weight bytes",
+        }
+    return out
+
+
+def machine(threads: int) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "isa": isa(),
+        "best_isa": detect_isa(),
+        "threads": threads,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "hybnn": hybnn.__version__,
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def markdown(results: dict[str, Any], command: str) -> str:
+    m = results["machine"]
+    lines = [
+        "## Packed binary engine vs PyTorch float32",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {m['cpu']}, kernels `{m['isa']}` (best on this CPU: `{m['best_isa']}`), "
+        f"{m['threads']} thread(s) for both sides  ",
+        f"Versions: hybnn {m['hybnn']}, torch {m['torch']}, numpy {m['numpy']}, "
+        f"Python {m['python']}; {m['date']}  ",
+        "Ratios are float32 time / packed time, medians of interleaved repetitions in one run. "
+        "`packed_io` rows start and end in packed words (a layer inside a chain); the others "
+        "include sign-packing the float32 input.",
+        "",
+        "| case | packed | float32 | speed-up |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, c in results["cases"].items():
+        if name.startswith("weights_"):
+            lines.append(
+                f"| {name} | {c['packed_bytes']} B | {c['float32_bytes']} B | "
+                f"{c['ratio_vs_float32']:.1f}x smaller |"
+            )
+        elif name.startswith("e2e_"):
+            lines.append(
+                f"| {name} (per sample) | {c['per_sample_us']:.1f} us | "
+                f"{c['float_cnn_us']:.1f} us | {c['ratio_vs_float32']:.2f}x |"
+            )
+        else:
+            lines.append(
+                f"| {name} | {_fmt(c['packed_ms'])} | {_fmt(c['float32_ms'])} | "
+                f"{c['ratio_vs_float32']:.1f}x |"
+            )
+    return "\n".join(lines)
+
+
+def _fmt(ms: float) -> str:
+    return f"{ms * 1e3:.1f} us" if ms < 1 else f"{ms:.2f} ms"
+
+
+def write_section(path: Path, text: str) -> None:
+    body = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    if START not in body:
+        body = body.rstrip("\n") + f"\n\n{START}\n{END}\n"
+    body = re.sub(
+        re.escape(START) + r".*?" + re.escape(END),
+        lambda _: f"{START}\n{text}\n{END}",
+        body,
+        count=1,
+        flags=re.S,
+    )
+    path.write_text(body)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions, smaller batches")
+    parser.add_argument("--threads", type=int, default=1, help="engine and torch threads")
+    parser.add_argument("--json", type=Path, help="write the results as JSON here")
+    parser.add_argument("--benchmarks", type=Path, default=Path("BENCHMARKS.md"))
+    parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    random.seed(0)
+    rounds = 5 if args.quick else 21
+    big_batch = 512 if args.quick else 4096
+    cases: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        cases |= bench_head(rounds, args.threads, tmp)
+        cases |= bench_dense(1024, 1024, 256, rounds, args.threads)
+        cases |= bench_dense(16384, 128, big_batch, max(3, rounds // 3), args.threads)
+        cases |= bench_conv(rounds, args.threads)
+        cases |= bench_end_to_end(rounds, args.threads, tmp)
+        cases |= weight_sizes(tmp)
+    results = {"machine": machine(args.threads), "cases": cases}
+    command = "python bench/engine.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = markdown(results, command.strip())
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    if not args.no_write:
+        write_section(args.benchmarks, text)
+    return results
+
+
+if __name__ == "__main__":
+    main()
