@@ -3,10 +3,17 @@
  * and adds vpopcntq. No nibble split: weights use the plain vertical layout [k][32]. */
 #include "engine.h"
 
-#if HYB_X86
+#if defined(HYB_AVX512_SHIM) /* tests: the intrinsics below emulated in portable C */
+#include HYB_AVX512_SHIM
+#define T_512
+#define HYB_NCHW_512 hyb_pack_nchw_scalar
+#elif HYB_X86
 #include <immintrin.h>
-
 #define T_512 __attribute__((target("avx512f,avx512vpopcntdq,avx2,popcnt")))
+#define HYB_NCHW_512 hyb_pack_nchw_avx2 /* memory-bound: AVX2's is as good */
+#endif
+
+#if HYB_X86 || defined(HYB_AVX512_SHIM)
 
 #define POP(x, p) _mm512_popcnt_epi64(_mm512_xor_si512(x, _mm512_loadu_si512((const void *)(p))))
 
@@ -75,7 +82,6 @@ T_512 static uint32_t thr_bits_512(const uint32_t *pop, const int32_t *thr) {
 }
 
 const hyb_kernels hyb_kernels_avx512 = {
-    /* NCHW packing is memory-bound and shared with AVX2 (every AVX-512 CPU has it) */
-    "avx512", 0, mk_512_contig, mk_512_ind, pack_rows_512, hyb_pack_nchw_avx2, NULL, thr_bits_512,
+    "avx512", 0, mk_512_contig, mk_512_ind, pack_rows_512, HYB_NCHW_512, NULL, thr_bits_512,
 };
 #endif
