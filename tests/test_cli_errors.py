@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from hybnn.cli import main
 from hybnn.models import BinaryLatentVAE, BNNHead
 from hybnn.models.io import save_model
 from hybnn.pipeline.codes import CodeStore, pack_bits
@@ -95,19 +96,6 @@ def failed_extract_over_old_codes(tmp, write_idx):
     return ["extract", "--encoder", "encoder", "--data", "bad.npz", "--out", "codes.safetensors"]
 
 
-@case
-def model_without_encoder_record(tmp, write_idx):
-    save_model(tmp / "model", BNNHead(16, 2, (8,)))  # saved by hand: no encoder fingerprint
-    code_store(tmp / "codes.safetensors", FP_A)
-    return ["evaluate", "--model", "model", "--codes", "codes.safetensors"]
-
-
-@case
-def batch_size_zero(tmp, write_idx):
-    code_store(tmp / "codes.safetensors", FP_A)
-    return ["train", "--codes", "codes.safetensors", "--out", "head", "--batch-size", "0"]
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, write_idx) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
     started = {}
@@ -174,12 +162,25 @@ def test_failed_extract_leaves_the_previous_code_store_intact(runs):
     assert [p.name for p in tmp.iterdir() if p.name.startswith(".")] == []
 
 
-def test_model_that_does_not_record_its_encoder(runs):
-    _, result = runs["model_without_encoder_record"]
+# In-process through ``main``: the same error path, without the cost of a process.
+
+
+def run_main(capsys, *args) -> subprocess.CompletedProcess:
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, rc, out, err)
+
+
+def test_model_that_does_not_record_its_encoder(tmp_path, capsys):
+    save_model(tmp_path / "model", BNNHead(16, 2, (8,)))  # saved by hand: no encoder record
+    codes = code_store(tmp_path / "codes.safetensors", FP_A)
+    result = run_main(capsys, "evaluate", "--model", tmp_path / "model", "--codes", codes)
     assert_one_line_error(result, "aaaaaaaaaaaa", "re-extract")
 
 
-def test_impossible_training_settings(runs):
-    tmp, result = runs["batch_size_zero"]
+def test_impossible_training_settings(tmp_path, capsys):
+    codes = code_store(tmp_path / "codes.safetensors", FP_A)
+    result = run_main(capsys, "train", "--codes", codes, "--out", tmp_path / "head",
+                      "--batch-size", "0", "--no-progress")
     assert_one_line_error(result, "batch size >= 1")
-    assert not (tmp / "head").exists()
+    assert not (tmp_path / "head").exists()
