@@ -17,7 +17,7 @@ def register(sub: Any) -> None:
     r.add_argument("--out", default="runs/study-rebnn", help="output directory")
     r.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2")
     r.add_argument("--epochs", type=int, default=None,
-                   help="epochs of every BNN run (default: 8 bcnn, 20 hybnn head)")
+                   help="epochs of every BNN run (default: 8 bcnn, 25 hybnn head)")
     r.add_argument("--quick", action="store_true", help="small subsets, few epochs, 2 seeds")
     r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     r.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
