@@ -99,12 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2")
     p.add_argument("--tasks", nargs="+", default=None,
                    help="default: the paper's 0v1 2v3 4v5 6v7 8v9")
+    p.add_argument("--encoder", help="reuse a pretrained encoder directory (skip phase 1)")
+    p.add_argument("--vae-epochs", type=int, help="phase-1 epochs (default 20, quick 5)")
+    p.add_argument("--head-epochs", type=int, help="BNN-head epochs (default 100, quick 40)")
+    p.add_argument("--cnn-epochs", type=int, help="baseline CNN epochs (default 15, quick 3)")
+    p.add_argument("--max-train", type=int, help="cap training samples per task")
     p.add_argument("--device", default="cpu")
     _progress(p)
     p.set_defaults(func=cmd_reproduce)
 
     from hybnn.experiments.study_cli import register as register_study
     register_study(sub)
+    from hybnn.federated.cli import register as register_federate
+    register_federate(sub)
     return parser
 
 
@@ -175,8 +182,12 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from hybnn.experiments.reproduce import ReproduceConfig, reproduce
 
+    overrides = {k: v for k, v in (("encoder", args.encoder), ("vae_epochs", args.vae_epochs),
+                                   ("head_epochs", args.head_epochs),
+                                   ("cnn_epochs", args.cnn_epochs),
+                                   ("max_train", args.max_train)) if v is not None}
     config = ReproduceConfig.make(data=args.data, quick=args.quick, seeds=args.seeds,
-                                  tasks=args.tasks, device=args.device)
+                                  tasks=args.tasks, device=args.device, **overrides)
     reproduce(config, args.out, progress=not args.no_progress)
     return 0
 

@@ -8,6 +8,8 @@ import numpy as np
 
 from hybnn.errors import DataError
 
+MAX_CLASSES = 65536
+
 
 @dataclass
 class Dataset:
@@ -75,6 +77,9 @@ def validate_arrays(x: np.ndarray, y: np.ndarray, name: str) -> tuple[np.ndarray
     y = y.astype(np.int64)
     if y.size and y.min() < 0:
         raise DataError(f"{name}: negative label {int(y.min())}")
+    if y.size and y.max() >= MAX_CLASSES:
+        raise DataError(f"{name}: label {int(y.max())} is out of range (at most "
+                        f"{MAX_CLASSES} classes)")
     if x.dtype == np.uint8:
         x = x.astype(np.float32) / 255.0
     elif np.issubdtype(x.dtype, np.floating):

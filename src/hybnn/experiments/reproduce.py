@@ -54,7 +54,10 @@ class ReproduceConfig:
     latent_bits: int = 200
     vae_epochs: int = 20
     vae_samples: int | None = None  # subsample the general data for phase 1 (None: all)
-    head_hidden: list[int] = field(default_factory=lambda: [128])
+    vae_beta: float = 1.0
+    vae_shift: int = 0
+    head_hidden: list[int] = field(default_factory=lambda: [128])  # the paper's pair head
+    head_hidden_multiclass: list[int] = field(default_factory=lambda: [512])
     head_epochs: int = 100
     head_lr: float = 1e-2
     cnn_epochs: int = 15
@@ -150,7 +153,8 @@ def _encoder(config: ReproduceConfig, train: Dataset, out: Path,
     general = _subsample(train, config.vae_samples, 0)
     t0 = time.perf_counter()
     pcfg = PretrainConfig(latent_bits=config.latent_bits, epochs=config.vae_epochs,
-                          seed=config.seeds[0], device=config.device)
+                          beta=config.vae_beta, shift=config.vae_shift, seed=config.seeds[0],
+                          device=config.device)
     encoder = pretrain(general.x, out / "encoder", pcfg,
                        {"source": config.data, "split": "train", "samples": len(general)},
                        progress=progress)
@@ -174,7 +178,8 @@ def _train_all(config: ReproduceConfig, encoder: Encoder, tr: Dataset, te: Datas
                          device=dev)
     model_dir = out / "models" / task
     runs: dict[str, tuple[History, Any]] = {}
-    head, h = train_head(train_codes, test_codes, head_cfg, config.head_hidden,
+    hidden = config.head_hidden if tr.num_classes == 2 else config.head_hidden_multiclass
+    head, h = train_head(train_codes, test_codes, head_cfg, hidden,
                          out=model_dir / f"hybnn-seed{seed}", progress=False)
     runs["hybnn"] = (h, head)
     for name, arch, prep, cfg in (("bcnn_paper", "bcnn", "unit", bin_cfg),

@@ -63,6 +63,8 @@ def train_from_args(args: argparse.Namespace) -> History:
     if args.model == "hybnn":
         if not args.codes:
             raise DataError("--model hybnn trains on codes: give --codes (from `hybnn extract`)")
+        if any(h < 1 for h in args.hidden):
+            raise DataError(f"--hidden widths must be positive, got {args.hidden}")
         train = CodeStore.load(args.codes)
         test = CodeStore.load(args.test_codes) if args.test_codes else None
         _, history = train_head(train, test, config, args.hidden, args.scaling, args.out,

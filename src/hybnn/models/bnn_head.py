@@ -27,6 +27,9 @@ class BNNHead(nn.Module):
         scaling: str = "none",
     ) -> None:
         super().__init__()
+        if in_bits < 1 or num_classes < 2 or any(h < 1 for h in hidden):
+            raise ValueError(f"BNNHead needs in_bits >= 1, num_classes >= 2 and positive hidden "
+                             f"widths (got {in_bits}, {num_classes}, {list(hidden)})")
         self.config = {
             "in_bits": int(in_bits),
             "num_classes": int(num_classes),

@@ -35,6 +35,7 @@ class PretrainConfig:
     lr: float = 2e-3
     beta: float = 1.0
     tau: float = 1.0
+    shift: int = 0  # augmentation: random translation of up to `shift` pixels (0: none)
     seed: int = 0
     device: str = "cpu"
 
@@ -45,6 +46,10 @@ def train_vae(images: np.ndarray, config: PretrainConfig,
     if images.ndim != 4 or len(images) < 2:
         raise DataError(f"pretraining needs at least 2 images of shape (N, C, H, W), "
                         f"got {images.shape}")
+    if config.latent_bits < 1 or config.batch_size < 2 or config.epochs < 1:
+        raise DataError("pretraining needs --bits >= 1, --batch-size >= 2 and --epochs >= 1")
+    if not (config.lr > 0 and math.isfinite(config.lr)) or config.beta < 0 or config.tau <= 0:
+        raise DataError("pretraining needs a positive finite --lr, --beta >= 0 and tau > 0")
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     vae = BinaryLatentVAE(images.shape[2:], images.shape[1], config.latent_bits,
@@ -65,7 +70,10 @@ def train_vae(images: np.ndarray, config: PretrainConfig,
             idx = order[i:i + config.batch_size]
             if len(idx) < 2:
                 continue
-            loss, rec, kl = vae_loss(vae, x_all[idx].to(device), config.beta)
+            xb = x_all[idx]
+            if config.shift:
+                xb = random_shift(xb, config.shift)
+            loss, rec, kl = vae_loss(vae, xb.to(device), config.beta)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -74,6 +82,17 @@ def train_vae(images: np.ndarray, config: PretrainConfig,
         history.append({"epoch": epoch + 1, "loss": loss_e, "rec": rec_e, "kl": kl_e,
                         "seconds": time.perf_counter() - t0})
     return vae.eval(), history
+
+
+def random_shift(x: torch.Tensor, shift: int) -> torch.Tensor:
+    """Translate each image by a random offset in [-shift, shift]^2, filling with zeros."""
+    n, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (shift, shift, shift, shift))
+    dy = torch.randint(0, 2 * shift + 1, (n, 1, 1, 1))
+    dx = torch.randint(0, 2 * shift + 1, (n, 1, 1, 1))
+    rows = dy + torch.arange(h).view(1, 1, h, 1)
+    cols = dx + torch.arange(w).view(1, 1, 1, w)
+    return padded[torch.arange(n).view(n, 1, 1, 1), torch.arange(c).view(1, c, 1, 1), rows, cols]
 
 
 def bit_usage(codes: np.ndarray) -> dict[str, Any]:
