@@ -407,6 +407,11 @@ static int Network_init(NetworkObject *self, PyObject *args, PyObject *kwds) {
         pc = L->n_out, ph = L->out_h, pw = L->out_w, ps = L->out_size;
     }
     Py_DECREF(seq);
+    if (hyb_net_prepare_patch(net) < 0) {
+        hyb_net_free(net);
+        PyErr_NoMemory();
+        return -1;
+    }
     return 0;
 }
 

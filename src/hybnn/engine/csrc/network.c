@@ -45,6 +45,43 @@ void hyb_net_free(hyb_net *net) {
     free(net->layers);
     net->layers = NULL;
     net->nlayers = 0;
+    if (net->has_patch) {
+        free(net->patch.w_plain);
+        free(net->patch.w_split);
+    }
+    net->has_patch = 0;
+}
+
+int hyb_net_prepare_patch(hyb_net *net) {
+    net->has_patch = 0;
+    if (!net->image || net->nlayers == 0) return 0;
+    const hyb_layer *L = &net->layers[0];
+    if (L->kind != HYB_CONV || L->kbits > 64 || L->in_cw != 1) return 0;
+    uint64_t *rows = (uint64_t *)calloc(L->n_out + 1, sizeof(uint64_t));
+    if (!rows) return -1;
+    const size_t taps = L->kh * L->kw;
+    for (size_t o = 0; o < L->n_out; o++)
+        for (size_t t = 0; t < taps; t++)
+            for (size_t c = 0; c < L->in_c; c++)
+                rows[o] |= ((L->w_plain[((o / HYB_GROUP) * L->kwords + t) * HYB_GROUP + o % HYB_GROUP] >> c) & 1)
+                           << (t * L->in_c + c);
+    hyb_layer *P = &net->patch;
+    *P = *L;
+    P->kind = HYB_DENSE;
+    P->kwords = P->in_size = P->in_cw = 1;
+    P->in_c = L->kbits, P->in_h = P->in_w = 1;
+    P->out_h = P->out_w = 1, P->out_size = L->out_cw;
+    P->w_plain = P->w_split = NULL;
+    const int rc = hyb_layer_prepare(P, rows);
+    free(rows);
+    if (rc < 0) {
+        free(P->w_plain);
+        free(P->w_split);
+        return -1;
+    }
+    net->patch_pixels = L->out_h * L->out_w;
+    net->has_patch = 1;
+    return 0;
 }
 
 /* ---- epilogue ------------------------------------------------------------------------ */
@@ -182,6 +219,41 @@ typedef struct {
     int nan;
 } pack_ctx;
 
+/* One word per output pixel of the first convolution: its whole k x k x C window. */
+static int pack_patches(const hyb_layer *L, const float *x, size_t n, uint64_t *out) {
+    const size_t hw = L->in_h * L->in_w;
+    int nan = 0;
+    for (size_t i = 0; i < n; i++) {
+        const float *img = x + i * L->in_c * hw;
+        for (size_t c = 0; c < L->in_c * hw; c++) nan |= img[c] != img[c];
+        for (size_t oy = 0; oy < L->out_h; oy++)
+            for (size_t ox = 0; ox < L->out_w; ox++) {
+                uint64_t word = 0;
+                for (size_t ky = 0; ky < L->kh; ky++) {
+                    const long iy = (long)(oy * L->stride + ky) - (long)L->pad;
+                    if (iy < 0 || iy >= (long)L->in_h) continue; /* +1 padding: bit 0 */
+                    for (size_t kx = 0; kx < L->kw; kx++) {
+                        const long ix = (long)(ox * L->stride + kx) - (long)L->pad;
+                        if (ix < 0 || ix >= (long)L->in_w) continue;
+                        const size_t bit = (ky * L->kw + kx) * L->in_c;
+                        for (size_t c = 0; c < L->in_c; c++)
+                            word |= (uint64_t)(img[c * hw + (size_t)iy * L->in_w + (size_t)ix] < 0.0f) << (bit + c);
+                    }
+                }
+                *out++ = word;
+            }
+    }
+    return nan;
+}
+
+static void patch_range(void *vctx, size_t lo, size_t hi) {
+    pack_ctx *ctx = (pack_ctx *)vctx;
+    const hyb_layer *L = &ctx->net->layers[0];
+    const size_t per = L->in_c * L->in_h * L->in_w, pix = L->out_h * L->out_w;
+    if (pack_patches(L, (const float *)ctx->x + lo * per, hi - lo, ctx->out + lo * pix))
+        __atomic_store_n(&ctx->nan, 1, __ATOMIC_RELAXED);
+}
+
 static void pack_range(void *vctx, size_t lo, size_t hi) {
     pack_ctx *ctx = (pack_ctx *)vctx;
     const hyb_net *net = ctx->net;
@@ -251,14 +323,16 @@ static int forward(const hyb_net *net, const void *x, int x_kind, size_t n, int 
     uint64_t *owned = NULL;
     const uint64_t *cur;
     int status = HYB_OK;
+    const int patch = net->has_patch && x_kind == HYB_IN_FLOAT;
     if (x_kind == HYB_IN_WORDS) {
         if (check_pad_bits(net, (const uint64_t *)x, n)) return HYB_ERR_PADBITS;
         cur = (const uint64_t *)x;
     } else {
-        owned = (uint64_t *)malloc(n * net->in_size * sizeof(uint64_t) + 1);
+        const size_t per = patch ? net->patch_pixels : net->in_size;
+        owned = (uint64_t *)malloc(n * per * sizeof(uint64_t) + 1);
         if (!owned) return HYB_ERR_NOMEM;
         pack_ctx pc = {net, K, x, x_kind, owned, 0};
-        hyb_parallel_for(threads, n, pack_range, &pc);
+        hyb_parallel_for(threads, n, patch ? patch_range : pack_range, &pc);
         if (pc.nan) {
             free(owned);
             return HYB_ERR_NAN;
@@ -295,7 +369,10 @@ static int forward(const hyb_net *net, const void *x, int x_kind, size_t n, int 
                 t.logits = scratch_logits;
             }
         }
-        status = run_layer(L, K, cur, n, &t, threads);
+        if (l == 0 && patch) /* dense over the packed windows: one row per output pixel */
+            status = run_layer(&net->patch, K, cur, n * net->patch_pixels, &t, threads);
+        else
+            status = run_layer(L, K, cur, n, &t, threads);
         free(owned);
         owned = next;
         cur = next;

@@ -30,11 +30,19 @@ typedef struct {
     size_t in_size;          /* words per packed input sample */
     size_t nlayers;
     hyb_layer *layers;
+    /* First convolution with k*k*C <= 64 run on float input: each output pixel's whole window is
+     * packed into one word (bit (ky*k + kx)*C + c), and the layer runs as a dense layer over
+     * pixels. Saves k*k - 1 of every k*k popcounts when C is small (an image's 1-3 channels). */
+    int has_patch;
+    size_t patch_pixels;
+    hyb_layer patch;
 } hyb_net;
 
 /* Build a layer's ISA layouts from rows [n_out][kwords] of packed weights; 0 on success. */
 int hyb_layer_prepare(hyb_layer *L, const uint64_t *rows);
 void hyb_net_free(hyb_net *net);
+/* Set up net->patch when the first layer qualifies; 0 on success (or not applicable). */
+int hyb_net_prepare_patch(hyb_net *net);
 
 /* x: n samples of the input kind; out: buffer of the output kind. Returns a status above. */
 int hyb_net_run(const hyb_net *net, const void *x, int x_kind, size_t n, void *out, int out_kind,
