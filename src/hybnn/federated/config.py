@@ -1,0 +1,126 @@
+"""The settings of a federated run, shared by the server, the clients and the commands.
+
+The server is the single source of truth: it sends every field a client needs in the
+ConfigRecord of each round (:meth:`FedConfig.to_record`). A client adds only what is its
+own: its partition id (node config ``partition-id`` / ``num-partitions``) and, optionally,
+the path of its local encoder (node config ``encoder``). In a deployment the server reads
+its config from the Flower run config, whose keys are the field names with dashes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from hybnn.errors import DataError
+from hybnn.federated.encoding import ENCODINGS
+from hybnn.federated.partition import SCHEMES
+
+MODELS = ("hybnn", "bcnn", "fpcnn")
+# Quiet, offline, loopback-only Flower and Ray, for simulations and deployments alike.
+FLOWER_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+}
+STRATEGIES = ("fedavg", "fedmedian", "trimmed")
+
+
+@dataclass(frozen=True)
+class FedConfig:
+    data: str = "mnist-5k"
+    task: str = "0v1"
+    model: str = "hybnn"  # hybnn (BNN head on codes), bcnn / fpcnn (whole CNN on images)
+    clients: int = 3
+    rounds: int = 20
+    local_epochs: int = 5
+    partition: str = "iid"
+    alpha: float = 0.5
+    classes_per_client: int = 1
+    encoding: str = "fp32"
+    strategy: str = "fedavg"
+    trim_beta: float = 0.2
+    fraction: float = 1.0  # fraction of clients sampled for training each round
+    fraction_evaluate: float = 1.0  # fraction asked to evaluate the global model locally
+    min_clients: int = 2  # nodes needed to start a round, and valid updates to aggregate
+    seed: int = 0
+    lr: float = 0.0  # 0: 1e-2 for binary models, 1e-3 for the float CNN
+    batch_size: int = 64
+    hidden: str = "128"  # BNN head hidden widths, comma separated
+    prep: str = "centered"  # CNN input preparation
+    encoder: str = ""  # encoder directory (hybnn); clients may override it locally
+    encoder_fingerprint: str = ""  # what every client's encoder must hash to
+    round_timeout: float = 120.0  # seconds to wait for replies in each round
+    node_wait: float = 60.0  # seconds to wait for min_clients nodes before a round
+    out: str = ""  # directory for federation.json (server side)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.model in MODELS, f"--model must be one of {', '.join(MODELS)}"),
+            (self.encoding in ENCODINGS, f"--encoding must be one of {', '.join(ENCODINGS)}"),
+            (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}"),
+            (self.partition in SCHEMES, f"--partition must be one of {', '.join(SCHEMES)}"),
+            (self.clients >= 1, "--clients must be >= 1"),
+            (self.rounds >= 1, "--rounds must be >= 1"),
+            (self.local_epochs >= 1, "--local-epochs must be >= 1"),
+            (0.0 < self.fraction <= 1.0, "--fraction must be in (0, 1]"),
+            (0.0 <= self.fraction_evaluate <= 1.0, "--fraction-evaluate must be in [0, 1]"),
+            (1 <= self.min_clients <= self.clients, "--min-clients must be in 1..--clients"),
+            (0.0 <= self.trim_beta < 0.5, "trim beta must be in [0, 0.5)"),
+            (self.round_timeout > 0 and self.node_wait > 0, "timeouts must be positive"),
+            (not (self.model == "fpcnn" and self.encoding == "1bit"),
+             "--encoding 1bit needs binary weights; the float CNN has none (use fp32)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise DataError(message)
+        self.hidden_widths()
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr > 0 else (1e-3 if self.model == "fpcnn" else 1e-2)
+
+    def round_lr(self, server_round: int) -> float:
+        """Cosine decay over the rounds (constant within a round's local epochs)."""
+        return 0.5 * self.learning_rate * (1 + math.cos(math.pi * (server_round - 1)
+                                                        / self.rounds))
+
+    def hidden_widths(self) -> tuple[int, ...]:
+        try:
+            widths = tuple(int(h) for h in str(self.hidden).split(",") if h.strip())
+        except ValueError:
+            raise DataError(f"hidden widths must be integers, got {self.hidden!r}") from None
+        return widths
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_record(self) -> dict[str, Any]:
+        """Flat, dash-keyed values for a Flower ConfigRecord or run config."""
+        return {k.replace("_", "-"): v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_record(cls, record: Any) -> FedConfig:
+        """Build from a ConfigRecord / run config; unknown keys are ignored."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            key = f.name.replace("_", "-")
+            if key in record:
+                values[f.name] = _coerce(record[key], type(getattr(cls(), f.name)))
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> FedConfig:
+        return replace(self, **changes)
+
+
+def _coerce(value: Any, kind: type) -> Any:
+    if kind is bool:
+        return bool(value)
+    if kind is int:
+        return int(value)
+    if kind is float:
+        return float(value)
+    return str(value)

@@ -1,0 +1,273 @@
+"""A real Flower deployment on this machine: a SuperLink, N SuperNodes and `flwr run`.
+
+:class:`LocalFederation` starts ``flower-superlink`` and ``flower-supernode`` processes on
+127.0.0.1 (free ports, each in its own session and with its own ``FLWR_HOME``), waits for
+their ``/health`` endpoints and for the nodes to be online, and stops every process group
+on exit (SIGTERM, then SIGKILL). :func:`deploy` runs the FedHyBNN app
+(``flower_app/pyproject.toml``) on it, polls ``flwr ls --format json`` until the run is
+``finished:*`` and fails unless it is ``finished:completed`` — ``flwr run --stream`` exits
+0 even when a run fails. Every wait is bounded.
+
+Command line: ``hybnn federate --deploy ...`` or ``python -m hybnn.federated.deploy ...``
+(same options).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from hybnn.errors import HybnnError
+from hybnn.federated.config import FLOWER_ENV, FedConfig
+
+APP_DIR = Path(__file__).parent / "flower_app"
+CONNECTION = "hybnn-local"
+
+
+class DeploymentError(HybnnError):
+    """A process did not start, a run did not finish, or it finished other than completed."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_healthy(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float) -> None:
+    """Poll http://127.0.0.1:port/health until 200, the process dies, or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise DeploymentError(f"{what} exited with code {proc.returncode} while starting")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    raise DeploymentError(f"{what} not healthy on 127.0.0.1:{port} after {timeout:g} s")
+
+
+class LocalFederation:
+    """SuperLink + SuperNodes on loopback; a context manager that always stops them."""
+
+    def __init__(self, root: str | os.PathLike[str], node_configs: list[dict[str, Any]],
+                 startup_timeout: float = 90.0) -> None:
+        self.root = Path(root)
+        self.node_configs = node_configs
+        self.startup_timeout = startup_timeout
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.superlink_port = 0
+        self.cli_home = self.root / "flwr-cli"
+
+    # -- processes ---------------------------------------------------------------------
+    def env(self, home: Path) -> dict[str, str]:
+        home.mkdir(parents=True, exist_ok=True)
+        return {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(home)}
+
+    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 - owned by the process
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=self.env(self.root / name),
+                                start_new_session=True)
+        log.close()
+        self.procs.append((name, proc))
+        return proc
+
+    def start(self) -> LocalFederation:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.superlink_port = free_port()
+        link = self._spawn("superlink", [
+            _bin("flower-superlink"), "--insecure", "--host", "127.0.0.1",
+            "--port", str(self.superlink_port), "--database", str(self.root / "state.db"),
+            "--disable-runtime-dependency-installation"])
+        wait_healthy(self.superlink_port, link, "flower-superlink", self.startup_timeout)
+        nodes = []
+        for i, node_config in enumerate(self.node_configs):  # start all, then wait for all
+            port = free_port()
+            nodes.append((i, port, self._spawn(f"supernode-{i}", [
+                _bin("flower-supernode"), "--insecure",
+                "--superlink", f"127.0.0.1:{self.superlink_port}",
+                "--host", "127.0.0.1", "--port", str(port),
+                "--node-config", _toml_pairs(node_config)])))
+        for i, port, proc in nodes:
+            wait_healthy(port, proc, f"flower-supernode {i}", self.startup_timeout)
+        self.cli_home.mkdir(parents=True, exist_ok=True)
+        (self.cli_home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "127.0.0.1:{self.superlink_port}"\ninsecure = true\n')
+        self.wait_nodes_online(len(self.node_configs))
+        return self
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM every process group (nodes first), then SIGKILL what is left."""
+        for _, proc in reversed(self.procs):
+            _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for _, proc in reversed(self.procs):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        for _, proc in self.procs:
+            _signal_group(proc, signal.SIGKILL)  # the group may hold app subprocesses
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+        self.procs.clear()
+
+    def __enter__(self) -> LocalFederation:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    # -- flwr CLI ----------------------------------------------------------------------
+    def flwr(self, *args: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Run ``flwr ARGS --format json`` against this SuperLink; the parsed JSON."""
+        cmd = [_bin("flwr"), *args, "--format", "json"]
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                                 env=self.env(self.cli_home), cwd=self.root)
+        except subprocess.TimeoutExpired:
+            raise DeploymentError(f"`flwr {' '.join(args[:2])}` took over {timeout:g} s"
+                                  ) from None
+        try:
+            out = json.loads(res.stdout[res.stdout.find("{"):])
+        except ValueError:
+            raise DeploymentError(f"`flwr {' '.join(args[:2])}` gave no JSON (exit "
+                                  f"{res.returncode}): {(res.stdout + res.stderr)[-500:]}"
+                                  ) from None
+        if not out.get("success", False):
+            raise DeploymentError(f"`flwr {' '.join(args[:2])}` failed: "
+                                  f"{out.get('error-message', out)}")
+        return out
+
+    def wait_nodes_online(self, n: int) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            nodes = self.flwr("supernode", "list", CONNECTION).get("nodes", [])
+            online = sum(1 for node in nodes if node.get("status") == "online")
+            if online >= n:
+                return
+            if time.monotonic() > deadline:
+                raise DeploymentError(f"{online} of {n} SuperNodes online after "
+                                      f"{self.startup_timeout:g} s")
+            time.sleep(1.0)
+
+    def run(self, app: str | os.PathLike[str], run_config: dict[str, Any]) -> int:
+        """Submit a run; its id."""
+        out = self.flwr("run", str(app), CONNECTION, "--run-config", _toml_pairs(run_config))
+        return int(out["run-id"])
+
+    def status(self, run_id: int) -> dict[str, Any]:
+        runs = self.flwr("ls", CONNECTION, "--run-id", str(run_id)).get("runs", [])
+        if not runs:
+            raise DeploymentError(f"run {run_id} is unknown to the SuperLink")
+        return runs[0]
+
+    def wait_run(self, run_id: int, timeout: float, poll: float = 2.0) -> dict[str, Any]:
+        """Poll until the run is ``finished:*``; its last status record."""
+        deadline = time.monotonic() + timeout
+        while True:
+            run = self.status(run_id)
+            if str(run.get("status", "")).startswith("finished"):
+                return run
+            if time.monotonic() > deadline:
+                self.flwr("stop", str(run_id), CONNECTION)
+                raise DeploymentError(f"run {run_id} still {run.get('status')} after "
+                                      f"{timeout:g} s; stopped it")
+            time.sleep(poll)
+
+
+def deploy(cfg: FedConfig, out: str | os.PathLike[str], pretrain_epochs: int = 20,
+           centralized: bool = True, run_timeout: float | None = None,
+           startup_timeout: float = 90.0, keep_state: bool = False) -> dict[str, Any]:
+    """Run ``cfg`` on a real local deployment; write and return results.json's content."""
+    from hybnn.federated.report import build_results, centralized_baseline, write_report
+    from hybnn.federated.simulation import ensure_encoder
+
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = ensure_encoder(cfg, out, pretrain_epochs).with_(out=str(out))
+    log_path = out / "federation.json"
+    log_path.unlink(missing_ok=True)
+    root = out / "deployment"
+    shutil.rmtree(root, ignore_errors=True)
+    nodes = [{"partition-id": i, "num-partitions": cfg.clients, "encoder": cfg.encoder}
+             for i in range(cfg.clients)]
+    timeout = run_timeout or cfg.rounds * 2 * cfg.round_timeout + cfg.node_wait + 120
+    t0 = time.perf_counter()
+    with LocalFederation(root, nodes, startup_timeout) as fed:
+        app = root / "app"
+        shutil.copytree(APP_DIR, app)
+        run_id = fed.run(app, cfg.to_record())
+        run = fed.wait_run(run_id, timeout)
+    seconds = time.perf_counter() - t0
+    if not keep_state:
+        for name in ("state.db", "state.db-shm", "state.db-wal"):
+            (root / name).unlink(missing_ok=True)
+    if run.get("status") != "finished:completed" or not log_path.is_file():
+        raise DeploymentError(f"run {run_id} ended {run.get('status')} "
+                              f"({run.get('status-details')}); logs in {root}")
+    log = json.loads(log_path.read_text())
+    central = centralized_baseline(cfg) if centralized else None
+    results = build_results(log, central, {
+        "runtime": "deployment", "seconds": seconds, "run_id": run_id,
+        "run_status": run.get("status"), "network_traffic": run.get("network-traffic"),
+        "compute_time": run.get("compute-time")})
+    write_report(out, results)
+    return results
+
+
+def _bin(name: str) -> str:
+    """The Flower executable next to this Python (a venv), else on PATH."""
+    local = Path(sys.executable).parent / name
+    found = str(local) if local.exists() else shutil.which(name)
+    if not found:
+        raise DeploymentError(f"{name} not found: install the fed extra "
+                              "(pip install 'hybnn[fed]')")
+    return found
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    return json.dumps(str(v))  # a TOML basic string
+
+
+def _toml_pairs(values: dict[str, Any]) -> str:
+    return " ".join(f"{k}={_toml_value(v)}" for k, v in values.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hybnn.cli import main as hybnn_main
+
+    return hybnn_main(["federate", "--deploy", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Results of a federated run: the centralized reference, results.json, results.md and plots."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hybnn.artifacts import atomic_write, atomic_write_json
+from hybnn.data.splits import SPLIT_SEED
+from hybnn.federated import task
+from hybnn.federated.config import FedConfig
+from hybnn.pipeline.extract import encode_to_codes
+from hybnn.pipeline.fit import train_head, train_image_model
+from hybnn.pipeline.pretrain import versions
+from hybnn.pipeline.train import TrainConfig
+
+
+def centralized_baseline(cfg: FedConfig) -> dict[str, Any]:
+    """The same model trained on all of the task's training data, for rounds x local epochs.
+
+    HyBNN: ``train_head`` on the codes of the whole training split; the CNNs:
+    ``train_image_model`` on its images. Test accuracy after every epoch.
+    """
+    train, test = task.task_splits(cfg.data, cfg.task)
+    config = TrainConfig(epochs=cfg.rounds * cfg.local_epochs, batch_size=cfg.batch_size,
+                         lr=cfg.learning_rate, seed=cfg.seed)
+    if cfg.model == "hybnn":
+        encoder = task.encoder_at(cfg.encoder)
+        _, history = train_head(encode_to_codes(encoder, train), encode_to_codes(encoder, test),
+                                config, hidden=cfg.hidden_widths(), progress=False)
+    else:
+        _, history = train_image_model(cfg.model, train, test, cfg.prep, config,
+                                       progress=False)
+    curve = history.series("test_acc")
+    return {"acc": curve[-1], "epochs": config.epochs, "lr": config.lr, "curve": curve,
+            "seconds": sum(history.series("seconds"))}
+
+
+def environment() -> dict[str, str]:
+    import flwr
+
+    from hybnn.benchmarks import machine_description
+
+    env = {**versions(), "flwr": flwr.__version__, "machine": machine_description(),
+           "platform": platform.platform()}
+    try:
+        import ray
+
+        env["ray"] = ray.__version__
+    except ImportError:
+        env["ray"] = "not installed"
+    return env
+
+
+def build_results(log: dict[str, Any], central: dict[str, Any] | None,
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """results.json: the federation log plus the reference and the headline numbers."""
+    cfg = log["config"]
+    rounds = log.get("rounds", [])
+    accs = [r["global_acc"] for r in rounds if r.get("global_acc") is not None]
+    ok_up = [c["train_bytes_up"] for r in rounds for c in r["clients"] if c["status"] == "ok"]
+    down = [c["train_bytes_down"] for r in rounds for c in r["clients"]
+            if "train_bytes_down" in c]
+    return {
+        "encoding": cfg["encoding"],
+        "clients": cfg["clients"],
+        "model": cfg["model"],
+        "strategy": cfg["strategy"],
+        "partition": cfg["partition"],
+        "status": log.get("status"),
+        "error": log.get("error"),
+        "centralized_acc": central["acc"] if central else None,
+        "initial_acc": log.get("initial_acc"),
+        "final_acc": accs[-1] if accs else None,
+        "best_acc": max(accs) if accs else None,
+        "bytes_up_per_client_round": float(np.mean(ok_up)) if ok_up else None,
+        "bytes_down_per_client_round": float(np.mean(down)) if down else None,
+        "bytes_total": sum(r["bytes_up"] + r["bytes_down"] + r["eval_bytes_up"]
+                           + r["eval_bytes_down"] for r in rounds),
+        "model_payload_bytes": log.get("model_payload_bytes"),
+        "rounds": rounds,
+        "handshake": log.get("handshake"),
+        "centralized": central,
+        "partitions": log.get("partitions"),
+        "config": cfg,
+        "seeds": {"run": cfg["seed"], "partition": cfg["seed"], "init": cfg["seed"],
+                  "sampling": cfg["seed"], "split": SPLIT_SEED},
+        "encoder_fingerprint": log.get("encoder_fingerprint"),
+        "versions": environment(),
+        **(extra or {}),
+    }
+
+
+def write_report(out: str | Path, results: dict[str, Any]) -> list[Path]:
+    """results.json, results.md, accuracy.png and bytes.png in ``out``."""
+    out = Path(out)
+    paths = [atomic_write_json(out / "results.json", results)]
+    text = results_markdown(results)
+    paths.append(atomic_write(out / "results.md", lambda p: p.write_text(text)))
+    if results["rounds"]:
+        paths += [plot_accuracy(results, out / "accuracy.png"),
+                  plot_bytes(results, out / "bytes.png")]
+    return paths
+
+
+def _fmt(x: Any, spec: str = ".4f") -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def results_markdown(res: dict[str, Any]) -> str:
+    cfg = res["config"]
+    lines = [
+        f"# Federated {cfg['model']} on {cfg['data']} {cfg['task']}",
+        "",
+        f"{res['clients']} clients, {cfg['partition']} partition"
+        + (f" (alpha {cfg['alpha']})" if cfg["partition"] == "dirichlet" else "")
+        + (f" ({cfg['classes_per_client']} class(es) per client)"
+           if cfg["partition"] == "classes" else "")
+        + f", {cfg['rounds']} rounds x {cfg['local_epochs']} local epochs, {cfg['strategy']}, "
+        f"encoding {res['encoding']}, fraction {cfg['fraction']}, seed {cfg['seed']}. "
+        f"Status: {res['status']}.",
+        "",
+        f"- global accuracy: final {_fmt(res['final_acc'])}, best {_fmt(res['best_acc'])} "
+        f"(initial {_fmt(res['initial_acc'])})",
+        f"- centralized, same epochs: {_fmt(res['centralized_acc'])}",
+        f"- bytes per client per round: up {_fmt(res['bytes_up_per_client_round'], ',.0f')}, "
+        f"down {_fmt(res['bytes_down_per_client_round'], ',.0f')} (serialized messages)",
+        f"- encoder: {(res.get('encoder_fingerprint') or '–')[:16]}",
+        "",
+        "| round | global acc | clients' local acc | up B | down B | valid | s |",
+        "|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    faults = []
+    for r in res["rounds"]:
+        local = " ".join(_fmt(c.get("local_acc"), ".3f") for c in r["clients"]
+                         if c["status"] == "ok")
+        lines.append(f"| {r['round']} | {_fmt(r['global_acc'])} | {local} | "
+                     f"{r['bytes_up']:,} | {r['bytes_down']:,} | {r['valid_updates']}/"
+                     f"{r['sampled']} | {_fmt(r['round_seconds'], '.1f')} |")
+        faults += [f"- round {r['round']}, partition {c['partition']} (node {c['node_id']}): "
+                   f"{c['status']} — {c.get('reason', 'no reply within the round timeout')}"
+                   for c in r["clients"] if c["status"] not in ("ok", "not sampled")]
+    faults = [f"- handshake, node {h['node_id']}: {h['status']} — {h.get('reason', '')}"
+              for h in res.get("handshake") or [] if h["status"] != "ok"] + faults
+    if faults:
+        lines += ["", "Clients that refused, failed, were rejected or went missing:", "",
+                  *faults]
+    lines += ["", f"Versions: {', '.join(f'{k} {v}' for k, v in res['versions'].items())}", ""]
+    return "\n".join(lines)
+
+
+def plot_accuracy(res: dict[str, Any], path: Path) -> Path:
+    from hybnn.experiments.plots import plt, save_figure
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    rounds = res["rounds"]
+    xs = [r["round"] for r in rounds]
+    ax.plot(xs, [r["global_acc"] for r in rounds], "k-o", ms=3, lw=2, label="global model")
+    parts = sorted({c["partition"] for r in rounds for c in r["clients"]
+                    if c["partition"] is not None})
+    for p in parts:
+        pts = [(r["round"], c.get("local_acc")) for r in rounds for c in r["clients"]
+               if c["partition"] == p and c["status"] == "ok" and c.get("local_acc", -1) >= 0]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), "--", lw=1, alpha=0.8,
+                    label=f"client {p} (local model, own test data)")
+    central = res.get("centralized")
+    if central:
+        e = res["config"]["local_epochs"]
+        cx = [x for x in xs if x * e <= len(central["curve"])]
+        ax.plot(cx, [central["curve"][x * e - 1] for x in cx], color="tab:red", lw=1.5,
+                label="centralized (same epochs)")
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy")
+    cfg = res["config"]
+    ax.set_title(f"{cfg['model']} {cfg['task']}: {res['clients']} clients, {cfg['partition']}, "
+                 f"{res['encoding']}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def plot_bytes(res: dict[str, Any], path: Path) -> Path:
+    from hybnn.experiments.plots import plt, save_figure
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    rounds = res["rounds"]
+    xs = [r["round"] for r in rounds]
+    ax.plot(xs, [r["bytes_up"] for r in rounds], "-o", ms=3,
+            label=f"up, {res['encoding']} (measured)")
+    ax.plot(xs, [r["bytes_down"] for r in rounds], "-s", ms=3,
+            label=f"down, {res['encoding']} (measured)")
+    for name, size in (res.get("model_payload_bytes") or {}).items():
+        sampled = [r["sampled"] for r in rounds]
+        ax.plot(xs, [size * s for s in sampled], ":", lw=1,
+                label=f"{name} payload x sampled clients (one way)")
+    ax.set_yscale("log")
+    ax.set_xlabel("round")
+    ax.set_ylabel("bytes per round (all clients)")
+    ax.set_title("communication per round", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)

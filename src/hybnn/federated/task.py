@@ -1,0 +1,162 @@
+"""Model, data, local training and evaluation of FedHyBNN: the centralized pipeline per client.
+
+A client loads the data source, keeps the task's classes, takes its partition of the train
+and test splits, encodes them with its frozen encoder (``encode_to_codes``) and trains the
+BNN head on its codes with ``fit_classifier`` — exactly the centralized phase 3, on less
+data. The baselines ``bcnn`` / ``fpcnn`` train the whole CNN on the partition's images.
+The server uses the same functions for its held-out test set.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hybnn.data import load_source, select_task, train_test
+from hybnn.data.dataset import Dataset
+from hybnn.errors import DataError, FingerprintMismatch
+from hybnn.federated.config import FedConfig
+from hybnn.federated.encoding import Layout
+from hybnn.federated.partition import partition
+from hybnn.models.bnn_head import BNNHead
+from hybnn.pipeline.encoder import Encoder, load_encoder
+from hybnn.pipeline.extract import encode_to_codes
+from hybnn.pipeline.fit import build_image_model, image_tensors
+from hybnn.pipeline.train import History, TrainConfig, evaluate_classifier, fit_classifier
+
+Tensors = tuple[torch.Tensor, torch.Tensor]
+
+
+@lru_cache(maxsize=4)
+def task_splits(data: str, task: str) -> tuple[Dataset, Dataset]:
+    """(train, test) of ``task`` on source ``data``, labels relabelled 0..k-1."""
+    train, test = train_test(load_source(data))
+    return select_task(train, task), select_task(test, task)
+
+
+def encoder_at(path: str | os.PathLike[str]) -> Encoder:
+    """The encoder in ``path``, loaded once per process and file version."""
+    p = Path(path)
+    if not str(path):
+        raise DataError("no encoder given: pass --encoder or let `hybnn federate` pretrain one")
+    stamp = (p / "weights.safetensors").stat().st_mtime_ns if p.is_dir() else 0
+    return _load_encoder(str(p.resolve()), stamp)
+
+
+@lru_cache(maxsize=4)
+def _load_encoder(path: str, stamp: int) -> Encoder:
+    return load_encoder(path)
+
+
+def check_encoder(encoder: Encoder, expected: str, who: str = "this client") -> None:
+    """Refuse to train with an encoder other than the federation's."""
+    if expected and encoder.fingerprint != expected:
+        raise FingerprintMismatch(
+            f"{who} holds encoder {encoder.fingerprint[:12]} but the federation uses encoder "
+            f"{expected[:12]}; every client must hold the same frozen encoder (copy the "
+            "server's encoder directory, or point the node config 'encoder' at it)"
+        )
+
+
+def client_datasets(cfg: FedConfig, partition_id: int) -> tuple[Dataset, Dataset]:
+    """This client's (train, test) partition of the task."""
+    if not 0 <= partition_id < cfg.clients:
+        raise DataError(f"partition id {partition_id} is outside 0..{cfg.clients - 1}")
+    train, test = task_splits(cfg.data, cfg.task)
+    tr, te = _partition_indices(cfg.data, cfg.task, cfg.clients, cfg.partition, cfg.alpha,
+                                cfg.classes_per_client, cfg.seed)
+    return train.subset(tr[partition_id]), test.subset(te[partition_id])
+
+
+def partition_sizes(cfg: FedConfig) -> list[dict[str, Any]]:
+    """Per client: train and test sizes and the class histogram of its training data."""
+    train, _ = task_splits(cfg.data, cfg.task)
+    tr, te = _partition_indices(cfg.data, cfg.task, cfg.clients, cfg.partition, cfg.alpha,
+                                cfg.classes_per_client, cfg.seed)
+    return [{"partition": i, "train": len(a), "test": len(b),
+             "classes": np.bincount(train.y[a], minlength=train.num_classes).tolist()}
+            for i, (a, b) in enumerate(zip(tr, te, strict=True))]
+
+
+@lru_cache(maxsize=8)
+def _partition_indices(data: str, task: str, clients: int, scheme: str, alpha: float, k: int,
+                       seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    train, test = task_splits(data, task)
+    return partition(train.y, test.y, train.num_classes, clients, scheme, alpha, k, seed)
+
+
+def as_tensors(cfg: FedConfig, data: Dataset, encoder: Encoder | None) -> Tensors:
+    """Model inputs: ±1 codes for hybnn (via the encoder), prepared images for the CNNs."""
+    if cfg.model == "hybnn":
+        if encoder is None:
+            raise DataError("the hybnn model needs an encoder")
+        return encode_to_codes(encoder, data).tensors()
+    return image_tensors(data, cfg.prep)
+
+
+_TENSOR_CACHE: dict[tuple[Any, ...], tuple[Tensors, Tensors]] = {}
+
+
+def client_tensors(cfg: FedConfig, partition_id: int,
+                   encoder: Encoder | None) -> tuple[Tensors, Tensors]:
+    """(train, test) tensors of a client, computed once per process."""
+    key = (cfg.model, cfg.data, cfg.task, cfg.clients, cfg.partition, cfg.alpha,
+           cfg.classes_per_client, cfg.seed, cfg.prep, partition_id,
+           encoder.fingerprint if encoder is not None and cfg.model == "hybnn" else "")
+    if key not in _TENSOR_CACHE:
+        train, test = client_datasets(cfg, partition_id)
+        _TENSOR_CACHE.clear()  # one client per process at a time in practice; keep memory flat
+        _TENSOR_CACHE[key] = (as_tensors(cfg, train, encoder), as_tensors(cfg, test, encoder))
+    return _TENSOR_CACHE[key]
+
+
+def build_model(cfg: FedConfig, encoder: Encoder | None) -> nn.Module:
+    """The federated model, initialised from the run's seed (identical on every machine)."""
+    train, _ = task_splits(cfg.data, cfg.task)
+    torch.manual_seed(cfg.seed)
+    if cfg.model == "hybnn":
+        if encoder is None:
+            raise DataError("the hybnn model needs an encoder")
+        return BNNHead(encoder.latent_bits, train.num_classes, cfg.hidden_widths())
+    return build_image_model(cfg.model, train)
+
+
+def train_local(model: nn.Module, train: Tensors, cfg: FedConfig, server_round: int,
+                partition_id: int) -> History:
+    """``local_epochs`` of the centralized trainer at this round's learning rate."""
+    config = TrainConfig(epochs=cfg.local_epochs, batch_size=cfg.batch_size,
+                         lr=cfg.round_lr(server_round), schedule="constant",
+                         seed=cfg.seed * 1_000_003 + server_round * 1009 + partition_id)
+    return fit_classifier(model, train, None, config, progress=False,
+                          desc=f"client {partition_id}")
+
+
+def evaluate(model: nn.Module, data: Tensors) -> tuple[float, float]:
+    """(loss, accuracy); (nan, nan) on an empty set."""
+    if len(data[1]) == 0:
+        return float("nan"), float("nan")
+    return evaluate_classifier(model, *data)
+
+
+def restore_latent(global_state: dict[str, np.ndarray], own: dict[str, np.ndarray] | None,
+                   layout: Layout) -> dict[str, np.ndarray]:
+    """1bit: the global signs with this client's own latent magnitudes where it has them.
+
+    A decoded 1bit model carries ``scale · sign(w)``: right for inference, but a client
+    resuming training from it would lose every weight's distance from a sign flip. The
+    client keeps that distance (its latent magnitudes after its last local training) and
+    takes only the signs from the server.
+    """
+    if not own:
+        return global_state
+    state = dict(global_state)
+    for k, is_binary in zip(layout.keys, layout.binary, strict=True):
+        if is_binary and k in own and own[k].shape == state[k].shape:
+            state[k] = np.where(state[k] >= 0, 1.0, -1.0).astype(np.float32) * np.abs(own[k])
+    return state

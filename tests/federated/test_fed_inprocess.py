@@ -1,0 +1,190 @@
+"""The server and client apps wired together in this process (no Ray, no network).
+
+A small grid delivers each message to the real ClientApp handlers, with one persistent
+Context per node, as Flower does: fast, deterministic checks of the round logic, the
+validation and the fault handling. The Flower runtimes are exercised in
+test_fed_simulation.py and test_fed_deploy.py.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr", reason="the fed extra (flwr) is not installed")
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from hybnn.federated import faults
+from hybnn.federated.client_app import make_client_app
+from hybnn.federated.config import FedConfig
+from hybnn.federated.server_app import run_server
+from hybnn.federated.strategy import FederationError
+from hybnn.pipeline.pretrain import PretrainConfig, pretrain
+
+BASE_ID = 2**63 + 11  # node ids are uint64: beyond int64 on purpose
+
+
+class InProcessGrid:
+    """Delivers messages to ClientApp handlers in-process; ``silent`` nodes never reply
+    (what the server sees when a node disappears until the round timeout)."""
+
+    def __init__(self, app, clients: int, silent: set[int] = frozenset(), connected=None):
+        self.app = app
+        self.silent = set(silent)
+        n_connected = clients if connected is None else connected
+        self.contexts = {
+            BASE_ID + i: Context(run_id=1, node_id=BASE_ID + i,
+                                 node_config={"partition-id": i, "num-partitions": clients},
+                                 state=RecordDict(), run_config={})
+            for i in range(n_connected)}
+        self.received: dict[int, list[str]] = {nid: [] for nid in self.contexts}
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = []
+        for msg in messages:
+            nid = msg.metadata.dst_node_id
+            self.received[nid].append(msg.metadata.message_type)
+            if nid - BASE_ID in self.silent:
+                continue
+            try:
+                replies.append(self.app(message=msg, context=self.contexts[nid]))
+            except Exception as exc:  # what Flower's runtime does with a raising ClientApp
+                replies.append(Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"),
+                                       reply_to=msg))
+        return replies
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tiny_encoder):
+    return str(tiny_encoder[0])
+
+
+def _cfg(encoder_dir, **kw):
+    base = {"data": "digits", "task": "0v1", "clients": 3, "rounds": 2, "local_epochs": 1,
+            "encoder": encoder_dir, "fraction_evaluate": 1.0, "node_wait": 5.0}
+    return FedConfig(**{**base, **kw})
+
+
+def _run(cfg, mods=(), silent=(), connected=None):
+    grid = InProcessGrid(make_client_app(mods), cfg.clients, set(silent), connected)
+    ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
+    return run_server(grid, ctx, cfg), grid
+
+
+def _clients(log, server_round):
+    return {c["partition"]: c for c in log["rounds"][server_round - 1]["clients"]}
+
+
+@pytest.mark.parametrize("encoding", ["fp32", "1bit"])
+def test_federation_completes_and_counts_serialized_bytes(encoder_dir, encoding):
+    log, _ = _run(_cfg(encoder_dir, encoding=encoding))
+    assert log["status"] == "completed"
+    assert [h["status"] for h in log["handshake"]] == ["ok"] * 3
+    assert [r["round"] for r in log["rounds"]] == [1, 2]
+    for r in log["rounds"]:
+        assert r["aggregated"] and r["valid_updates"] == 3
+        assert 0.0 <= r["global_acc"] <= 1.0
+        assert r["bytes_up"] == sum(c["train_bytes_up"] for c in r["clients"])
+        assert all(c["status"] == "ok" and c["status_eval"] == "ok" for c in r["clients"])
+        assert sorted(c["partition"] for c in r["clients"]) == [0, 1, 2]
+    payload = log["model_payload_bytes"][encoding]
+    up = log["rounds"][0]["clients"][0]["train_bytes_up"]
+    assert payload < up < payload + 8192  # serialized = payload + framing (ids, headers)
+
+
+def test_1bit_sends_far_fewer_bytes_than_fp32(encoder_dir):
+    fp32, _ = _run(_cfg(encoder_dir, rounds=1, fraction_evaluate=0.0))
+    onebit, _ = _run(_cfg(encoder_dir, rounds=1, fraction_evaluate=0.0, encoding="1bit"))
+    for key in ("bytes_up", "bytes_down"):
+        assert fp32["rounds"][0][key] / onebit["rounds"][0][key] > 15
+
+
+def test_1bit_clients_keep_their_latent_magnitudes_between_rounds(encoder_dir):
+    _, grid = _run(_cfg(encoder_dir, encoding="1bit", fraction_evaluate=0.0))
+    for ctx in grid.contexts.values():
+        latent = ctx.state["hybnn-latent"]
+        w = latent["net.0.weight"].numpy()
+        assert w.shape == (128, 200) and len(np.unique(np.abs(w))) > 100
+
+
+def test_a_crashing_client_fails_its_round_and_the_others_carry_on(encoder_dir):
+    log, _ = _run(_cfg(encoder_dir), mods=[faults.crash(1, rounds={1})])
+    assert log["status"] == "completed"
+    r1, r2 = _clients(log, 1), _clients(log, 2)
+    assert r1[1]["status"] == "error" and "injected crash" in r1[1]["reason"]
+    assert log["rounds"][0]["valid_updates"] == 2 and log["rounds"][0]["aggregated"]
+    assert r2[1]["status"] == "ok"
+
+
+def test_a_client_that_never_replies_is_marked_missing(encoder_dir):
+    log, _ = _run(_cfg(encoder_dir), silent={2})
+    assert log["status"] == "completed"
+    missing = next(c for c in log["rounds"][0]["clients"] if c["node_id"] == BASE_ID + 2)
+    assert missing["status"] == "missing" and missing["status_eval"] == "missing"
+    assert log["rounds"][0]["valid_updates"] == 2 and log["rounds"][0]["aggregated"]
+
+
+@pytest.mark.parametrize("kind", ["nan", "inf", "shape"])
+def test_a_corrupt_update_is_rejected_and_never_averaged(encoder_dir, kind):
+    log, _ = _run(_cfg(encoder_dir, fraction_evaluate=0.0), mods=[faults.corrupt(0, kind)])
+    for server_round in (1, 2):
+        bad = _clients(log, server_round)[0]
+        assert bad["status"] == "rejected"
+        assert ("NaN or infinite" if kind != "shape" else "shape") in bad["reason"]
+        assert log["rounds"][server_round - 1]["valid_updates"] == 2
+    accs = [r["global_acc"] for r in log["rounds"]]
+    assert all(np.isfinite(accs))
+
+
+def test_too_few_valid_updates_keep_the_global_model(encoder_dir):
+    cfg = _cfg(encoder_dir, min_clients=3, fraction_evaluate=0.0)
+    log, _ = _run(cfg, mods=[faults.corrupt(2, "nan", rounds={2})])
+    r1, r2 = log["rounds"]
+    assert r1["aggregated"] and not r2["aggregated"]
+    assert r2["global_acc"] == r1["global_acc"] and r2["global_loss"] == r1["global_loss"]
+
+
+def test_waiting_for_nodes_is_bounded(encoder_dir):
+    cfg = _cfg(encoder_dir, min_clients=3, node_wait=1.5)
+    t0 = time.monotonic()
+    with pytest.raises(FederationError, match=r"1 usable node\(s\) after 1.5 s"):
+        _run(cfg, connected=1)
+    assert time.monotonic() - t0 < 10
+
+
+def test_a_client_with_another_encoder_refuses_before_training(encoder_dir, tmp_path,
+                                                                 tiny_encoder):
+    images = tiny_encoder[2]
+    other = pretrain(images, tmp_path / "other", PretrainConfig(epochs=1, seed=1),
+                     {"source": "digits"}, progress=False, plots=False)
+    log, grid = _run(_cfg(encoder_dir), mods=[faults.foreign_encoder(1, str(tmp_path / "other"))])
+    refused = [h for h in log["handshake"] if h["status"] == "refused"]
+    assert len(refused) == 1 and refused[0]["node_id"] == BASE_ID + 1
+    assert other.fingerprint[:12] in refused[0]["reason"]
+    assert "every client must hold the same frozen encoder" in refused[0]["reason"]
+    assert grid.received[BASE_ID + 1] == ["query"]  # never asked to train
+    assert log["status"] == "completed" and log["rounds"][-1]["valid_updates"] == 2
+
+
+def test_sampling_is_seeded(encoder_dir):
+    cfg = _cfg(encoder_dir, clients=6, fraction=0.5, rounds=3, fraction_evaluate=0.0)
+    a, _ = _run(cfg)
+    b, _ = _run(cfg)
+    picks = [[c["partition"] for c in r["clients"]] for r in a["rounds"]]
+    assert picks == [[c["partition"] for c in r["clients"]] for r in b["rounds"]]
+    assert all(len(p) == 3 for p in picks) and len({tuple(p) for p in picks}) > 1
