@@ -19,7 +19,7 @@ SHIM = Path(__file__).parent / "avx512_shim.h"
 CC = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
 
 P = ctypes.c_void_p
-MK = ctypes.CFUNCTYPE(None, P, ctypes.c_int, P, P)
+MK = ctypes.CFUNCTYPE(None, P, ctypes.c_int, P, P, ctypes.c_int)
 PACK = ctypes.CFUNCTYPE(ctypes.c_int, P, ctypes.c_size_t, ctypes.c_size_t, P)
 PACK4 = ctypes.CFUNCTYPE(ctypes.c_int, P, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_size_t, P)
 THR = ctypes.CFUNCTYPE(ctypes.c_uint32, P, P)
@@ -72,14 +72,15 @@ def test_microkernels_match_scalar(kernels, nk):
     a = rng.integers(0, 2**64, nk, dtype=np.uint64)
     w = rng.integers(0, 2**64, (nk, 32), dtype=np.uint64)
     expected = np.bitwise_count(a[:, None] ^ w).sum(0).astype(np.uint32) + 5
+    ptrs = np.array([ptr(a) + 8 * i for i in range(nk)], dtype=np.uintp)
     for k in (avx512, scalar):
-        acc = np.full(32, 5, np.uint32)
-        k.mk_contig(ptr(a), nk, ptr(w), ptr(acc))
-        np.testing.assert_array_equal(acc, expected)
-        ptrs = np.array([ptr(a) + 8 * i for i in range(nk)], dtype=np.uintp)
-        acc = np.full(32, 5, np.uint32)
-        k.mk_ind(ptr(ptrs), nk, ptr(w), ptr(acc))
-        np.testing.assert_array_equal(acc, expected)
+        for add in (0, 1):  # add = 0 stores, 1 adds to what acc holds
+            acc = np.full(32, 5, np.uint32)
+            k.mk_contig(ptr(a), nk, ptr(w), ptr(acc), add)
+            np.testing.assert_array_equal(acc, expected - 5 * (1 - add))
+            acc = np.full(32, 5, np.uint32)
+            k.mk_ind(ptr(ptrs), nk, ptr(w), ptr(acc), add)
+            np.testing.assert_array_equal(acc, expected - 5 * (1 - add))
 
 
 def test_pack_and_thresholds_match_scalar(kernels):

@@ -22,11 +22,13 @@ enum { HYB_ISA_SCALAR = 0, HYB_ISA_AVX2 = 1, HYB_ISA_AVX512 = 2, HYB_ISA_COUNT =
 #define HYB_GROUP 32  /* output channels per microkernel call */
 #define HYB_KBLOCK 31 /* words per microkernel call: the AVX2 kernel's 8-bit counters hold 31*8 */
 
-/* Microkernel: acc[c] += sum_k popcount(a_k ^ w[k][c]) for c < 32 and k < nk <= HYB_KBLOCK.
+/* Microkernel: acc[c] (+)= sum_k popcount(a_k ^ w[k][c]) for c < 32 and k < nk <= HYB_KBLOCK;
+ * add = 0 stores instead of adding (the first K block: no zeroing pass over acc).
  * "contig" reads a_k at a + k*E, "ind" at ptr[k]; E = 2 for split kernels (nibble planes
  * lo = x & 0x0f.., hi = (x >> 4) & 0x0f.., weights [k][2][32]) and 1 otherwise ([k][32]). */
-typedef void (*hyb_mk_contig_fn)(const uint64_t *a, int nk, const uint64_t *w, uint32_t *acc);
-typedef void (*hyb_mk_ind_fn)(const uint64_t *const *a, int nk, const uint64_t *w, uint32_t *acc);
+typedef void (*hyb_mk_contig_fn)(const uint64_t *a, int nk, const uint64_t *w, uint32_t *acc, int add);
+typedef void (*hyb_mk_ind_fn)(const uint64_t *const *a, int nk, const uint64_t *w, uint32_t *acc,
+                              int add);
 /* Sign-pack rows of k floats into words(k) words each; returns nonzero if a NaN was seen. */
 typedef int (*hyb_pack_rows_fn)(const float *x, size_t rows, size_t k, uint64_t *out);
 /* Sign-pack NCHW planes into NHWC words (cw words per pixel); returns nonzero on NaN. */

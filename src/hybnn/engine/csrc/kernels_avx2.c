@@ -30,19 +30,19 @@
                      2, 3, 2, 3, 3, 4)
 
 /* Sum the byte counters of two vectors (channels 0-3 and 4-7) into 8 uint32 of acc. */
-T_AVX2 static inline void flush2(__m256i lo, __m256i hi, uint32_t *acc) {
+T_AVX2 static inline void flush2(__m256i lo, __m256i hi, uint32_t *acc, int add) {
     const __m256i z = _mm256_setzero_si256();
     __m256i s = _mm256_or_si256(_mm256_sad_epu8(lo, z), _mm256_slli_epi64(_mm256_sad_epu8(hi, z), 32));
     s = _mm256_permutevar8x32_epi32(s, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
-    _mm256_storeu_si256((__m256i *)acc, _mm256_add_epi32(LD(acc), s));
+    _mm256_storeu_si256((__m256i *)acc, add ? _mm256_add_epi32(LD(acc), s) : s);
 }
 
 #define FLUSH_ALL()                                                                               \
     do {                                                                                          \
-        flush2(c0, c1, acc);                                                                      \
-        flush2(c2, c3, acc + 8);                                                                  \
-        flush2(c4, c5, acc + 16);                                                                 \
-        flush2(c6, c7, acc + 24);                                                                 \
+        flush2(c0, c1, acc, add);                                                                 \
+        flush2(c2, c3, acc + 8, add);                                                             \
+        flush2(c4, c5, acc + 16, add);                                                            \
+        flush2(c6, c7, acc + 24, add);                                                            \
     } while (0)
 
 /* GCC's partial redundancy elimination keeps spilling the counters in these loops; without it
@@ -53,7 +53,8 @@ T_AVX2 static inline void flush2(__m256i lo, __m256i hi, uint32_t *acc) {
 #define NO_PRE
 #endif
 
-T_AVX2 NO_PRE static void mk_avx2_contig(const uint64_t *a, int nk, const uint64_t *w, uint32_t *acc) {
+T_AVX2 NO_PRE static void mk_avx2_contig(const uint64_t *a, int nk, const uint64_t *w, uint32_t *acc,
+                                         int add) {
     const __m256i lut = LUT4, z = _mm256_setzero_si256();
     __m256i c0 = z, c1 = z, c2 = z, c3 = z, c4 = z, c5 = z, c6 = z, c7 = z;
     for (int k = 0; k < nk; k++, w += 64) {
@@ -64,7 +65,8 @@ T_AVX2 NO_PRE static void mk_avx2_contig(const uint64_t *a, int nk, const uint64
     FLUSH_ALL();
 }
 
-T_AVX2 NO_PRE static void mk_avx2_ind(const uint64_t *const *a, int nk, const uint64_t *w, uint32_t *acc) {
+T_AVX2 NO_PRE static void mk_avx2_ind(const uint64_t *const *a, int nk, const uint64_t *w, uint32_t *acc,
+                                      int add) {
     const __m256i lut = LUT4, z = _mm256_setzero_si256();
     __m256i c0 = z, c1 = z, c2 = z, c3 = z, c4 = z, c5 = z, c6 = z, c7 = z;
     for (int k = 0; k < nk; k++, w += 64) {

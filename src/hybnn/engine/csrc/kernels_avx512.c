@@ -17,18 +17,24 @@
 
 #define POP(x, p) _mm512_popcnt_epi64(_mm512_xor_si512(x, _mm512_loadu_si512((const void *)(p))))
 
-T_512 static inline void flush512(__m512i s0, __m512i s1, __m512i s2, __m512i s3, uint32_t *acc) {
+T_512 static inline void flush512(__m512i s0, __m512i s1, __m512i s2, __m512i s3, uint32_t *acc,
+                                  int add) {
     /* lane counts are < 2^32: narrow each vector to 8 uint32 and add */
     const __m512i lo = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(s0)),
                                           _mm512_cvtepi64_epi32(s1), 1);
     const __m512i hi = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(s2)),
                                           _mm512_cvtepi64_epi32(s3), 1);
-    _mm512_storeu_si512((void *)acc, _mm512_add_epi32(_mm512_loadu_si512((const void *)acc), lo));
-    _mm512_storeu_si512((void *)(acc + 16),
-                        _mm512_add_epi32(_mm512_loadu_si512((const void *)(acc + 16)), hi));
+    if (add) {
+        _mm512_storeu_si512((void *)acc, _mm512_add_epi32(_mm512_loadu_si512((const void *)acc), lo));
+        _mm512_storeu_si512((void *)(acc + 16),
+                            _mm512_add_epi32(_mm512_loadu_si512((const void *)(acc + 16)), hi));
+    } else {
+        _mm512_storeu_si512((void *)acc, lo);
+        _mm512_storeu_si512((void *)(acc + 16), hi);
+    }
 }
 
-T_512 static void mk_512_contig(const uint64_t *a, int nk, const uint64_t *w, uint32_t *acc) {
+T_512 static void mk_512_contig(const uint64_t *a, int nk, const uint64_t *w, uint32_t *acc, int add) {
     __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
     for (int k = 0; k < nk; k++, w += 32) {
         const __m512i x = _mm512_set1_epi64((long long)a[k]);
@@ -37,10 +43,11 @@ T_512 static void mk_512_contig(const uint64_t *a, int nk, const uint64_t *w, ui
         s2 = _mm512_add_epi64(s2, POP(x, w + 16));
         s3 = _mm512_add_epi64(s3, POP(x, w + 24));
     }
-    flush512(s0, s1, s2, s3, acc);
+    flush512(s0, s1, s2, s3, acc, add);
 }
 
-T_512 static void mk_512_ind(const uint64_t *const *a, int nk, const uint64_t *w, uint32_t *acc) {
+T_512 static void mk_512_ind(const uint64_t *const *a, int nk, const uint64_t *w, uint32_t *acc,
+                            int add) {
     __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
     for (int k = 0; k < nk; k++, w += 32) {
         const __m512i x = _mm512_set1_epi64((long long)*a[k]);
@@ -49,7 +56,7 @@ T_512 static void mk_512_ind(const uint64_t *const *a, int nk, const uint64_t *w
         s2 = _mm512_add_epi64(s2, POP(x, w + 16));
         s3 = _mm512_add_epi64(s3, POP(x, w + 24));
     }
-    flush512(s0, s1, s2, s3, acc);
+    flush512(s0, s1, s2, s3, acc, add);
 }
 
 T_512 static int pack_rows_512(const float *x, size_t rows, size_t k, uint64_t *out) {

@@ -86,14 +86,16 @@ void hyb_maxpool(const uint64_t *x, size_t n, size_t h, size_t w, size_t cw, siz
                 }
 }
 
-static void mk_scalar_contig(const uint64_t *a, int nk, const uint64_t *w, uint32_t *acc) {
+static void mk_scalar_contig(const uint64_t *a, int nk, const uint64_t *w, uint32_t *acc, int add) {
+    if (!add) memset(acc, 0, HYB_GROUP * sizeof(*acc));
     for (int k = 0; k < nk; k++, w += HYB_GROUP) {
         const uint64_t x = a[k];
         for (int c = 0; c < HYB_GROUP; c++) acc[c] += (uint32_t)__builtin_popcountll(x ^ w[c]);
     }
 }
 
-static void mk_scalar_ind(const uint64_t *const *a, int nk, const uint64_t *w, uint32_t *acc) {
+static void mk_scalar_ind(const uint64_t *const *a, int nk, const uint64_t *w, uint32_t *acc, int add) {
+    if (!add) memset(acc, 0, HYB_GROUP * sizeof(*acc));
     for (int k = 0; k < nk; k++, w += HYB_GROUP) {
         const uint64_t x = *a[k];
         for (int c = 0; c < HYB_GROUP; c++) acc[c] += (uint32_t)__builtin_popcountll(x ^ w[c]);

@@ -136,12 +136,11 @@ static void dense_range(void *vctx, size_t lo, size_t hi) {
         const size_t mt = ctx->n - m0 < TILE ? ctx->n - m0 : TILE;
         for (size_t g = 0; g < L->groups; g++) {
             const uint64_t *wg = wl + g * kw * HYB_GROUP * e;
-            memset(acc, 0, sizeof(acc));
             for (size_t k0 = 0; k0 < kw; k0 += HYB_KBLOCK) {
                 const int nk = (int)(kw - k0 < HYB_KBLOCK ? kw - k0 : HYB_KBLOCK);
                 for (size_t m = 0; m < mt; m++)
                     ctx->K->mk_contig(ctx->act + ((m0 + m) * kw + k0) * e, nk,
-                                      wg + k0 * HYB_GROUP * e, acc[m]);
+                                      wg + k0 * HYB_GROUP * e, acc[m], k0 > 0);
             }
             for (size_t m = 0; m < mt; m++) epilogue(L, ctx->K, acc[m], g, m0 + m, &ctx->t);
         }
@@ -192,11 +191,10 @@ static void conv_range(void *vctx, size_t lo, size_t hi) {
             }
             for (size_t g = 0; g < L->groups; g++) {
                 const uint64_t *wg = wl + g * kw * HYB_GROUP * e;
-                memset(acc, 0, ot * sizeof(*acc));
                 for (size_t k0 = 0; k0 < kw; k0 += HYB_KBLOCK) {
                     const int nk = (int)(kw - k0 < HYB_KBLOCK ? kw - k0 : HYB_KBLOCK);
                     for (size_t j = 0; j < ot; j++)
-                        ctx->K->mk_ind(ptrs + j * kw + k0, nk, wg + k0 * HYB_GROUP * e, acc[j]);
+                        ctx->K->mk_ind(ptrs + j * kw + k0, nk, wg + k0 * HYB_GROUP * e, acc[j], k0 > 0);
                 }
                 for (size_t j = 0; j < ot; j++)
                     epilogue(L, ctx->K, acc[j], g, (n * L->out_h + oy) * L->out_w + ox0 + j, &ctx->t);
