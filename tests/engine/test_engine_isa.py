@@ -35,7 +35,8 @@ def test_fastest_supported_isa_is_picked():
     else:
         expected = "scalar"
     assert detect_isa() == expected
-    assert isa() == expected  # nothing forced it in this process
+    if not os.environ.get("HYBNN_ENGINE_ISA"):
+        assert isa() == expected  # nothing forced another one in this process
     assert available_isas()[-1] == expected
 
 

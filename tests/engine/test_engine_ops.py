@@ -18,15 +18,17 @@ def pm1(shape, rng) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    ("k", "n", "batch"), [(1, 1, 1), (63, 33, 5), (200, 128, 17), (1000, 70, 3)]
+    ("k", "n", "batch"), [(1, 1, 1), (63, 33, 5), (200, 128, 17), (1000, 70, 3), (3000, 40, 20)]
 )
 def test_dense_accumulators(k, n, batch):
     rng = np.random.default_rng(k)
     x, w = pm1((batch, k), rng), pm1((n, k), rng)
-    layer = PackedLayer.dense(pack_bits(w < 0), k)
+    thr = rng.integers(-1, k + 1, n).astype(np.int32)
+    layer = PackedLayer.dense(pack_bits(w < 0), k, thr)
     expected = (x @ w.T).astype(np.int32)
     np.testing.assert_array_equal(layer.accumulators(x), expected)
     np.testing.assert_array_equal(layer.accumulators(pack_signs(x)), expected)
+    np.testing.assert_array_equal(layer.signs(pack_signs(x)), pack_bits((k - expected) // 2 > thr))
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,12 @@ typedef int (*hyb_pack_nchw_fn)(const float *x, size_t n, size_t c, size_t hw, u
 typedef void (*hyb_split_fn)(const uint64_t *x, size_t n, uint64_t *out);
 /* 32 output bits: bit c = pop[c] > thr[c] (signed compare; pops are < 2^30). */
 typedef uint32_t (*hyb_thr_bits_fn)(const uint32_t *pop, const int32_t *thr);
+/* Microkernel fused with the threshold compare, for a whole dot product of nk <= 31 words:
+ * returns the 32 output bits. Optional (NULL: microkernel, then thr_bits). */
+typedef uint32_t (*hyb_mk_bits_fn)(const uint64_t *const *a, int nk, const uint64_t *w,
+                                   const int32_t *thr);
+typedef uint32_t (*hyb_mk_contig_bits_fn)(const uint64_t *a, int nk, const uint64_t *w,
+                                          const int32_t *thr);
 
 typedef struct {
     const char *name;
@@ -47,6 +53,8 @@ typedef struct {
     hyb_pack_nchw_fn pack_nchw;
     hyb_split_fn split_words;
     hyb_thr_bits_fn thr_bits;
+    hyb_mk_contig_bits_fn mk_contig_bits;
+    hyb_mk_bits_fn mk_ind_bits;
 } hyb_kernels;
 
 extern const hyb_kernels hyb_kernels_scalar;

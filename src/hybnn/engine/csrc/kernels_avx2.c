@@ -29,13 +29,26 @@
     _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, \
                      2, 3, 2, 3, 3, 4)
 
-/* Sum the byte counters of two vectors (channels 0-3 and 4-7) into 8 uint32 of acc. */
-T_AVX2 static inline void flush2(__m256i lo, __m256i hi, uint32_t *acc, int add) {
+/* The byte counters of two vectors (channels 0-3 and 4-7) summed into 8 uint32 pops. */
+T_AVX2 static inline __m256i pops8(__m256i lo, __m256i hi) {
     const __m256i z = _mm256_setzero_si256();
     __m256i s = _mm256_or_si256(_mm256_sad_epu8(lo, z), _mm256_slli_epi64(_mm256_sad_epu8(hi, z), 32));
-    s = _mm256_permutevar8x32_epi32(s, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+    return _mm256_permutevar8x32_epi32(s, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+}
+
+T_AVX2 static inline void flush2(__m256i lo, __m256i hi, uint32_t *acc, int add) {
+    const __m256i s = pops8(lo, hi);
     _mm256_storeu_si256((__m256i *)acc, add ? _mm256_add_epi32(LD(acc), s) : s);
 }
+
+T_AVX2 static inline uint32_t bits8(__m256i lo, __m256i hi, const int32_t *thr) {
+    const __m256i gt = _mm256_cmpgt_epi32(pops8(lo, hi), LD(thr));
+    return (uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(gt));
+}
+
+#define BITS_ALL()                                                                                \
+    (bits8(c0, c1, thr) | bits8(c2, c3, thr + 8) << 8 | bits8(c4, c5, thr + 16) << 16 |           \
+     bits8(c6, c7, thr + 24) << 24)
 
 #define FLUSH_ALL()                                                                               \
     do {                                                                                          \
@@ -75,6 +88,30 @@ T_AVX2 NO_PRE static void mk_avx2_ind(const uint64_t *const *a, int nk, const ui
         STEP(al, ah);
     }
     FLUSH_ALL();
+}
+
+T_AVX2 NO_PRE static uint32_t mk_avx2_contig_bits(const uint64_t *a, int nk, const uint64_t *w,
+                                                  const int32_t *thr) {
+    const __m256i lut = LUT4, z = _mm256_setzero_si256();
+    __m256i c0 = z, c1 = z, c2 = z, c3 = z, c4 = z, c5 = z, c6 = z, c7 = z;
+    for (int k = 0; k < nk; k++, w += 64) {
+        const __m256i al = _mm256_set1_epi64x((long long)a[2 * k]);
+        const __m256i ah = _mm256_set1_epi64x((long long)a[2 * k + 1]);
+        STEP(al, ah);
+    }
+    return BITS_ALL();
+}
+
+T_AVX2 NO_PRE static uint32_t mk_avx2_ind_bits(const uint64_t *const *a, int nk, const uint64_t *w,
+                                               const int32_t *thr) {
+    const __m256i lut = LUT4, z = _mm256_setzero_si256();
+    __m256i c0 = z, c1 = z, c2 = z, c3 = z, c4 = z, c5 = z, c6 = z, c7 = z;
+    for (int k = 0; k < nk; k++, w += 64) {
+        const __m256i al = _mm256_set1_epi64x((long long)a[k][0]);
+        const __m256i ah = _mm256_set1_epi64x((long long)a[k][1]);
+        STEP(al, ah);
+    }
+    return BITS_ALL();
 }
 
 T_AVX2 static void split_avx2(const uint64_t *x, size_t n, uint64_t *out) {
@@ -162,6 +199,6 @@ T_AVX2 static uint32_t thr_bits_avx2(const uint32_t *pop, const int32_t *thr) {
 
 const hyb_kernels hyb_kernels_avx2 = {
     "avx2", 1, mk_avx2_contig, mk_avx2_ind, pack_rows_avx2, hyb_pack_nchw_avx2, split_avx2,
-    thr_bits_avx2,
+    thr_bits_avx2, mk_avx2_contig_bits, mk_avx2_ind_bits,
 };
 #endif

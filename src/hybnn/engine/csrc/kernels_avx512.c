@@ -90,5 +90,6 @@ T_512 static uint32_t thr_bits_512(const uint32_t *pop, const int32_t *thr) {
 
 const hyb_kernels hyb_kernels_avx512 = {
     "avx512", 0, mk_512_contig, mk_512_ind, pack_rows_512, HYB_NCHW_512, NULL, thr_bits_512,
+    NULL, NULL,
 };
 #endif

@@ -110,5 +110,5 @@ uint32_t hyb_thr_bits_scalar(const uint32_t *pop, const int32_t *thr) {
 
 const hyb_kernels hyb_kernels_scalar = {
     "scalar", 0, mk_scalar_contig, mk_scalar_ind, hyb_pack_rows_scalar, hyb_pack_nchw_scalar, NULL,
-    hyb_thr_bits_scalar,
+    hyb_thr_bits_scalar, NULL, NULL,
 };

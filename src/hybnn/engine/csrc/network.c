@@ -125,17 +125,31 @@ typedef struct {
     int fail;
 } layer_ctx;
 
+/* Bits-only output of a dot product that fits one K block: the fused microkernel applies. */
+static int can_fuse(const layer_ctx *ctx) {
+    return ctx->t.bits && !ctx->t.acc && !ctx->t.logits && ctx->L->kwords <= HYB_KBLOCK &&
+           ctx->K->mk_ind_bits && ctx->K->mk_contig_bits;
+}
+
 static void dense_range(void *vctx, size_t lo, size_t hi) {
     layer_ctx *ctx = (layer_ctx *)vctx;
     const hyb_layer *L = ctx->L;
     const size_t e = ctx->K->split ? 2 : 1, kw = L->kwords;
     const uint64_t *wl = ctx->K->split ? L->w_split : L->w_plain;
     uint32_t acc[TILE][HYB_GROUP];
+    const int fused = can_fuse(ctx);
     for (size_t tile = lo; tile < hi; tile++) {
         const size_t m0 = tile * TILE;
         const size_t mt = ctx->n - m0 < TILE ? ctx->n - m0 : TILE;
         for (size_t g = 0; g < L->groups; g++) {
             const uint64_t *wg = wl + g * kw * HYB_GROUP * e;
+            if (fused) { /* one K block, bits only: compare inside the microkernel */
+                for (size_t m = 0; m < mt; m++)
+                    ctx->t.bits[(m0 + m) * L->out_cw + g / 2] |=
+                        (uint64_t)ctx->K->mk_contig_bits(ctx->act + (m0 + m) * kw * e, (int)kw, wg,
+                                                         L->thr + g * HYB_GROUP) << (32 * (g & 1));
+                continue;
+            }
             for (size_t k0 = 0; k0 < kw; k0 += HYB_KBLOCK) {
                 const int nk = (int)(kw - k0 < HYB_KBLOCK ? kw - k0 : HYB_KBLOCK);
                 for (size_t m = 0; m < mt; m++)
@@ -162,6 +176,7 @@ static void conv_range(void *vctx, size_t lo, size_t hi) {
         __atomic_store_n(&ctx->fail, 1, __ATOMIC_RELAXED);
         return;
     }
+    const int fused = can_fuse(ctx);
     for (size_t ky = 0, i = 0; ky < L->kh; ky++)
         for (size_t kx = 0; kx < L->kw; kx++)
             for (size_t c = 0; c < L->in_cw; c++) off[i++] = e * ((ky * L->in_w + kx) * L->in_cw + c);
@@ -191,6 +206,14 @@ static void conv_range(void *vctx, size_t lo, size_t hi) {
             }
             for (size_t g = 0; g < L->groups; g++) {
                 const uint64_t *wg = wl + g * kw * HYB_GROUP * e;
+                if (fused) {
+                    uint64_t *dst = ctx->t.bits + ((n * L->out_h + oy) * L->out_w + ox0) * L->out_cw + g / 2;
+                    for (size_t j = 0; j < ot; j++)
+                        dst[j * L->out_cw] |= (uint64_t)ctx->K->mk_ind_bits(ptrs + j * kw, (int)kw, wg,
+                                                                          L->thr + g * HYB_GROUP)
+                                              << (32 * (g & 1));
+                    continue;
+                }
                 for (size_t k0 = 0; k0 < kw; k0 += HYB_KBLOCK) {
                     const int nk = (int)(kw - k0 < HYB_KBLOCK ? kw - k0 : HYB_KBLOCK);
                     for (size_t j = 0; j < ot; j++)
