@@ -121,6 +121,7 @@ def bench_dense(k: int, n: int, batch: int, rounds: int, threads: int) -> dict[s
         t = interleaved(
             {
                 "packed": lambda: layer.accumulators(x, threads),
+                "float_to_packed": lambda: layer.signs(x, threads),
                 "packed_io": lambda: layer.signs(xp, threads),
                 "pack_only": lambda: pack_signs(x),
                 "torch": lambda: F.linear(xt, wt),
@@ -135,6 +136,12 @@ def bench_dense(k: int, n: int, batch: int, rounds: int, threads: int) -> dict[s
             threads,
             pack_ms=t["pack_only"] * 1e3,
             what="float32 in (sign-packed inside), int32 dot products out",
+        ),
+        f"{name}_float_to_packed": case(
+            t["float_to_packed"],
+            t["torch"],
+            threads,
+            what="float32 in, packed signs out (fused BN thresholds)",
         ),
         f"{name}_packed_io": case(
             t["packed_io"],
@@ -164,6 +171,7 @@ def bench_conv(rounds: int, threads: int) -> dict[str, dict[str, Any]]:
         t = interleaved(
             {
                 "packed": lambda: layer.accumulators(x, threads),
+                "float_to_packed": lambda: layer.signs(x, threads),
                 "packed_io": lambda: layer.signs(xp, threads),
                 "pack_only": lambda: pack_images(x),
                 "torch": lambda: F.conv2d(xt, wt, padding=1),
@@ -178,6 +186,12 @@ def bench_conv(rounds: int, threads: int) -> dict[str, dict[str, Any]]:
             threads,
             pack_ms=t["pack_only"] * 1e3,
             what="float32 NCHW in (sign-packed inside), int32 NHWC out",
+        ),
+        f"{name}_float_to_packed": case(
+            t["float_to_packed"],
+            t["torch"],
+            threads,
+            what="float32 in, packed signs out (fused BN thresholds)",
         ),
         f"{name}_packed_io": case(
             t["packed_io"],
@@ -292,8 +306,9 @@ def markdown(results: dict[str, Any], command: str) -> str:
         f"Versions: hybnn {m['hybnn']}, torch {m['torch']}, numpy {m['numpy']}, "
         f"Python {m['python']}; {m['date']}  ",
         "Ratios are float32 time / packed time, medians of interleaved repetitions in one run. "
-        "`packed_io` rows start and end in packed words (a layer inside a chain); the others "
-        "include sign-packing the float32 input.",
+        "Plain rows take float32 input (sign-packed inside) and return int32 dot products, "
+        "like the float layer's output; `float_to_packed` rows return packed signs (batch norm "
+        "+ sign fused); `packed_io` rows start and end in packed words (a layer inside a chain).",
         "",
         "| case | packed | float32 | speed-up |",
         "| --- | ---: | ---: | ---: |",
