@@ -65,30 +65,27 @@ def main() -> None:
     parser.add_argument("--benchmarks", default="BENCHMARKS.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    sections = []
+    header = "\n".join([
+        f"Command: `python bench/hybnn_targets.py --data {{data}} --seeds "
+        f"{' '.join(map(str, args.seeds))} --threads {args.threads}`  ",
+        f"Machine: {machine_description()}, {args.threads} torch threads  ",
+        f"Date: {dt.date.today().isoformat()}",
+    ])
     for data in args.data:
         config = ReproduceConfig.make(data=data, seeds=args.seeds,
                                       tasks=[*PAPER_TASKS, "all"], **SETTINGS.get(data, {}))
         out = Path(args.out) / data
         results = reproduce(config, out, progress=False)
+        targets = check(results)
         md = (out / "results.md").read_text().split("\n", 2)[2]
         cap = (f" Training samples per task capped at {config.max_train}; VAE pretrained on "
                f"{config.vae_samples} images." if config.max_train else "")
-        sections.append(f"### `{data}`\n\nTargets:{cap}\n\n" + "\n".join(check(results))
-                        + f"\n\n{md}\nTotal {results['seconds_total']:.0f} s.\n")
-        (out / "targets.json").write_text(json.dumps(check(results), indent=2))
-    body = "\n".join([
-        "## HyBNN: accuracy and training speed",
-        "",
-        f"Command: `python bench/hybnn_targets.py --data {' '.join(args.data)} --seeds "
-        f"{' '.join(map(str, args.seeds))} --threads {args.threads}`  ",
-        f"Machine: {machine_description()}, {args.threads} torch threads  ",
-        f"Date: {dt.date.today().isoformat()}",
-        "",
-        *sections,
-    ])
-    write_section("hybnn", body, args.benchmarks)
-    print(body)
+        body = (f"### HyBNN on `{data}`: accuracy and training speed\n\n"
+                + header.replace("{data}", data) + f"\n\nTargets:{cap}\n\n"
+                + "\n".join(targets) + f"\n\n{md}\nTotal {results['seconds_total']:.0f} s.\n")
+        (out / "targets.json").write_text(json.dumps(targets, indent=2))
+        write_section(f"hybnn-{data}", body, args.benchmarks)
+        print(body)
 
 
 if __name__ == "__main__":

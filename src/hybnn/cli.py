@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--beta", type=float, default=1.0, help="KL weight")
+    p.add_argument("--beta", type=float, default=0.25, help="KL weight (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     _progress(p)

@@ -54,7 +54,7 @@ class ReproduceConfig:
     latent_bits: int = 200
     vae_epochs: int = 20
     vae_samples: int | None = None  # subsample the general data for phase 1 (None: all)
-    vae_beta: float = 1.0
+    vae_beta: float = 0.25
     vae_shift: int = 0
     head_hidden: list[int] = field(default_factory=lambda: [128])  # the paper's pair head
     head_hidden_multiclass: list[int] = field(default_factory=lambda: [512])
