@@ -237,33 +237,40 @@ typedef struct {
     const void *x;
     int x_kind;
     uint64_t *out;
-    int nan;
+    int nan, fail;
 } pack_ctx;
 
-/* One word per output pixel of the first convolution: its whole k x k x C window. */
+/* One word per output pixel of the first convolution: its whole k x k x C window. The signs go
+ * first into a byte image with a zero (+1) border, so the window loop has no bounds checks. */
 static int pack_patches(const hyb_layer *L, const float *x, size_t n, uint64_t *out) {
-    const size_t hw = L->in_h * L->in_w;
+    const size_t hw = L->in_h * L->in_w, c = L->in_c;
+    const size_t ph = L->in_h + 2 * L->pad, pw = L->in_w + 2 * L->pad;
+    uint8_t *neg = (uint8_t *)calloc(ph * pw * c + 1, 1);
+    if (!neg) return -1;
     int nan = 0;
     for (size_t i = 0; i < n; i++) {
-        const float *img = x + i * L->in_c * hw;
-        for (size_t c = 0; c < L->in_c * hw; c++) nan |= img[c] != img[c];
+        const float *img = x + i * c * hw;
+        for (size_t ch = 0; ch < c; ch++)
+            for (size_t y = 0; y < L->in_h; y++) {
+                const float *row = img + ch * hw + y * L->in_w;
+                uint8_t *dst = neg + ((y + L->pad) * pw + L->pad) * c + ch;
+                for (size_t xx = 0; xx < L->in_w; xx++) {
+                    nan |= row[xx] != row[xx];
+                    dst[xx * c] = row[xx] < 0.0f;
+                }
+            }
         for (size_t oy = 0; oy < L->out_h; oy++)
             for (size_t ox = 0; ox < L->out_w; ox++) {
                 uint64_t word = 0;
+                size_t bit = 0;
                 for (size_t ky = 0; ky < L->kh; ky++) {
-                    const long iy = (long)(oy * L->stride + ky) - (long)L->pad;
-                    if (iy < 0 || iy >= (long)L->in_h) continue; /* +1 padding: bit 0 */
-                    for (size_t kx = 0; kx < L->kw; kx++) {
-                        const long ix = (long)(ox * L->stride + kx) - (long)L->pad;
-                        if (ix < 0 || ix >= (long)L->in_w) continue;
-                        const size_t bit = (ky * L->kw + kx) * L->in_c;
-                        for (size_t c = 0; c < L->in_c; c++)
-                            word |= (uint64_t)(img[c * hw + (size_t)iy * L->in_w + (size_t)ix] < 0.0f) << (bit + c);
-                    }
+                    const uint8_t *src = neg + ((oy * L->stride + ky) * pw + ox * L->stride) * c;
+                    for (size_t j = 0; j < L->kw * c; j++) word |= (uint64_t)src[j] << bit++;
                 }
                 *out++ = word;
             }
     }
+    free(neg);
     return nan;
 }
 
@@ -271,8 +278,8 @@ static void patch_range(void *vctx, size_t lo, size_t hi) {
     pack_ctx *ctx = (pack_ctx *)vctx;
     const hyb_layer *L = &ctx->net->layers[0];
     const size_t per = L->in_c * L->in_h * L->in_w, pix = L->out_h * L->out_w;
-    if (pack_patches(L, (const float *)ctx->x + lo * per, hi - lo, ctx->out + lo * pix))
-        __atomic_store_n(&ctx->nan, 1, __ATOMIC_RELAXED);
+    const int status = pack_patches(L, (const float *)ctx->x + lo * per, hi - lo, ctx->out + lo * pix);
+    if (status) __atomic_store_n(status < 0 ? &ctx->fail : &ctx->nan, 1, __ATOMIC_RELAXED);
 }
 
 static void pack_range(void *vctx, size_t lo, size_t hi) {
@@ -352,11 +359,11 @@ static int forward(const hyb_net *net, const void *x, int x_kind, size_t n, int 
         const size_t per = patch ? net->patch_pixels : net->in_size;
         owned = (uint64_t *)malloc(n * per * sizeof(uint64_t) + 1);
         if (!owned) return HYB_ERR_NOMEM;
-        pack_ctx pc = {net, K, x, x_kind, owned, 0};
+        pack_ctx pc = {net, K, x, x_kind, owned, 0, 0};
         hyb_parallel_for(threads, n, patch ? patch_range : pack_range, &pc);
-        if (pc.nan) {
+        if (pc.nan || pc.fail) {
             free(owned);
-            return HYB_ERR_NAN;
+            return pc.fail ? HYB_ERR_NOMEM : HYB_ERR_NAN;
         }
         cur = owned;
     }
