@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import random
 import re
@@ -302,7 +303,8 @@ def markdown(results: dict[str, Any], command: str) -> str:
         "",
         f"Command: `{command}`  ",
         f"Machine: {m['cpu']}, kernels `{m['isa']}` (best on this CPU: `{m['best_isa']}`), "
-        f"{m['threads']} thread(s) for both sides  ",
+        f"{m['threads']} thread(s) for both sides; 1-min load average {m['load_average']} "
+        "(the machine is shared)  ",
         f"Versions: hybnn {m['hybnn']}, torch {m['torch']}, numpy {m['numpy']}, "
         f"Python {m['python']}; {m['date']}  ",
         "Ratios are float32 time / packed time, medians of interleaved repetitions in one run. "
@@ -330,6 +332,18 @@ def markdown(results: dict[str, Any], command: str) -> str:
                 f"{c['ratio_vs_float32']:.1f}x |"
             )
     return "\n".join(lines)
+
+
+def _loadavg() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def _load(before: float | None) -> str:
+    after = _loadavg()
+    return "n/a" if before is None or after is None else f"{before:.1f} -> {after:.1f}"
 
 
 def _fmt(ms: float) -> str:
@@ -360,18 +374,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     random.seed(0)
-    rounds = 5 if args.quick else 21
+    rounds = 5 if args.quick else 41
     big_batch = 512 if args.quick else 4096
     cases: dict[str, Any] = {}
+    load0 = _loadavg()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         cases |= bench_head(rounds, args.threads, tmp)
         cases |= bench_dense(1024, 1024, 256, rounds, args.threads)
-        cases |= bench_dense(16384, 128, big_batch, max(3, rounds // 3), args.threads)
+        cases |= bench_dense(16384, 128, big_batch, max(3, rounds // 4), args.threads)
         cases |= bench_conv(rounds, args.threads)
         cases |= bench_end_to_end(rounds, args.threads, tmp)
         cases |= weight_sizes(tmp)
-    results = {"machine": machine(args.threads), "cases": cases}
+    results = {"machine": {**machine(args.threads), "load_average": _load(load0)}, "cases": cases}
     command = "python bench/engine.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = markdown(results, command.strip())
     print(text)
