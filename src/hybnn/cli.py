@@ -88,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="PNG/JPEG images, .npy arrays or .npz (x)")
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("export", help="export a BNN head or binary CNN for the packed engine")
+    p.add_argument("model", help="model directory (from `hybnn train`)")
+    p.add_argument("--out", required=True, help="engine file to write (e.g. head.hybe)")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("summary", help="binary vs float parameters and deployed bytes")
     p.add_argument("model", help="model directory")
     p.set_defaults(func=cmd_summary)
@@ -167,6 +172,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         for r in rows:
             print(f"{r['input']}: class {r['class']} (p={r['probability']:.3f})")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from hybnn.engine import export_artifact
+    from hybnn.errors import ArtifactError
+
+    try:
+        header = export_artifact(args.model, args.out)
+    except (TypeError, ValueError) as exc:  # an architecture or layer the engine cannot run
+        raise ArtifactError(f"cannot export {args.model}: {exc}") from None
+    size = Path(args.out).stat().st_size
+    print(f"exported {header['arch']} ({len(header['layers'])} layers) -> {args.out} "
+          f"({size} bytes)")
     return 0
 
 

@@ -181,8 +181,12 @@ def _packed_logits(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     from hybnn.engine import load as load_engine
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.hbnn"
-        export_model(model, path)
+        path = Path(tmp) / "model.hybe"
+        try:
+            export_model(model, path)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"the packed engine cannot run this model ({exc}); "
+                            "use --engine torch") from None
         return load_engine(path).logits(np.ascontiguousarray(x, dtype=np.float32))
 
 
