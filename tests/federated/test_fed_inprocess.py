@@ -122,6 +122,16 @@ def test_1bit_clients_keep_their_latent_magnitudes_between_rounds(encoder_dir):
         assert w.shape == (128, 200) and len(np.unique(np.abs(w))) > 100
 
 
+def test_1bit_round_one_starts_every_client_from_the_servers_exact_model(encoder_dir):
+    # Newcomers take their latent magnitudes from the seeded initial model, so after the
+    # first local training 1bit clients hold exactly what fp32 clients hold.
+    runs = [_run(_cfg(encoder_dir, rounds=1, fraction_evaluate=0.0, encoding=e))[0]
+            for e in ("fp32", "1bit")]
+    fp32, onebit = ([(c["train_loss"], c["local_acc"]) for c in r["rounds"][0]["clients"]]
+                    for r in runs)
+    assert fp32 == onebit
+
+
 def test_a_crashing_client_fails_its_round_and_the_others_carry_on(encoder_dir):
     log, _ = _run(_cfg(encoder_dir), mods=[faults.crash(1, rounds={1})])
     assert log["status"] == "completed"

@@ -46,8 +46,12 @@ def train(msg: Message, context: Context) -> Message:
     model = task.build_model(cfg, encoder)
     layout = Layout.of(model)
     state = decode(from_record(msg.content[ARRAYS]), layout, cfg.encoding)
-    if cfg.encoding == "1bit" and LATENT in context.state:
-        state = task.restore_latent(state, from_record(context.state[LATENT]), layout)
+    if cfg.encoding == "1bit":
+        # Magnitudes from this client's last round; a newcomer takes those of the seeded
+        # initial model, which in round 1 rebuilds the server's model exactly.
+        own = (from_record(context.state[LATENT]) if LATENT in context.state
+               else model_state(model, layout))
+        state = task.restore_latent(state, own, layout)
     load_state(model, state)
     history = task.train_local(model, train_xy, cfg, int(msg.content[CONFIG]["server-round"]),
                                pid)
