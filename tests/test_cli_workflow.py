@@ -83,3 +83,19 @@ def test_baseline_cnn_trains_from_the_cli(tmp_path: Path) -> None:
     assert "test accuracy" in out.stdout
     meta = json.loads((tmp_path / "bcnn" / "meta.json").read_text())
     assert meta["prep"] == "unit" and meta["config"]["arch"] == "binary_cnn"
+
+
+def test_packed_engine_predicts_like_torch(workdir: Path) -> None:
+    from hybnn.data import load_source, select_task
+
+    pair = select_task(load_source("digits"), "0v1")
+    np.save(workdir / "x20.npy", (pair.x[:20] * 255).astype(np.uint8))
+    common = ("predict", "--model", str(workdir / "head"), "--encoder", str(workdir / "enc"),
+              "--json", str(workdir / "x20.npy"))
+    torch_rows = json.loads(hybnn(*common).stdout)
+    packed_rows = json.loads(hybnn(*common, "--engine", "packed").stdout)
+    assert [r["class"] for r in packed_rows] == [r["class"] for r in torch_rows]
+    for a, b in zip(packed_rows, torch_rows, strict=True):
+        assert a["probability"] == pytest.approx(b["probability"], abs=1e-4)
+    out = hybnn("export", str(workdir / "head"), "--out", str(workdir / "head.hybe")).stdout
+    assert "bnn_head" in out and (workdir / "head.hybe").stat().st_size > 0

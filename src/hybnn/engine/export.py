@@ -185,5 +185,7 @@ def export_artifact(
     from hybnn.models.io import load_model
 
     model, meta = load_model(model_dir)
-    source = {k: v for k, v in meta.items() if k != "config"}
+    # The training history stays with the model directory: a deployed file carries only what
+    # identifies its source (it would otherwise outweigh the packed weights several times).
+    source = {k: v for k, v in meta.items() if k not in ("config", "history")}
     return export_model(model, path, metadata={"source": {"model_dir": str(model_dir), **source}})
