@@ -77,7 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--benchmarks", default="BENCHMARKS.md")
     ap.add_argument("--quick", action="store_true", help="2 tasks, fewer rounds (smoke run)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--render", action="store_true",
+                    help="only rewrite the section from --out/bench.json")
     args = ap.parse_args(argv)
+    if args.render:
+        raw = json.loads((Path(args.out) / "bench.json").read_text())
+        write_section("federated", markdown(raw), args.benchmarks)
+        return 0
     torch.set_num_threads(1)
     out = Path(args.out)
     t_start = time.perf_counter()
@@ -134,6 +140,10 @@ def _ok(flag: bool) -> str:
     return "met" if flag else "**missed**"
 
 
+def _within(gap: float, target: float) -> bool:
+    return gap <= target + 1e-9  # accuracies are multiples of 1/200: no float noise
+
+
 def markdown(raw: dict[str, Any]) -> str:
     cfg, env = raw["config"], raw["environment"]
     rows = raw["hybnn"]
@@ -175,8 +185,12 @@ def markdown(raw: dict[str, Any]) -> str:
         worst = max(g)
         lines.append(f"- {part} {enc}: mean {100 * statistics.mean(g):+.1f}, worst "
                      f"{100 * worst:+.1f} — target within 1 point: "
-                     f"{_ok(worst <= TARGET_ACC_GAP)}"
-                     f" ({sum(x <= TARGET_ACC_GAP for x in g)}/{len(g)} tasks)")
+                     f"{_ok(_within(worst, TARGET_ACC_GAP))}"
+                     f" ({sum(_within(x, TARGET_ACC_GAP) for x in g)}/{len(g)} tasks)")
+    best = {(p, e): [central[t]["acc"] - by[(t, p, e)]["best_acc"] for t in tasks
+                     if (t, p, e) in by] for p in ("iid", "dirichlet") for e in ("fp32", "1bit")}
+    lines += ["", "Best round instead of the last (same runs): " + "; ".join(
+        f"{p} {e} worst gap {100 * max(g):+.1f}" for (p, e), g in best.items() if g) + "."]
     ups = {enc: statistics.mean(r["up_per_client_round"] for r in rows if r["encoding"] == enc)
            for enc in ("fp32", "1bit")}
     downs = {enc: statistics.mean(r["down_per_client_round"] for r in rows
@@ -209,7 +223,7 @@ def markdown(raw: dict[str, Any]) -> str:
         f"caps the ratio at {cap:.1f}x whatever the framing.",
         f"- accuracy fp32 - 1bit: mean {100 * statistics.mean(loss):+.1f} points, worst "
         f"{100 * max(loss):+.1f} over {len(loss)} runs — target <= 1 point lost: "
-        f"{_ok(max(loss) <= TARGET_1BIT_LOSS)}.",
+        f"{_ok(_within(max(loss), TARGET_1BIT_LOSS))}.",
     ]
     cnn = raw["cnn"]
     if cnn:
@@ -253,9 +267,10 @@ def markdown(raw: dict[str, Any]) -> str:
               f"{r['round_seconds_median']:.2f} | {_pct(r['final_acc'])} | "
               f"{r['wall_seconds']:.0f} |" for r in scale),
             "",
-            "Seconds per round grow with the clients sampled per round (they share two "
-            "cores), not with the clients in the federation; wall time includes Ray's "
-            "start and the handshake with every client.",
+            "Seconds per round: server evaluation included, median over the rounds. Wall "
+            "time includes Ray's start and the handshake with every client. Accuracy is not "
+            "a target here: 10 classes, few rounds, 10 % of the clients per round (40 "
+            "training images each at 100 clients).",
         ]
     return "\n".join(lines) + "\n"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -23,12 +24,21 @@ def flower_env(monkeypatch, tmp_path):
         monkeypatch.setenv(k, v)
 
 
-def _alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def _running_in_group(pgid: int) -> list[int]:
+    """Processes of the group that still run. Zombies do not count: where PID 1 does not
+    reap orphans (some containers), a killed server's child stays a zombie forever."""
+    running = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            running.append(int(entry))
+    return running
 
 
 def test_three_supernodes_two_rounds_finish_completed(tmp_path, tiny_encoder, monkeypatch):
@@ -53,4 +63,5 @@ def test_three_supernodes_two_rounds_finish_completed(tmp_path, tiny_encoder, mo
     # The SuperLink's own traffic count agrees with the bytes counted from the messages.
     measured = sum(r["bytes_up"] + r["bytes_down"] for r in res["rounds"])
     assert res["network_traffic"]["total-bytes"] >= 0.9 * measured
-    assert len(started) == 4 and not any(_alive(pgid) for pgid in started)
+    assert len(started) == 4
+    assert [p for pgid in started for p in _running_in_group(pgid)] == []

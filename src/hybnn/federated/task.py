@@ -10,6 +10,7 @@ The server uses the same functions for its held-out test set.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -100,19 +101,22 @@ def as_tensors(cfg: FedConfig, data: Dataset, encoder: Encoder | None) -> Tensor
     return image_tensors(data, cfg.prep)
 
 
-_TENSOR_CACHE: dict[tuple[Any, ...], tuple[Tensors, Tensors]] = {}
+_TENSOR_CACHE: OrderedDict[tuple[Any, ...], tuple[Tensors, Tensors]] = OrderedDict()
+TENSOR_CACHE_SIZE = 8  # a simulation worker serves several clients in turn
 
 
 def client_tensors(cfg: FedConfig, partition_id: int,
                    encoder: Encoder | None) -> tuple[Tensors, Tensors]:
-    """(train, test) tensors of a client, computed once per process."""
+    """(train, test) tensors of a client, kept for the next rounds in this process."""
     key = (cfg.model, cfg.data, cfg.task, cfg.clients, cfg.partition, cfg.alpha,
            cfg.classes_per_client, cfg.seed, cfg.prep, partition_id,
            encoder.fingerprint if encoder is not None and cfg.model == "hybnn" else "")
     if key not in _TENSOR_CACHE:
         train, test = client_datasets(cfg, partition_id)
-        _TENSOR_CACHE.clear()  # one client per process at a time in practice; keep memory flat
         _TENSOR_CACHE[key] = (as_tensors(cfg, train, encoder), as_tensors(cfg, test, encoder))
+        while len(_TENSOR_CACHE) > TENSOR_CACHE_SIZE:
+            _TENSOR_CACHE.popitem(last=False)
+    _TENSOR_CACHE.move_to_end(key)
     return _TENSOR_CACHE[key]
 
 
