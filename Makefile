@@ -25,6 +25,9 @@ test: install
 	$(PY) -m ruff check src tests bench
 	$(PY) -m pytest -q
 
+# Long: about an hour on 2 cores. Each script writes its own section of BENCHMARKS.md.
 bench: install
 	$(PY) bench/hybnn_targets.py
 	$(PY) bench/engine.py
+	$(PY) bench/federated.py
+	hybnn study rebnn --out runs/study-rebnn --no-progress
