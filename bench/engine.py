@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 import hybnn
+from hybnn.benchmarks import cpu_model
 from hybnn.engine import detect_isa, export_model, isa, load, pack_images, pack_signs
 from hybnn.engine.ops import PackedLayer
 from hybnn.engine.packing import pack_bits
@@ -275,16 +276,8 @@ def weight_sizes(tmp: Path) -> dict[str, dict[str, Any]]:
 
 
 def machine(threads: int) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "isa": isa(),
         "best_isa": detect_isa(),
         "threads": threads,

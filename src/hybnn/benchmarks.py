@@ -10,17 +10,22 @@ from pathlib import Path
 from hybnn.artifacts import atomic_write
 
 
-def machine_description() -> str:
-    """CPU model, core count and Python/torch versions, for the record beside a result."""
-    cpu = platform.processor() or platform.machine()
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def machine_description() -> str:
+    """CPU model, core count and Python/torch versions, for the record beside a result."""
     import torch
+
+    cpu = cpu_model()
 
     return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
             f"torch {torch.__version__}")
