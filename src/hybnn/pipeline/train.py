@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hybnn.artifacts import atomic_write
-from hybnn.binary.layers import clip_latent_weights
+from hybnn.binary.layers import binary_layers
 from hybnn.errors import ArtifactError, DataError
 from hybnn.pipeline.progress import bar
 
@@ -142,6 +142,7 @@ def fit_classifier(
         cb.on_train_begin(model)
     n = len(y)
     steps = math.ceil(n / config.batch_size)
+    latent = [layer for _, layer in binary_layers(model)]  # clipped after every step
     for epoch in bar(range(start_epoch, config.epochs), desc, progress,
                      total=config.epochs - start_epoch):
         torch.manual_seed(config.seed * 100_003 + epoch)
@@ -167,7 +168,8 @@ def fit_classifier(
             for cb in callbacks:
                 cb.on_after_backward(model)
             optimizer.step()
-            clip_latent_weights(model)
+            for layer in latent:
+                layer.clip_latent_()
             for cb in callbacks:
                 cb.on_step_end(model)
             loss_sum += loss.item() * len(idx)
