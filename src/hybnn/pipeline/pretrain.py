@@ -131,7 +131,8 @@ def pretrain(images: np.ndarray, out: str | os.PathLike[str], config: PretrainCo
     if plots:
         from hybnn.experiments.plots import plot_bit_usage, plot_reconstructions
 
-        plot_reconstructions(vae, images[:16], out / "reconstructions.png", config.seed)
+        shown = np.linspace(0, len(images) - 1, min(16, len(images))).astype(int)  # every class
+        plot_reconstructions(vae, images[shown], out / "reconstructions.png", config.seed)
         plot_bit_usage(usage, out / "bit_usage.png")
     return encoder
 
