@@ -15,15 +15,6 @@ from hybnn.federated.config import FedConfig
 from hybnn.federated.deploy import LocalFederation, deploy
 
 
-@pytest.fixture(autouse=True)
-def flower_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
-    for k, v in {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-                 "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-                 "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}.items():
-        monkeypatch.setenv(k, v)
-
-
 def _running_in_group(pgid: int) -> list[int]:
     """Processes of the group that still run. Zombies do not count: where PID 1 does not
     reap orphans (some containers), a killed server's child stays a zombie forever."""

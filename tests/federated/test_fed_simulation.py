@@ -15,15 +15,6 @@ from hybnn.federated.simulation import federate
 from hybnn.pipeline.pretrain import PretrainConfig, pretrain
 
 
-@pytest.fixture(autouse=True)
-def flower_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
-    for k, v in {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-                 "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-                 "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}.items():
-        monkeypatch.setenv(k, v)
-
-
 def test_federate_command_writes_results_plots_and_byte_counts(tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["federate", "--data", "digits", "--task", "0v1", "--clients", "3",

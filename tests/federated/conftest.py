@@ -1,0 +1,12 @@
+"""Every federated test runs with its own FLWR_HOME and Flower's CI-safe settings."""
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def flower_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
+    for k, v in {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+                 "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+                 "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}.items():
+        monkeypatch.setenv(k, v)
