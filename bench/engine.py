@@ -83,6 +83,23 @@ def case(packed: float, ref: float, threads: int, **extra: Any) -> dict[str, Any
     }
 
 
+def layer_cases(name: str, t: dict[str, float], threads: int,
+                what: tuple[str, str]) -> dict[str, dict[str, Any]]:
+    """The three rows of one layer: float in/int out, float in/packed out, packed in/out.
+
+    ``what`` describes the plain row and the packed input of the last row.
+    """
+    fused = "packed signs out (fused BN thresholds)"
+    return {
+        name: case(t["packed"], t["torch"], threads, pack_ms=t["pack_only"] * 1e3,
+                   what=what[0]),
+        f"{name}_float_to_packed": case(t["float_to_packed"], t["torch"], threads,
+                                        what=f"float32 in, {fused}"),
+        f"{name}_packed_io": case(t["packed_io"], t["torch"], threads,
+                                  what=f"{what[1]}, {fused}"),
+    }
+
+
 def bench_head(rounds: int, threads: int, tmp: Path) -> dict[str, dict[str, Any]]:
     model = randomize_bn(BNNHead(200, 2), 0)
     export_model(model, tmp / "head.hybe")
@@ -130,28 +147,9 @@ def bench_dense(k: int, n: int, batch: int, rounds: int, threads: int) -> dict[s
             },
             rounds,
         )
-    name = f"dense_{k}x{n}_b{batch}"
-    return {
-        name: case(
-            t["packed"],
-            t["torch"],
-            threads,
-            pack_ms=t["pack_only"] * 1e3,
-            what="float32 in (sign-packed inside), int32 dot products out",
-        ),
-        f"{name}_float_to_packed": case(
-            t["float_to_packed"],
-            t["torch"],
-            threads,
-            what="float32 in, packed signs out (fused BN thresholds)",
-        ),
-        f"{name}_packed_io": case(
-            t["packed_io"],
-            t["torch"],
-            threads,
-            what="packed words in, packed signs out (fused BN thresholds)",
-        ),
-    }
+    return layer_cases(f"dense_{k}x{n}_b{batch}", t, threads,
+                       ("float32 in (sign-packed inside), int32 dot products out",
+                        "packed words in"))
 
 
 def bench_conv(rounds: int, threads: int) -> dict[str, dict[str, Any]]:
@@ -180,28 +178,9 @@ def bench_conv(rounds: int, threads: int) -> dict[str, dict[str, Any]]:
             },
             rounds * 4,
         )
-    name = "conv3x3_56x56x64-64_b1"
-    return {
-        name: case(
-            t["packed"],
-            t["torch"],
-            threads,
-            pack_ms=t["pack_only"] * 1e3,
-            what="float32 NCHW in (sign-packed inside), int32 NHWC out",
-        ),
-        f"{name}_float_to_packed": case(
-            t["float_to_packed"],
-            t["torch"],
-            threads,
-            what="float32 in, packed signs out (fused BN thresholds)",
-        ),
-        f"{name}_packed_io": case(
-            t["packed_io"],
-            t["torch"],
-            threads,
-            what="packed NHWC in, packed signs out (fused BN thresholds)",
-        ),
-    }
+    return layer_cases("conv3x3_56x56x64-64_b1", t, threads,
+                       ("float32 NCHW in (sign-packed inside), int32 NHWC out",
+                        "packed NHWC in"))
 
 
 def bench_end_to_end(rounds: int, threads: int, tmp: Path) -> dict[str, dict[str, Any]]:
