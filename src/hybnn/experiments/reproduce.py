@@ -100,7 +100,7 @@ def reproduce(config: ReproduceConfig, out: str | os.PathLike[str],
     source = load_source(config.data)
     train, test = train_test(source)
     encoder, pretrain_s = _encoder(config, train, out, progress)
-    usage = bit_usage(encoder.encode(_subsample(train, config.vae_samples, 0).x))
+    usage = _bit_usage(config, encoder, train, out)
     results: dict[str, Any] = {
         "data": config.data,
         "seeds": config.seeds,
@@ -159,6 +159,14 @@ def _encoder(config: ReproduceConfig, train: Dataset, out: Path,
                        {"source": config.data, "split": "train", "samples": len(general)},
                        progress=progress)
     return encoder, time.perf_counter() - t0
+
+
+def _bit_usage(config: ReproduceConfig, encoder: Encoder, train: Dataset,
+               out: Path) -> dict[str, Any]:
+    """Bit usage over the general data: written by phase 1, computed for a reused encoder."""
+    if config.encoder is None:
+        return json.loads((out / "encoder" / "bit_usage.json").read_text())
+    return bit_usage(encoder.encode(_subsample(train, config.vae_samples, 0).x))
 
 
 def _train_all(config: ReproduceConfig, encoder: Encoder, tr: Dataset, te: Dataset,
