@@ -26,8 +26,9 @@ import torch
 
 from hybnn.benchmarks import machine_description, write_section
 from hybnn.data import PAPER_TASKS
-from hybnn.experiments.reproduce import ReproduceConfig, reproduce
-from hybnn.pipeline.train import TrainConfig
+from hybnn.experiments.config import ReproduceConfig
+from hybnn.experiments.reproduce import reproduce
+from hybnn.pipeline.config import TrainConfig
 
 # Fashion-MNIST has 12,000 training images per pair task; three CNNs x six tasks x three
 # seeds on all of them would take hours on 2 cores, so every model sees the same cap
@@ -76,15 +77,15 @@ def check(results: dict[str, Any]) -> list[str]:
     for task, row in tasks.items():
         h = row["hybnn"]["acc_mean"]
         if task == "all":
-            gap = 100 * (row["fp_cnn"]["acc_mean"] - h)
+            gap = 100 * (row["fpcnn"]["acc_mean"] - h)
             lines.append(f"- all: HyBNN {100 * h:.2f} % vs FP CNN "
-                         f"{100 * row['fp_cnn']['acc_mean']:.2f} %: gap {gap:.2f} points "
+                         f"{100 * row['fpcnn']['acc_mean']:.2f} %: gap {gap:.2f} points "
                          f"(target <= 3): {'PASS' if gap <= 3 else 'MISS'}")
         else:
             lines.append(f"- {task}: HyBNN {100 * h:.2f} % (target >= 97): "
                          f"{'PASS' if h >= 0.97 else 'MISS'}; binary CNN paper setting "
-                         f"{100 * row['bcnn_paper']['acc_mean']:.2f} %, fair "
-                         f"{100 * row['bcnn_fair']['acc_mean']:.2f} %")
+                         f"{100 * row['bcnn_unit']['acc_mean']:.2f} %, fair "
+                         f"{100 * row['bcnn_centered']['acc_mean']:.2f} %")
     for task, sp in results.get("interleaved_speed", {}).items():
         lines.append(f"- {task}: head training {sp['speedup']:.1f}x faster per epoch than the "
                      f"binary CNN ({1e3 * sp['head_s']:.1f} ms vs {1e3 * sp['bcnn_s']:.0f} ms "

@@ -65,7 +65,8 @@ def tiny_encoder(tmp_path_factory, digits):
 
     Returns (directory, encoder, images it was trained on).
     """
-    from hybnn.pipeline.pretrain import PretrainConfig, pretrain
+    from hybnn.pipeline.config import PretrainConfig
+    from hybnn.pipeline.pretrain import pretrain
 
     out = tmp_path_factory.mktemp("encoder")
     images = np.ascontiguousarray(digits.x[:200])

@@ -21,7 +21,7 @@ import torch
 from hybnn.cli import main
 from hybnn.models import BinaryLatentVAE, BNNHead
 from hybnn.models.io import save_model
-from hybnn.pipeline.codes import CodeStore, pack_bits
+from hybnn.pipeline.codes import CodeStore, pack_code_bits
 from hybnn.pipeline.encoder import save_encoder
 
 FP_A, FP_B = "a" * 64, "b" * 64
@@ -37,7 +37,7 @@ def case(setup: Callable[..., list[str]]) -> Callable[..., list[str]]:
 
 def code_store(path: Path, fingerprint: str, n: int = 32, bits: int = 16) -> Path:
     rng = np.random.default_rng(0)
-    store = CodeStore(pack_bits(rng.integers(0, 2, (n, bits))), rng.integers(0, 2, n), bits,
+    store = CodeStore(pack_code_bits(rng.integers(0, 2, (n, bits))), rng.integers(0, 2, n), bits,
                       fingerprint, {"task": "0v1", "num_classes": 2})
     return store.save(path)
 

@@ -82,7 +82,7 @@ def test_baseline_cnn_trains_from_the_cli(tmp_path: Path) -> None:
                 "unit", "--epochs", "1", "--out", str(tmp_path / "bcnn"), "--no-progress")
     assert "test accuracy" in out.stdout
     meta = json.loads((tmp_path / "bcnn" / "meta.json").read_text())
-    assert meta["prep"] == "unit" and meta["config"]["arch"] == "binary_cnn"
+    assert meta["prep"] == "unit" and meta["config"]["arch"] == "bcnn"
 
 
 def test_packed_engine_predicts_like_torch(workdir: Path) -> None:
@@ -98,4 +98,4 @@ def test_packed_engine_predicts_like_torch(workdir: Path) -> None:
     for a, b in zip(packed_rows, torch_rows, strict=True):
         assert a["probability"] == pytest.approx(b["probability"], abs=1e-4)
     out = hybnn("export", str(workdir / "head"), "--out", str(workdir / "head.hybe")).stdout
-    assert "bnn_head" in out and (workdir / "head.hybe").stat().st_size > 0
+    assert "hybnn" in out and (workdir / "head.hybe").stat().st_size > 0

@@ -14,13 +14,12 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from hybnn.errors import ArtifactError
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "weights.safetensors"
@@ -90,6 +89,8 @@ def save_bundle(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Save tensors + metadata into ``directory``; returns the metadata (with fingerprint)."""
+    from safetensors.torch import save_file
+
     directory = Path(directory)
     flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     weights = atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(flat, str(p)))
@@ -109,6 +110,9 @@ def load_bundle(
     directory: str | os.PathLike[str], kind: str
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Load and validate a bundle written by :func:`save_bundle`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     directory = Path(directory)
     if not directory.is_dir():
         raise ArtifactError(f"{kind} artifact not found: {directory} is not a directory")
@@ -141,3 +145,22 @@ def _package_version() -> str:
     from hybnn import __version__
 
     return __version__
+
+
+def versions() -> dict[str, str]:
+    """Provenance recorded beside every result: hybnn, torch, numpy and Python versions."""
+    import platform
+    import sys
+    from importlib import metadata
+
+    import numpy as np
+
+    from hybnn import __version__
+
+    torch = sys.modules.get("torch")
+    try:
+        torch_version = torch.__version__ if torch is not None else metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch_version = "absent"
+    return {"hybnn": __version__, "torch": str(torch_version), "numpy": np.__version__,
+            "python": platform.python_version()}

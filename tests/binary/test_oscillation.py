@@ -13,8 +13,10 @@ from hybnn.binary.oscillation import (
     late_flip_ratio,
     layer_flip_curves,
 )
+from hybnn.hooks import History
 from hybnn.models.bnn_head import BNNHead
-from hybnn.pipeline.train import History, TrainConfig, fit_classifier
+from hybnn.pipeline.config import TrainConfig
+from hybnn.pipeline.train import fit_classifier
 
 
 def test_flip_ratio_counts_sign_changes_with_zero_positive():

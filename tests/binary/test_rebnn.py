@@ -19,7 +19,8 @@ from hybnn.binary.rebnn import (
     reconstruction_loss,
 )
 from hybnn.models.bnn_head import BNNHead
-from hybnn.pipeline.train import TrainConfig, fit_classifier
+from hybnn.pipeline.config import TrainConfig
+from hybnn.pipeline.train import fit_classifier
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from hybnn.cli import main
-from hybnn.experiments.rebnn_study import StudyConfig
+from hybnn.experiments.config import StudyConfig
 
 
 def test_quick_mode_config_is_small():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-MODELS = ("hybnn", "bcnn_paper", "bcnn_fair", "fp_cnn")
+MODELS = ("hybnn", "bcnn_unit", "bcnn_centered", "fpcnn")
 CELL_KEYS = {"acc_mean", "acc_std", "train_s_per_epoch", "model_bytes"}
 
 
@@ -42,12 +42,12 @@ def test_hybnn_beats_the_paper_setting_baseline(quick_run: Path) -> None:
     results = json.loads((quick_run / "results.json").read_text())
     for task, row in results["tasks"].items():
         # unit inputs binarize to all +1: the binary CNN sees a blank image
-        assert row["bcnn_paper"]["acc_mean"] == pytest.approx(0.5, abs=0.05), task
-        assert row["hybnn"]["acc_mean"] > row["bcnn_paper"]["acc_mean"] + 0.2, task
+        assert row["bcnn_unit"]["acc_mean"] == pytest.approx(0.5, abs=0.05), task
+        assert row["hybnn"]["acc_mean"] > row["bcnn_unit"]["acc_mean"] + 0.2, task
 
 
 def test_reports_plots_and_artifacts_are_written(quick_run: Path) -> None:
-    for name in ("results.md", "accuracy_by_task.png", "acc_hybnn.png", "loss_bcnn_fair.png",
+    for name in ("results.md", "accuracy_by_task.png", "acc_hybnn.png", "loss_bcnn_centered.png",
                  "encoder/weights.safetensors", "encoder/reconstructions.png",
                  "codes/0v1-train.safetensors", "models/0v1/hybnn-seed0/meta.json"):
         assert (quick_run / name).is_file(), name

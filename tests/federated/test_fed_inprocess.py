@@ -23,7 +23,8 @@ from hybnn.federated.client_app import make_client_app
 from hybnn.federated.config import FedConfig
 from hybnn.federated.server_app import run_server
 from hybnn.federated.strategy import FederationError
-from hybnn.pipeline.pretrain import PretrainConfig, pretrain
+from hybnn.pipeline.config import PretrainConfig
+from hybnn.pipeline.pretrain import pretrain
 
 BASE_ID = 2**63 + 11  # node ids are uint64: beyond int64 on purpose
 

@@ -12,7 +12,8 @@ from hybnn.cli import main
 from hybnn.federated import faults
 from hybnn.federated.config import FedConfig
 from hybnn.federated.simulation import federate
-from hybnn.pipeline.pretrain import PretrainConfig, pretrain
+from hybnn.pipeline.config import PretrainConfig
+from hybnn.pipeline.pretrain import pretrain
 
 
 def test_federate_command_writes_results_plots_and_byte_counts(tmp_path, capsys):

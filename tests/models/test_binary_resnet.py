@@ -9,7 +9,8 @@ from torch import nn
 from hybnn.binary.layers import BinaryConv2d, binary_layers
 from hybnn.binary.methods import method_callbacks, method_scaling
 from hybnn.models.binary_resnet import BinaryResNet, binary_resnet18
-from hybnn.pipeline.train import TrainConfig, fit_classifier
+from hybnn.pipeline.config import TrainConfig
+from hybnn.pipeline.train import fit_classifier
 
 
 @pytest.fixture(autouse=True)

@@ -26,11 +26,11 @@ def trained_looking(model: nn.Module, x: torch.Tensor) -> nn.Module:
 
 
 CASES = [
-    ("bnn_head", lambda: BNNHead(32, 3, (16,), scaling="learned"),
+    ("hybnn", lambda: BNNHead(32, 3, (16,), scaling="learned"),
      lambda: torch.randint(0, 2, (8, 32)).float() * 2 - 1),
-    ("binary_cnn", lambda: BinaryCNN((8, 8), 1, 4, scaling="xnor"),
+    ("bcnn", lambda: BinaryCNN((8, 8), 1, 4, scaling="xnor"),
      lambda: torch.rand(8, 1, 8, 8) - 0.5),
-    ("fp_cnn", lambda: FloatCNN((8, 8), 1, 4), lambda: torch.rand(8, 1, 8, 8)),
+    ("fpcnn", lambda: FloatCNN((8, 8), 1, 4), lambda: torch.rand(8, 1, 8, 8)),
     ("vae", lambda: BinaryLatentVAE((8, 8), latent_bits=16), lambda: torch.rand(8, 1, 8, 8)),
 ]
 
@@ -136,21 +136,21 @@ def test_config_that_does_not_fit_the_weights_is_refused(saved):
 
 def test_config_with_unknown_argument_is_refused(saved):
     edit_meta(saved, lambda m: m["config"]["arch_config"].update(depth=3))
-    with pytest.raises(ArtifactError, match="does not fit architecture 'bnn_head'"):
+    with pytest.raises(ArtifactError, match="does not fit architecture 'hybnn'"):
         load_model(saved)
 
 
 def test_build_model_rebuilds_from_json_config():
-    model = build_model("binary_cnn", {"image_size": [8, 8], "num_classes": 3})
+    model = build_model("bcnn", {"image_size": [8, 8], "num_classes": 3})
     assert isinstance(model, BinaryCNN) and model.config["num_classes"] == 3
 
 
 @pytest.mark.parametrize(
     "config",
-    ["abc", [1], None, {"arch": "bnn_head"}, {"arch": "bnn_head", "arch_config": [1, 2]},
-     {"arch": "bnn_head", "arch_config": {"in_bits": "x"}},
-     {"arch": "bnn_head", "arch_config": {"hidden": 5}},
-     {"arch": "bnn_head", "arch_config": {"scaling": "bad"}}],
+    ["abc", [1], None, {"arch": "hybnn"}, {"arch": "hybnn", "arch_config": [1, 2]},
+     {"arch": "hybnn", "arch_config": {"in_bits": "x"}},
+     {"arch": "hybnn", "arch_config": {"hidden": 5}},
+     {"arch": "hybnn", "arch_config": {"scaling": "bad"}}],
     ids=["str", "list", "null", "no-arch-config", "list-arch-config", "bad-int", "bad-hidden",
          "bad-scaling"],
 )

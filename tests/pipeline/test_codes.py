@@ -13,7 +13,7 @@ from hypothesis.extra import numpy as hnp
 from safetensors.numpy import save_file
 
 from hybnn.errors import ArtifactError, FingerprintMismatch
-from hybnn.pipeline.codes import CodeStore, bits_to_signs, pack_bits, unpack_bits
+from hybnn.pipeline.codes import CodeStore, bits_to_signs, pack_code_bits, unpack_code_bits
 
 FP = "a" * 64
 OTHER_FP = "b" * 64
@@ -27,13 +27,13 @@ def random_bits(n: int, bits: int, seed: int = 0) -> np.ndarray:
 
 
 def test_200_bits_pack_into_25_bytes():
-    packed = pack_bits(random_bits(7, 200))
+    packed = pack_code_bits(random_bits(7, 200))
     assert packed.shape == (7, 25) and packed.dtype == np.uint8
 
 
 def test_packing_is_big_endian_within_each_byte_with_zero_tail():
     bits = np.array([[1, 0, 0, 0, 0, 0, 0, 1, 1, 1]])
-    packed = pack_bits(bits)
+    packed = pack_code_bits(bits)
     assert packed.tolist() == [[0b1000_0001, 0b1100_0000]]
 
 
@@ -41,9 +41,9 @@ def test_packing_is_big_endian_within_each_byte_with_zero_tail():
 @given(st.integers(1, 300).flatmap(
     lambda b: hnp.arrays(bool, st.tuples(st.integers(0, 6), st.just(b)))))
 def test_property_pack_unpack_roundtrip_for_any_width(bits):
-    packed = pack_bits(bits)
+    packed = pack_code_bits(bits)
     assert packed.shape == (bits.shape[0], (bits.shape[1] + 7) // 8)
-    np.testing.assert_array_equal(unpack_bits(packed, bits.shape[1]), bits.astype(np.uint8))
+    np.testing.assert_array_equal(unpack_code_bits(packed, bits.shape[1]), bits.astype(np.uint8))
 
 
 def test_bits_to_signs_maps_one_to_plus_one():
@@ -58,7 +58,7 @@ def test_bits_to_signs_maps_one_to_plus_one():
 def make_store(n=10, bits=200, seed=0) -> tuple[CodeStore, np.ndarray]:
     raw = random_bits(n, bits, seed)
     labels = np.random.default_rng(seed).integers(0, 3, n)
-    store = CodeStore(pack_bits(raw), labels, bits, FP, {"source": "toy", "task": "all"})
+    store = CodeStore(pack_code_bits(raw), labels, bits, FP, {"source": "toy", "task": "all"})
     return store, raw
 
 

@@ -14,15 +14,10 @@ import torch
 from safetensors.torch import save_file
 
 from hybnn.errors import ArtifactError, DataError
+from hybnn.hooks import Callback, History
 from hybnn.models import BNNHead
-from hybnn.pipeline.train import (
-    Callback,
-    History,
-    TrainConfig,
-    evaluate_classifier,
-    fit_classifier,
-    resolve_device,
-)
+from hybnn.pipeline.config import TrainConfig
+from hybnn.pipeline.train import evaluate_classifier, fit_classifier, resolve_device
 
 BITS = 32
 CONFIG = TrainConfig(epochs=6, batch_size=16, lr=1e-2, seed=3)
@@ -221,7 +216,9 @@ KILLED_RUN = textwrap.dedent(
     import torch
     from safetensors.torch import load_file
     from hybnn.models import BNNHead
-    from hybnn.pipeline.train import Callback, TrainConfig, fit_classifier
+    from hybnn.hooks import Callback
+    from hybnn.pipeline.config import TrainConfig
+    from hybnn.pipeline.train import fit_classifier
 
     torch.set_num_threads(1)
     data_path, ckpt, marker = sys.argv[1:4]

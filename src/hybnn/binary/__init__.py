@@ -1,27 +1,25 @@
-"""Binary core: sign quantizers with straight-through estimators, binary layers, summaries."""
+"""Binary core: sign quantizers with straight-through estimators, binary layers, summaries.
 
-from hybnn.binary.layers import (
-    BinaryConv2d,
-    BinaryLayer,
-    BinaryLinear,
-    binary_layers,
-    clip_latent_weights,
-)
-from hybnn.binary.quantizers import approx_sign, get_quantizer, sign, ste_sign
-from hybnn.binary.summary import LayerSummary, deployed_bytes, model_summary, summary_table
+Names are imported on first use, so :mod:`hybnn.binary.names` is usable without torch.
+"""
 
-__all__ = [
-    "BinaryConv2d",
-    "BinaryLayer",
-    "BinaryLinear",
-    "LayerSummary",
-    "approx_sign",
-    "binary_layers",
-    "clip_latent_weights",
-    "deployed_bytes",
-    "get_quantizer",
-    "model_summary",
-    "sign",
-    "ste_sign",
-    "summary_table",
-]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_WHERE = {
+    "BinaryConv2d": "layers", "BinaryLayer": "layers", "BinaryLinear": "layers",
+    "binary_layers": "layers", "clip_latent_weights": "layers",
+    "approx_sign": "quantizers", "get_quantizer": "quantizers", "sign": "quantizers",
+    "ste_sign": "quantizers",
+    "LayerSummary": "summary", "deployed_bytes": "summary", "model_summary": "summary",
+    "summary_table": "summary",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(import_module(f"hybnn.binary.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'hybnn.binary' has no attribute {name!r}")

@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hybnn.binary.names import SCALINGS
 from hybnn.binary.quantizers import Quantizer, get_quantizer
 
 Scaling = Literal["none", "xnor", "learned"]
-SCALINGS = ("none", "xnor", "learned")
 PAD_VALUE = 1.0
 
 

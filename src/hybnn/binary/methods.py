@@ -17,10 +17,10 @@ from __future__ import annotations
 from torch import nn
 
 from hybnn.binary.layers import binary_layers
+from hybnn.binary.names import METHODS
 from hybnn.binary.rebnn import ReBNN
-from hybnn.pipeline.train import Callback
+from hybnn.hooks import Callback
 
-METHODS = ("ste", "xnor", "rebnn", "rebnn-const")
 _SCALING = {"ste": "none", "xnor": "xnor", "rebnn": "learned", "rebnn-const": "learned"}
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from hybnn.binary.layers import BinaryLayer, binary_layers
-from hybnn.pipeline.train import Callback, History
+from hybnn.hooks import Callback, History
 
 FLIP_KEY = "flip_ratio"
 STEP_FLIP_KEY = "step_flip_ratio"

@@ -31,7 +31,7 @@ from torch import nn
 
 from hybnn.binary.layers import BinaryLayer, binary_layers
 from hybnn.binary.quantizers import sign
-from hybnn.pipeline.train import Callback
+from hybnn.hooks import Callback
 
 OFFICIAL_THRESHOLDS = (1e-5, 2e-4)
 OFFICIAL_GAMMA = 2e-4

@@ -1,24 +1,24 @@
-"""Data: IDX reader, named sources, tasks, deterministic splits and input preparation."""
+"""Data: IDX reader, named sources, tasks, deterministic splits and input preparation.
 
-from hybnn.data.dataset import Dataset
-from hybnn.data.idx import read_idx
-from hybnn.data.prep import PREPS, prepare
-from hybnn.data.sources import BUILTIN_SOURCES, load_idx_pair, load_npz, load_source
-from hybnn.data.splits import stratified_split, train_test
-from hybnn.data.tasks import PAPER_TASKS, select_task, task_classes
+Names are imported on first use, so :mod:`hybnn.data.names` is usable without numpy.
+"""
 
-__all__ = [
-    "BUILTIN_SOURCES",
-    "PAPER_TASKS",
-    "PREPS",
-    "Dataset",
-    "load_idx_pair",
-    "load_npz",
-    "load_source",
-    "prepare",
-    "read_idx",
-    "select_task",
-    "stratified_split",
-    "task_classes",
-    "train_test",
-]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_WHERE = {
+    "Dataset": "dataset", "read_idx": "idx", "PREPS": "names", "PAPER_TASKS": "names",
+    "prepare": "prep", "BUILTIN_SOURCES": "sources", "load_idx_pair": "sources",
+    "load_npz": "sources", "load_source": "sources", "read_inputs": "inputs",
+    "load_split": "splits", "stratified_split": "splits", "train_test": "splits",
+    "select_task": "tasks", "task_classes": "tasks",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(import_module(f"hybnn.data.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'hybnn.data' has no attribute {name!r}")

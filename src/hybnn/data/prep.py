@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-PREPS = ("unit", "centered")
+from hybnn.data.names import PREPS
 
 
 def prepare(x: np.ndarray, prep: str) -> np.ndarray:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from hybnn.data.dataset import Dataset
+from hybnn.data.sources import load_source
+from hybnn.data.tasks import select_task
 from hybnn.errors import DataError
 
 SPLIT_SEED = 0
@@ -42,3 +44,14 @@ def train_test(
         return data.subset(np.flatnonzero(~mask)), data.subset(np.flatnonzero(mask))
     tr, te = stratified_split(data.y, test_fraction, seed)
     return data.subset(tr), data.subset(te)
+
+
+def load_split(data: str, task: str, split: str) -> Dataset:
+    """A data source, restricted to a task and a split (``train``, ``test`` or ``all``)."""
+    source = load_source(data)
+    if split == "all":
+        part = source
+    else:
+        train, test = train_test(source)
+        part = train if split == "train" else test
+    return select_task(part, task)

@@ -13,7 +13,6 @@ import numpy as np
 from hybnn.data.dataset import Dataset
 from hybnn.errors import DataError
 
-PAPER_TASKS = ("0v1", "2v3", "4v5", "6v7", "8v9")
 _PAIR = re.compile(r"^(\d+)v(\d+)$")
 
 

@@ -23,7 +23,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -32,54 +32,15 @@ import torch
 
 from hybnn.artifacts import atomic_write, atomic_write_json
 from hybnn.benchmarks import machine_description, write_section
-from hybnn.binary.methods import METHODS, method_callbacks, method_scaling
+from hybnn.binary.methods import method_callbacks, method_scaling
 from hybnn.binary.oscillation import FLIP_KEY, STEP_FLIP_KEY, FlipMonitor, late_flip_ratio
 from hybnn.data import load_source, train_test
 from hybnn.data.dataset import Dataset
-from hybnn.pipeline.train import History, TrainConfig
+from hybnn.experiments.config import STUDY_MODELS, StudyConfig
+from hybnn.hooks import History
+from hybnn.pipeline.config import TrainConfig
 
-MODELS = ("bcnn", "hybnn")
 SECTION = "rebnn"
-
-
-@dataclass
-class StudyConfig:
-    """Everything that defines a study run (recorded in results.json)."""
-
-    data: str = "fashion-mnist"
-    methods: tuple[str, ...] = METHODS
-    models: tuple[str, ...] = MODELS
-    seeds: tuple[int, ...] = (0, 1, 2)
-    train_size: int | None = 3000  # bcnn training subset (None: the whole train split)
-    head_train_size: int | None = 20000  # hybnn head training subset
-    test_size: int | None = 5000  # test subset (None: the whole test split)
-    pretrain_size: int | None = 10000  # images the VAE is pretrained on
-    bcnn_epochs: int = 8
-    head_epochs: int = 25
-    pretrain_epochs: int = 5
-    batch_size: int = 64
-    lr: float = 1e-2
-    hidden: tuple[int, ...] = (128,)
-    latent_bits: int = 200
-    device: str = "cpu"
-    threads: int = 1
-    subset_seed: int = 0
-
-    @classmethod
-    def make(cls, data: str = "fashion-mnist", quick: bool = False,
-             seeds: list[int] | None = None, epochs: int | None = None,
-             device: str = "cpu") -> StudyConfig:
-        """The default study, or a few-minute ``quick`` one; ``epochs`` overrides both runs."""
-        cfg = cls(data=data, device=device)
-        if quick:
-            cfg = replace(cfg, seeds=(0, 1), train_size=1500, head_train_size=5000,
-                          test_size=1000, pretrain_size=2000, bcnn_epochs=4, head_epochs=6,
-                          pretrain_epochs=2)
-        if seeds:
-            cfg.seeds = tuple(seeds)
-        if epochs is not None:
-            cfg.bcnn_epochs = cfg.head_epochs = int(epochs)
-        return cfg
 
 
 def _subset(data: Dataset, size: int | None, seed: int) -> Dataset:
@@ -119,8 +80,9 @@ def _run_head(cfg: StudyConfig, train: Any, test: Any, method: str, seed: int,
 def _codes(cfg: StudyConfig, train: Dataset, test: Dataset, out: Path,
            progress: bool) -> tuple[Any, Any]:
     """Pretrain the VAE on (a subset of) the train split; encode train and test."""
+    from hybnn.pipeline.config import PretrainConfig
     from hybnn.pipeline.extract import encode_to_codes
-    from hybnn.pipeline.pretrain import PretrainConfig, pretrain
+    from hybnn.pipeline.pretrain import pretrain
 
     images = _subset(train, cfg.pretrain_size, cfg.subset_seed + 1).x
     pcfg = PretrainConfig(latent_bits=cfg.latent_bits, epochs=cfg.pretrain_epochs,
@@ -164,9 +126,9 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike[str] = "runs/study-rebnn"
     """Run the study described by ``cfg`` and write its results, table and plots to ``out``."""
     for m in cfg.methods:
         method_scaling(m)  # fail fast on an unknown method
-    unknown = set(cfg.models) - set(MODELS)
+    unknown = set(cfg.models) - set(STUDY_MODELS)
     if unknown:
-        raise ValueError(f"unknown model families {sorted(unknown)}; use {', '.join(MODELS)}")
+        raise ValueError(f"unknown model families {sorted(unknown)}; use {', '.join(STUDY_MODELS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
@@ -199,7 +161,7 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike[str] = "runs/study-rebnn"
                               "seconds": time.perf_counter() - tf}
     finally:
         torch.set_num_threads(threads)
-    from hybnn.pipeline.pretrain import versions
+    from hybnn.artifacts import versions
 
     top = cfg.models[0]
     results = {
@@ -250,7 +212,7 @@ def results_table(results: dict[str, Any]) -> str:
 
 def plot_study(results: dict[str, Any], directory: str | os.PathLike[str]) -> list[Path]:
     """One PNG per (model family, binary layer) with each method's flip-ratio curve."""
-    from hybnn.experiments.plots import plot_curves
+    from hybnn.plots import plot_curves
 
     directory = Path(directory)
     paths = []

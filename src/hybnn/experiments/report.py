@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-MODEL_COLUMNS = (("hybnn", "HyBNN"), ("bcnn_paper", "BCNN paper (unit)"),
-                 ("bcnn_fair", "BCNN fair (centered)"), ("fp_cnn", "FP CNN"))
+MODEL_COLUMNS = (("hybnn", "HyBNN"), ("bcnn_unit", "BCNN paper (unit)"),
+                 ("bcnn_centered", "BCNN fair (centered)"), ("fpcnn", "FP CNN"))
 
 
 def _acc(cell: dict[str, Any]) -> str:

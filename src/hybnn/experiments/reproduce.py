@@ -5,10 +5,10 @@ labels unused) and freezes it. For each task, phase 2 extracts packed codes of t
 train and test splits, and phase 3 trains, for every seed:
 
 - ``hybnn``: the BNN head (200 -> 128 (BN) -> classes) on codes;
-- ``bcnn_paper``: the plain binary CNN on ``unit`` inputs (pixels in [0, 1]; sign(0) = +1
+- ``bcnn_unit``: the plain binary CNN on ``unit`` inputs (pixels in [0, 1]; sign(0) = +1
   makes every pixel +1: the paper's ~50 % baseline);
-- ``bcnn_fair``: the same binary CNN on ``centered`` inputs (x - 0.5);
-- ``fp_cnn``: the full-precision CNN of the same shape on centered inputs (the ceiling).
+- ``bcnn_centered``: the same binary CNN on ``centered`` inputs (x - 0.5);
+- ``fpcnn``: the full-precision CNN of the same shape on centered inputs (the ceiling).
 
 Accuracy is the test accuracy after the last epoch (no early stopping on the test set).
 """
@@ -18,75 +18,34 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hybnn.artifacts import atomic_write, atomic_write_json
+from hybnn.artifacts import atomic_write, atomic_write_json, versions
 from hybnn.binary.summary import model_summary
-from hybnn.data import PAPER_TASKS, load_source, select_task, train_test
+from hybnn.data import load_source, select_task, train_test
 from hybnn.data.dataset import Dataset
-from hybnn.experiments.plots import plot_curves
+from hybnn.experiments.config import ReproduceConfig
 from hybnn.experiments.report import render_markdown, summary_lines
+from hybnn.hooks import History
+from hybnn.pipeline.config import PretrainConfig, TrainConfig
 from hybnn.pipeline.encoder import Encoder, load_encoder
 from hybnn.pipeline.extract import encode_to_codes
 from hybnn.pipeline.fit import train_head, train_image_model
-from hybnn.pipeline.pretrain import PretrainConfig, bit_usage, pretrain, versions
-from hybnn.pipeline.progress import bar
-from hybnn.pipeline.train import History, TrainConfig
+from hybnn.pipeline.pretrain import bit_usage, pretrain
+from hybnn.plots import plot_curves
+from hybnn.progress import bar
 
-MODELS = ("hybnn", "bcnn_paper", "bcnn_fair", "fp_cnn")
+MODELS = ("hybnn", "bcnn_unit", "bcnn_centered", "fpcnn")
 MODEL_LABELS = {
     "hybnn": "HyBNN (BNN head on 200-bit codes)",
-    "bcnn_paper": "binary CNN, unit inputs (paper)",
-    "bcnn_fair": "binary CNN, centered inputs (fair)",
-    "fp_cnn": "full-precision CNN (ceiling)",
+    "bcnn_unit": "binary CNN, unit inputs (paper)",
+    "bcnn_centered": "binary CNN, centered inputs (fair)",
+    "fpcnn": "full-precision CNN (ceiling)",
 }
-
-
-@dataclass
-class ReproduceConfig:
-    data: str = "mnist-5k"
-    tasks: list[str] = field(default_factory=lambda: list(PAPER_TASKS))
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    latent_bits: int = 200
-    vae_epochs: int = 20
-    vae_samples: int | None = None  # subsample the general data for phase 1 (None: all)
-    vae_beta: float = 0.25
-    vae_shift: int = 0
-    head_hidden: list[int] = field(default_factory=lambda: [128])  # the paper's pair head
-    head_hidden_multiclass: list[int] = field(default_factory=lambda: [512])
-    head_epochs: int = 100
-    head_lr: float = 1e-2
-    cnn_epochs: int = 15
-    binary_lr: float = 1e-2
-    float_lr: float = 1e-3
-    batch_size: int = 64
-    max_train: int | None = None  # cap on training samples per task (None: all)
-    device: str = "cpu"
-    quick: bool = False
-    encoder: str | None = None  # reuse a pretrained encoder directory
-
-    @classmethod
-    def make(cls, data: str = "mnist-5k", quick: bool = False, seeds: list[int] | None = None,
-             tasks: list[str] | None = None, device: str = "cpu", **overrides: Any
-             ) -> ReproduceConfig:
-        """Defaults for a full run, or the ``--quick`` variant (< 3 minutes on 2 cores)."""
-        cfg = cls(data=data, device=device, quick=quick)
-        if quick:
-            cfg.seeds, cfg.vae_epochs, cfg.head_epochs, cfg.cnn_epochs = [0], 5, 40, 3
-            cfg.vae_samples, cfg.max_train = 4000, 1000
-        if seeds is not None:
-            cfg.seeds = list(seeds)
-        if tasks is not None:
-            cfg.tasks = list(tasks)
-        for key, value in overrides.items():
-            if not hasattr(cfg, key):
-                raise TypeError(f"unknown reproduce setting {key!r}")
-            setattr(cfg, key, value)
-        return cfg
 
 
 def reproduce(config: ReproduceConfig, out: str | os.PathLike[str],
@@ -136,7 +95,7 @@ def reproduce(config: ReproduceConfig, out: str | os.PathLike[str],
                 "loss": _mean_curve([h.series("train_loss") for h, _ in runs[m]]),
             }
         r = results["tasks"][task]
-        r["head_speedup_vs_bcnn"] = (r["bcnn_fair"]["train_s_per_epoch"]
+        r["head_speedup_vs_bcnn"] = (r["bcnn_centered"]["train_s_per_epoch"]
                                      / r["hybnn"]["train_s_per_epoch"])
     results["seconds_total"] = time.perf_counter() - t_start
     _write_outputs(results, curves, out)
@@ -190,9 +149,9 @@ def _train_all(config: ReproduceConfig, encoder: Encoder, tr: Dataset, te: Datas
     head, h = train_head(train_codes, test_codes, head_cfg, hidden,
                          out=model_dir / f"hybnn-seed{seed}", progress=False)
     runs["hybnn"] = (h, head)
-    for name, arch, prep, cfg in (("bcnn_paper", "bcnn", "unit", bin_cfg),
-                                  ("bcnn_fair", "bcnn", "centered", bin_cfg),
-                                  ("fp_cnn", "fpcnn", "centered", fp_cfg)):
+    for name, arch, prep, cfg in (("bcnn_unit", "bcnn", "unit", bin_cfg),
+                                  ("bcnn_centered", "bcnn", "centered", bin_cfg),
+                                  ("fpcnn", "fpcnn", "centered", fp_cfg)):
         model, h = train_image_model(arch, tr, te, prep, cfg, out=model_dir / f"{name}-seed{seed}",
                                      progress=False, extra={"task": task})
         runs[name] = (h, model)
@@ -214,7 +173,7 @@ def _aggregate(runs: list[tuple[History, Any]], name: str) -> dict[str, Any]:
         "model_bytes": int(sum(r.deployed_bytes for r in rows)),
         "binary_params": int(sum(r.binary_params for r in rows)),
         "float_params": int(sum(r.float_params for r in rows)),
-        "input": "codes" if name == "hybnn" else ("unit" if name == "bcnn_paper" else "centered"),
+        "input": "codes" if name == "hybnn" else ("unit" if name == "bcnn_unit" else "centered"),
     }
 
 
@@ -246,7 +205,7 @@ def _write_outputs(results: dict[str, Any], curves: dict[str, Any], out: Path) -
 
 
 def _plot_accuracy_bars(results: dict[str, Any], path: Path) -> None:
-    from hybnn.experiments.plots import plt, save_figure
+    from hybnn.plots import plt, save_figure
 
     tasks = list(results["tasks"])
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(tasks)), 3.6))

@@ -35,7 +35,7 @@ def _setup(msg: Message, context: Context) -> tuple[FedConfig, int, Encoder | No
                         f"has {cfg.clients} clients")
     encoder = None
     if cfg.model == "hybnn":
-        encoder = task.encoder_at(str(node.get("encoder", "")) or cfg.encoder)
+        encoder = task.encoder_at(str(node.get("encoder", "")) or cfg.encoder, cfg.device)
         task.check_encoder(encoder, cfg.encoder_fingerprint, f"client {pid}")
     return cfg, pid, encoder
 

@@ -14,10 +14,9 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from hybnn.errors import DataError
-from hybnn.federated.encoding import ENCODINGS
-from hybnn.federated.partition import SCHEMES
+from hybnn.models.names import MODEL_NAMES, spec
+from hybnn.settings import setting
 
-MODELS = ("hybnn", "bcnn", "fpcnn")
 # Quiet, offline, loopback-only Flower and Ray, for simulations and deployments alike.
 FLOWER_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -27,39 +26,48 @@ FLOWER_ENV = {
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
 }
 STRATEGIES = ("fedavg", "fedmedian", "trimmed")
+ENCODINGS = ("fp32", "1bit")  # see hybnn.federated.encoding
+SCHEMES = ("iid", "dirichlet", "classes")  # see hybnn.federated.partition
 
 
 @dataclass(frozen=True)
 class FedConfig:
-    data: str = "mnist-5k"
-    task: str = "0v1"
-    model: str = "hybnn"  # hybnn (BNN head on codes), bcnn / fpcnn (whole CNN on images)
-    clients: int = 3
-    rounds: int = 20
-    local_epochs: int = 5
-    partition: str = "iid"
-    alpha: float = 0.5
-    classes_per_client: int = 1
-    encoding: str = "fp32"
-    strategy: str = "fedavg"
-    trim_beta: float = 0.2
-    fraction: float = 1.0  # fraction of clients sampled for training each round
-    fraction_evaluate: float = 1.0  # fraction asked to evaluate the global model locally
-    min_clients: int = 2  # nodes needed to start a round, and valid updates to aggregate
-    seed: int = 0
-    lr: float = 0.0  # 0: 1e-2 for binary models, 1e-3 for the float CNN
-    batch_size: int = 64
-    hidden: str = "128"  # BNN head hidden widths, comma separated
-    prep: str = "centered"  # CNN input preparation
-    encoder: str = ""  # encoder directory (hybnn); clients may override it locally
-    encoder_fingerprint: str = ""  # what every client's encoder must hash to
-    round_timeout: float = 120.0  # seconds to wait for replies in each round
-    node_wait: float = 60.0  # seconds to wait for min_clients nodes before a round
-    out: str = ""  # directory for federation.json (server side)
+    data: str = setting("mnist-5k", "data source")
+    task: str = setting("0v1", "all, or a pair such as 0v1")
+    model: str = setting("hybnn", "hybnn: BNN head on codes; bcnn/fpcnn: FedAvg of the whole CNN",
+                         choices=MODEL_NAMES)
+    clients: int = setting(3, "number of clients (SuperNodes)")
+    rounds: int = setting(20, "federated rounds")
+    local_epochs: int = setting(5, "local epochs per round")
+    partition: str = setting("iid", "iid, dirichlet (see --alpha) or classes "
+                             "(see --classes-per-client)", choices=SCHEMES)
+    alpha: float = setting(0.5, "Dirichlet alpha")
+    classes_per_client: int = setting(1, "classes per client (--partition classes)")
+    encoding: str = setting("fp32", "fp32: latent weights; 1bit: packed signs + per-tensor "
+                            "scales", choices=ENCODINGS)
+    strategy: str = setting("fedavg", "aggregation rule", choices=STRATEGIES)
+    trim_beta: float = setting(0.2, "fraction cut from each tail by --strategy trimmed")
+    fraction: float = setting(1.0, "fraction of clients sampled for training each round")
+    fraction_evaluate: float = setting(1.0, "fraction asked to evaluate the global model "
+                                       "on their own data")
+    min_clients: int = setting(2, "nodes needed to start a round and valid updates to "
+                               "aggregate (capped at --clients)")
+    seed: int = setting(0, "random seed")
+    lr: float = setting(0.0, "learning rate (0: the model's default, 1e-2 binary, 1e-3 float)")
+    batch_size: int = setting(64, "local batch size")
+    hidden: str = setting("128", "BNN head hidden widths, comma separated")
+    prep: str = setting("centered", "CNN input preparation", choices=("unit", "centered"))
+    encoder: str = setting("", "encoder directory (default: pretrain one); clients may "
+                           "override it locally")
+    encoder_fingerprint: str = setting("", "what every client's encoder must hash to", cli=False)
+    round_timeout: float = setting(120.0, "seconds to wait for replies in a round")
+    node_wait: float = setting(60.0, "seconds to wait for --min-clients nodes before a round")
+    device: str = setting("cpu", "torch device of every client: cpu, cuda, cuda:1, ...")
+    out: str = setting("", "directory for federation.json (server side)", cli=False)
 
     def __post_init__(self) -> None:
         checks = [
-            (self.model in MODELS, f"--model must be one of {', '.join(MODELS)}"),
+            (self.model in MODEL_NAMES, f"--model must be one of {', '.join(MODEL_NAMES)}"),
             (self.encoding in ENCODINGS, f"--encoding must be one of {', '.join(ENCODINGS)}"),
             (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}"),
             (self.partition in SCHEMES, f"--partition must be one of {', '.join(SCHEMES)}"),
@@ -81,7 +89,7 @@ class FedConfig:
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr > 0 else (1e-3 if self.model == "fpcnn" else 1e-2)
+        return self.lr if self.lr > 0 else spec(self.model).lr
 
     def round_lr(self, server_round: int) -> float:
         """Cosine decay over the rounds (constant within a round's local epochs)."""

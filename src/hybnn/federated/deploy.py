@@ -8,8 +8,7 @@ on exit (SIGTERM, then SIGKILL). :func:`deploy` runs the FedHyBNN app
 ``finished:*`` and fails unless it is ``finished:completed`` — ``flwr run --stream`` exits
 0 even when a run fails. Every wait is bounded.
 
-Command line: ``hybnn federate --deploy ...`` or ``python -m hybnn.federated.deploy ...``
-(same options).
+Command line: ``hybnn federate --deploy ...``.
 """
 
 from __future__ import annotations
@@ -261,13 +260,3 @@ def _toml_value(v: Any) -> str:
 
 def _toml_pairs(values: dict[str, Any]) -> str:
     return " ".join(f"{k}={_toml_value(v)}" for k, v in values.items())
-
-
-def main(argv: list[str] | None = None) -> int:
-    from hybnn.cli import main as hybnn_main
-
-    return hybnn_main(["federate", "--deploy", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

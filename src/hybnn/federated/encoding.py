@@ -29,8 +29,7 @@ from torch import nn
 
 from hybnn.binary.layers import binary_layers
 from hybnn.errors import HybnnError
-
-ENCODINGS = ("fp32", "1bit")
+from hybnn.federated.config import ENCODINGS
 
 
 class UpdateError(HybnnError):

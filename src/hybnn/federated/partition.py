@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 from hybnn.errors import DataError
+from hybnn.federated.config import SCHEMES
 
-SCHEMES = ("iid", "dirichlet", "classes")
 MAX_REDRAWS = 100
 
 

@@ -8,14 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from hybnn.artifacts import atomic_write, atomic_write_json
+from hybnn.artifacts import atomic_write, atomic_write_json, versions
 from hybnn.data.splits import SPLIT_SEED
 from hybnn.federated import task
 from hybnn.federated.config import FedConfig
+from hybnn.pipeline.config import TrainConfig
 from hybnn.pipeline.extract import encode_to_codes
 from hybnn.pipeline.fit import train_head, train_image_model
-from hybnn.pipeline.pretrain import versions
-from hybnn.pipeline.train import TrainConfig
 
 
 def centralized_baseline(cfg: FedConfig) -> dict[str, Any]:
@@ -26,9 +25,9 @@ def centralized_baseline(cfg: FedConfig) -> dict[str, Any]:
     """
     train, test = task.task_splits(cfg.data, cfg.task)
     config = TrainConfig(epochs=cfg.rounds * cfg.local_epochs, batch_size=cfg.batch_size,
-                         lr=cfg.learning_rate, seed=cfg.seed)
+                         lr=cfg.learning_rate, seed=cfg.seed, device=cfg.device)
     if cfg.model == "hybnn":
-        encoder = task.encoder_at(cfg.encoder)
+        encoder = task.encoder_at(cfg.encoder, cfg.device)
         _, history = train_head(encode_to_codes(encoder, train), encode_to_codes(encoder, test),
                                 config, hidden=cfg.hidden_widths(), progress=False)
     else:
@@ -153,7 +152,7 @@ def results_markdown(res: dict[str, Any]) -> str:
 
 
 def plot_accuracy(res: dict[str, Any], path: Path) -> Path:
-    from hybnn.experiments.plots import plt, save_figure
+    from hybnn.plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     rounds = res["rounds"]
@@ -184,7 +183,7 @@ def plot_accuracy(res: dict[str, Any], path: Path) -> Path:
 
 
 def plot_bytes(res: dict[str, Any], path: Path) -> Path:
-    from hybnn.experiments.plots import plt, save_figure
+    from hybnn.plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     rounds = res["rounds"]

@@ -30,7 +30,7 @@ def run_server(grid: Grid, context: Context, cfg: FedConfig | None = None,
     """Run the whole federation; returns the federation log, also written to ``cfg.out``
     and copied into ``sink`` (even when the run fails)."""
     cfg = cfg or FedConfig.from_record(context.run_config)
-    encoder = task.encoder_at(cfg.encoder) if cfg.model == "hybnn" else None
+    encoder = task.encoder_at(cfg.encoder, cfg.device) if cfg.model == "hybnn" else None
     if encoder is not None:
         if cfg.encoder_fingerprint and cfg.encoder_fingerprint != encoder.fingerprint:
             raise FingerprintMismatch(

@@ -30,11 +30,13 @@ def ensure_encoder(cfg: FedConfig, out: Path, pretrain_epochs: int = 20,
             raise DataError(f"encoder directory not found: {path}")
         return cfg.with_(encoder=str(path.resolve()))
     from hybnn.data import load_source, train_test
-    from hybnn.pipeline.pretrain import PretrainConfig, pretrain
+    from hybnn.pipeline.config import PretrainConfig
+    from hybnn.pipeline.pretrain import pretrain
 
     train, _ = train_test(load_source(cfg.data))
     target = out / "encoder"
-    pretrain(train.x, target, PretrainConfig(epochs=pretrain_epochs, seed=cfg.seed),
+    pretrain(train.x, target, PretrainConfig(epochs=pretrain_epochs, seed=cfg.seed,
+                                                   device=cfg.device),
              {"source": cfg.data, "split": "train", "for": "hybnn federate"}, progress=progress)
     return cfg.with_(encoder=str(target.resolve()))
 

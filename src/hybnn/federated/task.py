@@ -25,11 +25,13 @@ from hybnn.errors import DataError, FingerprintMismatch
 from hybnn.federated.config import FedConfig
 from hybnn.federated.encoding import Layout
 from hybnn.federated.partition import partition
+from hybnn.hooks import History
 from hybnn.models.bnn_head import BNNHead
+from hybnn.pipeline.config import TrainConfig
 from hybnn.pipeline.encoder import Encoder, load_encoder
 from hybnn.pipeline.extract import encode_to_codes
 from hybnn.pipeline.fit import build_image_model, image_tensors
-from hybnn.pipeline.train import History, TrainConfig, evaluate_classifier, fit_classifier
+from hybnn.pipeline.train import evaluate_classifier, fit_classifier
 
 Tensors = tuple[torch.Tensor, torch.Tensor]
 
@@ -41,18 +43,18 @@ def task_splits(data: str, task: str) -> tuple[Dataset, Dataset]:
     return select_task(train, task), select_task(test, task)
 
 
-def encoder_at(path: str | os.PathLike[str]) -> Encoder:
+def encoder_at(path: str | os.PathLike[str], device: str = "cpu") -> Encoder:
     """The encoder in ``path``, loaded once per process and file version."""
     p = Path(path)
     if not str(path):
         raise DataError("no encoder given: pass --encoder or let `hybnn federate` pretrain one")
     stamp = (p / "weights.safetensors").stat().st_mtime_ns if p.is_dir() else 0
-    return _load_encoder(str(p.resolve()), stamp)
+    return _load_encoder(str(p.resolve()), stamp, device)
 
 
 @lru_cache(maxsize=4)
-def _load_encoder(path: str, stamp: int) -> Encoder:
-    return load_encoder(path)
+def _load_encoder(path: str, stamp: int, device: str) -> Encoder:
+    return load_encoder(path, device)
 
 
 def check_encoder(encoder: Encoder, expected: str, who: str = "this client") -> None:
@@ -136,7 +138,8 @@ def train_local(model: nn.Module, train: Tensors, cfg: FedConfig, server_round: 
     """``local_epochs`` of the centralized trainer at this round's learning rate."""
     config = TrainConfig(epochs=cfg.local_epochs, batch_size=cfg.batch_size,
                          lr=cfg.round_lr(server_round), schedule="constant",
-                         seed=cfg.seed * 1_000_003 + server_round * 1009 + partition_id)
+                         seed=cfg.seed * 1_000_003 + server_round * 1009 + partition_id,
+                         device=cfg.device)
     return fit_classifier(model, train, None, config, progress=False,
                           desc=f"client {partition_id}")
 

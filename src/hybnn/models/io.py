@@ -11,15 +11,16 @@ from hybnn.artifacts import load_bundle, save_bundle
 from hybnn.errors import ArtifactError
 from hybnn.models.binary_cnn import BinaryCNN
 from hybnn.models.bnn_head import BNNHead
-from hybnn.models.fp_cnn import FloatCNN
+from hybnn.models.float_cnn import FloatCNN
+from hybnn.models.names import LEGACY_NAMES, VAE
 from hybnn.models.vae import BinaryLatentVAE
 
 MODEL_KIND = "model"
 ARCHITECTURES: dict[str, type[nn.Module]] = {
-    "bnn_head": BNNHead,
-    "binary_cnn": BinaryCNN,
-    "fp_cnn": FloatCNN,
-    "vae": BinaryLatentVAE,
+    "hybnn": BNNHead,
+    "bcnn": BinaryCNN,
+    "fpcnn": FloatCNN,
+    VAE: BinaryLatentVAE,
 }
 
 
@@ -32,6 +33,7 @@ def arch_name(model: nn.Module) -> str:
 
 def build_model(arch: str, config: dict[str, Any]) -> nn.Module:
     """Rebuild an architecture from its JSON config (``model.config``)."""
+    arch = LEGACY_NAMES.get(arch, arch)
     if arch not in ARCHITECTURES:
         raise ArtifactError(f"unknown architecture {arch!r} in model metadata")
     try:
@@ -62,4 +64,5 @@ def load_model(directory: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, 
         first = str(exc).splitlines()[0]
         raise ArtifactError(f"weights in {directory} do not fit the model: {first}") from None
     model.eval()
+    config["arch"] = LEGACY_NAMES.get(str(config.get("arch")), config.get("arch"))
     return model, meta

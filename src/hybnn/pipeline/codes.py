@@ -26,13 +26,13 @@ from hybnn.errors import ArtifactError, FingerprintMismatch
 CODES_KIND = "codes"
 
 
-def pack_bits(bits: np.ndarray) -> np.ndarray:
+def pack_code_bits(bits: np.ndarray) -> np.ndarray:
     """(N, B) bool/{0,1} -> (N, ceil(B/8)) uint8, big-endian within each byte."""
     return np.packbits(np.asarray(bits, dtype=bool), axis=1)
 
 
-def unpack_bits(packed: np.ndarray, num_bits: int) -> np.ndarray:
-    """Inverse of :func:`pack_bits`: (N, ceil(B/8)) uint8 -> (N, B) uint8 in {0, 1}."""
+def unpack_code_bits(packed: np.ndarray, num_bits: int) -> np.ndarray:
+    """Inverse of :func:`pack_code_bits`: (N, ceil(B/8)) uint8 -> (N, B) uint8 in {0, 1}."""
     return np.unpackbits(packed, axis=1, count=num_bits)
 
 
@@ -71,7 +71,7 @@ class CodeStore:
         return int(self.packed.shape[1])
 
     def bits(self) -> np.ndarray:
-        return unpack_bits(self.packed, self.num_bits)
+        return unpack_code_bits(self.packed, self.num_bits)
 
     def signs(self) -> torch.Tensor:
         """Codes as a ±1 float tensor (N, num_bits)."""

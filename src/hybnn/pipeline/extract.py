@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hybnn.data.dataset import Dataset
-from hybnn.pipeline.codes import CodeStore, pack_bits
+from hybnn.pipeline.codes import CodeStore, pack_code_bits
 from hybnn.pipeline.encoder import Encoder
 
 
@@ -14,5 +14,5 @@ def encode_to_codes(encoder: Encoder, data: Dataset, meta: dict[str, Any] | None
     """Encode every image of ``data`` into a bit-packed :class:`CodeStore`."""
     bits = encoder.encode(data.x, batch_size)
     info = {"source": data.name, "num_classes": data.num_classes, **(meta or {})}
-    return CodeStore(pack_bits(bits), data.y.copy(), encoder.latent_bits,
+    return CodeStore(pack_code_bits(bits), data.y.copy(), encoder.latent_bits,
                      encoder.fingerprint, info)

@@ -18,16 +18,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from hybnn.artifacts import versions
 from hybnn.binary.summary import deployed_bytes
 from hybnn.data.dataset import Dataset
 from hybnn.data.prep import prepare
+from hybnn.hooks import Callback, History
 from hybnn.models.binary_cnn import BinaryCNN
 from hybnn.models.bnn_head import BNNHead
-from hybnn.models.fp_cnn import FloatCNN
+from hybnn.models.float_cnn import FloatCNN
 from hybnn.models.io import save_model
 from hybnn.pipeline.codes import CodeStore
-from hybnn.pipeline.pretrain import versions
-from hybnn.pipeline.train import Callback, History, TrainConfig, fit_classifier
+from hybnn.pipeline.config import TrainConfig
+from hybnn.pipeline.train import fit_classifier
 
 IMAGE_ARCHS = {"bcnn": BinaryCNN, "fpcnn": FloatCNN}
 CHECKPOINT_NAME = "checkpoint.pt"

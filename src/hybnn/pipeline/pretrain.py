@@ -10,34 +10,22 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from hybnn.artifacts import atomic_write_json
+from hybnn.artifacts import atomic_write_json, versions
 from hybnn.errors import DataError
 from hybnn.models.vae import BinaryLatentVAE, vae_loss
+from hybnn.pipeline.config import PretrainConfig
 from hybnn.pipeline.encoder import Encoder, save_encoder
-from hybnn.pipeline.progress import bar
 from hybnn.pipeline.train import resolve_device
+from hybnn.progress import bar
 
 DEAD_BIT_THRESHOLD = 0.01
-
-
-@dataclass
-class PretrainConfig:
-    latent_bits: int = 200
-    epochs: int = 20
-    batch_size: int = 128
-    lr: float = 2e-3
-    beta: float = 0.25  # measured better codes for classification than the ELBO's 1.0
-    tau: float = 1.0
-    shift: int = 0  # augmentation: random translation of up to `shift` pixels (0: none)
-    seed: int = 0
-    device: str = "cpu"
 
 
 def train_vae(images: np.ndarray, config: PretrainConfig,
@@ -129,18 +117,25 @@ def pretrain(images: np.ndarray, out: str | os.PathLike[str], config: PretrainCo
     usage = bit_usage(codes)
     atomic_write_json(out / "bit_usage.json", usage)
     if plots:
-        from hybnn.experiments.plots import plot_bit_usage, plot_reconstructions
+        from hybnn.plots import plot_bit_usage, plot_reconstructions
 
         shown = np.linspace(0, len(images) - 1, min(16, len(images))).astype(int)  # every class
-        plot_reconstructions(vae, images[shown], out / "reconstructions.png", config.seed)
+        recon, samples = reconstructions(vae, images[shown], config.seed)
+        plot_reconstructions(images[shown], recon, samples, out / "reconstructions.png")
         plot_bit_usage(usage, out / "bit_usage.png")
     return encoder
 
 
-def versions() -> dict[str, str]:
-    import platform
-
-    import hybnn
-
-    return {"hybnn": hybnn.__version__, "torch": torch.__version__, "numpy": np.__version__,
-            "python": platform.python_version()}
+@torch.no_grad()
+def reconstructions(vae: BinaryLatentVAE, images: np.ndarray,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Reconstructions of ``images`` from their codes, and decodings of random codes,
+    computed on the VAE's own device and returned as numpy arrays."""
+    vae.eval()
+    device = next(vae.parameters()).device
+    x = torch.from_numpy(images).to(device)
+    recon = vae.decode(vae.encode(x).float())
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 2, (len(images), vae.latent_bits), generator=g).float()
+    samples = vae.decode(codes.to(device))
+    return recon.cpu().numpy(), samples.cpu().numpy()

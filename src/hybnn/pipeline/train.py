@@ -17,7 +17,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,55 +28,9 @@ from torch import nn
 from hybnn.artifacts import atomic_write
 from hybnn.binary.layers import binary_layers
 from hybnn.errors import ArtifactError, DataError
-from hybnn.pipeline.progress import bar
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 100
-    batch_size: int = 64
-    lr: float = 1e-2
-    weight_decay: float = 0.0
-    schedule: str = "cosine"  # "cosine" or "constant"
-    seed: int = 0
-    device: str = "cpu"
-
-
-@dataclass
-class History:
-    """Per-epoch records: epoch, train_loss, train_acc, test_loss, test_acc, seconds, ..."""
-
-    epochs: list[dict[str, Any]] = field(default_factory=list)
-
-    def last(self, key: str, default: float = float("nan")) -> float:
-        return float(self.epochs[-1].get(key, default)) if self.epochs else default
-
-    def series(self, key: str) -> list[float]:
-        return [float(e[key]) for e in self.epochs if key in e]
-
-    def train_seconds_per_epoch(self) -> float:
-        s = self.series("seconds")
-        return sum(s) / len(s) if s else float("nan")
-
-
-class Callback:
-    """Hooks into :func:`fit_classifier`; every method is optional."""
-
-    def on_train_begin(self, model: nn.Module) -> None:
-        """Called once before the first (or resumed) epoch."""
-
-    def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
-        """A term added to the task loss of every step (e.g. a reconstruction loss)."""
-        return None
-
-    def on_after_backward(self, model: nn.Module) -> None:
-        """Called after ``loss.backward()``, before the optimizer step (gradients present)."""
-
-    def on_step_end(self, model: nn.Module) -> None:
-        """Called after the optimizer step and latent-weight clipping."""
-
-    def on_epoch_end(self, model: nn.Module, epoch: int, logs: dict[str, Any]) -> None:
-        """Called after each epoch; may add JSON-able entries to ``logs``."""
+from hybnn.hooks import Callback, History
+from hybnn.pipeline.config import TrainConfig
+from hybnn.progress import bar
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,4 +1,4 @@
-"""PNG plots: reconstructions, bit usage, and training curves (headless, Agg backend)."""
+"""PNG plots: reconstructions, bit usage, training curves (headless Agg; numpy in, no torch)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 
 from hybnn.artifacts import atomic_write
 
@@ -25,26 +24,22 @@ def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
     return out
 
 
-@torch.no_grad()
-def plot_reconstructions(vae: Any, images: np.ndarray, path: str | os.PathLike[str],
-                         seed: int = 0) -> Path:
+def plot_reconstructions(images: np.ndarray, recon: np.ndarray, samples: np.ndarray,
+                         path: str | os.PathLike[str]) -> Path:
     """Top: inputs. Middle: reconstructions from their binary codes. Bottom: random codes."""
-    vae.eval()
-    x = torch.from_numpy(images)
-    recon = vae.decode(vae.encode(x).float())
-    g = torch.Generator().manual_seed(seed)
-    samples = vae.decode(torch.randint(0, 2, (len(images), vae.latent_bits), generator=g).float())
-    rows = [("input", x), ("from code", recon), ("random code", samples)]
-    fig, axes = plt.subplots(3, len(images), figsize=(len(images) * 0.9, 3.1))
-    axes = np.atleast_2d(axes)
+    rows = [("input", images), ("from code", recon), ("random code", samples)]
+    n = len(images)
+    fig, axes = plt.subplots(3, n, figsize=(n * 0.9, 3.1))
+    axes = np.atleast_2d(axes).reshape(3, n)
     for r, (label, batch) in enumerate(rows):
-        for c in range(len(images)):
+        for c in range(n):
             ax = axes[r, c]
-            ax.imshow(batch[c, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(batch[c, 0], cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
         axes[r, 0].set_ylabel(label, fontsize=7)
-    fig.suptitle(f"{vae.latent_bits}-bit binary latent: reconstructions and samples", fontsize=9)
+    fig.suptitle("binary latent: inputs, reconstructions from their codes, random codes",
+                 fontsize=9)
     return save_figure(fig, path)
 
 

@@ -1,0 +1,50 @@
+"""The public API: one function per ``hybnn`` command, each taking a typed options object.
+
+>>> from hybnn import api
+>>> enc = api.pretrain(api.PretrainOptions(data="mnist-5k", out="runs/encoder"))  # doctest: +SKIP
+
+Options (:mod:`hybnn.api.options`) import no torch; the functions
+(:mod:`hybnn.api.commands`) are loaded on first use.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from hybnn.api.options import (
+    EvaluateOptions,
+    ExportOptions,
+    ExtractOptions,
+    FederateOptions,
+    PredictOptions,
+    PretrainOptions,
+    ReproduceOptions,
+    StudyOptions,
+    SummaryOptions,
+    TrainOptions,
+)
+
+COMMANDS = ("pretrain", "extract", "train", "evaluate", "predict", "export", "summary",
+            "reproduce", "federate", "study_rebnn")
+
+__all__ = [
+    "COMMANDS",
+    "EvaluateOptions",
+    "ExportOptions",
+    "ExtractOptions",
+    "FederateOptions",
+    "PredictOptions",
+    "PretrainOptions",
+    "ReproduceOptions",
+    "StudyOptions",
+    "SummaryOptions",
+    "TrainOptions",
+    *COMMANDS,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in COMMANDS:
+        return getattr(import_module("hybnn.api.commands"), name)
+    raise AttributeError(f"module 'hybnn.api' has no attribute {name!r}")

@@ -1,0 +1,153 @@
+"""What each ``hybnn`` command takes, as typed dataclasses (no torch import).
+
+Every command of the CLI is one function of :mod:`hybnn.api` taking one of these; the CLI
+builds its flags from their fields (:mod:`hybnn.cli.flags`), and a nested config dataclass
+(``PretrainConfig``, ``TrainConfig``, ``ReproduceConfig``, ``FedConfig``) contributes its
+own fields as flags. Defaults live in those fields, nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hybnn.binary.names import SCALINGS
+from hybnn.data.names import PREPS, SPLITS
+from hybnn.experiments.config import DEFAULT_DATA, ReproduceConfig, StudyConfig
+from hybnn.federated.config import FedConfig
+from hybnn.models.names import MODEL_NAMES, SPECS
+from hybnn.pipeline.config import PretrainConfig, TrainConfig
+from hybnn.settings import setting
+
+ENGINES = ("torch", "packed")
+DEVICE_HELP = "torch device: cpu, cuda, cuda:1, ..."
+
+
+@dataclass(kw_only=True)
+class PretrainOptions:
+    """Phase 1: train the binary-latent VAE on the general data, freeze and save it."""
+
+    data: str = setting(DEFAULT_DATA, "data source")
+    out: str = setting("runs/encoder", "encoder directory to write")
+    config: PretrainConfig = setting(factory=PretrainConfig)
+    progress: bool = setting(True, "progress bars on a terminal, a line per step in a log")
+
+
+@dataclass(kw_only=True)
+class ExtractOptions:
+    """Phase 2: encode a task's split into a packed code store (25 B per sample)."""
+
+    encoder: str = setting(help="encoder directory from `hybnn pretrain`")
+    out: str = setting(help="code store file to write (.safetensors)")
+    data: str = setting(DEFAULT_DATA, "data source")
+    task: str = setting("all", "all, or a pair such as 0v1")
+    split: str = setting("train", "split to encode", choices=SPLITS)
+    device: str = setting("cpu", DEVICE_HELP)
+
+
+@dataclass(kw_only=True)
+class TrainOptions:
+    """Phase 3: the BNN head on codes (``hybnn``), or a CNN baseline on images."""
+
+    out: str = setting(help="model directory to write")
+    model: str = setting("hybnn", "hybnn: BNN head on codes; bcnn / fpcnn: CNN on images",
+                         choices=MODEL_NAMES)
+    codes: str | None = setting(None, "training code store (hybnn)")
+    test_codes: str | None = setting(None, "code store evaluated every epoch (hybnn)")
+    hidden: list[int] = setting(help="hidden widths of the BNN head", factory=lambda: [128])
+    data: str = setting(DEFAULT_DATA, "data source (bcnn, fpcnn)")
+    task: str = setting("0v1", "task (bcnn, fpcnn)")
+    prep: str = setting("centered", "input preparation for CNNs: unit = paper setting, "
+                        "centered = fair", choices=PREPS)
+    scaling: str = setting("none", "scaling factors of the binary weights", choices=SCALINGS)
+    resume: bool = setting(False, "continue from out/checkpoint.pt")
+    epochs: int | None = setting(None, "training epochs (default: " + ", ".join(
+        f"{s.epochs} {s.name}" for s in SPECS.values()) + ")")
+    lr: float | None = setting(None, "Adam learning rate (default: " + ", ".join(
+        f"{s.lr:g} {s.name}" for s in SPECS.values()) + ")")
+    config: TrainConfig = setting(factory=TrainConfig)
+    progress: bool = setting(True, "progress bars on a terminal, a line per step in a log")
+
+
+@dataclass(kw_only=True)
+class EvaluateOptions:
+    """Accuracy and loss of a saved model on codes or on a data split."""
+
+    model: str = setting(help="model directory")
+    codes: str | None = setting(None, "code store to evaluate a BNN head on")
+    encoder: str | None = setting(None, "encoder directory (a BNN head evaluated on images)")
+    data: str | None = setting(None, "data source (default: the model's)")
+    task: str | None = setting(None, "task (default: the model's)")
+    split: str = setting("test", "split", choices=SPLITS)
+    device: str = setting("cpu", DEVICE_HELP)
+
+
+@dataclass(kw_only=True)
+class PredictOptions:
+    """Classify PNG/JPEG images or ``.npy``/``.npz`` arrays with a saved model."""
+
+    inputs: list[str] = setting(help="PNG/JPEG images, .npy arrays or .npz (x)",
+                                factory=list, positional=True)
+    model: str = setting(help="model directory")
+    encoder: str | None = setting(None, "encoder directory (needed for a BNN head)")
+    engine: str = setting("torch", "torch, or the packed XNOR/popcount engine",
+                          choices=ENGINES)
+    json: bool = setting(False, "print predictions as JSON")
+    device: str = setting("cpu", DEVICE_HELP)
+
+
+@dataclass(kw_only=True)
+class ExportOptions:
+    """Write a BNN head or binary CNN as a packed engine file."""
+
+    model: str = setting(help="model directory (from `hybnn train`)", positional=True)
+    out: str = setting(help="engine file to write")
+
+
+@dataclass(kw_only=True)
+class SummaryOptions:
+    """Binary vs float parameters per layer and deployed bytes."""
+
+    model: str = setting(help="model directory", positional=True)
+
+
+@dataclass(kw_only=True)
+class ReproduceOptions:
+    """The paper's whole experiment with honest baselines (the main job)."""
+
+    out: str = setting("runs/reproduce", "output directory")
+    config: ReproduceConfig = setting(factory=ReproduceConfig)
+    progress: bool = setting(True, "progress bars on a terminal, a line per step in a log")
+
+
+@dataclass(kw_only=True)
+class FederateOptions:
+    """FedHyBNN on Flower: a simulation here, or ``deploy`` with real processes."""
+
+    out: str = setting("runs/federate", "output directory")
+    config: FedConfig = setting(factory=FedConfig)
+    deploy: bool = setting(False, "run a real deployment: flower-superlink, --clients "
+                           "flower-supernode processes and `flwr run` on 127.0.0.1")
+    pretrain_epochs: int = setting(PretrainConfig.epochs,
+                                   "VAE epochs when no --encoder is given")
+    centralized: bool = setting(True, "the centralized reference run")
+    progress: bool = setting(True, "progress bars on a terminal, a line per step in a log")
+
+
+@dataclass(kw_only=True)
+class StudyOptions:
+    """ReBNN vs STE vs XNOR: accuracy and weight oscillation."""
+
+    out: str = setting("runs/study-rebnn", "output directory")
+    data: str = setting(StudyConfig.data, "data source")
+    quick: bool = setting(False, "small subsets, few epochs, 2 seeds")
+    seeds: list[int] | None = setting(None, "seeds (default: 0 1 2)")
+    epochs: int | None = setting(None, "epochs of every BNN run (default: 8 bcnn, 25 head)")
+    device: str = setting(StudyConfig.device, DEVICE_HELP)
+    threads: int = setting(StudyConfig.threads, "torch CPU threads")
+    benchmarks: str | None = setting(None, "also write the rebnn section of this "
+                                     "BENCHMARKS.md", metavar="FILE")
+    progress: bool = setting(True, "progress bars on a terminal, a line per step in a log")
+
+    def study_config(self) -> StudyConfig:
+        return StudyConfig.make(data=self.data, quick=self.quick, seeds=self.seeds,
+                                epochs=self.epochs, device=self.device, threads=self.threads)

@@ -1,0 +1,171 @@
+"""The ``hybnn`` command: flags built from :mod:`hybnn.api.options`, work done by :mod:`hybnn.api`.
+
+``hybnn --help`` and ``hybnn CMD --help`` import no torch: the option dataclasses are
+torch-free and the API functions are imported when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from hybnn import api
+from hybnn.cli.flags import add_flags, build, given
+from hybnn.errors import HybnnError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    opts = build(api.PretrainOptions, args)
+    enc = api.pretrain(opts)
+    usage = json.loads((Path(opts.out) / "bit_usage.json").read_text())
+    print(f"encoder {enc.fingerprint[:12]} -> {opts.out} ({usage['dead_bits']} dead bits of "
+          f"{usage['bits']}, {usage['unique_codes']} unique codes over {usage['samples']} images)")
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    opts = build(api.ExtractOptions, args)
+    store = api.extract(opts)
+    print(f"{len(store)} codes x {store.num_bits} bits ({store.bytes_per_sample} B each) "
+          f"-> {opts.out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    opts = build(api.TrainOptions, args)
+    _, history = api.train(opts)
+    acc = history.last("test_acc")
+    msg = f"test accuracy {acc:.4f}" if acc == acc else "no test split given"
+    print(f"trained {opts.model} for {len(history.epochs)} epochs -> {opts.out}; {msg}; "
+          f"{history.train_seconds_per_epoch():.3f} s/epoch")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    print(json.dumps(api.evaluate(build(api.EvaluateOptions, args))))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    opts = build(api.PredictOptions, args)
+    rows = api.predict(opts)
+    if opts.json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            print(f"{r['input']}: class {r['class']} (p={r['probability']:.3f})")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    opts = build(api.ExportOptions, args)
+    header = api.export(opts)
+    size = Path(opts.out).stat().st_size
+    print(f"exported {header['arch']} ({len(header['layers'])} layers) -> {opts.out} "
+          f"({size} bytes)")
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    print(api.summary(build(api.SummaryOptions, args)))
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from hybnn.experiments.config import ReproduceConfig
+
+    config = ReproduceConfig.make(**given(args, "config__"))
+    api.reproduce(build(api.ReproduceOptions, args, config=config))
+    return 0
+
+
+def cmd_federate(args: argparse.Namespace) -> int:
+    opts = build(api.FederateOptions, args)
+    res = api.federate(opts)
+    cfg = opts.config
+    up, down = res["bytes_up_per_client_round"] or 0, res["bytes_down_per_client_round"] or 0
+    central = res["centralized_acc"]
+    print(f"{res['model']} {cfg.task}, {res['clients']} clients x {cfg.rounds} rounds "
+          f"({res.get('runtime')}): global accuracy {res['final_acc']:.4f}"
+          + (f" (centralized {central:.4f})" if central is not None else "")
+          + f"; per client per round {up:,.0f} B up, {down:,.0f} B down ({res['encoding']})"
+          f" -> {opts.out}/results.json")
+    return 0
+
+
+def cmd_study_rebnn(args: argparse.Namespace) -> int:
+    opts = build(api.StudyOptions, args)
+    results = api.study_rebnn(opts)
+    print(Path(opts.out, "table.md").read_text())
+    print(f"results -> {opts.out}/results.json, plots -> {opts.out}/plots/")
+    if opts.benchmarks:
+        from hybnn.experiments.rebnn_study import write_benchmarks
+
+        write_benchmarks(results, "hybnn " + " ".join(sys.argv[1:]), opts.benchmarks)
+        print(f"rebnn section -> {opts.benchmarks}")
+    return 0
+
+
+COMMANDS: list[tuple[str, type, Handler, str]] = [
+    ("pretrain", api.PretrainOptions, cmd_pretrain,
+     "phase 1: train and freeze the binary-latent VAE"),
+    ("extract", api.ExtractOptions, cmd_extract,
+     "phase 2: encode a data set into packed binary codes"),
+    ("train", api.TrainOptions, cmd_train,
+     "phase 3: train the BNN head on codes, or a CNN baseline"),
+    ("evaluate", api.EvaluateOptions, cmd_evaluate, "accuracy of a trained model on a split"),
+    ("predict", api.PredictOptions, cmd_predict, "classify image files or an array file"),
+    ("export", api.ExportOptions, cmd_export,
+     "export a BNN head or binary CNN for the packed engine"),
+    ("summary", api.SummaryOptions, cmd_summary, "binary vs float parameters and deployed bytes"),
+    ("reproduce", api.ReproduceOptions, cmd_reproduce,
+     "the paper's whole experiment, honestly (main job)"),
+    ("federate", api.FederateOptions, cmd_federate,
+     "FedHyBNN on Flower: simulation here, or --deploy with real SuperLink/SuperNode "
+     "processes on 127.0.0.1"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hybnn", description="Hybrid binary neural networks: HyBNN, FedHyBNN, ReBNN and a "
+        "packed XNOR/popcount inference engine.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, options, handler, help_text in COMMANDS:
+        p = sub.add_parser(name, help=help_text, description=options.__doc__)
+        add_flags(p, options)
+        p.set_defaults(func=handler)
+    study = sub.add_parser("study", help="method studies (rebnn: ste vs xnor vs ReBNN)")
+    studies = study.add_subparsers(dest="study", required=True, metavar="STUDY")
+    r = studies.add_parser("rebnn", help="ReBNN vs ste/xnor: accuracy and weight oscillation",
+                           description=api.StudyOptions.__doc__)
+    add_flags(r, api.StudyOptions)
+    r.set_defaults(func=cmd_study_rebnn)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except HybnnError as exc:
+        print(f"hybnn: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"hybnn: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hybnn: interrupted", file=sys.stderr)
+        return 130
+
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())

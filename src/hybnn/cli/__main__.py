@@ -1,0 +1,7 @@
+"""``python -m hybnn.cli``: the ``hybnn`` command."""
+
+import sys
+
+from hybnn.cli import main
+
+sys.exit(main())

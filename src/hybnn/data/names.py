@@ -1,0 +1,6 @@
+"""Names the data layer accepts, importable without numpy (the CLI's flags use them)."""
+
+PAPER_TASKS = ("0v1", "2v3", "4v5", "6v7", "8v9")  # the HyBNN paper's five pair tasks
+PREPS = ("unit", "centered")  # input preparations, see hybnn.data.prep
+SPLITS = ("train", "test", "all")
+DEFAULT_SOURCE = "mnist-5k"

@@ -1,0 +1,102 @@
+"""Settings of the main job (``hybnn reproduce``) and of the ReBNN study; no torch import."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from hybnn.binary.names import METHODS
+from hybnn.data.names import DEFAULT_SOURCE, PAPER_TASKS
+from hybnn.models.names import SPECS
+from hybnn.pipeline.config import PretrainConfig
+from hybnn.settings import setting
+
+DEFAULT_DATA = DEFAULT_SOURCE
+# What --quick changes (< 3 minutes on 2 cores); every other field keeps its default.
+REPRODUCE_QUICK = {"seeds": [0], "vae_epochs": 5, "head_epochs": 40, "cnn_epochs": 3,
+                   "vae_samples": 4000, "max_train": 1000}
+
+
+@dataclass
+class ReproduceConfig:
+    data: str = setting(DEFAULT_DATA, "data source")
+    tasks: list[str] = setting(help="tasks (default: the paper's five pairs)",
+                               factory=lambda: list(PAPER_TASKS))
+    seeds: list[int] = setting(help="seeds (default: 0 1 2; quick: 0)", factory=lambda: [0, 1, 2])
+    latent_bits: int = setting(PretrainConfig.latent_bits, "latent bits of the VAE",
+                               flag="--bits")
+    vae_epochs: int = setting(PretrainConfig.epochs, "phase-1 epochs (quick: 5)")
+    vae_samples: int | None = setting(None, "subsample the general data for phase 1 "
+                                      "(default: all; quick: 4000)")
+    vae_beta: float = setting(PretrainConfig.beta, "KL weight of the VAE")
+    vae_shift: int = setting(PretrainConfig.shift, "VAE shift augmentation in pixels")
+    head_hidden: list[int] = setting(help="hidden widths of the pair-task head",
+                                     factory=lambda: [128])
+    head_hidden_multiclass: list[int] = setting(help="hidden widths of the head on more than "
+                                                "two classes", factory=lambda: [512])
+    head_epochs: int = setting(SPECS["hybnn"].epochs, "BNN-head epochs (quick: 40)")
+    head_lr: float = setting(SPECS["hybnn"].lr, "BNN-head learning rate")
+    cnn_epochs: int = setting(SPECS["bcnn"].epochs, "baseline CNN epochs (quick: 3)")
+    binary_lr: float = setting(SPECS["bcnn"].lr, "binary CNN learning rate")
+    float_lr: float = setting(SPECS["fpcnn"].lr, "full-precision CNN learning rate")
+    batch_size: int = setting(64, "batch size of phase 3")
+    max_train: int | None = setting(None, "cap on training samples per task "
+                                    "(default: all; quick: 1000)")
+    device: str = setting("cpu", "torch device: cpu, cuda, cuda:1, ...")
+    quick: bool = setting(False, "fewer epochs, samples and seeds (< 3 min)")
+    encoder: str | None = setting(None, "reuse a pretrained encoder directory (skip phase 1)")
+
+    @classmethod
+    def make(cls, quick: bool = False, **values: Any) -> ReproduceConfig:
+        """The full run, or the ``--quick`` preset; ``values`` override either."""
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"unknown reproduce setting(s): {', '.join(sorted(unknown))}")
+        preset = REPRODUCE_QUICK if quick else {}
+        return cls(**{**preset, **{k: v for k, v in values.items() if v is not None},
+                      "quick": quick})
+
+
+STUDY_MODELS = ("bcnn", "hybnn")
+# What --quick changes in the ReBNN study (a few minutes).
+STUDY_QUICK = {"seeds": (0, 1), "train_size": 1500, "head_train_size": 5000, "test_size": 1000,
+               "pretrain_size": 2000, "bcnn_epochs": 4, "head_epochs": 6, "pretrain_epochs": 2}
+
+
+@dataclass
+class StudyConfig:
+    """Everything that defines a ReBNN study run (recorded in results.json)."""
+
+    data: str = setting("fashion-mnist", "data source")
+    methods: tuple[str, ...] = setting(METHODS, "training methods compared", cli=False)
+    models: tuple[str, ...] = setting(STUDY_MODELS, "models compared", cli=False)
+    seeds: tuple[int, ...] = setting((0, 1, 2), "seeds (quick: 0 1)")
+    train_size: int | None = setting(3000, "bcnn training subset (None: whole split)",
+                                     cli=False)
+    head_train_size: int | None = setting(20000, "hybnn head training subset", cli=False)
+    test_size: int | None = setting(5000, "test subset (None: the whole split)", cli=False)
+    pretrain_size: int | None = setting(10000, "images the VAE is pretrained on", cli=False)
+    bcnn_epochs: int = setting(8, "binary CNN epochs (quick: 4)")
+    head_epochs: int = setting(25, "BNN-head epochs (quick: 6)")
+    pretrain_epochs: int = setting(5, "VAE epochs (quick: 2)", cli=False)
+    batch_size: int = setting(64, "batch size", cli=False)
+    lr: float = setting(SPECS["bcnn"].lr, "learning rate of every binary run", cli=False)
+    hidden: tuple[int, ...] = setting((128,), "BNN-head hidden widths", cli=False)
+    latent_bits: int = setting(PretrainConfig.latent_bits, "latent bits", cli=False)
+    device: str = setting("cpu", "torch device: cpu, cuda, cuda:1, ...")
+    threads: int = setting(1, "torch CPU threads")
+    subset_seed: int = setting(0, "seed of the subsets", cli=False)
+
+    @classmethod
+    def make(cls, data: str = "fashion-mnist", quick: bool = False,
+             seeds: list[int] | None = None, epochs: int | None = None,
+             device: str = "cpu", threads: int = 1) -> StudyConfig:
+        """The default study, or a few-minute ``quick`` one; ``epochs`` overrides both runs."""
+        cfg = cls(data=data, device=device, threads=threads)
+        if quick:
+            cfg = replace(cfg, **STUDY_QUICK)
+        if seeds:
+            cfg.seeds = tuple(seeds)
+        if epochs is not None:
+            cfg.bcnn_epochs = cfg.head_epochs = int(epochs)
+        return cfg

@@ -1,0 +1,50 @@
+"""The models hybnn trains, one name each, with their training defaults (no torch import).
+
+The same name is used by the CLI (``--model``), in saved artifacts (``meta.json``
+``config.arch``), in reports and in the engine file; :data:`CLASS_OF` names the class in
+:mod:`hybnn.models` that implements it. Each default is defined here once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hybnn.errors import DataError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    class_name: str
+    title: str
+    binary: bool
+    inputs: str  # "codes" (packed binary codes) or "images"
+    epochs: int  # default training epochs
+    lr: float  # default Adam learning rate
+
+
+SPECS: dict[str, ModelSpec] = {
+    "hybnn": ModelSpec("hybnn", "BNNHead", "HyBNN: BNN head on binary codes", True, "codes",
+                       100, 1e-2),
+    "bcnn": ModelSpec("bcnn", "BinaryCNN", "binary CNN", True, "images", 15, 1e-2),
+    "fpcnn": ModelSpec("fpcnn", "FloatCNN", "full-precision CNN", False, "images", 15, 1e-3),
+}
+MODEL_NAMES = tuple(SPECS)  # the trainable models: hybnn, bcnn, fpcnn
+VAE = "vae"  # the phase-1 encoder's architecture name
+CLASS_OF = {**{s.name: s.class_name for s in SPECS.values()}, VAE: "BinaryLatentVAE"}
+# Names written by hybnn 0.1.0 artifacts, read as the current ones.
+LEGACY_NAMES = {"bnn_head": "hybnn", "binary_cnn": "bcnn", "fp_cnn": "fpcnn"}
+
+
+def spec(name: str) -> ModelSpec:
+    """The spec of a trainable model, with a clear error for an unknown name."""
+    try:
+        return SPECS[name]
+    except KeyError:
+        raise DataError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}") from None
+
+
+def run_key(model: str, prep: str | None = None) -> str:
+    """Key of a run in reports: the model name, with the input preparation for variants
+    of one model (``bcnn_unit`` is the paper's setting, ``bcnn_centered`` the fair one)."""
+    return f"{model}_{prep}" if prep else model

@@ -1,0 +1,47 @@
+"""Settings of phase 1 (VAE pretraining) and phase 3 (classifier training); no torch import."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hybnn.models.names import SPECS
+from hybnn.settings import setting
+
+SCHEDULES = ("cosine", "constant")
+_HEAD = SPECS["hybnn"]
+
+
+@dataclass
+class PretrainConfig:
+    latent_bits: int = setting(200, "latent bits of the binary code", flag="--bits")
+    epochs: int = setting(20, "VAE training epochs")
+    batch_size: int = setting(128, "VAE batch size")
+    lr: float = setting(2e-3, "Adam learning rate")
+    # beta 0.25 measured better codes for classification than the ELBO's 1.0
+    beta: float = setting(0.25, "KL weight of the VAE loss")
+    tau: float = setting(1.0, "temperature of the relaxed Bernoulli latent")
+    shift: int = setting(0, "augmentation: random shifts of up to this many pixels (0: none)")
+    seed: int = setting(0, "random seed")
+    device: str = setting("cpu", "torch device: cpu, cuda, cuda:1, ...")
+
+
+@dataclass
+class TrainConfig:
+    """Phase-3 training; ``epochs``/``lr`` default to the trained model's own defaults
+    (:data:`hybnn.models.names.SPECS`) when built with :meth:`for_model`."""
+
+    epochs: int = setting(_HEAD.epochs, "training epochs (default: the model's, see --model)")
+    batch_size: int = setting(64, "batch size")
+    lr: float = setting(_HEAD.lr, "Adam learning rate (default: the model's, see --model)")
+    weight_decay: float = setting(0.0, "Adam weight decay")
+    schedule: str = setting("cosine", "learning-rate schedule", choices=SCHEDULES)
+    seed: int = setting(0, "random seed")
+    device: str = setting("cpu", "torch device: cpu, cuda, cuda:1, ...")
+
+    @classmethod
+    def for_model(cls, model: str, epochs: int | None = None, lr: float | None = None,
+                  **values: object) -> TrainConfig:
+        """The config of ``model``'s defaults, with ``epochs``/``lr`` where given."""
+        s = SPECS[model]
+        return cls(epochs=s.epochs if epochs is None else epochs,
+                   lr=s.lr if lr is None else lr, **values)  # type: ignore[arg-type]
