@@ -7,8 +7,11 @@
 See docs/engine.md for the bit layout, the file format and the measured speed.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 from hybnn.engine.dispatch import available_isas, detect_isa, isa, set_isa
-from hybnn.engine.export import export_artifact, export_model
 from hybnn.engine.packing import pack_codes, pack_images, pack_signs, unpack_signs
 from hybnn.engine.runtime import PackedModel, load
 
@@ -26,3 +29,13 @@ __all__ = [
     "set_isa",
     "unpack_signs",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The exporters need torch; they are imported on first use, so running a packed model
+    (:func:`load`) does not import torch."""
+    if name in ("export_artifact", "export_model"):
+        from hybnn.engine import export
+
+        return getattr(export, name)
+    raise AttributeError(f"module 'hybnn.engine' has no attribute {name!r}")
