@@ -26,7 +26,7 @@ WEIGHTS_NAME = "weights.safetensors"
 META_NAME = "meta.json"
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
     """Write ``path`` through ``write(tmp_path)`` then rename: readers never see half a file."""
     path = Path(path)
     try:

@@ -51,7 +51,7 @@ def fields_of(cls: type) -> list[tuple[str, dataclasses.Field[Any], Any]]:
     out: list[tuple[str, dataclasses.Field[Any], Any]] = []
     for f in own:
         tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             out += [(f"{f.name}.{path}", g, t) for path, g, t in fields_of(tp)
                     if path.split(".")[0] not in names]
         else:
@@ -114,6 +114,6 @@ def build(cls: type, args: argparse.Namespace, **nested: Any) -> Any:
     values = {k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(cls)}}
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             values[f.name] = nested.get(f.name) or tp(**given(args, f"{f.name}__"))
     return cls(**values)

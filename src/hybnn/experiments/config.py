@@ -59,8 +59,9 @@ class ReproduceConfig:
 
 STUDY_MODELS = ("bcnn", "hybnn")
 # What --quick changes in the ReBNN study (a few minutes).
-STUDY_QUICK = {"seeds": (0, 1), "train_size": 1500, "head_train_size": 5000, "test_size": 1000,
-               "pretrain_size": 2000, "bcnn_epochs": 4, "head_epochs": 6, "pretrain_epochs": 2}
+STUDY_QUICK: dict[str, Any] = {
+    "seeds": (0, 1), "train_size": 1500, "head_train_size": 5000, "test_size": 1000,
+    "pretrain_size": 2000, "bcnn_epochs": 4, "head_epochs": 6, "pretrain_epochs": 2}
 
 
 @dataclass

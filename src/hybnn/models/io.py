@@ -54,10 +54,9 @@ def load_model(directory: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, 
     """Load a model saved by :func:`save_model`; returns (model in eval mode, metadata)."""
     tensors, meta = load_bundle(directory, MODEL_KIND)
     config = meta.get("config")
-    arch_config = config.get("arch_config") if isinstance(config, dict) else None
-    if not isinstance(arch_config, dict):
+    if not isinstance(config, dict) or not isinstance(config.get("arch_config"), dict):
         raise ArtifactError(f"{directory}: model metadata lacks an architecture config")
-    model = build_model(str(config.get("arch")), arch_config)
+    model = build_model(str(config.get("arch")), config["arch_config"])
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:

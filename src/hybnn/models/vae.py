@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,7 @@ class BinaryLatentVAE(nn.Module):
         tau: float = 1.0,
     ) -> None:
         super().__init__()
-        self.config = {
+        self.config: dict[str, Any] = {
             "image_size": [int(image_size[0]), int(image_size[1])],
             "in_channels": int(in_channels),
             "latent_bits": int(latent_bits),

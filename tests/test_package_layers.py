@@ -83,7 +83,7 @@ def test_no_module_level_import_cycle():
         state[m] = 1
         for t in graph[m]:
             if state.get(t) == 1:
-                cycle = stack[stack.index(t):] + [t] if t in stack else [m, t]
+                cycle = [*stack[stack.index(t):], t] if t in stack else [m, t]
                 raise AssertionError(f"import cycle: {' -> '.join(cycle)}")
             if t not in state:
                 visit(t, [*stack, t])
