@@ -3,7 +3,7 @@ PY ?= python3
 PIP := $(PY) -m pip
 OUT ?= runs/demo
 
-.PHONY: install data demo test lint bench
+.PHONY: install data demo test test-fast lint bench
 
 install:
 	$(PIP) install -q torch==2.13.0
@@ -21,9 +21,17 @@ data:
 demo: install
 	hybnn reproduce --out $(OUT)
 
-test: install
+lint:
 	$(PY) -m ruff check src tests bench
+	$(PY) -m mypy src/hybnn
+
+# Everything, as CI runs it.
+test: install lint
 	$(PY) -m pytest -q
+
+# Under 2 minutes: no Ray, no deployment, no kill -9, no reproduce (tests marked slow).
+test-fast: lint
+	$(PY) -m pytest -q -m "not slow"
 
 # Long: about an hour on 2 cores. Each script writes its own section of BENCHMARKS.md.
 bench: install

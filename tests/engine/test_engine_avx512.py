@@ -65,13 +65,18 @@ def ptr(a: np.ndarray) -> int:
     return a.ctypes.data
 
 
+def popcount64(x: np.ndarray) -> np.ndarray:
+    """Set bits per uint64 element (np.bitwise_count needs NumPy 2)."""
+    return np.unpackbits(x.view(np.uint8).reshape(*x.shape, 8), axis=-1).sum(-1)
+
+
 @pytest.mark.parametrize("nk", [1, 7, 31])
 def test_microkernels_match_scalar(kernels, nk):
     avx512, scalar = kernels
     rng = np.random.default_rng(nk)
     a = rng.integers(0, 2**64, nk, dtype=np.uint64)
     w = rng.integers(0, 2**64, (nk, 32), dtype=np.uint64)
-    expected = np.bitwise_count(a[:, None] ^ w).sum(0).astype(np.uint32) + 5
+    expected = popcount64(a[:, None] ^ w).sum(0).astype(np.uint32) + 5
     ptrs = np.array([ptr(a) + 8 * i for i in range(nk)], dtype=np.uintp)
     for k in (avx512, scalar):
         for add in (0, 1):  # add = 0 stores, 1 adds to what acc holds

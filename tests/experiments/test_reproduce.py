@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 MODELS = ("hybnn", "bcnn_unit", "bcnn_centered", "fpcnn")
 CELL_KEYS = {"acc_mean", "acc_std", "train_s_per_epoch", "model_bytes"}
 

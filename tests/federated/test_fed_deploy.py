@@ -14,6 +14,8 @@ if shutil.which("flower-superlink") is None:
 from hybnn.federated.config import FedConfig
 from hybnn.federated.deploy import LocalFederation, deploy
 
+pytestmark = pytest.mark.slow
+
 
 def _running_in_group(pgid: int) -> list[int]:
     """Processes of the group that still run. Zombies do not count: where PID 1 does not

@@ -243,6 +243,7 @@ KILLED_RUN = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
     (x, y), (tx, ty) = separable(), separable(32, 1)
     init = head(seed=5)
