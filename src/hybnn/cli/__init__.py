@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -106,7 +107,7 @@ def cmd_study_rebnn(args: argparse.Namespace) -> int:
     if opts.benchmarks:
         from hybnn.experiments.rebnn_study import write_benchmarks
 
-        write_benchmarks(results, "hybnn " + " ".join(sys.argv[1:]), opts.benchmarks)
+        write_benchmarks(results, shlex.join(["hybnn", *args.argv]), opts.benchmarks)
         print(f"rebnn section -> {opts.benchmarks}")
     return 0
 
@@ -150,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the command line, recorded beside results that need it
     try:
         return int(args.func(args) or 0)
     except HybnnError as exc:
