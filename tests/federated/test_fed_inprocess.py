@@ -16,7 +16,6 @@ import pytest
 pytest.importorskip("flwr", reason="the fed extra (flwr) is not installed")
 
 from flwr.app import Context, Error, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from hybnn.federated import faults
 from hybnn.federated.client_app import make_client_app
@@ -24,6 +23,8 @@ from hybnn.federated.config import FedConfig
 from hybnn.federated.server_app import run_server
 from hybnn.federated.strategy import FederationError
 from hybnn.pipeline.pretrain import PretrainConfig, pretrain
+
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 BASE_ID = 2**63 + 11  # node ids are uint64: beyond int64 on purpose
 
@@ -59,14 +60,6 @@ class InProcessGrid:
                 replies.append(Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"),
                                        reply_to=msg))
         return replies
-
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
 
 
 @pytest.fixture(scope="module")
