@@ -10,3 +10,14 @@ def flower_env(monkeypatch, tmp_path):
                  "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
                  "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}.items():
         monkeypatch.setenv(k, v)
+
+
+@pytest.fixture
+def task_identity():
+    """The task identity Flower's runtime sets, so tests can build Messages in-process."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved

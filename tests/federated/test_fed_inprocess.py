@@ -16,7 +16,6 @@ import pytest
 pytest.importorskip("flwr", reason="the fed extra (flwr) is not installed")
 
 from flwr.app import Context, Error, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from hybnn.federated import faults
 from hybnn.federated.client_app import make_client_app
@@ -25,6 +24,8 @@ from hybnn.federated.server_app import run_server
 from hybnn.federated.strategy import FederationError
 from hybnn.pipeline.config import PretrainConfig
 from hybnn.pipeline.pretrain import pretrain
+
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 BASE_ID = 2**63 + 11  # node ids are uint64: beyond int64 on purpose
 
@@ -60,14 +61,6 @@ class InProcessGrid:
                 replies.append(Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"),
                                        reply_to=msg))
         return replies
-
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +192,73 @@ def test_sampling_is_seeded(encoder_dir):
     picks = [[c["partition"] for c in r["clients"]] for r in a["rounds"]]
     assert picks == [[c["partition"] for c in r["clients"]] for r in b["rounds"]]
     assert all(len(p) == 3 for p in picks) and len({tuple(p) for p in picks}) > 1
+
+
+# -- hostile clients (issue 10): the real client app behind the fault mods --------------
+
+HOSTILE = {  # name: (encoding, mod, ledger status field, word of the reason)
+    "huge train count": ("fp32", faults.tamper_metrics(0, {"num-examples": 10**15}),
+                         "status", "num-examples"),
+    "negative variance": ("fp32", faults.poison(0, "running_var", -1e6), "status",
+                          "running_var"),
+    "negative variance, 1bit": ("1bit", faults.poison(0, "running_var", -1e6), "status",
+                                "running_var"),
+    "latent weights out of range": ("fp32", faults.poison(0, "0.weight", 50.0), "status",
+                                    "latent"),
+    "infinite evaluate count": ("fp32", faults.tamper_metrics(
+        0, {"num-examples": float("inf")}, kind="evaluate"), "status_eval", "num-examples"),
+    "server key in the metrics": ("fp32", faults.tamper_metrics(0, {"status": 1.0}),
+                                  "status", "status"),
+}
+_REFERENCE: dict[tuple, dict] = {}
+
+
+def _without_client_0(encoder_dir, encoding, field):
+    """The run the hostile one must equal: client 0's train (or evaluate) replies dropped
+    because it crashed, or no fault at all when only evaluate replies are hostile."""
+    key = (encoder_dir, encoding, field)
+    if key not in _REFERENCE:
+        mods = [faults.crash(0)] if field == "status" else []
+        _REFERENCE[key] = _run(_cfg(encoder_dir, encoding=encoding), mods=mods)[0]
+    return _REFERENCE[key]
+
+
+@pytest.mark.parametrize("attack", HOSTILE)
+def test_a_hostile_reply_is_dropped_and_has_no_influence(encoder_dir, attack):
+    encoding, mod, field, word = HOSTILE[attack]
+    log, _ = _run(_cfg(encoder_dir, encoding=encoding), mods=[mod])
+    assert log["status"] == "completed"
+    for server_round in (1, 2):
+        bad = _clients(log, server_round)[0]
+        assert bad[field] == "rejected" and word in bad[f"reason{field[6:]}"]
+        assert all(c[field] == "ok" for p, c in _clients(log, server_round).items() if p)
+    reference = _without_client_0(encoder_dir, encoding, field)
+    for r, ref in zip(log["rounds"], reference["rounds"], strict=True):
+        assert np.isfinite(r["global_loss"])
+        assert (r["global_acc"], r["global_loss"]) == (ref["global_acc"], ref["global_loss"])
+        assert r["clients_global_acc"] is None or 0 <= r["clients_global_acc"] <= 1
+
+
+@pytest.mark.parametrize("metrics", [{"status": 1}, {"num-train": float("inf")},
+                                     {"num-train": 10**15}, {"num-test": 2.5}])
+def test_a_hostile_handshake_excludes_the_node_and_the_federation_goes_on(encoder_dir,
+                                                                          metrics):
+    mod = faults.tamper_metrics(1, metrics, kind="query")
+    log, grid = _run(_cfg(encoder_dir), mods=[mod])
+    assert log["status"] == "completed"
+    rejected = [h for h in log["handshake"] if h["status"] == "rejected"]
+    assert [h["node_id"] for h in rejected] == [BASE_ID + 1]
+    assert next(iter(metrics)) in rejected[0]["reason"]
+    assert grid.received[BASE_ID + 1] == ["query"]  # never asked to train
+    assert log["rounds"][-1]["valid_updates"] == 2
+
+
+def test_a_federation_in_which_every_client_always_fails_ends_failed(encoder_dir):
+    cfg = _cfg(encoder_dir, fraction_evaluate=0.0)
+    grid = InProcessGrid(make_client_app([faults.crash(p) for p in range(3)]), cfg.clients)
+    ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
+    sink: dict = {}
+    with pytest.raises(FederationError, match="no valid update in any of the 2 round"):
+        run_server(grid, ctx, cfg, sink)
+    assert sink["status"] == "failed" and "no valid update" in sink["error"]
+    assert [r["aggregated"] for r in sink["rounds"]] == [False, False]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -65,3 +66,26 @@ def test_faults_inside_the_simulation_runtime(tmp_path, tiny_encoder):
     assert res["rounds"][0]["aggregated"] and res["rounds"][0]["valid_updates"] == 2
     assert all(c["status"] == "ok" for c in res["rounds"][1]["clients"])
     assert "injected crash" in (tmp_path / "run" / "results.md").read_text()
+
+
+def test_a_hostile_client_is_rejected_inside_the_simulation_runtime(tmp_path, tiny_encoder):
+    # Findings 1-3 of issue 10 end to end: a client claiming 10^15 samples (round 1), then
+    # sending batch-norm variances of -1e6 (round 2), and an infinite evaluation count in
+    # every round. Before validation the first took over FedAvg, the second made every
+    # output NaN and the third stopped the server.
+    cfg = FedConfig(data="digits", task="0v1", clients=2, rounds=3, local_epochs=3,
+                    encoder=str(tiny_encoder[0]), min_clients=1, round_timeout=60.0,
+                    node_wait=120.0)
+    mods = [faults.tamper_metrics(1, {"num-examples": 10**15}, rounds={1}),
+            faults.poison(1, "running_var", -1e6, rounds={2}),
+            faults.tamper_metrics(1, {"num-examples": float("inf")}, kind="evaluate")]
+    res = federate(cfg, tmp_path / "run", mods=mods)
+    assert res["status"] == "completed"
+    hostile = [next(c for c in r["clients"] if c["partition"] == 1) for r in res["rounds"]]
+    assert [c["status"] for c in hostile] == ["rejected", "rejected", "ok"]
+    assert "num-examples" in hostile[0]["reason"] and "running_var" in hostile[1]["reason"]
+    assert all(c["status_eval"] == "rejected" and "num-examples" in c["reason_eval"]
+               for c in hostile)
+    assert all(r["aggregated"] and math.isfinite(r["global_loss"]) for r in res["rounds"])
+    assert abs(res["final_acc"] - res["centralized_acc"]) <= 0.05  # honest level
+    assert "rejected" in (tmp_path / "run" / "results.md").read_text()

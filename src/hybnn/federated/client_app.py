@@ -63,8 +63,8 @@ def train(msg: Message, context: Context) -> Message:
     metrics = MetricRecord({
         "num-examples": len(train_xy[1]),
         "partition-id": pid,
-        "train-loss": history.last("train_loss"),
-        "train-acc": history.last("train_acc"),
+        "train-loss": _finite(history.last("train_loss")),
+        "train-acc": _finite(history.last("train_acc")),
         "local-loss": _finite(loss),
         "local-acc": _finite(acc),
     })
@@ -95,6 +95,7 @@ def query(msg: Message, context: Context) -> Message:
 
 
 def _finite(x: float) -> float:
+    """Metrics must be finite (the server rejects others): -1 stands for "none"."""
     return float(x) if np.isfinite(x) else -1.0
 
 

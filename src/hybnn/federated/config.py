@@ -62,6 +62,7 @@ class FedConfig:
     encoder_fingerprint: str = setting("", "what every client's encoder must hash to", cli=False)
     round_timeout: float = setting(120.0, "seconds to wait for replies in a round")
     node_wait: float = setting(60.0, "seconds to wait for --min-clients nodes before a round")
+    max_examples: int = setting(1_000_000, "most samples a client may claim (its FedAvg weight)")
     device: str = setting("cpu", "torch device of every client: cpu, cuda, cuda:1, ...")
     out: str = setting("", "directory for federation.json (server side)", cli=False)
 
@@ -74,18 +75,27 @@ class FedConfig:
             (self.clients >= 1, "--clients must be >= 1"),
             (self.rounds >= 1, "--rounds must be >= 1"),
             (self.local_epochs >= 1, "--local-epochs must be >= 1"),
+            (self.batch_size >= 1, "--batch-size must be >= 1"),
+            (self.classes_per_client >= 1, "--classes-per-client must be >= 1"),
+            (self.seed >= 0, "--seed must be >= 0"),
+            (self.max_examples >= 1, "max examples must be >= 1"),
+            # NaN fails every comparison below, so these also refuse NaN.
+            (0.0 <= self.lr < math.inf, "--lr must be a finite number >= 0 (0: the default)"),
+            (0.0 < self.alpha < math.inf, "--alpha must be a finite number > 0"),
             (0.0 < self.fraction <= 1.0, "--fraction must be in (0, 1]"),
             (0.0 <= self.fraction_evaluate <= 1.0, "--fraction-evaluate must be in [0, 1]"),
             (1 <= self.min_clients <= self.clients, "--min-clients must be in 1..--clients"),
             (0.0 <= self.trim_beta < 0.5, "trim beta must be in [0, 0.5)"),
-            (self.round_timeout > 0 and self.node_wait > 0, "timeouts must be positive"),
+            (0.0 < self.round_timeout < math.inf and 0.0 < self.node_wait < math.inf,
+             "timeouts must be finite numbers of seconds > 0"),
             (not (self.model == "fpcnn" and self.encoding == "1bit"),
              "--encoding 1bit needs binary weights; the float CNN has none (use fp32)"),
         ]
         for ok, message in checks:
             if not ok:
                 raise DataError(message)
-        self.hidden_widths()
+        if any(h < 1 for h in self.hidden_widths()):
+            raise DataError(f"hidden widths must be >= 1, got {self.hidden!r}")
 
     @property
     def learning_rate(self) -> float:

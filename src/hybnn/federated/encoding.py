@@ -15,8 +15,9 @@ it and are averaged like the weights (FedAvg weights them by the clients' sample
   rounds (see :func:`hybnn.federated.task.restore_latent`), so with FedAvg on the decoded
   models the server's global sign is a sample-weighted majority vote of the clients' signs.
 
-:func:`decode` is also the server's validation: wrong names, shapes, dtypes or sizes and
-non-finite values raise :class:`UpdateError`, and such an update is never aggregated.
+:func:`decode` is the first step of the server's validation: wrong names, shapes, dtypes or
+sizes and non-finite values raise :class:`UpdateError`, and such an update is never
+aggregated; :mod:`hybnn.federated.validation` then checks every value's domain.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from hybnn.federated.config import ENCODINGS
 
 
 class UpdateError(HybnnError):
-    """A model update that must not be aggregated (wrong layout or non-finite values)."""
+    """A client reply the server must not use (wrong layout, a value outside its domain)."""
 
 
 @dataclass(frozen=True)

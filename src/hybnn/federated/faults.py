@@ -2,28 +2,37 @@
 
 Pass them to :func:`hybnn.federated.simulation.federate` (``mods=[...]``) or to
 :func:`hybnn.federated.client_app.make_client_app`. Each acts only on the given partition
-and, when ``rounds`` is given, only in those training rounds.
+and, when ``rounds`` is given, only in those rounds. The hostile ones (:func:`corrupt`,
+:func:`poison`, :func:`tamper_metrics`) send what a malicious client could: the server must
+drop their replies and carry on (see docs/hostile-inputs.md).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 import numpy as np
 from flwr.app import Array, Context, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
-from hybnn.federated.strategy import ARRAYS, CONFIG
+from hybnn.federated import task
+from hybnn.federated.config import FedConfig
+from hybnn.federated.encoding import Layout, decode, encode
+from hybnn.federated.strategy import ARRAYS, CONFIG, from_record, to_record
+
+KINDS = (MessageType.TRAIN, MessageType.EVALUATE, MessageType.QUERY)
 
 
-def _hit(msg: Message, context: Context, partition: int,
-         rounds: Collection[int] | None) -> bool:
+def _hit(msg: Message, context: Context, partition: int, rounds: Collection[int] | None,
+         kind: str = MessageType.TRAIN) -> bool:
     if int(context.node_config.get("partition-id", -1)) != partition:
         return False
-    if msg.metadata.message_type != MessageType.TRAIN:
+    if msg.metadata.message_type != kind:
         return False
-    return rounds is None or int(msg.content[CONFIG]["server-round"]) in rounds
+    if rounds is None or kind == MessageType.QUERY:  # the handshake has no round
+        return True
+    return int(msg.content[CONFIG]["server-round"]) in rounds
 
 
 def crash(partition: int, rounds: Collection[int] | None = None) -> Mod:
@@ -73,4 +82,49 @@ def foreign_encoder(partition: int, encoder: str) -> Mod:
         if int(context.node_config.get("partition-id", -1)) == partition:
             context.node_config["encoder"] = encoder
         return call_next(msg, context)
+    return mod
+
+
+def poison(partition: int, suffix: str, value: float, rounds: Collection[int] | None = None
+           ) -> Mod:
+    """The client's update has every tensor whose name ends with ``suffix`` filled with
+    ``value``: finite, well formed, but outside the tensor's domain (e.g. ``running_var``
+    = -1e6, or latent ``weight`` = 50 in fp32)."""
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        reply = call_next(msg, context)
+        if not _hit(msg, context, partition, rounds) or reply.has_error():
+            return reply
+        cfg = FedConfig.from_record(msg.content[CONFIG])
+        encoder = (task.encoder_at(str(context.node_config.get("encoder", "")) or cfg.encoder)
+                   if cfg.model == "hybnn" else None)
+        layout = Layout.of(task.build_model(cfg, encoder))
+        state = decode(from_record(reply.content[ARRAYS]), layout, cfg.encoding)
+        hits = [k for k in layout.keys if k.endswith(suffix)]
+        if not hits:
+            raise ValueError(f"no tensor of the model ends with {suffix!r}")
+        for k in hits:
+            state[k] = np.full_like(state[k], value)
+        reply.content[ARRAYS] = to_record(encode(state, layout, cfg.encoding))
+        return reply
+    return mod
+
+
+def tamper_metrics(partition: int, values: Mapping[str, int | float],
+                   kind: str = MessageType.TRAIN, rounds: Collection[int] | None = None
+                   ) -> Mod:
+    """The client's reply to a ``kind`` message (``train``, ``evaluate`` or ``query``, the
+    handshake) carries ``values`` in its metrics, replacing or adding keys: e.g.
+    ``{"num-examples": 10**15}`` in training, ``{"num-examples": inf}`` in evaluation,
+    ``{"status": 1}`` or ``{"num-train": inf}`` at the handshake."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown message kind {kind!r}; use {', '.join(KINDS)}")
+
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        reply = call_next(msg, context)
+        if not _hit(msg, context, partition, rounds, kind) or reply.has_error():
+            return reply
+        record = next(iter(reply.content.metric_records.values()))
+        for k, v in values.items():
+            record[k] = v
+        return reply
     return mod

@@ -142,6 +142,9 @@ def results_markdown(res: dict[str, Any]) -> str:
         faults += [f"- round {r['round']}, partition {c['partition']} (node {c['node_id']}): "
                    f"{c['status']} — {c.get('reason', 'no reply within the round timeout')}"
                    for c in r["clients"] if c["status"] not in ("ok", "not sampled")]
+        faults += [f"- round {r['round']} evaluation, partition {c['partition']} (node "
+                   f"{c['node_id']}): {c['status_eval']} — {c['reason_eval']}"
+                   for c in r["clients"] if c.get("status_eval") in ("error", "rejected")]
     faults = [f"- handshake, node {h['node_id']}: {h['status']} — {h.get('reason', '')}"
               for h in res.get("handshake") or [] if h["status"] != "ok"] + faults
     if faults:

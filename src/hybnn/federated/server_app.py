@@ -4,6 +4,7 @@ In a deployment the settings come from the Flower run config (``[tool.flwr.app.c
 of ``flower_app/pyproject.toml``, overridden by ``flwr run --run-config``); in simulation
 :func:`make_server_app` passes them directly. With ``out`` set, the server writes
 ``federation.json``: the round ledger (global accuracy, bytes, every client's status).
+A federation in which no round aggregated a single valid update ends ``failed``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ from hybnn.errors import FingerprintMismatch
 from hybnn.federated import task
 from hybnn.federated.config import FedConfig
 from hybnn.federated.encoding import Layout, encode, load_state, model_state, payload_bytes
-from hybnn.federated.strategy import EncodedStrategy, from_record, round_log, to_record
+from hybnn.federated.strategy import (
+    EncodedStrategy,
+    FederationError,
+    from_record,
+    round_log,
+    to_record,
+)
 
 FEDERATION_LOG = "federation.json"
 
@@ -42,7 +49,9 @@ def run_server(grid: Grid, context: Context, cfg: FedConfig | None = None,
     model = task.build_model(cfg, encoder)
     layout = Layout.of(model)
     initial = model_state(model, layout)
-    strategy = EncodedStrategy(cfg, layout)
+    # The server cuts the task as the clients do: their handshake counts must match.
+    partitions = task.partition_sizes(cfg)
+    strategy = EncodedStrategy(cfg, layout, partitions=partitions)
     evals: dict[int, dict[str, float]] = {}
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -63,7 +72,7 @@ def run_server(grid: Grid, context: Context, cfg: FedConfig | None = None,
         "status": "running",
         "config": cfg.to_dict(),
         "encoder_fingerprint": cfg.encoder_fingerprint,
-        "partitions": task.partition_sizes(cfg),
+        "partitions": partitions,
         "model_payload_bytes": {name: payload_bytes(encode(initial, layout, name))
                                 for name in _encodings_for(cfg)},
     }
@@ -72,6 +81,10 @@ def run_server(grid: Grid, context: Context, cfg: FedConfig | None = None,
         strategy.start(grid=grid, initial_arrays=to_record(initial), num_rounds=cfg.rounds,
                        timeout=cfg.round_timeout, train_config=ConfigRecord(cfg.to_record()),
                        evaluate_config=ConfigRecord(cfg.to_record()), evaluate_fn=evaluate_fn)
+        if not any(r.get("aggregated") for r in strategy.rounds.values()):
+            raise FederationError(
+                f"no valid update in any of the {cfg.rounds} round(s): every sampled client "
+                "failed, was rejected or went missing (see the round ledger)")
         log["status"] = "completed"
     except BaseException as exc:
         log.update(status="failed", error=f"{type(exc).__name__}: {exc}")

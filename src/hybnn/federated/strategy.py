@@ -5,18 +5,23 @@
 - downlink: the global float32 model is encoded (``fp32`` or ``1bit``) before it is sent;
 - sampling: seeded, and the wait for ``min_clients`` connected nodes is bounded
   (``node_wait``) — Flower's own sampler waits forever;
-- uplink: every reply is decoded and validated (names, shapes, dtypes, finite values,
-  a positive sample count); an invalid one is logged and dropped, never averaged; a round
-  with fewer than ``min_clients`` valid updates keeps the previous global model;
+- handshake: each node's partition id and sample counts, validated and kept;
+- uplink: every reply is decoded and validated against what the server knows
+  (:mod:`hybnn.federated.validation`: layout, finite values in their domain, sample counts
+  bounded by the node's handshake counts and ``max_examples``, metrics finite and apart
+  from the ledger's keys); an invalid one is logged and dropped, never averaged, and never
+  stops the server; a round with fewer than ``min_clients`` valid updates keeps the
+  previous global model;
 - ledger: per round and per client, the serialized bytes down and up, the status
   (``ok``, ``error`` with its reason, ``rejected`` with its reason, ``missing`` when no
-  reply came before the round timeout) and the client's metrics.
+  reply came before the round timeout) and the client's metrics; evaluation likewise
+  (``status_eval``, ``reason_eval``).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from logging import INFO, WARNING
 from typing import Any
 
@@ -37,7 +42,14 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from hybnn.errors import HybnnError
 from hybnn.federated.config import FedConfig
-from hybnn.federated.encoding import Layout, UpdateError, decode, encode
+from hybnn.federated.encoding import Layout, UpdateError, encode
+from hybnn.federated.validation import (
+    check_metrics,
+    check_partition,
+    handshake_reply,
+    sample_count,
+    train_update,
+)
 
 ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
 TRAIN_METRICS = ("train-loss", "train-acc", "local-loss", "local-acc")
@@ -73,13 +85,19 @@ def inner_strategy(cfg: FedConfig) -> FedAvg:
 
 
 class EncodedStrategy(Strategy):
-    def __init__(self, cfg: FedConfig, layout: Layout, inner: FedAvg | None = None) -> None:
+    """``partitions``: the sizes the server knows per partition id (``train``, ``test``);
+    given, a node's handshake counts must match its partition's."""
+
+    def __init__(self, cfg: FedConfig, layout: Layout, inner: FedAvg | None = None,
+                 partitions: Sequence[Mapping[str, Any]] | None = None) -> None:
         self.cfg = cfg
         self.layout = layout
         self.inner = inner or inner_strategy(cfg)
+        self.partitions = partitions
         self.rounds: dict[int, dict[str, Any]] = {}
         self.partition_of: dict[int, int] = {}
-        self.excluded: set[int] = set()  # nodes that refused the handshake
+        self.counts: dict[int, dict[str, int]] = {}  # node -> its handshake's num-train/-test
+        self.excluded: set[int] = set()  # nodes that refused or failed the handshake
         self.grid: Grid | None = None
 
     # -- sampling ----------------------------------------------------------------------
@@ -108,9 +126,10 @@ class EncodedStrategy(Strategy):
 
     def handshake(self, grid: Grid, config: ConfigRecord) -> list[dict[str, Any]]:
         """Ask every connected node, before any training, to check its encoder against the
-        federation's fingerprint and to prepare its partition. Nodes that refuse are
-        excluded from sampling; the wait is bounded by ``node_wait``. (In simulation this
-        also starts the workers, so round timeouts do not have to cover their start-up.)"""
+        federation's fingerprint and to prepare its partition. Nodes that refuse, or whose
+        reply fails validation (status ``rejected``), are excluded from sampling; the wait
+        is bounded by ``node_wait``. (In simulation this also starts the workers, so round
+        timeouts do not have to cover their start-up.)"""
         self.grid = grid
         nodes = self.wait_for_nodes("handshake")
         messages = [Message(content=RecordDict({CONFIG: ConfigRecord(dict(config))}),
@@ -127,12 +146,20 @@ class EncodedStrategy(Strategy):
                 log(WARNING, "handshake: node %d refused and is excluded: %s", nid,
                     reply.error.reason)
             elif reply is not None:
-                m = next(iter(reply.content.metric_records.values()), MetricRecord())
-                row.update(status="ok", **{k.replace("-", "_"): int(v) for k, v in m.items()})
-                self.partition_of[nid] = row.get("partition_id", -1)
+                try:
+                    info = handshake_reply(reply.content, self.cfg.clients,
+                                           self.cfg.max_examples, self.partitions)
+                except UpdateError as exc:
+                    row.update(status="rejected", reason=str(exc))
+                    self.excluded.add(nid)
+                    log(WARNING, "handshake: node %d rejected and excluded: %s", nid, exc)
+                else:
+                    self.partition_of[nid] = info["partition-id"]
+                    self.counts[nid] = info
+                    row.update(status="ok", **{k.replace("-", "_"): v for k, v in info.items()})
             rows.append(row)
         ok = sum(r["status"] == "ok" for r in rows)
-        log(INFO, "handshake: %d of %d node(s) ready, %d refused", ok, len(rows),
+        log(INFO, "handshake: %d of %d node(s) ready, %d excluded", ok, len(rows),
             len(self.excluded))
         return rows
 
@@ -177,16 +204,15 @@ class EncodedStrategy(Strategy):
             if client["status"] != "ok":
                 continue
             try:
-                state, metrics = self._check_train_reply(reply)
+                state, metrics, n = self._check_train_reply(client["node_id"], reply)
             except UpdateError as exc:
-                client.update(status="rejected", reason=str(exc))
-                log(WARNING, "round %d: rejected the update of node %d (partition %s): %s",
-                    server_round, client["node_id"], client["partition"], exc)
+                self._reject(client, "train", server_round, exc)
                 continue
             client.update({k.replace("-", "_"): metrics.get(k) for k in TRAIN_METRICS})
-            client["num_examples"] = int(metrics["num-examples"])
-            reply.content = RecordDict({ARRAYS: to_record(state), METRICS: MetricRecord(
-                {"num-examples": int(metrics["num-examples"])})})
+            client["num_examples"] = n
+            self._learn_partition(client, metrics)
+            reply.content = RecordDict({ARRAYS: to_record(state),
+                                        METRICS: MetricRecord({"num-examples": n})})
             passed.append(reply)
         self._mark_missing(entry, "train")
         entry["valid_updates"] = len(passed)
@@ -208,10 +234,14 @@ class EncodedStrategy(Strategy):
             client = self._client(entry, reply, "eval")
             if client["status_eval"] != "ok":
                 continue
-            m = next(iter(reply.content.metric_records.values()), MetricRecord())
-            n, acc = int(m.get("num-examples", 0)), float(m.get("acc", float("nan")))
+            try:
+                n, acc, metrics = self._check_eval_reply(client["node_id"], reply)
+            except UpdateError as exc:
+                self._reject(client, "eval", server_round, exc)
+                continue
             client["global_acc_local"] = acc
-            if n > 0 and np.isfinite(acc):
+            self._learn_partition(client, metrics)
+            if n > 0:
                 total, weighted = total + n, weighted + n * acc
         self._mark_missing(entry, "eval")
         if total == 0:
@@ -219,16 +249,41 @@ class EncodedStrategy(Strategy):
         entry["clients_global_acc"] = weighted / total
         return MetricRecord({"acc": weighted / total})
 
-    def _check_train_reply(self, reply: Message) -> tuple[dict[str, np.ndarray], dict]:
-        content = reply.content
-        if len(content.array_records) != 1 or len(content.metric_records) != 1:
-            raise UpdateError("a reply needs exactly one ArrayRecord and one MetricRecord")
-        arrays = from_record(next(iter(content.array_records.values())))
-        metrics = dict(next(iter(content.metric_records.values())))
-        n = metrics.get("num-examples")
-        if not isinstance(n, int | float) or not np.isfinite(n) or n <= 0:
-            raise UpdateError(f"num-examples must be a positive number, got {n!r}")
-        return decode(arrays, self.layout, self.cfg.encoding), metrics
+    def _check_train_reply(self, nid: int, reply: Message
+                           ) -> tuple[dict[str, np.ndarray], dict[str, Any], int]:
+        """(state, metrics, sample count) of a valid training reply; else UpdateError."""
+        state, metrics = train_update(reply.content, self.layout, self.cfg.encoding)
+        n = self._checked_count(nid, metrics, "num-train", 1)
+        return state, metrics, n
+
+    def _check_eval_reply(self, nid: int, reply: Message
+                          ) -> tuple[int, float, dict[str, Any]]:
+        """(sample count, accuracy, metrics) of a valid evaluation reply; else UpdateError."""
+        metrics = check_metrics(reply.content)
+        n = self._checked_count(nid, metrics, "num-test", 0)
+        acc = metrics.get("acc", -1)
+        if n > 0 and not 0.0 <= acc <= 1.0:
+            raise UpdateError(f"acc = {acc!r} for {n} samples")
+        return n, float(acc), metrics
+
+    def _checked_count(self, nid: int, metrics: dict[str, Any], what: str, low: int) -> int:
+        """The reply's sample count, bounded by the node's handshake count ``what``."""
+        known = self.counts.get(nid, {})
+        check_partition(metrics, known.get("partition-id"), self.cfg.clients)
+        return sample_count(metrics, low, known.get(what), self.cfg.max_examples, what)
+
+    def _learn_partition(self, client: dict[str, Any], metrics: dict[str, Any]) -> None:
+        """A valid reply's partition id (the handshake's, or new for a node without one)."""
+        pid = metrics.get("partition-id")
+        if pid is not None:
+            self.partition_of[client["node_id"]] = client["partition"] = pid
+
+    def _reject(self, client: dict[str, Any], kind: str, server_round: int,
+                exc: UpdateError) -> None:
+        suffix = "" if kind == "train" else "_eval"
+        client.update({f"status{suffix}": "rejected", f"reason{suffix}": str(exc)})
+        log(WARNING, "round %d: rejected the %s reply of node %d (partition %s): %s",
+            server_round, kind, client["node_id"], client["partition"], exc)
 
     # -- ledger ------------------------------------------------------------------------
     def _round(self, server_round: int) -> dict[str, Any]:
@@ -250,10 +305,6 @@ class EncodedStrategy(Strategy):
             return client
         client[status] = "ok"
         client[f"{kind}_bytes_up"] = serialized_bytes(reply.content)
-        m = next(iter(reply.content.metric_records.values()), None)
-        pid = m.get("partition-id") if m is not None else None
-        if isinstance(pid, int | float) and np.isfinite(pid):
-            self.partition_of[nid] = client["partition"] = int(pid)
         return client
 
     def _mark_missing(self, entry: dict[str, Any], kind: str) -> None:

@@ -1,0 +1,46 @@
+"""FedConfig refuses every invalid value up front, with one line (defect 14 of issue 10)."""
+
+from __future__ import annotations
+
+import pytest
+
+from hybnn.cli import main
+from hybnn.errors import DataError
+from hybnn.federated.config import FedConfig
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(("field", "value", "flag"), [
+    ("batch_size", 0, "--batch-size"), ("batch_size", -8, "--batch-size"),
+    ("lr", -1.0, "--lr"), ("lr", NAN, "--lr"), ("lr", INF, "--lr"),
+    ("local_epochs", 0, "--local-epochs"), ("rounds", 0, "--rounds"),
+    ("alpha", 0.0, "--alpha"), ("alpha", -0.5, "--alpha"), ("alpha", NAN, "--alpha"),
+    ("classes_per_client", 0, "--classes-per-client"), ("seed", -1, "--seed"),
+    ("round_timeout", NAN, "timeouts"), ("round_timeout", INF, "timeouts"),
+    ("node_wait", NAN, "timeouts"), ("node_wait", 0.0, "timeouts"),
+    ("fraction", NAN, "--fraction"), ("trim_beta", NAN, "trim beta"),
+    ("max_examples", 0, "max examples"), ("hidden", "128,0", "hidden"),
+    ("hidden", "64,x", "hidden"),
+])
+def test_an_invalid_value_is_refused_with_one_line(field, value, flag):
+    with pytest.raises(DataError, match=flag) as info:
+        FedConfig(**{field: value})
+    assert "\n" not in str(info.value)
+
+
+def test_lr_zero_still_means_the_default_and_a_positive_lr_is_kept():
+    assert FedConfig(lr=0.0).learning_rate == 1e-2
+    assert FedConfig(lr=0.0, model="fpcnn").learning_rate == 1e-3
+    assert FedConfig(lr=0.05).learning_rate == 0.05
+
+
+@pytest.mark.parametrize("args", [["--batch-size", "0"], ["--lr", "-1"], ["--lr", "nan"],
+                                  ["--alpha", "0"], ["--round-timeout", "nan"]])
+def test_federate_refuses_an_invalid_config_before_doing_anything(tmp_path, capsys, args):
+    out = tmp_path / "run"
+    rc = main(["federate", "--data", "digits", "--out", str(out), *args])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("hybnn: error: ") and "\n" not in err
+    assert args[0] in err or "timeouts" in err
+    assert not out.exists()  # nothing pretrained, nothing written
