@@ -19,7 +19,15 @@ from hybnn.errors import DataError
 from hybnn.federated import task
 from hybnn.federated.config import FedConfig
 from hybnn.federated.encoding import Layout, decode, encode, load_state, model_state
-from hybnn.federated.strategy import ARRAYS, CONFIG, METRICS, from_record, to_record
+from hybnn.federated.strategy import (
+    ARRAYS,
+    CONFIG,
+    METRICS,
+    arrays_of,
+    from_record,
+    server_round,
+    to_record,
+)
 from hybnn.pipeline.encoder import Encoder
 
 LATENT = "hybnn-latent"  # context.state key: this client's latent weights (1bit)
@@ -45,15 +53,15 @@ def train(msg: Message, context: Context) -> Message:
     (train_xy, test_xy) = task.client_tensors(cfg, pid, encoder)
     model = task.build_model(cfg, encoder)
     layout = Layout.of(model)
-    state = decode(from_record(msg.content[ARRAYS]), layout, cfg.encoding)
+    state = decode(from_record(arrays_of(msg.content)), layout, cfg.encoding)
     if cfg.encoding == "1bit":
         # Magnitudes from this client's last round; a newcomer takes those of the seeded
         # initial model, which in round 1 rebuilds the server's model exactly.
-        own = (from_record(context.state[LATENT]) if LATENT in context.state
+        own = (from_record(context.state.array_records[LATENT]) if LATENT in context.state
                else model_state(model, layout))
         state = task.restore_latent(state, own, layout)
     load_state(model, state)
-    history = task.train_local(model, train_xy, cfg, int(msg.content[CONFIG]["server-round"]),
+    history = task.train_local(model, train_xy, cfg, server_round(msg.content),
                                pid)
     local = model_state(model, layout)
     if cfg.encoding == "1bit":
@@ -78,7 +86,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     _, test_xy = task.client_tensors(cfg, pid, encoder)
     model = task.build_model(cfg, encoder)
     layout = Layout.of(model)
-    load_state(model, decode(from_record(msg.content[ARRAYS]), layout, cfg.encoding))
+    load_state(model, decode(from_record(arrays_of(msg.content)), layout, cfg.encoding))
     loss, acc = task.evaluate(model, test_xy)
     metrics = MetricRecord({"num-examples": len(test_xy[1]), "partition-id": pid,
                             "loss": _finite(loss), "acc": _finite(acc)})

@@ -19,7 +19,7 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 from hybnn.federated import task
 from hybnn.federated.config import FedConfig
 from hybnn.federated.encoding import Layout, decode, encode
-from hybnn.federated.strategy import ARRAYS, CONFIG, from_record, to_record
+from hybnn.federated.strategy import ARRAYS, CONFIG, arrays_of, from_record, server_round, to_record
 
 KINDS = (MessageType.TRAIN, MessageType.EVALUATE, MessageType.QUERY)
 
@@ -32,7 +32,7 @@ def _hit(msg: Message, context: Context, partition: int, rounds: Collection[int]
         return False
     if rounds is None or kind == MessageType.QUERY:  # the handshake has no round
         return True
-    return int(msg.content[CONFIG]["server-round"]) in rounds
+    return server_round(msg.content) in rounds
 
 
 def crash(partition: int, rounds: Collection[int] | None = None) -> Mod:
@@ -64,7 +64,7 @@ def corrupt(partition: int, kind: str = "nan", rounds: Collection[int] | None = 
         reply = call_next(msg, context)
         if not _hit(msg, context, partition, rounds) or reply.has_error():
             return reply
-        record = reply.content[ARRAYS]
+        record = arrays_of(reply.content)
         key = next(k for k, a in record.items() if a.dtype.startswith("float"))
         a = record[key].numpy().copy()
         if kind == "shape":
@@ -98,7 +98,7 @@ def poison(partition: int, suffix: str, value: float, rounds: Collection[int] | 
         encoder = (task.encoder_at(str(context.node_config.get("encoder", "")) or cfg.encoder)
                    if cfg.model == "hybnn" else None)
         layout = Layout.of(task.build_model(cfg, encoder))
-        state = decode(from_record(reply.content[ARRAYS]), layout, cfg.encoding)
+        state = decode(from_record(arrays_of(reply.content)), layout, cfg.encoding)
         hits = [k for k in layout.keys if k.endswith(suffix)]
         if not hits:
             raise ValueError(f"no tensor of the model ends with {suffix!r}")

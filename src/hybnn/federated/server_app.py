@@ -62,7 +62,7 @@ def run_server(grid: Grid, context: Context, cfg: FedConfig | None = None,
                                "time": time.perf_counter()}
         return MetricRecord({"acc": acc, "loss": loss})
 
-    def round_metrics(r: int) -> dict[str, float]:
+    def round_metrics(r: int) -> dict[str, float | None]:
         e, prev = evals.get(r, {}), evals.get(r - 1, {})
         secs = e["time"] - prev["time"] if "time" in e and "time" in prev else None
         return {"global_acc": e.get("global_acc"), "global_loss": e.get("global_loss"),

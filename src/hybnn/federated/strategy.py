@@ -67,6 +67,19 @@ def from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in record.items()}
 
 
+def arrays_of(content: RecordDict) -> ArrayRecord:
+    """The message's model arrays (typed access to ``content["arrays"]``)."""
+    return content.array_records[ARRAYS]
+
+
+def server_round(content: RecordDict) -> int:
+    """The round number the server put into a message's config."""
+    value = content.config_records[CONFIG]["server-round"]
+    if not isinstance(value, int | float):
+        raise UpdateError(f"server-round must be a number, got {value!r}")
+    return int(value)
+
+
 def serialized_bytes(content: RecordDict) -> int:
     """Bytes of a message's content as Flower ships it: every object of its tree, deflated
     (records, array metadata and array chunks), each counted once."""
@@ -322,7 +335,7 @@ class EncodedStrategy(Strategy):
         self.inner.summary()
 
 
-def round_log(strategy: EncodedStrategy, evaluate: Callable[[int], dict[str, float]]
+def round_log(strategy: EncodedStrategy, evaluate: Callable[[int], dict[str, float | None]]
               ) -> list[dict[str, Any]]:
     """The ledger as JSON rows: per round the global metrics, byte sums and every client."""
     rows = []

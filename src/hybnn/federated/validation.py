@@ -71,8 +71,10 @@ def check_metrics(content: RecordDict) -> Metrics:
         values = value if isinstance(value, list) else [value]
         if not all(_finite(v) for v in values):
             raise UpdateError(f"metric {key!r} is not a finite number: {value!r}")
-        if key in (*ACCURACIES, *LOSSES) and isinstance(value, list):
-            raise UpdateError(f"metric {key!r} must be a number, got a list")
+        if isinstance(value, list):
+            if key in (*ACCURACIES, *LOSSES):
+                raise UpdateError(f"metric {key!r} must be a number, got a list")
+            continue
         if key in ACCURACIES and not (0.0 <= value <= 1.0 or value == -1):
             raise UpdateError(f"metric {key!r} = {value!r} is not an accuracy in [0, 1]")
         if key in LOSSES and not (value >= 0.0 or value == -1):
