@@ -11,7 +11,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-MODELS = ("hybnn", "bcnn_unit", "bcnn_centered", "fpcnn")
+RUNS = ("hybnn", "bcnn_unit", "bcnn_centered", "fpcnn")
 CELL_KEYS = {"acc_mean", "acc_std", "train_s_per_epoch", "model_bytes"}
 
 
@@ -34,7 +34,7 @@ def test_results_json_is_complete(quick_run: Path) -> None:
     assert results["encoder"]["latent_bits"] == 200
     assert set(results["tasks"]) == {"0v1", "8v9"}
     for row in results["tasks"].values():
-        for model in MODELS:
+        for model in RUNS:
             assert CELL_KEYS <= set(row[model])
             assert 0.0 <= row[model]["acc_mean"] <= 1.0
     assert {"torch", "hybnn", "numpy", "python"} <= set(results["versions"])

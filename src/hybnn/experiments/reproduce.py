@@ -31,6 +31,7 @@ from hybnn.data.dataset import Dataset
 from hybnn.experiments.config import ReproduceConfig
 from hybnn.experiments.report import render_markdown, summary_lines
 from hybnn.hooks import History
+from hybnn.models.names import run_key
 from hybnn.pipeline.config import PretrainConfig, TrainConfig
 from hybnn.pipeline.encoder import Encoder, load_encoder
 from hybnn.pipeline.extract import encode_to_codes
@@ -39,7 +40,8 @@ from hybnn.pipeline.pretrain import bit_usage, pretrain
 from hybnn.plots import plot_curves
 from hybnn.progress import bar
 
-MODELS = ("hybnn", "bcnn_unit", "bcnn_centered", "fpcnn")
+# The runs of every task and seed, by report key (hybnn.models.names.run_key).
+RUNS = ("hybnn", run_key("bcnn", "unit"), run_key("bcnn", "centered"), "fpcnn")
 MODEL_LABELS = {
     "hybnn": "HyBNN (BNN head on 200-bit codes)",
     "bcnn_unit": "binary CNN, unit inputs (paper)",
@@ -77,19 +79,19 @@ def reproduce(config: ReproduceConfig, out: str | os.PathLike[str],
         "tasks": {},
         "versions": versions(),
     }
-    curves: dict[str, dict[str, dict[str, list[float]]]] = {m: {} for m in MODELS}
+    curves: dict[str, dict[str, dict[str, list[float]]]] = {m: {} for m in RUNS}
     jobs = [(t, s) for t in config.tasks for s in config.seeds]
     per_task: dict[str, dict[str, list[tuple[History, Any]]]] = {}
     for task, seed in bar(jobs, "reproduce", progress, total=len(jobs), leave=True):
         tr = _subsample(select_task(train, task), config.max_train, seed)
         te = select_task(test, task)
-        runs = per_task.setdefault(task, {m: [] for m in MODELS})
+        runs = per_task.setdefault(task, {m: [] for m in RUNS})
         for model_name, (history, model) in _train_all(config, encoder, tr, te, task, seed,
                                                        out).items():
             runs[model_name].append((history, model))
     for task, runs in per_task.items():
-        results["tasks"][task] = {m: _aggregate(runs[m], m) for m in MODELS}
-        for m in MODELS:
+        results["tasks"][task] = {m: _aggregate(runs[m], m) for m in RUNS}
+        for m in RUNS:
             curves[m][task] = {
                 "acc": _mean_curve([h.series("test_acc") for h, _ in runs[m]]),
                 "loss": _mean_curve([h.series("train_loss") for h, _ in runs[m]]),
@@ -196,7 +198,7 @@ def _write_outputs(results: dict[str, Any], curves: dict[str, Any], out: Path) -
     atomic_write_json(out / "results.json", results)
     atomic_write(out / "results.md", lambda p: p.write_text(render_markdown(results)))
     atomic_write_json(out / "curves.json", curves)
-    for m in MODELS:
+    for m in RUNS:
         plot_curves({t: c["acc"] for t, c in curves[m].items()}, out / f"acc_{m}.png",
                     f"{MODEL_LABELS[m]}: test accuracy ({results['data']})", "test accuracy")
         plot_curves({t: c["loss"] for t, c in curves[m].items()}, out / f"loss_{m}.png",
@@ -209,12 +211,12 @@ def _plot_accuracy_bars(results: dict[str, Any], path: Path) -> None:
 
     tasks = list(results["tasks"])
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(tasks)), 3.6))
-    width = 0.8 / len(MODELS)
-    for i, m in enumerate(MODELS):
+    width = 0.8 / len(RUNS)
+    for i, m in enumerate(RUNS):
         means = [results["tasks"][t][m]["acc_mean"] for t in tasks]
         stds = [results["tasks"][t][m]["acc_std"] for t in tasks]
         ax.bar(np.arange(len(tasks)) + i * width, means, width, yerr=stds, label=MODEL_LABELS[m])
-    ax.set_xticks(np.arange(len(tasks)) + width * (len(MODELS) - 1) / 2, tasks)
+    ax.set_xticks(np.arange(len(tasks)) + width * (len(RUNS) - 1) / 2, tasks)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("test accuracy")
     ax.set_title(f"HyBNN vs baselines on {results['data']} (mean ± std over seeds "
