@@ -1,6 +1,7 @@
 """Artifact files: atomic writes, content fingerprints, and safetensors + JSON bundles.
 
-An artifact directory holds ``weights.safetensors`` and ``meta.json``. The metadata records the
+An artifact directory holds ``weights.safetensors`` and ``meta.json`` and is replaced as a
+unit when saved again (see :func:`save_bundle`). The metadata records the
 artifact kind, the format version, the configuration needed to rebuild the object and the
 SHA-256 fingerprint of the weights file. Loaders check all of it before trusting the file;
 nothing is ever unpickled.
@@ -8,11 +9,16 @@ nothing is ever unpickled.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import json
 import os
+import secrets
+import shutil
+import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,12 +79,10 @@ def read_json(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
     if not path.is_file():
         raise ArtifactError(f"{what} not found: {path}")
     try:
-        obj = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{what} {path} is not valid JSON ({exc})") from None
-    if not isinstance(obj, dict):
-        raise ArtifactError(f"{what} {path} must hold a JSON object")
-    return obj
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    return parse_json(raw, f"{what} {path}")
 
 
 def save_bundle(
@@ -88,35 +92,157 @@ def save_bundle(
     config: dict[str, Any],
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Save tensors + metadata into ``directory``; returns the metadata (with fingerprint)."""
+    """Save tensors + metadata as the artifact directory ``directory``, replaced as a unit.
+
+    Weights and metadata are written into a fresh sibling directory, which then takes the
+    place of ``directory`` in one atomic exchange (Linux ``renameat2``; elsewhere two
+    renames). Other files of the old directory (a checkpoint, plots) are carried over as
+    hard links. Writers are serialized (:func:`writer_lock`). An existing artifact of
+    another kind is never overwritten. Returns the metadata (with fingerprint).
+    """
     from safetensors.torch import save_file
 
     directory = Path(directory)
     flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    weights = atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(flat, str(p)))
-    meta = {
-        "kind": kind,
-        "format_version": FORMAT_VERSION,
-        "hybnn_version": _package_version(),
-        "fingerprint": sha256_file(weights),
-        "config": config,
-        **(extra or {}),
-    }
-    atomic_write_json(directory / META_NAME, meta)
+    with writer_lock(directory):
+        require_kind_or_absent(directory, kind)
+        staging = _sibling(directory, "new")
+        try:
+            staging.mkdir()
+            save_file(flat, str(staging / WEIGHTS_NAME))
+            meta = {
+                "kind": kind,
+                "format_version": FORMAT_VERSION,
+                "hybnn_version": _package_version(),
+                "fingerprint": sha256_file(staging / WEIGHTS_NAME),
+                "config": config,
+                **(extra or {}),
+            }
+            (staging / META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+            if directory.is_dir():
+                _link_others(directory, staging)
+            _fsync_dir(staging)
+            replace_directory(staging, directory)
+        except OSError as exc:
+            raise ArtifactError(f"cannot write {directory}: {exc.strerror or exc}") from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return meta
+
+
+def require_kind_or_absent(directory: str | os.PathLike[str], kind: str) -> None:
+    """Refuse to write a ``kind`` artifact over an artifact of another kind (or over a
+    directory that is not an artifact but holds files)."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ArtifactError(f"cannot write a {kind} to {directory}: it is a file")
+    meta_path = directory / META_NAME
+    if directory.is_dir() and any(item.is_dir() for item in directory.iterdir()):
+        raise ArtifactError(f"cannot write a {kind} to {directory}: it holds sub-directories, "
+                            "so it is not an artifact directory (choose another --out)")
+    if meta_path.is_file():
+        try:
+            found = json.loads(meta_path.read_text()).get("kind")
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError, RecursionError):
+            found = "unreadable"
+        if found != kind:
+            raise ArtifactError(f"{directory} holds a {found!r} artifact; refusing to "
+                                f"overwrite it with a {kind!r} (choose another --out)")
+
+
+@contextlib.contextmanager
+def writer_lock(directory: Path) -> Iterator[None]:
+    """Serialize writers of artifacts in ``directory``'s parent (an flock on the parent
+    directory, held only while a save stages and swaps): two concurrent saves of one
+    artifact both complete, one after the other, and the last one wins whole."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock; the exchange is still atomic
+        yield
+        return
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory.parent, os.O_RDONLY)
+    except OSError as exc:
+        raise ArtifactError(f"cannot write {directory}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def replace_directory(new: Path, target: Path) -> None:
+    """Put directory ``new`` at ``target``; the old ``target`` (if any) ends up at ``new``."""
+    if not target.exists():
+        os.rename(new, target)
+        return
+    if _exchange(new, target):
+        return
+    # No atomic exchange on this system: two renames (a crash between them leaves the old
+    # version at a hidden sibling, which the error of the next load names).
+    old = _sibling(target, "old")
+    os.rename(target, old)
+    os.rename(new, target)
+    os.rename(old, new)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with Linux renameat2(RENAME_EXCHANGE); False if unsupported."""
+    if sys.platform != "linux":
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return rc == 0
+
+
+def _sibling(directory: Path, what: str) -> Path:
+    return directory.parent / f".{directory.name}.{what}-{secrets.token_hex(4)}"
+
+
+def _link_others(old: Path, new: Path) -> None:
+    for item in old.iterdir():
+        if item.name in (WEIGHTS_NAME, META_NAME) or not item.is_file():
+            continue
+        try:
+            os.link(item, new / item.name)
+        except OSError:
+            shutil.copy2(item, new / item.name)
+
+
+def _fsync_dir(directory: Path) -> None:
+    for item in directory.iterdir():
+        if item.is_file():
+            with open(item, "rb") as fh:
+                os.fsync(fh.fileno())
 
 
 def load_bundle(
     directory: str | os.PathLike[str], kind: str
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Load and validate a bundle written by :func:`save_bundle`."""
+    """Load and validate a bundle written by :func:`save_bundle`.
+
+    Metadata and weights are read from one open handle of the directory, so a save that
+    replaces the directory meanwhile is seen whole or not at all; the weights are hashed
+    and parsed from the same bytes.
+    """
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load as load_bytes
 
     directory = Path(directory)
     if not directory.is_dir():
-        raise ArtifactError(f"{kind} artifact not found: {directory} is not a directory")
-    meta = read_json(directory / META_NAME, f"{kind} metadata")
+        left = sorted(directory.parent.glob(f".{directory.name}.old-*"))
+        hint = f" (an interrupted save left the previous version at {left[-1]})" if left else ""
+        raise ArtifactError(f"{kind} artifact not found: {directory} is not a directory{hint}")
+    meta_bytes, blob = _read_snapshot(directory)
+    if meta_bytes is None:
+        raise ArtifactError(f"{kind} metadata not found: {directory / META_NAME}")
+    meta = parse_json(meta_bytes, f"{kind} metadata {directory / META_NAME}")
     if meta.get("kind") != kind:
         raise ArtifactError(
             f"{directory} holds a {meta.get('kind')!r} artifact, expected {kind!r}"
@@ -127,18 +253,60 @@ def load_bundle(
             f"(this hybnn reads version {FORMAT_VERSION})"
         )
     weights = directory / WEIGHTS_NAME
-    if not weights.is_file():
+    if blob is None:
         raise ArtifactError(f"{kind} weights missing: {weights}")
-    actual = sha256_file(weights)
-    if actual != meta.get("fingerprint"):
+    if hashlib.sha256(blob).hexdigest() != meta.get("fingerprint"):
         raise ArtifactError(
             f"{weights} does not match the fingerprint in its metadata (corrupt or modified file)"
         )
     try:
-        tensors = load_file(str(weights))
+        tensors = load_bytes(blob)
     except (SafetensorError, OSError, ValueError) as exc:
         raise ArtifactError(f"cannot read {weights}: {exc}") from None
     return tensors, meta
+
+
+def parse_json(raw: bytes, what: str) -> dict[str, Any]:
+    """A JSON object from bytes, every failure one clear ArtifactError."""
+    try:
+        obj = json.loads(raw.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise ArtifactError(f"{what} is not valid JSON ({reason})") from None
+    if not isinstance(obj, dict):
+        raise ArtifactError(f"{what} must hold a JSON object")
+    return obj
+
+
+def _read_snapshot(directory: Path, attempts: int = 5) -> tuple[bytes | None, bytes | None]:
+    """(meta.json, weights) bytes read through one handle of ``directory`` (None: absent)."""
+    for attempt in range(attempts):
+        try:
+            fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError as exc:
+            raise ArtifactError(f"cannot read {directory}: {exc.strerror or exc}") from None
+        try:
+            pair = (_read_at(fd, directory, META_NAME), _read_at(fd, directory, WEIGHTS_NAME))
+        finally:
+            os.close(fd)
+        if None not in pair or attempt == attempts - 1:
+            return pair
+        # A file is missing: this handle may name a version a concurrent save just retired.
+    return pair
+
+
+def _read_at(fd: int, directory: Path, name: str) -> bytes | None:
+    try:
+        if os.open in os.supports_dir_fd:
+            handle = os.open(name, os.O_RDONLY, dir_fd=fd)
+        else:
+            handle = os.open(directory / name, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {directory / name}: {exc.strerror or exc}") from None
+    with os.fdopen(handle, "rb") as fh:
+        return fh.read()
 
 
 def _package_version() -> str:

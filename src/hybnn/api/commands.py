@@ -43,7 +43,8 @@ def pretrain(opts: PretrainOptions) -> Encoder:
     """Phase 1 on the *general* data: the training split of every class, labels unused."""
     general = load_split(opts.data, "all", "train")
     info = {"source": opts.data, "split": "train", "samples": len(general)}
-    return pretrain_encoder(general.x, opts.out, opts.config, info, progress=opts.progress)
+    return pretrain_encoder(general.x, opts.out, opts.config, info, progress=opts.progress,
+                            resume=opts.resume)
 
 
 def extract(opts: ExtractOptions) -> CodeStore:
@@ -156,7 +157,7 @@ def reproduce(opts: ReproduceOptions) -> dict[str, Any]:
     """The paper's whole experiment with honest baselines; writes into ``opts.out``."""
     from hybnn.experiments.reproduce import reproduce as run
 
-    return run(opts.config, opts.out, progress=opts.progress)
+    return run(opts.config, opts.out, progress=opts.progress, resume=opts.resume)
 
 
 def federate(opts: FederateOptions) -> dict[str, Any]:

@@ -28,6 +28,7 @@ class PretrainOptions:
 
     data: str = setting(DEFAULT_DATA, "data source")
     out: str = setting("runs/encoder", "encoder directory to write")
+    resume: bool = setting(False, "continue from out/checkpoint.pt (after an interrupt)")
     config: PretrainConfig = setting(factory=PretrainConfig)
     progress: bool = setting(True, "progress bars on a terminal, a line per step in a log")
 
@@ -115,6 +116,8 @@ class ReproduceOptions:
     """The paper's whole experiment with honest baselines (the main job)."""
 
     out: str = setting("runs/reproduce", "output directory")
+    resume: bool = setting(False, "keep what an interrupted run in --out finished, "
+                           "continue the rest from its checkpoints")
     config: ReproduceConfig = setting(factory=ReproduceConfig)
     progress: bool = setting(True, "progress bars on a terminal, a line per step in a log")
 

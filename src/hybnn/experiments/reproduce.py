@@ -28,10 +28,13 @@ from hybnn.artifacts import atomic_write, atomic_write_json, versions
 from hybnn.binary.summary import model_summary
 from hybnn.data import load_source, select_task, train_test
 from hybnn.data.dataset import Dataset
+from hybnn.errors import HybnnError
 from hybnn.experiments.config import ReproduceConfig
 from hybnn.experiments.report import render_markdown, summary_lines
 from hybnn.hooks import History
+from hybnn.models.io import load_model
 from hybnn.models.names import run_key
+from hybnn.pipeline.checkpoint import CHECKPOINT_NAME
 from hybnn.pipeline.config import PretrainConfig, TrainConfig
 from hybnn.pipeline.encoder import Encoder, load_encoder
 from hybnn.pipeline.extract import encode_to_codes
@@ -51,8 +54,13 @@ MODEL_LABELS = {
 
 
 def reproduce(config: ReproduceConfig, out: str | os.PathLike[str],
-              progress: bool = True, echo: bool = True) -> dict[str, Any]:
-    """Run the whole experiment; write results.json, results.md and plots into ``out``."""
+              progress: bool = True, echo: bool = True, resume: bool = False) -> dict[str, Any]:
+    """Run the whole experiment; write results.json, results.md and plots into ``out``.
+
+    With ``resume``, what an interrupted run in ``out`` finished (the encoder, each model of
+    each task and seed) is reused when its recorded settings match, and unfinished phases
+    continue from their checkpoints: the results equal those of an uninterrupted run.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / ".write-test", lambda p: p.write_text("ok"))
@@ -60,7 +68,7 @@ def reproduce(config: ReproduceConfig, out: str | os.PathLike[str],
     t_start = time.perf_counter()
     source = load_source(config.data)
     train, test = train_test(source)
-    encoder, pretrain_s = _encoder(config, train, out, progress)
+    encoder, pretrain_s = _encoder(config, train, out, progress, resume)
     usage = _bit_usage(config, encoder, train, out)
     results: dict[str, Any] = {
         "data": config.data,
@@ -87,7 +95,7 @@ def reproduce(config: ReproduceConfig, out: str | os.PathLike[str],
         te = select_task(test, task)
         runs = per_task.setdefault(task, {m: [] for m in RUNS})
         for model_name, (history, model) in _train_all(config, encoder, tr, te, task, seed,
-                                                       out).items():
+                                                       out, resume).items():
             runs[model_name].append((history, model))
     for task, runs in per_task.items():
         results["tasks"][task] = {m: _aggregate(runs[m], m) for m in RUNS}
@@ -107,8 +115,8 @@ def reproduce(config: ReproduceConfig, out: str | os.PathLike[str],
     return results
 
 
-def _encoder(config: ReproduceConfig, train: Dataset, out: Path,
-             progress: bool) -> tuple[Encoder, float]:
+def _encoder(config: ReproduceConfig, train: Dataset, out: Path, progress: bool,
+             resume: bool) -> tuple[Encoder, float]:
     if config.encoder is not None:
         return load_encoder(config.encoder, config.device), 0.0
     general = _subsample(train, config.vae_samples, 0)
@@ -116,22 +124,39 @@ def _encoder(config: ReproduceConfig, train: Dataset, out: Path,
     pcfg = PretrainConfig(latent_bits=config.latent_bits, epochs=config.vae_epochs,
                           beta=config.vae_beta, shift=config.vae_shift, seed=config.seeds[0],
                           device=config.device)
-    encoder = pretrain(general.x, out / "encoder", pcfg,
-                       {"source": config.data, "split": "train", "samples": len(general)},
-                       progress=progress)
+    info = {"source": config.data, "split": "train", "samples": len(general)}
+    if resume and (done := _finished_encoder(out / "encoder", pcfg, info)) is not None:
+        return done, float(done.meta.get("train_seconds", 0.0))
+    encoder = pretrain(general.x, out / "encoder", pcfg, info, progress=progress, resume=resume)
     return encoder, time.perf_counter() - t0
+
+
+def _finished_encoder(path: Path, pcfg: PretrainConfig, info: dict[str, Any]) -> Encoder | None:
+    """The encoder an earlier run saved at ``path`` with these very settings, else None."""
+    if not (path / "meta.json").is_file():
+        return None
+    try:
+        encoder = load_encoder(path, pcfg.device)
+    except HybnnError:
+        return None
+    same = ({k: v for k, v in encoder.meta.get("pretrain", {}).items() if k != "device"}
+            == {k: v for k, v in asdict(pcfg).items() if k != "device"}
+            and encoder.meta.get("data") == info)
+    return encoder if same else None
 
 
 def _bit_usage(config: ReproduceConfig, encoder: Encoder, train: Dataset,
                out: Path) -> dict[str, Any]:
     """Bit usage over the general data: written by phase 1, computed for a reused encoder."""
-    if config.encoder is None:
-        return json.loads((out / "encoder" / "bit_usage.json").read_text())
+    written = out / "encoder" / "bit_usage.json"
+    if config.encoder is None and written.is_file():  # absent if phase 1 was interrupted
+        return json.loads(written.read_text())
     return bit_usage(encoder.encode(_subsample(train, config.vae_samples, 0).x))
 
 
 def _train_all(config: ReproduceConfig, encoder: Encoder, tr: Dataset, te: Dataset,
-               task: str, seed: int, out: Path) -> dict[str, tuple[History, Any]]:
+               task: str, seed: int, out: Path, resume: bool = False
+               ) -> dict[str, tuple[History, Any]]:
     code_dir = out / "codes"
     train_codes = encode_to_codes(encoder, tr, {"task": task, "split": "train"})
     test_codes = encode_to_codes(encoder, te, {"task": task, "split": "test"})
@@ -148,18 +173,45 @@ def _train_all(config: ReproduceConfig, encoder: Encoder, tr: Dataset, te: Datas
     model_dir = out / "models" / task
     runs: dict[str, tuple[History, Any]] = {}
     hidden = config.head_hidden if tr.num_classes == 2 else config.head_hidden_multiclass
-    head, h = train_head(train_codes, test_codes, head_cfg, hidden,
-                         out=model_dir / f"hybnn-seed{seed}", progress=False)
-    runs["hybnn"] = (h, head)
+    head_dir = model_dir / f"hybnn-seed{seed}"
+    extra = {"task": task, "train_samples": len(tr)}
+    runs["hybnn"] = (_finished_model(head_dir, head_cfg, len(tr), encoder.fingerprint)
+                     if resume else None) or _swap(
+        train_head(train_codes, test_codes, head_cfg, hidden, out=head_dir, resume=resume,
+                   progress=False, extra=extra))
     for name, arch, prep, cfg in (("bcnn_unit", "bcnn", "unit", bin_cfg),
                                   ("bcnn_centered", "bcnn", "centered", bin_cfg),
                                   ("fpcnn", "fpcnn", "centered", fp_cfg)):
-        model, h = train_image_model(arch, tr, te, prep, cfg, out=model_dir / f"{name}-seed{seed}",
-                                     progress=False, extra={"task": task})
-        runs[name] = (h, model)
+        run_dir = model_dir / f"{name}-seed{seed}"
+        runs[name] = (_finished_model(run_dir, cfg, len(tr)) if resume else None) or _swap(
+            train_image_model(arch, tr, te, prep, cfg, out=run_dir, resume=resume,
+                              progress=False, extra=extra))
     for name in runs:
-        (model_dir / f"{name}-seed{seed}" / "checkpoint.pt").unlink(missing_ok=True)
+        (model_dir / f"{name}-seed{seed}" / CHECKPOINT_NAME).unlink(missing_ok=True)
     return runs
+
+
+def _swap(trained: tuple[Any, History]) -> tuple[History, Any]:
+    return trained[1], trained[0]
+
+
+def _finished_model(path: Path, cfg: TrainConfig, train_samples: int,
+                    encoder_fingerprint: str | None = None) -> tuple[History, Any] | None:
+    """(history, model) an earlier run finished at ``path`` with these settings, else None
+    (absent, unfinished: its checkpoint is still there, or trained otherwise)."""
+    if (path / CHECKPOINT_NAME).is_file() or not (path / "meta.json").is_file():
+        return None
+    try:
+        model, meta = load_model(path)
+    except HybnnError:
+        return None
+    same = ({k: v for k, v in meta.get("train_config", {}).items() if k != "device"}
+            == {k: v for k, v in asdict(cfg).items() if k != "device"}
+            and meta.get("encoder_fingerprint") == encoder_fingerprint
+            and meta.get("train_samples") == train_samples)
+    if not same or not isinstance(meta.get("history"), list):
+        return None
+    return History(meta["history"]), model
 
 
 def _aggregate(runs: list[tuple[History, Any]], name: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hybnn.artifacts import versions
+from hybnn.artifacts import require_kind_or_absent, versions
 from hybnn.binary.summary import deployed_bytes
 from hybnn.data.dataset import Dataset
 from hybnn.data.prep import prepare
@@ -26,13 +26,14 @@ from hybnn.hooks import Callback, History
 from hybnn.models.binary_cnn import BinaryCNN
 from hybnn.models.bnn_head import BNNHead
 from hybnn.models.float_cnn import FloatCNN
-from hybnn.models.io import save_model
+from hybnn.models.io import MODEL_KIND, save_model
+from hybnn.pipeline.checkpoint import CHECKPOINT_NAME
 from hybnn.pipeline.codes import CodeStore
 from hybnn.pipeline.config import TrainConfig
 from hybnn.pipeline.train import fit_classifier
 
 IMAGE_ARCHS = {"bcnn": BinaryCNN, "fpcnn": FloatCNN}
-CHECKPOINT_NAME = "checkpoint.pt"
+
 
 
 def train_head(
@@ -48,6 +49,8 @@ def train_head(
     extra: dict[str, Any] | None = None,
 ) -> tuple[BNNHead, History]:
     """Train a :class:`BNNHead` on packed codes (never on images)."""
+    if out is not None:
+        require_kind_or_absent(out, MODEL_KIND)  # before training, not after
     if test is not None:
         test.require_encoder(train.encoder_fingerprint, "the training code store")
     num_classes = int(max(train.meta.get("num_classes", 0), int(train.labels.max()) + 1))
@@ -93,6 +96,8 @@ def train_image_model(
     extra: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, History]:
     """Train a baseline CNN (``bcnn`` binary, ``fpcnn`` full precision) on prepared images."""
+    if out is not None:
+        require_kind_or_absent(out, MODEL_KIND)  # before training, not after
     torch.manual_seed(config.seed)
     model = build_image_model(arch, train, scaling)
     history = fit_classifier(

@@ -17,20 +17,27 @@ from typing import Any
 import numpy as np
 import torch
 
-from hybnn.artifacts import atomic_write_json, versions
+from hybnn.artifacts import atomic_write_json, require_kind_or_absent, versions
 from hybnn.errors import DataError
+from hybnn.hooks import History
 from hybnn.models.vae import BinaryLatentVAE, vae_loss
+from hybnn.pipeline.checkpoint import CHECKPOINT_NAME, load_checkpoint, run_tag, save_checkpoint
 from hybnn.pipeline.config import PretrainConfig
-from hybnn.pipeline.encoder import Encoder, save_encoder
+from hybnn.pipeline.encoder import ENCODER_KIND, Encoder, save_encoder
 from hybnn.pipeline.train import resolve_device
 from hybnn.progress import bar
 
 DEAD_BIT_THRESHOLD = 0.01
 
 
-def train_vae(images: np.ndarray, config: PretrainConfig,
-              progress: bool = True) -> tuple[BinaryLatentVAE, list[dict[str, float]]]:
-    """Train a :class:`BinaryLatentVAE` on images (N, C, H, W) in [0, 1]."""
+def train_vae(images: np.ndarray, config: PretrainConfig, progress: bool = True,
+              checkpoint: Path | None = None, resume: bool = False,
+              ) -> tuple[BinaryLatentVAE, list[dict[str, Any]]]:
+    """Train a :class:`BinaryLatentVAE` on images (N, C, H, W) in [0, 1].
+
+    Each epoch reseeds the global RNG from (seed, epoch); with ``checkpoint`` the state is
+    saved after every epoch, and ``resume`` continues from it exactly (even after kill -9).
+    """
     if images.ndim != 4 or len(images) < 2:
         raise DataError(f"pretraining needs at least 2 images of shape (N, C, H, W), "
                         f"got {images.shape}")
@@ -45,8 +52,15 @@ def train_vae(images: np.ndarray, config: PretrainConfig,
     opt = torch.optim.Adam(vae.parameters(), lr=config.lr)
     x_all = torch.from_numpy(images)
     n = len(x_all)
-    history = []
-    for epoch in bar(range(config.epochs), "pretrain VAE", progress, total=config.epochs):
+    done = History()
+    tag = run_tag(vae, {k: v for k, v in asdict(config).items() if k != "device"}, x_all)
+    start = 0
+    if checkpoint is not None and resume and checkpoint.is_file():
+        start, done = load_checkpoint(checkpoint, vae, opt, tag)
+    history = done.epochs
+    for epoch in bar(range(start, config.epochs), "pretrain VAE", progress,
+                     total=config.epochs - start):
+        torch.manual_seed(config.seed * 100_003 + epoch)
         lr = 0.5 * config.lr * (1 + math.cos(math.pi * epoch / config.epochs))
         for g in opt.param_groups:
             g["lr"] = lr
@@ -69,6 +83,8 @@ def train_vae(images: np.ndarray, config: PretrainConfig,
         loss_e, rec_e, kl_e = sums / n
         history.append({"epoch": epoch + 1, "loss": loss_e, "rec": rec_e, "kl": kl_e,
                         "seconds": time.perf_counter() - t0})
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, vae, opt, epoch + 1, done, tag)
     return vae.eval(), history
 
 
@@ -101,11 +117,17 @@ def bit_usage(codes: np.ndarray) -> dict[str, Any]:
 
 
 def pretrain(images: np.ndarray, out: str | os.PathLike[str], config: PretrainConfig,
-             data_info: dict[str, Any], progress: bool = True, plots: bool = True) -> Encoder:
-    """Train, save and describe the encoder in ``out``; returns the frozen encoder."""
+             data_info: dict[str, Any], progress: bool = True, plots: bool = True,
+             resume: bool = False) -> Encoder:
+    """Train, save and describe the encoder in ``out``; returns the frozen encoder.
+
+    A checkpoint in ``out`` after every epoch lets ``resume=True`` continue an interrupted
+    run; it is removed once the encoder is saved.
+    """
     out = Path(out)
+    require_kind_or_absent(out, ENCODER_KIND)  # before training, not after
     t0 = time.perf_counter()
-    vae, history = train_vae(images, config, progress)
+    vae, history = train_vae(images, config, progress, out / CHECKPOINT_NAME, resume)
     encoder = save_encoder(out, vae, {
         "pretrain": asdict(config),
         "data": data_info,
@@ -113,6 +135,7 @@ def pretrain(images: np.ndarray, out: str | os.PathLike[str], config: PretrainCo
         "train_seconds": time.perf_counter() - t0,
         "versions": versions(),
     })
+    (out / CHECKPOINT_NAME).unlink(missing_ok=True)
     codes = encoder.encode(images)
     usage = bit_usage(codes)
     atomic_write_json(out / "bit_usage.json", usage)

@@ -11,9 +11,6 @@ backward pass and after each step, and per-epoch metrics written into the histor
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import math
 import os
 import time
@@ -25,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hybnn.artifacts import atomic_write
 from hybnn.binary.layers import binary_layers
-from hybnn.errors import ArtifactError, DataError
+from hybnn.errors import DataError
 from hybnn.hooks import Callback, History
+from hybnn.pipeline.checkpoint import load_checkpoint, run_tag, save_checkpoint
 from hybnn.pipeline.config import TrainConfig
 from hybnn.progress import bar
 
@@ -89,9 +86,10 @@ def fit_classifier(
     history = History()
     start_epoch = 0
     ckpt = Path(checkpoint) if checkpoint else None
-    tag = _config_tag(model, config, len(y))
+    settings = {k: v for k, v in asdict(config).items() if k != "device"}
+    tag = run_tag(model, settings, x, y)
     if ckpt is not None and resume and ckpt.is_file():
-        start_epoch, history = _load_checkpoint(ckpt, model, optimizer, tag)
+        start_epoch, history = load_checkpoint(ckpt, model, optimizer, tag)
     for cb in callbacks:
         cb.on_train_begin(model)
     n = len(y)
@@ -144,7 +142,7 @@ def fit_classifier(
             cb.on_epoch_end(model, epoch, logs)
         history.epochs.append(logs)
         if ckpt is not None:
-            _save_checkpoint(ckpt, model, optimizer, epoch + 1, history, tag)
+            save_checkpoint(ckpt, model, optimizer, epoch + 1, history, tag)
     model.eval()
     return history
 
@@ -168,43 +166,3 @@ def _set_lr(optimizer: torch.optim.Optimizer, config: TrainConfig, epoch: int) -
         raise ValueError(f"unknown schedule {config.schedule!r}; use cosine or constant")
     for group in optimizer.param_groups:
         group["lr"] = lr
-
-
-def _config_tag(model: nn.Module, config: TrainConfig, n: int) -> str:
-    """Identifies the run a checkpoint belongs to (resuming another run is refused)."""
-    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
-    cfg = {k: v for k, v in asdict(config).items() if k != "device"}
-    blob = json.dumps([type(model).__name__, shapes, cfg, n], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     epoch: int, history: History, tag: str) -> None:
-    state = {
-        "epoch": epoch,
-        "tag": tag,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "history": json.dumps(history.epochs),
-    }
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write(path, lambda p: p.write_bytes(buf.getvalue()))
-
-
-def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     tag: str) -> tuple[int, History]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("tag") != tag:
-            raise ArtifactError(
-                f"checkpoint {path} belongs to another run (model, data or settings differ); "
-                "remove it or drop --resume"
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        return int(state["epoch"]), History(json.loads(state["history"]))
-    except ArtifactError:
-        raise
-    except Exception as exc:  # torch raises many types for a bad file
-        raise ArtifactError(f"cannot resume from {path}: corrupt checkpoint ({exc})") from None
