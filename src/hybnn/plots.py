@@ -59,13 +59,54 @@ def plot_bit_usage(usage: Mapping[str, Any], path: str | os.PathLike[str]) -> Pa
 
 def plot_curves(curves: Mapping[str, Sequence[float]], path: str | os.PathLike[str],
                 title: str, ylabel: str, xlabel: str = "epoch") -> Path:
-    """One line per named series (e.g. accuracy per epoch of each model)."""
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    """One line per named series (e.g. accuracy per epoch of each model) over an integer
+    axis (epochs, rounds), with the legend beside the plot, never over the curves."""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
     for name, values in curves.items():
         ax.plot(np.arange(1, len(values) + 1), values, label=name)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    integer_axis(ax.xaxis)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    outside_legend(ax)
+    return save_figure(fig, path)
+
+
+def integer_axis(axis: Any) -> None:
+    """Ticks only at whole numbers (epochs, rounds, tasks are counted, not measured)."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def outside_legend(ax: Any) -> None:
+    """A legend to the right of the axes, where it cannot hide a curve."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+
+
+def plot_confusion(matrix: np.ndarray, names: Sequence[str], path: str | os.PathLike[str],
+                   title: str) -> Path:
+    """The confusion matrix as a heat map (rows: true class, columns: predicted), with the
+    count in every cell and each row's accuracy in its label."""
+    m = np.asarray(matrix)
+    k = len(names)
+    totals = m.sum(axis=1)
+    share = m / np.maximum(totals, 1)[:, None]
+    size = max(3.2, 0.55 * k + 1.8)
+    fig, ax = plt.subplots(figsize=(size + 0.8, size))
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(int(m[i, j])), ha="center", va="center", fontsize=7,
+                    color="white" if share[i, j] > 0.6 else "black")
+    row_names = [f"{n} ({100 * share[i, i]:.1f} %)" if totals[i] else f"{n} (-)"
+                 for i, n in enumerate(names)]
+    ax.set_xticks(range(k), [str(n) for n in names], rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(k), row_names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true (per-class accuracy)")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     return save_figure(fig, path)

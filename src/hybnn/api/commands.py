@@ -27,6 +27,7 @@ from hybnn.api.options import (
     TrainOptions,
 )
 from hybnn.data import load_split, prepare, read_inputs
+from hybnn.data.labels import LabelSpace
 from hybnn.errors import ArtifactError, DataError, FingerprintMismatch
 from hybnn.hooks import History
 from hybnn.models.io import load_model
@@ -35,8 +36,10 @@ from hybnn.pipeline.config import TrainConfig
 from hybnn.pipeline.encoder import Encoder, load_encoder
 from hybnn.pipeline.extract import encode_to_codes
 from hybnn.pipeline.fit import train_head, train_image_model
+from hybnn.pipeline.metrics import confusion_matrix, per_class
 from hybnn.pipeline.pretrain import pretrain as pretrain_encoder
 from hybnn.pipeline.train import evaluate_classifier, resolve_device
+from hybnn.plots import plot_confusion
 
 
 def pretrain(opts: PretrainOptions) -> Encoder:
@@ -102,8 +105,16 @@ def evaluate(opts: EvaluateOptions) -> dict[str, Any]:
         x = torch.from_numpy(prepare(part.x, meta.get("prep", "unit")))
         y = torch.from_numpy(part.y)
     loss, acc = evaluate_classifier(model.to(device), x, y)
+    space = model_labels(meta, model)
+    matrix = confusion_matrix(y.numpy(), predict_classes(model, x), len(space))
+    png = Path(opts.out or opts.model) / f"confusion-{task}-{opts.split}.png"
+    plot_confusion(matrix, space.names, png,
+                   f"{meta.get('source', data)} {task} ({opts.split}), {arch}: "
+                   f"accuracy {100 * acc:.2f} % on {len(y)} samples")
     return {"model": str(opts.model), "arch": arch, "task": task, "split": opts.split,
-            "samples": len(y), "accuracy": acc, "loss": loss}
+            "samples": len(y), "accuracy": acc, "loss": loss,
+            "per_class": per_class(matrix, space), "confusion": matrix.tolist(),
+            "confusion_png": str(png)}
 
 
 def predict(opts: PredictOptions) -> list[dict[str, Any]]:
@@ -131,7 +142,9 @@ def predict(opts: PredictOptions) -> list[dict[str, Any]]:
     else:
         raise DataError(f"unknown engine {opts.engine!r}: use torch or packed")
     probs = torch.softmax(torch.from_numpy(np.asarray(logits, dtype=np.float32)), 1).numpy()
-    return [{"input": n, "class": int(p.argmax()), "probability": float(p.max())}
+    space = model_labels(meta, model)
+    return [{"input": n, "index": int(p.argmax()), "label": space.labels[int(p.argmax())],
+             "name": space.names[int(p.argmax())], "probability": float(p.max())}
             for n, p in zip(names, probs, strict=True)]
 
 
@@ -180,6 +193,20 @@ def study_rebnn(opts: StudyOptions) -> dict[str, Any]:
     from hybnn.experiments.rebnn_study import run_study
 
     return run_study(opts.study_config(), opts.out, progress=opts.progress)
+
+
+def model_labels(meta: dict[str, Any], model: nn.Module) -> LabelSpace:
+    """The label space a model was saved with (numbered outputs for older models)."""
+    return LabelSpace.from_json(meta.get("label_space"), int(model.config["num_classes"]))
+
+
+@torch.no_grad()
+def predict_classes(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
+    """Argmax class of every input, in eval mode, on the model's device."""
+    model.eval()
+    device = next(model.parameters()).device
+    return torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).cpu()
+                      for i in range(0, len(x), batch_size)]).numpy()
 
 
 def _packed_logits(model: nn.Module, x: np.ndarray) -> np.ndarray:

@@ -79,6 +79,9 @@ class EvaluateOptions:
     data: str | None = setting(None, "data source (default: the model's)")
     task: str | None = setting(None, "task (default: the model's)")
     split: str = setting("test", "split", choices=SPLITS)
+    out: str | None = setting(None, "directory for the confusion-matrix PNG "
+                              "(default: beside the model)")
+    json: bool = setting(False, "print the result as JSON")
     device: str = setting("cpu", DEVICE_HELP)
 
 

@@ -48,7 +48,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    print(json.dumps(api.evaluate(build(api.EvaluateOptions, args))))
+    from hybnn.pipeline.metrics import per_class_table
+
+    opts = build(api.EvaluateOptions, args)
+    result = api.evaluate(opts)
+    if opts.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['arch']} on {result['task']} ({result['split']}, {result['samples']} "
+          f"samples): accuracy {100 * result['accuracy']:.2f} %, loss {result['loss']:.4f}\n")
+    print(per_class_table(result["per_class"], result["confusion"]))
+    print(f"\nconfusion matrix -> {result['confusion_png']}")
     return 0
 
 
@@ -59,7 +69,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(json.dumps(rows))
     else:
         for r in rows:
-            print(f"{r['input']}: class {r['class']} (p={r['probability']:.3f})")
+            print(f"{r['input']}: {r['name']} (p={r['probability']:.3f})")
     return 0
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hybnn.data.labels import LabelSpace
 from hybnn.errors import DataError
 
 MAX_CLASSES = 65536
@@ -27,6 +28,8 @@ class Dataset:
     num_classes: int = 0
     test_mask: np.ndarray | None = None
     info: dict[str, object] = field(default_factory=dict)
+    # What each label index means; left empty, indices are the labels, named by number.
+    label_space: LabelSpace = field(default_factory=lambda: LabelSpace((), ()))
 
     def __post_init__(self) -> None:
         self.x, self.y = validate_arrays(self.x, self.y, self.name)
@@ -36,6 +39,11 @@ class Dataset:
             raise DataError(f"{self.name}: label {int(self.y.max())} >= {self.num_classes} classes")
         if self.test_mask is not None and self.test_mask.shape != self.y.shape:
             raise DataError(f"{self.name}: test mask does not match the number of samples")
+        if not len(self.label_space):
+            self.label_space = LabelSpace.identity(self.num_classes)
+        if len(self.label_space) != self.num_classes:
+            raise DataError(f"{self.name}: {len(self.label_space)} class names for "
+                            f"{self.num_classes} classes")
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -46,7 +54,8 @@ class Dataset:
 
     def subset(self, index: np.ndarray) -> Dataset:
         mask = None if self.test_mask is None else self.test_mask[index]
-        return Dataset(self.name, self.x[index], self.y[index], self.num_classes, mask, self.info)
+        return Dataset(self.name, self.x[index], self.y[index], self.num_classes, mask, self.info,
+                       self.label_space)
 
 
 def validate_arrays(x: np.ndarray, y: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -19,6 +19,7 @@ import numpy as np
 from hybnn.data.dataset import Dataset
 from hybnn.data.download import RemoteFile, fetch
 from hybnn.data.idx import read_idx
+from hybnn.data.labels import SOURCE_NAMES, LabelSpace
 from hybnn.errors import DataError
 
 OFFLINE_ALTERNATIVES = (
@@ -61,6 +62,13 @@ BUILTIN_SOURCES = ("mnist", "mnist-5k", "fashion-mnist", "digits")
 
 def load_source(spec: str) -> Dataset:
     """Load a data source by name or path (see module docstring)."""
+    data = _load(spec)
+    if spec in SOURCE_NAMES:
+        data.label_space = LabelSpace.identity(data.num_classes, SOURCE_NAMES[spec])
+    return data
+
+
+def _load(spec: str) -> Dataset:
     if spec == "mnist":
         return _official_pair("mnist", fetch("mnist", MNIST_FILES, MNIST_MIRRORS,
                                                 OFFLINE_ALTERNATIVES))

@@ -38,6 +38,7 @@ def select_task(data: Dataset, task: str) -> Dataset:
     remap[classes] = np.arange(len(classes))
     sub.y = remap[sub.y]
     sub.num_classes = len(classes)
+    sub.label_space = data.label_space.select(classes)
     if len(sub) == 0:
         raise DataError(f"{data.name}: no samples for task {task!r}")
     return sub

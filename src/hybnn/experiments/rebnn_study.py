@@ -216,6 +216,9 @@ def plot_study(results: dict[str, Any], directory: str | os.PathLike[str]) -> li
 
     directory = Path(directory)
     paths = []
+    cfg = results.get("config", {})
+    where = (f"{cfg.get('data', '?')}, seeds "
+             f"{', '.join(map(str, cfg.get('seeds', [])))}")
     for family, res in results["models"].items():
         methods = res["methods"]
         first = next(iter(methods.values()))
@@ -223,11 +226,11 @@ def plot_study(results: dict[str, Any], directory: str | os.PathLike[str]) -> li
             curves = {m: r["flip_curves"][layer] for m, r in methods.items()}
             name = layer.replace(".", "_") or "root"
             paths.append(plot_curves(curves, directory / f"{family}_flip_{name}.png",
-                                     f"{family} {layer}: weights whose sign flipped per epoch",
-                                     "flip ratio"))
+                                     f"{family} {layer} on {where}: weights whose sign "
+                                     "flipped per epoch", "flip ratio"))
         paths.append(plot_curves({m: r["test_acc_curve"] for m, r in methods.items()},
                                  directory / f"{family}_test_acc.png",
-                                 f"{family}: test accuracy (mean over seeds)", "test accuracy"))
+                                 f"{family} on {where}: test accuracy (mean)", "test accuracy"))
     return paths
 
 

@@ -250,16 +250,18 @@ def _write_outputs(results: dict[str, Any], curves: dict[str, Any], out: Path) -
     atomic_write_json(out / "results.json", results)
     atomic_write(out / "results.md", lambda p: p.write_text(render_markdown(results)))
     atomic_write_json(out / "curves.json", curves)
+    seeds = ", ".join(map(str, results["seeds"]))
     for m in RUNS:
+        where = f"{results['data']}, mean over seeds {seeds}"
         plot_curves({t: c["acc"] for t, c in curves[m].items()}, out / f"acc_{m}.png",
-                    f"{MODEL_LABELS[m]}: test accuracy ({results['data']})", "test accuracy")
+                    f"{MODEL_LABELS[m]}: test accuracy per task ({where})", "test accuracy")
         plot_curves({t: c["loss"] for t, c in curves[m].items()}, out / f"loss_{m}.png",
-                    f"{MODEL_LABELS[m]}: training loss ({results['data']})", "training loss")
+                    f"{MODEL_LABELS[m]}: training loss per task ({where})", "training loss")
     _plot_accuracy_bars(results, out / "accuracy_by_task.png")
 
 
 def _plot_accuracy_bars(results: dict[str, Any], path: Path) -> None:
-    from hybnn.plots import plt, save_figure
+    from hybnn.plots import outside_legend, plt, save_figure
 
     tasks = list(results["tasks"])
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(tasks)), 3.6))
@@ -272,8 +274,9 @@ def _plot_accuracy_bars(results: dict[str, Any], path: Path) -> None:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("test accuracy")
     ax.set_title(f"HyBNN vs baselines on {results['data']} (mean ± std over seeds "
-                 f"{results['seeds']})", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+                 f"{', '.join(map(str, results['seeds']))})", fontsize=9)
+    ax.set_xlabel("task")
+    outside_legend(ax)
     save_figure(fig, path)
 
 

@@ -155,7 +155,7 @@ def results_markdown(res: dict[str, Any]) -> str:
 
 
 def plot_accuracy(res: dict[str, Any], path: Path) -> Path:
-    from hybnn.plots import plt, save_figure
+    from hybnn.plots import integer_axis, outside_legend, plt, save_figure
 
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     rounds = res["rounds"]
@@ -177,16 +177,18 @@ def plot_accuracy(res: dict[str, Any], path: Path) -> Path:
                 label="centralized (same epochs)")
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy")
+    integer_axis(ax.xaxis)
     cfg = res["config"]
-    ax.set_title(f"{cfg['model']} {cfg['task']}: {res['clients']} clients, {cfg['partition']}, "
-                 f"{res['encoding']}", fontsize=10)
+    ax.set_title(f"{cfg['data']} {cfg['task']}, {cfg['model']}: {res['clients']} clients, "
+                 f"{cfg['partition']}, {res['encoding']}, {cfg['strategy']}, seed {cfg['seed']}",
+                 fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    outside_legend(ax)
     return save_figure(fig, path)
 
 
 def plot_bytes(res: dict[str, Any], path: Path) -> Path:
-    from hybnn.plots import plt, save_figure
+    from hybnn.plots import integer_axis, outside_legend, plt, save_figure
 
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     rounds = res["rounds"]
@@ -201,8 +203,11 @@ def plot_bytes(res: dict[str, Any], path: Path) -> Path:
                 label=f"{name} payload x sampled clients (one way)")
     ax.set_yscale("log")
     ax.set_xlabel("round")
+    integer_axis(ax.xaxis)
     ax.set_ylabel("bytes per round (all clients)")
-    ax.set_title("communication per round", fontsize=10)
+    cfg = res["config"]
+    ax.set_title(f"communication per round: {cfg['data']} {cfg['task']}, {cfg['model']}, "
+                 f"{res['clients']} clients", fontsize=9)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    outside_legend(ax)
     return save_figure(fig, path)

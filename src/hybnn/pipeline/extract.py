@@ -13,6 +13,7 @@ def encode_to_codes(encoder: Encoder, data: Dataset, meta: dict[str, Any] | None
                     batch_size: int = 512) -> CodeStore:
     """Encode every image of ``data`` into a bit-packed :class:`CodeStore`."""
     bits = encoder.encode(data.x, batch_size)
-    info = {"source": data.name, "num_classes": data.num_classes, **(meta or {})}
+    info = {"source": data.name, "num_classes": data.num_classes,
+            "label_space": data.label_space.to_json(), **(meta or {})}
     return CodeStore(pack_code_bits(bits), data.y.copy(), encoder.latent_bits,
                      encoder.fingerprint, info)

@@ -21,6 +21,7 @@ from torch import nn
 from hybnn.artifacts import require_kind_or_absent, versions
 from hybnn.binary.summary import deployed_bytes
 from hybnn.data.dataset import Dataset
+from hybnn.data.labels import LabelSpace
 from hybnn.data.prep import prepare
 from hybnn.hooks import Callback, History
 from hybnn.models.binary_cnn import BinaryCNN
@@ -65,9 +66,15 @@ def train_head(
             "encoder_fingerprint": train.encoder_fingerprint,
             "task": train.meta.get("task"),
             "source": train.meta.get("source"),
+            "label_space": _head_labels(train, num_classes),
             **(extra or {}),
         })
     return model, history
+
+
+def _head_labels(train: CodeStore, num_classes: int) -> dict[str, Any]:
+    """The label space the codes carry (numbered indices for stores written before 0.2)."""
+    return LabelSpace.from_json(train.meta.get("label_space"), num_classes).to_json()
 
 
 def image_tensors(data: Dataset, prep: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,6 +113,7 @@ def train_image_model(
     )
     if out is not None:
         _save(out, model, history, config, {"prep": prep, "source": train.name,
+                                            "label_space": train.label_space.to_json(),
                                             **(extra or {})})
     return model, history
 

@@ -1,0 +1,73 @@
+"""Label spaces: what each output index of a model means in the user's terms.
+
+A task relabels its classes 0..k-1 (``2v3`` keeps digits 2 and 3 as indices 0 and 1). The
+label space records, per index, the label the user's data gave it and, where the source has
+them, a class name, so a prediction reads ``2`` or ``Pullover`` rather than ``class 0``. It
+travels with every code store, model and engine file (``meta["label_space"]``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hybnn.errors import ArtifactError
+
+FASHION_MNIST_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                       "Shirt", "Sneaker", "Bag", "Ankle boot")
+DIGIT_NAMES = tuple(str(d) for d in range(10))
+SOURCE_NAMES = {"fashion-mnist": FASHION_MNIST_NAMES, "mnist": DIGIT_NAMES,
+                "mnist-5k": DIGIT_NAMES, "digits": DIGIT_NAMES}
+MAX_NAME_LENGTH = 200
+
+
+@dataclass(frozen=True)
+class LabelSpace:
+    """``labels[i]``: the original label of output index ``i``; ``names[i]``: its name."""
+
+    labels: tuple[int, ...]
+    names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.labels) != len(self.names):
+            raise ValueError("a label space needs one name per label")
+
+    @classmethod
+    def identity(cls, num_classes: int, names: Sequence[str] | None = None) -> LabelSpace:
+        """Indices that are their own labels, named ``names`` or by their number."""
+        labels = tuple(range(num_classes))
+        if names is not None and len(names) != num_classes:
+            raise ValueError(f"{len(names)} class names for {num_classes} classes")
+        return cls(labels, tuple(names) if names is not None else tuple(map(str, labels)))
+
+    def select(self, indices: Sequence[int]) -> LabelSpace:
+        """The label space of a task that keeps ``indices`` (in this order)."""
+        return LabelSpace(tuple(self.labels[i] for i in indices),
+                          tuple(self.names[i] for i in indices))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def describe(self, index: int) -> str:
+        """The name of output ``index``, e.g. ``2`` or ``Pullover``."""
+        return self.names[index]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"labels": list(self.labels), "names": list(self.names)}
+
+    @classmethod
+    def from_json(cls, obj: Any, num_classes: int) -> LabelSpace:
+        """Read ``meta["label_space"]``; artifacts without one get numbered indices."""
+        if obj is None:
+            return cls.identity(num_classes)
+        try:
+            labels = tuple(int(v) for v in obj["labels"])
+            names = tuple(str(v)[:MAX_NAME_LENGTH] for v in obj["names"])
+            space = cls(labels, names)
+        except (TypeError, KeyError, ValueError) as exc:
+            raise ArtifactError(f"invalid label space in metadata ({exc})") from None
+        if len(space) != num_classes:
+            raise ArtifactError(f"label space has {len(space)} entries for a model with "
+                                f"{num_classes} outputs")
+        return space
