@@ -14,13 +14,14 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from hybnn.errors import ArtifactError
+
+if TYPE_CHECKING:  # imported lazily: the engine runtime writes files without torch
+    import torch
 
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "weights.safetensors"
@@ -90,6 +91,8 @@ def save_bundle(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Save tensors + metadata into ``directory``; returns the metadata (with fingerprint)."""
+    from safetensors.torch import save_file
+
     directory = Path(directory)
     flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     weights = atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(flat, str(p)))
@@ -109,6 +112,8 @@ def load_bundle(
     directory: str | os.PathLike[str], kind: str
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Load and validate a bundle written by :func:`save_bundle`."""
+    from safetensors.torch import load_file
+
     directory = Path(directory)
     if not directory.is_dir():
         raise ArtifactError(f"{kind} artifact not found: {directory} is not a directory")

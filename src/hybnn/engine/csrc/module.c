@@ -6,6 +6,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -223,6 +224,7 @@ static void *copy_array(PyObject *obj, dkind k, size_t count, const char *what) 
 }
 
 #define DIM_OK(x) ((x) > 0 && (size_t)(x) <= HYB_MAX_DIM)
+#define COUNT_OK(x) ((x) > 0 && (size_t)(x) <= HYB_MAX_ELEMENTS)
 
 static int geometry_error(const char *what) {
     PyErr_Format(PyExc_ValueError, "%s (limits: every dimension 1..%zu, every derived count <= %zu)",
@@ -278,11 +280,8 @@ static int parse_layer(PyObject *spec, hyb_layer *L, size_t prev_c, size_t prev_
                      ? PyArg_ParseTuple(spec, "snnnOOO", &s, &ib, &iwd, &on, &wo, &to, &fo)
                      : PyArg_ParseTuple(spec, "snnnOOOO", &s, &ib, &iwd, &on, &wo, &ao, &bao, &bbo);
         if (!ok) return -1;
-        if (!DIM_OK(ib) || !DIM_OK(iwd) || !DIM_OK(on) || (size_t)ib > HYB_MAX_ELEMENTS ||
-            (size_t)iwd > HYB_MAX_ELEMENTS)
-            return geometry_error("dense dimension out of range");
-        if ((size_t)iwd < hyb_words((size_t)ib) || (size_t)ib > 64 * (size_t)iwd)
-            return geometry_error("dense in_words does not hold in_bits");
+        if (!COUNT_OK(ib) || !COUNT_OK(iwd) || !DIM_OK(on)) return geometry_error("dense dimension out of range");
+        if ((size_t)iwd < hyb_words((size_t)ib)) return geometry_error("dense in_words does not hold in_bits");
         L->kind = strcmp(kind, "dense") == 0 ? HYB_DENSE : HYB_OUT;
         L->in_c = (size_t)ib, L->in_h = L->in_w = 1, L->in_cw = (size_t)iwd;
         L->kh = L->kw = L->stride = 1;
@@ -312,6 +311,11 @@ static int parse_layer(PyObject *spec, hyb_layer *L, size_t prev_c, size_t prev_
             !(L->bn_a = (float *)copy_array(bao, F32, L->n_out, "bn_a")) ||
             !(L->bn_b = (float *)copy_array(bbo, F32, L->n_out, "bn_b")))
             goto fail;
+        for (size_t c = 0; c < L->n_out; c++)
+            if (!isfinite(L->alpha[c]) || !isfinite(L->bn_a[c]) || !isfinite(L->bn_b[c])) {
+                PyErr_SetString(PyExc_ValueError, "output layer alpha, bn_a and bn_b must be finite");
+                goto fail;
+            }
     } else {
         if (!(L->flip = (int8_t *)copy_array(fo, I8, L->n_out, "flips"))) goto fail;
         for (size_t c = 0; c < L->n_out; c++)
@@ -336,19 +340,17 @@ static int parse_layer(PyObject *spec, hyb_layer *L, size_t prev_c, size_t prev_
                 }
         }
     }
-    /* pad bits (past in_c in each pixel / row word group) must be 0 in every weight word */
+    /* Pad bits must be 0 in every weight word: the bits past the previous layer's channels in
+     * each pixel's words (a row is one pixel), or they would count as mismatches. The input
+     * checks above make every weight row a whole number of pixels of words(prev_c) words. */
     {
-        const size_t per = L->kind == HYB_CONV ? L->in_cw : L->kwords;
-        const size_t bits = L->kind == HYB_CONV ? L->in_c : L->kbits;
-        if (L->kind == HYB_CONV || per == hyb_words(bits)) {
-            const size_t rem = bits % 64;
-            if (rem)
-                for (size_t i = per - 1; i < nw; i += per)
-                    if (rows[i] >> rem) {
-                        PyErr_SetString(PyExc_ValueError, "weight padding bits must be 0");
-                        goto fail;
-                    }
-        }
+        const size_t per = hyb_words(prev_c), rem = prev_c % 64;
+        if (rem)
+            for (size_t i = per - 1; i < nw; i += per)
+                if (rows[i] >> rem) {
+                    PyErr_SetString(PyExc_ValueError, "weight padding bits must be 0");
+                    goto fail;
+                }
     }
     if (hyb_layer_prepare(L, rows) < 0) goto nomem;
     free(rows);
@@ -376,8 +378,8 @@ static int Network_init(NetworkObject *self, PyObject *args, PyObject *kwds) {
         return -1;
     }
     net->image = strcmp(kind, "image") == 0;
-    if ((!net->image && strcmp(kind, "rows") != 0) || !DIM_OK(c) || !DIM_OK(h) || !DIM_OK(w) ||
-        (!net->image && (h != 1 || w != 1))) {
+    if ((!net->image && strcmp(kind, "rows") != 0) || !DIM_OK(h) || !DIM_OK(w) ||
+        !(net->image ? DIM_OK(c) : COUNT_OK(c)) || (!net->image && (h != 1 || w != 1))) {
         PyErr_SetString(PyExc_ValueError, "input spec must be ('rows', bits) or ('image', c, h, w)");
         return -1;
     }
