@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -252,3 +254,39 @@ def test_non_contiguous_input_is_fine(head_file):
     head = load(head_file)
     x = np.random.default_rng(0).standard_normal((40, 6)).astype(np.float32)
     np.testing.assert_array_equal(head.predict(x.T), head.predict(np.ascontiguousarray(x.T)))
+
+
+NO_TORCH = """
+import importlib.abc, json, sys, types
+import numpy as np
+
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "torch":
+            raise ImportError("torch is blocked in this test")
+
+sys.meta_path.insert(0, NoTorch())
+import hybnn
+# hybnn/engine/__init__.py also imports the exporter (torch): load the package without it
+engine = types.ModuleType("hybnn.engine")
+engine.__path__ = [sys.argv[1]]
+sys.modules["hybnn.engine"] = engine
+from hybnn.engine import format, runtime
+model = runtime.load(sys.argv[2])
+format.write(sys.argv[3], *format.read(sys.argv[2])[:2])
+print(json.dumps([model.predict(np.zeros((2, 40), np.float32)).tolist(),
+                  runtime.load(sys.argv[3]).num_classes]))
+assert not any(m.split(".")[0] == "torch" for m in sys.modules)
+"""
+
+
+def test_the_format_and_runtime_need_no_torch(head_file, tmp_path):
+    engine_dir = Path(fmt.__file__).parent
+    env = {**os.environ, "PYTHONPATH": str(engine_dir.parents[1])}
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, str(engine_dir), str(head_file), str(tmp_path / "copy")],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    classes, num_classes = json.loads(proc.stdout)
+    assert num_classes == 3 and len(classes) == 2

@@ -269,10 +269,6 @@ static int parse_layer(PyObject *spec, hyb_layer *L, size_t prev_c, size_t prev_
             !hyb_count(L->out_h, L->out_w, L->n_out, &values) ||
             !hyb_count(L->out_h, L->out_w, L->out_cw, &L->out_size))
             return geometry_error("convolution too large");
-        if (prev_c != L->in_c || prev_h != L->in_h || prev_w != L->in_w) {
-            PyErr_SetString(PyExc_ValueError, "convolution input does not match the previous layer");
-            return -1;
-        }
     } else if (strcmp(kind, "dense") == 0 || strcmp(kind, "out") == 0) {
         Py_ssize_t ib, iwd, on;
         const char *s;
@@ -289,12 +285,6 @@ static int parse_layer(PyObject *spec, hyb_layer *L, size_t prev_c, size_t prev_
         L->n_out = (size_t)on, L->out_cw = hyb_words(L->n_out);
         L->kbits = L->in_c, L->kwords = L->in_cw;
         L->in_size = L->kwords, L->out_size = L->out_cw;
-        size_t prev_values;
-        if (prev_size != L->in_size || !hyb_count(prev_c, prev_h, prev_w, &prev_values) ||
-            prev_values != L->in_c) {
-            PyErr_SetString(PyExc_ValueError, "dense input does not match the previous layer");
-            return -1;
-        }
     } else {
         PyErr_Format(PyExc_ValueError, "unknown layer kind %s", kind);
         return -1;
@@ -302,6 +292,13 @@ static int parse_layer(PyObject *spec, hyb_layer *L, size_t prev_c, size_t prev_
     size_t nw;
     L->groups = (L->n_out + HYB_GROUP - 1) / HYB_GROUP;
     if (!hyb_count(L->n_out, L->kwords, 1, &nw)) return geometry_error("layer has too many weights");
+    size_t prev_values;
+    if (L->kind == HYB_CONV ? prev_c != L->in_c || prev_h != L->in_h || prev_w != L->in_w
+                            : prev_size != L->in_size || !hyb_count(prev_c, prev_h, prev_w, &prev_values) ||
+                                  prev_values != L->in_c) {
+        PyErr_SetString(PyExc_ValueError, "layer input does not match the previous layer");
+        return -1;
+    }
     if (!(rows = (uint64_t *)copy_array(wo, U64, nw, "weights"))) return -1;
     if (L->kind == HYB_OUT) {
         L->flip = (int8_t *)calloc(L->n_out, 1);
@@ -378,11 +375,12 @@ static int Network_init(NetworkObject *self, PyObject *args, PyObject *kwds) {
         return -1;
     }
     net->image = strcmp(kind, "image") == 0;
-    if ((!net->image && strcmp(kind, "rows") != 0) || !DIM_OK(h) || !DIM_OK(w) ||
-        !(net->image ? DIM_OK(c) : COUNT_OK(c)) || (!net->image && (h != 1 || w != 1))) {
+    if ((!net->image && strcmp(kind, "rows") != 0) || (!net->image && (h != 1 || w != 1))) {
         PyErr_SetString(PyExc_ValueError, "input spec must be ('rows', bits) or ('image', c, h, w)");
         return -1;
     }
+    if (!DIM_OK(h) || !DIM_OK(w) || !(net->image ? DIM_OK(c) : COUNT_OK(c)))
+        return geometry_error("input dimension out of range");
     net->in_c = (size_t)c, net->in_h = (size_t)h, net->in_w = (size_t)w;
     size_t values;
     if (!hyb_count(net->in_h, net->in_w, net->in_c, &values) ||
