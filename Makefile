@@ -3,7 +3,7 @@ PY ?= python3
 PIP := $(PY) -m pip
 OUT ?= runs/demo
 
-.PHONY: install data demo test lint bench
+.PHONY: install data demo test test-sanitize lint bench
 
 install:
 	$(PIP) install -q torch==2.13.0
@@ -24,6 +24,10 @@ demo: install
 test: install
 	$(PY) -m ruff check src tests bench
 	$(PY) -m pytest -q
+
+# tests/engine against the C extension built with AddressSanitizer + UBSan (build/sanitize).
+test-sanitize:
+	PY=$(PY) scripts/engine_sanitize.sh
 
 # Long: about an hour on 2 cores. Each script writes its own section of BENCHMARKS.md.
 bench: install

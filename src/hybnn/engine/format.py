@@ -138,9 +138,9 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.nda
                     f"engine file {path} has {info.st_size} bytes, more than the "
                     f"{MAX_FILE_BYTES} this hybnn reads"
                 )
-            data = fh.read(MAX_FILE_BYTES + 1)
+            data = fh.read(info.st_size + 1)  # one byte more: a file that grows is refused
     except OSError as exc:
         raise ArtifactError(f"cannot read engine file {path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise ArtifactError(f"engine file {path} grew past {MAX_FILE_BYTES} bytes while read")
+    if len(data) > info.st_size:
+        raise ArtifactError(f"engine file {path} changed while it was read")
     return decode(data, str(path))
