@@ -3,7 +3,7 @@ PY ?= python3
 PIP := $(PY) -m pip
 OUT ?= runs/demo
 
-.PHONY: install data demo test test-fast lint bench
+.PHONY: install data demo test test-fast test-sanitize lint bench
 
 install:
 	$(PIP) install -q torch==2.13.0
@@ -32,6 +32,10 @@ test: install lint
 # Under 2 minutes: no Ray, no deployment, no kill -9, no reproduce (tests marked slow).
 test-fast: lint
 	$(PY) -m pytest -q -m "not slow"
+
+# tests/engine against the C extension built with AddressSanitizer + UBSan (build/sanitize).
+test-sanitize:
+	PY=$(PY) scripts/engine_sanitize.sh
 
 # Long: about an hour on 2 cores. Each script writes its own section of BENCHMARKS.md.
 bench: install

@@ -163,7 +163,7 @@ def export_model(
     finally:
         model.train(was_training)
     header = {
-        "format": "hybnn-engine",
+        "kind": fmt.KIND,
         "format_version": fmt.FORMAT_VERSION,
         "hybnn_version": __version__,
         "bit_order": BIT_ORDER,

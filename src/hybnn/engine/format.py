@@ -1,22 +1,17 @@
-"""The engine file: one self-checking file, no pickle.
+"""The engine file: one safetensors file with a JSON header and a SHA-256 checksum, no pickle.
 
-Layout (all integers little-endian)::
+Like every hybnn artifact the arrays are safetensors tensors (dtypes ``<u8``, ``<i4``,
+``<f4``, ``|i1``) and the description is JSON. The safetensors metadata holds two strings:
 
-    offset  size  field
-    0       8     magic b"HYBNNENG"
-    8       4     format version (uint32, currently 1)
-    12      4     header length H (uint32)
-    16      8     payload length P (uint64)
-    24      32    SHA-256 of bytes [56, end): header, padding and payload
-    56      H     header: UTF-8 JSON object
-    ...           zero padding to a multiple of 64
-    ...     P     payload: arrays, each at a 64-byte aligned offset
+* ``"hybnn"``: the header, a JSON object with ``kind: "engine"``, ``format_version: 2``, the
+  input, the layers (they name their arrays) and the user's metadata;
+* ``"fingerprint"``: :func:`fingerprint` of the header string and the arrays.
 
-The header's ``"arrays"`` maps each array name to ``{"offset", "nbytes", "dtype", "shape"}``
-(offset relative to the payload; dtype one of ``<u8``, ``<i4``, ``<f4``, ``|i1``); everything
-else in the header (input, layers, metadata) refers to arrays by name. A reader checks the
-magic, the version, the exact file size, the checksum and every array's bounds before using
-anything; any failure is an :class:`~hybnn.errors.ArtifactError`.
+The fingerprint is a checksum: it detects accidental corruption, it does not say who wrote the
+file (anyone can compute it). Readers therefore validate everything else as if it were hostile.
+The format is recognised from the content, never from the file name: version-1 files (the
+``.hybe`` container, :mod:`hybnn.engine.legacy_hybe`) are still read. Any failure is an
+:class:`~hybnn.errors.ArtifactError`.
 """
 
 from __future__ import annotations
@@ -24,55 +19,53 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import struct
+import stat
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
 
 from hybnn.artifacts import atomic_write
+from hybnn.engine import legacy_hybe
 from hybnn.errors import ArtifactError
 
-MAGIC = b"HYBNNENG"
-FORMAT_VERSION = 1
-PREAMBLE = struct.Struct("<8sIIQ32s")
-ALIGN = 64
-DTYPES = {
-    "<u8": np.dtype("<u8"),
-    "<i4": np.dtype("<i4"),
-    "<f4": np.dtype("<f4"),
-    "|i1": np.dtype("i1"),
-}
-MAX_HEADER = 1 << 24
+KIND = "engine"
+FORMAT_VERSION = 2
+DTYPES = (np.dtype("<u8"), np.dtype("<i4"), np.dtype("<f4"), np.dtype("i1"))
+MAX_HEADER = 1 << 24  # bytes of the safetensors JSON header
+MAX_FILE_BYTES = 1 << 30
 
 
-def _pad(n: int) -> int:
-    return -n % ALIGN
+def fingerprint(header: str, arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 (hex) of the header string, then each array by name: name, dtype, shape, bytes.
+
+    Every part is length-prefixed, so no two different contents hash the same input.
+    """
+    digest = hashlib.sha256()
+    parts: list[bytes] = [header.encode("utf-8")]
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        parts += [name.encode("utf-8"), a.dtype.str.encode(), json.dumps(a.shape).encode()]
+        parts.append(a.tobytes())
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "little"))
+        digest.update(part)
+    return digest.hexdigest()
 
 
 def encode(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
-    """Serialize ``header`` (without "arrays") and the named arrays into file bytes."""
-    table: dict[str, dict[str, Any]] = {}
-    chunks: list[bytes] = []
-    offset = 0
+    """Serialize ``header`` (a JSON object) and the named arrays into file bytes."""
+    flat = {}
     for name, arr in arrays.items():
         dt = np.dtype(arr.dtype).newbyteorder("<") if arr.dtype.itemsize > 1 else arr.dtype
-        key = dt.str
-        if key not in DTYPES:
+        if dt not in DTYPES:
             raise ValueError(f"array {name!r} has unsupported dtype {arr.dtype}")
-        data = np.ascontiguousarray(arr, dtype=dt).tobytes()
-        table[name] = {
-            "offset": offset,
-            "nbytes": len(data),
-            "dtype": key,
-            "shape": list(arr.shape),
-        }
-        chunks += [data, b"\0" * _pad(len(data))]
-        offset += len(data) + _pad(len(data))
-    head = json.dumps({**header, "arrays": table}, sort_keys=False).encode("utf-8")
-    body = head + b"\0" * _pad(PREAMBLE.size + len(head)) + b"".join(chunks)
-    digest = hashlib.sha256(body).digest()
-    return PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(head), offset, digest) + body
+        flat[name] = np.ascontiguousarray(arr, dtype=dt)
+    text = json.dumps(header)
+    return st_save(flat, metadata={"hybnn": text, "fingerprint": fingerprint(text, flat)})
 
 
 def write(
@@ -83,73 +76,71 @@ def write(
     return atomic_write(path, lambda p: p.write_bytes(data))
 
 
+def _json(text: str | bytes, what: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ArtifactError(f"{where} has an unreadable {what}: {exc}") from None
+
+
 def decode(
     data: bytes, where: str = "engine file"
 ) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
-    """Validate file bytes; returns (header, arrays, sha256 hex). Raises ArtifactError."""
-    if len(data) < PREAMBLE.size:
-        if data[: len(MAGIC)] != MAGIC[: len(data)]:
-            raise ArtifactError(f"{where} is not a hybnn engine file (bad magic)")
-        raise ArtifactError(f"{where} is truncated ({len(data)} bytes)")
-    magic, version, hlen, plen, digest = PREAMBLE.unpack_from(data)
-    if magic != MAGIC:
-        raise ArtifactError(f"{where} is not a hybnn engine file (bad magic)")
-    if version > FORMAT_VERSION:
+    """Validate file bytes; returns (header, arrays, fingerprint). Raises ArtifactError."""
+    if data[: len(legacy_hybe.MAGIC)] == legacy_hybe.MAGIC:
+        return legacy_hybe.decode(data, where)
+    if len(data) < 8:
+        raise ArtifactError(f"{where} is not a hybnn engine file ({len(data)} bytes)")
+    size = int.from_bytes(data[:8], "little")
+    if size > MAX_HEADER or data[8:9] != b"{":
+        raise ArtifactError(f"{where} is not a hybnn engine file (neither safetensors nor .hybe)")
+    if 8 + size > len(data):
+        raise ArtifactError(f"{where} is truncated: its header needs {8 + size} bytes")
+    table = _json(data[8 : 8 + size], "safetensors header", where)
+    meta = table.get("__metadata__") if isinstance(table, dict) else None
+    if not isinstance(meta, dict) or not isinstance(meta.get("hybnn"), str):
+        raise ArtifactError(f"{where} is a safetensors file but not a hybnn engine file")
+    header = _json(meta["hybnn"], "header", where)
+    if not isinstance(header, dict) or header.get("kind") != KIND:
+        raise ArtifactError(f"{where} does not describe a hybnn engine model")
+    version = header.get("format_version")
+    if isinstance(version, int) and version > FORMAT_VERSION:
         raise ArtifactError(
             f"{where} has format version {version}, newer than this hybnn reads "
             f"({FORMAT_VERSION}); upgrade hybnn"
         )
-    if version != FORMAT_VERSION:
-        raise ArtifactError(f"{where} has unknown format version {version}")
-    if hlen > MAX_HEADER:
-        raise ArtifactError(f"{where} has an implausible header length {hlen}")
-    start = PREAMBLE.size + hlen + _pad(PREAMBLE.size + hlen)
-    expected = start + plen
-    if len(data) < expected:
-        raise ArtifactError(f"{where} is truncated: {len(data)} bytes, expected {expected}")
-    if len(data) > expected:
-        raise ArtifactError(f"{where} has {len(data) - expected} unexpected trailing bytes")
-    body = memoryview(data)[PREAMBLE.size :]
-    if hashlib.sha256(body).digest() != digest:
-        raise ArtifactError(f"{where} is corrupt: SHA-256 checksum mismatch")
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise ArtifactError(f"{where} has unknown format version {version!r}")
     try:
-        header = json.loads(bytes(data[PREAMBLE.size : PREAMBLE.size + hlen]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{where} has an unreadable header: {exc}") from None
-    if not isinstance(header, dict):
-        raise ArtifactError(f"{where}: header must be a JSON object")
-    arrays = _arrays(header.get("arrays"), memoryview(data)[start:], where)
-    return header, arrays, digest.hex()
-
-
-def _arrays(table: Any, payload: memoryview, where: str) -> dict[str, np.ndarray]:
-    if not isinstance(table, dict):
-        raise ArtifactError(f"{where}: header has no array table")
-    out = {}
-    for name, spec in table.items():
-        try:
-            dt = DTYPES[spec["dtype"]]
-            shape = tuple(int(s) for s in spec["shape"])
-            offset, nbytes = int(spec["offset"]), int(spec["nbytes"])
-            if any(s < 0 for s in shape) or offset < 0 or offset % ALIGN:
-                raise ValueError("negative or misaligned")
-            if nbytes != int(np.prod(shape, dtype=np.int64)) * dt.itemsize:
-                raise ValueError("size does not match shape")
-            if offset + nbytes > len(payload):
-                raise ValueError("out of bounds")
-        except (KeyError, TypeError, ValueError, OverflowError) as exc:
-            raise ArtifactError(f"{where}: bad array entry {name!r} ({exc})") from None
-        out[name] = np.frombuffer(
-            payload, dtype=dt, count=nbytes // dt.itemsize, offset=offset
-        ).reshape(shape)
-    return out
+        arrays = st_load(data)
+    except (SafetensorError, ValueError, TypeError, KeyError) as exc:
+        raise ArtifactError(f"{where} has unreadable arrays: {exc}") from None
+    if meta.get("fingerprint") != fingerprint(meta["hybnn"], arrays):
+        raise ArtifactError(f"{where} is corrupt: SHA-256 checksum mismatch")
+    for name, arr in arrays.items():
+        if arr.dtype not in DTYPES:
+            raise ArtifactError(f"{where}: array {name!r} has unsupported dtype {arr.dtype}")
+    return header, arrays, str(meta["fingerprint"])
 
 
 def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
-    """Read and validate an engine file."""
+    """Read and validate an engine file (at most MAX_FILE_BYTES, a regular file)."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        # O_NONBLOCK: a FIFO given as the model must not hang the reader
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as fh:
+            info = os.fstat(fh.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ArtifactError(f"engine file {path} is not a regular file")
+            if info.st_size > MAX_FILE_BYTES:
+                raise ArtifactError(
+                    f"engine file {path} has {info.st_size} bytes, more than the "
+                    f"{MAX_FILE_BYTES} this hybnn reads"
+                )
+            data = fh.read(info.st_size + 1)  # one byte more: a file that grows is refused
     except OSError as exc:
         raise ArtifactError(f"cannot read engine file {path}: {exc.strerror or exc}") from None
+    if len(data) > info.st_size:
+        raise ArtifactError(f"engine file {path} changed while it was read")
     return decode(data, str(path))

@@ -3,13 +3,15 @@
 Weights are packed like activations (:mod:`hybnn.engine.packing`): a dense layer takes rows
 ``(out, ceil(K/64))``, a convolution ``(out, k, k, ceil(C/64))`` (OHWI). Inputs are either
 float32 (sign-packed on the way in: rows ``(N, K)`` / images ``(N, C, H, W)``) or already
-packed uint64 words (rows ``(N, ceil(K/64))`` / NHWC ``(N, H, W, ceil(C/64))``).
+packed uint64 words (rows ``(N, ceil(K/64))`` / NHWC ``(N, H, W, ceil(C/64))``). Geometry
+beyond the limits of :mod:`hybnn.engine.geometry` raises ``ValueError``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from hybnn.engine import geometry
 from hybnn.engine.dispatch import _kernels
 from hybnn.engine.packing import words_for
 from hybnn.engine.runtime import IN_FLOAT, IN_WORDS, OUT_ACC, OUT_WORDS
@@ -36,9 +38,10 @@ class PackedLayer:
         flips: np.ndarray | None = None,
     ) -> PackedLayer:
         w = np.ascontiguousarray(weights, dtype=np.uint64)
-        n = w.shape[0]
-        spec = ("dense", int(in_bits), words_for(in_bits), n, w, _thr(thresholds), _flips(flips, n))
-        return cls(spec, (int(in_bits),), (n,), ("rows", int(in_bits)))
+        g = geometry.dense(int(in_bits), words_for(in_bits), int(w.shape[0]))
+        n = g.out_channels
+        spec = ("dense", g.in_channels, g.in_words, n, w, _thr(thresholds), _flips(flips, n))
+        return cls(spec, (g.in_channels,), (n,), ("rows", g.in_channels))
 
     @classmethod
     def conv2d(
@@ -53,28 +56,13 @@ class PackedLayer:
         flips: np.ndarray | None = None,
     ) -> PackedLayer:
         w = np.ascontiguousarray(weights, dtype=np.uint64)
-        n, k = w.shape[0], w.shape[1]
-        spec = (
-            "conv",
-            int(in_channels),
-            int(height),
-            int(width),
-            n,
-            int(k),
-            int(stride),
-            int(padding),
-            w,
-            _thr(thresholds),
-            _flips(flips, n),
-        )
-        ho = (height + 2 * padding - k) // stride + 1
-        wo = (width + 2 * padding - k) // stride + 1
-        return cls(
-            spec,
-            (in_channels, height, width),
-            (ho, wo, n),
-            ("image", int(in_channels), int(height), int(width)),
-        )
+        if w.ndim != 4:
+            raise ValueError(f"conv weights must be (out, k, k, ceil(C/64)) words, got {w.shape}")
+        out, k = int(w.shape[0]), int(w.shape[1])
+        g = geometry.conv2d(int(in_channels), int(height), int(width), out, k, stride, padding)
+        t, f = _thr(thresholds), _flips(flips, out)
+        spec = ("conv", *g.in_shape, out, k, g.stride, g.padding, w, t, f)
+        return cls(spec, g.in_shape, (g.out_height, g.out_width, out), ("image", *g.in_shape))
 
     def _input(self, x: np.ndarray) -> tuple[np.ndarray, int]:
         arr = np.ascontiguousarray(x)

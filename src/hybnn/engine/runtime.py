@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
 import numpy as np
 
 from hybnn.engine import format as fmt
+from hybnn.engine import geometry
 from hybnn.engine.dispatch import _kernels
 from hybnn.engine.packing import words_for
 from hybnn.errors import ArtifactError, DataError
@@ -18,89 +20,118 @@ _STATUS = {
     1: "input contains NaN; the sign of NaN is undefined",
     2: "packed input has bits set past the input width",
 }
+_CONV_FIELDS = (
+    "in_channels",
+    "in_height",
+    "in_width",
+    "out_channels",
+    "kernel_size",
+    "stride",
+    "padding",
+)
+_ARRAY_FIELDS = ("weights", "thresholds", "flips", "alpha", "bn_scale", "bn_shift")
 
 
-def _int(spec: dict[str, Any], key: str) -> int:
-    value = spec.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 24:
-        raise ArtifactError(f"engine file: layer field {key!r} is missing or invalid")
-    return value
-
-
-def _array(arrays: dict[str, np.ndarray], spec: dict[str, Any], key: str, dtype: str) -> np.ndarray:
+def _array(
+    arrays: dict[str, np.ndarray], spec: dict[str, Any], key: str, dtype: str, shape: tuple
+) -> np.ndarray:
     name = spec.get(key)
     if not isinstance(name, str) or name not in arrays:
-        raise ArtifactError(f"engine file: layer array {key!r} is missing")
+        raise ValueError(f"array {key!r} is missing")
     arr = arrays[name]
-    if arr.dtype != np.dtype(dtype):
-        raise ArtifactError(f"engine file: array {name!r} has dtype {arr.dtype}, expected {dtype}")
+    if arr.dtype != np.dtype(dtype) or arr.shape != shape:
+        raise ValueError(
+            f"array {name!r} is {arr.dtype} {arr.shape}, expected {np.dtype(dtype)} {shape}"
+        )
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ValueError(f"array {name!r} has non-finite values")
     return arr
 
 
-def _native_layers(
+def _layer(spec: Any) -> geometry.Layer:
+    if not isinstance(spec, dict):
+        raise ValueError("layer entries must be objects")
+    op = spec.get("op")
+    if op == "conv2d":
+        layer = geometry.conv2d(*(spec.get(k) for k in _CONV_FIELDS))
+        derived = {
+            "out_height": layer.out_height,
+            "out_width": layer.out_width,
+            "kbits": layer.kbits,
+        }
+        for key, value in derived.items():
+            if key in spec and spec[key] != value:
+                raise ValueError(f"{key} is {spec[key]!r}, the geometry gives {value}")
+        return layer
+    if op in ("dense", "output"):
+        return geometry.dense(
+            spec.get("in_bits"), spec.get("in_words"), spec.get("out_features"), op
+        )
+    raise ValueError(f"unknown layer op {op!r}")
+
+
+def _native(layer: geometry.Layer, spec: dict[str, Any], arrays: dict[str, np.ndarray]) -> tuple:
+    """The C extension's tuple for one validated layer (see csrc/module.c parse_layer)."""
+    n = (layer.out_channels,)
+    w = _array(arrays, spec, "weights", "<u8", layer.weight_shape)
+    if layer.op == "output":
+        floats = [_array(arrays, spec, k, "<f4", n) for k in ("alpha", "bn_scale", "bn_shift")]
+        return ("out", layer.in_channels, layer.in_words, layer.out_channels, w, *floats)
+    thr, flips = (
+        _array(arrays, spec, "thresholds", "<i4", n),
+        _array(arrays, spec, "flips", "i1", n),
+    )
+    if layer.op == "dense":
+        return ("dense", layer.in_channels, layer.in_words, layer.out_channels, w, thr, flips)
+    return (
+        "conv",
+        *layer.in_shape,
+        layer.out_channels,
+        layer.kernel_size,
+        layer.stride,
+        layer.padding,
+        w,
+        thr,
+        flips,
+    )
+
+
+def _network(
     header: dict[str, Any], arrays: dict[str, np.ndarray]
-) -> tuple[tuple, list[tuple]]:
-    inp = header.get("input")
-    layers = header.get("layers")
-    if not isinstance(inp, dict) or not isinstance(layers, list) or not layers:
-        raise ArtifactError("engine file: header lacks input or layers")
-    if inp.get("kind") == "rows":
-        in_spec: tuple = ("rows", _int(inp, "bits"))
-    elif inp.get("kind") == "image":
-        in_spec = ("image", _int(inp, "channels"), _int(inp, "height"), _int(inp, "width"))
-    else:
-        raise ArtifactError(f"engine file: unknown input kind {inp.get('kind')!r}")
+) -> tuple[tuple, list[geometry.Layer], list[tuple]]:
+    """(C input spec, layers, C layer specs) of a header, every size checked first."""
+    inp, specs = header.get("input"), header.get("layers")
+    if not isinstance(inp, dict) or not isinstance(specs, list):
+        raise ValueError("header lacks input or layers")
+    kind = inp.get("kind")
+    dims = (
+        [inp.get("bits")]
+        if kind == "rows"
+        else [inp.get(k) for k in ("channels", "height", "width")]
+    )
+    shape, words = geometry.input_layer(kind, dims)
+    layers = []
+    for i, spec in enumerate(specs):
+        try:
+            layers.append(_layer(spec))
+        except ValueError as exc:
+            raise ValueError(f"layer {i}: {exc}") from None
+    geometry.check_chain(shape, words, layers)
     native = []
-    for spec in layers:
-        if not isinstance(spec, dict):
-            raise ArtifactError("engine file: layer entries must be objects")
-        op = spec.get("op")
-        if op == "conv2d":
-            native.append(
-                (
-                    "conv",
-                    _int(spec, "in_channels"),
-                    _int(spec, "in_height"),
-                    _int(spec, "in_width"),
-                    _int(spec, "out_channels"),
-                    _int(spec, "kernel_size"),
-                    _int(spec, "stride"),
-                    _int(spec, "padding"),
-                    _array(arrays, spec, "weights", "<u8"),
-                    _array(arrays, spec, "thresholds", "<i4"),
-                    _array(arrays, spec, "flips", "i1"),
-                )
-            )
-        elif op == "dense":
-            native.append(
-                (
-                    "dense",
-                    _int(spec, "in_bits"),
-                    _int(spec, "in_words"),
-                    _int(spec, "out_features"),
-                    _array(arrays, spec, "weights", "<u8"),
-                    _array(arrays, spec, "thresholds", "<i4"),
-                    _array(arrays, spec, "flips", "i1"),
-                )
-            )
-        elif op == "output":
-            native.append(
-                (
-                    "out",
-                    _int(spec, "in_bits"),
-                    _int(spec, "in_words"),
-                    _int(spec, "out_features"),
-                    _array(arrays, spec, "weights", "<u8"),
-                    _array(arrays, spec, "alpha", "<f4"),
-                    _array(arrays, spec, "bn_scale", "<f4"),
-                    _array(arrays, spec, "bn_shift", "<f4"),
-                )
-            )
-        else:
-            raise ArtifactError(f"engine file: unknown layer op {op!r}")
-    if native[-1][0] != "out":
-        raise ArtifactError("engine file: the last layer must be the float output layer")
-    return in_spec, native
+    for i, (layer, spec) in enumerate(zip(layers, specs, strict=True)):
+        try:
+            native.append(_native(layer, spec, arrays))
+        except ValueError as exc:
+            raise ValueError(f"layer {i}: {exc}") from None
+    used = {spec[k] for spec in specs for k in _ARRAY_FIELDS if isinstance(spec.get(k), str)}
+    if set(arrays) - used:
+        raise ValueError(f"arrays no layer uses: {sorted(set(arrays) - used)[:5]}")
+    if header.get("num_classes", layers[-1].out_channels) != layers[-1].out_channels:
+        raise ValueError("num_classes does not match the output layer")
+    if not isinstance(header.get("metadata", {}), dict):
+        raise ValueError("metadata must be a JSON object")
+    in_spec = ("rows", shape[0]) if kind == "rows" else ("image", *shape)
+    return in_spec, layers, native
 
 
 class PackedModel:
@@ -112,25 +143,27 @@ class PackedModel:
         arrays: dict[str, np.ndarray],
         fingerprint: str,
         threads: int = 1,
+        where: str = "engine file",
     ) -> None:
-        in_spec, native = _native_layers(header, arrays)
         try:
-            self._net = _kernels.Network(in_spec, native)
+            in_spec, layers, native = _network(header, arrays)
+            self._net = _kernels.Network(in_spec, native)  # checks every size again
         except (ValueError, TypeError) as exc:
-            raise ArtifactError(f"engine file has inconsistent layers: {exc}") from None
+            raise ArtifactError(f"{where} is invalid: {exc}") from None
         self.header = header
         self.fingerprint = fingerprint
         self.threads = int(threads)
         self.arch: str = str(header.get("arch"))
         self.metadata: dict[str, Any] = header.get("metadata") or {}
         self.layers: list[dict[str, Any]] = header["layers"]
-        self.num_classes = int(self.layers[-1]["out_features"])
+        self.geometry: list[geometry.Layer] = layers
+        self.num_classes = layers[-1].out_channels
         self.input_shape: tuple[int, ...] = (
             tuple(in_spec[1:]) if in_spec[0] == "image" else (in_spec[1],)
         )
         self.in_bits = in_spec[1] if in_spec[0] == "rows" else None
-        self.weight_bytes = sum(int(arrays[s["weights"]].nbytes) for s in self.layers)
-        self.float32_weight_bytes = 4 * sum(_weight_count(s) for s in self.layers)
+        self.weight_bytes = 8 * sum(math.prod(g.weight_shape) for g in layers)
+        self.float32_weight_bytes = 4 * sum(g.out_channels * g.kbits for g in layers)
 
     def __repr__(self) -> str:
         return (
@@ -220,35 +253,22 @@ class PackedModel:
         """
         x = self._floats(x)
         n = x.shape[0]
-        outs = []
-        for s in self.layers:
-            if s["op"] == "conv2d":
-                outs.append(
-                    np.empty((n, s["out_height"], s["out_width"], s["out_channels"]), np.int32)
-                )
-            else:
-                outs.append(np.empty((n, s["out_features"]), np.int32))
+        outs = [
+            np.empty((n, g.out_height, g.out_width, g.out_channels), np.int32)
+            if g.op == "conv2d"
+            else np.empty((n, g.out_channels), np.int32)
+            for g in self.geometry
+        ]
         status = self._net.trace(x, IN_FLOAT, n, outs, self.threads)
         if status:
             raise DataError(_STATUS.get(status, f"engine status {status}"))
         return [o.transpose(0, 3, 1, 2) if o.ndim == 4 else o for o in outs]
 
 
-def _weight_count(spec: dict[str, Any]) -> int:
-    if spec["op"] == "conv2d":
-        return spec["out_channels"] * spec["in_channels"] * spec["kernel_size"] ** 2
-    return spec["out_features"] * spec["in_bits"]
-
-
 def load(path: str | os.PathLike[str], threads: int = 1) -> PackedModel:
     """Load and validate an engine file written by :func:`hybnn.engine.export_model`."""
     header, arrays, digest = fmt.read(path)
-    if header.get("format") != "hybnn-engine":
-        raise ArtifactError(f"{path}: header does not describe a hybnn engine model")
-    try:
-        return PackedModel(header, arrays, digest, threads=threads)
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise ArtifactError(f"{path}: malformed engine header ({exc!r})") from None
+    return PackedModel(header, arrays, digest, threads=threads, where=str(path))
 
 
 def words_per_sample(model: PackedModel) -> int:

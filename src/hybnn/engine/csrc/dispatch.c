@@ -1,6 +1,8 @@
 /* Runtime CPU dispatch: the best ISA this CPU supports, or the one forced by set_isa. */
 #include "engine.h"
 
+/* Read by every kernel call, possibly from threads running with the GIL released, while
+ * set_isa may write it: atomic (relaxed is enough, any ISA gives the same results). */
 static int g_isa = -1;
 
 int hyb_isa_supported(int isa) {
@@ -28,13 +30,19 @@ int hyb_detect_isa(void) {
 }
 
 int hyb_get_isa(void) {
-    if (g_isa < 0) g_isa = hyb_detect_isa();
-    return g_isa;
+    int isa = __atomic_load_n(&g_isa, __ATOMIC_RELAXED);
+    if (isa < 0) { /* first use: keep what a concurrent set_isa stored, if anything */
+        int expected = -1;
+        isa = hyb_detect_isa();
+        if (!__atomic_compare_exchange_n(&g_isa, &expected, isa, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+            isa = expected;
+    }
+    return isa;
 }
 
 int hyb_set_isa(int isa) {
     if (isa < 0 || isa >= HYB_ISA_COUNT || !hyb_isa_supported(isa)) return -1;
-    g_isa = isa;
+    __atomic_store_n(&g_isa, isa, __ATOMIC_RELAXED);
     return 0;
 }
 

@@ -84,6 +84,30 @@ void hyb_maxpool(const uint64_t *x, size_t n, size_t h, size_t w, size_t cw, siz
 
 static inline size_t hyb_words(size_t bits) { return (bits + 63) / 64; }
 
+/* Geometry limits (mirrored by hybnn/engine/geometry.py, documented in docs/engine.md): every
+ * dimension is in [1, HYB_MAX_DIM], and every count derived from a layer's geometry (values and
+ * words per sample in and out, weight words, values per dot product) is at most
+ * HYB_MAX_ELEMENTS. Sums and products of such counts then fit any 64-bit size_t. */
+#define HYB_MAX_DIM (((size_t)1 << 24) - 1)
+#define HYB_MAX_ELEMENTS ((size_t)1 << 26)
+
+/* *r = a * b; returns 0 (and leaves *r alone) if the product overflows size_t. */
+static inline int hyb_mul(size_t a, size_t b, size_t *r) {
+#if defined(__GNUC__) || defined(__clang__)
+    return !__builtin_mul_overflow(a, b, r);
+#else
+    if (a != 0 && b > SIZE_MAX / a) return 0;
+    *r = a * b;
+    return 1;
+#endif
+}
+
+/* *r = a * b * c, checked, and at most HYB_MAX_ELEMENTS; returns 0 otherwise. */
+static inline int hyb_count(size_t a, size_t b, size_t c, size_t *r) {
+    size_t ab;
+    return hyb_mul(a, b, &ab) && hyb_mul(ab, c, r) && *r <= HYB_MAX_ELEMENTS;
+}
+
 /* threads.c: run fn(ctx, lo, hi) over [0, ntasks) split into nthreads contiguous ranges. */
 typedef void (*hyb_range_fn)(void *ctx, size_t lo, size_t hi);
 void hyb_parallel_for(int nthreads, size_t ntasks, hyb_range_fn fn, void *ctx);

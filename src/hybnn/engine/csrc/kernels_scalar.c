@@ -41,18 +41,14 @@ int hyb_pack_nchw_scalar(const float *x, size_t n, size_t c, size_t hw, uint64_t
     return nan;
 }
 
+/* Bit-reversed bytes, a constant table (no lazy set-up shared between threads). */
+#define HYB_R2(n) n, n + 2 * 64, n + 1 * 64, n + 3 * 64
+#define HYB_R4(n) HYB_R2(n), HYB_R2(n + 2 * 16), HYB_R2(n + 1 * 16), HYB_R2(n + 3 * 16)
+#define HYB_R6(n) HYB_R4(n), HYB_R4(n + 2 * 4), HYB_R4(n + 1 * 4), HYB_R4(n + 3 * 4)
+static const uint8_t rev[256] = {HYB_R6(0), HYB_R6(2), HYB_R6(1), HYB_R6(3)};
+
 /* numpy.packbits order (big-endian bits, 1 = +1) to engine words (little-endian bits, 1 = -1). */
 void hyb_pack_bytes(const uint8_t *codes, size_t rows, size_t nbits, uint64_t *out) {
-    static uint8_t rev[256];
-    static int ready = 0;
-    if (!ready) { /* benign race: every thread writes the same table */
-        for (int b = 0; b < 256; b++) {
-            uint8_t r = 0;
-            for (int i = 0; i < 8; i++) r |= (uint8_t)(((b >> i) & 1) << (7 - i));
-            rev[b] = r;
-        }
-        ready = 1;
-    }
     const size_t nbytes = (nbits + 7) / 8, kw = hyb_words(nbits);
     for (size_t r = 0; r < rows; r++) {
         const uint8_t *c = codes + r * nbytes;

@@ -1,9 +1,12 @@
 /* CPython bindings of hybnn.engine._kernels (plain C API and the buffer protocol; no numpy
- * headers). Python validates shapes first; every entry point here checks buffer sizes again so
- * a wrong call raises ValueError instead of reading past a buffer. */
+ * headers). Python validates shapes first; every entry point here checks again, with overflow
+ * checked arithmetic, that the geometry is within the limits of engine.h and that each buffer
+ * holds exactly the items the geometry needs, so a wrong call raises ValueError instead of
+ * reading past a buffer. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -58,11 +61,9 @@ static int get_buf(PyObject *obj, Py_buffer *v, dkind k, Py_ssize_t count, int w
     return 0;
 }
 
-/* a * b with overflow and bound checks (dims are bounded far below SIZE_MAX) */
+/* a * b as a buffer's item count: checked, and at most 2^46 (far below PY_SSIZE_T_MAX) */
 static int mul_ok(size_t a, size_t b, size_t *r) {
-    if (a != 0 && b > ((size_t)1 << 46) / a) return 0;
-    *r = a * b;
-    return 1;
+    return hyb_mul(a, b, r) && *r <= ((size_t)1 << 46);
 }
 
 /* ---- ISA ------------------------------------------------------------------------------- */
@@ -134,9 +135,9 @@ static PyObject *py_pack_nchw(PyObject *self, PyObject *args) {
     PyObject *xo, *oo;
     Py_ssize_t n, c, hw;
     if (!PyArg_ParseTuple(args, "OOnnn", &xo, &oo, &n, &c, &hw)) return NULL;
-    size_t a, nin, nout;
+    size_t a, b, nin, nout;
     if (n < 0 || c <= 0 || hw <= 0 || !mul_ok((size_t)n, (size_t)c, &a) || !mul_ok(a, (size_t)hw, &nin) ||
-        !mul_ok((size_t)n * (size_t)hw, hyb_words((size_t)c), &nout))
+        !mul_ok((size_t)n, (size_t)hw, &b) || !mul_ok(b, hyb_words((size_t)c), &nout))
         return PyErr_Format(PyExc_ValueError, "bad shape");
     Py_buffer x, o;
     if (get_buf(xo, &x, F32, (Py_ssize_t)nin, 0, "x") < 0) return NULL;
@@ -181,7 +182,7 @@ static PyObject *py_maxpool(PyObject *self, PyObject *args) {
     size_t a, b, nin, nout;
     const size_t ho = (size_t)((h - k) / s + 1), wo = (size_t)((w - k) / s + 1);
     if (!mul_ok((size_t)n, (size_t)h, &a) || !mul_ok(a, (size_t)w, &b) || !mul_ok(b, (size_t)cw, &nin) ||
-        !mul_ok((size_t)n * ho, wo * (size_t)cw, &nout))
+        !mul_ok((size_t)n, ho, &a) || !mul_ok(a, wo, &b) || !mul_ok(b, (size_t)cw, &nout))
         return PyErr_Format(PyExc_ValueError, "bad shape");
     Py_buffer x, o;
     if (get_buf(xo, &x, U64, (Py_ssize_t)nin, 0, "x") < 0) return NULL;
@@ -222,8 +223,14 @@ static void *copy_array(PyObject *obj, dkind k, size_t count, const char *what) 
     return mem;
 }
 
-#define MAXDIM ((Py_ssize_t)1 << 24)
-#define DIM_OK(x) ((x) > 0 && (x) < MAXDIM)
+#define DIM_OK(x) ((x) > 0 && (size_t)(x) <= HYB_MAX_DIM)
+#define COUNT_OK(x) ((x) > 0 && (size_t)(x) <= HYB_MAX_ELEMENTS)
+
+static int geometry_error(const char *what) {
+    PyErr_Format(PyExc_ValueError, "%s (limits: every dimension 1..%zu, every derived count <= %zu)",
+                 what, HYB_MAX_DIM, HYB_MAX_ELEMENTS);
+    return -1;
+}
 
 /* ("conv", in_c, in_h, in_w, out_c, k, stride, pad, weights, thresholds|None, flips)
  * ("dense", in_bits, in_words, out_n, weights, thresholds|None, flips)
@@ -244,25 +251,24 @@ static int parse_layer(PyObject *spec, hyb_layer *L, size_t prev_c, size_t prev_
         Py_ssize_t ic, ih, iw, oc, k, st, pd;
         const char *s;
         if (!PyArg_ParseTuple(spec, "snnnnnnnOOO", &s, &ic, &ih, &iw, &oc, &k, &st, &pd, &wo, &to, &fo)) return -1;
-        if (!DIM_OK(ic) || !DIM_OK(ih) || !DIM_OK(iw) || !DIM_OK(oc) || !DIM_OK(k) || !DIM_OK(st) ||
-            pd < 0 || pd >= MAXDIM || ih + 2 * pd < k || iw + 2 * pd < k) {
-            PyErr_SetString(PyExc_ValueError, "bad convolution geometry");
-            return -1;
-        }
+        /* all dims < 2^24 and pad < k: the sums below cannot overflow */
+        if (!DIM_OK(ic) || !DIM_OK(ih) || !DIM_OK(iw) || !DIM_OK(oc) || !DIM_OK(k) || !DIM_OK(st))
+            return geometry_error("convolution dimension out of range");
+        if (pd < 0 || pd >= k) return geometry_error("convolution padding must be in [0, kernel_size)");
+        if (ih + 2 * pd < k || iw + 2 * pd < k)
+            return geometry_error("convolution kernel is larger than the padded input");
         L->kind = HYB_CONV;
         L->in_c = (size_t)ic, L->in_h = (size_t)ih, L->in_w = (size_t)iw, L->in_cw = hyb_words(L->in_c);
         L->kh = L->kw = (size_t)k, L->stride = (size_t)st, L->pad = (size_t)pd;
         L->out_h = (L->in_h + 2 * L->pad - L->kh) / L->stride + 1;
         L->out_w = (L->in_w + 2 * L->pad - L->kw) / L->stride + 1;
         L->n_out = (size_t)oc, L->out_cw = hyb_words(L->n_out);
-        L->kbits = L->kh * L->kw * L->in_c;
-        L->kwords = L->kh * L->kw * L->in_cw;
-        L->in_size = L->in_h * L->in_w * L->in_cw;
-        L->out_size = L->out_h * L->out_w * L->out_cw;
-        if (prev_c != L->in_c || prev_h != L->in_h || prev_w != L->in_w) {
-            PyErr_SetString(PyExc_ValueError, "convolution input does not match the previous layer");
-            return -1;
-        }
+        size_t values;
+        if (!hyb_count(L->kh, L->kw, L->in_c, &L->kbits) || !hyb_count(L->kh, L->kw, L->in_cw, &L->kwords) ||
+            !hyb_count(L->in_h, L->in_w, L->in_c, &values) || !hyb_count(L->in_h, L->in_w, L->in_cw, &L->in_size) ||
+            !hyb_count(L->out_h, L->out_w, L->n_out, &values) ||
+            !hyb_count(L->out_h, L->out_w, L->out_cw, &L->out_size))
+            return geometry_error("convolution too large");
     } else if (strcmp(kind, "dense") == 0 || strcmp(kind, "out") == 0) {
         Py_ssize_t ib, iwd, on;
         const char *s;
@@ -270,11 +276,8 @@ static int parse_layer(PyObject *spec, hyb_layer *L, size_t prev_c, size_t prev_
                      ? PyArg_ParseTuple(spec, "snnnOOO", &s, &ib, &iwd, &on, &wo, &to, &fo)
                      : PyArg_ParseTuple(spec, "snnnOOOO", &s, &ib, &iwd, &on, &wo, &ao, &bao, &bbo);
         if (!ok) return -1;
-        if (!DIM_OK(ib) || !DIM_OK(iwd) || !DIM_OK(on) || (size_t)iwd < hyb_words((size_t)ib) ||
-            (size_t)ib > 64 * (size_t)iwd) {
-            PyErr_SetString(PyExc_ValueError, "bad dense geometry");
-            return -1;
-        }
+        if (!COUNT_OK(ib) || !COUNT_OK(iwd) || !DIM_OK(on)) return geometry_error("dense dimension out of range");
+        if ((size_t)iwd < hyb_words((size_t)ib)) return geometry_error("dense in_words does not hold in_bits");
         L->kind = strcmp(kind, "dense") == 0 ? HYB_DENSE : HYB_OUT;
         L->in_c = (size_t)ib, L->in_h = L->in_w = 1, L->in_cw = (size_t)iwd;
         L->kh = L->kw = L->stride = 1;
@@ -282,18 +285,18 @@ static int parse_layer(PyObject *spec, hyb_layer *L, size_t prev_c, size_t prev_
         L->n_out = (size_t)on, L->out_cw = hyb_words(L->n_out);
         L->kbits = L->in_c, L->kwords = L->in_cw;
         L->in_size = L->kwords, L->out_size = L->out_cw;
-        if (prev_size != L->in_size || prev_c * prev_h * prev_w != L->in_c) {
-            PyErr_SetString(PyExc_ValueError, "dense input does not match the previous layer");
-            return -1;
-        }
     } else {
         PyErr_Format(PyExc_ValueError, "unknown layer kind %s", kind);
         return -1;
     }
     size_t nw;
     L->groups = (L->n_out + HYB_GROUP - 1) / HYB_GROUP;
-    if (!mul_ok(L->n_out, L->kwords, &nw) || L->kbits >= ((size_t)1 << 30)) {
-        PyErr_SetString(PyExc_ValueError, "layer too large");
+    if (!hyb_count(L->n_out, L->kwords, 1, &nw)) return geometry_error("layer has too many weights");
+    size_t prev_values;
+    if (L->kind == HYB_CONV ? prev_c != L->in_c || prev_h != L->in_h || prev_w != L->in_w
+                            : prev_size != L->in_size || !hyb_count(prev_c, prev_h, prev_w, &prev_values) ||
+                                  prev_values != L->in_c) {
+        PyErr_SetString(PyExc_ValueError, "layer input does not match the previous layer");
         return -1;
     }
     if (!(rows = (uint64_t *)copy_array(wo, U64, nw, "weights"))) return -1;
@@ -305,6 +308,11 @@ static int parse_layer(PyObject *spec, hyb_layer *L, size_t prev_c, size_t prev_
             !(L->bn_a = (float *)copy_array(bao, F32, L->n_out, "bn_a")) ||
             !(L->bn_b = (float *)copy_array(bbo, F32, L->n_out, "bn_b")))
             goto fail;
+        for (size_t c = 0; c < L->n_out; c++)
+            if (!isfinite(L->alpha[c]) || !isfinite(L->bn_a[c]) || !isfinite(L->bn_b[c])) {
+                PyErr_SetString(PyExc_ValueError, "output layer alpha, bn_a and bn_b must be finite");
+                goto fail;
+            }
     } else {
         if (!(L->flip = (int8_t *)copy_array(fo, I8, L->n_out, "flips"))) goto fail;
         for (size_t c = 0; c < L->n_out; c++)
@@ -329,19 +337,17 @@ static int parse_layer(PyObject *spec, hyb_layer *L, size_t prev_c, size_t prev_
                 }
         }
     }
-    /* pad bits (past in_c in each pixel / row word group) must be 0 in every weight word */
+    /* Pad bits must be 0 in every weight word: the bits past the previous layer's channels in
+     * each pixel's words (a row is one pixel), or they would count as mismatches. The input
+     * checks above make every weight row a whole number of pixels of words(prev_c) words. */
     {
-        const size_t per = L->kind == HYB_CONV ? L->in_cw : L->kwords;
-        const size_t bits = L->kind == HYB_CONV ? L->in_c : L->kbits;
-        if (L->kind == HYB_CONV || per == hyb_words(bits)) {
-            const size_t rem = bits % 64;
-            if (rem)
-                for (size_t i = per - 1; i < nw; i += per)
-                    if (rows[i] >> rem) {
-                        PyErr_SetString(PyExc_ValueError, "weight padding bits must be 0");
-                        goto fail;
-                    }
-        }
+        const size_t per = hyb_words(prev_c), rem = prev_c % 64;
+        if (rem)
+            for (size_t i = per - 1; i < nw; i += per)
+                if (rows[i] >> rem) {
+                    PyErr_SetString(PyExc_ValueError, "weight padding bits must be 0");
+                    goto fail;
+                }
     }
     if (hyb_layer_prepare(L, rows) < 0) goto nomem;
     free(rows);
@@ -357,8 +363,11 @@ static int Network_init(NetworkObject *self, PyObject *args, PyObject *kwds) {
     PyObject *input, *layers;
     static char *kwlist[] = {"input", "layers", NULL};
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO", kwlist, &input, &layers)) return -1;
-    hyb_net_free(&self->net);
     hyb_net *net = &self->net;
+    if (net->nlayers) { /* another thread may be running it with the GIL released */
+        PyErr_SetString(PyExc_ValueError, "a Network cannot be initialised twice");
+        return -1;
+    }
     const char *kind;
     Py_ssize_t c = 0, h = 1, w = 1;
     if (!PyTuple_Check(input) || !PyArg_ParseTuple(input, "s|nnn", &kind, &c, &h, &w)) {
@@ -366,13 +375,17 @@ static int Network_init(NetworkObject *self, PyObject *args, PyObject *kwds) {
         return -1;
     }
     net->image = strcmp(kind, "image") == 0;
-    if ((!net->image && strcmp(kind, "rows") != 0) || !DIM_OK(c) || !DIM_OK(h) || !DIM_OK(w) ||
-        (!net->image && (h != 1 || w != 1))) {
+    if ((!net->image && strcmp(kind, "rows") != 0) || (!net->image && (h != 1 || w != 1))) {
         PyErr_SetString(PyExc_ValueError, "input spec must be ('rows', bits) or ('image', c, h, w)");
         return -1;
     }
+    if (!DIM_OK(h) || !DIM_OK(w) || !(net->image ? DIM_OK(c) : COUNT_OK(c)))
+        return geometry_error("input dimension out of range");
     net->in_c = (size_t)c, net->in_h = (size_t)h, net->in_w = (size_t)w;
-    net->in_size = net->in_h * net->in_w * hyb_words(net->in_c);
+    size_t values;
+    if (!hyb_count(net->in_h, net->in_w, net->in_c, &values) ||
+        !hyb_count(net->in_h, net->in_w, hyb_words(net->in_c), &net->in_size))
+        return geometry_error("input too large");
     PyObject *seq = PySequence_Fast(layers, "layers must be a sequence");
     if (!seq) return -1;
     const Py_ssize_t nl = PySequence_Fast_GET_SIZE(seq);
@@ -419,6 +432,7 @@ static int check_status(int status) {
     switch (status) {
     case HYB_OK: return 0;
     case HYB_ERR_NOMEM: PyErr_NoMemory(); return -1;
+    case HYB_ERR_SIZE: PyErr_SetString(PyExc_ValueError, "batch too large for this network"); return -1;
     default: return status; /* NaN / pad bits: reported to Python as an int */
     }
 }
@@ -426,7 +440,7 @@ static int check_status(int status) {
 /* per-sample item counts of an input kind */
 static int input_items(const hyb_net *net, int x_kind, size_t *per, dkind *k) {
     switch (x_kind) {
-    case HYB_IN_FLOAT: *per = net->in_c * net->in_h * net->in_w, *k = F32; return 0;
+    case HYB_IN_FLOAT: *per = net->in_c * net->in_h * net->in_w, *k = F32; return 0; /* <= 2^26 */
     case HYB_IN_PACKBITS:
         if (net->image) break;
         *per = (net->in_c + 7) / 8, *k = U8;
@@ -452,7 +466,7 @@ static PyObject *Network_run(NetworkObject *self, PyObject *args) {
     case HYB_OUT_LOGITS: oper = L->n_out, ok = F32; break;
     case HYB_OUT_ARGMAX: oper = 1, ok = I64; break;
     case HYB_OUT_WORDS: oper = L->out_size, ok = U64; break;
-    case HYB_OUT_ACC: oper = L->out_h * L->out_w * L->n_out, ok = I32; break;
+    case HYB_OUT_ACC: oper = L->out_h * L->out_w * L->n_out, ok = I32; break; /* <= 2^26 */
     default: return PyErr_Format(PyExc_ValueError, "unknown output kind");
     }
     if ((out_kind == HYB_OUT_LOGITS || out_kind == HYB_OUT_ARGMAX) && L->kind != HYB_OUT)
@@ -482,6 +496,7 @@ static PyObject *Network_trace(NetworkObject *self, PyObject *args) {
     Py_ssize_t n;
     if (!PyArg_ParseTuple(args, "OinOi", &xo, &x_kind, &n, &outs, &threads)) return NULL;
     const hyb_net *net = &self->net;
+    if (!net->nlayers) return PyErr_Format(PyExc_ValueError, "network is not initialised");
     size_t per, nin;
     dkind xk;
     if (input_items(net, x_kind, &per, &xk) < 0) return NULL;
@@ -501,7 +516,7 @@ static PyObject *Network_trace(NetworkObject *self, PyObject *args) {
     for (; got < net->nlayers; got++) {
         const hyb_layer *L = &net->layers[got];
         size_t cnt;
-        if (!mul_ok((size_t)n, L->out_h * L->out_w * L->n_out, &cnt) ||
+        if (!mul_ok((size_t)n, L->out_h * L->out_w * L->n_out, &cnt) || /* product <= 2^26 */
             get_buf(PyList_GET_ITEM(outs, got), &views[got], I32, (Py_ssize_t)cnt, 1, "trace output") < 0)
             break;
         ptrs[got] = (int32_t *)views[got].buf;
@@ -558,8 +573,14 @@ static struct PyModuleDef module_def = {
 
 PyMODINIT_FUNC PyInit__kernels(void) {
     if (PyType_Ready(&NetworkType) < 0) return NULL;
+    hyb_get_isa(); /* detect the CPU once, under the GIL, before any thread runs a kernel */
     PyObject *m = PyModule_Create(&module_def);
     if (!m) return NULL;
+    if (PyModule_AddIntConstant(m, "MAX_DIM", (long)HYB_MAX_DIM) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_ELEMENTS", (long)HYB_MAX_ELEMENTS) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     Py_INCREF(&NetworkType);
     if (PyModule_AddObject(m, "Network", (PyObject *)&NetworkType) < 0) {
         Py_DECREF(&NetworkType);

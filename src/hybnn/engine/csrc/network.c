@@ -12,10 +12,26 @@
 
 static const uint64_t zero_words[2] = {0, 0};
 
+/* A buffer of a * b items of `size` bytes (+1 byte: a zero count still gets a pointer), zeroed
+ * if asked. NULL with *status HYB_ERR_SIZE when the size overflows, HYB_ERR_NOMEM when memory
+ * is short. */
+static void *alloc_items(size_t a, size_t b, size_t size, int zero, int *status) {
+    size_t items, bytes;
+    if (!hyb_mul(a, b, &items) || !hyb_mul(items, size, &bytes) || bytes == SIZE_MAX) {
+        *status = HYB_ERR_SIZE;
+        return NULL;
+    }
+    void *p = zero ? calloc(bytes + 1, 1) : malloc(bytes + 1);
+    if (!p) *status = HYB_ERR_NOMEM;
+    return p;
+}
+
 int hyb_layer_prepare(hyb_layer *L, const uint64_t *rows) {
-    const size_t n = L->groups * L->kwords * HYB_GROUP;
-    L->w_plain = (uint64_t *)calloc(n + 1, sizeof(uint64_t));
-    L->w_split = (uint64_t *)calloc(2 * n + 1, sizeof(uint64_t));
+    size_t n;
+    int status = HYB_OK;
+    if (!hyb_mul(L->groups * HYB_GROUP, L->kwords, &n)) return -1;
+    L->w_plain = (uint64_t *)alloc_items(n, 1, sizeof(uint64_t), 1, &status);
+    L->w_split = (uint64_t *)alloc_items(n, 2, sizeof(uint64_t), 1, &status);
     if (!L->w_plain || !L->w_split) return -1;
     const uint64_t m = 0x0f0f0f0f0f0f0f0fULL;
     for (size_t g = 0; g < L->groups; g++)
@@ -312,7 +328,8 @@ static void split_range(void *vctx, size_t lo, size_t hi) {
     ctx->K->split_words(ctx->x + lo * ctx->per, (hi - lo) * ctx->per, ctx->out + 2 * lo * ctx->per);
 }
 
-/* Pad bits of caller-packed words must be 0, or they would count as mismatches. */
+/* Pad bits of caller-packed words must be 0, or they would count as mismatches. module.c
+ * checked that x holds n * in_size >= n * in_h * in_w * cw words. */
 static int check_pad_bits(const hyb_net *net, const uint64_t *x, size_t n) {
     const size_t cw = hyb_words(net->in_c), rem = net->in_c % 64;
     if (rem == 0) return 0;
@@ -329,16 +346,19 @@ static int run_layer(const hyb_layer *L, const hyb_kernels *K, const uint64_t *i
                      const hyb_targets *t, int threads) {
     const uint64_t *act = in;
     uint64_t *split = NULL;
+    size_t rows;
+    int status = HYB_OK;
+    if (!hyb_mul(n, L->out_h, &rows)) return HYB_ERR_SIZE;
     if (K->split) {
-        split = (uint64_t *)malloc(2 * n * L->in_size * sizeof(uint64_t) + 1);
-        if (!split) return HYB_ERR_NOMEM;
+        split = (uint64_t *)alloc_items(n, 2 * L->in_size, sizeof(uint64_t), 0, &status);
+        if (!split) return status;
         split_ctx sc = {K, in, split, L->in_size};
         hyb_parallel_for(threads, n, split_range, &sc);
         act = split;
     }
     layer_ctx ctx = {L, K, act, n, *t, 0};
     if (L->kind == HYB_CONV)
-        hyb_parallel_for(threads, n * L->out_h, conv_range, &ctx);
+        hyb_parallel_for(threads, rows, conv_range, &ctx);
     else
         hyb_parallel_for(threads, (n + TILE - 1) / TILE, dense_range, &ctx);
     free(split);
@@ -357,8 +377,8 @@ static int forward(const hyb_net *net, const void *x, int x_kind, size_t n, int 
         cur = (const uint64_t *)x;
     } else {
         const size_t per = patch ? net->patch_pixels : net->in_size;
-        owned = (uint64_t *)malloc(n * per * sizeof(uint64_t) + 1);
-        if (!owned) return HYB_ERR_NOMEM;
+        owned = (uint64_t *)alloc_items(n, per, sizeof(uint64_t), 0, &status);
+        if (!owned) return status;
         pack_ctx pc = {net, K, x, x_kind, owned, 0, 0};
         hyb_parallel_for(threads, n, patch ? patch_range : pack_range, &pc);
         if (pc.nan || pc.fail) {
@@ -374,14 +394,11 @@ static int forward(const hyb_net *net, const void *x, int x_kind, size_t n, int 
         hyb_targets t = {NULL, trace ? trace[l] : NULL, NULL};
         uint64_t *next = NULL;
         if (!last) {
-            next = (uint64_t *)calloc(n * L->out_size + 1, sizeof(uint64_t));
-            if (!next) {
-                status = HYB_ERR_NOMEM;
-                break;
-            }
+            next = (uint64_t *)alloc_items(n, L->out_size, sizeof(uint64_t), 1, &status);
+            if (!next) break;
             t.bits = next;
         } else if (!trace) {
-            if (out_kind == HYB_OUT_WORDS) {
+            if (out_kind == HYB_OUT_WORDS) { /* module.c checked out holds n * out_size words */
                 memset(out, 0, n * L->out_size * sizeof(uint64_t));
                 t.bits = (uint64_t *)out;
             } else if (out_kind == HYB_OUT_ACC) {
@@ -389,16 +406,16 @@ static int forward(const hyb_net *net, const void *x, int x_kind, size_t n, int 
             } else if (out_kind == HYB_OUT_LOGITS) {
                 t.logits = (float *)out;
             } else {
-                scratch_logits = (float *)malloc(n * L->n_out * sizeof(float) + 1);
-                if (!scratch_logits) {
-                    status = HYB_ERR_NOMEM;
-                    break;
-                }
+                scratch_logits = (float *)alloc_items(n, L->n_out, sizeof(float), 0, &status);
+                if (!scratch_logits) break;
                 t.logits = scratch_logits;
             }
         }
+        size_t rows;
         if (l == 0 && patch) /* dense over the packed windows: one row per output pixel */
-            status = run_layer(&net->patch, K, cur, n * net->patch_pixels, &t, threads);
+            status = hyb_mul(n, net->patch_pixels, &rows)
+                         ? run_layer(&net->patch, K, cur, rows, &t, threads)
+                         : HYB_ERR_SIZE;
         else
             status = run_layer(L, K, cur, n, &t, threads);
         free(owned);

@@ -8,7 +8,8 @@ enum { HYB_CONV = 0, HYB_DENSE = 1, HYB_OUT = 2 };
 enum { HYB_IN_FLOAT = 0, HYB_IN_PACKBITS = 1, HYB_IN_WORDS = 2 };
 enum { HYB_OUT_LOGITS = 0, HYB_OUT_ARGMAX = 1, HYB_OUT_WORDS = 2, HYB_OUT_ACC = 3 };
 /* hyb_net_run status */
-enum { HYB_OK = 0, HYB_ERR_NOMEM = -1, HYB_ERR_NAN = 1, HYB_ERR_PADBITS = 2 };
+/* HYB_ERR_SIZE: a buffer size for this batch overflows size_t (refused, nothing is run) */
+enum { HYB_OK = 0, HYB_ERR_NOMEM = -1, HYB_ERR_SIZE = -2, HYB_ERR_NAN = 1, HYB_ERR_PADBITS = 2 };
 
 typedef struct {
     int kind;
@@ -38,7 +39,8 @@ typedef struct {
     hyb_layer patch;
 } hyb_net;
 
-/* Build a layer's ISA layouts from rows [n_out][kwords] of packed weights; 0 on success. */
+/* Build a layer's ISA layouts from rows [n_out][kwords] of packed weights; 0 on success.
+ * The layer's geometry must be within the limits of engine.h (module.c checks it). */
 int hyb_layer_prepare(hyb_layer *L, const uint64_t *rows);
 void hyb_net_free(hyb_net *net);
 /* Set up net->patch when the first layer qualifies; 0 on success (or not applicable). */
