@@ -197,7 +197,8 @@ def study_rebnn(opts: StudyOptions) -> dict[str, Any]:
 
 def model_labels(meta: dict[str, Any], model: nn.Module) -> LabelSpace:
     """The label space a model was saved with (numbered outputs for older models)."""
-    return LabelSpace.from_json(meta.get("label_space"), int(model.config["num_classes"]))
+    return LabelSpace.from_json(meta.get("label_space"),
+                                int(meta["config"]["arch_config"]["num_classes"]))
 
 
 @torch.no_grad()

@@ -20,7 +20,8 @@ from hybnn.models.bnn_head import BNNHead
 BIT_ORDER = "bit j of word k = value 64k+j (NHWC channels for images); 1 = -1, 0 = +1; pad bits 0"
 
 
-def _pairs(modules: list[nn.Module]) -> list[tuple[BinaryLayer, nn.Module]]:
+def _pairs(modules: list[nn.Module]) -> list[tuple[Any, Any]]:
+    """(binary layer, batch norm) pairs; their types are checked where they are folded."""
     if len(modules) % 2:
         raise ValueError("expected (binary layer, batch norm) pairs")
     return list(zip(modules[0::2], modules[1::2], strict=True))

@@ -16,24 +16,25 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 _VERIFY_LIMIT = 1 << 22  # check every reachable d when (K + 1) * channels is at most this
 
 
-def _check_bn(bn: nn.Module, channels: int) -> None:
+def _check_bn(bn: nn.Module) -> _BatchNorm:
+    """``bn`` as a batch norm with running statistics, or a ValueError."""
     if not isinstance(bn, nn.BatchNorm1d | nn.BatchNorm2d):
         raise ValueError(
             f"expected a BatchNorm1d/2d after the binary layer, got {type(bn).__name__}"
         )
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError("batch norm without running statistics cannot be folded")
-    if bn.num_features != channels:
-        raise ValueError(f"batch norm has {bn.num_features} channels, the layer {channels}")
     params = [bn.running_mean, bn.running_var]
     if bn.affine:
         params += [bn.weight, bn.bias]
     if not all(bool(torch.isfinite(p).all()) for p in params):
         raise ValueError("batch norm has non-finite parameters or statistics")
+    return bn
 
 
 def _bn_eval(bn: nn.Module, z: torch.Tensor) -> torch.Tensor:
@@ -49,7 +50,7 @@ def _bn_eval(bn: nn.Module, z: torch.Tensor) -> torch.Tensor:
 
 
 def _positive(
-    bn: nn.Module, alpha: torch.Tensor | None, kbits: int, pops: torch.Tensor
+    bn: _BatchNorm, alpha: torch.Tensor | None, kbits: int, pops: torch.Tensor
 ) -> torch.Tensor:
     """sign(BN(alpha * d)) >= 0 for d = K - 2 * pops, per channel; pops (rows, C)."""
     z = (kbits - 2 * pops).to(torch.float32)
@@ -65,8 +66,8 @@ def sign_thresholds(
 
     ``pop'`` is the popcount against the weights negated where ``flip == -1``.
     """
+    bn = _check_bn(bn)
     channels = int(bn.num_features)
-    _check_bn(bn, channels)
     if alpha is not None:
         alpha = alpha.detach().to(torch.float32).reshape(channels)
         if not bool(torch.isfinite(alpha).all()):
@@ -91,7 +92,8 @@ def sign_thresholds(
     return thresholds.numpy().astype(np.int32), np.where(flip.numpy(), -1, 1).astype(np.int8)
 
 
-def _verify(bn: nn.Module, alpha, kbits: int, thresholds: torch.Tensor, flip: torch.Tensor) -> None:
+def _verify(bn: _BatchNorm, alpha: torch.Tensor | None, kbits: int, thresholds: torch.Tensor,
+            flip: torch.Tensor) -> None:
     q = torch.arange(kbits + 1)[:, None].expand(kbits + 1, thresholds.numel())
     pops = torch.where(flip[None], kbits - q, q)
     if not bool((_positive(bn, alpha, kbits, pops) == (q <= thresholds[None])).all()):
@@ -104,8 +106,9 @@ def output_affine(bn: nn.Module, alpha: torch.Tensor | None) -> tuple[np.ndarray
     PyTorch's eval batch norm is ``fma(z, g * invstd, b - mean * g * invstd)``; the shift is read
     from the module itself (its output at z = 0), the scale follows its float32 formula.
     """
+    bn = _check_bn(bn)
     channels = int(bn.num_features)
-    _check_bn(bn, channels)
+    assert bn.running_var is not None  # checked by _check_bn
     var = bn.running_var.detach().to(torch.float32)
     invstd = 1.0 / torch.sqrt(var + torch.tensor(bn.eps, dtype=torch.float32))
     weight = bn.weight.detach().to(torch.float32) if bn.affine else torch.ones(channels)

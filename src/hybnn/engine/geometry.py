@@ -92,15 +92,17 @@ class Layer:
 
 
 def conv2d(
-    in_channels: int,
-    height: int,
-    width: int,
-    out_channels: int,
-    kernel_size: int,
-    stride: int = 1,
-    padding: int = 0,
+    in_channels: object,
+    height: object,
+    width: object,
+    out_channels: object,
+    kernel_size: object,
+    stride: object = 1,
+    padding: object = 0,
 ) -> Layer:
-    """A checked convolution (square kernel, the same stride and padding on both axes)."""
+    """A checked convolution (square kernel, the same stride and padding on both axes).
+
+    Arguments may come from an untrusted file: each must be an integer in range."""
     c, h, w = _dim("in_channels", in_channels), _dim("height", height), _dim("width", width)
     o, k, s = (
         _dim("out_channels", out_channels),
@@ -120,7 +122,7 @@ def conv2d(
     return layer
 
 
-def dense(in_bits: int, in_words: int, out_features: int, op: str = "dense") -> Layer:
+def dense(in_bits: object, in_words: object, out_features: object, op: str = "dense") -> Layer:
     """A checked dense (``op="dense"``) or float output (``op="output"``) layer."""
     if op not in ("dense", "output"):
         raise ValueError(f"unknown dense op {op!r}")

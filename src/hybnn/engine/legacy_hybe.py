@@ -33,7 +33,7 @@ MAGIC = b"HYBNNENG"
 VERSION = 1
 PREAMBLE = struct.Struct("<8sIIQ32s")
 ALIGN = 64
-DTYPES = {
+DTYPES: dict[str, np.dtype[Any]] = {
     "<u8": np.dtype("<u8"),
     "<i4": np.dtype("<i4"),
     "<f4": np.dtype("<f4"),

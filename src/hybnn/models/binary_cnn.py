@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -26,7 +28,7 @@ class BinaryCNN(nn.Module):
         scaling: str = "none",
     ) -> None:
         super().__init__()
-        self.config = {
+        self.config: dict[str, Any] = {
             "image_size": [int(image_size[0]), int(image_size[1])],
             "in_channels": int(in_channels),
             "num_classes": int(num_classes),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,7 +31,7 @@ class BNNHead(nn.Module):
         if in_bits < 1 or num_classes < 2 or any(h < 1 for h in hidden):
             raise ValueError(f"BNNHead needs in_bits >= 1, num_classes >= 2 and positive hidden "
                              f"widths (got {in_bits}, {num_classes}, {list(hidden)})")
-        self.config = {
+        self.config: dict[str, Any] = {
             "in_bits": int(in_bits),
             "num_classes": int(num_classes),
             "hidden": [int(h) for h in hidden],

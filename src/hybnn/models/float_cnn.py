@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -19,7 +21,7 @@ class FloatCNN(nn.Module):
         fc: tuple[int, int] = (200, 128),
     ) -> None:
         super().__init__()
-        self.config = {
+        self.config: dict[str, Any] = {
             "image_size": [int(image_size[0]), int(image_size[1])],
             "in_channels": int(in_channels),
             "num_classes": int(num_classes),
