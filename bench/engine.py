@@ -35,7 +35,7 @@ import hybnn
 from hybnn.benchmarks import cpu_model
 from hybnn.engine import detect_isa, export_model, isa, load, pack_images, pack_signs
 from hybnn.engine.ops import PackedLayer
-from hybnn.engine.packing import pack_bits
+from hybnn.engine.packing import pack_sign_words
 from hybnn.models import BinaryCNN, BinaryLatentVAE, BNNHead, FloatCNN
 
 START, END = "<!-- engine:start -->", "<!-- engine:end -->"
@@ -133,7 +133,7 @@ def bench_head(rounds: int, threads: int, tmp: Path) -> dict[str, dict[str, Any]
 def bench_dense(k: int, n: int, batch: int, rounds: int, threads: int) -> dict[str, dict[str, Any]]:
     rng = np.random.default_rng(k + n)
     w, x = pm1(rng, (n, k)), rng.standard_normal((batch, k)).astype(np.float32)
-    layer = PackedLayer.dense(pack_bits(w < 0), k, rng.integers(0, k, n).astype(np.int32))
+    layer = PackedLayer.dense(pack_sign_words(w < 0), k, rng.integers(0, k, n).astype(np.int32))
     xp = pack_signs(x)
     wt, xt = torch.from_numpy(w), torch.from_numpy(x)
     with torch.inference_mode():
@@ -157,7 +157,7 @@ def bench_conv(rounds: int, threads: int) -> dict[str, dict[str, Any]]:
     c = o = 64
     w, x = pm1(rng, (o, c, 3, 3)), rng.standard_normal((1, c, 56, 56)).astype(np.float32)
     layer = PackedLayer.conv2d(
-        pack_bits(w.transpose(0, 2, 3, 1) < 0),
+        pack_sign_words(w.transpose(0, 2, 3, 1) < 0),
         c,
         56,
         56,

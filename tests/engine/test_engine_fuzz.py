@@ -21,7 +21,7 @@ from numpy_reference import run
 
 from hybnn.engine import format as fmt
 from hybnn.engine import load
-from hybnn.engine.packing import pack_bits, words_for
+from hybnn.engine.packing import pack_sign_words, words_for
 from hybnn.errors import ArtifactError
 
 EXAMPLES = int(os.environ.get("HYBNN_FUZZ_EXAMPLES", "400"))
@@ -61,15 +61,16 @@ def networks(draw) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             spec = {"op": "conv2d", "in_channels": c, "in_height": h, "in_width": w,
                     "out_channels": o, "kernel_size": k, "stride": s, "padding": p,
                     "out_height": ho, "out_width": wo, "kbits": k * k * c}
-            add(spec, weights=pack_bits(rng.random((o, k, k, c)) < 0.5), **hidden(o, k * k * c))
+            add(spec, weights=pack_sign_words(rng.random((o, k, k, c)) < 0.5),
+                **hidden(o, k * k * c))
             c, h, w = o, ho, wo
         bits, words = c * h * w, h * w * words_for(c)
-        neg = lambda o: pack_bits(rng.random((o, h, w, c)) < 0.5).reshape(o, words)  # noqa: E731
+        neg = lambda o: pack_sign_words(rng.random((o, h, w, c)) < 0.5).reshape(o, words)  # noqa: E731
     else:
         bits = draw(st.integers(1, 150))
         words = words_for(bits)
         inp = {"kind": "rows", "bits": bits}
-        neg = lambda o: pack_bits(rng.random((o, bits)) < 0.5)  # noqa: E731
+        neg = lambda o: pack_sign_words(rng.random((o, bits)) < 0.5)  # noqa: E731
     widths = [*draw(st.lists(st.integers(1, 70), max_size=2)), draw(st.integers(1, 5))]
     for i, o in enumerate(widths):
         spec = {"op": "output" if i == len(widths) - 1 else "dense", "in_bits": bits,
@@ -80,7 +81,7 @@ def networks(draw) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         else:
             add(spec, weights=neg(o), **hidden(o, bits))
         bits, words = o, words_for(o)
-        neg = lambda o, b=bits: pack_bits(rng.random((o, b)) < 0.5)  # noqa: E731
+        neg = lambda o, b=bits: pack_sign_words(rng.random((o, b)) < 0.5)  # noqa: E731
     header = {"kind": fmt.KIND, "format_version": fmt.FORMAT_VERSION, "arch": "fuzz",
               "num_classes": widths[-1], "input": inp, "layers": layers,
               "metadata": {"note": "fuzz"}}

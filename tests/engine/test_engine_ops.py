@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from hybnn.engine import pack_images, pack_signs, unpack_signs
 from hybnn.engine.ops import PackedLayer, maxpool2d
-from hybnn.engine.packing import pack_bits
+from hybnn.engine.packing import pack_sign_words
 from hybnn.errors import DataError
 
 
@@ -24,11 +24,12 @@ def test_dense_accumulators(k, n, batch):
     rng = np.random.default_rng(k)
     x, w = pm1((batch, k), rng), pm1((n, k), rng)
     thr = rng.integers(-1, k + 1, n).astype(np.int32)
-    layer = PackedLayer.dense(pack_bits(w < 0), k, thr)
+    layer = PackedLayer.dense(pack_sign_words(w < 0), k, thr)
     expected = (x @ w.T).astype(np.int32)
     np.testing.assert_array_equal(layer.accumulators(x), expected)
     np.testing.assert_array_equal(layer.accumulators(pack_signs(x)), expected)
-    np.testing.assert_array_equal(layer.signs(pack_signs(x)), pack_bits((k - expected) // 2 > thr))
+    np.testing.assert_array_equal(layer.signs(pack_signs(x)),
+                                  pack_sign_words((k - expected) // 2 > thr))
 
 
 @pytest.mark.parametrize(
@@ -49,11 +50,12 @@ def test_conv_accumulators_and_signs(c, o, hw, k, stride, pad):
     )
     ref = ref.numpy().round().astype(np.int32).transpose(0, 2, 3, 1)  # NHWC
     thr = rng.integers(-1, k * k * c + 1, o).astype(np.int32)
-    layer = PackedLayer.conv2d(pack_bits(w.transpose(0, 2, 3, 1) < 0), c, hw, hw, stride, pad, thr)
+    layer = PackedLayer.conv2d(pack_sign_words(w.transpose(0, 2, 3, 1) < 0), c, hw, hw, stride,
+                               pad, thr)
     np.testing.assert_array_equal(layer.accumulators(x), ref)
     np.testing.assert_array_equal(layer.accumulators(pack_images(x)), ref)
     pop = (k * k * c - ref) // 2
-    np.testing.assert_array_equal(layer.signs(x), pack_bits(pop > thr))
+    np.testing.assert_array_equal(layer.signs(x), pack_sign_words(pop > thr))
 
 
 def test_maxpool_matches_torch():

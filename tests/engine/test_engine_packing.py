@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from hybnn.engine import pack_codes, pack_images, pack_signs, unpack_signs
-from hybnn.engine.packing import pack_bits
+from hybnn.engine.packing import pack_sign_words
 from hybnn.errors import DataError
 
 finite = st.floats(allow_nan=False, width=32)
@@ -33,7 +33,7 @@ def test_pack_matches_reference_and_round_trips(x):
     words = pack_signs(x)
     np.testing.assert_array_equal(words, reference_words(x))
     np.testing.assert_array_equal(unpack_signs(words, x.shape[1]), np.where(x >= 0, 1, -1))
-    np.testing.assert_array_equal(pack_bits(x < 0), words)
+    np.testing.assert_array_equal(pack_sign_words(x < 0), words)
 
 
 @settings(max_examples=30, deadline=None)
@@ -54,7 +54,7 @@ def test_packbits_codes(bits, n, data):
     b = data.draw(hnp.arrays(np.bool_, (n, bits)))
     words = pack_codes(np.packbits(b, axis=1), bits)
     np.testing.assert_array_equal(unpack_signs(words, bits), np.where(b, 1, -1))
-    np.testing.assert_array_equal(words, pack_bits(~b))  # tail bits stay 0
+    np.testing.assert_array_equal(words, pack_sign_words(~b))  # tail bits stay 0
 
 
 def test_signed_zero_and_infinities():

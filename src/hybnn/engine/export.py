@@ -13,7 +13,7 @@ from hybnn.binary.layers import BinaryConv2d, BinaryLayer, BinaryLinear
 from hybnn.binary.quantizers import QUANTIZERS
 from hybnn.engine import format as fmt
 from hybnn.engine.fold import output_affine, sign_thresholds
-from hybnn.engine.packing import pack_bits, words_for
+from hybnn.engine.packing import pack_sign_words, words_for
 from hybnn.models.binary_cnn import BinaryCNN
 from hybnn.models.bnn_head import BNNHead
 
@@ -92,7 +92,7 @@ class _Builder:
             "out_width": wo,
             "kbits": kbits,
         }
-        self.add(spec, weights=pack_bits(neg), thresholds=thr, flips=flips)
+        self.add(spec, weights=pack_sign_words(neg), thresholds=thr, flips=flips)
         return layer.out_channels, ho, wo
 
     def dense(
@@ -119,11 +119,11 @@ class _Builder:
         alpha = _alpha(layer)
         if last:
             a, scale, shift = output_affine(bn, alpha)
-            words = pack_bits(neg).reshape(layer.out_features, in_words)
+            words = pack_sign_words(neg).reshape(layer.out_features, in_words)
             self.add(spec, weights=words, alpha=a, bn_scale=scale, bn_shift=shift)
         else:
             thr, flips = sign_thresholds(bn, alpha, kbits)
-            words = pack_bits(_flip_rows(neg, flips)).reshape(layer.out_features, in_words)
+            words = pack_sign_words(_flip_rows(neg, flips)).reshape(layer.out_features, in_words)
             self.add(spec, weights=words, thresholds=thr, flips=flips)
 
 

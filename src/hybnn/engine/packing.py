@@ -82,7 +82,7 @@ def unpack_signs(words: np.ndarray, bits: int) -> np.ndarray:
     return (1.0 - 2.0 * neg).astype(np.float32)
 
 
-def pack_bits(negative: np.ndarray) -> np.ndarray:
+def pack_sign_words(negative: np.ndarray) -> np.ndarray:
     """Pack a boolean array (True = -1) along its last axis: (..., K) -> (..., ceil(K/64)) words."""
     neg = np.asarray(negative, dtype=bool)
     k = neg.shape[-1]
