@@ -52,9 +52,10 @@ def test_extract_stores_25_bytes_per_code(workdir: Path) -> None:
 
 def test_evaluate_reports_accuracy_on_codes_and_on_images(workdir: Path) -> None:
     on_codes = json.loads(hybnn("evaluate", "--model", str(workdir / "head"), "--codes",
-                                str(workdir / "test.safetensors")).stdout)
+                                str(workdir / "test.safetensors"), "--json").stdout)
     on_images = json.loads(hybnn("evaluate", "--model", str(workdir / "head"), "--encoder",
-                                 str(workdir / "enc"), "--data", "digits", "--task", "0v1").stdout)
+                                 str(workdir / "enc"), "--data", "digits", "--task", "0v1",
+                                 "--json").stdout)
     assert on_codes["accuracy"] == pytest.approx(on_images["accuracy"])
     assert on_codes["accuracy"] > 0.8
     assert on_codes["samples"] == on_images["samples"] > 0
@@ -69,7 +70,7 @@ def test_predict_classifies_an_array_file(workdir: Path) -> None:
                             str(workdir / "enc"), "--json", str(workdir / "x.npy")).stdout)
     assert len(rows) == 6
     assert all(0.0 <= r["probability"] <= 1.0 for r in rows)
-    assert sum(r["class"] == y for r, y in zip(rows, pair.y[:6], strict=True)) >= 4
+    assert sum(r["index"] == y for r, y in zip(rows, pair.y[:6], strict=True)) >= 4
 
 
 def test_summary_counts_binary_weights(workdir: Path) -> None:
@@ -94,7 +95,7 @@ def test_packed_engine_predicts_like_torch(workdir: Path) -> None:
               "--json", str(workdir / "x20.npy"))
     torch_rows = json.loads(hybnn(*common).stdout)
     packed_rows = json.loads(hybnn(*common, "--engine", "packed").stdout)
-    assert [r["class"] for r in packed_rows] == [r["class"] for r in torch_rows]
+    assert [r["index"] for r in packed_rows] == [r["index"] for r in torch_rows]
     for a, b in zip(packed_rows, torch_rows, strict=True):
         assert a["probability"] == pytest.approx(b["probability"], abs=1e-4)
     out = hybnn("export", str(workdir / "head"), "--out", str(workdir / "head.hybe")).stdout

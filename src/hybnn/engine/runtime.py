@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from hybnn.data.labels import LabelSpace
 from hybnn.engine import format as fmt
 from hybnn.engine import geometry
 from hybnn.engine.dispatch import _kernels
@@ -158,6 +159,12 @@ class PackedModel:
         self.layers: list[dict[str, Any]] = header["layers"]
         self.geometry: list[geometry.Layer] = layers
         self.num_classes = layers[-1].out_channels
+        source = self.metadata.get("source")
+        recorded = source.get("label_space") if isinstance(source, dict) else None
+        try:  # what each output means, recorded from the model's artifact at export
+            self.label_space = LabelSpace.from_json(recorded, self.num_classes)
+        except ArtifactError as exc:
+            raise ArtifactError(f"{where} is invalid: {exc}") from None
         self.input_shape: tuple[int, ...] = (
             tuple(in_spec[1:]) if in_spec[0] == "image" else (in_spec[1],)
         )

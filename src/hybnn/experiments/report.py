@@ -35,6 +35,19 @@ def render_markdown(results: dict[str, Any]) -> str:
             c = row[m]
             lines.append(f"| {task} | {label} | {c['epochs']} | {c['train_s_per_epoch']:.4f} "
                          f"| {c['binary_params']} | {c['float_params']} | {c['model_bytes']} |")
+    for task, row in results["tasks"].items():
+        if "confusion" not in row:
+            continue
+        names = row["confusion"]["names"]
+        lines += ["", f"## Per class on `{task}` (test accuracy %, predictions summed over "
+                  "seeds)", "", "| class | " + " | ".join(
+                      label for m, label in MODEL_COLUMNS if m in ("hybnn", "fpcnn")) + " |",
+                  "|---|---|---|"]
+        per = row["confusion"]["per_class"]
+        for i, name in enumerate(names):
+            cells = [per[m][i]["accuracy"] for m in ("hybnn", "fpcnn")]
+            lines.append(f"| {name} | " + " | ".join(
+                "-" if c is None else f"{100 * c:.2f}" for c in cells) + " |")
     lines += ["", "BNN-head training speed-up per epoch over the binary CNN (same samples, "
               "same batch size): " + ", ".join(
                   f"{t} {r['head_speedup_vs_bcnn']:.1f}x" for t, r in results["tasks"].items()),

@@ -26,7 +26,7 @@ import numpy as np
 
 from hybnn.artifacts import atomic_write, atomic_write_json, versions
 from hybnn.binary.summary import model_summary
-from hybnn.data import load_source, select_task, train_test
+from hybnn.data import load_source, prepare, select_task, train_test
 from hybnn.data.dataset import Dataset
 from hybnn.errors import HybnnError
 from hybnn.experiments.config import ReproduceConfig
@@ -39,8 +39,9 @@ from hybnn.pipeline.config import PretrainConfig, TrainConfig
 from hybnn.pipeline.encoder import Encoder, load_encoder
 from hybnn.pipeline.extract import encode_to_codes
 from hybnn.pipeline.fit import train_head, train_image_model
+from hybnn.pipeline.metrics import confusion_matrix, per_class
 from hybnn.pipeline.pretrain import bit_usage, pretrain
-from hybnn.plots import plot_curves
+from hybnn.plots import plot_confusion, plot_curves
 from hybnn.progress import bar
 
 # The runs of every task and seed, by report key (hybnn.models.names.run_key).
@@ -90,13 +91,18 @@ def reproduce(config: ReproduceConfig, out: str | os.PathLike[str],
     curves: dict[str, dict[str, dict[str, list[float]]]] = {m: {} for m in RUNS}
     jobs = [(t, s) for t in config.tasks for s in config.seeds]
     per_task: dict[str, dict[str, list[tuple[History, Any]]]] = {}
+    confusions: dict[str, dict[str, np.ndarray]] = {}
     for task, seed in bar(jobs, "reproduce", progress, total=len(jobs), leave=True):
         tr = _subsample(select_task(train, task), config.max_train, seed)
         te = select_task(test, task)
         runs = per_task.setdefault(task, {m: [] for m in RUNS})
-        for model_name, (history, model) in _train_all(config, encoder, tr, te, task, seed,
-                                                       out, resume).items():
+        trained = _train_all(config, encoder, tr, te, task, seed, out, resume)
+        for model_name, (history, model) in trained.items():
             runs[model_name].append((history, model))
+        if te.num_classes > 2:  # the ten-class gap, per class (summed over seeds)
+            for name, matrix in _confusions(trained, encoder, te).items():
+                total = confusions.setdefault(task, {}).get(name)
+                confusions[task][name] = matrix if total is None else total + matrix
     for task, runs in per_task.items():
         results["tasks"][task] = {m: _aggregate(runs[m], m) for m in RUNS}
         for m in RUNS:
@@ -107,6 +113,13 @@ def reproduce(config: ReproduceConfig, out: str | os.PathLike[str],
         r = results["tasks"][task]
         r["head_speedup_vs_bcnn"] = (r["bcnn_centered"]["train_s_per_epoch"]
                                      / r["hybnn"]["train_s_per_epoch"])
+        if task in confusions:
+            space = select_task(test, task).label_space
+            r["confusion"] = {"names": list(space.names), "rows": "true", "columns": "predicted",
+                              "seeds_summed": list(config.seeds),
+                              **{m: c.tolist() for m, c in confusions[task].items()},
+                              "per_class": {m: per_class(c, space)
+                                            for m, c in confusions[task].items()}}
     results["seconds_total"] = time.perf_counter() - t_start
     _write_outputs(results, curves, out)
     if echo:
@@ -191,6 +204,27 @@ def _train_all(config: ReproduceConfig, encoder: Encoder, tr: Dataset, te: Datas
     return runs
 
 
+CONFUSION_RUNS = ("hybnn", "fpcnn")  # the ten-class comparison the paper's limit is about
+
+
+def _confusions(trained: dict[str, tuple[History, Any]], encoder: Encoder,
+                te: Dataset) -> dict[str, np.ndarray]:
+    """Test-set confusion matrices of HyBNN and of the float CNN."""
+    import torch
+
+    codes, y = encode_to_codes(encoder, te).tensors()
+    images = torch.from_numpy(prepare(te.x, "centered"))
+    out = {}
+    for name, x in (("hybnn", codes), ("fpcnn", images)):
+        model = trained[name][1].eval()
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            pred = torch.cat([model(x[i:i + 1024].to(device)).argmax(1).cpu()
+                              for i in range(0, len(x), 1024)])
+        out[name] = confusion_matrix(y.numpy(), pred.numpy(), te.num_classes)
+    return out
+
+
 def _swap(trained: tuple[Any, History]) -> tuple[History, Any]:
     return trained[1], trained[0]
 
@@ -258,6 +292,14 @@ def _write_outputs(results: dict[str, Any], curves: dict[str, Any], out: Path) -
         plot_curves({t: c["loss"] for t, c in curves[m].items()}, out / f"loss_{m}.png",
                     f"{MODEL_LABELS[m]}: training loss per task ({where})", "training loss")
     _plot_accuracy_bars(results, out / "accuracy_by_task.png")
+    for task, row in results["tasks"].items():
+        for m in CONFUSION_RUNS if "confusion" in row else ():
+            acc = 100 * row[m]["acc_mean"]
+            plot_confusion(np.asarray(row["confusion"][m]), row["confusion"]["names"],
+                           out / f"confusion_{task}_{m}.png",
+                           f"{MODEL_LABELS[m]} on {results['data']} {task}: mean accuracy "
+                           f"{acc:.2f} %, test predictions summed over seeds "
+                           f"{', '.join(map(str, results['seeds']))}")
 
 
 def _plot_accuracy_bars(results: dict[str, Any], path: Path) -> None:

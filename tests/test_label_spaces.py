@@ -1,0 +1,114 @@
+"""Answers in the user's terms: every artifact carries its label space; predict prints the
+label the user gave (a digit, a Fashion-MNIST name); evaluate reports per-class results."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hybnn.data import load_source, select_task
+from hybnn.data.labels import FASHION_MNIST_NAMES, LabelSpace
+from hybnn.engine import export_artifact, load
+from hybnn.errors import ArtifactError
+from hybnn.pipeline.codes import CodeStore
+from hybnn.pipeline.metrics import confusion_matrix, per_class, per_class_table
+from hybnn.plots import integer_axis, plt
+
+
+def hybnn(*args: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "hybnn", *args], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def pair_2v3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("labels")
+    hybnn("pretrain", "--data", "digits", "--epochs", "3", "--out", str(d / "enc"),
+          "--no-progress")
+    for split in ("train", "test"):
+        hybnn("extract", "--encoder", str(d / "enc"), "--data", "digits", "--task", "2v3",
+              "--split", split, "--out", str(d / f"{split}.safetensors"))
+    hybnn("train", "--codes", str(d / "train.safetensors"), "--test-codes",
+          str(d / "test.safetensors"), "--epochs", "30", "--out", str(d / "head"),
+          "--no-progress")
+    return d
+
+
+def test_a_task_keeps_the_original_labels_and_names():
+    space = select_task(load_source("digits"), "8v9").label_space
+    assert space == LabelSpace((8, 9), ("8", "9"))
+    assert LabelSpace.identity(10, FASHION_MNIST_NAMES).select([2, 3]).names == (
+        "Pullover", "Dress")
+
+
+def test_labels_round_trip_through_code_store_model_and_engine_file(pair_2v3: Path):
+    want = {"labels": [2, 3], "names": ["2", "3"]}
+    assert CodeStore.load(pair_2v3 / "train.safetensors").meta["label_space"] == want
+    assert json.loads((pair_2v3 / "head" / "meta.json").read_text())["label_space"] == want
+    export_artifact(pair_2v3 / "head", pair_2v3 / "head.engine")
+    assert load(pair_2v3 / "head.engine").label_space.to_json() == want
+
+
+def test_predict_on_a_png_of_a_known_digit_prints_that_digit(pair_2v3: Path):
+    from PIL import Image
+
+    test = select_task(load_source("digits"), "2v3")
+    twos = [i for i in range(len(test)) if test.y[i] == 0][-3:]  # the source's last 2s
+    paths = []
+    for k, i in enumerate(twos):
+        path = pair_2v3 / f"two-{k}.png"
+        Image.fromarray((test.x[i, 0] * 255).round().astype(np.uint8)).save(path)
+        paths.append(str(path))
+    out = hybnn("predict", "--model", str(pair_2v3 / "head"), "--encoder",
+                str(pair_2v3 / "enc"), *paths)
+    assert [line.split(": ")[1].split(" ")[0] for line in out.splitlines()] == ["2", "2", "2"]
+    rows = json.loads(hybnn("predict", "--model", str(pair_2v3 / "head"), "--encoder",
+                            str(pair_2v3 / "enc"), paths[0], "--json"))
+    assert {k: rows[0][k] for k in ("index", "label", "name")} == {"index": 0, "label": 2,
+                                                                   "name": "2"}
+
+
+def test_evaluate_writes_per_class_results_and_a_confusion_png(pair_2v3: Path, tmp_path):
+    result = json.loads(hybnn("evaluate", "--model", str(pair_2v3 / "head"), "--codes",
+                              str(pair_2v3 / "test.safetensors"), "--json", "--out",
+                              str(tmp_path)))
+    assert [r["label"] for r in result["per_class"]] == [2, 3]
+    assert sum(map(sum, result["confusion"])) == result["samples"]
+    assert Path(result["confusion_png"]).parent == tmp_path
+    assert Path(result["confusion_png"]).stat().st_size > 1000
+    table = hybnn("evaluate", "--model", str(pair_2v3 / "head"), "--codes",
+                  str(pair_2v3 / "test.safetensors"), "--out", str(tmp_path))
+    assert "confusion (rows: true, columns: predicted)" in table
+
+
+def test_confusion_matrix_on_a_hand_made_example():
+    m = confusion_matrix(np.array([0, 0, 1, 1, 1, 2]), np.array([0, 1, 1, 1, 0, 2]), 3)
+    assert m.tolist() == [[1, 1, 0], [1, 2, 0], [0, 0, 1]]
+    rows = per_class(m, LabelSpace((4, 7, 9), ("four", "seven", "nine")))
+    assert [r["accuracy"] for r in rows] == [0.5, 2 / 3, 1.0]
+    assert [r["samples"] for r in rows] == [2, 3, 1]
+    assert "seven" in per_class_table(rows, m)
+    assert per_class(np.zeros((1, 1), int), LabelSpace.identity(1))[0]["accuracy"] is None
+
+
+def test_a_forged_label_space_is_refused():
+    with pytest.raises(ArtifactError, match="2 entries for a model with 3 outputs"):
+        LabelSpace.from_json({"labels": [0, 1], "names": ["a", "b"]}, 3)
+    with pytest.raises(ArtifactError, match="invalid label space"):
+        LabelSpace.from_json({"labels": ["x"], "names": ["a"]}, 1)
+
+
+def test_counted_axes_get_whole_number_ticks():
+    fig, ax = plt.subplots()
+    ax.plot([1, 2, 3], [0.1, 0.5, 0.9])
+    integer_axis(ax.xaxis)
+    fig.canvas.draw()
+    assert all(float(t).is_integer() for t in ax.get_xticks())
+    plt.close(fig)
