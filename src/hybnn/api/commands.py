@@ -216,7 +216,7 @@ def _packed_logits(model: nn.Module, x: np.ndarray) -> np.ndarray:
     from hybnn.engine.runtime import load as load_engine
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.hybe"
+        path = Path(tmp) / "model.engine"
         try:
             export_model(model, path)
         except (TypeError, ValueError) as exc:

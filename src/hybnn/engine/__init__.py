@@ -1,8 +1,8 @@
 """Packed binary inference engine: XNOR/popcount kernels in C, a checked file format, a runtime.
 
 >>> from hybnn.engine import export_model, load
->>> export_model(head, "head.hybe")                     # doctest: +SKIP
->>> load("head.hybe").predict(codes_pm1)                # doctest: +SKIP
+>>> export_model(head, "head.engine")                   # doctest: +SKIP
+>>> load("head.engine").predict(codes_pm1)              # doctest: +SKIP
 
 See docs/engine.md for the bit layout, the file format and the measured speed.
 """
