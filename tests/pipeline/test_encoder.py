@@ -102,7 +102,9 @@ def test_encode_to_codes_builds_a_store_bound_to_the_encoder(tiny_encoder, digit
     store = encode_to_codes(encoder, data, {"task": "all", "split": "test"})
     assert len(store) == 40 and store.num_bits == 200 and store.bytes_per_sample == 25
     assert store.encoder_fingerprint == encoder.fingerprint
-    assert store.meta == {"source": "digits", "num_classes": 10, "task": "all", "split": "test"}
+    assert store.meta == {"source": "digits", "num_classes": 10, "task": "all", "split": "test",
+                          "label_space": {"labels": list(range(10)),
+                                          "names": [str(d) for d in range(10)]}}
     np.testing.assert_array_equal(store.bits().astype(bool), encoder.encode(data.x))
     np.testing.assert_array_equal(store.labels, data.y)
 
