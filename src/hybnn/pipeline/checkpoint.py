@@ -56,7 +56,9 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     """Restore ``model`` and ``optimizer``; returns (epochs done, their history)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or state.get("tag") != tag:
+        if not isinstance(state, dict):
+            raise ValueError(f"holds a {type(state).__name__}, not a checkpoint")
+        if state.get("tag") != tag:
             raise ArtifactError(
                 f"checkpoint {path} belongs to another run (model, data or settings differ); "
                 "remove it or drop --resume"
