@@ -206,6 +206,10 @@ def test_cortex_m4_build_sizes(config, tmp_path):
     assert size["text"] >= 8 * info["weight_words"]  # const weights live in flash
     assert size["bss"] >= 8 * info["work_words"]  # the static work buffer
     assert size["data"] == 0
+    specs = subprocess.run([ARM_EABI[0], "-print-file-name=nosys.specs"], capture_output=True,
+                           text=True).stdout.strip()
+    if not Path(specs).is_absolute():
+        pytest.skip("newlib's nosys.specs not found (Debian: libnewlib-arm-none-eabi)")
     main = tmp_path / "main.c"
     main.write_text('#include "model.h"\nstatic float input[MODEL_INPUT_SIZE];\n'
                     "volatile int result;\nint main(void) {\n"
@@ -218,3 +222,22 @@ def test_cortex_m4_build_sizes(config, tmp_path):
     assert proc.returncode == 0, proc.stderr
     linked = arm_size(elf)
     assert linked["text"] + linked["data"] < 256 * 1024 and linked["data"] + linked["bss"] < 65536
+
+
+@needs_cc
+def test_cli_export_format_c(tmp_path, capsys):
+    from hybnn.cli import main
+    from hybnn.models.io import save_model
+
+    config = CNNS[1]
+    save_model(tmp_path / "bcnn", _model(config, 4))
+    out = tmp_path / "c"
+    assert main(["export", str(tmp_path / "bcnn"), "--out", str(out), "--format", "c",
+                 "--name", "model"]) == 0
+    assert "as C99" in capsys.readouterr().out
+    assert main(["export", str(tmp_path / "bcnn"), "--out", str(tmp_path / "m.engine")]) == 0
+    exe = _build(CC, out, tmp_path / "run")
+    assert _assert_agree(tmp_path / "m.engine", _inputs(config, 50, 4), [str(exe)]) == 49
+    assert main(["export", str(tmp_path / "bcnn"), "--out", str(out), "--format", "c",
+                 "--name", "2bad"]) == 2
+    assert "C name must be an identifier" in capsys.readouterr().err
