@@ -9,6 +9,7 @@ build is sized with ``arm-none-eabi-size``.
 
 from __future__ import annotations
 
+import platform
 import shutil
 import struct
 import subprocess
@@ -26,6 +27,23 @@ HERE = Path(__file__).parent
 EMBEDDED = HERE.parents[1] / "src" / "hybnn" / "engine" / "embedded"
 CC = shutil.which("cc") or shutil.which("gcc")
 needs_cc = pytest.mark.skipif(CC is None, reason="no host C compiler (cc/gcc) on PATH")
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {f for line in text.splitlines() if line.startswith("flags") for f in line.split()}
+
+
+# "builtins": single-instruction popcount and fma where this x86 CPU has them; "portable": the
+# plain C fallbacks (64-bit bit tricks, fma without libm); "portable32": the 32-bit popcount
+# that Cortex-M builds use
+VARIANTS = {
+    "builtins": [f"-m{f}" for f in ("popcnt", "fma") if platform.machine() == "x86_64"
+                 and f in _cpu_flags()],
+    "portable": ["-DHYB_C_PORTABLE"],
+    "portable32": ["-DHYB_C_PORTABLE", "-DHYB_C_POPCOUNT32"],
+}
 AARCH64 = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64")
 ARM_EABI = shutil.which("arm-none-eabi-gcc"), shutil.which("arm-none-eabi-size")
 
@@ -103,12 +121,12 @@ def _assert_agree(engine_path: Path, x: np.ndarray, runner: list[str]) -> int:
 
 
 @needs_cc
-@pytest.mark.parametrize("portable", [False, True], ids=["builtins", "portable"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("config", HEADS + CNNS, ids=lambda c: "-".join(map(str, c.values())))
-def test_c_build_equals_engine(config, portable, tmp_path):
+def test_c_build_equals_engine(config, variant, tmp_path):
     seed = len(str(config))
     engine_path, out, _ = _export(_model(config, seed), tmp_path)
-    exe = _build(CC, out, tmp_path / "run", *(["-DHYB_C_PORTABLE"] if portable else []))
+    exe = _build(CC, out, tmp_path / "run", *VARIANTS[variant])
     n = 300 if "in_bits" in config else 120
     assert _assert_agree(engine_path, _inputs(config, n, seed), [str(exe)]) == n - 1
 

@@ -3,8 +3,8 @@
  * Not part of the Python extension: hybnn.engine.c_export copies this text into every generated
  * NAME.c, after the model's switches HYB_C_ROWS (input rows, else NCHW images), HYB_C_CONV and
  * HYB_C_DENSE (which layer kinds the model has). Everything is static, so several exported
- * models link into one program. Defining HYB_C_PORTABLE before it selects the plain C popcount
- * and fma even under GCC (the tests compile both).
+ * models link into one program. Defining HYB_C_PORTABLE selects the plain C popcount and fma
+ * even where GCC has single-instruction builtins (the tests compile both).
  *
  * Bit layout, as in the engine (csrc/engine.h): bit j of word k holds value 64k+j of a row or of
  * a pixel's channels (NHWC); bit 1 = -1, bit 0 = +1, so x < 0 packs to 1 and x >= 0 (also -0.0)
@@ -12,14 +12,26 @@
  * word is a pixel of +1 values: the +1 padding of BinaryConv2d, read for taps outside the image.
  */
 
-#if defined(__GNUC__) && !defined(HYB_C_PORTABLE)
+/* The builtin only where it is one instruction (x86 with -mpopcnt, aarch64): elsewhere GCC
+ * calls libgcc's __popcountdi2, slower than the bit tricks below. */
+#if defined(__GNUC__) && !defined(HYB_C_PORTABLE) && (defined(__POPCNT__) || defined(__aarch64__))
 #define hyb_popcount(x) ((unsigned)__builtin_popcountll(x))
-#else
+#elif UINTPTR_MAX > 0xffffffffu && !defined(HYB_C_POPCOUNT32)
 static unsigned hyb_popcount(uint64_t x) {
     x = x - ((x >> 1) & UINT64_C(0x5555555555555555));
     x = (x & UINT64_C(0x3333333333333333)) + ((x >> 2) & UINT64_C(0x3333333333333333));
     x = (x + (x >> 4)) & UINT64_C(0x0f0f0f0f0f0f0f0f);
     return (unsigned)((x * UINT64_C(0x0101010101010101)) >> 56);
+}
+#else /* 32-bit CPUs (Cortex-M; HYB_C_POPCOUNT32 forces it): two halves, no 64-bit multiply */
+static unsigned hyb_popcount32(uint32_t x) {
+    x = x - ((x >> 1) & 0x55555555u);
+    x = (x & 0x33333333u) + ((x >> 2) & 0x33333333u);
+    x = (x + (x >> 4)) & 0x0f0f0f0fu;
+    return (unsigned)((x * 0x01010101u) >> 24);
+}
+static unsigned hyb_popcount(uint64_t x) {
+    return hyb_popcount32((uint32_t)x) + hyb_popcount32((uint32_t)(x >> 32));
 }
 #endif
 
@@ -99,28 +111,38 @@ static void hyb_conv(const uint64_t *in, uint64_t *out, const uint64_t *w, const
                      size_t c_w, size_t h, size_t wd, size_t o, size_t k, size_t s, size_t p,
                      size_t ho, size_t wo) {
     for (size_t oy = 0; oy < ho; oy++)
-        for (size_t ox = 0; ox < wo; ox++)
+        for (size_t ox = 0; ox < wo; ox++) {
+            /* a window inside the image needs no bounds checks */
+            const int inside = oy * s >= p && ox * s >= p && oy * s - p + k <= h &&
+                               ox * s - p + k <= wd;
             for (size_t o0 = 0; o0 < o; o0 += 64) {
                 uint64_t bits = 0;
                 for (size_t oc = o0; oc < o && oc < o0 + 64; oc++) {
                     const uint64_t *wt = w + oc * k * k * c_w;
                     uint32_t pop = 0;
-                    for (size_t ky = 0; ky < k; ky++) {
-                        const size_t iy = oy * s + ky; /* row in the padded image */
-                        for (size_t kx = 0; kx < k; kx++, wt += c_w) {
-                            const size_t ix = ox * s + kx;
-                            if (iy < p || ix < p || iy - p >= h || ix - p >= wd) { /* +1 */
-                                for (size_t c = 0; c < c_w; c++) pop += hyb_popcount(wt[c]);
-                                continue;
+                    if (inside) {
+                        const uint64_t *a = in + ((oy * s - p) * wd + (ox * s - p)) * c_w;
+                        for (size_t ky = 0; ky < k; ky++, a += wd * c_w, wt += k * c_w)
+                            for (size_t i = 0; i < k * c_w; i++) pop += hyb_popcount(a[i] ^ wt[i]);
+                    } else {
+                        for (size_t ky = 0; ky < k; ky++) {
+                            const size_t iy = oy * s + ky; /* row in the padded image */
+                            for (size_t kx = 0; kx < k; kx++, wt += c_w) {
+                                const size_t ix = ox * s + kx;
+                                if (iy < p || ix < p || iy - p >= h || ix - p >= wd) { /* +1 */
+                                    for (size_t c = 0; c < c_w; c++) pop += hyb_popcount(wt[c]);
+                                    continue;
+                                }
+                                const uint64_t *a = in + ((iy - p) * wd + (ix - p)) * c_w;
+                                for (size_t c = 0; c < c_w; c++) pop += hyb_popcount(a[c] ^ wt[c]);
                             }
-                            const uint64_t *a = in + ((iy - p) * wd + (ix - p)) * c_w;
-                            for (size_t c = 0; c < c_w; c++) pop += hyb_popcount(a[c] ^ wt[c]);
                         }
                     }
                     bits |= (uint64_t)((int32_t)pop > thr[oc]) << (oc % 64);
                 }
                 *out++ = bits;
             }
+        }
 }
 #endif
 
