@@ -55,5 +55,6 @@ test-sanitize:
 bench: install
 	$(PY) bench/hybnn_targets.py
 	$(PY) bench/engine.py
+	$(PY) bench/embedded.py
 	$(PY) bench/federated.py
 	hybnn study rebnn --out runs/study-rebnn --no-progress
