@@ -3,12 +3,13 @@ PY ?= python3
 PIP := $(PY) -m pip
 OUT ?= runs/demo
 
-.PHONY: install data demo test test-fast test-sanitize lint bench
+.PHONY: install data toolchains demo test test-fast test-sanitize lint bench
 
 install:
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev,fed]'
 	-@$(MAKE) -s data
+	-@$(MAKE) -s toolchains
 
 # Fashion-MNIST ships as a Debian package; without it hybnn downloads the files on first use.
 data:
@@ -16,6 +17,19 @@ data:
 		(apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
 		 (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1)) || \
 		echo "note: dataset-fashion-mnist not installed; hybnn will download Fashion-MNIST when online"; \
+	fi
+
+# Cross compilers and qemu for the C export's tests (tests/engine/test_c_export.py, which skip
+# without them) and bench/embedded.py: aarch64 under qemu-user, Cortex-M4 with newlib.
+TOOLCHAINS := gcc-aarch64-linux-gnu qemu-user gcc-arm-none-eabi libnewlib-arm-none-eabi
+toolchains:
+	@if ! command -v aarch64-linux-gnu-gcc >/dev/null || ! command -v qemu-aarch64 >/dev/null || \
+	    ! command -v arm-none-eabi-gcc >/dev/null || [ ! -d /usr/lib/arm-none-eabi/newlib ]; then \
+		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+			(apt-get install -y -qq $(TOOLCHAINS) >/dev/null 2>&1 || \
+			 (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $(TOOLCHAINS) >/dev/null 2>&1)) || \
+			echo "note: $(TOOLCHAINS) not installed; the aarch64 and Cortex-M4 C export tests skip"; \
+		else echo "note: no root apt-get; the aarch64 and Cortex-M4 C export tests skip"; fi; \
 	fi
 
 demo: install
@@ -41,5 +55,6 @@ test-sanitize:
 bench: install
 	$(PY) bench/hybnn_targets.py
 	$(PY) bench/engine.py
+	$(PY) bench/embedded.py
 	$(PY) bench/federated.py
 	hybnn study rebnn --out runs/study-rebnn --no-progress

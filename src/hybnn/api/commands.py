@@ -149,10 +149,17 @@ def predict(opts: PredictOptions) -> list[dict[str, Any]]:
 
 
 def export(opts: ExportOptions) -> dict[str, Any]:
-    """Write a trained BNN head or binary CNN as a packed engine file; returns its header."""
+    """Write a trained BNN head or binary CNN as a packed engine file; returns its header.
+
+    ``format="c"``: C99 source into the directory ``opts.out`` instead; returns its summary
+    (:func:`hybnn.engine.c_export.write_c`)."""
     from hybnn.engine.export import export_artifact
 
     try:
+        if opts.format == "c":
+            from hybnn.engine.c_export import write_c
+
+            return write_c(opts.model, opts.out, opts.name)
         return export_artifact(opts.model, opts.out)
     except (TypeError, ValueError) as exc:  # an architecture or layer the engine cannot run
         raise ArtifactError(f"cannot export {opts.model}: {exc}") from None

@@ -19,6 +19,7 @@ from hybnn.pipeline.config import PretrainConfig, TrainConfig
 from hybnn.settings import setting
 
 ENGINES = ("torch", "packed")
+EXPORT_FORMATS = ("engine", "c")
 DEVICE_HELP = "torch device: cpu, cuda, cuda:1, ..."
 
 
@@ -101,10 +102,13 @@ class PredictOptions:
 
 @dataclass(kw_only=True)
 class ExportOptions:
-    """Write a BNN head or binary CNN as a packed engine file."""
+    """Write a BNN head or binary CNN as a packed engine file, or as C99 source (--format c)."""
 
     model: str = setting(help="model directory (from `hybnn train`)", positional=True)
-    out: str = setting(help="engine file to write")
+    out: str = setting(help="engine file to write (with --format c: a directory)")
+    format: str = setting("engine", "engine: a packed engine file; c: C99 source NAME.h + "
+                          "NAME.c for microcontrollers", choices=EXPORT_FORMATS)
+    name: str = setting("hybnn_model", "C identifier prefix of the generated code (--format c)")
 
 
 @dataclass(kw_only=True)

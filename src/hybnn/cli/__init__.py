@@ -76,6 +76,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     opts = build(api.ExportOptions, args)
     header = api.export(opts)
+    if opts.format == "c":
+        print(f"exported {header['arch']} ({header['layers']} layers) as C99 -> "
+              f"{header['header']}, {header['source']} ({8 * header['weight_words']} bytes of "
+              f"weights, {8 * header['work_words']} bytes of work buffer)")
+        return 0
     size = Path(opts.out).stat().st_size
     print(f"exported {header['arch']} ({len(header['layers'])} layers) -> {opts.out} "
           f"({size} bytes)")

@@ -1,0 +1,295 @@
+"""C99 source of an engine model for microcontrollers: ``hybnn export --format c``.
+
+:func:`write_c` writes ``NAME.h`` and ``NAME.c``: the packed weights as ``const uint64_t``
+arrays, the integer thresholds, the float output layer (alpha, batch-norm scale and shift) and
+the forward pass (sign-pack, XNOR-popcount, threshold compare, ..., float logits). The code
+includes only ``<stdint.h>`` and ``<stddef.h>``, never allocates, and follows the engine's bit
+order, padding and float operation order, so its logits equal the engine's bit for bit
+(docs/embedded.md). The model is validated like any engine file before a line is written.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hybnn.artifacts import atomic_write_bytes
+from hybnn.engine import format as fmt
+from hybnn.engine.runtime import PackedModel, words_per_sample
+
+# How the tests and bench/embedded.py build the generated code (any C99 compiler works).
+HOST_FLAGS = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2", "-ffp-contract=off")
+CORTEX_M4_FLAGS = ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16", "-Os",
+                   "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-ffp-contract=off",
+                   "-ffunction-sections", "-fdata-sections")
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}\Z")
+_RESERVED = frozenset((
+    "auto", "break", "case", "char", "const", "continue", "default", "do", "double", "else",
+    "enum", "extern", "float", "for", "goto", "if", "inline", "int", "long", "register",
+    "restrict", "return", "short", "signed", "sizeof", "static", "struct", "switch", "typedef",
+    "union", "unsigned", "void", "volatile", "while", "main",
+))
+
+
+def kernels_source() -> str:
+    """The fixed C kernels every generated file includes (``engine/embedded/forward.c``)."""
+    return (resources.files("hybnn.engine") / "embedded" / "forward.c").read_text()
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is a usable C identifier prefix (at most 32 characters), else ValueError."""
+    if not isinstance(name, str) or not _NAME.match(name) or name in _RESERVED:
+        raise ValueError(f"C name must be an identifier of at most 32 characters, got {name!r}")
+    if name.startswith(("hyb_", "HYB_")):
+        raise ValueError(f"C name {name!r} would clash with the kernels' hyb_ prefix")
+    return name
+
+
+def load_engine(source: Any) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
+    """(header, arrays, fingerprint) of an engine file, a model directory or a torch model."""
+    if isinstance(source, str | os.PathLike) and not Path(source).is_dir():
+        return fmt.read(source)
+    from hybnn.engine.export import export_artifact, export_model
+
+    with tempfile.TemporaryDirectory() as tmp:  # through the real exporter and reader
+        path = Path(tmp) / "model.engine"
+        if isinstance(source, str | os.PathLike):
+            export_artifact(source, path)
+        else:
+            export_model(source, path)
+        return fmt.read(path)
+
+
+def _array(lines: list[str], ctype: str, name: str, values: Iterable[str], per_line: int) -> None:
+    vals = list(values)
+    lines.append(f"static const {ctype} {name}[{len(vals)}] = {{")
+    for i in range(0, len(vals), per_line):
+        lines.append("    " + ", ".join(vals[i : i + per_line]) + ",")
+    lines.append("};")
+
+
+def _words(a: np.ndarray) -> Iterable[str]:
+    return (f"UINT64_C(0x{int(v):016x})" for v in a.reshape(-1))
+
+
+def _floats(a: np.ndarray) -> Iterable[str]:
+    return (float.hex(float(v)) + "f" for v in a.reshape(-1))  # exact: hex float literals
+
+
+def _layout(model: PackedModel) -> dict[str, int]:
+    """Buffer sizes in words. The input and each hidden layer's output alternate between two
+    regions of the work buffer (A: even, B: odd), so no layer overwrites what it reads."""
+    in_words = words_per_sample(model)
+    acts = [in_words] + [g.out_words for g in model.geometry[:-1]]
+    a, b = max(acts[0::2]), max(acts[1::2], default=0)
+    return {"input_words": in_words, "region_a": a, "work_words": a + b,
+            "weight_words": sum(math.prod(g.weight_shape) for g in model.geometry),
+            "classes": model.num_classes}
+
+
+def _header_text(model: PackedModel, name: str, fingerprint: str, sizes: dict[str, int]) -> str:
+    from hybnn import __version__
+
+    up = name.upper()
+    if model.in_bits is not None:
+        shape = [f"#define {up}_INPUT_BITS {model.in_bits}u"]
+        what = f"rows of {model.in_bits} floats"
+    else:
+        c, h, w = model.input_shape
+        shape = [f"#define {up}_INPUT_CHANNELS {c}u", f"#define {up}_INPUT_HEIGHT {h}u",
+                 f"#define {up}_INPUT_WIDTH {w}u"]
+        what = f"NCHW images of {c} x {h} x {w} floats"
+    return f"""/* {name}: a binary network from `hybnn export --format c` (hybnn {__version__}).
+ * Engine model fingerprint (SHA-256): {fingerprint}
+ * Input: {what}, signs taken with sign(0) = +1. Output: {up}_CLASSES float logits,
+ * bit-exact with the hybnn engine. Portable C99: no malloc, no libc. Generated: regenerate
+ * rather than edit. See docs/embedded.md of hybnn. */
+#ifndef {up}_H
+#define {up}_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+{chr(10).join(shape)}
+#define {up}_INPUT_SIZE {math.prod(model.input_shape)}u /* floats per sample */
+#define {up}_INPUT_WORDS {sizes["input_words"]}u /* packed uint64_t words per sample */
+#define {up}_CLASSES {model.num_classes}u
+#define {up}_WORK_WORDS {sizes["work_words"]}u /* uint64_t scratch of one call */
+#define {up}_WEIGHT_WORDS {sizes["weight_words"]}u /* packed weights (const) */
+
+#define {up}_ERR_NAN (-1)     /* the input contains NaN: its sign is undefined */
+#define {up}_ERR_PADBITS (-2) /* packed input has bits set past the input width */
+
+#ifdef __cplusplus
+extern "C" {{
+#endif
+
+/* Class of one sample ({up}_INPUT_SIZE floats): the argmax of its logits (the first maximum
+ * on ties), or {up}_ERR_NAN. logits: {up}_CLASSES floats written, or NULL.
+ * work: {up}_WORK_WORDS words of the caller's; calls with distinct work buffers are
+ * independent (reentrant). */
+int {name}_predict_r(const float *input, float *logits, uint64_t *work);
+
+/* The same for an input already packed ({up}_INPUT_WORDS words, the engine's bit order);
+ * returns {up}_ERR_PADBITS if a bit past the input width is set. */
+int {name}_predict_words(const uint64_t *words, float *logits, uint64_t *work);
+
+#ifndef {up}_NO_STATIC_WORK
+/* {name}_predict_r with a static work buffer (not reentrant). */
+int {name}_predict(const float *input, float *logits);
+
+/* n samples one after another: logits (n * {up}_CLASSES, or NULL) and classes (n, or NULL;
+ * a negative {up}_ERR_* for a refused sample). Returns how many samples were refused. */
+size_t {name}_predict_batch(const float *inputs, size_t n, float *logits, int *classes);
+#endif
+
+#ifdef __cplusplus
+}}
+#endif
+
+#endif
+"""
+
+
+def _layers(model: PackedModel, arrays: dict[str, np.ndarray], region_a: int) -> tuple[list, list]:
+    """(array definitions, forward-pass calls): one kernel call per layer."""
+    lines: list[str] = []
+    calls: list[str] = []
+    b = f"work + {region_a}u"
+    for i, (g, spec) in enumerate(zip(model.geometry, model.layers, strict=True)):
+        _array(lines, "uint64_t", f"hyb_w{i}", _words(arrays[spec["weights"]]), 4)
+        src = "x" if i == 0 else ("work" if i % 2 == 0 else b)
+        dst = "work" if i % 2 else b
+        if g.op == "output":
+            for key, short in (("alpha", "a"), ("bn_scale", "s"), ("bn_shift", "b")):
+                _array(lines, "float", f"hyb_{short}{i}", _floats(arrays[spec[key]]), 6)
+            calls.append(f"    hyb_output({src}, out, hyb_w{i}, hyb_a{i}, hyb_s{i}, hyb_b{i}, "
+                         f"{g.in_words}u, {g.kbits}, {g.out_channels}u);")
+            continue
+        thr = arrays[spec["thresholds"]]
+        _array(lines, "int32_t", f"hyb_t{i}", (str(int(t)) for t in thr), 12)
+        if g.op == "conv2d":
+            cw = g.in_words // (g.in_height * g.in_width)
+            calls.append(f"    hyb_conv({src}, {dst}, hyb_w{i}, hyb_t{i}, {cw}u, {g.in_height}u, "
+                         f"{g.in_width}u, {g.out_channels}u, {g.kernel_size}u, {g.stride}u, "
+                         f"{g.padding}u, {g.out_height}u, {g.out_width}u);")
+        else:
+            calls.append(f"    hyb_dense({src}, {dst}, hyb_w{i}, hyb_t{i}, {g.in_words}u, "
+                         f"{g.out_channels}u);")
+    if len(model.geometry) == 1:
+        calls.insert(0, "    (void)work; /* one layer: no hidden activations */")
+    return lines, calls
+
+
+def _entry_points(model: PackedModel, name: str) -> list[str]:
+    up = name.upper()
+    if model.in_bits is not None:
+        pack = f"hyb_pack_rows(input, {up}_INPUT_BITS, work)"
+        units, width = "1u", f"{up}_INPUT_BITS"
+    else:
+        pixels = f"{up}_INPUT_HEIGHT * {up}_INPUT_WIDTH"
+        pack = f"hyb_pack_image(input, {up}_INPUT_CHANNELS, {pixels}, work)"
+        units, width = pixels, f"{up}_INPUT_CHANNELS"
+    return f"""
+int {name}_predict_words(const uint64_t *words, float *logits, uint64_t *work) {{
+    if (hyb_pad_bits(words, {units}, {width})) return {up}_ERR_PADBITS;
+    return hyb_forward(words, logits, work);
+}}
+
+int {name}_predict_r(const float *input, float *logits, uint64_t *work) {{
+    if ({pack}) return {up}_ERR_NAN;
+    return hyb_forward(work, logits, work);
+}}
+
+#ifndef {up}_NO_STATIC_WORK
+static uint64_t hyb_work[{up}_WORK_WORDS];
+
+int {name}_predict(const float *input, float *logits) {{
+    return {name}_predict_r(input, logits, hyb_work);
+}}
+
+size_t {name}_predict_batch(const float *inputs, size_t n, float *logits, int *classes) {{
+    size_t refused = 0;
+    for (size_t i = 0; i < n; i++) {{
+        const float *x = inputs + i * {up}_INPUT_SIZE;
+        const int r = {name}_predict(x, logits ? logits + i * {up}_CLASSES : NULL);
+        if (classes) classes[i] = r;
+        refused += r < 0;
+    }}
+    return refused;
+}}
+#endif
+""".splitlines()
+
+
+def generate(
+    header: dict[str, Any], arrays: dict[str, np.ndarray], fingerprint: str, name: str
+) -> tuple[str, str, dict[str, int]]:
+    """(NAME.h text, NAME.c text, sizes in words) of an engine model, validated first."""
+    from hybnn import __version__
+
+    name = check_name(name)
+    model = PackedModel(header, arrays, fingerprint)  # every check of the loader, C included
+    sizes = _layout(model)
+    ops = {g.op for g in model.geometry}
+    defs, calls = _layers(model, arrays, sizes.pop("region_a"))
+    lines = [
+        f"/* {name}: generated by hybnn {__version__} from the engine model {fingerprint[:16]}; "
+        f"see {name}.h. */",
+        f'#include "{name}.h"',
+        "",
+        f"#define HYB_C_ROWS {int(model.in_bits is not None)}",
+        f"#define HYB_C_CONV {int('conv2d' in ops)}",
+        f"#define HYB_C_DENSE {int('dense' in ops)}",
+        "",
+        kernels_source().rstrip(),
+        "",
+        "/* ---- the model's arrays ---- */",
+        *defs,
+        "",
+        "/* ---- forward pass ---- */",
+        "static int hyb_forward(const uint64_t *x, float *logits, uint64_t *work) {",
+        f"    float scratch[{name.upper()}_CLASSES];",
+        "    float *out = logits ? logits : scratch;",
+        *calls,
+        f"    return hyb_argmax(out, {name.upper()}_CLASSES);",
+        "}",
+        *_entry_points(model, name),
+    ]
+    return _header_text(model, name, fingerprint, sizes), "\n".join(lines), sizes
+
+
+def write_c(
+    source: Any, out_dir: str | os.PathLike[str], name: str = "hybnn_model"
+) -> dict[str, Any]:
+    """Write ``NAME.h`` and ``NAME.c`` for ``source`` into ``out_dir``; returns a summary.
+
+    ``source``: an engine file, a model directory from ``save_model`` or a ``BNNHead`` /
+    ``BinaryCNN``. The summary holds the two paths, the fingerprint and the buffer sizes.
+    """
+    check_name(name)
+    header, arrays, fingerprint = load_engine(source)
+    h_text, c_text, sizes = generate(header, arrays, fingerprint, name)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"header": out / f"{name}.h", "source": out / f"{name}.c"}
+    for key, text in (("header", h_text), ("source", c_text)):
+        atomic_write_bytes(paths[key], text.encode())
+    return {
+        "header": str(paths["header"]),
+        "source": str(paths["source"]),
+        "name": name,
+        "fingerprint": fingerprint,
+        "arch": header.get("arch"),
+        "layers": len(header["layers"]),
+        **sizes,
+    }
