@@ -14,11 +14,11 @@ import math
 import os
 import zlib
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 
 from hybnn.data.limits import check_elements
+from hybnn.data.npfiles import Stream
 from hybnn.errors import DataError
 
 IDX_TYPES: dict[int, np.dtype] = {
@@ -58,7 +58,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         raise DataError(f"{path}: corrupt or truncated gzip data ({exc})") from None
 
 
-def _read_idx_stream(fh: IO[bytes], name: str) -> np.ndarray:
+def _read_idx_stream(fh: Stream, name: str) -> np.ndarray:
     head = fh.read(4)
     if len(head) < 4:
         raise DataError(f"{name}: too short to be an IDX file ({len(head)} bytes)")

@@ -64,7 +64,8 @@ def _read_image(path: Path) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                check_pixels(*img.size, str(path))
+                width, height = img.size
+                check_pixels(width, height, str(path))
                 return np.asarray(img.convert("L"))
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image or array file") from None

@@ -8,13 +8,13 @@ Object arrays (pickles) are refused. Every failure is a :class:`DataError` namin
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import zipfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from numpy.lib import format as npformat
@@ -24,6 +24,14 @@ from hybnn.errors import DataError
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
+
+
+class Stream(Protocol):
+    """A binary file, or a member of a zip archive."""
+
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
 _READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError,
                 TypeError, SyntaxError)
 
@@ -69,7 +77,7 @@ def read_npz(path: str | os.PathLike[str], names: Sequence[str]) -> dict[str, np
         raise DataError(f"{path}: not a readable .npz file ({exc})") from None
 
 
-def _read_array(fh: io.BufferedIOBase, name: str) -> np.ndarray:
+def _read_array(fh: Stream, name: str) -> np.ndarray:
     version = npformat.read_magic(fh)
     if version == (1, 0):
         shape, fortran, dtype = npformat.read_array_header_1_0(fh)
@@ -86,13 +94,12 @@ def _read_array(fh: io.BufferedIOBase, name: str) -> np.ndarray:
     return arr.reshape(shape, order="F" if fortran else "C")
 
 
-def _read_exactly(fh: io.BufferedIOBase, nbytes: int, name: str) -> bytearray:
-    """Exactly ``nbytes`` from ``fh`` into one writable buffer (no second copy)."""
-    data = bytearray(nbytes)
-    view, got = memoryview(data), 0
-    while got < nbytes:
-        n = fh.readinto(view[got:])
-        if not n:
-            raise DataError(f"{name}: truncated array data ({got} of {nbytes} bytes)")
-        got += n
+def _read_exactly(fh: Stream, nbytes: int, name: str) -> bytearray:
+    """Exactly ``nbytes`` from ``fh``, in blocks, into one writable buffer."""
+    data = bytearray()
+    while len(data) < nbytes:
+        block = fh.read(min(nbytes - len(data), 1 << 24))
+        if not block:
+            raise DataError(f"{name}: truncated array data ({len(data)} of {nbytes} bytes)")
+        data += block
     return data
