@@ -38,3 +38,8 @@ def check_pixels(width: int, height: int, name: str) -> None:
     if width * height > MAX_IMAGE_PIXELS:
         raise DataError(f"{name}: image of {width}x{height} pixels is above the limit of "
                         f"{MAX_IMAGE_PIXELS:,} pixels (hybnn.data.limits)")
+
+# Artifact configs (meta.json): every number (widths, image sides, bits, classes) and the
+# length of every list (hidden widths), checked before a module is built.
+MAX_CONFIG_VALUE = 65536
+MAX_CONFIG_LIST = 64
