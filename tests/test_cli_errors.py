@@ -182,5 +182,5 @@ def test_impossible_training_settings(tmp_path, capsys):
     codes = code_store(tmp_path / "codes.safetensors", FP_A)
     result = run_main(capsys, "train", "--codes", codes, "--out", tmp_path / "head",
                       "--batch-size", "0", "--no-progress")
-    assert_one_line_error(result, "batch size >= 1")
+    assert_one_line_error(result, "--batch-size must be at least 1")
     assert not (tmp_path / "head").exists()
