@@ -182,5 +182,15 @@ def test_impossible_training_settings(tmp_path, capsys):
     codes = code_store(tmp_path / "codes.safetensors", FP_A)
     result = run_main(capsys, "train", "--codes", codes, "--out", tmp_path / "head",
                       "--batch-size", "0", "--no-progress")
-    assert_one_line_error(result, "batch size >= 1")
+    assert_one_line_error(result, "--batch-size must be at least 1")
     assert not (tmp_path / "head").exists()
+
+
+def test_json_output_is_strict_json_without_nan():
+    import json
+
+    from hybnn.cli import to_json
+
+    text = to_json({"loss": float("nan"), "rows": [{"p": float("inf")}, {"p": 0.5}]})
+    assert json.loads(text) == {"loss": None, "rows": [{"p": None}, {"p": 0.5}]}
+    assert "NaN" not in text and "Infinity" not in text

@@ -13,7 +13,13 @@ from hypothesis.extra import numpy as hnp
 from safetensors.numpy import save_file
 
 from hybnn.errors import ArtifactError, FingerprintMismatch
-from hybnn.pipeline.codes import CodeStore, bits_to_signs, pack_code_bits, unpack_code_bits
+from hybnn.pipeline.codes import (
+    CodeStore,
+    bits_to_signs,
+    pack_code_bits,
+    payload_sha256,
+    unpack_code_bits,
+)
 
 FP = "a" * 64
 OTHER_FP = "b" * 64
@@ -198,3 +204,62 @@ def test_model_weights_are_not_a_code_store(tmp_path):
     save_model(tmp_path / "m", BNNHead(16, 2, (8,)))
     with pytest.raises(ArtifactError, match="not a hybnn code store"):
         CodeStore.load(tmp_path / "m" / "weights.safetensors")
+
+
+# ------------------------------------------------------------------ checksum and classes
+
+
+def flip_byte_in(path, tensor: str, index: int = 0) -> None:
+    """Flip one byte inside ``tensor``'s data, leaving the safetensors header valid."""
+    raw = bytearray(path.read_bytes())
+    size = int.from_bytes(raw[:8], "little")
+    start, _ = json.loads(raw[8:8 + size])[tensor]["data_offsets"]
+    raw[8 + size + start + index] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize(("tensor", "index"), [("codes", 0), ("codes", 77), ("labels", 8)])
+def test_a_flipped_byte_in_codes_or_labels_is_refused(saved, tensor, index):
+    flip_byte_in(saved, tensor, index)
+    with pytest.raises(ArtifactError, match=r"codes\.safetensors.*do not match the checksum"):
+        CodeStore.load(saved)
+
+
+def test_the_checksum_is_in_the_header_not_in_meta(saved):
+    with open(saved, "rb") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        header = json.loads(json.loads(fh.read(size))["__metadata__"]["hybnn"])
+    store = CodeStore.load(saved)
+    assert header["payload_sha256"] == payload_sha256(store.packed, store.labels)
+    assert "payload_sha256" not in store.meta
+
+
+def test_a_store_without_checksum_is_refused_with_a_way_out(tmp_path):
+    path = write_foreign(tmp_path / "old.safetensors", json.dumps(GOOD_HEADER))
+    with pytest.raises(ArtifactError, match=r"old\.safetensors.*no payload_sha256.*re-extract"):
+        CodeStore.load(path)
+
+
+def test_labels_beyond_the_recorded_classes_are_refused(tmp_path):
+    packed = np.zeros((3, 25), np.uint8)
+    with pytest.raises(ArtifactError, match="label 2 is not one of its 2 classes"):
+        CodeStore(packed, np.array([0, 1, 2]), 200, FP, {"num_classes": 2})
+    header = {**GOOD_HEADER, "num_classes": 2,
+              "payload_sha256": payload_sha256(packed, np.array([0, 1, 2]))}
+    path = write_foreign(tmp_path / "wide.safetensors", json.dumps(header),
+                         {"codes": packed, "labels": np.array([0, 1, 2])})
+    with pytest.raises(ArtifactError, match=r"wide\.safetensors.*label 2"):
+        CodeStore.load(path)
+
+
+@pytest.mark.parametrize("classes", [0, -1, 2.5, "2", True])
+def test_recorded_classes_must_be_a_positive_integer(classes):
+    with pytest.raises(ArtifactError, match="num_classes"):
+        CodeStore(np.zeros((1, 25), np.uint8), np.zeros(1, np.int64), 200, FP,
+                  {"num_classes": classes})
+
+
+def test_deeply_nested_header_is_an_artifact_error(tmp_path):
+    path = write_foreign(tmp_path / "deep.safetensors", "[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ArtifactError, match="not a readable code store"):
+        CodeStore.load(path)

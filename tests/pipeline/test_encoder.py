@@ -144,7 +144,7 @@ def test_encoder_meta_config_that_does_not_fit_is_refused(tiny_encoder, tmp_path
     meta = json.loads((copy / META_NAME).read_text())
     meta["config"]["latent_bits"] = 100
     (copy / META_NAME).write_text(json.dumps(meta))
-    with pytest.raises(ArtifactError, match="does not fit its config"):
+    with pytest.raises(ArtifactError, match="do not fit the model"):
         load_encoder(copy)
 
 

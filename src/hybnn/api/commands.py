@@ -28,9 +28,10 @@ from hybnn.api.options import (
 )
 from hybnn.data import load_split, prepare, read_inputs
 from hybnn.data.labels import LabelSpace
+from hybnn.data.limits import MAX_CONFIG_LIST, MAX_CONFIG_VALUE
 from hybnn.errors import ArtifactError, DataError, FingerprintMismatch
 from hybnn.hooks import History
-from hybnn.models.io import load_model
+from hybnn.models.io import load_classifier, load_model
 from hybnn.pipeline.codes import CodeStore, bits_to_signs
 from hybnn.pipeline.config import TrainConfig
 from hybnn.pipeline.encoder import Encoder, load_encoder
@@ -44,6 +45,7 @@ from hybnn.plots import plot_confusion
 
 def pretrain(opts: PretrainOptions) -> Encoder:
     """Phase 1 on the *general* data: the training split of every class, labels unused."""
+    opts.config.validate()
     general = load_split(opts.data, "all", "train")
     info = {"source": opts.data, "split": "train", "samples": len(general)}
     return pretrain_encoder(general.x, opts.out, opts.config, info, progress=opts.progress,
@@ -64,12 +66,14 @@ def train(opts: TrainOptions) -> tuple[nn.Module, History]:
     """Phase 3: the BNN head on code stores, or a baseline CNN on a task's images."""
     values = {k: v for k, v in dataclasses.asdict(opts.config).items()
               if k not in ("epochs", "lr")}
-    config = TrainConfig.for_model(opts.model, opts.epochs, opts.lr, **values)
+    config = TrainConfig.for_model(opts.model, opts.epochs, opts.lr, **values).validate()
     if opts.model == "hybnn":
         if not opts.codes:
             raise DataError("--model hybnn trains on codes: give --codes (from `hybnn extract`)")
-        if any(h < 1 for h in opts.hidden):
-            raise DataError(f"--hidden widths must be positive, got {opts.hidden}")
+        if len(opts.hidden) > MAX_CONFIG_LIST or any(
+                not 1 <= h <= MAX_CONFIG_VALUE for h in opts.hidden):
+            raise DataError(f"--hidden takes at most {MAX_CONFIG_LIST} widths in "
+                            f"1..{MAX_CONFIG_VALUE}, got {opts.hidden}")
         train_codes = CodeStore.load(opts.codes)
         test_codes = CodeStore.load(opts.test_codes) if opts.test_codes else None
         return train_head(train_codes, test_codes, config, opts.hidden, opts.scaling, opts.out,
@@ -84,7 +88,7 @@ def train(opts: TrainOptions) -> tuple[nn.Module, History]:
 def evaluate(opts: EvaluateOptions) -> dict[str, Any]:
     """Accuracy and loss of a saved model on a code store or on a data split."""
     device = resolve_device(opts.device)
-    model, meta = load_model(opts.model)
+    model, meta = load_classifier(opts.model)
     arch = meta["config"]["arch"]
     task = opts.task or meta.get("task") or "all"
     data = opts.data or meta.get("source")
@@ -102,8 +106,17 @@ def evaluate(opts: EvaluateOptions) -> dict[str, Any]:
         if not data:
             raise DataError("give --data: the model does not record its data source")
         part = load_split(data, task, opts.split)
-        x = torch.from_numpy(prepare(part.x, meta.get("prep", "unit")))
+        _check_channels(meta, part.x, opts.model)
+        x = torch.from_numpy(prepare(part.x, meta.get("prep") or "unit"))
         y = torch.from_numpy(part.y)
+    if len(y) == 0:
+        raise DataError(f"nothing to evaluate: the {opts.split} split of task {task} has no "
+                        "samples")
+    classes = int(meta["config"]["arch_config"]["num_classes"])
+    if int(y.max()) >= classes:
+        raise DataError(f"labels go up to {int(y.max())}, but model {opts.model} has {classes} "
+                        f"classes (trained on task {meta.get('task')}); evaluate it on its own "
+                        "task with --task")
     loss, acc = evaluate_classifier(model.to(device), x, y)
     space = model_labels(meta, model)
     matrix = confusion_matrix(y.numpy(), predict_classes(model, x), len(space))
@@ -120,7 +133,7 @@ def evaluate(opts: EvaluateOptions) -> dict[str, Any]:
 def predict(opts: PredictOptions) -> list[dict[str, Any]]:
     """Classify images or arrays with a saved model (torch or the packed engine)."""
     device = resolve_device(opts.device)
-    model, meta = load_model(opts.model)
+    model, meta = load_classifier(opts.model)
     arch = meta["config"]["arch"]
     x, names = read_inputs(opts.inputs)
     if arch == "hybnn":
@@ -129,11 +142,8 @@ def predict(opts: PredictOptions) -> list[dict[str, Any]]:
         enc = _matching_encoder(opts.encoder, meta, opts.model, opts.device)
         net_input = bits_to_signs(enc.encode(x)).numpy()
     else:
-        size = tuple(meta["config"]["arch_config"]["image_size"])
-        if x.shape[2:] != size:
-            raise DataError(f"model expects {size[0]}x{size[1]} images, got "
-                            f"{x.shape[2]}x{x.shape[3]}")
-        net_input = prepare(x, meta.get("prep", "unit"))
+        _check_channels(meta, x, opts.model)
+        net_input = prepare(x, meta.get("prep") or "unit")
     if opts.engine == "packed":
         logits = _packed_logits(model, net_input)
     elif opts.engine == "torch":
@@ -141,7 +151,11 @@ def predict(opts: PredictOptions) -> list[dict[str, Any]]:
             logits = model.to(device)(torch.from_numpy(net_input).to(device)).cpu().numpy()
     else:
         raise DataError(f"unknown engine {opts.engine!r}: use torch or packed")
-    probs = torch.softmax(torch.from_numpy(np.asarray(logits, dtype=np.float32)), 1).numpy()
+    logits = np.asarray(logits, dtype=np.float32)
+    if not np.isfinite(logits).all():
+        raise ArtifactError(f"model {opts.model} gives non-finite outputs for these inputs "
+                            "(weights too large to compute with)")
+    probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
     space = model_labels(meta, model)
     return [{"input": n, "index": int(p.argmax()), "label": space.labels[int(p.argmax())],
              "name": space.names[int(p.argmax())], "probability": float(p.max())}
@@ -215,6 +229,15 @@ def predict_classes(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -
     device = next(model.parameters()).device
     return torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).cpu()
                       for i in range(0, len(x), batch_size)]).numpy()
+
+
+def _check_channels(meta: dict[str, Any], x: np.ndarray, model_dir: Any) -> None:
+    """Images (N, C, H, W) must have the channels and size an image model was built for."""
+    cfg = meta["config"]["arch_config"]
+    want = (int(cfg.get("in_channels", 1)), *(int(v) for v in cfg["image_size"]))
+    if tuple(x.shape[1:]) != want:
+        raise DataError(f"model {model_dir} expects images of {want[0]} channel(s) of "
+                        f"{want[1]}x{want[2]}, got {x.shape[1]} of {x.shape[2]}x{x.shape[3]}")
 
 
 def _packed_logits(model: nn.Module, x: np.ndarray) -> np.ndarray:

@@ -48,10 +48,15 @@ class BinaryLayer(nn.Module):
         self.scaling = scaling
         self.weight_quantizer = get_quantizer(weight_quantizer)
         self.input_quantizer = None if input_quantizer is None else get_quantizer(input_quantizer)
-        with torch.no_grad():
-            self.weight.clamp_(-1.0, 1.0)
+        # A build on the meta device (loaders check shapes first) skips the value
+        # computations: their meta kernels cost seconds of CPU on first use.
+        meta = self.weight.is_meta
+        if not meta:
+            with torch.no_grad():
+                self.weight.clamp_(-1.0, 1.0)
         if scaling == "learned":
-            self.alpha = nn.Parameter(self._mean_abs_weight().detach().clone())
+            self.alpha = nn.Parameter(torch.empty(self.weight.shape[0], device="meta") if meta
+                                      else self._mean_abs_weight().detach().clone())
         else:
             self.register_parameter("alpha", None)
 

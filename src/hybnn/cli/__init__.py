@@ -8,16 +8,34 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from hybnn import api
 from hybnn.cli.flags import add_flags, build, given
 from hybnn.errors import HybnnError
 
 Handler = Callable[[argparse.Namespace], int]
+
+
+def to_json(obj: Any) -> str:
+    """Strict JSON: a NaN or infinite number (which ``json.dumps`` would print as the invalid
+    ``NaN``/``Infinity``) becomes ``null``."""
+    return json.dumps(_finite(obj), allow_nan=False)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -53,7 +71,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     opts = build(api.EvaluateOptions, args)
     result = api.evaluate(opts)
     if opts.json:
-        print(json.dumps(result))
+        print(to_json(result))
         return 0
     print(f"{result['arch']} on {result['task']} ({result['split']}, {result['samples']} "
           f"samples): accuracy {100 * result['accuracy']:.2f} %, loss {result['loss']:.4f}\n")
@@ -66,7 +84,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     opts = build(api.PredictOptions, args)
     rows = api.predict(opts)
     if opts.json:
-        print(json.dumps(rows))
+        print(to_json(rows))
     else:
         for r in rows:
             print(f"{r['input']}: {r['name']} (p={r['probability']:.3f})")
@@ -178,11 +196,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hybnn: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
               file=sys.stderr)
         return 2
+    except MemoryError:
+        print("hybnn: error: out of memory (an input or setting too large for this machine)",
+              file=sys.stderr)
+        return 2
+    except RecursionError:
+        print("hybnn: error: an input is nested too deeply to read (e.g. JSON in meta.json)",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("hybnn: interrupted", file=sys.stderr)
         return 130
-
-
 
 
 if __name__ == "__main__":

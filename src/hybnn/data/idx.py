@@ -2,12 +2,14 @@
 
 Layout: two zero bytes, a type code, the number of dimensions ``d``, then ``d`` big-endian
 uint32 sizes, then the data in row-major big-endian order. Everything is validated: magic,
-type, dimension count, and that the payload holds exactly prod(sizes) items.
+type, dimension count, sizes within :mod:`hybnn.data.limits`, and that the payload holds
+exactly prod(sizes) items.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import os
 import zlib
@@ -15,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hybnn.data.limits import check_elements
+from hybnn.data.npfiles import Stream
 from hybnn.errors import DataError
 
 IDX_TYPES: dict[int, np.dtype] = {
@@ -29,40 +33,55 @@ IDX_TYPES: dict[int, np.dtype] = {
 
 def read_idx_bytes(raw: bytes, name: str = "<bytes>") -> np.ndarray:
     """Parse IDX ``raw`` bytes into an array (native byte order)."""
-    if len(raw) < 4:
-        raise DataError(f"{name}: too short to be an IDX file ({len(raw)} bytes)")
-    if raw[0] != 0 or raw[1] != 0:
-        raise DataError(f"{name}: not an IDX file (bad magic number)")
-    type_code, ndim = raw[2], raw[3]
-    if type_code not in IDX_TYPES:
-        raise DataError(f"{name}: unknown IDX data type 0x{type_code:02x}")
-    if ndim == 0:
-        raise DataError(f"{name}: IDX file declares zero dimensions")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{name}: truncated IDX header")
-    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    dtype = IDX_TYPES[type_code]
-    expected = math.prod(dims) * dtype.itemsize  # Python ints: a crafted header cannot overflow
-    actual = len(raw) - header
-    if actual != expected:
-        state = "truncated" if actual < expected else "has trailing bytes"
-        raise DataError(
-            f"{name}: IDX file {state} (dims {dims} need {expected} data bytes, found {actual})"
-        )
-    data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
-    return data.astype(dtype.newbyteorder("="), copy=True)
+    return _read_idx_stream(io.BytesIO(raw), name)
 
 
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read an IDX file; gzip is detected from its magic bytes, not the file name."""
+    """Read an IDX file; gzip is detected from its magic bytes, not the file name.
+
+    The header is read first and its sizes checked against :mod:`hybnn.data.limits`; then
+    exactly the bytes it promises are read (plus one, to detect trailing data), so a small
+    gzip stream that inflates to gigabytes is refused after at most the promised size.
+    """
     path = Path(path)
     try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+        with open(path, "rb") as raw:
+            compressed = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            if compressed:
+                with gzip.GzipFile(fileobj=raw) as fh:
+                    return _read_idx_stream(fh, str(path))  # CRC checked at the end
+            return _read_idx_stream(raw, str(path))
     except FileNotFoundError:
         raise DataError(f"IDX file not found: {path}") from None
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: corrupt or truncated gzip data ({exc})") from None
-    return read_idx_bytes(raw, str(path))
+
+
+def _read_idx_stream(fh: Stream, name: str) -> np.ndarray:
+    head = fh.read(4)
+    if len(head) < 4:
+        raise DataError(f"{name}: too short to be an IDX file ({len(head)} bytes)")
+    if head[0] != 0 or head[1] != 0:
+        raise DataError(f"{name}: not an IDX file (bad magic number)")
+    type_code, ndim = head[2], head[3]
+    if type_code not in IDX_TYPES:
+        raise DataError(f"{name}: unknown IDX data type 0x{type_code:02x}")
+    if ndim == 0:
+        raise DataError(f"{name}: IDX file declares zero dimensions")
+    sizes = fh.read(4 * ndim)
+    if len(sizes) < 4 * ndim:
+        raise DataError(f"{name}: truncated IDX header")
+    dims = tuple(int(d) for d in np.frombuffer(sizes, dtype=">u4"))
+    dtype = IDX_TYPES[type_code]
+    expected = math.prod(dims) * dtype.itemsize  # Python ints: a crafted header cannot overflow
+    check_elements(dims, dtype.itemsize, name)
+    payload = fh.read(expected + 1)  # one byte more: trailing data is an error too
+    actual = len(payload)
+    if actual != expected:
+        state = "truncated" if actual < expected else "has trailing bytes"
+        found = f"found {actual}" if actual < expected else "found more"
+        raise DataError(f"{name}: IDX file {state} (dims {dims} need {expected} data bytes, "
+                        f"{found})")
+    data = np.frombuffer(payload, dtype=dtype).reshape(dims)
+    return data.astype(dtype.newbyteorder("="), copy=True)

@@ -10,8 +10,6 @@
 from __future__ import annotations
 
 import os
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from hybnn.data.dataset import Dataset
 from hybnn.data.download import RemoteFile, fetch
 from hybnn.data.idx import read_idx
 from hybnn.data.labels import SOURCE_NAMES, LabelSpace
+from hybnn.data.npfiles import read_npz
 from hybnn.errors import DataError
 
 OFFLINE_ALTERNATIVES = (
@@ -99,20 +98,8 @@ def load_npz(path: str | os.PathLike[str]) -> Dataset:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a lone .npy array
-            raise DataError(f"{path}: not an .npz archive; need arrays x and y")
-        with loaded as npz:
-            missing = {"x", "y"} - set(npz.files)
-            if missing:
-                raise DataError(f"{path}: missing array(s) {sorted(missing)}; need x and y")
-            x, y = npz["x"], npz["y"]
-    except DataError:
-        raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
-    return Dataset(path.name, x, y)
+    arrays = read_npz(path, ["x", "y"])
+    return Dataset(path.name, arrays["x"], arrays["y"])
 
 
 def _official_pair(name: str, paths: dict[str, Path]) -> Dataset:

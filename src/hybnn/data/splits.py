@@ -49,6 +49,8 @@ def train_test(
 def load_split(data: str, task: str, split: str) -> Dataset:
     """A data source, restricted to a task and a split (``train``, ``test`` or ``all``)."""
     source = load_source(data)
+    if len(source) == 0:
+        raise DataError(f"{data}: the data set holds no samples")
     if split == "all":
         part = source
     else:

@@ -8,12 +8,14 @@ from typing import Any
 from torch import nn
 
 from hybnn.artifacts import load_bundle, save_bundle
+from hybnn.data.names import PREPS
 from hybnn.errors import ArtifactError
 from hybnn.models.binary_cnn import BinaryCNN
 from hybnn.models.bnn_head import BNNHead
 from hybnn.models.float_cnn import FloatCNN
-from hybnn.models.names import LEGACY_NAMES, VAE
+from hybnn.models.names import LEGACY_NAMES, MODEL_NAMES, VAE
 from hybnn.models.vae import BinaryLatentVAE
+from hybnn.models.weights import build_checked
 
 MODEL_KIND = "model"
 ARCHITECTURES: dict[str, type[nn.Module]] = {
@@ -51,17 +53,36 @@ def save_model(
 
 
 def load_model(directory: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
-    """Load a model saved by :func:`save_model`; returns (model in eval mode, metadata)."""
+    """Load a model saved by :func:`save_model`; returns (model in eval mode, metadata).
+
+    ``meta.json`` is not covered by the weights' fingerprint, so every field used later is
+    checked here: the architecture and its config (:mod:`hybnn.models.weights`), and that
+    ``task``, ``source``, ``prep`` and ``encoder_fingerprint`` are strings (``prep`` a known one).
+    """
     tensors, meta = load_bundle(directory, MODEL_KIND)
     config = meta.get("config")
     if not isinstance(config, dict) or not isinstance(config.get("arch_config"), dict):
         raise ArtifactError(f"{directory}: model metadata lacks an architecture config")
-    model = build_model(str(config.get("arch")), config["arch_config"])
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise ArtifactError(f"weights in {directory} do not fit the model: {first}") from None
+    for key in ("task", "source", "prep", "encoder_fingerprint"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise ArtifactError(f"{directory}: {key} in the model metadata must be a string, "
+                                f"got {meta[key]!r}")
+    if meta.get("prep") is not None and meta["prep"] not in PREPS:
+        raise ArtifactError(f"{directory}: unknown input preparation {meta['prep']!r} in the "
+                            f"model metadata; expected one of {', '.join(PREPS)}")
+    arch = LEGACY_NAMES.get(str(config.get("arch")), str(config.get("arch")))
+    model = build_checked(lambda **c: build_model(arch, c), config["arch_config"], tensors,
+                          str(directory))
     model.eval()
-    config["arch"] = LEGACY_NAMES.get(str(config.get("arch")), config.get("arch"))
+    config["arch"] = arch
+    return model, meta
+
+
+def load_classifier(directory: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
+    """:func:`load_model`, refusing a model that is not a classifier (a VAE saved as one)."""
+    model, meta = load_model(directory)
+    if meta["config"]["arch"] not in MODEL_NAMES:
+        raise ArtifactError(f"{directory} holds a {meta['config']['arch']!r} model, not a "
+                            f"classifier ({', '.join(MODEL_NAMES)}); an encoder's VAE is "
+                            "given as --encoder")
     return model, meta

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 
+from hybnn.data.limits import MAX_CONFIG_VALUE
+from hybnn.errors import DataError
 from hybnn.models.names import SPECS
 from hybnn.settings import setting
 
@@ -23,6 +27,19 @@ class PretrainConfig:
     shift: int = setting(0, "augmentation: random shifts of up to this many pixels (0: none)")
     seed: int = setting(0, "random seed")
     device: str = setting("cpu", "torch device: cpu, cuda, cuda:1, ...")
+
+    def validate(self) -> PretrainConfig:
+        """Refuse impossible values (NaN, inf, negative, zero sizes) before any work."""
+        _check(self, "latent_bits", 1 <= self.latent_bits <= MAX_CONFIG_VALUE,
+               f"an integer in 1..{MAX_CONFIG_VALUE}")
+        _check(self, "epochs", self.epochs >= 1, "at least 1")
+        _check(self, "batch_size", self.batch_size >= 1, "at least 1")
+        _check(self, "lr", _positive(self.lr), "a finite number > 0")
+        _check(self, "beta", math.isfinite(self.beta) and self.beta >= 0, "a finite number >= 0")
+        _check(self, "tau", _positive(self.tau), "a finite number > 0")
+        _check(self, "shift", 0 <= self.shift <= 64, "an integer in 0..64")
+        _check(self, "seed", self.seed >= 0, "a non-negative integer")
+        return self
 
 
 @dataclass
@@ -45,3 +62,25 @@ class TrainConfig:
         s = SPECS[model]
         return cls(epochs=s.epochs if epochs is None else epochs,
                    lr=s.lr if lr is None else lr, **values)  # type: ignore[arg-type]
+
+    def validate(self) -> TrainConfig:
+        """Refuse impossible values (NaN, inf, negative, zero sizes) before any work."""
+        _check(self, "epochs", self.epochs >= 0, "a non-negative integer")
+        _check(self, "batch_size", self.batch_size >= 1, "at least 1")
+        _check(self, "lr", _positive(self.lr), "a finite number > 0")
+        _check(self, "weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+               "a finite number >= 0")
+        _check(self, "schedule", self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}")
+        _check(self, "seed", self.seed >= 0, "a non-negative integer")
+        return self
+
+
+def _positive(x: float) -> bool:
+    return math.isfinite(x) and x > 0
+
+
+def _check(config: object, name: str, ok: bool, what: str) -> None:
+    if not ok:
+        f = next(f for f in dataclasses.fields(config) if f.name == name)  # type: ignore[arg-type]
+        flag = f.metadata.get("flag") or f"--{name.replace('_', '-')}"
+        raise DataError(f"{flag} must be {what}, got {getattr(config, name)!r}")

@@ -12,6 +12,7 @@ import torch
 from hybnn.artifacts import load_bundle, save_bundle
 from hybnn.errors import ArtifactError, DataError
 from hybnn.models.vae import BinaryLatentVAE
+from hybnn.models.weights import build_checked
 
 ENCODER_KIND = "encoder"
 
@@ -62,12 +63,9 @@ def save_encoder(directory: str | os.PathLike[str], vae: BinaryLatentVAE,
 
 def load_encoder(directory: str | os.PathLike[str], device: str = "cpu") -> Encoder:
     tensors, meta = load_bundle(directory, ENCODER_KIND)
-    try:
-        vae = BinaryLatentVAE(**meta["config"])
-        vae.load_state_dict(tensors, strict=True)
-    except (TypeError, KeyError, ValueError, RuntimeError) as exc:
-        first = str(exc).splitlines()[0]
-        raise ArtifactError(f"encoder in {directory} does not fit its config: {first}") from None
+    if not isinstance(meta.get("config"), dict):
+        raise ArtifactError(f"encoder in {directory}: metadata lacks a config")
+    vae = build_checked(BinaryLatentVAE, meta["config"], tensors, f"encoder {directory}")
     for p in vae.parameters():
         p.requires_grad_(False)
     return Encoder(vae.to(device).eval(), meta["fingerprint"], meta)

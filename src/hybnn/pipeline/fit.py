@@ -23,6 +23,7 @@ from hybnn.binary.summary import deployed_bytes
 from hybnn.data.dataset import Dataset
 from hybnn.data.labels import LabelSpace
 from hybnn.data.prep import prepare
+from hybnn.errors import DataError
 from hybnn.hooks import Callback, History
 from hybnn.models.binary_cnn import BinaryCNN
 from hybnn.models.bnn_head import BNNHead
@@ -54,7 +55,13 @@ def train_head(
         require_kind_or_absent(out, MODEL_KIND)  # before training, not after
     if test is not None:
         test.require_encoder(train.encoder_fingerprint, "the training code store")
-    num_classes = int(max(train.meta.get("num_classes", 0), int(train.labels.max()) + 1))
+    num_classes = train.num_classes  # the store refuses labels beyond its recorded classes
+    if len(train) == 0 or num_classes < 2:
+        raise DataError(f"training needs codes of at least 2 classes, got {len(train)} "
+                        f"codes of {num_classes} class(es)")
+    if test is not None and test.labels.size and int(test.labels.max()) >= num_classes:
+        raise DataError(f"test codes have label {int(test.labels.max())}, but the training "
+                        f"codes (task {train.meta.get('task')}) have {num_classes} classes")
     torch.manual_seed(config.seed)
     model = BNNHead(train.num_bits, num_classes, hidden, scaling)
     history = fit_classifier(

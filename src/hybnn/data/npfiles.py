@@ -1,0 +1,105 @@
+"""Reading ``.npy`` and ``.npz`` files safely: headers first, never a pickle.
+
+Each array's header (shape, dtype) is read with ``numpy.lib.format`` and checked against
+:mod:`hybnn.data.limits` before its data is read; a zip member's declared size is checked
+before it is decompressed, and at most the bytes its header promises are ever read.
+Object arrays (pickles) are refused. Every failure is a :class:`DataError` naming the file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import zipfile
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from numpy.lib import format as npformat
+
+from hybnn.data.limits import check_bytes, check_elements
+from hybnn.errors import DataError
+
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+class Stream(Protocol):
+    """A binary file, or a member of a zip archive."""
+
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
+_READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError,
+                TypeError, SyntaxError)
+
+
+def read_npy(path: str | os.PathLike[str]) -> np.ndarray:
+    """One array from a ``.npy`` file, its header checked before its data is read."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(len(NPY_MAGIC)) != NPY_MAGIC:
+                raise DataError(f"{path}: not a .npy file")
+            fh.seek(0)
+            return _read_array(fh, str(path))
+    except DataError:
+        raise
+    except _READ_ERRORS as exc:
+        raise DataError(f"{path}: not a readable .npy file ({exc})") from None
+
+
+def read_npz(path: str | os.PathLike[str], names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Arrays ``names`` from a ``.npz`` archive (all required), each checked before reading."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(len(ZIP_MAGIC)) != ZIP_MAGIC:
+                raise DataError(f"{path}: not a readable .npz file (not a zip archive)")
+        with zipfile.ZipFile(path) as zf:
+            members = {n.removesuffix(".npy"): n for n in zf.namelist()}
+            missing = sorted(set(names) - set(members))
+            if missing:
+                raise DataError(f"{path}: missing array(s) {missing}; need "
+                                f"{' and '.join(names)}")
+            out = {}
+            for name in names:
+                info = zf.getinfo(members[name])
+                check_bytes(info.file_size, f"{path}[{name}]")
+                with zf.open(info) as member:
+                    out[name] = _read_array(member, f"{path}[{name}]")
+            return out
+    except DataError:
+        raise
+    except _READ_ERRORS as exc:
+        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+
+
+def _read_array(fh: Stream, name: str) -> np.ndarray:
+    version = npformat.read_magic(fh)
+    if version == (1, 0):
+        shape, fortran, dtype = npformat.read_array_header_1_0(fh)
+    elif version == (2, 0):
+        shape, fortran, dtype = npformat.read_array_header_2_0(fh)
+    else:
+        raise DataError(f"{name}: unsupported .npy format version {version}")
+    if dtype.hasobject:
+        raise DataError(f"{name}: object arrays (pickles) are refused")
+    check_elements(shape, dtype.itemsize, name)
+    count = math.prod(shape)
+    data = _read_exactly(fh, count * dtype.itemsize, name)
+    arr = np.frombuffer(data, dtype=dtype, count=count)
+    return arr.reshape(shape, order="F" if fortran else "C")
+
+
+def _read_exactly(fh: Stream, nbytes: int, name: str) -> bytearray:
+    """Exactly ``nbytes`` from ``fh``, in blocks, into one writable buffer."""
+    data = bytearray()
+    while len(data) < nbytes:
+        block = fh.read(min(nbytes - len(data), 1 << 24))
+        if not block:
+            raise DataError(f"{name}: truncated array data ({len(data)} of {nbytes} bytes)")
+        data += block
+    return data
