@@ -152,6 +152,13 @@ def export(opts: ExportOptions) -> dict[str, Any]:
     """Write a trained BNN head or binary CNN as a packed engine file; returns its header."""
     from hybnn.engine.export import export_artifact
 
+    if opts.encoder:
+        from hybnn.bundle.export import export_bundle
+
+        return export_bundle(opts.model, opts.encoder, opts.out, opts.int8,
+                             opts.calibration_samples, opts.calibration_seed)
+    if opts.int8:
+        raise DataError("--int8 quantizes a bundle's encoder: give --encoder")
     try:
         return export_artifact(opts.model, opts.out)
     except (TypeError, ValueError) as exc:  # an architecture or layer the engine cannot run

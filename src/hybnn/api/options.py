@@ -91,7 +91,8 @@ class PredictOptions:
 
     inputs: list[str] = setting(help="PNG/JPEG images, .npy arrays or .npz (x)",
                                 factory=list, positional=True)
-    model: str = setting(help="model directory")
+    model: str = setting(help="model directory, or a bundle file from `hybnn export "
+                         "--encoder` (runs without torch)")
     encoder: str | None = setting(None, "encoder directory (needed for a BNN head)")
     engine: str = setting("torch", "torch, or the packed XNOR/popcount engine",
                           choices=ENGINES)
@@ -101,10 +102,17 @@ class PredictOptions:
 
 @dataclass(kw_only=True)
 class ExportOptions:
-    """Write a BNN head or binary CNN as a packed engine file."""
+    """Write a BNN head or binary CNN as a packed engine file, or a head with its encoder
+    as one deployable bundle (``--encoder``)."""
 
     model: str = setting(help="model directory (from `hybnn train`)", positional=True)
-    out: str = setting(help="engine file to write")
+    out: str = setting(help="engine file (or, with --encoder, bundle file) to write")
+    encoder: str | None = setting(None, "encoder directory: write a bundle (encoder as ONNX "
+                                  "+ packed head) that runs without torch")
+    int8: bool = setting(False, "bundle: int8 encoder, ONNX Runtime static quantization "
+                         "calibrated on the encoder's own training data")
+    calibration_samples: int = setting(512, "bundle --int8: calibration images")
+    calibration_seed: int = setting(0, "bundle --int8: seed of the calibration sample")
 
 
 @dataclass(kw_only=True)
