@@ -49,7 +49,7 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, int, int],
             program = torch.onnx.export(
                 module, (example,), dynamo=True, opset_version=OPSET, verbose=False,
                 input_names=[INPUT_NAME], output_names=[output_name],
-                dynamic_shapes={"x": {0: batch}},
+                dynamic_shapes=({0: batch},),
             )
     finally:
         log.setLevel(level)
