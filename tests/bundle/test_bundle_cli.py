@@ -57,3 +57,4 @@ def test_export_writes_a_bundle_and_refuses_a_foreign_encoder(tmp_path, capsys, 
     assert "--encoder" in capsys.readouterr().err
     assert main(["predict", "--model", str(bundle_fp32[0]), "--encoder",
                  str(tiny_encoder[0]), str(tmp_path / "x.npy")]) == 2
+    assert "a bundle carries its encoder" in capsys.readouterr().err

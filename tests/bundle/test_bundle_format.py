@@ -147,7 +147,7 @@ def test_engine_files_and_directories_are_named(tmp_path, head_dir):
 
     engine = tmp_path / "head.engine"
     export_artifact(head_dir, engine)
-    with pytest.raises(ArtifactError, match="is a hybnn engine file .*hybnn.engine.load"):
+    with pytest.raises(ArtifactError, match=r"is a hybnn engine file .*hybnn\.engine\.load"):
         runtime.load(engine)
     legacy = tmp_path / "old.hybe"
     from hybnn.engine import legacy_hybe
