@@ -7,7 +7,7 @@ OUT ?= runs/demo
 
 install:
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev,fed]'
+	$(PIP) install -q -e '.[dev,fed,onnx]'
 	-@$(MAKE) -s data
 	-@$(MAKE) -s toolchains
 

@@ -21,6 +21,7 @@ RANKS = {
     "models": 4,
     "pipeline": 5,
     "engine": 6, "federated": 6, "experiments": 6,
+    "bundle": 6.5, "runtime": 6.7,
     "api": 7,
     "cli": 8, "__main__": 9,
 }

@@ -45,6 +45,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name == "predict":  # bundles run without torch
+        return import_module("hybnn.api.deploy").predict
     if name in COMMANDS:
         return getattr(import_module("hybnn.api.commands"), name)
     raise AttributeError(f"module 'hybnn.api' has no attribute {name!r}")

@@ -169,6 +169,16 @@ def export(opts: ExportOptions) -> dict[str, Any]:
     (:func:`hybnn.engine.c_export.write_c`)."""
     from hybnn.engine.export import export_artifact
 
+    if opts.encoder:
+        if opts.format != "engine":
+            raise DataError("--format c exports the packed part of a model alone; drop "
+                            "--encoder (a bundle's encoder runs in ONNX Runtime)")
+        from hybnn.bundle.export import export_bundle
+
+        return export_bundle(opts.model, opts.encoder, opts.out, opts.int8,
+                             opts.calibration_samples, opts.calibration_seed)
+    if opts.int8:
+        raise DataError("--int8 quantizes a bundle's encoder: give --encoder")
     try:
         if opts.format == "c":
             from hybnn.engine.c_export import write_c

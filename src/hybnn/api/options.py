@@ -92,7 +92,8 @@ class PredictOptions:
 
     inputs: list[str] = setting(help="PNG/JPEG images, .npy arrays or .npz (x)",
                                 factory=list, positional=True)
-    model: str = setting(help="model directory")
+    model: str = setting(help="model directory, or a bundle file from `hybnn export "
+                         "--encoder` (runs without torch)")
     encoder: str | None = setting(None, "encoder directory (needed for a BNN head)")
     engine: str = setting("torch", "torch, or the packed XNOR/popcount engine",
                           choices=ENGINES)
@@ -102,13 +103,21 @@ class PredictOptions:
 
 @dataclass(kw_only=True)
 class ExportOptions:
-    """Write a BNN head or binary CNN as a packed engine file, or as C99 source (--format c)."""
+    """Write a BNN head or binary CNN as a packed engine file or as C99 source (``--format
+    c``), or a head with its encoder as one deployable bundle (``--encoder``)."""
 
     model: str = setting(help="model directory (from `hybnn train`)", positional=True)
-    out: str = setting(help="engine file to write (with --format c: a directory)")
+    out: str = setting(help="engine file to write (with --encoder: a bundle file; with "
+                       "--format c: a directory)")
     format: str = setting("engine", "engine: a packed engine file; c: C99 source NAME.h + "
                           "NAME.c for microcontrollers", choices=EXPORT_FORMATS)
     name: str = setting("hybnn_model", "C identifier prefix of the generated code (--format c)")
+    encoder: str | None = setting(None, "encoder directory: write a bundle (encoder as ONNX "
+                                  "+ packed head) that runs without torch")
+    int8: bool = setting(False, "bundle: int8 encoder, ONNX Runtime static quantization "
+                         "calibrated on the encoder's own training data")
+    calibration_samples: int = setting(512, "bundle --int8: calibration images")
+    calibration_seed: int = setting(0, "bundle --int8: seed of the calibration sample")
 
 
 @dataclass(kw_only=True)

@@ -100,6 +100,11 @@ def cmd_export(args: argparse.Namespace) -> int:
               f"weights, {8 * header['work_words']} bytes of work buffer)")
         return 0
     size = Path(opts.out).stat().st_size
+    if header["kind"] == "bundle":
+        enc = header["encoder"]
+        print(f"bundle: {enc['precision']} encoder {enc['fingerprint'][:12]} + BNN head "
+              f"({len(header['head']['layers'])} layers) -> {opts.out} ({size} bytes)")
+        return 0
     print(f"exported {header['arch']} ({len(header['layers'])} layers) -> {opts.out} "
           f"({size} bytes)")
     return 0
@@ -155,7 +160,7 @@ COMMANDS: list[tuple[str, type, Handler, str]] = [
     ("evaluate", api.EvaluateOptions, cmd_evaluate, "accuracy of a trained model on a split"),
     ("predict", api.PredictOptions, cmd_predict, "classify image files or an array file"),
     ("export", api.ExportOptions, cmd_export,
-     "export a BNN head or binary CNN for the packed engine"),
+     "export a BNN head or binary CNN for the packed engine, or a deployable bundle"),
     ("summary", api.SummaryOptions, cmd_summary, "binary vs float parameters and deployed bytes"),
     ("reproduce", api.ReproduceOptions, cmd_reproduce,
      "the paper's whole experiment, honestly (main job)"),

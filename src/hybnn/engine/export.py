@@ -149,10 +149,10 @@ def build(model: nn.Module) -> tuple[dict[str, Any], list[dict[str, Any]], dict[
     return spec, b.layers, b.arrays
 
 
-def export_model(
-    model: nn.Module, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """Export ``model`` (BNNHead or BinaryCNN, any scaling) to ``path``; returns the header."""
+def engine_header(
+    model: nn.Module, metadata: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(engine header, arrays) of ``model`` (BNNHead or BinaryCNN): what an engine file holds."""
     from hybnn import __version__
     from hybnn.models.io import arch_name
 
@@ -175,8 +175,25 @@ def export_model(
         "layers": layers,
         "metadata": dict(metadata or {}),
     }
+    return header, arrays
+
+
+def export_model(
+    model: nn.Module, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Export ``model`` (BNNHead or BinaryCNN, any scaling) to ``path``; returns the header."""
+    header, arrays = engine_header(model, metadata)
     fmt.write(path, header, arrays)
     return header
+
+
+def source_metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    """What a deployed file keeps of a model's metadata: all but its config and history.
+
+    The training history stays with the model directory: it would otherwise outweigh the
+    packed weights several times.
+    """
+    return {k: v for k, v in meta.items() if k not in ("config", "history")}
 
 
 def export_artifact(
@@ -186,7 +203,5 @@ def export_artifact(
     from hybnn.models.io import load_model
 
     model, meta = load_model(model_dir)
-    # The training history stays with the model directory: a deployed file carries only what
-    # identifies its source (it would otherwise outweigh the packed weights several times).
-    source = {k: v for k, v in meta.items() if k not in ("config", "history")}
-    return export_model(model, path, metadata={"source": {"model_dir": str(model_dir), **source}})
+    source = {"model_dir": str(model_dir), **source_metadata(meta)}
+    return export_model(model, path, metadata={"source": source})

@@ -56,12 +56,14 @@ def fingerprint(header: str, arrays: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def encode(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
+def encode(
+    header: dict[str, Any], arrays: dict[str, np.ndarray], dtypes: tuple[np.dtype, ...] = DTYPES
+) -> bytes:
     """Serialize ``header`` (a JSON object) and the named arrays into file bytes."""
     flat = {}
     for name, arr in arrays.items():
         dt = np.dtype(arr.dtype).newbyteorder("<") if arr.dtype.itemsize > 1 else arr.dtype
-        if dt not in DTYPES:
+        if dt not in dtypes:
             raise ValueError(f"array {name!r} has unsupported dtype {arr.dtype}")
         flat[name] = np.ascontiguousarray(arr, dtype=dt)
     text = json.dumps(header)
@@ -83,34 +85,44 @@ def _json(text: str | bytes, what: str, where: str) -> Any:
         raise ArtifactError(f"{where} has an unreadable {what}: {exc}") from None
 
 
-def decode(
-    data: bytes, where: str = "engine file"
-) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
-    """Validate file bytes; returns (header, arrays, fingerprint). Raises ArtifactError."""
-    if data[: len(legacy_hybe.MAGIC)] == legacy_hybe.MAGIC:
-        return legacy_hybe.decode(data, where)
+def open_container(data: bytes, where: str, noun: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(safetensors metadata, hybnn header) of file bytes; kind, version and arrays unchecked.
+
+    ``noun`` names what the caller reads ("engine file", "bundle") in the errors.
+    """
     if len(data) < 8:
-        raise ArtifactError(f"{where} is not a hybnn engine file ({len(data)} bytes)")
+        raise ArtifactError(f"{where} is not a hybnn {noun} ({len(data)} bytes)")
     size = int.from_bytes(data[:8], "little")
     if size > MAX_HEADER or data[8:9] != b"{":
-        raise ArtifactError(f"{where} is not a hybnn engine file (neither safetensors nor .hybe)")
+        raise ArtifactError(f"{where} is not a hybnn {noun} (neither safetensors nor .hybe)")
     if 8 + size > len(data):
         raise ArtifactError(f"{where} is truncated: its header needs {8 + size} bytes")
     table = _json(data[8 : 8 + size], "safetensors header", where)
     meta = table.get("__metadata__") if isinstance(table, dict) else None
     if not isinstance(meta, dict) or not isinstance(meta.get("hybnn"), str):
-        raise ArtifactError(f"{where} is a safetensors file but not a hybnn engine file")
+        raise ArtifactError(f"{where} is a safetensors file but not a hybnn {noun}")
     header = _json(meta["hybnn"], "header", where)
-    if not isinstance(header, dict) or header.get("kind") != KIND:
-        raise ArtifactError(f"{where} does not describe a hybnn engine model")
+    if not isinstance(header, dict):
+        raise ArtifactError(f"{where} has a header that is not a JSON object")
+    return meta, header
+
+
+def check_version(header: dict[str, Any], where: str, current: int) -> None:
+    """Refuse a ``format_version`` other than ``current`` (newer ones: upgrade hybnn)."""
     version = header.get("format_version")
-    if isinstance(version, int) and version > FORMAT_VERSION:
+    if isinstance(version, int) and version > current:
         raise ArtifactError(
             f"{where} has format version {version}, newer than this hybnn reads "
-            f"({FORMAT_VERSION}); upgrade hybnn"
+            f"({current}); upgrade hybnn"
         )
-    if type(version) is not int or version != FORMAT_VERSION:
+    if type(version) is not int or version != current:
         raise ArtifactError(f"{where} has unknown format version {version!r}")
+
+
+def container_arrays(
+    data: bytes, meta: dict[str, Any], where: str, dtypes: tuple[np.dtype, ...] = DTYPES
+) -> tuple[dict[str, np.ndarray], str]:
+    """The arrays of file bytes and their checksum, verified against ``meta``."""
     try:
         arrays = st_load(data)
     except (SafetensorError, ValueError, TypeError, KeyError) as exc:
@@ -118,13 +130,27 @@ def decode(
     if meta.get("fingerprint") != fingerprint(meta["hybnn"], arrays):
         raise ArtifactError(f"{where} is corrupt: SHA-256 checksum mismatch")
     for name, arr in arrays.items():
-        if arr.dtype not in DTYPES:
+        if arr.dtype not in dtypes:
             raise ArtifactError(f"{where}: array {name!r} has unsupported dtype {arr.dtype}")
-    return header, arrays, str(meta["fingerprint"])
+    return arrays, str(meta["fingerprint"])
 
 
-def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
-    """Read and validate an engine file (at most MAX_FILE_BYTES, a regular file)."""
+def decode(
+    data: bytes, where: str = "engine file"
+) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
+    """Validate file bytes; returns (header, arrays, fingerprint). Raises ArtifactError."""
+    if data[: len(legacy_hybe.MAGIC)] == legacy_hybe.MAGIC:
+        return legacy_hybe.decode(data, where)
+    meta, header = open_container(data, where, "engine file")
+    if header.get("kind") != KIND:
+        raise ArtifactError(f"{where} does not describe a hybnn engine model")
+    check_version(header, where, FORMAT_VERSION)
+    arrays, digest = container_arrays(data, meta, where)
+    return header, arrays, digest
+
+
+def read_bytes(path: str | os.PathLike[str], noun: str = "engine file") -> bytes:
+    """The bytes of a regular file of at most MAX_FILE_BYTES (FIFOs, devices refused)."""
     path = Path(path)
     try:
         # O_NONBLOCK: a FIFO given as the model must not hang the reader
@@ -132,15 +158,20 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.nda
         with os.fdopen(fd, "rb") as fh:
             info = os.fstat(fh.fileno())
             if not stat.S_ISREG(info.st_mode):
-                raise ArtifactError(f"engine file {path} is not a regular file")
+                raise ArtifactError(f"{noun} {path} is not a regular file")
             if info.st_size > MAX_FILE_BYTES:
                 raise ArtifactError(
-                    f"engine file {path} has {info.st_size} bytes, more than the "
+                    f"{noun} {path} has {info.st_size} bytes, more than the "
                     f"{MAX_FILE_BYTES} this hybnn reads"
                 )
             data = fh.read(info.st_size + 1)  # one byte more: a file that grows is refused
     except OSError as exc:
-        raise ArtifactError(f"cannot read engine file {path}: {exc.strerror or exc}") from None
+        raise ArtifactError(f"cannot read {noun} {path}: {exc.strerror or exc}") from None
     if len(data) > info.st_size:
-        raise ArtifactError(f"engine file {path} changed while it was read")
-    return decode(data, str(path))
+        raise ArtifactError(f"{noun} {path} changed while it was read")
+    return data
+
+
+def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
+    """Read and validate an engine file (at most MAX_FILE_BYTES, a regular file)."""
+    return decode(read_bytes(path), str(Path(path)))
