@@ -138,6 +138,20 @@ def test_insecure_with_certificates_is_refused(tmp_path):
         deploy(FedConfig(model="fpcnn"), tmp_path, insecure=True, certificates=tmp_path)
 
 
+def test_bad_user_material_fails_before_anything_runs(tmp_path):
+    from hybnn.federated.config import FedConfig
+    from hybnn.federated.deploy import deploy
+
+    pki.generate_tls(tmp_path / "mine")
+    (tmp_path / "mine" / "server.key").unlink()
+    cfg = FedConfig(data="digits", encoder="")  # no encoder: would pretrain first
+    with pytest.raises(CredentialError, match=r"server\.key not found"):
+        deploy(cfg, tmp_path / "run", certificates=tmp_path / "mine")
+    assert not (tmp_path / "run" / "encoder").exists()
+    with pytest.raises(CredentialError, match="every deployment replaces"):
+        deploy(cfg, tmp_path / "run", supernode_keys=tmp_path / "run" / "deployment" / "pki")
+
+
 def test_security_flags_need_deploy(tmp_path):
     from hybnn.api import FederateOptions, federate
 

@@ -273,16 +273,21 @@ def deploy(cfg: FedConfig, out: str | os.PathLike[str], pretrain_epochs: int = 2
     from hybnn.federated.simulation import ensure_encoder
 
     out = Path(out).resolve()
+    root = out / "deployment"
+    for given in (certificates, supernode_keys):
+        if given and Path(given).resolve().is_relative_to(root):
+            raise CredentialError(f"{given} is inside {root}, which every deployment "
+                                  "replaces: copy it elsewhere first")
     out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(root, ignore_errors=True)
+    # Credentials before the encoder: a bad certificate fails in a second, not after pretraining.
+    creds = None if insecure else credentials(root / "pki", cfg.clients, certificates,
+                                                supernode_keys)
     cfg = ensure_encoder(cfg, out, pretrain_epochs).with_(out=str(out))
     log_path = out / "federation.json"
     log_path.unlink(missing_ok=True)
-    root = out / "deployment"
-    shutil.rmtree(root, ignore_errors=True)
     nodes = [{"partition-id": i, "num-partitions": cfg.clients, "encoder": cfg.encoder}
              for i in range(cfg.clients)]
-    creds = None if insecure else credentials(root / "pki", cfg.clients, certificates,
-                                                supernode_keys)
     timeout = run_timeout or cfg.rounds * 2 * cfg.round_timeout + cfg.node_wait + 120
     t0 = time.perf_counter()
     with LocalFederation(root, nodes, startup_timeout, creds) as fed:
