@@ -162,23 +162,45 @@ def test_security_flags_need_deploy(tmp_path):
 # -- a real deployment on loopback (slow) -----------------------------------------------
 @needs_flower
 @pytest.mark.slow
-def test_secure_deployment_completes(tmp_path, tiny_encoder):
+def test_secure_deployment_completes(tmp_path, tiny_encoder, monkeypatch):
+    """The user's TLS files (used read-only) and generated SuperNode keys, in one run."""
     from hybnn.federated.config import FedConfig
-    from hybnn.federated.deploy import deploy
+    from hybnn.federated.deploy import LocalFederation, deploy
 
+    commands: dict[str, list[str]] = {}
+    spawn = LocalFederation._spawn
+
+    def record(self, name, cmd):
+        commands[name] = cmd
+        return spawn(self, name, cmd)
+
+    monkeypatch.setattr(LocalFederation, "_spawn", record)
+    mine = pki.generate_tls(tmp_path / "mine")
+    before = {p: p.read_bytes() for p in (tmp_path / "mine").iterdir()}
     cfg = FedConfig(data="digits", task="0v1", clients=2, rounds=1, local_epochs=1,
                     encoder=str(tiny_encoder[0]), fraction_evaluate=0.0, min_clients=2,
                     round_timeout=120.0, node_wait=120.0)
-    res = deploy(cfg, tmp_path / "run", centralized=False, run_timeout=300)
+    res = deploy(cfg, tmp_path / "run", centralized=False, run_timeout=300,
+                 certificates=tmp_path / "mine")
     assert res["run_status"] == "finished:completed" and res["status"] == "completed"
     assert res["security"] == {"tls": True, "supernode_auth": True}
     assert sorted(c["partition"] for c in res["rounds"][0]["clients"]
                   if c["status"] == "ok") == [0, 1]
-    root = tmp_path / "run" / "deployment"
+    root = (tmp_path / "run" / "deployment").resolve()
     link_log = (root / "superlink.log").read_text()
     assert "Uvicorn running on https://127.0.0.1" in link_log
     assert link_log.count("Activated node_id=") >= 2
-    assert _mode(root / "pki" / "server.key") == 0o600
+    link = commands["superlink"]
+    assert link[link.index("--ssl-certfile") + 1] == str(mine.server_cert)
+    assert "--enable-supernode-auth" in link and "--insecure" not in link
+    for i in range(2):
+        node = commands[f"supernode-{i}"]
+        assert node[node.index("--root-certificates") + 1] == str(mine.ca_cert)
+        assert node[node.index("--auth-supernode-private-key") + 1] == str(
+            root / "pki" / f"supernode-{i}")
+    assert {p: p.read_bytes() for p in (tmp_path / "mine").iterdir()} == before
+    assert sorted(p.name for p in (root / "pki").iterdir()) == [
+        "supernode-0", "supernode-0.pub", "supernode-1", "supernode-1.pub"]
     assert all(_mode(root / "pki" / f"supernode-{i}") == 0o600 for i in range(2))
 
 
