@@ -15,3 +15,7 @@ class ArtifactError(HybnnError):
 
 class FingerprintMismatch(ArtifactError):
     """Two artifacts that must come from the same encoder do not."""
+
+
+class CredentialError(HybnnError):
+    """A certificate or key is missing, malformed, expired, or does not match its pair."""

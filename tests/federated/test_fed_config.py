@@ -44,3 +44,14 @@ def test_federate_refuses_an_invalid_config_before_doing_anything(tmp_path, caps
     assert rc == 2 and err.startswith("hybnn: error: ") and "\n" not in err
     assert args[0] in err or "timeouts" in err
     assert not out.exists()  # nothing pretrained, nothing written
+
+
+def test_flower_app_run_config_is_fedconfig_defaults():
+    # `flwr run --run-config` refuses keys the app does not declare ("Invalid run
+    # configuration"): the app's [tool.flwr.app.config] must list every field.
+    from hybnn.federated.deploy import APP_DIR
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    app = tomllib.loads((APP_DIR / "pyproject.toml").read_text())
+    assert app["tool"]["flwr"]["app"]["config"] == FedConfig().to_record()

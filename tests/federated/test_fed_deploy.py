@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -11,8 +12,8 @@ import pytest
 if shutil.which("flower-superlink") is None:
     pytest.skip("the fed extra (flower-superlink) is not installed", allow_module_level=True)
 
-from hybnn.federated.config import FedConfig
-from hybnn.federated.deploy import LocalFederation, deploy
+from hybnn.cli import main
+from hybnn.federated.deploy import LocalFederation
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +35,10 @@ def _running_in_group(pgid: int) -> list[int]:
     return running
 
 
-def test_three_supernodes_two_rounds_finish_completed(tmp_path, tiny_encoder, monkeypatch):
+def test_three_supernodes_two_rounds_finish_completed(tmp_path, tiny_encoder, monkeypatch,
+                                                     capsys):
+    """The explicit opt-out, through the CLI: today's --insecure deployment, with a warning.
+    The secure default is tests/federated/test_fed_secure.py's."""
     started: list[int] = []
     spawn = LocalFederation._spawn
 
@@ -44,10 +48,19 @@ def test_three_supernodes_two_rounds_finish_completed(tmp_path, tiny_encoder, mo
         return proc
 
     monkeypatch.setattr(LocalFederation, "_spawn", record)
-    cfg = FedConfig(data="digits", task="0v1", clients=3, rounds=2, local_epochs=1,
-                    encoder=str(tiny_encoder[0]), fraction_evaluate=0.0, min_clients=3,
-                    round_timeout=120.0, node_wait=120.0)
-    res = deploy(cfg, tmp_path / "run", centralized=False, run_timeout=400)
+    out = tmp_path / "run"
+    assert main(["federate", "--deploy", "--insecure", "--data", "digits", "--task", "0v1",
+                 "--clients", "3", "--rounds", "2", "--local-epochs", "1",
+                 "--encoder", str(tiny_encoder[0]), "--fraction-evaluate", "0",
+                 "--min-clients", "3", "--round-timeout", "120", "--node-wait", "120",
+                 "--no-centralized", "--out", str(out)]) == 0
+    warning = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warning == ["hybnn: warning: --insecure: the SuperLink and SuperNodes run "
+                       "without TLS and without SuperNode authentication"]
+    res = json.loads((out / "results.json").read_text())
+    assert res["security"] == {"tls": False, "supernode_auth": False}
+    assert "Uvicorn running on http://127.0.0.1" in (out / "deployment" / "superlink.log"
+                                                     ).read_text()
     assert res["run_status"] == "finished:completed"
     assert res["runtime"] == "deployment" and res["status"] == "completed"
     assert [r["round"] for r in res["rounds"]] == [1, 2]

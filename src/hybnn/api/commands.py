@@ -29,7 +29,7 @@ from hybnn.api.options import (
 from hybnn.data import load_split, prepare, read_inputs
 from hybnn.data.labels import LabelSpace
 from hybnn.data.limits import MAX_CONFIG_LIST, MAX_CONFIG_VALUE
-from hybnn.errors import ArtifactError, DataError, FingerprintMismatch
+from hybnn.errors import ArtifactError, CredentialError, DataError, FingerprintMismatch
 from hybnn.hooks import History
 from hybnn.models.io import load_classifier, load_model
 from hybnn.pipeline.codes import CodeStore, bits_to_signs
@@ -212,7 +212,11 @@ def federate(opts: FederateOptions) -> dict[str, Any]:
         from hybnn.federated.deploy import deploy
 
         return deploy(cfg, opts.out, pretrain_epochs=opts.pretrain_epochs,
-                      centralized=opts.centralized)
+                      centralized=opts.centralized, insecure=opts.insecure,
+                      certificates=opts.certificates, supernode_keys=opts.supernode_keys)
+    if opts.insecure or opts.certificates or opts.supernode_keys:
+        raise CredentialError("--insecure, --certificates and --supernode-keys apply to "
+                              "--deploy only (a simulation starts no SuperLink)")
     from hybnn.federated.simulation import federate as simulate
 
     return simulate(cfg, opts.out, pretrain_epochs=opts.pretrain_epochs,

@@ -146,6 +146,15 @@ class FederateOptions:
     config: FedConfig = setting(factory=FedConfig)
     deploy: bool = setting(False, "run a real deployment: flower-superlink, --clients "
                            "flower-supernode processes and `flwr run` on 127.0.0.1")
+    insecure: bool = setting(False, "--deploy without TLS and SuperNode authentication "
+                             "(not recommended: anyone on this host can join or listen)")
+    certificates: str | None = setting(None, "--deploy with this directory's ca.crt, "
+                                       "server.pem (SAN IP:127.0.0.1) and server.key "
+                                       "(default: a new CA in OUT/deployment/pki)",
+                                       metavar="DIR")
+    supernode_keys: str | None = setting(None, "--deploy with this directory's SuperNode "
+                                         "key pairs supernode-<i>, supernode-<i>.pub (EC "
+                                         "P-384, OpenSSH; default: new ones)", metavar="DIR")
     pretrain_epochs: int = setting(PretrainConfig.epochs,
                                    "VAE epochs when no --encoder is given")
     centralized: bool = setting(True, "the centralized reference run")

@@ -125,6 +125,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_federate(args: argparse.Namespace) -> int:
     opts = build(api.FederateOptions, args)
+    if opts.deploy and opts.insecure:
+        print("hybnn: warning: --insecure: the SuperLink and SuperNodes run without TLS and "
+              "without SuperNode authentication", file=sys.stderr)
     res = api.federate(opts)
     cfg = opts.config
     up, down = res["bytes_up_per_client_round"] or 0, res["bytes_down_per_client_round"] or 0

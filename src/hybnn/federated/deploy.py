@@ -3,7 +3,12 @@
 :class:`LocalFederation` starts ``flower-superlink`` and ``flower-supernode`` processes on
 127.0.0.1 (free ports, each in its own session and with its own ``FLWR_HOME``), waits for
 their ``/health`` endpoints and for the nodes to be online, and stops every process group
-on exit (SIGTERM, then SIGKILL). :func:`deploy` runs the FedHyBNN app
+on exit (SIGTERM, then SIGKILL). Secure by default: given :class:`~hybnn.federated.pki.
+Credentials`, the SuperLink serves TLS and admits only SuperNodes whose public keys were
+registered with ``flwr supernode register`` (``--enable-supernode-auth``); every node
+verifies the SuperLink against the CA and signs in with its private key; the nodes' own
+Runtime API and the ``flwr`` CLI use TLS too. Without credentials everything runs
+``--insecure``. :func:`deploy` runs the FedHyBNN app
 (``flower_app/pyproject.toml``) on it, polls ``flwr ls --format json`` until the run is
 ``finished:*`` and fails unless it is ``finished:completed`` — ``flwr run --stream`` exits
 0 even when a run fails. Every wait is bounded.
@@ -19,17 +24,20 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from hybnn.errors import HybnnError
+from hybnn.errors import CredentialError, HybnnError
 from hybnn.federated.config import FLOWER_ENV, FedConfig
+from hybnn.federated.pki import Credentials, NodeKey, credentials
 
 APP_DIR = Path(__file__).parent / "flower_app"
 CONNECTION = "hybnn-local"
@@ -45,14 +53,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_healthy(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float) -> None:
-    """Poll http://127.0.0.1:port/health until 200, the process dies, or ``timeout``."""
+def wait_healthy(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float,
+                 ca_cert: Path | None = None) -> None:
+    """Poll 127.0.0.1:port/health (HTTPS verified against ``ca_cert`` if given) until 200,
+    the process dies, or ``timeout``."""
+    url = f"{'https' if ca_cert else 'http'}://127.0.0.1:{port}/health"
+    context = ssl.create_default_context(cafile=str(ca_cert)) if ca_cert else None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise DeploymentError(f"{what} exited with code {proc.returncode} while starting")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+            with urllib.request.urlopen(url, timeout=2, context=context) as r:
                 if r.status == 200:
                     return
         except (urllib.error.URLError, OSError):
@@ -62,13 +74,21 @@ def wait_healthy(port: int, proc: subprocess.Popen[bytes], what: str, timeout: f
 
 
 class LocalFederation:
-    """SuperLink + SuperNodes on loopback; a context manager that always stops them."""
+    """SuperLink + SuperNodes on loopback; a context manager that always stops them.
+
+    ``credentials`` None runs everything ``--insecure``; otherwise node ``i`` signs in
+    with ``credentials.node_keys[i]``, registered before it starts."""
 
     def __init__(self, root: str | os.PathLike[str], node_configs: list[dict[str, Any]],
-                 startup_timeout: float = 90.0) -> None:
+                 startup_timeout: float = 90.0, credentials: Credentials | None = None
+                 ) -> None:
         self.root = Path(root)
         self.node_configs = node_configs
         self.startup_timeout = startup_timeout
+        self.credentials = credentials
+        if credentials and len(credentials.node_keys) < len(node_configs):
+            raise DeploymentError(f"{len(credentials.node_keys)} SuperNode keys for "
+                                  f"{len(node_configs)} SuperNodes")
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.superlink_port = 0
         self.cli_home = self.root / "flwr-cli"
@@ -87,30 +107,70 @@ class LocalFederation:
         self.procs.append((name, proc))
         return proc
 
+    @property
+    def ca_cert(self) -> Path | None:
+        return self.credentials.tls.ca_cert if self.credentials else None
+
     def start(self) -> LocalFederation:
         self.root.mkdir(parents=True, exist_ok=True)
         self.superlink_port = free_port()
+        tls = self.credentials.tls if self.credentials else None
+        security = ["--ssl-certfile", str(tls.server_cert), "--ssl-keyfile",
+                    str(tls.server_key), "--ssl-ca-certfile", str(tls.ca_cert),
+                    "--enable-supernode-auth"] if tls else ["--insecure"]
         link = self._spawn("superlink", [
-            _bin("flower-superlink"), "--insecure", "--host", "127.0.0.1",
+            _bin("flower-superlink"), *security, "--host", "127.0.0.1",
             "--port", str(self.superlink_port), "--database", str(self.root / "state.db"),
             "--disable-runtime-dependency-installation"])
-        wait_healthy(self.superlink_port, link, "flower-superlink", self.startup_timeout)
-        nodes = []
-        for i, node_config in enumerate(self.node_configs):  # start all, then wait for all
-            port = free_port()
-            nodes.append((i, port, self._spawn(f"supernode-{i}", [
-                _bin("flower-supernode"), "--insecure",
-                "--superlink", f"127.0.0.1:{self.superlink_port}",
-                "--host", "127.0.0.1", "--port", str(port),
-                "--node-config", _toml_pairs(node_config)])))
-        for i, port, proc in nodes:
-            wait_healthy(port, proc, f"flower-supernode {i}", self.startup_timeout)
+        wait_healthy(self.superlink_port, link, "flower-superlink", self.startup_timeout,
+                     self.ca_cert)
         self.cli_home.mkdir(parents=True, exist_ok=True)
+        connection = (f'root-certificates = "{tls.ca_cert.resolve()}"' if tls
+                      else "insecure = true")
         (self.cli_home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "127.0.0.1:{self.superlink_port}"\ninsecure = true\n')
+            f'address = "127.0.0.1:{self.superlink_port}"\n{connection}\n')
+        if self.credentials:  # a node may only start once its key is registered
+            with ThreadPoolExecutor(len(self.node_configs)) as pool:
+                list(pool.map(self.register,
+                              self.credentials.node_keys[:len(self.node_configs)]))
+        keys = self.credentials.node_keys if self.credentials else []
+        nodes = [(i, *self.start_supernode(f"supernode-{i}", node_config,
+                                           self.node_security(keys[i] if keys else None)))
+                 for i, node_config in enumerate(self.node_configs)]
+        for i, port, proc in nodes:  # all started, now wait for all
+            wait_healthy(port, proc, f"flower-supernode {i}", self.startup_timeout,
+                         self.ca_cert)
         self.wait_nodes_online(len(self.node_configs))
         return self
+
+    def register(self, key: NodeKey) -> int:
+        """``flwr supernode register`` a node's public key; its node id."""
+        return int(self.flwr("supernode", "register", str(key.public), CONNECTION)["node-id"])
+
+    def node_security(self, key: NodeKey | None) -> list[str]:
+        """``flower-supernode`` flags for this federation's security, signing in with ``key``.
+
+        With TLS the node verifies the SuperLink against the CA, and its own Runtime API
+        (for its ClientApp processes) serves this host's certificate: every server here is
+        127.0.0.1."""
+        if not self.credentials:
+            return ["--insecure"]
+        tls = self.credentials.tls
+        flags = ["--root-certificates", str(tls.ca_cert), "--ssl-certfile",
+                 str(tls.server_cert), "--ssl-keyfile", str(tls.server_key),
+                 "--ssl-ca-certfile", str(tls.ca_cert)]
+        return flags + (["--auth-supernode-private-key", str(key.private)] if key else [])
+
+    def start_supernode(self, name: str, node_config: dict[str, Any], security: list[str]
+                        ) -> tuple[int, subprocess.Popen[bytes]]:
+        """Spawn ``flower-supernode SECURITY ...`` (log ``name.log``); its port and process."""
+        port = free_port()
+        return port, self._spawn(name, [
+            _bin("flower-supernode"), *security,
+            "--superlink", f"127.0.0.1:{self.superlink_port}",
+            "--host", "127.0.0.1", "--port", str(port),
+            "--node-config", _toml_pairs(node_config)])
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM every process group (nodes first), then SIGKILL what is left."""
@@ -197,23 +257,40 @@ class LocalFederation:
 
 def deploy(cfg: FedConfig, out: str | os.PathLike[str], pretrain_epochs: int = 20,
            centralized: bool = True, run_timeout: float | None = None,
-           startup_timeout: float = 90.0, keep_state: bool = False) -> dict[str, Any]:
-    """Run ``cfg`` on a real local deployment; write and return results.json's content."""
+           startup_timeout: float = 90.0, keep_state: bool = False, insecure: bool = False,
+           certificates: str | os.PathLike[str] | None = None,
+           supernode_keys: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Run ``cfg`` on a real local deployment; write and return results.json's content.
+
+    TLS and SuperNode authentication unless ``insecure``: with the CA and SuperLink
+    certificate in ``certificates`` and the node key pairs in ``supernode_keys`` (see
+    :mod:`hybnn.federated.pki`), each generated into ``OUT/deployment/pki`` when not given.
+    """
+    if insecure and (certificates or supernode_keys):
+        raise CredentialError("--insecure runs without certificates and keys: drop "
+                              "--certificates / --supernode-keys, or --insecure")
     from hybnn.federated.report import build_results, centralized_baseline, write_report
     from hybnn.federated.simulation import ensure_encoder
 
     out = Path(out).resolve()
+    root = out / "deployment"
+    for given in (certificates, supernode_keys):
+        if given and Path(given).resolve().is_relative_to(root):
+            raise CredentialError(f"{given} is inside {root}, which every deployment "
+                                  "replaces: copy it elsewhere first")
     out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(root, ignore_errors=True)
+    # Credentials before the encoder: a bad certificate fails in a second, not after pretraining.
+    creds = None if insecure else credentials(root / "pki", cfg.clients, certificates,
+                                                supernode_keys)
     cfg = ensure_encoder(cfg, out, pretrain_epochs).with_(out=str(out))
     log_path = out / "federation.json"
     log_path.unlink(missing_ok=True)
-    root = out / "deployment"
-    shutil.rmtree(root, ignore_errors=True)
     nodes = [{"partition-id": i, "num-partitions": cfg.clients, "encoder": cfg.encoder}
              for i in range(cfg.clients)]
     timeout = run_timeout or cfg.rounds * 2 * cfg.round_timeout + cfg.node_wait + 120
     t0 = time.perf_counter()
-    with LocalFederation(root, nodes, startup_timeout) as fed:
+    with LocalFederation(root, nodes, startup_timeout, creds) as fed:
         app = root / "app"
         shutil.copytree(APP_DIR, app)
         run_id = fed.run(app, cfg.to_record())
@@ -230,7 +307,8 @@ def deploy(cfg: FedConfig, out: str | os.PathLike[str], pretrain_epochs: int = 2
     results = build_results(log, central, {
         "runtime": "deployment", "seconds": seconds, "run_id": run_id,
         "run_status": run.get("status"), "network_traffic": run.get("network-traffic"),
-        "compute_time": run.get("compute-time")})
+        "compute_time": run.get("compute-time"),
+        "security": {"tls": creds is not None, "supernode_auth": creds is not None}})
     write_report(out, results)
     return results
 
