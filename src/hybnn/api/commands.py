@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from hybnn.api.options import (
+    DistillOptions,
     EvaluateOptions,
     ExportOptions,
     ExtractOptions,
@@ -31,9 +32,10 @@ from hybnn.data.labels import LabelSpace
 from hybnn.errors import ArtifactError, DataError, FingerprintMismatch
 from hybnn.hooks import History
 from hybnn.models.io import load_model
+from hybnn.pipeline.binary_encoder import BinaryEncoderArtifact
 from hybnn.pipeline.codes import CodeStore, bits_to_signs
 from hybnn.pipeline.config import TrainConfig
-from hybnn.pipeline.encoder import Encoder, load_encoder
+from hybnn.pipeline.encoder import CodeEncoder, Encoder, load_code_encoder, load_encoder
 from hybnn.pipeline.extract import encode_to_codes
 from hybnn.pipeline.fit import train_head, train_image_model
 from hybnn.pipeline.metrics import confusion_matrix, per_class
@@ -50,10 +52,25 @@ def pretrain(opts: PretrainOptions) -> Encoder:
                             resume=opts.resume)
 
 
+def distill(opts: DistillOptions) -> BinaryEncoderArtifact:
+    """A fully binary encoder distilled from a frozen VAE on the general data, labels unused."""
+    from hybnn.pipeline.distill import distill as distill_encoder
+
+    resolve_device(opts.config.device)
+    teacher = load_encoder(opts.encoder, opts.config.device)
+    general = load_split(opts.data, "all", "train")
+    held_out = load_split(opts.data, "all", "test")
+    info = {"source": opts.data, "split": "train", "samples": len(general),
+            "agreement_split": "test"}
+    return distill_encoder(teacher, general.x, opts.out, opts.config, info, held_out.x,
+                           progress=opts.progress, teacher_path=str(opts.encoder))
+
+
 def extract(opts: ExtractOptions) -> CodeStore:
-    """Phase 2: encode one split of one task with a frozen encoder; saved to ``opts.out``."""
+    """Phase 2: encode one split of one task with a frozen encoder (the VAE or a distilled
+    binary encoder); saved to ``opts.out``."""
     resolve_device(opts.device)
-    encoder = load_encoder(opts.encoder, opts.device)
+    encoder = load_code_encoder(opts.encoder, opts.device)
     part = load_split(opts.data, opts.task, opts.split)
     store = encode_to_codes(encoder, part, {"task": opts.task, "split": opts.split})
     store.save(opts.out)
@@ -149,10 +166,15 @@ def predict(opts: PredictOptions) -> list[dict[str, Any]]:
 
 
 def export(opts: ExportOptions) -> dict[str, Any]:
-    """Write a trained BNN head or binary CNN as a packed engine file; returns its header."""
-    from hybnn.engine.export import export_artifact
+    """Write a trained BNN head or binary CNN as a packed engine file; returns its header.
+
+    With ``encoder`` (a binary encoder from `hybnn distill`), the head and that encoder are
+    written as one fully binary network, images in, logits out."""
+    from hybnn.engine.export import export_artifact, export_fully_binary
 
     try:
+        if opts.encoder:
+            return export_fully_binary(opts.model, opts.encoder, opts.out)
         return export_artifact(opts.model, opts.out)
     except (TypeError, ValueError) as exc:  # an architecture or layer the engine cannot run
         raise ArtifactError(f"cannot export {opts.model}: {exc}") from None
@@ -226,8 +248,8 @@ def _packed_logits(model: nn.Module, x: np.ndarray) -> np.ndarray:
 
 
 def _matching_encoder(encoder_dir: str, meta: dict[str, Any], model_dir: Any,
-                      device: str = "cpu") -> Encoder:
-    enc = load_encoder(encoder_dir, device)
+                      device: str = "cpu") -> CodeEncoder:
+    enc = load_code_encoder(encoder_dir, device)
     want = meta.get("encoder_fingerprint")
     if want != enc.fingerprint:
         raise FingerprintMismatch(

@@ -8,6 +8,7 @@ from hybnn.models.names import SPECS
 from hybnn.settings import setting
 
 SCHEDULES = ("cosine", "constant")
+DISTILL_TARGETS = ("soft", "hard")
 _HEAD = SPECS["hybnn"]
 
 
@@ -45,3 +46,19 @@ class TrainConfig:
         s = SPECS[model]
         return cls(epochs=s.epochs if epochs is None else epochs,
                    lr=s.lr if lr is None else lr, **values)  # type: ignore[arg-type]
+
+
+@dataclass
+class DistillConfig:
+    """Distillation of the binary encoder from a frozen VAE (labels unused)."""
+
+    epochs: int = setting(30, "distillation epochs")
+    batch_size: int = setting(64, "batch size")
+    lr: float = setting(5e-3, "Adam learning rate (cosine decay)")
+    target: str = setting("soft", "soft: sigmoid of the VAE's logits / temperature; "
+                          "hard: the VAE's bits", choices=DISTILL_TARGETS)
+    temperature: float = setting(1.0, "temperature of the soft targets")
+    width: int = setting(32, "filters of the first binary conv (then 2x and 4x)")
+    shift: int = setting(0, "augmentation: random shifts of up to this many pixels (0: none)")
+    seed: int = setting(0, "random seed")
+    device: str = setting("cpu", "torch device: cpu, cuda, cuda:1, ...")
