@@ -6,9 +6,9 @@ CNN; writes BENCHMARKS.md's `distill` section.
 3. Bit agreement with the teacher's codes on the test split (every class).
 4. Per task (0v1 2v3 4v5 6v7 8v9 all) and head seed: a BNN head on VAE codes and one on
    distilled codes, same settings as `hybnn reproduce` (200 -> 128 -> 2, or 200 -> 512 -> 10
-   on `all`; 100 epochs, Adam 1e-2, batch 64), test accuracy after the last epoch. The
-   fully binary network (encoder + seed-0 head, one engine file) is run on the test images
-   too: its accuracy must equal the torch head on distilled codes.
+   on `all`; 100 epochs unless `--head-epochs`, Adam 1e-2, batch 64), test accuracy after the
+   last epoch. The fully binary network (encoder + first seed's head, one engine file) is run
+   on the test images too: its accuracy must equal the torch head's on distilled codes.
 5. Latency per image, 1 thread, batch 1 and 256: the fully binary network in the packed
    engine, the float CNN of the same task in torch (untrained: timing only), and today's
    HyBNN path (VAE encoder in torch + packed head), interleaved in one run.
@@ -34,7 +34,8 @@ import torch
 from engine import interleaved  # bench/engine.py: interleaved repetitions, medians
 from hybnn.artifacts import versions
 from hybnn.benchmarks import machine_description, write_section
-from hybnn.data import PAPER_TASKS, load_split
+from hybnn.data import PAPER_TASKS, load_source, select_task, train_test
+from hybnn.data.dataset import Dataset
 from hybnn.engine import export_fully_binary, load
 from hybnn.models import FloatCNN
 from hybnn.pipeline.config import DistillConfig, PretrainConfig, TrainConfig
@@ -43,6 +44,7 @@ from hybnn.pipeline.encoder import Encoder, load_encoder
 from hybnn.pipeline.extract import encode_to_codes
 from hybnn.pipeline.fit import train_head
 from hybnn.pipeline.pretrain import pretrain
+from hybnn.pipeline.train import evaluate_classifier
 
 DATA = "mnist-5k"
 TASKS = [*PAPER_TASKS, "all"]
@@ -50,19 +52,18 @@ GAP_GOAL = 1.0  # points: the issue's "within 1 point of VAE-code HyBNN on every
 SPEED_GOAL = 5.0  # x faster than the float CNN in torch at batch 1
 
 
-def teacher(args: argparse.Namespace, out: Path) -> tuple[Encoder, str]:
+def teacher(args: argparse.Namespace, general: Dataset, out: Path) -> tuple[Encoder, str]:
     if args.encoder:
         return load_encoder(args.encoder), args.encoder
-    general = load_split(DATA, "all", "train")
     cfg = PretrainConfig(epochs=3 if args.quick else 20, seed=0)
     info = {"source": DATA, "split": "train", "samples": len(general)}
     return pretrain(general.x, out / "vae", cfg, info, progress=False, plots=False), str(
         out / "vae")
 
 
-def heads(enc: Any, task: str, seeds: list[int], epochs: int, out: Path) -> dict[str, Any]:
+def heads(enc: Any, tr: Dataset, te: Dataset, task: str, seeds: list[int], epochs: int,
+          out: Path) -> dict[str, Any]:
     """Test accuracies of heads on ``enc``'s codes of ``task``, one per seed."""
-    tr, te = load_split(DATA, task, "train"), load_split(DATA, task, "test")
     train_codes = encode_to_codes(enc, tr, {"task": task, "split": "train"})
     test_codes = encode_to_codes(enc, te, {"task": task, "split": "test"})
     hidden = [128] if tr.num_classes == 2 else [512]
@@ -70,9 +71,10 @@ def heads(enc: Any, task: str, seeds: list[int], epochs: int, out: Path) -> dict
     for seed in seeds:
         cfg = TrainConfig(epochs=epochs, batch_size=64, lr=1e-2, seed=seed)
         save = out if seed == seeds[0] else None
-        _, history = train_head(train_codes, test_codes, cfg, hidden, out=save, progress=False,
-                                extra={"task": task})
-        accs.append(history.last("test_acc"))
+        test_codes.require_encoder(train_codes.encoder_fingerprint)
+        head, _ = train_head(train_codes, None, cfg, hidden, out=save, progress=False,
+                             extra={"task": task})  # evaluated once, after the last epoch
+        accs.append(evaluate_classifier(head, *test_codes.tensors())[1])
     return {"accs": accs, "mean": float(np.mean(accs)), "std": float(np.std(accs)),
             "hidden": hidden, "test_samples": len(te)}
 
@@ -105,6 +107,12 @@ def latency(fb_path: Path, vae: Encoder, vae_head: Path, tmp: Path, rounds: int,
     return out
 
 
+def _acc(run: dict[str, Any]) -> str:
+    """Mean test accuracy in %, with the std over seeds when there are several."""
+    spread = f" ± {100 * run['std']:.2f}" if len(run["accs"]) > 1 else ""
+    return f"{100 * run['mean']:.2f}{spread}"
+
+
 def markdown(r: dict[str, Any]) -> str:
     c = r["config"]
     agree = r["bit_agreement"]
@@ -115,7 +123,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"Machine: {r['machine']}, 1 torch thread, engine 1 thread; {r['date']}  ",
         f"Data {DATA} (4,000 train / 1,000 test; 200 test images per pair task: one image = "
         f"0.5 point). Teacher: VAE `{r['teacher']['fingerprint'][:12]}` "
-        f"({r['teacher']['path']}). Student: binary encoder `{r['student']['fingerprint'][:12]}`"
+        f"(`{r['teacher']['path']}`, pretrained with `{json.dumps(r['teacher']['pretrain'])}`)."
+        f" Student: binary encoder `{r['student']['fingerprint'][:12]}`"
         f", distilled once (seed {c['distill']['seed']}) on the training images, labels unused: "
         f"`{json.dumps(c['distill'])}`. Heads: {c['head_epochs']} epochs, Adam 1e-2, batch 64, "
         f"seeds {c['seeds']}, accuracy after the last epoch.",
@@ -124,13 +133,12 @@ def markdown(r: dict[str, Any]) -> str:
         f"(train {100 * agree['train']:.2f} %; 50 % is chance).",
         "",
         "| task | HyBNN on VAE codes | HyBNN on distilled codes | gap (points) | "
-        "fully binary engine, seed " + str(c["seeds"][0]) + " |",
+        f"fully binary engine, seed {c['seeds'][0]} |",
         "|---|---:|---:|---:|---:|",
     ]
     for task, t in r["tasks"].items():
-        v, d = t["vae"], t["distilled"]
-        lines.append(f"| {task} | {100 * v['mean']:.2f} ± {100 * v['std']:.2f} | "
-                     f"{100 * d['mean']:.2f} ± {100 * d['std']:.2f} | {t['gap_points']:+.2f} | "
+        v, d = _acc(t["vae"]), _acc(t["distilled"])
+        lines.append(f"| {task} | {v} | {d} | {t['gap_points']:+.2f} | "
                      f"{100 * t['engine_acc']:.2f} |")
     lat = r["latency"]
     lines += [
@@ -163,6 +171,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="few epochs, one seed")
     parser.add_argument("--encoder", help="reuse this VAE encoder (default: pretrain one)")
     parser.add_argument("--seeds", type=int, nargs="+", help="head seeds (default 0 1 2)")
+    parser.add_argument("--head-epochs", type=int, help="head epochs (default 100; quick 20)")
+    parser.add_argument("--distill-epochs", type=int,
+                        help=f"distillation epochs (default {DistillConfig.epochs}; quick 3)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-distill"))
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
     parser.add_argument("--benchmarks", type=Path, default=Path("BENCHMARKS.md"))
@@ -172,11 +183,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     random.seed(0)
     t0 = time.perf_counter()
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    head_epochs = 20 if args.quick else 100
-    dcfg = DistillConfig(epochs=3) if args.quick else DistillConfig()
+    head_epochs = args.head_epochs or (20 if args.quick else 100)
+    dcfg = DistillConfig(epochs=args.distill_epochs or (3 if args.quick else
+                                                         DistillConfig.epochs))
     out = args.out
-    vae, vae_path = teacher(args, out)
-    general, held_out = load_split(DATA, "all", "train"), load_split(DATA, "all", "test")
+    general, held_out = train_test(load_source(DATA))
+    vae, vae_path = teacher(args, general, out)
     student = distill(vae, general.x, out / "binary-encoder", dcfg,
                       {"source": DATA, "split": "train", "samples": len(general)}, held_out.x,
                       progress=False, teacher_path=vae_path)
@@ -184,11 +196,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  "test": bit_agreement(student.encode(held_out.x), vae.encode(held_out.x))}
     tasks: dict[str, Any] = {}
     for task in TASKS:
-        v = heads(vae, task, seeds, head_epochs, out / "heads" / f"vae-{task}")
-        d = heads(student, task, seeds, head_epochs, out / "heads" / f"distilled-{task}")
+        tr, te = select_task(general, task), select_task(held_out, task)
+        v = heads(vae, tr, te, task, seeds, head_epochs, out / "heads" / f"vae-{task}")
+        d = heads(student, tr, te, task, seeds, head_epochs, out / "heads" / f"distilled-{task}")
         fb = out / f"fully-binary-{task}.safetensors"
         export_fully_binary(out / "heads" / f"distilled-{task}", out / "binary-encoder", fb)
-        te = load_split(DATA, task, "test")
         engine_acc = float((load(fb).predict(te.x) == te.y).mean())
         tasks[task] = {"vae": v, "distilled": d, "gap_points": 100 * (v["mean"] - d["mean"]),
                        "engine_acc": engine_acc}
@@ -211,7 +223,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "targets": targets,
         "config": {"data": DATA, "seeds": seeds, "head_epochs": head_epochs,
                    "distill": asdict(dcfg), "quick": args.quick},
-        "teacher": {"fingerprint": vae.fingerprint, "path": vae_path},
+        "teacher": {"fingerprint": vae.fingerprint, "path": vae_path,
+                    "pretrain": vae.meta.get("pretrain")},
         "student": {"fingerprint": student.fingerprint,
                     "train_seconds": student.meta["train_seconds"],
                     "history": student.meta["history"]},

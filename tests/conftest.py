@@ -91,7 +91,7 @@ def distilled(tmp_path_factory, digits):
     train, test = train_test(digits)
     teacher = pretrain(train.x, root / "vae", PretrainConfig(epochs=3, batch_size=64, seed=0),
                        {"source": "digits"}, progress=False, plots=False)
-    student = distill(teacher, train.x, root / "bin", DistillConfig(epochs=4, seed=0),
+    student = distill(teacher, train.x, root / "bin", DistillConfig(epochs=4, shift=0, seed=0),
                       {"source": "digits"}, test.x, progress=False, teacher_path="vae")
     return {"teacher_dir": root / "vae", "teacher": teacher, "student_dir": root / "bin",
             "student": student, "train": train, "test": test}

@@ -27,7 +27,7 @@ from hybnn.api.options import (
     SummaryOptions,
     TrainOptions,
 )
-from hybnn.data import load_split, prepare, read_inputs
+from hybnn.data import load_source, load_split, prepare, read_inputs, train_test
 from hybnn.data.labels import LabelSpace
 from hybnn.errors import ArtifactError, DataError, FingerprintMismatch
 from hybnn.hooks import History
@@ -58,8 +58,7 @@ def distill(opts: DistillOptions) -> BinaryEncoderArtifact:
 
     resolve_device(opts.config.device)
     teacher = load_encoder(opts.encoder, opts.config.device)
-    general = load_split(opts.data, "all", "train")
-    held_out = load_split(opts.data, "all", "test")
+    general, held_out = train_test(load_source(opts.data))  # every class; labels unused
     info = {"source": opts.data, "split": "train", "samples": len(general),
             "agreement_split": "test"}
     return distill_encoder(teacher, general.x, opts.out, opts.config, info, held_out.x,
