@@ -21,14 +21,14 @@ from hybnn.pipeline.fit import train_head
 
 def test_distillation_learns_the_teachers_bits(distilled):
     """Measured on held-out digits: an untrained student agrees with ~50 % of the bits, the
-    4-epoch student with ~69-72 % (seeds 0-3); 0.62 leaves room for machine differences."""
+    4-epoch student with 75.2-75.7 % (seeds 0-3); 0.70 leaves room for machine differences."""
     teacher, student, test = distilled["teacher"], distilled["student"], distilled["test"]
     want = teacher.encode(test.x)
     torch.manual_seed(0)
     untrained = bit_agreement(encode_images(BinaryEncoder((8, 8), 1, 200), test.x), want)
     trained = bit_agreement(student.encode(test.x), want)
     assert abs(untrained - 0.5) < 0.05
-    assert trained > 0.62
+    assert trained > 0.70
     history = student.meta["history"]
     assert len(history) == 4 and history[-1]["test_agreement"] == pytest.approx(trained)
     assert history[-1]["loss"] < history[0]["loss"]
