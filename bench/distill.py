@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import random
 import sys
 import time
@@ -120,7 +121,9 @@ def markdown(r: dict[str, Any]) -> str:
         "## Fully binary HyBNN: a binary encoder distilled from the VAE",
         "",
         f"Command: `{r['command']}` ({r['seconds'] / 60:.1f} min)  ",
-        f"Machine: {r['machine']}, 1 torch thread, engine 1 thread; {r['date']}  ",
+        f"Machine: {r['machine']}, 1 torch thread, engine 1 thread; 1-min load average "
+        f"{r.get('load_average', 'not recorded')} (shared machine: latencies move with it); "
+        f"{r['date']}  ",
         f"Data {DATA} (4,000 train / 1,000 test; 200 test images per pair task: one image = "
         f"0.5 point). Teacher: VAE `{r['teacher']['fingerprint'][:12]}` "
         f"(`{r['teacher']['path']}`, pretrained with `{json.dumps(r['teacher']['pretrain'])}`)."
@@ -133,13 +136,14 @@ def markdown(r: dict[str, Any]) -> str:
         f"(train {100 * agree['train']:.2f} %; 50 % is chance).",
         "",
         "| task | HyBNN on VAE codes | HyBNN on distilled codes | gap (points) | "
-        f"fully binary engine, seed {c['seeds'][0]} |",
-        "|---|---:|---:|---:|---:|",
+        f"fully binary engine, seed {c['seeds'][0]} | = torch head, seed {c['seeds'][0]} |",
+        "|---|---:|---:|---:|---:|:---:|",
     ]
     for task, t in r["tasks"].items():
         v, d = _acc(t["vae"]), _acc(t["distilled"])
+        same = "yes" if t["engine_acc"] == t["distilled"]["accs"][0] else "**no**"
         lines.append(f"| {task} | {v} | {d} | {t['gap_points']:+.2f} | "
-                     f"{100 * t['engine_acc']:.2f} |")
+                     f"{100 * t['engine_acc']:.2f} | {same} |")
     lat = r["latency"]
     lines += [
         "",
@@ -182,6 +186,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(1)
     random.seed(0)
     t0 = time.perf_counter()
+    load0 = os.getloadavg()[0]
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     head_epochs = args.head_epochs or (20 if args.quick else 100)
     dcfg = DistillConfig(epochs=args.distill_epochs or (3 if args.quick else
@@ -234,6 +239,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "latency": lat,
         "engine_file_bytes": (out / f"fully-binary-{lat_task}.safetensors").stat().st_size,
         "versions": versions(),
+        "load_average": f"{load0:.1f} -> {os.getloadavg()[0]:.1f}",
         "seconds": time.perf_counter() - t0,
     }
     text = markdown(results)
