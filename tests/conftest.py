@@ -73,3 +73,25 @@ def tiny_encoder(tmp_path_factory, digits):
     config = PretrainConfig(latent_bits=200, epochs=1, batch_size=64, seed=0)
     encoder = pretrain(images, out, config, {"source": "digits", "n": 200}, progress=False)
     return out, encoder, images
+
+
+@pytest.fixture(scope="session")
+def distilled(tmp_path_factory, digits):
+    """A VAE pretrained 3 epochs on the digits training split (the teacher) and a binary
+    encoder distilled from it for 4 epochs, both saved.
+
+    Returns a dict: teacher_dir, teacher, student_dir, student, train, test (Datasets).
+    """
+    from hybnn.data import train_test
+    from hybnn.pipeline.config import DistillConfig, PretrainConfig
+    from hybnn.pipeline.distill import distill
+    from hybnn.pipeline.pretrain import pretrain
+
+    root = tmp_path_factory.mktemp("distill")
+    train, test = train_test(digits)
+    teacher = pretrain(train.x, root / "vae", PretrainConfig(epochs=3, batch_size=64, seed=0),
+                       {"source": "digits"}, progress=False, plots=False)
+    student = distill(teacher, train.x, root / "bin", DistillConfig(epochs=4, shift=0, seed=0),
+                      {"source": "digits"}, test.x, progress=False, teacher_path="vae")
+    return {"teacher_dir": root / "vae", "teacher": teacher, "student_dir": root / "bin",
+            "student": student, "train": train, "test": test}

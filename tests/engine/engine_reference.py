@@ -8,7 +8,8 @@ from torch import nn
 
 from hybnn.binary.layers import PAD_VALUE, BinaryConv2d, BinaryLinear
 from hybnn.binary.quantizers import sign
-from hybnn.models import BinaryCNN, BNNHead
+from hybnn.models import BinaryCNN, BNNHead, FullyBinaryHyBNN
+from hybnn.models.binary_encoder import CENTER
 
 
 def randomize(model: nn.Module, seed: int) -> nn.Module:
@@ -40,15 +41,20 @@ def randomize(model: nn.Module, seed: int) -> nn.Module:
 
 
 def _pairs(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
-    mods = list(model.net) if isinstance(model, BNNHead) else [*model.features, *model.classifier]
+    if isinstance(model, FullyBinaryHyBNN):
+        mods = [*model.encoder.features, *model.encoder.latent, *model.head.net]
+    else:
+        mods = list(model.net) if isinstance(model, BNNHead) else [*model.features,
+                                                                    *model.classifier]
     return list(zip(mods[0::2], mods[1::2], strict=True))
 
 
 @torch.no_grad()
-def accumulators(model: BNNHead | BinaryCNN, x: torch.Tensor) -> list[torch.Tensor]:
+def accumulators(model: BNNHead | BinaryCNN | FullyBinaryHyBNN,
+                 x: torch.Tensor) -> list[torch.Tensor]:
     """Each binary layer's exact ±1 dot products, from the model's sign weights (int64)."""
     model.eval()
-    a = sign(x).double()
+    a = sign(x - CENTER if isinstance(model, FullyBinaryHyBNN) else x).double()
     out = []
     for layer, bn in _pairs(model):
         w = sign(layer.weight).double()

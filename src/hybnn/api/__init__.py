@@ -13,6 +13,7 @@ from importlib import import_module
 from typing import Any
 
 from hybnn.api.options import (
+    DistillOptions,
     EvaluateOptions,
     ExportOptions,
     ExtractOptions,
@@ -25,11 +26,12 @@ from hybnn.api.options import (
     TrainOptions,
 )
 
-COMMANDS = ("pretrain", "extract", "train", "evaluate", "predict", "export", "summary",
+COMMANDS = ("pretrain", "distill", "extract", "train", "evaluate", "predict", "export", "summary",
             "reproduce", "federate", "study_rebnn")
 
 __all__ = [
     "COMMANDS",
+    "DistillOptions",
     "EvaluateOptions",
     "ExportOptions",
     "ExtractOptions",

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from hybnn.api.options import (
+    DistillOptions,
     EvaluateOptions,
     ExportOptions,
     ExtractOptions,
@@ -26,15 +27,16 @@ from hybnn.api.options import (
     SummaryOptions,
     TrainOptions,
 )
-from hybnn.data import load_split, prepare, read_inputs
+from hybnn.data import load_source, load_split, prepare, read_inputs, train_test
 from hybnn.data.labels import LabelSpace
 from hybnn.data.limits import MAX_CONFIG_LIST, MAX_CONFIG_VALUE
 from hybnn.errors import ArtifactError, CredentialError, DataError, FingerprintMismatch
 from hybnn.hooks import History
 from hybnn.models.io import load_classifier, load_model
+from hybnn.pipeline.binary_encoder import BINARY_ENCODER_KIND, BinaryEncoderArtifact
 from hybnn.pipeline.codes import CodeStore, bits_to_signs
 from hybnn.pipeline.config import TrainConfig
-from hybnn.pipeline.encoder import Encoder, load_encoder
+from hybnn.pipeline.encoder import CodeEncoder, Encoder, load_code_encoder, load_encoder
 from hybnn.pipeline.extract import encode_to_codes
 from hybnn.pipeline.fit import train_head, train_image_model
 from hybnn.pipeline.metrics import confusion_matrix, per_class
@@ -52,10 +54,24 @@ def pretrain(opts: PretrainOptions) -> Encoder:
                             resume=opts.resume)
 
 
+def distill(opts: DistillOptions) -> BinaryEncoderArtifact:
+    """A fully binary encoder distilled from a frozen VAE on the general data, labels unused."""
+    from hybnn.pipeline.distill import distill as distill_encoder
+
+    resolve_device(opts.config.device)
+    teacher = load_encoder(opts.encoder, opts.config.device)
+    general, held_out = train_test(load_source(opts.data))  # every class; labels unused
+    info = {"source": opts.data, "split": "train", "samples": len(general),
+            "agreement_split": "test"}
+    return distill_encoder(teacher, general.x, opts.out, opts.config, info, held_out.x,
+                           progress=opts.progress, teacher_path=str(opts.encoder))
+
+
 def extract(opts: ExtractOptions) -> CodeStore:
-    """Phase 2: encode one split of one task with a frozen encoder; saved to ``opts.out``."""
+    """Phase 2: encode one split of one task with a frozen encoder (the VAE or a distilled
+    binary encoder); saved to ``opts.out``."""
     resolve_device(opts.device)
-    encoder = load_encoder(opts.encoder, opts.device)
+    encoder = load_code_encoder(opts.encoder, opts.device)
     part = load_split(opts.data, opts.task, opts.split)
     store = encode_to_codes(encoder, part, {"task": opts.task, "split": opts.split})
     store.save(opts.out)
@@ -166,10 +182,14 @@ def export(opts: ExportOptions) -> dict[str, Any]:
     """Write a trained BNN head or binary CNN as a packed engine file; returns its header.
 
     ``format="c"``: C99 source into the directory ``opts.out`` instead; returns its summary
-    (:func:`hybnn.engine.c_export.write_c`)."""
-    from hybnn.engine.export import export_artifact
+    (:func:`hybnn.engine.c_export.write_c`). With ``encoder``: a VAE encoder gives a
+    deployable bundle (:func:`hybnn.bundle.export.export_bundle`); a binary encoder (from
+    `hybnn distill`) gives one fully binary network, images in, logits out."""
+    from hybnn.engine.export import export_artifact, export_fully_binary
 
-    if opts.encoder:
+    binary_encoder = opts.encoder is not None and (
+        _artifact_kind(opts.encoder) == BINARY_ENCODER_KIND)
+    if opts.encoder and not binary_encoder:
         if opts.format != "engine":
             raise DataError("--format c exports the packed part of a model alone; drop "
                             "--encoder (a bundle's encoder runs in ONNX Runtime)")
@@ -178,8 +198,13 @@ def export(opts: ExportOptions) -> dict[str, Any]:
         return export_bundle(opts.model, opts.encoder, opts.out, opts.int8,
                              opts.calibration_samples, opts.calibration_seed)
     if opts.int8:
-        raise DataError("--int8 quantizes a bundle's encoder: give --encoder")
+        raise DataError("--int8 quantizes a bundle's VAE encoder: give --encoder VAE_DIR")
     try:
+        if binary_encoder and opts.format == "engine":
+            return export_fully_binary(opts.model, str(opts.encoder), opts.out)
+        if binary_encoder:
+            raise DataError("--format c of a fully binary network: export it as an engine "
+                            "file first, then `hybnn export` that file with --format c")
         if opts.format == "c":
             from hybnn.engine.c_export import write_c
 
@@ -187,6 +212,14 @@ def export(opts: ExportOptions) -> dict[str, Any]:
         return export_artifact(opts.model, opts.out)
     except (TypeError, ValueError) as exc:  # an architecture or layer the engine cannot run
         raise ArtifactError(f"cannot export {opts.model}: {exc}") from None
+
+
+def _artifact_kind(directory: str) -> str | None:
+    """The ``kind`` an artifact directory declares (None when it declares none)."""
+    from hybnn.artifacts import META_NAME, read_json
+
+    path = Path(directory) / META_NAME
+    return str(read_json(path, "encoder metadata").get("kind")) if path.is_file() else None
 
 
 def summary(opts: SummaryOptions) -> str:
@@ -270,8 +303,8 @@ def _packed_logits(model: nn.Module, x: np.ndarray) -> np.ndarray:
 
 
 def _matching_encoder(encoder_dir: str, meta: dict[str, Any], model_dir: Any,
-                      device: str = "cpu") -> Encoder:
-    enc = load_encoder(encoder_dir, device)
+                      device: str = "cpu") -> CodeEncoder:
+    enc = load_code_encoder(encoder_dir, device)
     want = meta.get("encoder_fingerprint")
     if want != enc.fingerprint:
         raise FingerprintMismatch(

@@ -15,7 +15,7 @@ from hybnn.data.names import PREPS, SPLITS
 from hybnn.experiments.config import DEFAULT_DATA, ReproduceConfig, StudyConfig
 from hybnn.federated.config import FedConfig
 from hybnn.models.names import MODEL_NAMES, SPECS
-from hybnn.pipeline.config import PretrainConfig, TrainConfig
+from hybnn.pipeline.config import DistillConfig, PretrainConfig, TrainConfig
 from hybnn.settings import setting
 
 ENGINES = ("torch", "packed")
@@ -35,10 +35,22 @@ class PretrainOptions:
 
 
 @dataclass(kw_only=True)
+class DistillOptions:
+    """Distil a fully binary encoder from a frozen VAE, label-free, on the general data."""
+
+    encoder: str = setting(help="VAE encoder directory from `hybnn pretrain` (the teacher)")
+    out: str = setting("runs/binary-encoder", "binary encoder directory to write")
+    data: str = setting(DEFAULT_DATA, "data source: trains on its training split (labels "
+                        "unused), reports bit agreement on its test split")
+    config: DistillConfig = setting(factory=DistillConfig)
+    progress: bool = setting(True, "progress bars on a terminal, a line per step in a log")
+
+
+@dataclass(kw_only=True)
 class ExtractOptions:
     """Phase 2: encode a task's split into a packed code store (25 B per sample)."""
 
-    encoder: str = setting(help="encoder directory from `hybnn pretrain`")
+    encoder: str = setting(help="encoder directory from `hybnn pretrain` or `hybnn distill`")
     out: str = setting(help="code store file to write (.safetensors)")
     data: str = setting(DEFAULT_DATA, "data source")
     task: str = setting("all", "all, or a pair such as 0v1")
@@ -112,8 +124,10 @@ class ExportOptions:
     format: str = setting("engine", "engine: a packed engine file; c: C99 source NAME.h + "
                           "NAME.c for microcontrollers", choices=EXPORT_FORMATS)
     name: str = setting("hybnn_model", "C identifier prefix of the generated code (--format c)")
-    encoder: str | None = setting(None, "encoder directory: write a bundle (encoder as ONNX "
-                                  "+ packed head) that runs without torch")
+    encoder: str | None = setting(None, "encoder directory: a VAE encoder gives a bundle "
+                                  "(encoder as ONNX + packed head) that runs without torch; a "
+                                  "binary encoder (`hybnn distill`) one fully binary engine "
+                                  "network")
     int8: bool = setting(False, "bundle: int8 encoder, ONNX Runtime static quantization "
                          "calibrated on the encoder's own training data")
     calibration_samples: int = setting(512, "bundle --int8: calibration images")

@@ -47,6 +47,16 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distill(args: argparse.Namespace) -> int:
+    opts = build(api.DistillOptions, args)
+    enc = api.distill(opts)
+    agree = enc.meta["bit_agreement"]
+    print(f"binary encoder {enc.fingerprint[:12]} (teacher {enc.teacher_fingerprint[:12]}) -> "
+          f"{opts.out}; bit agreement with the teacher: train {100 * agree['train']:.2f} %, "
+          f"test {100 * agree['test']:.2f} %")
+    return 0
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
     opts = build(api.ExtractOptions, args)
     store = api.extract(opts)
@@ -156,6 +166,8 @@ def cmd_study_rebnn(args: argparse.Namespace) -> int:
 COMMANDS: list[tuple[str, type, Handler, str]] = [
     ("pretrain", api.PretrainOptions, cmd_pretrain,
      "phase 1: train and freeze the binary-latent VAE"),
+    ("distill", api.DistillOptions, cmd_distill,
+     "distil a fully binary encoder from the frozen VAE (labels unused)"),
     ("extract", api.ExtractOptions, cmd_extract,
      "phase 2: encode a data set into packed binary codes"),
     ("train", api.TrainOptions, cmd_train,

@@ -20,6 +20,7 @@ __all__ = [
     "available_isas",
     "detect_isa",
     "export_artifact",
+    "export_fully_binary",
     "export_model",
     "isa",
     "load",
@@ -34,7 +35,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     """The exporters need torch; they are imported on first use, so running a packed model
     (:func:`load`) does not import torch."""
-    if name in ("export_artifact", "export_model"):
+    if name in ("export_artifact", "export_fully_binary", "export_model"):
         from hybnn.engine import export
 
         return getattr(export, name)

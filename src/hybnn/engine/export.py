@@ -1,4 +1,11 @@
-"""Export a trained BNNHead or BinaryCNN to an engine file (see :mod:`hybnn.engine.format`)."""
+"""Export a trained BNNHead, BinaryCNN or fully binary HyBNN to an engine file.
+
+See :mod:`hybnn.engine.format` for the file. A :class:`FullyBinaryHyBNN` (distilled binary
+encoder + BNN head) becomes one network, images in, logits out: the encoder's convolutions
+and its dense layer to the code bits fold to thresholds like any hidden layer, then the head
+follows. Its input spec records ``"prep": "centered"``: the runtime subtracts 0.5 from the
+[0, 1] pixels before the sign, as the torch model does.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +22,10 @@ from hybnn.engine import format as fmt
 from hybnn.engine.fold import output_affine, sign_thresholds
 from hybnn.engine.packing import pack_sign_words, words_for
 from hybnn.models.binary_cnn import BinaryCNN
+from hybnn.models.binary_encoder import BinaryEncoder
 from hybnn.models.bnn_head import BNNHead
+from hybnn.models.fully_binary import FullyBinaryHyBNN
+from hybnn.models.names import FULLY_BINARY
 
 BIT_ORDER = "bit j of word k = value 64k+j (NHWC channels for images); 1 = -1, 0 = +1; pad bits 0"
 
@@ -128,7 +138,7 @@ class _Builder:
 
 
 def build(model: nn.Module) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, np.ndarray]]:
-    """(input spec, layer specs, arrays) of a BNNHead or BinaryCNN."""
+    """(input spec, layer specs, arrays) of a BNNHead, BinaryCNN or FullyBinaryHyBNN."""
     b = _Builder()
     if isinstance(model, BNNHead):
         pairs = _pairs(list(model.net))
@@ -136,23 +146,40 @@ def build(model: nn.Module) -> tuple[dict[str, Any], list[dict[str, Any]], dict[
         for i, (layer, bn) in enumerate(pairs):
             b.dense(layer, bn, None, last=i == len(pairs) - 1)
     elif isinstance(model, BinaryCNN):
-        h, w = model.config["image_size"]
-        chw = (int(model.config["in_channels"]), int(h), int(w))
-        spec = {"kind": "image", "channels": chw[0], "height": chw[1], "width": chw[2]}
+        spec, chw = _image_input(model)
         for layer, bn in _pairs(list(model.features)):
             chw = b.conv(layer, bn, chw)
         pairs = _pairs(list(model.classifier))
         for i, (layer, bn) in enumerate(pairs):
             b.dense(layer, bn, chw if i == 0 else None, last=i == len(pairs) - 1)
+    elif isinstance(model, FullyBinaryHyBNN):
+        spec, chw = _image_input(model.encoder)
+        spec["prep"] = "centered"
+        for layer, bn in _pairs(list(model.encoder.features)):
+            chw = b.conv(layer, bn, chw)
+        ((layer, bn),) = _pairs(list(model.encoder.latent))
+        b.dense(layer, bn, chw, last=False)  # the code bits: sign(logits), sign(0) = +1
+        pairs = _pairs(list(model.head.net))
+        for i, (layer, bn) in enumerate(pairs):
+            b.dense(layer, bn, None, last=i == len(pairs) - 1)
     else:
-        raise TypeError(f"cannot export a {type(model).__name__}: BNNHead or BinaryCNN expected")
+        raise TypeError(f"cannot export a {type(model).__name__}: BNNHead, BinaryCNN or "
+                        "FullyBinaryHyBNN expected")
     return spec, b.layers, b.arrays
+
+
+def _image_input(model: BinaryCNN | BinaryEncoder) -> tuple[dict[str, Any], tuple[int, int, int]]:
+    """(input spec, (C, H, W)) of a model on images."""
+    h, w = model.config["image_size"]
+    chw = (int(model.config["in_channels"]), int(h), int(w))
+    return {"kind": "image", "channels": chw[0], "height": chw[1], "width": chw[2]}, chw
 
 
 def engine_header(
     model: nn.Module, metadata: dict[str, Any] | None = None
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """(engine header, arrays) of ``model`` (BNNHead or BinaryCNN): what an engine file holds."""
+    """(engine header, arrays) of ``model`` (BNNHead, BinaryCNN or FullyBinaryHyBNN): what an
+    engine file holds."""
     from hybnn import __version__
     from hybnn.models.io import arch_name
 
@@ -168,7 +195,7 @@ def engine_header(
         "format_version": fmt.FORMAT_VERSION,
         "hybnn_version": __version__,
         "bit_order": BIT_ORDER,
-        "arch": arch_name(model),
+        "arch": FULLY_BINARY if isinstance(model, FullyBinaryHyBNN) else arch_name(model),
         "arch_config": model.config,
         "num_classes": int(layers[-1]["out_features"]),
         "input": spec,
@@ -181,7 +208,8 @@ def engine_header(
 def export_model(
     model: nn.Module, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Export ``model`` (BNNHead or BinaryCNN, any scaling) to ``path``; returns the header."""
+    """Export ``model`` (BNNHead, BinaryCNN or FullyBinaryHyBNN, any scaling) to ``path``;
+    returns the header."""
     header, arrays = engine_header(model, metadata)
     fmt.write(path, header, arrays)
     return header
@@ -205,3 +233,32 @@ def export_artifact(
     model, meta = load_model(model_dir)
     source = {"model_dir": str(model_dir), **source_metadata(meta)}
     return export_model(model, path, metadata={"source": source})
+
+
+def export_fully_binary(
+    head_dir: str | os.PathLike[str],
+    encoder_dir: str | os.PathLike[str],
+    path: str | os.PathLike[str],
+) -> dict[str, Any]:
+    """Export a BNN head trained on a binary encoder's codes, with that encoder, as one
+    engine network (images -> logits); refuses a head trained on another encoder's codes."""
+    from hybnn.errors import FingerprintMismatch
+    from hybnn.models.io import load_model
+    from hybnn.pipeline.binary_encoder import load_binary_encoder
+
+    head, meta = load_model(head_dir)
+    if not isinstance(head, BNNHead):
+        raise TypeError(f"{head_dir} holds a {meta['config']['arch']!r} model, not a BNN head")
+    encoder = load_binary_encoder(encoder_dir)
+    if meta.get("encoder_fingerprint") != encoder.fingerprint:
+        raise FingerprintMismatch(
+            f"head {head_dir} was trained on codes of encoder "
+            f"{str(meta.get('encoder_fingerprint'))[:12]}, but {encoder_dir} is binary encoder "
+            f"{encoder.fingerprint[:12]}; extract codes with it and train the head on them"
+        )
+    source = source_metadata(meta)
+    return export_model(FullyBinaryHyBNN(encoder.model, head), path, metadata={
+        "source": {"model_dir": str(head_dir), **source},
+        "encoder": {"dir": str(encoder_dir), "fingerprint": encoder.fingerprint,
+                    "teacher_fingerprint": encoder.teacher_fingerprint},
+    })

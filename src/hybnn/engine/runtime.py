@@ -30,6 +30,9 @@ _CONV_FIELDS = (
     "stride",
     "padding",
 )
+# Input preparation recorded in the header, applied before the sign: None (the caller's
+# input is signed as given) or "centered" (x - 0.5 first: a fully binary HyBNN takes [0, 1]).
+INPUT_PREPS = (None, "centered")
 _ARRAY_FIELDS = ("weights", "thresholds", "flips", "alpha", "bn_scale", "bn_shift")
 
 
@@ -111,6 +114,8 @@ def _network(
         else [inp.get(k) for k in ("channels", "height", "width")]
     )
     shape, words = geometry.input_layer(kind, dims)
+    if inp.get("prep") not in INPUT_PREPS or (inp.get("prep") and kind != "image"):
+        raise ValueError(f"unknown input preparation {inp.get('prep')!r}")
     layers = []
     for i, spec in enumerate(specs):
         try:
@@ -136,7 +141,11 @@ def _network(
 
 
 class PackedModel:
-    """A bit-packed BNNHead / BinaryCNN. ``predict``/``logits`` take what the torch model takes."""
+    """A bit-packed BNNHead / BinaryCNN / fully binary HyBNN.
+
+    ``predict``/``logits`` take what the torch model takes: codes, prepared images, or (fully
+    binary HyBNN, ``input_prep == "centered"``) images in [0, 1], centred here.
+    """
 
     def __init__(
         self,
@@ -169,6 +178,7 @@ class PackedModel:
             tuple(in_spec[1:]) if in_spec[0] == "image" else (in_spec[1],)
         )
         self.in_bits = in_spec[1] if in_spec[0] == "rows" else None
+        self.input_prep: str | None = header["input"].get("prep")
         self.weight_bytes = 8 * sum(math.prod(g.weight_shape) for g in layers)
         self.float32_weight_bytes = 4 * sum(g.out_channels * g.kbits for g in layers)
 
@@ -180,6 +190,10 @@ class PackedModel:
 
     # ---- inputs ---------------------------------------------------------------------
     def _floats(self, x: Any) -> np.ndarray:
+        arr = self._checked_floats(x)
+        return arr - np.float32(0.5) if self.input_prep == "centered" else arr
+
+    def _checked_floats(self, x: Any) -> np.ndarray:
         if (
             type(x) is np.ndarray
             and x.dtype == np.float32

@@ -1,4 +1,4 @@
-"""Models: binary-latent VAE (phase 1), BNN head (phase 3), and the CNN baselines.
+"""Models: binary-latent VAE (phase 1), BNN head (phase 3), CNN baselines, binary encoder.
 
 Classes are imported on first use, so :mod:`hybnn.models.names` is usable without torch.
 """
@@ -11,11 +11,15 @@ from typing import Any
 _WHERE = {
     "BNNHead": "hybnn.models.bnn_head",
     "BinaryCNN": "hybnn.models.binary_cnn",
+    "BinaryEncoder": "hybnn.models.binary_encoder",
     "BinaryLatentVAE": "hybnn.models.vae",
     "FloatCNN": "hybnn.models.float_cnn",
+    "FullyBinaryHyBNN": "hybnn.models.fully_binary",
 }
 
-__all__ = ["BNNHead", "BinaryCNN", "BinaryLatentVAE", "FloatCNN"]
+__all__ = [
+    "BNNHead", "BinaryCNN", "BinaryEncoder", "BinaryLatentVAE", "FloatCNN", "FullyBinaryHyBNN",
+]
 
 
 def __getattr__(name: str) -> Any:

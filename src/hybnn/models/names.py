@@ -31,7 +31,10 @@ SPECS: dict[str, ModelSpec] = {
 }
 MODEL_NAMES = tuple(SPECS)  # the trainable models: hybnn, bcnn, fpcnn
 VAE = "vae"  # the phase-1 encoder's architecture name
-CLASS_OF = {**{s.name: s.class_name for s in SPECS.values()}, VAE: "BinaryLatentVAE"}
+BINARY_ENCODER = "binary-encoder"  # the encoder distilled from the VAE (`hybnn distill`)
+FULLY_BINARY = "fully-binary"  # binary encoder + BNN head as one engine network
+CLASS_OF = {**{s.name: s.class_name for s in SPECS.values()}, VAE: "BinaryLatentVAE",
+            BINARY_ENCODER: "BinaryEncoder", FULLY_BINARY: "FullyBinaryHyBNN"}
 # Names written by hybnn 0.1.0 artifacts, read as the current ones.
 LEGACY_NAMES = {"bnn_head": "hybnn", "binary_cnn": "bcnn", "fp_cnn": "fpcnn"}
 

@@ -1,20 +1,38 @@
-"""The frozen encoder artifact: a trained binary-latent VAE, saved with its fingerprint."""
+"""The frozen encoder artifact: a trained binary-latent VAE, saved with its fingerprint.
+
+:func:`load_code_encoder` opens either kind of encoder that makes codes: this VAE, or a
+binary encoder distilled from one (:mod:`hybnn.pipeline.binary_encoder`).
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from hybnn.artifacts import load_bundle, save_bundle
+from hybnn.artifacts import META_NAME, load_bundle, read_json, save_bundle
 from hybnn.errors import ArtifactError, DataError
+from hybnn.models.names import BINARY_ENCODER
 from hybnn.models.vae import BinaryLatentVAE
 from hybnn.models.weights import build_checked
 
 ENCODER_KIND = "encoder"
+
+
+class CodeEncoder(Protocol):
+    """Anything that turns images into codes and names itself by a fingerprint."""
+
+    fingerprint: str
+    meta: dict[str, Any]
+
+    @property
+    def latent_bits(self) -> int: ...
+
+    def encode(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray: ...
 
 
 @dataclass
@@ -69,3 +87,14 @@ def load_encoder(directory: str | os.PathLike[str], device: str = "cpu") -> Enco
     for p in vae.parameters():
         p.requires_grad_(False)
     return Encoder(vae.to(device).eval(), meta["fingerprint"], meta)
+
+
+def load_code_encoder(directory: str | os.PathLike[str], device: str = "cpu") -> CodeEncoder:
+    """The VAE encoder or the distilled binary encoder in ``directory``, by its kind."""
+    meta_path = Path(directory) / META_NAME
+    if meta_path.is_file() and read_json(meta_path, "encoder metadata").get(
+            "kind") == BINARY_ENCODER:
+        from hybnn.pipeline.binary_encoder import load_binary_encoder
+
+        return load_binary_encoder(directory, device)
+    return load_encoder(directory, device)

@@ -6,10 +6,10 @@ from typing import Any
 
 from hybnn.data.dataset import Dataset
 from hybnn.pipeline.codes import CodeStore, pack_code_bits
-from hybnn.pipeline.encoder import Encoder
+from hybnn.pipeline.encoder import CodeEncoder
 
 
-def encode_to_codes(encoder: Encoder, data: Dataset, meta: dict[str, Any] | None = None,
+def encode_to_codes(encoder: CodeEncoder, data: Dataset, meta: dict[str, Any] | None = None,
                     batch_size: int = 512) -> CodeStore:
     """Encode every image of ``data`` into a bit-packed :class:`CodeStore`."""
     bits = encoder.encode(data.x, batch_size)
