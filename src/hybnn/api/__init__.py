@@ -13,6 +13,7 @@ from importlib import import_module
 from typing import Any
 
 from hybnn.api.options import (
+    ContinualOptions,
     EvaluateOptions,
     ExportOptions,
     ExtractOptions,
@@ -26,10 +27,11 @@ from hybnn.api.options import (
 )
 
 COMMANDS = ("pretrain", "extract", "train", "evaluate", "predict", "export", "summary",
-            "reproduce", "federate", "study_rebnn")
+            "reproduce", "federate", "study_rebnn", "continual")
 
 __all__ = [
     "COMMANDS",
+    "ContinualOptions",
     "EvaluateOptions",
     "ExportOptions",
     "ExtractOptions",
