@@ -43,6 +43,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _pretrain(encoder: str) -> str:
+    meta = json.loads((Path(encoder) / "meta.json").read_text())
+    p, d = meta.get("pretrain", {}), meta.get("data", {})
+    return (f"{p.get('epochs')} epochs, seed {p.get('seed')}, beta {p.get('beta')} on "
+            f"{d.get('samples')} {d.get('source')} {d.get('split')} images")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", metavar="FILE", help="write machine, targets and results")
@@ -77,6 +84,9 @@ def main() -> None:
              f"{config.batch_size}); memory budget {results['memory_budget_bytes']:,} B = "
              f"{100 * config.memory_fraction:g} % of {results['train_codes']:,} training "
              f"codes at {results['bytes_per_code']} B + 1 B label. Mean ± std over seeds.", "",
+             f"Encoder `{results['encoder']['fingerprint'][:12]}`: "
+             + (f"reused from `{args.encoder}` (pretrained with {_pretrain(args.encoder)})"
+                if args.encoder else "pretrained by this run (phase-1 defaults)") + ".", "",
              "Targets (class-incremental, <= 1 % memory, final accuracy within "
              f"{GOAL_POINTS:g} points of joint):", ""]
     lines += [f"- {t['name']}: {t['value']:.2f} points ({t['memory_bytes']:,} B kept): "

@@ -90,11 +90,11 @@ def stream(tiny_encoder, digits) -> TaskStream:
 
 def test_fine_tuning_forgets_the_first_task(stream: TaskStream) -> None:
     three = TaskStream(TASKS[:3], stream.classes[:3], stream.train, stream.test)
-    cfg = ContinualConfig(epochs=10, seeds=[0])
+    cfg = ContinualConfig(epochs=15, batch_size=64, seeds=[0])  # seeds 0-2: 0.99 -> 0.06-0.08
     run = run_sequence(three, "class", "finetune", cfg, 0, budget_bytes=0)
     first = [row[0] for row in run["matrix"]]
-    assert first[0] > 0.8  # learned 0v1 ...
-    assert first[-1] < first[0] - 0.4  # ... and lost most of it two tasks later
+    assert first[0] > 0.9  # learned 0v1 ...
+    assert first[-1] < first[0] - 0.5  # ... and lost most of it two tasks later
     assert run["memory_bytes"] == 0
 
 
@@ -141,3 +141,18 @@ def test_cli_writes_results_report_and_plots(tiny_encoder, tmp_path: Path) -> No
     assert "## class-incremental" in md and "| replay (stored codes) |" in md
     for name in ("accuracy_class.png", "accuracy_domain.png", "codes/train.safetensors"):
         assert (out / name).is_file(), name
+
+
+@pytest.mark.slow
+def test_reproduce_adds_the_continual_table_when_asked(tmp_path: Path) -> None:
+    out = tmp_path / "reproduce"
+    cmd = [sys.executable, "-m", "hybnn.cli", "reproduce", "--quick", "--continual",
+           "--data", "digits", "--tasks", "0v1", "2v3", "--out", str(out), "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    rows = results["continual"]["scenarios"]["class"]
+    assert set(rows) == {"finetune", "replay", "generative", "ewc", "joint"}
+    assert rows["replay"]["memory_bytes"] <= results["continual"]["memory_budget_bytes"]
+    assert "## Continual learning: 0v1 → 2v3" in (out / "results.md").read_text()
+    assert (out / "continual" / "accuracy_class.png").is_file()
