@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hybnn.errors import DataError
 from hybnn.experiments.continual import (
     TaskStream,
     encode_stream,
@@ -18,7 +19,12 @@ from hybnn.experiments.continual import (
     run_sequence,
 )
 from hybnn.experiments.continual_config import ContinualConfig
-from hybnn.experiments.continual_memory import LABEL_BYTES, BernoulliCodeModel, ReplayMemory
+from hybnn.experiments.continual_memory import (
+    LABEL_BYTES,
+    BernoulliCodeModel,
+    ReplayMemory,
+    frequency_bits,
+)
 from hybnn.pipeline.codes import pack_code_bits, unpack_code_bits
 
 TASKS = ["0v1", "2v3", "4v5", "6v7", "8v9"]
@@ -74,6 +80,14 @@ def test_bernoulli_samples_follow_the_stored_frequencies() -> None:
     assert np.array_equal(model.frequencies(7), truth[7])  # 0 and 1 are exact
 
 
+def test_frequency_bits_fit_the_budget() -> None:
+    assert frequency_bits(1040, 10, 200) == 4  # mnist-5k at 1 %: 10 x 100 B
+    assert frequency_bits(373, 10, 200) == 1  # digits at 1 %: 10 x 25 B
+    assert frequency_bits(10**6, 10, 200) == 8
+    with pytest.raises(DataError):
+        frequency_bits(249, 10, 200)
+
+
 def test_final_accuracy_and_forgetting_of_a_matrix() -> None:
     matrix = [[0.9, None, None], [0.5, 0.8, None], [0.3, 0.6, 1.0]]
     assert final_accuracy(matrix) == pytest.approx((0.3 + 0.6 + 1.0) / 3)
@@ -109,11 +123,12 @@ def test_replay_run_keeps_its_memory_within_the_budget(stream: TaskStream) -> No
 
 @pytest.mark.slow
 def test_generative_replay_forgets_less_than_fine_tuning(stream: TaskStream) -> None:
-    cfg = ContinualConfig(epochs=5, seeds=[0])
+    cfg = ContinualConfig(epochs=5, batch_size=64, seeds=[0])
     tune = run_sequence(stream, "class", "finetune", cfg, 0, 0)
     gen = run_sequence(stream, "class", "generative", cfg, 0, stream.budget_bytes(0.01))
     assert final_accuracy(gen["matrix"]) > final_accuracy(tune["matrix"]) + 0.2
-    assert gen["memory_bytes"] <= stream.budget_bytes(0.01)
+    assert gen["memory_bytes"] <= stream.budget_bytes(0.01)  # 373 B: 1 bit per frequency
+    assert gen["generator_bits"] == 1
 
 
 def test_cli_writes_results_report_and_plots(tiny_encoder, tmp_path: Path) -> None:

@@ -29,7 +29,12 @@ from hybnn.data import load_source, task_classes, train_test
 from hybnn.data.dataset import Dataset
 from hybnn.experiments.continual_config import BUDGETED, SCENARIOS, ContinualConfig
 from hybnn.experiments.continual_ewc import EWC
-from hybnn.experiments.continual_memory import LABEL_BYTES, BernoulliCodeModel, ReplayMemory
+from hybnn.experiments.continual_memory import (
+    LABEL_BYTES,
+    BernoulliCodeModel,
+    ReplayMemory,
+    frequency_bits,
+)
 from hybnn.experiments.continual_report import write_outputs
 from hybnn.models.bnn_head import BNNHead
 from hybnn.pipeline.codes import CodeStore, bits_to_signs, unpack_code_bits
@@ -52,6 +57,10 @@ class TaskStream:
 
     def rows(self, store: CodeStore, t: int) -> np.ndarray:
         return np.flatnonzero(np.isin(store.labels, self.classes[t]))
+
+    @property
+    def task_class_count(self) -> int:
+        return sum(len(c) for c in self.classes)
 
     @property
     def num_classes(self) -> int:
@@ -80,6 +89,8 @@ def continual(config: ContinualConfig, out: str | os.PathLike[str], progress: bo
     stream.train.save(out / "codes" / "train.safetensors")
     stream.test.save(out / "codes" / "test.safetensors")
     budget = stream.budget_bytes(config.memory_fraction)
+    if "generative" in config.strategies and config.generator_bits is None:
+        frequency_bits(budget, stream.task_class_count, stream.train.num_bits)  # fail early
     results: dict[str, Any] = {
         "data": config.data, "seeds": config.seeds, "quick": config.quick,
         "tasks": config.tasks, "config": asdict(config),
@@ -142,7 +153,9 @@ def run_sequence(stream: TaskStream, scenario: str, strategy: str, config: Conti
 
     rng = np.random.default_rng(seed)
     memory = ReplayMemory(budget_bytes, stream.train.bytes_per_sample, seed)
-    generator = BernoulliCodeModel(stream.train.num_bits, config.generator_bits)
+    generator = BernoulliCodeModel(stream.train.num_bits, config.generator_bits or (
+        frequency_bits(budget_bytes, stream.task_class_count, stream.train.num_bits)
+        if strategy == "generative" else 8))
     ewc = EWC(config.ewc_lambda, seed=seed)
     model = new_head()
     matrix: list[list[float | None]] = []
@@ -177,6 +190,7 @@ def run_sequence(stream: TaskStream, scenario: str, strategy: str, config: Conti
             "ewc": ewc.nbytes,
             "joint": len(stream.train) * (stream.train.bytes_per_sample + LABEL_BYTES)}
     return {"seed": seed, "matrix": matrix, "memory_bytes": int(kept[strategy]),
+            "generator_bits": generator.bits if strategy == "generative" else None,
             "seconds": time.perf_counter() - t0}
 
 

@@ -24,7 +24,8 @@ STRATEGY_TITLES = {
     "ewc": "EWC",
     "joint": "joint (ceiling)",
 }
-# Strategies whose memory is held to --memory-fraction (the benchmark's <= 1 % target).
+# Strategies whose memory is held to --memory-fraction (the benchmark's <= 1 % target):
+# replay's reservoir is sized to it, generative replay picks its bits per frequency to fit.
 BUDGETED = ("replay", "generative")
 # What --quick changes (about a minute on 2 cores); every other field keeps its default.
 CONTINUAL_QUICK: dict[str, Any] = {"seeds": [0], "epochs": 5, "vae_epochs": 3}
@@ -44,8 +45,9 @@ class ContinualConfig:
     memory_fraction: float = setting(0.01, "memory budget of replay and generative replay, as "
                                      "a fraction of the bytes of all training codes (+1 B "
                                      "label each)")
-    generator_bits: int = setting(4, "bits per stored bit frequency of generative replay "
-                                  "(4: 100 B per class)")
+    generator_bits: int | None = setting(None, "bits per stored bit frequency of generative "
+                                         "replay (default: the most, up to 8, that fit the "
+                                         "memory budget; mnist-5k: 4, 100 B per class)")
     ewc_lambda: float = setting(100.0, "weight of the EWC penalty")
     # 15 epochs at batch 128 keep the full run (30 sequences of 5 tasks) to minutes
     epochs: int = setting(15, "head epochs per task (quick: 5)")

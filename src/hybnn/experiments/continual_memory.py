@@ -78,6 +78,16 @@ class ReplayMemory:
         return sorted(int(c) for c in np.unique(self.labels[:self.size]))
 
 
+def frequency_bits(budget_bytes: int, num_classes: int, num_bits: int) -> int:
+    """The most bits per frequency (up to 8) with which ``num_classes`` classes of
+    ``num_bits`` frequencies fit in ``budget_bytes``."""
+    for bits in range(8, 0, -1):
+        if num_classes * ((num_bits * bits + 7) // 8) <= budget_bytes:
+            return bits
+    raise DataError(f"a memory budget of {budget_bytes} B cannot hold {num_classes} classes of "
+                    f"{num_bits} bit frequencies even at 1 bit each; raise --memory-fraction")
+
+
 class BernoulliCodeModel:
     """Per-class P(bit = 1), quantised to ``bits`` bits per frequency and stored bit-packed.
 
