@@ -88,6 +88,13 @@ def test_frequency_bits_fit_the_budget() -> None:
         frequency_bits(249, 10, 200)
 
 
+def test_unknown_strategy_is_refused_before_any_work(tmp_path: Path) -> None:
+    from hybnn.experiments.continual import continual
+
+    with pytest.raises(DataError, match="bogus"):
+        continual(ContinualConfig(strategies=["bogus"]), tmp_path / "out", progress=False)
+
+
 def test_final_accuracy_and_forgetting_of_a_matrix() -> None:
     matrix = [[0.9, None, None], [0.5, 0.8, None], [0.3, 0.6, 1.0]]
     assert final_accuracy(matrix) == pytest.approx((0.3 + 0.6 + 1.0) / 3)

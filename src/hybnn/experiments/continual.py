@@ -27,7 +27,8 @@ import torch
 from hybnn.artifacts import atomic_write, versions
 from hybnn.data import load_source, task_classes, train_test
 from hybnn.data.dataset import Dataset
-from hybnn.experiments.continual_config import BUDGETED, SCENARIOS, ContinualConfig
+from hybnn.errors import DataError
+from hybnn.experiments.continual_config import BUDGETED, SCENARIOS, STRATEGIES, ContinualConfig
 from hybnn.experiments.continual_ewc import EWC
 from hybnn.experiments.continual_memory import (
     LABEL_BYTES,
@@ -35,7 +36,7 @@ from hybnn.experiments.continual_memory import (
     ReplayMemory,
     frequency_bits,
 )
-from hybnn.experiments.continual_report import write_outputs
+from hybnn.experiments.continual_report import summary_lines, write_outputs
 from hybnn.models.bnn_head import BNNHead
 from hybnn.pipeline.codes import CodeStore, bits_to_signs, unpack_code_bits
 from hybnn.pipeline.config import PretrainConfig, TrainConfig
@@ -75,13 +76,14 @@ class TaskStream:
 def continual(config: ContinualConfig, out: str | os.PathLike[str], progress: bool = True,
               echo: bool = True) -> dict[str, Any]:
     """Run every scenario x strategy x seed; write results.json, results.md and plots."""
+    for given, known in ((config.scenarios, SCENARIOS), (config.strategies, STRATEGIES)):
+        if set(given) - set(known):
+            raise DataError(f"unknown name(s) {sorted(set(given) - set(known))}; "
+                            f"use {', '.join(known)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / ".write-test", lambda p: p.write_text("ok"))
     (out / ".write-test").unlink()
-    unknown = set(config.scenarios) - set(SCENARIOS)
-    if unknown:
-        raise ValueError(f"unknown scenario(s) {sorted(unknown)}; use {', '.join(SCENARIOS)}")
     t_start = time.perf_counter()
     train, test = train_test(load_source(config.data))
     encoder, pretrain_s = _encoder(config, train, out, progress)
@@ -114,8 +116,6 @@ def continual(config: ContinualConfig, out: str | os.PathLike[str], progress: bo
     results["seconds_total"] = time.perf_counter() - t_start
     write_outputs(results, out)
     if echo:
-        from hybnn.experiments.continual_report import summary_lines
-
         print("\n".join(summary_lines(results)))
         print(f"results: {out / 'results.md'}")
     return results
@@ -127,7 +127,7 @@ def encode_stream(encoder: Encoder, train: Dataset, test: Dataset,
     classes = [task_classes(t, train.num_classes) for t in tasks]
     used = sorted({c for pair in classes for c in pair})
     if len(used) != sum(len(c) for c in classes):
-        raise ValueError(f"continual tasks must not share classes: {tasks}")
+        raise DataError(f"continual tasks must not share classes: {tasks}")
     stores = []
     for part, split in ((train, "train"), (test, "test")):
         keep = part.subset(np.flatnonzero(np.isin(part.y, used)))
