@@ -96,7 +96,8 @@ def test_no_module_level_import_cycle():
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["federate", "--help"],
-                                  ["study", "rebnn", "--help"], ["reproduce", "--help"]])
+                                  ["study", "rebnn", "--help"], ["reproduce", "--help"],
+                                  ["continual", "--help"]])
 def test_help_imports_no_torch_numpy_or_flower(argv):
     code = ("import sys\nfrom hybnn.cli import main\n"
             f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"

@@ -13,6 +13,7 @@ from importlib import import_module
 from typing import Any
 
 from hybnn.api.options import (
+    ContinualOptions,
     DistillOptions,
     EvaluateOptions,
     ExportOptions,
@@ -27,10 +28,11 @@ from hybnn.api.options import (
 )
 
 COMMANDS = ("pretrain", "distill", "extract", "train", "evaluate", "predict", "export", "summary",
-            "reproduce", "federate", "study_rebnn")
+            "reproduce", "federate", "study_rebnn", "continual")
 
 __all__ = [
     "COMMANDS",
+    "ContinualOptions",
     "DistillOptions",
     "EvaluateOptions",
     "ExportOptions",

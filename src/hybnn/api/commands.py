@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from hybnn.api.options import (
+    ContinualOptions,
     DistillOptions,
     EvaluateOptions,
     ExportOptions,
@@ -235,6 +236,14 @@ def reproduce(opts: ReproduceOptions) -> dict[str, Any]:
     from hybnn.experiments.reproduce import reproduce as run
 
     return run(opts.config, opts.out, progress=opts.progress, resume=opts.resume)
+
+
+def continual(opts: ContinualOptions) -> dict[str, Any]:
+    """The pair tasks learned one after another by one head; writes into ``opts.out``."""
+    from hybnn.experiments.continual import continual as run
+
+    resolve_device(opts.config.device)
+    return run(opts.config, opts.out, progress=opts.progress)
 
 
 def federate(opts: FederateOptions) -> dict[str, Any]:

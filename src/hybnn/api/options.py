@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from hybnn.binary.names import SCALINGS
 from hybnn.data.names import PREPS, SPLITS
 from hybnn.experiments.config import DEFAULT_DATA, ReproduceConfig, StudyConfig
+from hybnn.experiments.continual_config import ContinualConfig
 from hybnn.federated.config import FedConfig
 from hybnn.models.names import MODEL_NAMES, SPECS
 from hybnn.pipeline.config import DistillConfig, PretrainConfig, TrainConfig
@@ -149,6 +150,15 @@ class ReproduceOptions:
     resume: bool = setting(False, "keep what an interrupted run in --out finished, "
                            "continue the rest from its checkpoints")
     config: ReproduceConfig = setting(factory=ReproduceConfig)
+    progress: bool = setting(True, "progress bars on a terminal, a line per step in a log")
+
+
+@dataclass(kw_only=True)
+class ContinualOptions:
+    """Continual learning: the pair tasks arrive in order and one BNN head learns them."""
+
+    out: str = setting("runs/continual", "output directory")
+    config: ContinualConfig = setting(factory=ContinualConfig)
     progress: bool = setting(True, "progress bars on a terminal, a line per step in a log")
 
 

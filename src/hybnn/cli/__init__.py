@@ -133,6 +133,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_continual(args: argparse.Namespace) -> int:
+    from hybnn.experiments.continual_config import ContinualConfig
+
+    config = ContinualConfig.make(**given(args, "config__"))
+    api.continual(build(api.ContinualOptions, args, config=config))
+    return 0
+
+
 def cmd_federate(args: argparse.Namespace) -> int:
     opts = build(api.FederateOptions, args)
     if opts.deploy and opts.insecure:
@@ -179,6 +187,8 @@ COMMANDS: list[tuple[str, type, Handler, str]] = [
     ("summary", api.SummaryOptions, cmd_summary, "binary vs float parameters and deployed bytes"),
     ("reproduce", api.ReproduceOptions, cmd_reproduce,
      "the paper's whole experiment, honestly (main job)"),
+    ("continual", api.ContinualOptions, cmd_continual,
+     "continual learning: the pair tasks in order, one head, replay / EWC / joint"),
     ("federate", api.FederateOptions, cmd_federate,
      "FedHyBNN on Flower: simulation here, or --deploy with real SuperLink/SuperNode "
      "processes on 127.0.0.1"),

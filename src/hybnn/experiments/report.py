@@ -48,6 +48,8 @@ def render_markdown(results: dict[str, Any]) -> str:
             cells = [per[m][i]["accuracy"] for m in ("hybnn", "fpcnn")]
             lines.append(f"| {name} | " + " | ".join(
                 "-" if c is None else f"{100 * c:.2f}" for c in cells) + " |")
+    if "continual" in results:
+        lines += _continual_lines(results["continual"])
     lines += ["", "BNN-head training speed-up per epoch over the binary CNN (same samples, "
               "same batch size): " + ", ".join(
                   f"{t} {r['head_speedup_vs_bcnn']:.1f}x" for t, r in results["tasks"].items()),
@@ -55,6 +57,15 @@ def render_markdown(results: dict[str, Any]) -> str:
               "```", "", "Versions: " + ", ".join(f"{k} {v}" for k, v in
                                                    results["versions"].items()), ""]
     return "\n".join(lines)
+
+
+def _continual_lines(cont: dict[str, Any]) -> list[str]:
+    from hybnn.experiments.continual_report import strategy_table
+
+    return ["", f"## Continual learning: {' → '.join(cont['tasks'])} in order, one head, "
+            "class-incremental", "", f"Memory budget {cont['memory_budget_bytes']:,} B; "
+            f"{cont['epochs_per_task']} epochs per task; matrices in `{cont['path']}`.", "",
+            *strategy_table(cont, "class")]
 
 
 def summary_lines(results: dict[str, Any]) -> list[str]:

@@ -120,12 +120,33 @@ def reproduce(config: ReproduceConfig, out: str | os.PathLike[str],
                               **{m: c.tolist() for m, c in confusions[task].items()},
                               "per_class": {m: per_class(c, space)
                                             for m, c in confusions[task].items()}}
+    if config.continual:
+        results["continual"] = _continual_table(config, out, progress)
     results["seconds_total"] = time.perf_counter() - t_start
     _write_outputs(results, curves, out)
     if echo:
         print("\n".join(summary_lines(results)))
         print(f"results: {out / 'results.md'}")
     return results
+
+
+def _continual_table(config: ReproduceConfig, out: Path, progress: bool) -> dict[str, Any]:
+    """`hybnn continual` on this run's encoder and pair tasks, class-incremental (the
+    scenario of the issue's target); the full results are written to ``out/continual``."""
+    from hybnn.experiments.continual import continual
+    from hybnn.experiments.continual_config import ContinualConfig
+
+    pairs = [t for t in config.tasks if t != "all"]
+    cfg = ContinualConfig.make(quick=config.quick, data=config.data, tasks=pairs,
+                               seeds=config.seeds, scenarios=["class"], device=config.device,
+                               encoder=config.encoder or str(out / "encoder"))
+    res = continual(cfg, out / "continual", progress=progress, echo=False)
+    keys = ("final_acc_mean", "final_acc_std", "forgetting_mean", "forgetting_std",
+            "memory_bytes")
+    return {"tasks": pairs, "memory_budget_bytes": res["memory_budget_bytes"],
+            "epochs_per_task": cfg.epochs, "path": str(out / "continual"),
+            "scenarios": {s: {m: {k: c[k] for k in keys} for m, c in rows.items()}
+                          for s, rows in res["scenarios"].items()}}
 
 
 def _encoder(config: ReproduceConfig, train: Dataset, out: Path, progress: bool,
