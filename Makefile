@@ -43,7 +43,7 @@ lint:
 test: install lint
 	$(PY) -m pytest -q
 
-# Under 2 minutes: no Ray, no deployment, no kill -9, no reproduce (tests marked slow).
+# Under 2 minutes: no Ray, deployment, kill -9, reproduce or whole-CLI subprocess runs (slow).
 test-fast: lint
 	$(PY) -m pytest -q -m "not slow"
 

@@ -24,6 +24,8 @@ from hybnn.models.io import save_model
 from hybnn.pipeline.codes import CodeStore, pack_code_bits
 from hybnn.pipeline.encoder import save_encoder
 
+pytestmark = pytest.mark.slow  # whole-CLI runs in subprocesses
+
 FP_A, FP_B = "a" * 64, "b" * 64
 
 CASES: dict[str, Callable[..., list[str]]] = {}

@@ -31,6 +31,8 @@ from hybnn.pipeline.codes import CodeStore, payload_sha256
 from hybnn.pipeline.config import TrainConfig
 
 # Runs each case of a JSON list read from stdin in a forked child, two at a time.
+pytestmark = pytest.mark.slow  # whole-CLI runs in subprocesses
+
 ZYGOTE = r"""
 import json, os, sys, traceback
 import torch

@@ -75,6 +75,7 @@ def test_an_artifact_of_another_kind_or_a_plain_folder_is_never_overwritten(tmp_
     assert (tmp_path / "runs" / "keep").is_dir()
 
 
+@pytest.mark.slow
 def test_train_out_an_encoder_directory_is_refused_before_training(tmp_path):
     enc = tmp_path / "enc"
     hybnn("pretrain", "--data", "digits", "--epochs", "1", "--out", str(enc))

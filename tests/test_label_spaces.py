@@ -48,6 +48,7 @@ def test_a_task_keeps_the_original_labels_and_names():
         "Pullover", "Dress")
 
 
+@pytest.mark.slow
 def test_labels_round_trip_through_code_store_model_and_engine_file(pair_2v3: Path):
     want = {"labels": [2, 3], "names": ["2", "3"]}
     assert CodeStore.load(pair_2v3 / "train.safetensors").meta["label_space"] == want
@@ -56,6 +57,7 @@ def test_labels_round_trip_through_code_store_model_and_engine_file(pair_2v3: Pa
     assert load(pair_2v3 / "head.engine").label_space.to_json() == want
 
 
+@pytest.mark.slow
 def test_predict_on_a_png_of_a_known_digit_prints_that_digit(pair_2v3: Path):
     from PIL import Image
 
@@ -75,6 +77,7 @@ def test_predict_on_a_png_of_a_known_digit_prints_that_digit(pair_2v3: Path):
                                                                    "name": "2"}
 
 
+@pytest.mark.slow
 def test_evaluate_writes_per_class_results_and_a_confusion_png(pair_2v3: Path, tmp_path):
     result = json.loads(hybnn("evaluate", "--model", str(pair_2v3 / "head"), "--codes",
                               str(pair_2v3 / "test.safetensors"), "--json", "--out",

@@ -9,6 +9,8 @@ import pytest
 
 from hybnn.cli import main
 
+pytestmark = pytest.mark.slow  # whole-CLI runs in subprocesses
+
 pytest.importorskip("onnxruntime")
 
 

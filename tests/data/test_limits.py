@@ -198,6 +198,7 @@ def memory_runs(tmp_path_factory):
     return results
 
 
+@pytest.mark.slow  # a child process per hostile file
 @pytest.mark.parametrize("name", sorted(HOSTILE))
 def test_hostile_file_gives_one_error_line_and_little_memory(memory_runs, name):
     rc, err, peak = memory_runs[name]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from engine_reference import randomize
 from forge import contents
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
@@ -158,8 +158,16 @@ def test_random_corruption_or_truncation_raises_artifact_error(tmp_path, good_by
         for _ in range(data.draw(st.integers(1, 4))):
             i = data.draw(st.integers(0, len(b) - 1))
             b[i] = data.draw(st.integers(0, 255).filter(lambda v, i=i: v != b[i]))
-    with pytest.raises(ArtifactError):
+    assume(bytes(b) != good_bytes)  # two edits of one byte can restore it
+    try:
         _load_bytes(tmp_path, bytes(b))
+    except ArtifactError:
+        return
+    # Loaded: only insignificant bytes changed (JSON whitespace padding the safetensors
+    # header), so what the file says must be exactly what the original says.
+    (h1, a1), (h2, a2) = contents(good_bytes), contents(bytes(b))
+    assert h1 == h2 and a1.keys() == a2.keys()
+    assert all(np.array_equal(a1[k], a2[k]) for k in a1)
 
 
 def _resign(good: bytes, edit) -> bytes:

@@ -139,6 +139,7 @@ def test_generative_replay_forgets_less_than_fine_tuning(stream: TaskStream) -> 
     assert gen["generator_bits"] == 1
 
 
+@pytest.mark.slow
 def test_cli_writes_results_report_and_plots(tiny_encoder, tmp_path: Path) -> None:
     out = tmp_path / "continual"
     cmd = [sys.executable, "-m", "hybnn.cli", "continual", "--quick", "--data", "digits",

@@ -16,6 +16,7 @@ def test_quick_mode_config_is_small():
     assert StudyConfig.make(seeds=[3], epochs=2).seeds == (3,)
 
 
+@pytest.mark.slow
 def test_study_cli_writes_results_table_plots_and_benchmarks(tmp_path, capsys):
     out = tmp_path / "study"
     bench = tmp_path / "BENCHMARKS.md"
