@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import shutil
 import statistics
 import struct
@@ -36,7 +35,7 @@ import numpy as np
 import torch
 
 import hybnn
-from hybnn.benchmarks import cpu_model, write_section
+from hybnn.benchmarks import cpu_model, target, write_json, write_section
 from hybnn.engine import export_artifact, export_model, load
 from hybnn.engine.c_export import CORTEX_M4_FLAGS, HOST_FLAGS, write_c
 from hybnn.models import BinaryCNN, BNNHead
@@ -156,20 +155,20 @@ def bench(kind: str, source: str | None, tmp: Path, n: int, reps: int) -> dict[s
     return row
 
 
-def targets(rows: dict[str, Any]) -> dict[str, Any]:
-    found: dict[str, Any] = {}
+def targets(rows: dict[str, Any]) -> list[dict[str, Any]]:
+    found = []
     for kind, row in rows.items():
         m4 = row["cortex_m4"]
         h = row["host"]
-        found[f"c {kind} flash bytes"] = {"value": m4 and m4["flash_bytes"], "goal": GOAL,
-                                          "met": bool(m4 and m4["flash_bytes"] <= FLASH)}
-        found[f"c {kind} ram bytes"] = {"value": m4 and m4["ram_bytes"], "goal": GOAL,
-                                        "met": bool(m4 and m4["ram_bytes"] <= RAM)}
-        found[f"c {kind} agreement"] = {
-            "value": f"{h['classes_equal']}/{h['samples']} classes, {h['logits_bit_equal']}/"
-                     f"{h['samples']} logits bit-equal",
-            "goal": "bit-exact with the engine",
-            "met": h["classes_equal"] == h["logits_bit_equal"] == h["samples"]}
+        found += [
+            target(f"c {kind} flash bytes", m4 and m4["flash_bytes"], GOAL,
+                   bool(m4 and m4["flash_bytes"] <= FLASH)),
+            target(f"c {kind} ram bytes", m4 and m4["ram_bytes"], GOAL,
+                   bool(m4 and m4["ram_bytes"] <= RAM)),
+            target(f"c {kind} agreement",
+                   f"{h['classes_equal']}/{h['samples']} classes, {h['logits_bit_equal']}/"
+                   f"{h['samples']} logits bit-equal", "bit-exact with the engine",
+                   h["classes_equal"] == h["logits_bit_equal"] == h["samples"])]
     return found
 
 
@@ -203,8 +202,8 @@ def markdown(res: dict[str, Any]) -> str:
                      f"{h['c_us_batch1']:.1f} µs | {h['engine_us_batch1']:.1f} µs | "
                      f"{h['engine_us_per_sample_batch256']:.2f} µs |")
     lines += ["", "Targets:", ""]
-    for name, t in res["targets"].items():
-        lines.append(f"- {name}: {t['value']} — {t['goal']}: "
+    for t in res["targets"]:
+        lines.append(f"- {t['name']}: {t['value']} — {t['goal']}: "
                      f"{'met' if t['met'] else '**missed**'}")
     return "\n".join(lines)
 
@@ -239,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(res)
     print(text)
     if args.json:
-        args.json.write_text(json.dumps(res, indent=2) + "\n")
+        write_json(args.json, res["targets"], **{k: v for k, v in res.items() if k != "targets"})
     if not args.no_write:
         write_section("embedded", text, args.benchmarks)
     return 0

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import random
-import re
 import statistics
 import sys
 import tempfile
@@ -32,13 +30,11 @@ import torch
 import torch.nn.functional as F
 
 import hybnn
-from hybnn.benchmarks import cpu_model
+from hybnn.benchmarks import cpu_model, target, write_json, write_section
 from hybnn.engine import detect_isa, export_model, isa, load, pack_images, pack_signs
 from hybnn.engine.ops import PackedLayer
 from hybnn.engine.packing import pack_sign_words
 from hybnn.models import BinaryCNN, BinaryLatentVAE, BNNHead, FloatCNN
-
-START, END = "<!-- engine:start -->", "<!-- engine:end -->"
 
 
 def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, inner: int = 1) -> dict[str, float]:
@@ -306,6 +302,24 @@ def markdown(results: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
+# The issue's speed targets: (case name prefix, float32 time / packed time at least).
+SPEED_GOALS = (("head_200-128-2_b4096", 20.0), ("dense_1024x1024_b256", 10.0),
+               ("dense_16384x128_b", 10.0), ("conv3x3_56x56x64-64_b1", 10.0))
+
+
+def targets(cases: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each speed target against its measured ratio (plain float-in rows: what a user calls)."""
+    found = []
+    for prefix, goal in SPEED_GOALS:
+        plain = (n for n in cases if n.startswith(prefix)
+                 and not n.endswith(("_float_to_packed", "_packed_io")))
+        name = next(plain)
+        ratio = cases[name]["ratio_vs_float32"]
+        found.append(target(f"{name} speed-up vs torch float32", round(ratio, 2),
+                            f">= {goal:g}x", ratio >= goal))
+    return found
+
+
 def _loadavg() -> float | None:
     try:
         return os.getloadavg()[0]
@@ -320,20 +334,6 @@ def _load(before: float | None) -> str:
 
 def _fmt(ms: float) -> str:
     return f"{ms * 1e3:.1f} us" if ms < 1 else f"{ms:.2f} ms"
-
-
-def write_section(path: Path, text: str) -> None:
-    body = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    if START not in body:
-        body = body.rstrip("\n") + f"\n\n{START}\n{END}\n"
-    body = re.sub(
-        re.escape(START) + r".*?" + re.escape(END),
-        lambda _: f"{START}\n{text}\n{END}",
-        body,
-        count=1,
-        flags=re.S,
-    )
-    path.write_text(body)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -363,9 +363,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     text = markdown(results, command.strip())
     print(text)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.json, targets(cases), **results)
     if not args.no_write:
-        write_section(args.benchmarks, text)
+        write_section("engine", text, args.benchmarks)
     return results
 
 

@@ -11,6 +11,7 @@ Every federation runs in Flower's simulation engine (`hybnn.federated.simulation
 Raw results go to --out/bench.json. Usage:
 
     python bench/federated.py [--encoder DIR] [--out runs/bench-federated] [--quick]
+                              [--json FILE]
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 import torch
 
-from hybnn.benchmarks import write_section
+from hybnn.benchmarks import target, write_json, write_section
 from hybnn.data import PAPER_TASKS
 from hybnn.federated.config import FedConfig
 from hybnn.federated.encoding import Layout
@@ -77,12 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--benchmarks", default="BENCHMARKS.md")
     ap.add_argument("--quick", action="store_true", help="2 tasks, fewer rounds (smoke run)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", metavar="FILE", help="write the targets here as JSON")
     ap.add_argument("--render", action="store_true",
                     help="only rewrite the section from --out/bench.json")
     args = ap.parse_args(argv)
     if args.render:
         raw = json.loads((Path(args.out) / "bench.json").read_text())
         write_section("federated", markdown(raw), args.benchmarks)
+        _write_targets(raw, args.json)
         return 0
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -128,8 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(raw, indent=1) + "\n")
     write_section("federated", markdown(raw), args.benchmarks)
+    _write_targets(raw, args.json)
     print(f"wrote the federated section of {args.benchmarks} and {out / 'bench.json'}")
     return 0
+
+
+def _write_targets(raw: dict[str, Any], path: str | None) -> None:
+    if path:
+        write_json(path, targets(raw), command=raw["command"], config=raw["config"],
+                   environment=raw["environment"])
 
 
 def _pct(x: float | None) -> str:
@@ -144,11 +154,68 @@ def _within(gap: float, target: float) -> bool:
     return gap <= target + 1e-9  # accuracies are multiples of 1/200: no float noise
 
 
+def _by_run(raw: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    return {(r["task"], r["partition"], r["encoding"]): r for r in raw["hybnn"]}
+
+
+def _gaps(raw: dict[str, Any]) -> dict[tuple[str, str], list[float]]:
+    """Centralized minus federated final accuracy, per (partition, encoding), task by task."""
+    by, gaps = _by_run(raw), {}
+    for t, c in raw["centralized"].items():
+        for part in ("iid", "dirichlet"):
+            for enc in ("fp32", "1bit"):
+                if (r := by.get((t, part, enc))):
+                    gaps.setdefault((part, enc), []).append(c["acc"] - r["final_acc"])
+    return gaps
+
+
+def _up_bytes(raw: dict[str, Any]) -> dict[str, float]:
+    return {enc: statistics.mean(r["up_per_client_round"] for r in raw["hybnn"]
+                                 if r["encoding"] == enc) for enc in ("fp32", "1bit")}
+
+
+def _onebit_loss(raw: dict[str, Any]) -> list[float]:
+    by = _by_run(raw)
+    return [by[(t, p, "fp32")]["final_acc"] - by[(t, p, "1bit")]["final_acc"]
+            for t in raw["centralized"] for p in ("iid", "dirichlet")
+            if (t, p, "fp32") in by and (t, p, "1bit") in by]
+
+
+def _cnn_ratios(raw: dict[str, Any]) -> list[tuple[dict[str, Any], float]]:
+    """(CNN run, its bytes per round / FedHyBNN 1bit's on the same task) for every CNN run."""
+    by = _by_run(raw)
+    out = []
+    for r in raw["cnn"]:
+        h = by.get((r["task"], "iid", "1bit"))
+        out.append((r, r["bytes_per_round"] / h["bytes_per_round"] if h else float("nan")))
+    return out
+
+
+def targets(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets against what was measured (the same numbers as the section)."""
+    found = [target(f"{part} {enc} fedavg worst gap vs centralized (points)",
+                    round(100 * max(g), 2), f"<= {100 * TARGET_ACC_GAP:g}",
+                    _within(max(g), TARGET_ACC_GAP)) for (part, enc), g in _gaps(raw).items()]
+    ups = _up_bytes(raw)
+    ratio = ups["fp32"] / ups["1bit"]
+    found.append(target("bytes up 1bit vs fp32 (ratio)", round(ratio, 2),
+                        f">= {TARGET_UP_RATIO:g}x", ratio >= TARGET_UP_RATIO))
+    loss = max(_onebit_loss(raw))
+    found.append(target("accuracy lost 1bit vs fp32 (points)", round(100 * loss, 2),
+                        f"<= {100 * TARGET_1BIT_LOSS:g}", _within(loss, TARGET_1BIT_LOSS)))
+    fp = [x for r, x in _cnn_ratios(raw) if r["model"] == "fpcnn"]
+    if fp:
+        found.append(target("bytes per round FedHyBNN 1bit vs FedAvg float CNN (ratio)",
+                            round(min(fp), 1), f">= {TARGET_CNN_RATIO:g}x",
+                            min(fp) >= TARGET_CNN_RATIO))
+    return found
+
+
 def markdown(raw: dict[str, Any]) -> str:
     cfg, env = raw["config"], raw["environment"]
     rows = raw["hybnn"]
     central = raw["centralized"]
-    by = {(r["task"], r["partition"], r["encoding"]): r for r in rows}
+    by = _by_run(raw)
     tasks = list(central)
     lines = [
         "## Federated (FedHyBNN on Flower)",
@@ -169,17 +236,11 @@ def markdown(raw: dict[str, Any]) -> str:
         "| task | centralized | IID fp32 | IID 1bit | Dirichlet fp32 | Dirichlet 1bit |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    gaps: dict[tuple[str, str], list[float]] = {}
     for t in tasks:
-        c = central[t]["acc"]
-        cells = []
-        for part in ("iid", "dirichlet"):
-            for enc in ("fp32", "1bit"):
-                r = by.get((t, part, enc))
-                cells.append(_pct(r["final_acc"]) if r else "–")
-                if r:
-                    gaps.setdefault((part, enc), []).append(c - r["final_acc"])
-        lines.append(f"| {t} | {_pct(c)} | " + " | ".join(cells) + " |")
+        cells = [_pct(r["final_acc"]) if (r := by.get((t, part, enc))) else "–"
+                 for part in ("iid", "dirichlet") for enc in ("fp32", "1bit")]
+        lines.append(f"| {t} | {_pct(central[t]['acc'])} | " + " | ".join(cells) + " |")
+    gaps = _gaps(raw)
     lines += ["", "Gap to centralized (points; positive = federated is worse):", ""]
     for (part, enc), g in gaps.items():
         worst = max(g)
@@ -191,8 +252,7 @@ def markdown(raw: dict[str, Any]) -> str:
                      if (t, p, e) in by] for p in ("iid", "dirichlet") for e in ("fp32", "1bit")}
     lines += ["", "Best round instead of the last (same runs): " + "; ".join(
         f"{p} {e} worst gap {100 * max(g):+.1f}" for (p, e), g in best.items() if g) + "."]
-    ups = {enc: statistics.mean(r["up_per_client_round"] for r in rows if r["encoding"] == enc)
-           for enc in ("fp32", "1bit")}
+    ups = _up_bytes(raw)
     downs = {enc: statistics.mean(r["down_per_client_round"] for r in rows
                                   if r["encoding"] == enc) for enc in ("fp32", "1bit")}
     ratio = ups["fp32"] / ups["1bit"]
@@ -201,9 +261,7 @@ def markdown(raw: dict[str, Any]) -> str:
     onebit_payload = (head["binary"] + 7) // 8 + 4 * (head["float"] + head["binary_tensors"])
     share = 4 * head["float"] / onebit_payload
     cap = 4 * total / onebit_payload
-    loss = [by[(t, p, "fp32")]["final_acc"] - by[(t, p, "1bit")]["final_acc"]
-            for t in tasks for p in ("iid", "dirichlet")
-            if (t, p, "fp32") in by and (t, p, "1bit") in by]
+    loss = _onebit_loss(raw)
     lines += [
         "",
         "### Update encodings: 1bit vs fp32",
@@ -238,9 +296,7 @@ def markdown(raw: dict[str, Any]) -> str:
             "|---|---|---:|---:|---:|",
         ]
         worst_ratio = float("inf")
-        for r in cnn:
-            h = by.get((r["task"], "iid", "1bit"))
-            x = r["bytes_per_round"] / h["bytes_per_round"] if h else float("nan")
+        for r, x in _cnn_ratios(raw):
             if r["model"] == "fpcnn":
                 worst_ratio = min(worst_ratio, x)
             lines.append(f"| {r['task']} | {r['model']} | {_pct(r['final_acc'])} | "

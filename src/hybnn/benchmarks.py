@@ -1,11 +1,14 @@
-"""Write one section of BENCHMARKS.md between its ``<!-- NAME:start/end -->`` markers."""
+"""Benchmark records: one section of BENCHMARKS.md between its ``<!-- NAME:start/end -->``
+markers, and the ``--json FILE`` of targets every bench script writes."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
 from pathlib import Path
+from typing import Any
 
 from hybnn.artifacts import atomic_write
 
@@ -41,3 +44,15 @@ def write_section(name: str, body: str, path: str | os.PathLike[str] = "BENCHMAR
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else (
         text.rstrip() + "\n\n" + block + "\n")
     return atomic_write(path, lambda p: p.write_text(text))
+
+
+def target(name: str, value: Any, goal: str, met: bool) -> dict[str, Any]:
+    """One entry of a bench script's ``targets``: what was measured against what was asked."""
+    return {"name": name, "value": value, "goal": goal, "met": bool(met)}
+
+
+def write_json(path: str | os.PathLike[str], targets: list[dict[str, Any]],
+               **fields: Any) -> Path:
+    """The ``--json FILE`` every bench script writes: ``{"machine", "targets", ...}``."""
+    record = {"machine": machine_description(), "targets": targets, **fields}
+    return atomic_write(path, lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
