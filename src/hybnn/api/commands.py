@@ -42,7 +42,7 @@ from hybnn.pipeline.extract import encode_to_codes
 from hybnn.pipeline.fit import train_head, train_image_model
 from hybnn.pipeline.metrics import confusion_matrix, per_class
 from hybnn.pipeline.pretrain import pretrain as pretrain_encoder
-from hybnn.pipeline.train import evaluate_classifier, resolve_device
+from hybnn.pipeline.train import evaluate_classifier, predict_classes, resolve_device
 from hybnn.plots import plot_confusion
 
 
@@ -276,15 +276,6 @@ def model_labels(meta: dict[str, Any], model: nn.Module) -> LabelSpace:
     """The label space a model was saved with (numbered outputs for older models)."""
     return LabelSpace.from_json(meta.get("label_space"),
                                 int(meta["config"]["arch_config"]["num_classes"]))
-
-
-@torch.no_grad()
-def predict_classes(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
-    """Argmax class of every input, in eval mode, on the model's device."""
-    model.eval()
-    device = next(model.parameters()).device
-    return torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).cpu()
-                      for i in range(0, len(x), batch_size)]).numpy()
 
 
 def _check_channels(meta: dict[str, Any], x: np.ndarray, model_dir: Any) -> None:

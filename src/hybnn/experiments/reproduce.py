@@ -41,6 +41,7 @@ from hybnn.pipeline.extract import encode_to_codes
 from hybnn.pipeline.fit import train_head, train_image_model
 from hybnn.pipeline.metrics import confusion_matrix, per_class
 from hybnn.pipeline.pretrain import bit_usage, pretrain
+from hybnn.pipeline.train import predict_classes
 from hybnn.plots import plot_confusion, plot_curves
 from hybnn.progress import bar
 
@@ -235,15 +236,9 @@ def _confusions(trained: dict[str, tuple[History, Any]], encoder: Encoder,
 
     codes, y = encode_to_codes(encoder, te).tensors()
     images = torch.from_numpy(prepare(te.x, "centered"))
-    out = {}
-    for name, x in (("hybnn", codes), ("fpcnn", images)):
-        model = trained[name][1].eval()
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            pred = torch.cat([model(x[i:i + 1024].to(device)).argmax(1).cpu()
-                              for i in range(0, len(x), 1024)])
-        out[name] = confusion_matrix(y.numpy(), pred.numpy(), te.num_classes)
-    return out
+    return {name: confusion_matrix(y.numpy(), predict_classes(trained[name][1], x),
+                                   te.num_classes)
+            for name, x in (("hybnn", codes), ("fpcnn", images))}
 
 
 def _swap(trained: tuple[Any, History]) -> tuple[History, Any]:

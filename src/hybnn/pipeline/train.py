@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,6 +58,15 @@ def evaluate_classifier(
     model.train(was_training)
     n = max(len(y), 1)
     return loss_sum / n, correct / n
+
+
+@torch.no_grad()
+def predict_classes(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
+    """Argmax class of every input, in eval mode, on the model's device."""
+    model.eval()
+    device = next(model.parameters()).device
+    return torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).cpu()
+                      for i in range(0, len(x), batch_size)]).numpy()
 
 
 def fit_classifier(
