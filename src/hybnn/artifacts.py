@@ -130,20 +130,28 @@ def save_bundle(
     return meta
 
 
+def declared_kind(directory: str | os.PathLike[str]) -> str | None:
+    """The ``kind`` an artifact directory's metadata declares (None: no metadata file);
+    unreadable metadata is an :class:`ArtifactError`."""
+    path = Path(directory) / META_NAME
+    if not path.is_file():
+        return None
+    return str(read_json(path, "artifact metadata").get("kind"))
+
+
 def require_kind_or_absent(directory: str | os.PathLike[str], kind: str) -> None:
     """Refuse to write a ``kind`` artifact over an artifact of another kind (or over a
     directory that is not an artifact but holds files)."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise ArtifactError(f"cannot write a {kind} to {directory}: it is a file")
-    meta_path = directory / META_NAME
     if directory.is_dir() and any(item.is_dir() for item in directory.iterdir()):
         raise ArtifactError(f"cannot write a {kind} to {directory}: it holds sub-directories, "
                             "so it is not an artifact directory (choose another --out)")
-    if meta_path.is_file():
+    if (directory / META_NAME).is_file():
         try:
-            found = json.loads(meta_path.read_text()).get("kind")
-        except (OSError, UnicodeDecodeError, ValueError, AttributeError, RecursionError):
+            found = declared_kind(directory)
+        except ArtifactError:
             found = "unreadable"
         if found != kind:
             raise ArtifactError(f"{directory} holds a {found!r} artifact; refusing to "

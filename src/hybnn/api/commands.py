@@ -28,6 +28,7 @@ from hybnn.api.options import (
     SummaryOptions,
     TrainOptions,
 )
+from hybnn.artifacts import declared_kind
 from hybnn.data import load_source, load_split, prepare, read_inputs, train_test
 from hybnn.data.labels import LabelSpace
 from hybnn.data.limits import MAX_CONFIG_LIST, MAX_CONFIG_VALUE
@@ -189,7 +190,7 @@ def export(opts: ExportOptions) -> dict[str, Any]:
     from hybnn.engine.export import export_artifact, export_fully_binary
 
     binary_encoder = opts.encoder is not None and (
-        _artifact_kind(opts.encoder) == BINARY_ENCODER_KIND)
+        declared_kind(opts.encoder) == BINARY_ENCODER_KIND)
     if opts.encoder and not binary_encoder:
         if opts.format != "engine":
             raise DataError("--format c exports the packed part of a model alone; drop "
@@ -213,14 +214,6 @@ def export(opts: ExportOptions) -> dict[str, Any]:
         return export_artifact(opts.model, opts.out)
     except (TypeError, ValueError) as exc:  # an architecture or layer the engine cannot run
         raise ArtifactError(f"cannot export {opts.model}: {exc}") from None
-
-
-def _artifact_kind(directory: str) -> str | None:
-    """The ``kind`` an artifact directory declares (None when it declares none)."""
-    from hybnn.artifacts import META_NAME, read_json
-
-    path = Path(directory) / META_NAME
-    return str(read_json(path, "encoder metadata").get("kind")) if path.is_file() else None
 
 
 def summary(opts: SummaryOptions) -> str:

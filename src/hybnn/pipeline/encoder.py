@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from hybnn.artifacts import META_NAME, load_bundle, read_json, save_bundle
+from hybnn.artifacts import declared_kind, load_bundle, save_bundle
 from hybnn.errors import ArtifactError, DataError
 from hybnn.models.names import BINARY_ENCODER
 from hybnn.models.vae import BinaryLatentVAE
@@ -91,9 +90,7 @@ def load_encoder(directory: str | os.PathLike[str], device: str = "cpu") -> Enco
 
 def load_code_encoder(directory: str | os.PathLike[str], device: str = "cpu") -> CodeEncoder:
     """The VAE encoder or the distilled binary encoder in ``directory``, by its kind."""
-    meta_path = Path(directory) / META_NAME
-    if meta_path.is_file() and read_json(meta_path, "encoder metadata").get(
-            "kind") == BINARY_ENCODER:
+    if declared_kind(directory) == BINARY_ENCODER:
         from hybnn.pipeline.binary_encoder import load_binary_encoder
 
         return load_binary_encoder(directory, device)
