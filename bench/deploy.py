@@ -239,9 +239,7 @@ def markdown(result: dict[str, Any]) -> str:
         accs = " | ".join(f"{100 * r['accuracy'][t]:.2f}" for t in tasks)
         lines.append(f"| {n} | {r['us_batch_1']:.0f} | {r['us_batch_256']:.0f} | "
                      f"{r['bytes']:,} | {accs} |")
-    lines += ["", "Fully binary HyBNN: no row yet (the distilled binary encoder is built "
-              "separately; `fully_binary_variants` in bench/deploy.py is where it goes).", "",
-              "int8 encoder fidelity (test split; identical bits vs torch codes, accuracy "
+    lines += ["", "int8 encoder fidelity (test split; identical bits vs torch codes, accuracy "
               "change int8 - fp32 bundle, points):", "",
               "| Task | fp32 identical bits % | int8 identical bits % | int8 accuracy change |",
               "|---|---:|---:|---:|"]

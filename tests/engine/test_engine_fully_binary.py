@@ -23,6 +23,9 @@ CASES = [  # (encoder config, head config, batch)
      dict(in_bits=70, num_classes=10, hidden=(33,)), 129),
     (dict(image_size=(11, 9), latent_bits=200, channels=(16, 16, 32), scaling="xnor"),
      dict(in_bits=200, num_classes=3, hidden=(), scaling="learned"), 1),
+    # 8 channels: a 3x3 window has 72 bits, so the first conv runs unpatched on shifted floats
+    (dict(image_size=(6, 7), in_channels=8, latent_bits=30, channels=(8, 8, 8)),
+     dict(in_bits=30, num_classes=4), 17),
 ]
 
 

@@ -191,3 +191,11 @@ def test_docs_state_the_limits_the_code_enforces():
     text = DOCS.read_text()
     for value in (geometry.MAX_DIM, geometry.MAX_ELEMENTS, fmt.MAX_HEADER, fmt.MAX_FILE_BYTES):
         assert f"{value:,}" in text, value
+
+
+@pytest.mark.parametrize("inp", [("image", 1, 4, 4, float("nan")), ("image", 1, 4, 4, float("inf")),
+                                 ("rows", 8, 1, 1, 0.5)])
+def test_input_shift_must_be_finite_and_only_on_images(inp):
+    spec = ("dense", 8, 1, 2, np.zeros(2, np.uint64), None, np.ones(2, np.int8))
+    with pytest.raises(ValueError, match="input shift"):
+        _kernels.Network(inp, [spec])

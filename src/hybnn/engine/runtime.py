@@ -136,7 +136,9 @@ def _network(
         raise ValueError("num_classes does not match the output layer")
     if not isinstance(header.get("metadata", {}), dict):
         raise ValueError("metadata must be a JSON object")
-    in_spec = ("rows", shape[0]) if kind == "rows" else ("image", *shape)
+    # a centred input's signs are those of x - 0.5: the engine compares with 0.5 while packing
+    shift = 0.5 if inp.get("prep") == "centered" else 0.0
+    in_spec = ("rows", shape[0]) if kind == "rows" else ("image", *shape, shift)
     return in_spec, layers, native
 
 
@@ -175,7 +177,7 @@ class PackedModel:
         except ArtifactError as exc:
             raise ArtifactError(f"{where} is invalid: {exc}") from None
         self.input_shape: tuple[int, ...] = (
-            tuple(in_spec[1:]) if in_spec[0] == "image" else (in_spec[1],)
+            tuple(in_spec[1:4]) if in_spec[0] == "image" else (in_spec[1],)
         )
         self.in_bits = in_spec[1] if in_spec[0] == "rows" else None
         self.input_prep: str | None = header["input"].get("prep")
@@ -190,10 +192,7 @@ class PackedModel:
 
     # ---- inputs ---------------------------------------------------------------------
     def _floats(self, x: Any) -> np.ndarray:
-        arr = self._checked_floats(x)
-        return arr - np.float32(0.5) if self.input_prep == "centered" else arr
-
-    def _checked_floats(self, x: Any) -> np.ndarray:
+        """x as a C-contiguous float32 array of the input shape (centring happens in C)."""
         if (
             type(x) is np.ndarray
             and x.dtype == np.float32

@@ -370,15 +370,22 @@ static int Network_init(NetworkObject *self, PyObject *args, PyObject *kwds) {
     }
     const char *kind;
     Py_ssize_t c = 0, h = 1, w = 1;
-    if (!PyTuple_Check(input) || !PyArg_ParseTuple(input, "s|nnn", &kind, &c, &h, &w)) {
+    float shift = 0.0f;
+    if (!PyTuple_Check(input) || !PyArg_ParseTuple(input, "s|nnnf", &kind, &c, &h, &w, &shift)) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "input spec must be a tuple");
         return -1;
     }
     net->image = strcmp(kind, "image") == 0;
     if ((!net->image && strcmp(kind, "rows") != 0) || (!net->image && (h != 1 || w != 1))) {
-        PyErr_SetString(PyExc_ValueError, "input spec must be ('rows', bits) or ('image', c, h, w)");
+        PyErr_SetString(PyExc_ValueError,
+                        "input spec must be ('rows', bits) or ('image', c, h, w[, shift])");
         return -1;
     }
+    if (!isfinite(shift) || (!net->image && shift != 0.0f)) {
+        PyErr_SetString(PyExc_ValueError, "input shift must be finite (and 0 for rows)");
+        return -1;
+    }
+    net->in_shift = shift;
     if (!DIM_OK(h) || !DIM_OK(w) || !(net->image ? DIM_OK(c) : COUNT_OK(c)))
         return geometry_error("input dimension out of range");
     net->in_c = (size_t)c, net->in_h = (size_t)h, net->in_w = (size_t)w;

@@ -256,9 +256,10 @@ typedef struct {
     int nan, fail;
 } pack_ctx;
 
-/* One word per output pixel of the first convolution: its whole k x k x C window. The signs go
- * first into a byte image with a zero (+1) border, so the window loop has no bounds checks. */
-static int pack_patches(const hyb_layer *L, const float *x, size_t n, uint64_t *out) {
+/* One word per output pixel of the first convolution: its whole k x k x C window. The signs (of
+ * x - shift) go first into a byte image with a zero (+1) border, so the window loop has no bounds checks. */
+static int pack_patches(const hyb_layer *L, const float *x, size_t n, float shift,
+                        uint64_t *out) {
     const size_t hw = L->in_h * L->in_w, c = L->in_c;
     const size_t ph = L->in_h + 2 * L->pad, pw = L->in_w + 2 * L->pad;
     uint8_t *neg = (uint8_t *)calloc(ph * pw * c + 1, 1);
@@ -272,7 +273,7 @@ static int pack_patches(const hyb_layer *L, const float *x, size_t n, uint64_t *
                 uint8_t *dst = neg + ((y + L->pad) * pw + L->pad) * c + ch;
                 for (size_t xx = 0; xx < L->in_w; xx++) {
                     nan |= row[xx] != row[xx];
-                    dst[xx * c] = row[xx] < 0.0f;
+                    dst[xx * c] = row[xx] < shift; /* x - shift < 0 exactly when x < shift */
                 }
             }
         for (size_t oy = 0; oy < L->out_h; oy++)
@@ -294,7 +295,8 @@ static void patch_range(void *vctx, size_t lo, size_t hi) {
     pack_ctx *ctx = (pack_ctx *)vctx;
     const hyb_layer *L = &ctx->net->layers[0];
     const size_t per = L->in_c * L->in_h * L->in_w, pix = L->out_h * L->out_w;
-    const int status = pack_patches(L, (const float *)ctx->x + lo * per, hi - lo, ctx->out + lo * pix);
+    const int status = pack_patches(L, (const float *)ctx->x + lo * per, hi - lo, ctx->net->in_shift,
+                                    ctx->out + lo * pix);
     if (status) __atomic_store_n(status < 0 ? &ctx->fail : &ctx->nan, 1, __ATOMIC_RELAXED);
 }
 
@@ -308,8 +310,19 @@ static void pack_range(void *vctx, size_t lo, size_t hi) {
         hyb_pack_bytes((const uint8_t *)ctx->x + lo * nbytes, hi - lo, net->in_c, out);
     } else if (net->image) {
         const size_t per = net->in_c * net->in_h * net->in_w;
-        nan = ctx->K->pack_nchw((const float *)ctx->x + lo * per, hi - lo, net->in_c,
-                                net->in_h * net->in_w, out);
+        const float *x = (const float *)ctx->x + lo * per;
+        float *shifted = NULL;
+        if (net->in_shift != 0.0f) { /* the signs of x - shift, computed as torch computes them */
+            shifted = (float *)malloc((hi - lo) * per * sizeof(float));
+            if (!shifted) {
+                __atomic_store_n(&ctx->fail, 1, __ATOMIC_RELAXED);
+                return;
+            }
+            for (size_t i = 0; i < (hi - lo) * per; i++) shifted[i] = x[i] - net->in_shift;
+            x = shifted;
+        }
+        nan = ctx->K->pack_nchw(x, hi - lo, net->in_c, net->in_h * net->in_w, out);
+        free(shifted);
     } else {
         nan = ctx->K->pack_rows((const float *)ctx->x + lo * net->in_c, hi - lo, net->in_c, out);
     }

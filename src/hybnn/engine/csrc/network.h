@@ -28,6 +28,7 @@ typedef struct {
 typedef struct {
     int image;               /* input is NCHW images (else rows of in_bits) */
     size_t in_c, in_h, in_w; /* rows: in_c = bits, h = w = 1 */
+    float in_shift;          /* image input: the signs are those of x - in_shift (0: of x) */
     size_t in_size;          /* words per packed input sample */
     size_t nlayers;
     hyb_layer *layers;
