@@ -255,7 +255,7 @@ def federate(opts: FederateOptions) -> dict[str, Any]:
     from hybnn.federated.simulation import federate as simulate
 
     return simulate(cfg, opts.out, pretrain_epochs=opts.pretrain_epochs,
-                    centralized=opts.centralized)
+                    centralized=opts.centralized, engine=opts.engine)
 
 
 def study_rebnn(opts: StudyOptions) -> dict[str, Any]:

@@ -168,6 +168,9 @@ class FederateOptions:
 
     out: str = setting("runs/federate", "output directory")
     config: FedConfig = setting(factory=FedConfig)
+    engine: str = setting("ray", "simulation engine: ray (Flower's simulation engine) or "
+                          "local (the same apps in this process, sequential, no Ray: for "
+                          "many runs or many clients)", choices=("ray", "local"))
     deploy: bool = setting(False, "run a real deployment: flower-superlink, --clients "
                            "flower-supernode processes and `flwr run` on 127.0.0.1")
     insecure: bool = setting(False, "--deploy without TLS and SuperNode authentication "

@@ -19,6 +19,7 @@ from hybnn.errors import DataError
 from hybnn.federated import task
 from hybnn.federated.config import FedConfig
 from hybnn.federated.encoding import Layout, decode, encode, load_state, model_state
+from hybnn.federated.strategies import ProximalTerm
 from hybnn.federated.strategy import (
     ARRAYS,
     CONFIG,
@@ -61,8 +62,11 @@ def train(msg: Message, context: Context) -> Message:
                else model_state(model, layout))
         state = task.restore_latent(state, own, layout)
     load_state(model, state)
-    history = task.train_local(model, train_xy, cfg, server_round(msg.content),
-                               pid)
+    mu = msg.content[CONFIG].get("proximal-mu", 0.0)  # FedProx: the server's mu
+    if not isinstance(mu, int | float) or not 0.0 <= float(mu) < float("inf"):
+        raise DataError(f"proximal-mu must be a finite number >= 0, got {mu!r}")
+    prox = [ProximalTerm(float(mu))] if mu else []
+    history = task.train_local(model, train_xy, cfg, server_round(msg.content), pid, prox)
     local = model_state(model, layout)
     if cfg.encoding == "1bit":
         context.state[LATENT] = to_record({k: local[k] for k, b in

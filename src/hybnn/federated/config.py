@@ -25,9 +25,19 @@ FLOWER_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
 }
-STRATEGIES = ("fedavg", "fedmedian", "trimmed")
+# Flower's strategies (flwr.serverapp.strategy), by name; see hybnn.federated.strategies
+STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedmedian",
+              "trimmed", "krum", "multikrum", "bulyan")
+ROBUST = ("fedmedian", "trimmed", "krum", "multikrum", "bulyan")  # for hostile clients
 ENCODINGS = ("fp32", "1bit")  # see hybnn.federated.encoding
 SCHEMES = ("iid", "dirichlet", "classes")  # see hybnn.federated.partition
+
+
+# Settings only the server reads: kept out of the config sent to clients every round
+# (min-clients stays: a client checks it against its clients when it rebuilds the config).
+SERVER_ONLY = frozenset({"strategy", "trim-beta", "proximal-mu", "server-momentum", "server-lr",
+                         "hostile", "fraction", "fraction-evaluate",
+                         "round-timeout", "node-wait", "out"})
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,13 @@ class FedConfig:
                             "scales", choices=ENCODINGS)
     strategy: str = setting("fedavg", "aggregation rule", choices=STRATEGIES)
     trim_beta: float = setting(0.2, "fraction cut from each tail by --strategy trimmed")
+    proximal_mu: float = setting(0.1, "--strategy fedprox: weight mu of the proximal term "
+                                 "(mu/2)·||w - w_global||² every client adds to its loss")
+    server_momentum: float = setting(0.9, "--strategy fedavgm: server momentum")
+    server_lr: float = setting(0.0, "server learning rate: fedavgm's (0: 1.0), fedadam/fedyogi/"
+                               "fedadagrad's eta (0: 0.1)")
+    hostile: int = setting(0, "krum, multikrum, bulyan: how many hostile clients per round "
+                           "to tolerate (f)")
     fraction: float = setting(1.0, "fraction of clients sampled for training each round")
     fraction_evaluate: float = setting(1.0, "fraction asked to evaluate the global model "
                                        "on their own data")
@@ -86,6 +103,10 @@ class FedConfig:
             (0.0 <= self.fraction_evaluate <= 1.0, "--fraction-evaluate must be in [0, 1]"),
             (1 <= self.min_clients <= self.clients, "--min-clients must be in 1..--clients"),
             (0.0 <= self.trim_beta < 0.5, "trim beta must be in [0, 0.5)"),
+            (0.0 <= self.proximal_mu < math.inf, "--proximal-mu must be a finite number >= 0"),
+            (0.0 <= self.server_momentum < 1.0, "--server-momentum must be in [0, 1)"),
+            (0.0 <= self.server_lr < math.inf, "--server-lr must be a finite number >= 0"),
+            (0 <= self.hostile < self.clients, "--hostile must be in 0..--clients - 1"),
             (0.0 < self.round_timeout < math.inf and 0.0 < self.node_wait < math.inf,
              "timeouts must be finite numbers of seconds > 0"),
             (not (self.model == "fpcnn" and self.encoding == "1bit"),
@@ -119,6 +140,11 @@ class FedConfig:
     def to_record(self) -> dict[str, Any]:
         """Flat, dash-keyed values for a Flower ConfigRecord or run config."""
         return {k.replace("_", "-"): v for k, v in asdict(self).items()}
+
+    def client_record(self) -> dict[str, Any]:
+        """:meth:`to_record` without the server's own settings: what a client needs, sent
+        with every message (a client rebuilds its FedConfig from it; the rest default)."""
+        return {k: v for k, v in self.to_record().items() if k not in SERVER_ONLY}
 
     @classmethod
     def from_record(cls, record: Any) -> FedConfig:

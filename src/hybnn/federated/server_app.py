@@ -77,10 +77,10 @@ def run_server(grid: Grid, context: Context, cfg: FedConfig | None = None,
                                 for name in _encodings_for(cfg)},
     }
     try:
-        log["handshake"] = strategy.handshake(grid, ConfigRecord(cfg.to_record()))
+        log["handshake"] = strategy.handshake(grid, ConfigRecord(cfg.client_record()))
         strategy.start(grid=grid, initial_arrays=to_record(initial), num_rounds=cfg.rounds,
-                       timeout=cfg.round_timeout, train_config=ConfigRecord(cfg.to_record()),
-                       evaluate_config=ConfigRecord(cfg.to_record()), evaluate_fn=evaluate_fn)
+                       timeout=cfg.round_timeout, train_config=ConfigRecord(cfg.client_record()),
+                       evaluate_config=ConfigRecord(cfg.client_record()), evaluate_fn=evaluate_fn)
         if not any(r.get("aggregated") for r in strategy.rounds.values()):
             raise FederationError(
                 f"no valid update in any of the {cfg.rounds} round(s): every sampled client "

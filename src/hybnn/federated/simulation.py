@@ -8,6 +8,7 @@ split (all classes) first, as phase 1 of the centralized pipeline.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -41,6 +42,9 @@ def ensure_encoder(cfg: FedConfig, out: Path, pretrain_epochs: int = 20,
     return cfg.with_(encoder=str(target.resolve()))
 
 
+ENGINES = ("ray", "local")
+
+
 def federate(
     cfg: FedConfig,
     out: str | os.PathLike[str],
@@ -49,12 +53,17 @@ def federate(
     mods: Sequence[Any] = (),
     num_cpus: float = 1.0,
     progress: bool = False,
+    engine: str = "ray",
 ) -> dict[str, Any]:
-    """Run ``cfg`` in Flower's simulation engine; write and return results.json's content.
+    """Run ``cfg`` in Flower's simulation engine (``engine="ray"``) or on a
+    :class:`~hybnn.federated.local_grid.LocalGrid` in this process (``"local"``: the same
+    apps, sequential, no Ray); write and return results.json's content.
 
     ``mods`` are Flower client mods wrapped around every client (e.g. the fault injectors
     of :mod:`hybnn.federated.faults`).
     """
+    if engine not in ENGINES:
+        raise DataError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     for k, v in FLOWER_ENV.items():  # explicit user settings win
         os.environ.setdefault(k, v)
     from flwr.simulation import run_simulation
@@ -69,18 +78,30 @@ def federate(
     cfg = cfg.with_(out=str(out.resolve()))
     sink: dict[str, Any] = {}
     t0 = time.perf_counter()
-    run_simulation(
-        server_app=make_server_app(cfg, sink),
-        client_app=make_client_app(mods),
-        num_supernodes=cfg.clients,
-        backend_config={"client_resources": {"num_cpus": num_cpus, "num_gpus": 0.0}},
-    )
+    if engine == "local":
+        from flwr.app import Context, RecordDict
+
+        from hybnn.federated.local_grid import SERVER_NODE_ID, LocalGrid
+        from hybnn.federated.server_app import run_server
+
+        grid = LocalGrid(make_client_app(mods), cfg.clients)
+        context = Context(run_id=grid.run_id, node_id=SERVER_NODE_ID, node_config={},
+                          state=RecordDict(), run_config={})
+        with contextlib.suppress(FederationError):  # the sink says why; raised below
+            run_server(grid, context, cfg, sink)
+    else:
+        run_simulation(
+            server_app=make_server_app(cfg, sink),
+            client_app=make_client_app(mods),
+            num_supernodes=cfg.clients,
+            backend_config={"client_resources": {"num_cpus": num_cpus, "num_gpus": 0.0}},
+        )
     seconds = time.perf_counter() - t0
     if sink.get("status") != "completed":
         raise FederationError(f"the federation did not complete: "
                               f"{sink.get('error') or 'the ServerApp stopped early'}")
     central = centralized_baseline(cfg) if centralized else None
-    results = build_results(sink, central, {"runtime": "simulation",
-                                            "seconds": seconds})
+    results = build_results(sink, central, {"runtime": "simulation" if engine == "ray"
+                                            else "local grid", "seconds": seconds})
     write_report(out, results)
     return results

@@ -1,10 +1,16 @@
 """A Flower strategy wrapper: update encoding, reply validation and the round ledger.
 
-:class:`EncodedStrategy` wraps FedAvg, FedMedian or FedTrimmedAvg (they only aggregate):
+:class:`EncodedStrategy` wraps any Flower strategy of :mod:`hybnn.federated.strategies`
+(``--strategy``): the wrapped strategy configures each round (its config keys, its server
+state) and aggregates the validated, decoded updates; around it:
 
-- downlink: the global float32 model is encoded (``fp32`` or ``1bit``) before it is sent;
 - sampling: seeded, and the wait for ``min_clients`` connected nodes is bounded
-  (``node_wait``) — Flower's own sampler waits forever;
+  (``node_wait``) — Flower's own sampler waits forever; the wrapped strategy then configures
+  the round for exactly the sampled nodes (:class:`~hybnn.federated.strategies.SampledGrid`);
+- downlink: the global float32 model is encoded (``fp32`` or ``1bit``) before it is sent;
+- the aggregate is projected back into the model's domain (latent weights clipped to
+  [-1, 1], batch-norm variances kept positive): server optimisers such as FedAdam step
+  outside it;
 - handshake: each node's partition id and sample counts, validated and kept;
 - uplink: every reply is decoded and validated against what the server knows
   (:mod:`hybnn.federated.validation`: layout, finite values in their domain, sample counts
@@ -36,13 +42,14 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Strategy
+from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from hybnn.errors import HybnnError
 from hybnn.federated.config import FedConfig
 from hybnn.federated.encoding import Layout, UpdateError, encode
+from hybnn.federated.strategies import SampledGrid, flower_strategy
 from hybnn.federated.validation import (
     check_metrics,
     check_partition,
@@ -86,26 +93,30 @@ def serialized_bytes(content: RecordDict) -> int:
     return sum(len(obj.deflate()) for obj in get_all_nested_objects(content).values())
 
 
-def inner_strategy(cfg: FedConfig) -> FedAvg:
-    """The aggregation rule; sampling and waiting are done by :class:`EncodedStrategy`."""
-    kwargs: dict[str, Any] = {"fraction_train": cfg.fraction, "min_train_nodes": 1,
-                              "min_evaluate_nodes": 1, "min_available_nodes": 1}
-    if cfg.strategy == "fedavg":
-        return FedAvg(**kwargs)
-    if cfg.strategy == "fedmedian":
-        return FedMedian(**kwargs)
-    return FedTrimmedAvg(beta=cfg.trim_beta, **kwargs)
+VAR_FLOOR = 1e-5  # batch norm's eps: a projected running variance stays above it
+
+
+def project(state: dict[str, np.ndarray], layout: Layout) -> dict[str, np.ndarray]:
+    """``state`` inside the model's domain: latent weights in [-1, 1] (where clients clip
+    them after every step), batch-norm running variances >= VAR_FLOOR."""
+    out = dict(state)
+    for k, is_binary in zip(layout.keys, layout.binary, strict=True):
+        if is_binary:
+            out[k] = np.clip(out[k], -1.0, 1.0).astype(np.float32)
+        elif k.endswith("running_var"):
+            out[k] = np.maximum(out[k], VAR_FLOOR).astype(np.float32)
+    return out
 
 
 class EncodedStrategy(Strategy):
     """``partitions``: the sizes the server knows per partition id (``train``, ``test``);
     given, a node's handshake counts must match its partition's."""
 
-    def __init__(self, cfg: FedConfig, layout: Layout, inner: FedAvg | None = None,
+    def __init__(self, cfg: FedConfig, layout: Layout, inner: Strategy | None = None,
                  partitions: Sequence[Mapping[str, Any]] | None = None) -> None:
         self.cfg = cfg
         self.layout = layout
-        self.inner = inner or inner_strategy(cfg)
+        self.inner = inner or flower_strategy(cfg)
         self.partitions = partitions
         self.rounds: dict[int, dict[str, Any]] = {}
         self.partition_of: dict[int, int] = {}
@@ -181,8 +192,16 @@ class EncodedStrategy(Strategy):
         if fraction <= 0:
             return []
         node_ids = self._sample(grid, server_round, fraction)
-        config = ConfigRecord(dict(config))
+        configure = self.inner.configure_train if kind == "train" else \
+            self.inner.configure_evaluate
+        planned = list(configure(server_round, arrays, ConfigRecord(dict(config)),
+                                 SampledGrid(grid, node_ids)))
+        if not planned:
+            return []
+        # the wrapped strategy's config (e.g. FedProx's proximal-mu), our encoded arrays
+        config = ConfigRecord(dict(planned[0].content.config_records[CONFIG]))
         config["server-round"] = server_round
+        node_ids = sorted(int(m.metadata.dst_node_id) for m in planned)
         payload = to_record(encode(from_record(arrays), self.layout, self.cfg.encoding))
         content = RecordDict({ARRAYS: payload, CONFIG: config})
         size = serialized_bytes(content)
@@ -237,6 +256,12 @@ class EncodedStrategy(Strategy):
             return None, None
         entry["aggregated"] = True
         arrays, _ = self.inner.aggregate_train(server_round, passed)
+        if arrays is None:  # e.g. Bulyan with fewer than 4f + 3 updates
+            entry["aggregated"] = False
+            log(WARNING, "round %d: %s did not aggregate %d update(s): global model "
+                "unchanged", server_round, self.cfg.strategy, len(passed))
+            return None, None
+        arrays = to_record(project(from_record(arrays), self.layout))
         return arrays, MetricRecord({"valid-updates": len(passed)})
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]

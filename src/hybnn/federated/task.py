@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from hybnn.errors import DataError, FingerprintMismatch
 from hybnn.federated.config import FedConfig
 from hybnn.federated.encoding import Layout
 from hybnn.federated.partition import partition
-from hybnn.hooks import History
+from hybnn.hooks import Callback, History
 from hybnn.models.bnn_head import BNNHead
 from hybnn.pipeline.config import TrainConfig
 from hybnn.pipeline.encoder import Encoder, load_encoder
@@ -134,14 +135,15 @@ def build_model(cfg: FedConfig, encoder: Encoder | None) -> nn.Module:
 
 
 def train_local(model: nn.Module, train: Tensors, cfg: FedConfig, server_round: int,
-                partition_id: int) -> History:
-    """``local_epochs`` of the centralized trainer at this round's learning rate."""
+                partition_id: int, callbacks: Sequence[Callback] = ()) -> History:
+    """``local_epochs`` of the centralized trainer at this round's learning rate (with
+    ``callbacks``, e.g. FedProx's :class:`~hybnn.federated.strategies.ProximalTerm`)."""
     config = TrainConfig(epochs=cfg.local_epochs, batch_size=cfg.batch_size,
                          lr=cfg.round_lr(server_round), schedule="constant",
                          seed=cfg.seed * 1_000_003 + server_round * 1009 + partition_id,
                          device=cfg.device)
-    return fit_classifier(model, train, None, config, progress=False,
-                          desc=f"client {partition_id}")
+    return fit_classifier(model, train, None, config, callbacks=list(callbacks),
+                          progress=False, desc=f"client {partition_id}")
 
 
 def evaluate(model: nn.Module, data: Tensors) -> tuple[float, float]:

@@ -1,0 +1,122 @@
+"""Every Flower strategy behind --strategy runs a federation; FedProx's proximal term reaches
+the clients and pulls them to the global model; the local grid runs the same apps as Ray."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr", reason="the fed extra (flwr) is not installed")
+
+from flwr.app import Context, RecordDict
+from flwr.serverapp.strategy import Bulyan, FedAdam, FedAvgM, FedProx, Krum, MultiKrum
+
+from hybnn.errors import DataError
+from hybnn.federated.client_app import make_client_app
+from hybnn.federated.config import STRATEGIES, FedConfig
+from hybnn.federated.local_grid import LocalGrid
+from hybnn.federated.server_app import run_server
+from hybnn.federated.simulation import federate
+from hybnn.federated.strategies import ProximalTerm, flower_strategy
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tiny_encoder):
+    return str(tiny_encoder[0])
+
+
+def _cfg(encoder_dir, **kw):
+    base = {"data": "digits", "task": "0v1", "clients": 3, "rounds": 2, "local_epochs": 1,
+            "encoder": encoder_dir, "fraction_evaluate": 0.0, "node_wait": 5.0}
+    return FedConfig(**{**base, **kw})
+
+
+def _run(cfg, mods=()):
+    grid = LocalGrid(make_client_app(mods), cfg.clients)
+    ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
+    return run_server(grid, ctx, cfg), grid
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("encoding", ["fp32", "1bit"])
+def test_every_strategy_completes_a_federation(encoder_dir, strategy, encoding):
+    log, _ = _run(_cfg(encoder_dir, strategy=strategy, encoding=encoding, local_epochs=2))
+    assert log["status"] == "completed", log.get("error")
+    assert all(r["aggregated"] and r["valid_updates"] == 3 for r in log["rounds"])
+    assert log["rounds"][-1]["global_acc"] > log["initial_acc"] + 0.1  # it learned
+
+
+def test_strategies_are_flowers_own_with_our_settings():
+    cfg = FedConfig(clients=10, fraction=0.5, hostile=2, server_momentum=0.8, proximal_mu=0.3)
+    assert isinstance(flower_strategy(cfg.with_(strategy="fedprox")), FedProx)
+    assert flower_strategy(cfg.with_(strategy="fedprox")).proximal_mu == 0.3
+    assert flower_strategy(cfg.with_(strategy="fedavgm")).server_momentum == 0.8
+    assert isinstance(flower_strategy(cfg.with_(strategy="fedadam")), FedAdam)
+    assert flower_strategy(cfg.with_(strategy="krum")).num_malicious_nodes == 2
+    mk = flower_strategy(cfg.with_(strategy="multikrum"))
+    assert isinstance(mk, MultiKrum) and mk.num_nodes_to_select == 3  # 5 sampled - 2
+    assert isinstance(flower_strategy(cfg.with_(strategy="bulyan")), Bulyan)
+    assert isinstance(flower_strategy(cfg.with_(strategy="krum")), Krum)
+    assert isinstance(flower_strategy(cfg.with_(strategy="fedavgm")), FedAvgM)
+    with pytest.raises(DataError, match="--hostile"):
+        FedConfig(clients=3, hostile=3)
+    with pytest.raises(DataError, match="--server-momentum"):
+        FedConfig(server_momentum=1.0)
+
+
+def test_fedprox_sends_mu_and_a_large_mu_keeps_clients_at_the_global_model(encoder_dir):
+    """Round 1 starts every client from the same global model: the proximal pull shows as a
+    smaller distance between what the clients send back and that model."""
+    moved = {}
+    for mu in (0.0, 100.0):
+        seen = []
+
+        def spy(msg, context, call_next, seen=seen):
+            seen.append(msg.content["config"].get("proximal-mu"))
+            return call_next(msg, context)
+
+        cfg = _cfg(encoder_dir, strategy="fedprox", proximal_mu=mu, rounds=1, local_epochs=3)
+        log, grid = _run(cfg, mods=[spy])
+        assert log["status"] == "completed"
+        assert [m for m in seen if m is not None] == [mu] * 3  # the training messages
+        moved[mu] = log["rounds"][0]["clients"][0]["train_loss"]
+        del grid
+    # with mu = 100 the clients barely leave the (untrained) global model: higher loss
+    assert moved[100.0] > moved[0.0]
+
+
+def test_proximal_term_is_half_mu_times_the_squared_distance():
+    import torch
+
+    model = torch.nn.Linear(3, 2)
+    term = ProximalTerm(0.5)
+    term.on_train_begin(model)
+    assert float(term.extra_loss(model)) == 0.0
+    with torch.no_grad():
+        model.weight += 1.0
+    assert float(term.extra_loss(model)) == pytest.approx(0.25 * 6)
+    assert ProximalTerm(0.0).extra_loss(model) is None
+
+
+def test_fedadam_aggregate_is_projected_into_the_models_domain(encoder_dir):
+    log, _ = _run(_cfg(encoder_dir, strategy="fedadam", server_lr=5.0))  # a huge step
+    assert log["status"] == "completed"  # the clients accepted the projected global model
+
+
+def test_the_local_engine_writes_results_like_the_simulation(tmp_path, encoder_dir):
+    res = federate(_cfg(encoder_dir, rounds=2), tmp_path / "fed", centralized=False,
+                   engine="local")
+    assert res["runtime"] == "local grid"
+    assert (tmp_path / "fed" / "results.json").is_file()
+    assert len(res["rounds"]) == 2 and res["final_acc"] > 0.6
+    with pytest.raises(DataError, match="--engine"):
+        federate(_cfg(encoder_dir), tmp_path / "x", centralized=False, engine="warp")
+
+
+@pytest.mark.slow
+def test_the_local_grid_and_rays_simulation_reach_the_same_model(tmp_path, encoder_dir):
+    cfg = _cfg(encoder_dir, rounds=2)
+    ray = federate(cfg, tmp_path / "ray", centralized=False)
+    local = federate(cfg, tmp_path / "local", centralized=False, engine="local")
+    accs = [[r["global_acc"] for r in res["rounds"]] for res in (ray, local)]
+    np.testing.assert_allclose(accs[0], accs[1], atol=0.02)
