@@ -12,6 +12,7 @@ from flwr.app import Context, RecordDict
 from flwr.serverapp.strategy import Bulyan, FedAdam, FedAvgM, FedProx, Krum, MultiKrum
 
 from hybnn.errors import DataError
+from hybnn.federated import faults
 from hybnn.federated.client_app import make_client_app
 from hybnn.federated.config import STRATEGIES, FedConfig
 from hybnn.federated.local_grid import LocalGrid
@@ -120,3 +121,36 @@ def test_the_local_grid_and_rays_simulation_reach_the_same_model(tmp_path, encod
     local = federate(cfg, tmp_path / "local", centralized=False, engine="local")
     accs = [[r["global_acc"] for r in res["rounds"]] for res in (ray, local)]
     np.testing.assert_allclose(accs[0], accs[1], atol=0.02)
+
+
+@pytest.mark.parametrize("kind", ["sign-flip", "random"])
+def test_well_formed_attacks_pass_validation_and_robust_rules_resist_them(encoder_dir, kind):
+    """Attacks inside every value's domain are accepted by the validating wrapper (only a
+    robust rule can resist them): two of five clients flipping their signs drag FedAvg
+    below the median."""
+    cfg = _cfg(encoder_dir, clients=5, rounds=3, local_epochs=2)
+    mods = [faults.attack({0, 1}, kind)]
+    accs = {}
+    for strategy in ("fedavg", "fedmedian"):
+        log, _ = _run(cfg.with_(strategy=strategy), mods)
+        assert log["status"] == "completed"
+        for r in log["rounds"]:
+            assert all(c["status"] == "ok" for c in r["clients"])
+        accs[strategy] = log["rounds"][-1]["global_acc"]
+    if kind == "sign-flip":
+        assert accs["fedmedian"] > accs["fedavg"]
+
+
+def test_a_scaled_update_leaves_the_latent_range_and_is_rejected(encoder_dir):
+    log, _ = _run(_cfg(encoder_dir), [faults.attack({2}, "scaled", factor=50.0)])
+    assert log["status"] == "completed"
+    for r in log["rounds"]:
+        by_partition = {c["partition"]: c for c in r["clients"]}
+        assert by_partition[2]["status"] == "rejected"
+        assert "above" in by_partition[2]["reason"]
+        assert r["valid_updates"] == 2
+
+
+def test_unknown_attack_is_refused():
+    with pytest.raises(ValueError, match="unknown attack"):
+        faults.attack({0}, "gentle")

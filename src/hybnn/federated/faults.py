@@ -128,3 +128,51 @@ def tamper_metrics(partition: int, values: Mapping[str, int | float],
             record[k] = v
         return reply
     return mod
+
+
+ATTACKS = ("sign-flip", "random", "scaled")
+
+
+def attack(partitions: Collection[int], kind: str, factor: float = 10.0,
+           rounds: Collection[int] | None = None, seed: int = 0) -> Mod:
+    """The clients ``partitions`` send well-formed hostile updates instead of their own:
+
+    - ``sign-flip``: every binary weight's sign flipped, at the largest magnitude the
+      domain allows (latent ``-sign(w)``, i.e. -1 or +1): the strongest attack on a BNN that
+      stays inside every value's domain (at the honest clients' small magnitudes a minority
+      flipping signs would not move the average's signs);
+    - ``random``: binary latent weights drawn uniformly from [-1, 1] (seeded per round and
+      client), the other tensors kept;
+    - ``scaled``: the update scaled, ``g + factor · (w - g)`` for every tensor against the
+      global model ``g`` the client received (out of the latent range for ``factor`` > 1,
+      so the validating wrapper rejects it).
+    """
+    if kind not in ATTACKS:
+        raise ValueError(f"unknown attack {kind!r}; use {', '.join(ATTACKS)}")
+    hostile = {int(p) for p in partitions}
+
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        reply = call_next(msg, context)
+        pid = int(context.node_config.get("partition-id", -1))
+        if (pid not in hostile or msg.metadata.message_type != MessageType.TRAIN
+                or reply.has_error()
+                or (rounds is not None and server_round(msg.content) not in rounds)):
+            return reply
+        cfg = FedConfig.from_record(msg.content[CONFIG])
+        encoder = (task.encoder_at(str(context.node_config.get("encoder", "")) or cfg.encoder)
+                   if cfg.model == "hybnn" else None)
+        layout = Layout.of(task.build_model(cfg, encoder))
+        state = decode(from_record(arrays_of(reply.content)), layout, cfg.encoding)
+        rng = np.random.default_rng([seed, pid, server_round(msg.content)])
+        if kind == "scaled":
+            sent = decode(from_record(arrays_of(msg.content)), layout, cfg.encoding)
+            state = {k: (sent[k] + factor * (state[k] - sent[k])).astype(np.float32)
+                     for k in layout.keys}
+        else:
+            for k, is_binary in zip(layout.keys, layout.binary, strict=True):
+                if is_binary:
+                    state[k] = (np.where(state[k] >= 0, -1.0, 1.0) if kind == "sign-flip" else
+                                rng.uniform(-1, 1, state[k].shape)).astype(np.float32)
+        reply.content[ARRAYS] = to_record(encode(state, layout, cfg.encoding))
+        return reply
+    return mod
