@@ -1,44 +1,63 @@
 """Federated benchmarks; writes the `federated` section of BENCHMARKS.md.
 
-1. 3-client FedHyBNN vs centralized HyBNN (same epochs: rounds x local epochs) on each
-   pair task of mnist-5k, IID and Dirichlet(0.5) partitions, both update encodings.
-2. 1bit vs fp32: bytes up per client per round and accuracy.
-3. Bytes per round vs FedAvg of the full-precision CNN (and of the binary CNN) on the same
-   IID partitions, with their accuracy.
-4. Scale: N simulated clients (task `all`), 10 % sampled per round, seconds per round.
+1. Skewed clients: every Flower strategy x partition (Dirichlet 0.5, Dirichlet 0.1, one
+   class per client) x encoding on the five pair tasks of mnist-5k, 3 clients, 20 rounds x 5
+   local epochs, against centralized HyBNN trained for the same 100 epochs (plus FedAvg on
+   IID partitions).
+2. Update encodings: bytes up and down per client per round as serialized (Flower's object
+   tree, framing included) and the accuracy of each encoding.
+3. FedHyBNN vs FedAvg of the whole float and binary CNNs: bytes per round and accuracy.
+4. Hostile clients: k of 10 clients send sign-flipped, random or scaled updates, per robust
+   strategy (FedAvg for reference), the validating wrapper in front.
+5. Scale: N = 10, 100, 1,000 simulated clients, 10 % sampled per round: seconds per round and
+   peak memory, each N in a fresh process.
 
-Every federation runs in Flower's simulation engine (`hybnn.federated.simulation.federate`).
-Raw results go to --out/bench.json. Usage:
+Federations run on :class:`hybnn.federated.local_grid.LocalGrid` (Flower's ServerApp,
+strategies, ClientApp and mods in this process; `tests/federated/test_fed_strategies.py`
+checks it reaches the model Ray's simulation reaches); the scale section also runs Flower's
+Ray simulation engine. Every run's row is cached in --out/runs/NAME.json, so an interrupted
+benchmark resumes (--fresh starts over). Usage:
 
     python bench/federated.py [--encoder DIR] [--out runs/bench-federated] [--quick]
-                              [--json FILE]
+                              [--json FILE] [--render] [--fresh]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
+import shutil
 import statistics
+import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from hybnn.benchmarks import target, write_json, write_section
+from federated_tables import markdown, targets
+from hybnn.artifacts import atomic_write_json
+from hybnn.benchmarks import write_json, write_section
 from hybnn.data import PAPER_TASKS
-from hybnn.federated.config import FedConfig
+from hybnn.federated import faults
+from hybnn.federated.config import ENCODINGS, ROBUST, STRATEGIES, FedConfig
 from hybnn.federated.encoding import Layout
-from hybnn.federated.report import centralized_baseline, environment
-from hybnn.federated.simulation import ensure_encoder, federate
+from hybnn.federated.report import build_results, centralized_baseline, environment
+from hybnn.federated.simulation import ensure_encoder
+from hybnn.federated.strategies import sampled_per_round
 from hybnn.federated.task import encoder_at as task_encoder
 from hybnn.models.bnn_head import BNNHead
 
-TARGET_ACC_GAP = 0.01  # FedHyBNN within 1 point of centralized
-TARGET_UP_RATIO = 30.0  # 1bit sends >= 30x fewer bytes up than fp32
-TARGET_1BIT_LOSS = 0.01  # ... and loses <= 1 point
-TARGET_CNN_RATIO = 100.0  # >= 100x fewer bytes per round than FedAvg of the float CNN
+SKEWS = (("dirichlet", 0.5), ("dirichlet", 0.1), ("classes", 0.5))  # (scheme, alpha)
+HOSTILE_CLIENTS = 10
+HOSTILE_KS = (1, 2)
+
+
+def skew_name(scheme: str, alpha: float) -> str:
+    return f"dirichlet {alpha:g}" if scheme == "dirichlet" else "one class per client"
 
 
 def head_layout(encoder: Any) -> dict[str, int]:
@@ -48,27 +67,175 @@ def head_layout(encoder: Any) -> dict[str, int]:
                          if not b)}
 
 
-def run(cfg: FedConfig, out: Path, name: str) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    res = federate(cfg, out / name, centralized=False)
+def local_federation(cfg: FedConfig, mods: Sequence[Any] = ()) -> dict[str, Any]:
+    """One federation on the local grid; results.json's content (no files written)."""
+    from flwr.app import Context, RecordDict
+
+    from hybnn.federated.client_app import make_client_app
+    from hybnn.federated.local_grid import SERVER_NODE_ID, LocalGrid
+    from hybnn.federated.server_app import run_server
+
+    grid = LocalGrid(make_client_app(mods), cfg.clients)
+    ctx = Context(run_id=grid.run_id, node_id=SERVER_NODE_ID, node_config={},
+                  state=RecordDict(), run_config={})
+    return build_results(run_server(grid, ctx, cfg), None, {"runtime": "local grid"})
+
+
+def row_of(cfg: FedConfig, res: dict[str, Any], seconds: float, **extra: Any) -> dict[str, Any]:
     rounds = res["rounds"]
     secs = [r["round_seconds"] for r in rounds if r.get("round_seconds") is not None]
-    row = {
-        "name": name, "task": cfg.task, "model": cfg.model, "partition": cfg.partition,
-        "encoding": cfg.encoding, "clients": cfg.clients, "fraction": cfg.fraction,
-        "rounds": cfg.rounds, "local_epochs": cfg.local_epochs,
+    rejected = sum(c["status"] == "rejected" for r in rounds for c in r["clients"])
+    return {
+        "task": cfg.task, "model": cfg.model, "partition": cfg.partition, "alpha": cfg.alpha,
+        "encoding": cfg.encoding, "strategy": cfg.strategy, "clients": cfg.clients,
+        "fraction": cfg.fraction, "rounds": cfg.rounds, "local_epochs": cfg.local_epochs,
         "final_acc": res["final_acc"], "best_acc": res["best_acc"],
-        "acc_curve": [r["global_acc"] for r in rounds],
         "up_per_client_round": res["bytes_up_per_client_round"],
         "down_per_client_round": res["bytes_down_per_client_round"],
         "bytes_per_round": statistics.mean(r["bytes_up"] + r["bytes_down"] for r in rounds),
         "sampled_per_round": statistics.mean(r["sampled"] for r in rounds),
         "round_seconds_median": statistics.median(secs) if secs else None,
-        "wall_seconds": time.perf_counter() - t0,
+        "rejected_updates": rejected, "wall_seconds": seconds, **extra,
     }
-    print(f"  {name}: acc {row['final_acc']:.4f}, up {row['up_per_client_round']:,.0f} B, "
-          f"{row['wall_seconds']:.0f} s", flush=True)
-    return row
+
+
+class Runner:
+    """Runs federations, caching each row in ``out/runs/NAME.json``."""
+
+    def __init__(self, out: Path) -> None:
+        self.dir = out / "runs"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.done = 0
+
+    def cached(self, name: str) -> dict[str, Any] | None:
+        path = self.dir / f"{name}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def store(self, name: str, row: dict[str, Any]) -> dict[str, Any]:
+        atomic_write_json(self.dir / f"{name}.json", {"name": name, **row})
+        self.done += 1
+        acc = row.get("final_acc")
+        print(f"[{self.done}] {name}: final {acc if acc is None else round(100 * acc, 1)} "
+              f"({row.get('wall_seconds', 0):.1f} s)", flush=True)
+        return {"name": name, **row}
+
+    def federation(self, cfg: FedConfig, name: str, mods: Sequence[Any] = (),
+                   **extra: Any) -> dict[str, Any]:
+        if (row := self.cached(name)) is not None:
+            return row
+        t0 = time.perf_counter()
+        res = local_federation(cfg, mods)
+        return self.store(name, row_of(cfg, res, time.perf_counter() - t0, **extra))
+
+    def central(self, cfg: FedConfig) -> dict[str, Any]:
+        name = f"central-{cfg.task}"
+        if (row := self.cached(name)) is not None:
+            return row
+        return self.store(name, centralized_baseline(cfg))
+
+
+def skew_rows(run: Runner, base: FedConfig, tasks: Sequence[str],
+              strategies: Sequence[str]) -> list[dict[str, Any]]:
+    rows = []
+    for task in tasks:
+        for scheme, alpha in SKEWS:
+            for enc in ("fp32", "1bit"):
+                for strategy in strategies:
+                    cfg = base.with_(task=task, partition=scheme, alpha=alpha, encoding=enc,
+                                     strategy=strategy)
+                    rows.append(run.federation(
+                        cfg, f"skew-{task}-{scheme}{alpha:g}-{enc}-{strategy}",
+                        skew=skew_name(scheme, alpha)))
+    return rows
+
+
+def encoding_rows(run: Runner, base: FedConfig, tasks: Sequence[str]) -> list[dict[str, Any]]:
+    """FedAvg with every encoding, IID and Dirichlet(0.5)."""
+    rows = []
+    for task in tasks:
+        for scheme in ("iid", "dirichlet"):
+            for enc in ENCODINGS:
+                cfg = base.with_(task=task, partition=scheme, encoding=enc)
+                name = (f"skew-{task}-dirichlet0.5-{enc}-fedavg" if scheme == "dirichlet"
+                        else f"iid-{task}-{enc}")
+                rows.append(run.federation(cfg, name, skew=scheme))
+    return rows
+
+
+def cnn_rows(run: Runner, base: FedConfig, tasks: Sequence[str], quick: bool
+             ) -> list[dict[str, Any]]:
+    rounds, epochs = (2, 1) if quick else (10, 2)
+    return [run.federation(base.with_(task=t, model=m, rounds=rounds, local_epochs=epochs,
+                                      partition="iid", encoding="fp32"), f"cnn-{m}-{t}")
+            for t in tasks for m in ("fpcnn", "bcnn")]
+
+
+def hostile_rows(run: Runner, base: FedConfig, task: str, quick: bool) -> list[dict[str, Any]]:
+    """k of 10 clients attack in every round; robust strategies told f = k."""
+    rows = []
+    for k in HOSTILE_KS[:1] if quick else HOSTILE_KS:
+        for attack in faults.ATTACKS:
+            mods = [faults.attack(range(k), attack)]
+            for strategy in ("fedavg", *ROBUST):
+                if strategy == "bulyan" and HOSTILE_CLIENTS < 4 * k + 3:
+                    continue  # Bulyan needs 4f + 3 updates
+                cfg = base.with_(task=task, clients=HOSTILE_CLIENTS, strategy=strategy,
+                                 hostile=k if strategy in ("krum", "multikrum", "bulyan")
+                                 else 0, partition="iid", encoding="fp32")
+                rows.append(run.federation(cfg, f"hostile-{task}-k{k}-{attack}-{strategy}",
+                                           mods, attack=attack, attackers=k))
+    for strategy in ("fedavg", *ROBUST):  # the reference: nobody attacks
+        cfg = base.with_(task=task, clients=HOSTILE_CLIENTS, strategy=strategy, partition="iid",
+                         encoding="fp32")
+        rows.append(run.federation(cfg, f"hostile-{task}-k0-none-{strategy}", attack="none",
+                                   attackers=0))
+    return rows
+
+
+SCALE_CHILD = """import json, resource, sys, time, torch
+sys.path.insert(0, {bench!r})
+torch.set_num_threads(1)
+from federated import local_federation, row_of
+from hybnn.federated.config import FedConfig
+from hybnn.federated.simulation import federate
+cfg = FedConfig(**json.loads({cfg!r}))
+t0 = time.perf_counter()
+res = (local_federation(cfg) if {engine!r} == "local"
+       else federate(cfg, {out!r}, centralized=False, num_cpus=1.0))
+row = row_of(cfg, res, time.perf_counter() - t0, engine={engine!r},
+             peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print("ROW " + json.dumps(row))
+"""
+
+
+def scale_rows(run: Runner, base: FedConfig, quick: bool) -> list[dict[str, Any]]:
+    """Each N in a fresh process (its peak RSS is the federation's); local grid and Ray."""
+    rows = []
+    sizes = (10, 100) if quick else (10, 100, 1000)
+    for engine in ("local", "ray"):
+        for n in sizes:
+            name = f"scale-{engine}-{n}"
+            if (row := run.cached(name)) is not None:
+                rows.append(row)
+                continue
+            cfg = base.with_(task="all", clients=n, fraction=0.1, rounds=3 if quick else 8,
+                             local_epochs=2, partition="iid", encoding="1bit", min_clients=2,
+                             node_wait=600.0, round_timeout=600.0)
+            code = SCALE_CHILD.format(bench=str(Path(__file__).parent),
+                                      cfg=json.dumps(cfg.to_dict()), engine=engine,
+                                      out=str(run.dir / name))
+            try:
+                proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                      text=True, timeout=1800)
+                line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")),
+                            None)
+                row = (json.loads(line[4:]) if line else
+                       {"engine": engine, "clients": n, "error": proc.stderr[-400:]})
+            except subprocess.TimeoutExpired:
+                row = {"engine": engine, "clients": n, "error": "timed out after 1800 s"}
+            row.setdefault("sampled_per_round", sampled_per_round(cfg))
+            rows.append(run.store(name, row))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,259 +243,62 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--encoder", default="", help="encoder dir (default: pretrain one)")
     ap.add_argument("--out", default="runs/bench-federated")
     ap.add_argument("--benchmarks", default="BENCHMARKS.md")
-    ap.add_argument("--quick", action="store_true", help="2 tasks, fewer rounds (smoke run)")
+    ap.add_argument("--quick", action="store_true", help="2 tasks, 4 strategies, few rounds")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", metavar="FILE", help="write the targets here as JSON")
     ap.add_argument("--render", action="store_true",
                     help="only rewrite the section from --out/bench.json")
+    ap.add_argument("--fresh", action="store_true", help="ignore cached runs")
     args = ap.parse_args(argv)
-    if args.render:
-        raw = json.loads((Path(args.out) / "bench.json").read_text())
-        write_section("federated", markdown(raw), args.benchmarks)
-        _write_targets(raw, args.json)
-        return 0
-    torch.set_num_threads(1)
     out = Path(args.out)
+    if args.render:
+        raw = json.loads((out / "bench.json").read_text())
+    else:
+        if args.fresh:
+            shutil.rmtree(out / "runs", ignore_errors=True)
+        raw = measure(args, out)
+    if not args.quick:
+        write_section("federated", markdown(raw), args.benchmarks)
+    if args.json:
+        write_json(args.json, targets(raw), command=raw["command"], config=raw["config"],
+                   environment=raw["environment"])
+    print(f"federated benchmark: {out / 'bench.json'}"
+          + ("" if args.quick else f", section in {args.benchmarks}"))
+    return 0
+
+
+def measure(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    torch.set_num_threads(1)
     t_start = time.perf_counter()
-    tasks = PAPER_TASKS[:2] if args.quick else PAPER_TASKS
-    rounds, epochs = (4, 2) if args.quick else (20, 5)
+    quick = args.quick
+    tasks = PAPER_TASKS[:2] if quick else PAPER_TASKS
+    strategies = ("fedavg", "fedprox", "fedavgm", "fedmedian") if quick else STRATEGIES
+    rounds, epochs = (4, 2) if quick else (20, 5)
     base = FedConfig(data="mnist-5k", clients=3, rounds=rounds, local_epochs=epochs,
                      fraction_evaluate=0.0, seed=args.seed, encoder=args.encoder)
     base = ensure_encoder(base, out, pretrain_epochs=20)
     encoder = task_encoder(base.encoder)
     print(f"encoder {base.encoder} ({encoder.fingerprint[:12]})", flush=True)
-
-    hybnn_rows, central = [], {}
-    for task in tasks:
-        cfg = base.with_(task=task)
-        central[task] = centralized_baseline(cfg)
-        print(f"{task}: centralized {central[task]['acc']:.4f}", flush=True)
-        for partition in ("iid", "dirichlet"):
-            for encoding in ("fp32", "1bit"):
-                hybnn_rows.append(run(cfg.with_(partition=partition, encoding=encoding), out,
-                                      f"hybnn-{task}-{partition}-{encoding}"))
-
-    cnn_rounds, cnn_epochs = (2, 1) if args.quick else (10, 2)
-    cnn_rows = []
-    for task in tasks:
-        for model in ("fpcnn", "bcnn"):
-            cfg = base.with_(task=task, model=model, rounds=cnn_rounds, local_epochs=cnn_epochs,
-                             partition="iid", encoding="fp32")
-            cnn_rows.append(run(cfg, out, f"{model}-{task}-iid"))
-
-    scale_rows = []
-    for n in ((10, 30) if args.quick else (10, 30, 100)):
-        cfg = base.with_(task="all", clients=n, fraction=0.1, rounds=3 if args.quick else 8,
-                         local_epochs=2, partition="iid", encoding="1bit", min_clients=2)
-        scale_rows.append(run(cfg, out, f"scale-{n}"))
-
-    raw = {"hybnn": hybnn_rows, "centralized": central, "cnn": cnn_rows, "scale": scale_rows,
-           "config": base.to_dict(), "environment": environment(),
-           "encoder_fingerprint": encoder.fingerprint, "head": head_layout(encoder),
-           "command": " ".join(["bench/federated.py", *(sys.argv[1:] if argv is None
-                                                           else argv)]),
-           "seconds": time.perf_counter() - t_start}
+    run = Runner(out)
+    central = {t: run.central(base.with_(task=t)) for t in tasks}
+    raw = {
+        "centralized": central,
+        "skew": skew_rows(run, base, tasks, strategies),
+        "encodings": encoding_rows(run, base, tasks),
+        "cnn": cnn_rows(run, base, tasks, quick),
+        "hostile": hostile_rows(run, base.with_(rounds=10 if not quick else 3,
+                                                local_epochs=2), "2v3", quick),
+        "scale": scale_rows(run, base, quick),
+        "strategies": list(strategies), "quick": quick,
+        "config": base.to_dict(), "environment": environment(),
+        "threads": 1, "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "encoder_fingerprint": encoder.fingerprint, "head": head_layout(encoder),
+        "command": " ".join(["bench/federated.py", *sys.argv[1:]]),
+        "seconds": time.perf_counter() - t_start,
+    }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(raw, indent=1) + "\n")
-    write_section("federated", markdown(raw), args.benchmarks)
-    _write_targets(raw, args.json)
-    print(f"wrote the federated section of {args.benchmarks} and {out / 'bench.json'}")
-    return 0
-
-
-def _write_targets(raw: dict[str, Any], path: str | None) -> None:
-    if path:
-        write_json(path, targets(raw), command=raw["command"], config=raw["config"],
-                   environment=raw["environment"])
-
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.1f}"
-
-
-def _ok(flag: bool) -> str:
-    return "met" if flag else "**missed**"
-
-
-def _within(gap: float, target: float) -> bool:
-    return gap <= target + 1e-9  # accuracies are multiples of 1/200: no float noise
-
-
-def _by_run(raw: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, Any]]:
-    return {(r["task"], r["partition"], r["encoding"]): r for r in raw["hybnn"]}
-
-
-def _gaps(raw: dict[str, Any]) -> dict[tuple[str, str], list[float]]:
-    """Centralized minus federated final accuracy, per (partition, encoding), task by task."""
-    by, gaps = _by_run(raw), {}
-    for t, c in raw["centralized"].items():
-        for part in ("iid", "dirichlet"):
-            for enc in ("fp32", "1bit"):
-                if (r := by.get((t, part, enc))):
-                    gaps.setdefault((part, enc), []).append(c["acc"] - r["final_acc"])
-    return gaps
-
-
-def _up_bytes(raw: dict[str, Any]) -> dict[str, float]:
-    return {enc: statistics.mean(r["up_per_client_round"] for r in raw["hybnn"]
-                                 if r["encoding"] == enc) for enc in ("fp32", "1bit")}
-
-
-def _onebit_loss(raw: dict[str, Any]) -> list[float]:
-    by = _by_run(raw)
-    return [by[(t, p, "fp32")]["final_acc"] - by[(t, p, "1bit")]["final_acc"]
-            for t in raw["centralized"] for p in ("iid", "dirichlet")
-            if (t, p, "fp32") in by and (t, p, "1bit") in by]
-
-
-def _cnn_ratios(raw: dict[str, Any]) -> list[tuple[dict[str, Any], float]]:
-    """(CNN run, its bytes per round / FedHyBNN 1bit's on the same task) for every CNN run."""
-    by = _by_run(raw)
-    out = []
-    for r in raw["cnn"]:
-        h = by.get((r["task"], "iid", "1bit"))
-        out.append((r, r["bytes_per_round"] / h["bytes_per_round"] if h else float("nan")))
-    return out
-
-
-def targets(raw: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets against what was measured (the same numbers as the section)."""
-    found = [target(f"{part} {enc} fedavg worst gap vs centralized (points)",
-                    round(100 * max(g), 2), f"<= {100 * TARGET_ACC_GAP:g}",
-                    _within(max(g), TARGET_ACC_GAP)) for (part, enc), g in _gaps(raw).items()]
-    ups = _up_bytes(raw)
-    ratio = ups["fp32"] / ups["1bit"]
-    found.append(target("bytes up 1bit vs fp32 (ratio)", round(ratio, 2),
-                        f">= {TARGET_UP_RATIO:g}x", ratio >= TARGET_UP_RATIO))
-    loss = max(_onebit_loss(raw))
-    found.append(target("accuracy lost 1bit vs fp32 (points)", round(100 * loss, 2),
-                        f"<= {100 * TARGET_1BIT_LOSS:g}", _within(loss, TARGET_1BIT_LOSS)))
-    fp = [x for r, x in _cnn_ratios(raw) if r["model"] == "fpcnn"]
-    if fp:
-        found.append(target("bytes per round FedHyBNN 1bit vs FedAvg float CNN (ratio)",
-                            round(min(fp), 1), f">= {TARGET_CNN_RATIO:g}x",
-                            min(fp) >= TARGET_CNN_RATIO))
-    return found
-
-
-def markdown(raw: dict[str, Any]) -> str:
-    cfg, env = raw["config"], raw["environment"]
-    rows = raw["hybnn"]
-    central = raw["centralized"]
-    by = _by_run(raw)
-    tasks = list(central)
-    lines = [
-        "## Federated (FedHyBNN on Flower)",
-        "",
-        f"Command: `python {raw['command']}` ({raw['seconds'] / 60:.0f} min). Machine: "
-        f"{env['machine']}; flwr {env['flwr']}, ray {env['ray']}. Data mnist-5k (4,000 "
-        f"train / 1,000 test, 200 test images per pair task: one image = 0.5 point). "
-        f"Encoder {raw['encoder_fingerprint'][:12]} (VAE, 20 epochs on the training split, "
-        f"seed {cfg['seed']}). Seed {cfg['seed']} for partitions, "
-        f"initial head, sampling and training. Flower simulation engine, 1 CPU per client.",
-        "",
-        f"### FedHyBNN (3 clients, {cfg['rounds']} rounds x {cfg['local_epochs']} local "
-        f"epochs, FedAvg) vs centralized HyBNN ({cfg['rounds'] * cfg['local_epochs']} epochs)",
-        "",
-        "Final test accuracy (%) of the global head after the last round; centralized = "
-        "`train_head` on all training codes. Dirichlet alpha 0.5 (very skewed on two classes).",
-        "",
-        "| task | centralized | IID fp32 | IID 1bit | Dirichlet fp32 | Dirichlet 1bit |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for t in tasks:
-        cells = [_pct(r["final_acc"]) if (r := by.get((t, part, enc))) else "–"
-                 for part in ("iid", "dirichlet") for enc in ("fp32", "1bit")]
-        lines.append(f"| {t} | {_pct(central[t]['acc'])} | " + " | ".join(cells) + " |")
-    gaps = _gaps(raw)
-    lines += ["", "Gap to centralized (points; positive = federated is worse):", ""]
-    for (part, enc), g in gaps.items():
-        worst = max(g)
-        lines.append(f"- {part} {enc}: mean {100 * statistics.mean(g):+.1f}, worst "
-                     f"{100 * worst:+.1f} — target within 1 point: "
-                     f"{_ok(_within(worst, TARGET_ACC_GAP))}"
-                     f" ({sum(_within(x, TARGET_ACC_GAP) for x in g)}/{len(g)} tasks)")
-    best = {(p, e): [central[t]["acc"] - by[(t, p, e)]["best_acc"] for t in tasks
-                     if (t, p, e) in by] for p in ("iid", "dirichlet") for e in ("fp32", "1bit")}
-    lines += ["", "Best round instead of the last (same runs): " + "; ".join(
-        f"{p} {e} worst gap {100 * max(g):+.1f}" for (p, e), g in best.items() if g) + "."]
-    ups = _up_bytes(raw)
-    downs = {enc: statistics.mean(r["down_per_client_round"] for r in rows
-                                  if r["encoding"] == enc) for enc in ("fp32", "1bit")}
-    ratio = ups["fp32"] / ups["1bit"]
-    head = raw["head"]
-    total = head["binary"] + head["float"]
-    onebit_payload = (head["binary"] + 7) // 8 + 4 * (head["float"] + head["binary_tensors"])
-    share = 4 * head["float"] / onebit_payload
-    cap = 4 * total / onebit_payload
-    loss = _onebit_loss(raw)
-    lines += [
-        "",
-        "### Update encodings: 1bit vs fp32",
-        "",
-        "Bytes per client per round, measured from the serialized messages (Flower's "
-        "object tree: records, array headers and chunks).",
-        "",
-        "| encoding | up B | down B |",
-        "|---|---:|---:|",
-        *(f"| {e} | {ups[e]:,.0f} | {downs[e]:,.0f} |" for e in ("fp32", "1bit")),
-        "",
-        f"- 1bit sends {ratio:.1f}x fewer bytes up — target >= {TARGET_UP_RATIO:.0f}x: "
-        f"{_ok(ratio >= TARGET_UP_RATIO)}. The head has {head['binary']:,} binary weights "
-        f"(sent as {head['binary'] // 8:,} B of signs) and {head['float']} batch-norm "
-        f"values (affine and running statistics, {head['float'] / total:.1%} of the values) "
-        f"that stay float32: {4 * head['float']:,} B, {share:.0%} of the 1bit payload, which "
-        f"caps the ratio at {cap:.1f}x whatever the framing.",
-        f"- accuracy fp32 - 1bit: mean {100 * statistics.mean(loss):+.1f} points, worst "
-        f"{100 * max(loss):+.1f} over {len(loss)} runs — target <= 1 point lost: "
-        f"{_ok(_within(max(loss), TARGET_1BIT_LOSS))}.",
-    ]
-    cnn = raw["cnn"]
-    if cnn:
-        r0 = cnn[0]
-        lines += [
-            "",
-            f"### vs FedAvg of whole CNNs (same IID partitions; {r0['rounds']} rounds x "
-            f"{r0['local_epochs']} local epochs, fp32)",
-            "",
-            "| task | model | final acc % | bytes per round (up+down, 3 clients) | "
-            "FedHyBNN 1bit: x fewer |",
-            "|---|---|---:|---:|---:|",
-        ]
-        worst_ratio = float("inf")
-        for r, x in _cnn_ratios(raw):
-            if r["model"] == "fpcnn":
-                worst_ratio = min(worst_ratio, x)
-            lines.append(f"| {r['task']} | {r['model']} | {_pct(r['final_acc'])} | "
-                         f"{r['bytes_per_round']:,.0f} | {x:,.0f} |")
-        lines += ["", "FedHyBNN for comparison (IID): " + ", ".join(
-            f"{t} fp32 {_pct(by[(t, 'iid', 'fp32')]['final_acc'])} / 1bit "
-            f"{_pct(by[(t, 'iid', '1bit')]['final_acc'])} at "
-            f"{by[(t, 'iid', '1bit')]['bytes_per_round']:,.0f} B per round"
-            for t in tasks if (t, "iid", "1bit") in by) + ".",
-            "", f"- FedHyBNN 1bit vs FedAvg of the float CNN: >= {worst_ratio:,.0f}x fewer bytes "
-            f"per round — target >= {TARGET_CNN_RATIO:.0f}x: "
-            f"{_ok(worst_ratio >= TARGET_CNN_RATIO)}. The frozen encoder is not counted: it "
-            "is shipped to each client once, not per round."]
-    scale = raw["scale"]
-    if scale:
-        lines += [
-            "",
-            f"### Scale (task `all`, IID, 1bit, 10 % of the clients per round, "
-            f"{scale[0]['local_epochs']} local epochs)",
-            "",
-            "| clients | sampled per round | s per round (median) | final acc % | wall s |",
-            "|---:|---:|---:|---:|---:|",
-            *(f"| {r['clients']} | {r['sampled_per_round']:.0f} | "
-              f"{r['round_seconds_median']:.2f} | {_pct(r['final_acc'])} | "
-              f"{r['wall_seconds']:.0f} |" for r in scale),
-            "",
-            "Seconds per round: server evaluation included, median over the rounds. Wall "
-            "time includes Ray's start and the handshake with every client. Accuracy is not "
-            "a target here: 10 classes, few rounds, 10 % of the clients per round (40 "
-            "training images each at 100 clients).",
-        ]
-    return "\n".join(lines) + "\n"
+    atomic_write_json(out / "bench.json", raw)
+    return raw
 
 
 if __name__ == "__main__":

@@ -1,0 +1,280 @@
+"""The federated benchmark's tables and targets, from its raw results (bench/federated.py)."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from hybnn.benchmarks import target
+
+TARGET_ACC_GAP = 0.01  # within 1 point of centralized
+TARGET_UP_RATIO = 30.0  # >= 30x fewer bytes up than fp32
+TARGET_ENCODING_LOSS = 0.01  # ... at <= 1 point lost
+TARGET_CNN_RATIO = 100.0  # >= 100x fewer bytes per round than FedAvg of the float CNN
+MEMORY_LIMIT_MIB = 24 * 1024  # this machine's memory
+SKEW_ORDER = ("dirichlet 0.5", "dirichlet 0.1", "one class per client")
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def _ok(flag: bool) -> str:
+    return "met" if flag else "**missed**"
+
+
+def _within(gap: float, limit: float) -> bool:
+    return gap <= limit + 1e-9  # accuracies are multiples of 1/200: no float noise
+
+
+def _tasks(raw: dict[str, Any]) -> list[str]:
+    return list(raw["centralized"])
+
+
+def skew_gaps(raw: dict[str, Any], skew: str) -> dict[tuple[str, str], dict[str, float]]:
+    """(strategy, encoding) -> task -> centralized minus final federated accuracy."""
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    for r in raw["skew"]:
+        if r["skew"] == skew and r["final_acc"] is not None:
+            central = raw["centralized"][r["task"]]["acc"]
+            out.setdefault((r["strategy"], r["encoding"]), {})[r["task"]] = \
+                central - r["final_acc"]
+    return out
+
+
+def best_strategy(raw: dict[str, Any], skew: str, encoding: str) -> tuple[str, float] | None:
+    """The strategy with the smallest worst-task gap (complete rows only)."""
+    tasks = set(_tasks(raw))
+    worst = {s: max(g.values()) for (s, e), g in skew_gaps(raw, skew).items()
+             if e == encoding and set(g) == tasks}
+    return min(worst.items(), key=lambda kv: kv[1]) if worst else None
+
+
+def _encoding_runs(raw: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    return {(r["task"], r["partition"], r["encoding"]): r for r in raw["encodings"]}
+
+
+def encoding_stats(raw: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per encoding: mean bytes up/down per client per round, worst accuracy lost vs fp32."""
+    runs = _encoding_runs(raw)
+    stats = {}
+    for enc in sorted({e for _, _, e in runs}, key=lambda e: (e != "fp32", e)):
+        rows = [r for (_, _, e), r in runs.items() if e == enc]
+        losses = [runs[(t, s, "fp32")]["final_acc"] - r["final_acc"]
+                  for (t, s, e), r in runs.items() if e == enc and (t, s, "fp32") in runs]
+        stats[enc] = {"up": statistics.mean(r["up_per_client_round"] for r in rows),
+                      "down": statistics.mean(r["down_per_client_round"] for r in rows),
+                      "worst_loss": max(losses), "mean_loss": statistics.mean(losses),
+                      "runs": len(rows)}
+    return stats
+
+
+def _cnn_ratios(raw: dict[str, Any]) -> list[tuple[dict[str, Any], float]]:
+    runs = _encoding_runs(raw)
+    out = []
+    for r in raw["cnn"]:
+        h = runs.get((r["task"], "iid", "1bit"))
+        out.append((r, r["bytes_per_round"] / h["bytes_per_round"] if h else float("nan")))
+    return out
+
+
+def targets(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets against what was measured (the same numbers as the section)."""
+    found = []
+    for (strategy, enc), g in sorted(skew_gaps(raw, "dirichlet 0.5").items()):
+        worst = max(g.values())
+        found.append(target(f"dirichlet 0.5 {strategy} {enc} worst gap vs centralized (points)",
+                            round(100 * worst, 2), f"<= {100 * TARGET_ACC_GAP:g}",
+                            _within(worst, TARGET_ACC_GAP) and len(g) == len(_tasks(raw))))
+    for enc in ("fp32", "1bit"):
+        if (best := best_strategy(raw, "dirichlet 0.5", enc)) is not None:
+            found.append(target(f"dirichlet 0.5 best strategy {enc} worst gap (points; "
+                                f"{best[0]})", round(100 * best[1], 2),
+                                f"<= {100 * TARGET_ACC_GAP:g}", _within(best[1], TARGET_ACC_GAP)))
+    stats = encoding_stats(raw)
+    for enc, st in stats.items():
+        if enc == "fp32":
+            continue
+        ratio = stats["fp32"]["up"] / st["up"]
+        found.append(target(f"bytes up {enc} vs fp32 (ratio)", round(ratio, 2),
+                            f">= {TARGET_UP_RATIO:g}x", ratio >= TARGET_UP_RATIO))
+        found.append(target(f"bytes accuracy lost {enc} vs fp32 (points, worst)",
+                            round(100 * st["worst_loss"], 2),
+                            f"<= {100 * TARGET_ENCODING_LOSS:g}",
+                            _within(st["worst_loss"], TARGET_ENCODING_LOSS)))
+    fp = [x for r, x in _cnn_ratios(raw) if r["model"] == "fpcnn"]
+    if fp:
+        found.append(target("bytes per round FedHyBNN 1bit vs FedAvg float CNN (ratio)",
+                            round(min(fp), 1), f">= {TARGET_CNN_RATIO:g}x",
+                            min(fp) >= TARGET_CNN_RATIO))
+    for r in raw["scale"]:
+        if r.get("clients") != 1000:
+            continue
+        ok = r.get("error") is None
+        found.append(target(f"scale 1000 {r['engine']} seconds per round (median)",
+                            round(r["round_seconds_median"], 3) if ok else None,
+                            "completes", ok))
+        mem = r.get("peak_rss_mib")
+        found.append(target(f"scale 1000 {r['engine']} peak memory (MiB, main process)",
+                            round(mem) if ok and mem else None, f"< {MEMORY_LIMIT_MIB}",
+                            ok and mem is not None and mem < MEMORY_LIMIT_MIB))
+    return found
+
+
+def _header(raw: dict[str, Any]) -> list[str]:
+    cfg, env = raw["config"], raw["environment"]
+    return [
+        "## Federated (FedHyBNN on Flower)", "",
+        f"Command: `python {raw['command']}` ({raw['seconds'] / 60:.0f} min of new runs; "
+        f"cached rows reused). Machine: {env['machine']}; flwr {env['flwr']}, ray "
+        f"{env['ray']}; torch 1 thread. Data mnist-5k (4,000 train / 1,000 test, 200 test "
+        f"images per pair task: one image = 0.5 point). Encoder "
+        f"{raw['encoder_fingerprint'][:12]} (VAE, 20 epochs on the training split, seed "
+        f"{cfg['seed']}). Seed {cfg['seed']} for partitions, initial head, sampling and "
+        "training. Runs on the local grid (Flower's ServerApp, strategies, ClientApp and "
+        "mods in one process; the scale section also on Flower's Ray simulation engine).",
+    ]
+
+
+def _skew_section(raw: dict[str, Any]) -> list[str]:
+    cfg, tasks = raw["config"], _tasks(raw)
+    central = raw["centralized"]
+    lines = ["", f"### Skewed clients: every strategy ({cfg['clients']} clients, "
+             f"{cfg['rounds']} rounds x {cfg['local_epochs']} local epochs) vs centralized "
+             f"HyBNN ({cfg['rounds'] * cfg['local_epochs']} epochs)", "",
+             "Final test accuracy (%) of the global head after the last round; worst gap = "
+             "largest (centralized - federated) over the pair tasks, points. Centralized: "
+             + ", ".join(f"{t} {_pct(central[t]['acc'])}" for t in tasks) + "."]
+    for skew in SKEW_ORDER:
+        gaps = skew_gaps(raw, skew)
+        if not gaps:
+            continue
+        accs = {(r["strategy"], r["encoding"], r["task"]): r["final_acc"]
+                for r in raw["skew"] if r["skew"] == skew}
+        lines += ["", f"**{skew}**", "", "| strategy | encoding | " + " | ".join(tasks)
+                  + " | worst gap |", "|---|---|" + "---:|" * (len(tasks) + 1)]
+        for enc in ("fp32", "1bit"):
+            for strategy in raw["strategies"]:
+                g = gaps.get((strategy, enc))
+                if not g:
+                    continue
+                cells = [_pct(accs.get((strategy, enc, t))) for t in tasks]
+                lines.append(f"| {strategy} | {enc} | " + " | ".join(cells)
+                             + f" | {100 * max(g.values()):+.1f} |")
+        for enc in ("fp32", "1bit"):
+            if (best := best_strategy(raw, skew, enc)) is not None:
+                lines.append("")
+                lines.append(f"- {skew}, {enc}: best `{best[0]}`, worst gap "
+                             f"{100 * best[1]:+.1f} points"
+                             + (f" — target within 1 point: {_ok(_within(best[1], 0.01))}"
+                                if skew == "dirichlet 0.5" else ""))
+    return lines
+
+
+def _encoding_section(raw: dict[str, Any]) -> list[str]:
+    stats = encoding_stats(raw)
+    head = raw["head"]
+    runs = _encoding_runs(raw)
+    tasks = _tasks(raw)
+    lines = ["", "### Update encodings (FedAvg, IID and Dirichlet 0.5)", "",
+             "Bytes per client per round, measured from the serialized messages (Flower's "
+             "object tree: records, array headers and chunks, metrics included). The head has "
+             f"{head['binary']:,} binary weights and {head['float']} float values (batch-norm "
+             "affine and running statistics).", "",
+             "| encoding | up B | down B | up: x fewer than fp32 | accuracy lost vs fp32: "
+             "mean / worst (points) |", "|---|---:|---:|---:|---|"]
+    for enc, st in stats.items():
+        ratio = stats["fp32"]["up"] / st["up"]
+        lines.append(f"| {enc} | {st['up']:,.0f} | {st['down']:,.0f} | {ratio:.1f} | "
+                     f"{100 * st['mean_loss']:+.1f} / {100 * st['worst_loss']:+.1f} |")
+    lines += ["", "| task | partition | " + " | ".join(stats) + " |",
+              "|---|---|" + "---:|" * len(stats)]
+    for t in tasks:
+        for skew in ("iid", "dirichlet"):
+            lines.append(f"| {t} | {skew} | " + " | ".join(
+                _pct(runs[(t, skew, e)]["final_acc"]) if (t, skew, e) in runs else "–"
+                for e in stats) + " |")
+    for enc, st in stats.items():
+        if enc != "fp32":
+            ratio = stats["fp32"]["up"] / st["up"]
+            lines.append("")
+            lines.append(f"- {enc}: {ratio:.1f}x fewer bytes up — target >= "
+                         f"{TARGET_UP_RATIO:.0f}x: {_ok(ratio >= TARGET_UP_RATIO)}; worst "
+                         f"accuracy lost {100 * st['worst_loss']:+.1f} points — target <= 1: "
+                         f"{_ok(_within(st['worst_loss'], TARGET_ENCODING_LOSS))}.")
+    return lines
+
+
+def _cnn_section(raw: dict[str, Any]) -> list[str]:
+    if not raw["cnn"]:
+        return []
+    r0 = raw["cnn"][0]
+    lines = ["", f"### vs FedAvg of whole CNNs (IID; {r0['rounds']} rounds x "
+             f"{r0['local_epochs']} local epochs, fp32)", "",
+             "| task | model | final acc % | bytes per round (up+down, 3 clients) | "
+             "FedHyBNN 1bit: x fewer |", "|---|---|---:|---:|---:|"]
+    worst = float("inf")
+    for r, x in _cnn_ratios(raw):
+        if r["model"] == "fpcnn":
+            worst = min(worst, x)
+        lines.append(f"| {r['task']} | {r['model']} | {_pct(r['final_acc'])} | "
+                     f"{r['bytes_per_round']:,.0f} | {x:,.0f} |")
+    lines += ["", f"- FedHyBNN 1bit vs FedAvg of the float CNN: >= {worst:,.0f}x fewer bytes "
+              f"per round — target >= {TARGET_CNN_RATIO:.0f}x: {_ok(worst >= TARGET_CNN_RATIO)}."
+              " The frozen encoder is shipped to each client once, not per round."]
+    return lines
+
+
+def _hostile_section(raw: dict[str, Any]) -> list[str]:
+    rows = raw["hostile"]
+    if not rows:
+        return []
+    r0 = rows[0]
+    cols = sorted({(r["attackers"], r["attack"]) for r in rows})
+    by = {(r["strategy"], r["attackers"], r["attack"]): r for r in rows}
+    strategies = list(dict.fromkeys(r["strategy"] for r in rows))
+    lines = ["", f"### Hostile clients (task {r0['task']}, {r0['clients']} clients, IID, fp32, "
+             f"{r0['rounds']} rounds x {r0['local_epochs']} local epochs)", "",
+             "k of the clients send, every round: `sign-flip` (every binary weight's sign "
+             "flipped at latent magnitude 1), `random` (uniform latent weights) or `scaled` "
+             "(update x 10). Krum, MultiKrum and Bulyan are told f = k; Bulyan needs 4f + 3 "
+             "updates. Final accuracy %, (rejected updates by the validating wrapper).", "",
+             "| strategy | " + " | ".join(f"k={k} {a}" for k, a in cols) + " |",
+             "|---|" + "---:|" * len(cols)]
+    for s in strategies:
+        cells = []
+        for k, a in cols:
+            r = by.get((s, k, a))
+            cells.append("n/a" if r is None else _pct(r["final_acc"])
+                         + (f" ({r['rejected_updates']})" if r["rejected_updates"] else ""))
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _scale_section(raw: dict[str, Any]) -> list[str]:
+    rows = raw["scale"]
+    if not rows:
+        return []
+    lines = ["", "### Scale (task `all`, IID, 1bit, 10 % of the clients per round, 2 local "
+             "epochs, 8 rounds)", "",
+             "| engine | clients | sampled per round | s per round (median) | peak RSS MiB | "
+             "final acc % | wall s |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if r.get("error"):
+            lines.append(f"| {r['engine']} | {r['clients']} | – | failed: "
+                         f"{r['error'].splitlines()[-1][:80]} | – | – | – |")
+            continue
+        lines.append(f"| {r['engine']} | {r['clients']} | {r['sampled_per_round']:.0f} | "
+                     f"{r['round_seconds_median']:.2f} | {r['peak_rss_mib']:,.0f} | "
+                     f"{_pct(r['final_acc'])} | {r['wall_seconds']:.0f} |")
+    lines += ["", "Each N runs in a fresh process; peak RSS is that process's (for Ray, the "
+              "driver only: its workers are separate processes). Seconds per round: server "
+              "evaluation included, median over the rounds; wall time includes start-up and "
+              "the handshake with every client. Accuracy is not a target here (10 classes, "
+              "few rounds, 4 training images per client at 1,000 clients)."]
+    return lines
+
+
+def markdown(raw: dict[str, Any]) -> str:
+    return "\n".join(_header(raw) + _skew_section(raw) + _encoding_section(raw)
+                     + _cnn_section(raw) + _hostile_section(raw) + _scale_section(raw))
