@@ -26,7 +26,7 @@ FLOWER_ENV = {
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
 }
 STRATEGIES = ("fedavg", "fedmedian", "trimmed")
-ENCODINGS = ("fp32", "1bit")  # see hybnn.federated.encoding
+ENCODINGS = ("fp32", "1bit", "xor")  # see hybnn.federated.encoding
 SCHEMES = ("iid", "dirichlet", "classes")  # see hybnn.federated.partition
 
 
@@ -44,7 +44,8 @@ class FedConfig:
     alpha: float = setting(0.5, "Dirichlet alpha")
     classes_per_client: int = setting(1, "classes per client (--partition classes)")
     encoding: str = setting("fp32", "fp32: latent weights; 1bit: packed signs + per-tensor "
-                            "scales", choices=ENCODINGS)
+                            "scales; xor: 1bit down, up only the signs that flipped and "
+                            "8-bit batch norm", choices=ENCODINGS)
     strategy: str = setting("fedavg", "aggregation rule", choices=STRATEGIES)
     trim_beta: float = setting(0.2, "fraction cut from each tail by --strategy trimmed")
     fraction: float = setting(1.0, "fraction of clients sampled for training each round")
@@ -88,8 +89,9 @@ class FedConfig:
             (0.0 <= self.trim_beta < 0.5, "trim beta must be in [0, 0.5)"),
             (0.0 < self.round_timeout < math.inf and 0.0 < self.node_wait < math.inf,
              "timeouts must be finite numbers of seconds > 0"),
-            (not (self.model == "fpcnn" and self.encoding == "1bit"),
-             "--encoding 1bit needs binary weights; the float CNN has none (use fp32)"),
+            (not (self.model == "fpcnn" and self.encoding in ("1bit", "xor")),
+             f"--encoding {self.encoding} needs binary weights; the float CNN has none "
+             "(use fp32)"),
         ]
         for ok, message in checks:
             if not ok:

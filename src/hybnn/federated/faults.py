@@ -18,7 +18,7 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from hybnn.federated import task
 from hybnn.federated.config import FedConfig
-from hybnn.federated.encoding import Layout, decode, encode
+from hybnn.federated.encoding import Layout, decode, downlink, encode
 from hybnn.federated.strategy import ARRAYS, CONFIG, arrays_of, from_record, server_round, to_record
 
 KINDS = (MessageType.TRAIN, MessageType.EVALUATE, MessageType.QUERY)
@@ -98,13 +98,14 @@ def poison(partition: int, suffix: str, value: float, rounds: Collection[int] | 
         encoder = (task.encoder_at(str(context.node_config.get("encoder", "")) or cfg.encoder)
                    if cfg.model == "hybnn" else None)
         layout = Layout.of(task.build_model(cfg, encoder))
-        state = decode(from_record(arrays_of(reply.content)), layout, cfg.encoding)
+        received = decode(from_record(arrays_of(msg.content)), layout, downlink(cfg.encoding))
+        state = decode(from_record(arrays_of(reply.content)), layout, cfg.encoding, received)
         hits = [k for k in layout.keys if k.endswith(suffix)]
         if not hits:
             raise ValueError(f"no tensor of the model ends with {suffix!r}")
         for k in hits:
             state[k] = np.full_like(state[k], value)
-        reply.content[ARRAYS] = to_record(encode(state, layout, cfg.encoding))
+        reply.content[ARRAYS] = to_record(encode(state, layout, cfg.encoding, received))
         return reply
     return mod
 

@@ -2,7 +2,8 @@
 
 :class:`EncodedStrategy` wraps FedAvg, FedMedian or FedTrimmedAvg (they only aggregate):
 
-- downlink: the global float32 model is encoded (``fp32`` or ``1bit``) before it is sent;
+- downlink: the global float32 model is encoded (``fp32``, or ``1bit`` for ``1bit`` and
+  ``xor``) before it is sent; the round's global state is kept to decode ``xor`` replies;
 - sampling: seeded, and the wait for ``min_clients`` connected nodes is bounded
   (``node_wait``) — Flower's own sampler waits forever;
 - handshake: each node's partition id and sample counts, validated and kept;
@@ -42,7 +43,7 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from hybnn.errors import HybnnError
 from hybnn.federated.config import FedConfig
-from hybnn.federated.encoding import Layout, UpdateError, encode
+from hybnn.federated.encoding import Layout, UpdateError, downlink, encode
 from hybnn.federated.validation import (
     check_metrics,
     check_partition,
@@ -111,6 +112,7 @@ class EncodedStrategy(Strategy):
         self.partition_of: dict[int, int] = {}
         self.counts: dict[int, dict[str, int]] = {}  # node -> its handshake's num-train/-test
         self.excluded: set[int] = set()  # nodes that refused or failed the handshake
+        self.sent: dict[int, dict[str, np.ndarray]] = {}  # round -> global state trained from
         self.grid: Grid | None = None
 
     # -- sampling ----------------------------------------------------------------------
@@ -183,7 +185,10 @@ class EncodedStrategy(Strategy):
         node_ids = self._sample(grid, server_round, fraction)
         config = ConfigRecord(dict(config))
         config["server-round"] = server_round
-        payload = to_record(encode(from_record(arrays), self.layout, self.cfg.encoding))
+        state = from_record(arrays)
+        if kind == "train":  # xor replies are decoded against it; older rounds are done
+            self.sent = {server_round: state}
+        payload = to_record(encode(state, self.layout, downlink(self.cfg.encoding)))
         content = RecordDict({ARRAYS: payload, CONFIG: config})
         size = serialized_bytes(content)
         entry = self._round(server_round)
@@ -265,7 +270,8 @@ class EncodedStrategy(Strategy):
     def _check_train_reply(self, nid: int, reply: Message
                            ) -> tuple[dict[str, np.ndarray], dict[str, Any], int]:
         """(state, metrics, sample count) of a valid training reply; else UpdateError."""
-        state, metrics = train_update(reply.content, self.layout, self.cfg.encoding)
+        reference = self.sent[max(self.sent)] if self.sent else None
+        state, metrics = train_update(reply.content, self.layout, self.cfg.encoding, reference)
         n = self._checked_count(nid, metrics, "num-train", 1)
         return state, metrics, n
 
