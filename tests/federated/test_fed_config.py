@@ -29,6 +29,13 @@ def test_an_invalid_value_is_refused_with_one_line(field, value, flag):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("encoding", ["1bit", "xor"])
+def test_sign_encodings_need_binary_weights(encoding):
+    with pytest.raises(DataError, match=f"--encoding {encoding} needs binary weights"):
+        FedConfig(model="fpcnn", encoding=encoding)
+    assert FedConfig(model="bcnn", encoding=encoding).encoding == encoding
+
+
 def test_lr_zero_still_means_the_default_and_a_positive_lr_is_kept():
     assert FedConfig(lr=0.0).learning_rate == 1e-2
     assert FedConfig(lr=0.0, model="fpcnn").learning_rate == 1e-3

@@ -108,22 +108,39 @@ def test_1bit_sends_far_fewer_bytes_than_fp32(encoder_dir):
         assert fp32["rounds"][0][key] / onebit["rounds"][0][key] > 15
 
 
-def test_1bit_clients_keep_their_latent_magnitudes_between_rounds(encoder_dir):
-    _, grid = _run(_cfg(encoder_dir, encoding="1bit", fraction_evaluate=0.0))
+def test_xor_federation_sends_30x_fewer_bytes_up_and_learns_like_1bit(encoder_dir):
+    runs = {e: _run(_cfg(encoder_dir, encoding=e, rounds=3))[0] for e in ("fp32", "1bit", "xor")}
+    xor = runs["xor"]
+    assert xor["status"] == "completed"
+    for r in xor["rounds"]:
+        assert r["aggregated"] and r["valid_updates"] == 3
+        assert all(c["status"] == "ok" and c["status_eval"] == "ok" for c in r["clients"])
+        up, down = r["bytes_up"], r["bytes_down"]
+        assert runs["fp32"]["rounds"][r["round"] - 1]["bytes_up"] / up >= 30
+        assert abs(down - runs["1bit"]["rounds"][r["round"] - 1]["bytes_down"]) <= 3 * 8
+    # Same signs as 1bit; only the 8-bit batch norm differs (72 test digits: 1 = 1.4 %).
+    finals = {e: run["rounds"][-1]["global_acc"] for e, run in runs.items()}
+    assert abs(finals["xor"] - finals["1bit"]) <= 0.05
+    assert finals["xor"] > xor["initial_acc"] + 0.1
+
+
+@pytest.mark.parametrize("encoding", ["1bit", "xor"])
+def test_1bit_and_xor_clients_keep_their_latent_magnitudes_between_rounds(encoder_dir, encoding):
+    _, grid = _run(_cfg(encoder_dir, encoding=encoding, fraction_evaluate=0.0))
     for ctx in grid.contexts.values():
         latent = ctx.state["hybnn-latent"]
         w = latent["net.0.weight"].numpy()
         assert w.shape == (128, 200) and len(np.unique(np.abs(w))) > 100
 
 
-def test_1bit_round_one_starts_every_client_from_the_servers_exact_model(encoder_dir):
+def test_1bit_and_xor_round_one_starts_every_client_from_the_servers_exact_model(encoder_dir):
     # Newcomers take their latent magnitudes from the seeded initial model, so after the
-    # first local training 1bit clients hold exactly what fp32 clients hold.
+    # first local training 1bit (and xor) clients hold exactly what fp32 clients hold.
     runs = [_run(_cfg(encoder_dir, rounds=1, fraction_evaluate=0.0, encoding=e))[0]
-            for e in ("fp32", "1bit")]
-    fp32, onebit = ([(c["train_loss"], c["local_acc"]) for c in r["rounds"][0]["clients"]]
-                    for r in runs)
-    assert fp32 == onebit
+            for e in ("fp32", "1bit", "xor")]
+    fp32, onebit, xor = ([(c["train_loss"], c["local_acc"]) for c in r["rounds"][0]["clients"]]
+                         for r in runs)
+    assert fp32 == onebit == xor
 
 
 def test_a_crashing_client_fails_its_round_and_the_others_carry_on(encoder_dir):
@@ -203,6 +220,8 @@ HOSTILE = {  # name: (encoding, mod, ledger status field, word of the reason)
                           "running_var"),
     "negative variance, 1bit": ("1bit", faults.poison(0, "running_var", -1e6), "status",
                                 "running_var"),
+    "negative variance, xor": ("xor", faults.poison(0, "running_var", -1e6), "status",
+                               "running_var"),
     "latent weights out of range": ("fp32", faults.poison(0, "0.weight", 50.0), "status",
                                     "latent"),
     "infinite evaluate count": ("fp32", faults.tamper_metrics(

@@ -24,7 +24,7 @@ from flwr.app import (
 )
 
 from hybnn.federated.config import FedConfig
-from hybnn.federated.encoding import Layout, encode, model_state
+from hybnn.federated.encoding import Layout, decode, encode, model_state
 from hybnn.federated.strategy import EncodedStrategy, from_record, to_record
 from hybnn.models.bnn_head import BNNHead
 
@@ -83,10 +83,12 @@ def state(fill: float = 0.5, **tensors: float) -> dict[str, np.ndarray]:
 
 
 def train_reply(nid: int, st: dict[str, np.ndarray] | None = None, encoding: str = "fp32",
-                arrays: ArrayRecord | None = None, **metrics) -> Message:
+                arrays: ArrayRecord | None = None, reference: dict | None = None,
+                **metrics) -> Message:
     m = {"num-examples": 50, "partition-id": NODES.get(nid, 0), "train-loss": 0.3,
          "train-acc": 0.9, "local-loss": 0.4, "local-acc": 0.85, **metrics}
-    arrays = arrays or to_record(encode(st if st is not None else state(), LAYOUT, encoding))
+    arrays = arrays or to_record(encode(st if st is not None else state(), LAYOUT, encoding,
+                                        reference))
     return reply(nid, MessageType.TRAIN, RecordDict({"arrays": arrays,
                                                       "metrics": MetricRecord(m)}))
 
@@ -168,6 +170,70 @@ def test_states_at_the_edge_of_their_domain_are_accepted():
     edge = state(1.0, running_var=1e-3, running_mean=-100.0)
     s.aggregate_train(1, [train_reply(11, edge), train_reply(12, state(-1.0))])
     assert [ledger(s, n)["status"] for n in (11, 12)] == ["ok", "ok"]
+
+
+# -- xor replies: decoded against the global model sent for the round ----------------------
+
+def send_train(strategy: EncodedStrategy, server_round: int, glob: dict) -> dict:
+    """The strategy sends ``glob`` for training; returns the model the clients decode."""
+    grid = ScriptedGrid({nid: handshake_metrics(pid) for nid, pid in NODES.items()})
+    messages = list(strategy.configure_train(server_round, to_record(glob), ConfigRecord({}),
+                                             grid))
+    return decode(from_record(messages[0].content["arrays"]), LAYOUT, "1bit")
+
+
+def test_xor_replies_average_like_1bit_replies():
+    honest = [(11, state(-0.5), 60), (12, state(0.5, running_var=2.0), 40)]
+    aggregates = {}
+    for encoding in ("1bit", "xor"):
+        s = make_strategy(encoding)
+        received = send_train(s, 1, state(0.3))
+        replies = [train_reply(nid, st, encoding, reference=received, **{"num-examples": n})
+                   for nid, st, n in honest]
+        arrays, _ = s.aggregate_train(1, replies)
+        assert s.rounds[1]["valid_updates"] == 2
+        aggregates[encoding] = from_record(arrays)
+    for k, is_binary in zip(LAYOUT.keys, LAYOUT.binary, strict=True):
+        if is_binary:
+            np.testing.assert_allclose(aggregates["xor"][k], 0.6 * -0.5 + 0.4 * 0.5, rtol=1e-6)
+        np.testing.assert_allclose(aggregates["xor"][k], aggregates["1bit"][k], atol=5e-3)
+
+
+def test_an_xor_reply_coded_against_another_round_is_rejected():
+    s = make_strategy("xor")
+    first = send_train(s, 1, state(0.3))
+    s.aggregate_train(1, [train_reply(11, state(0.3), "xor", reference=first)])
+    send_train(s, 2, state(-0.3))  # round 2 sends other signs
+    s.aggregate_train(2, [train_reply(11, state(0.3), "xor", reference=first),
+                          train_reply(12, state(0.3), "xor", reference=state(-0.3))])
+    assert ledger(s, 11, 1)["status"] == "ok" and ledger(s, 12, 2)["status"] == "ok"
+    assert ledger(s, 11, 2)["status"] == "rejected"
+    assert "another global model" in ledger(s, 11, 2)["reason"]
+
+
+def test_an_xor_reply_the_server_sent_nothing_for_is_rejected():
+    s = make_strategy("xor")  # no configure_train: no global model went out
+    s.aggregate_train(1, [train_reply(11, state(0.3), "xor", reference=state(0.3))])
+    assert ledger(s, 11)["status"] == "rejected"
+    assert "without a reference" in ledger(s, 11)["reason"]
+
+
+@pytest.mark.parametrize(("overrides", "needle"), [
+    ({"running_var": -1e6}, "running_var"), ({"running_var": 0.0}, "running_var"),
+    ({"running_mean": 1e7}, "running_mean"), ({"1_bias": 1e9}, "net.1.bias"),
+    ({"fill": 5.0}, "scale"),
+])
+def test_an_xor_state_outside_its_domain_is_rejected(overrides, needle):
+    fill = overrides.pop("fill", 0.5)
+    s = make_strategy("xor")
+    received = send_train(s, 1, state(0.3))
+    arrays, _ = s.aggregate_train(1, [
+        train_reply(11, encoding="xor", reference=received),
+        train_reply(12, state(fill, **overrides), "xor", reference=received)])
+    assert s.rounds[1]["valid_updates"] == 1
+    assert ledger(s, 12)["status"] == "rejected" and needle in ledger(s, 12)["reason"]
+    agg = from_record(arrays)
+    assert all((agg[k] > 0).all() for k in LAYOUT.keys if k.endswith("running_var"))
 
 
 def test_an_update_with_num_batches_tracked_is_rejected():

@@ -18,7 +18,7 @@ from flwr.clientapp.typing import Mod
 from hybnn.errors import DataError
 from hybnn.federated import task
 from hybnn.federated.config import FedConfig
-from hybnn.federated.encoding import Layout, decode, encode, load_state, model_state
+from hybnn.federated.encoding import Layout, decode, downlink, encode, load_state, model_state
 from hybnn.federated.strategies import ProximalTerm
 from hybnn.federated.strategy import (
     ARRAYS,
@@ -31,7 +31,7 @@ from hybnn.federated.strategy import (
 )
 from hybnn.pipeline.encoder import Encoder
 
-LATENT = "hybnn-latent"  # context.state key: this client's latent weights (1bit)
+LATENT = "hybnn-latent"  # context.state key: this client's latent weights (1bit, xor)
 
 
 def _setup(msg: Message, context: Context) -> tuple[FedConfig, int, Encoder | None]:
@@ -54,13 +54,14 @@ def train(msg: Message, context: Context) -> Message:
     (train_xy, test_xy) = task.client_tensors(cfg, pid, encoder)
     model = task.build_model(cfg, encoder)
     layout = Layout.of(model)
-    state = decode(from_record(arrays_of(msg.content)), layout, cfg.encoding)
-    if cfg.encoding == "1bit":
+    received = decode(from_record(arrays_of(msg.content)), layout, downlink(cfg.encoding))
+    state = received
+    if downlink(cfg.encoding) == "1bit":
         # Magnitudes from this client's last round; a newcomer takes those of the seeded
         # initial model, which in round 1 rebuilds the server's model exactly.
         own = (from_record(context.state.array_records[LATENT]) if LATENT in context.state
                else model_state(model, layout))
-        state = task.restore_latent(state, own, layout)
+        state = task.restore_latent(received, own, layout)
     load_state(model, state)
     mu = msg.content[CONFIG].get("proximal-mu", 0.0)  # FedProx: the server's mu
     if not isinstance(mu, int | float) or not 0.0 <= float(mu) < float("inf"):
@@ -68,7 +69,7 @@ def train(msg: Message, context: Context) -> Message:
     prox = [ProximalTerm(float(mu))] if mu else []
     history = task.train_local(model, train_xy, cfg, server_round(msg.content), pid, prox)
     local = model_state(model, layout)
-    if cfg.encoding == "1bit":
+    if downlink(cfg.encoding) == "1bit":
         context.state[LATENT] = to_record({k: local[k] for k, b in
                                            zip(layout.keys, layout.binary, strict=True) if b})
     loss, acc = task.evaluate(model, test_xy)
@@ -80,7 +81,8 @@ def train(msg: Message, context: Context) -> Message:
         "local-loss": _finite(loss),
         "local-acc": _finite(acc),
     })
-    arrays: ArrayRecord = to_record(encode(local, layout, cfg.encoding))
+    # xor tells the signs that flipped against the global model received this round.
+    arrays: ArrayRecord = to_record(encode(local, layout, cfg.encoding, received))
     return Message(RecordDict({ARRAYS: arrays, METRICS: metrics}), reply_to=msg)
 
 
@@ -90,7 +92,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     _, test_xy = task.client_tensors(cfg, pid, encoder)
     model = task.build_model(cfg, encoder)
     layout = Layout.of(model)
-    load_state(model, decode(from_record(arrays_of(msg.content)), layout, cfg.encoding))
+    load_state(model, decode(from_record(arrays_of(msg.content)), layout,
+                             downlink(cfg.encoding)))
     loss, acc = task.evaluate(model, test_xy)
     metrics = MetricRecord({"num-examples": len(test_xy[1]), "partition-id": pid,
                             "loss": _finite(loss), "acc": _finite(acc)})

@@ -29,7 +29,7 @@ FLOWER_ENV = {
 STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedmedian",
               "trimmed", "krum", "multikrum", "bulyan")
 ROBUST = ("fedmedian", "trimmed", "krum", "multikrum", "bulyan")  # for hostile clients
-ENCODINGS = ("fp32", "1bit")  # see hybnn.federated.encoding
+ENCODINGS = ("fp32", "1bit", "xor")  # see hybnn.federated.encoding
 SCHEMES = ("iid", "dirichlet", "classes")  # see hybnn.federated.partition
 
 
@@ -54,7 +54,8 @@ class FedConfig:
     alpha: float = setting(0.5, "Dirichlet alpha")
     classes_per_client: int = setting(1, "classes per client (--partition classes)")
     encoding: str = setting("fp32", "fp32: latent weights; 1bit: packed signs + per-tensor "
-                            "scales", choices=ENCODINGS)
+                            "scales; xor: 1bit down, up only the signs that flipped and "
+                            "8-bit batch norm", choices=ENCODINGS)
     strategy: str = setting("fedavg", "aggregation rule", choices=STRATEGIES)
     trim_beta: float = setting(0.2, "fraction cut from each tail by --strategy trimmed")
     proximal_mu: float = setting(0.1, "--strategy fedprox: weight mu of the proximal term "
@@ -109,8 +110,9 @@ class FedConfig:
             (0 <= self.hostile < self.clients, "--hostile must be in 0..--clients - 1"),
             (0.0 < self.round_timeout < math.inf and 0.0 < self.node_wait < math.inf,
              "timeouts must be finite numbers of seconds > 0"),
-            (not (self.model == "fpcnn" and self.encoding == "1bit"),
-             "--encoding 1bit needs binary weights; the float CNN has none (use fp32)"),
+            (not (self.model == "fpcnn" and self.encoding in ("1bit", "xor")),
+             f"--encoding {self.encoding} needs binary weights; the float CNN has none "
+             "(use fp32)"),
         ]
         for ok, message in checks:
             if not ok:

@@ -18,7 +18,7 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from hybnn.federated import task
 from hybnn.federated.config import FedConfig
-from hybnn.federated.encoding import Layout, decode, encode
+from hybnn.federated.encoding import Layout, decode, downlink, encode
 from hybnn.federated.strategy import ARRAYS, CONFIG, arrays_of, from_record, server_round, to_record
 
 KINDS = (MessageType.TRAIN, MessageType.EVALUATE, MessageType.QUERY)
@@ -98,13 +98,14 @@ def poison(partition: int, suffix: str, value: float, rounds: Collection[int] | 
         encoder = (task.encoder_at(str(context.node_config.get("encoder", "")) or cfg.encoder)
                    if cfg.model == "hybnn" else None)
         layout = Layout.of(task.build_model(cfg, encoder))
-        state = decode(from_record(arrays_of(reply.content)), layout, cfg.encoding)
+        received = decode(from_record(arrays_of(msg.content)), layout, downlink(cfg.encoding))
+        state = decode(from_record(arrays_of(reply.content)), layout, cfg.encoding, received)
         hits = [k for k in layout.keys if k.endswith(suffix)]
         if not hits:
             raise ValueError(f"no tensor of the model ends with {suffix!r}")
         for k in hits:
             state[k] = np.full_like(state[k], value)
-        reply.content[ARRAYS] = to_record(encode(state, layout, cfg.encoding))
+        reply.content[ARRAYS] = to_record(encode(state, layout, cfg.encoding, received))
         return reply
     return mod
 
@@ -162,10 +163,10 @@ def attack(partitions: Collection[int], kind: str, factor: float = 10.0,
         encoder = (task.encoder_at(str(context.node_config.get("encoder", "")) or cfg.encoder)
                    if cfg.model == "hybnn" else None)
         layout = Layout.of(task.build_model(cfg, encoder))
-        state = decode(from_record(arrays_of(reply.content)), layout, cfg.encoding)
+        sent = decode(from_record(arrays_of(msg.content)), layout, downlink(cfg.encoding))
+        state = decode(from_record(arrays_of(reply.content)), layout, cfg.encoding, sent)
         rng = np.random.default_rng([seed, pid, server_round(msg.content)])
         if kind == "scaled":
-            sent = decode(from_record(arrays_of(msg.content)), layout, cfg.encoding)
             state = {k: (sent[k] + factor * (state[k] - sent[k])).astype(np.float32)
                      for k in layout.keys}
         else:
@@ -173,6 +174,6 @@ def attack(partitions: Collection[int], kind: str, factor: float = 10.0,
                 if is_binary:
                     state[k] = (np.where(state[k] >= 0, -1.0, 1.0) if kind == "sign-flip" else
                                 rng.uniform(-1, 1, state[k].shape)).astype(np.float32)
-        reply.content[ARRAYS] = to_record(encode(state, layout, cfg.encoding))
+        reply.content[ARRAYS] = to_record(encode(state, layout, cfg.encoding, sent))
         return reply
     return mod

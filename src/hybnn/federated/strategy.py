@@ -4,10 +4,11 @@
 (``--strategy``): the wrapped strategy configures each round (its config keys, its server
 state) and aggregates the validated, decoded updates; around it:
 
+- downlink: the global float32 model is encoded (``fp32``, or ``1bit`` for ``1bit`` and
+  ``xor``) before it is sent; the round's global state is kept to decode ``xor`` replies;
 - sampling: seeded, and the wait for ``min_clients`` connected nodes is bounded
   (``node_wait``) — Flower's own sampler waits forever; the wrapped strategy then configures
   the round for exactly the sampled nodes (:class:`~hybnn.federated.strategies.SampledGrid`);
-- downlink: the global float32 model is encoded (``fp32`` or ``1bit``) before it is sent;
 - the aggregate is projected back into the model's domain (latent weights clipped to
   [-1, 1], batch-norm variances kept positive): server optimisers such as FedAdam step
   outside it;
@@ -48,7 +49,7 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from hybnn.errors import HybnnError
 from hybnn.federated.config import FedConfig
-from hybnn.federated.encoding import Layout, UpdateError, encode
+from hybnn.federated.encoding import Layout, UpdateError, downlink, encode
 from hybnn.federated.strategies import SampledGrid, flower_strategy
 from hybnn.federated.validation import (
     check_metrics,
@@ -122,6 +123,7 @@ class EncodedStrategy(Strategy):
         self.partition_of: dict[int, int] = {}
         self.counts: dict[int, dict[str, int]] = {}  # node -> its handshake's num-train/-test
         self.excluded: set[int] = set()  # nodes that refused or failed the handshake
+        self.sent: dict[int, dict[str, np.ndarray]] = {}  # round -> global state trained from
         self.grid: Grid | None = None
 
     # -- sampling ----------------------------------------------------------------------
@@ -202,7 +204,10 @@ class EncodedStrategy(Strategy):
         config = ConfigRecord(dict(planned[0].content.config_records[CONFIG]))
         config["server-round"] = server_round
         node_ids = sorted(int(m.metadata.dst_node_id) for m in planned)
-        payload = to_record(encode(from_record(arrays), self.layout, self.cfg.encoding))
+        state = from_record(arrays)
+        if kind == "train":  # xor replies are decoded against it; older rounds are done
+            self.sent = {server_round: state}
+        payload = to_record(encode(state, self.layout, downlink(self.cfg.encoding)))
         content = RecordDict({ARRAYS: payload, CONFIG: config})
         size = serialized_bytes(content)
         entry = self._round(server_round)
@@ -290,7 +295,8 @@ class EncodedStrategy(Strategy):
     def _check_train_reply(self, nid: int, reply: Message
                            ) -> tuple[dict[str, np.ndarray], dict[str, Any], int]:
         """(state, metrics, sample count) of a valid training reply; else UpdateError."""
-        state, metrics = train_update(reply.content, self.layout, self.cfg.encoding)
+        reference = self.sent[max(self.sent)] if self.sent else None
+        state, metrics = train_update(reply.content, self.layout, self.cfg.encoding, reference)
         n = self._checked_count(nid, metrics, "num-train", 1)
         return state, metrics, n
 

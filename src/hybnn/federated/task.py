@@ -155,12 +155,13 @@ def evaluate(model: nn.Module, data: Tensors) -> tuple[float, float]:
 
 def restore_latent(global_state: dict[str, np.ndarray], own: dict[str, np.ndarray] | None,
                    layout: Layout) -> dict[str, np.ndarray]:
-    """1bit: the global signs with this client's own latent magnitudes where it has them.
+    """1bit and xor: the global signs with this client's own latent magnitudes where it has
+    them.
 
-    A decoded 1bit model carries ``scale · sign(w)``: right for inference, but a client
-    resuming training from it would lose every weight's distance from a sign flip. The
-    client keeps that distance (its latent magnitudes after its last local training) and
-    takes only the signs from the server.
+    A decoded 1bit model (the downlink of both) carries ``scale · sign(w)``: right for
+    inference, but a client resuming training from it would lose every weight's distance
+    from a sign flip. The client keeps that distance (its latent magnitudes after its last
+    local training) and takes only the signs from the server.
     """
     if not own:
         return global_state

@@ -11,7 +11,7 @@ the server knows before anything uses it.
 - **Model states** (:func:`check_state`, after :func:`~hybnn.federated.encoding.decode`
   checked names, shapes, dtypes and finiteness): latent weights of binary layers within
   [-1, 1] (training clips them there; ``LATENT_TOLERANCE`` for rounding), and so a 1bit
-  scale (a decoded binary weight is ``scale · sign``); batch-norm running variances in
+  or xor scale (a decoded binary weight is ``scale · sign``); batch-norm running variances in
   (0, ``VAR_LIMIT``], running means within ``ACTIVATION_LIMIT``; every other float within
   ``FLOAT_LIMIT``. A negative variance makes every normalized output NaN.
 - **Metrics** (:func:`check_metrics`): finite numbers or lists of them; accuracies in
@@ -138,11 +138,13 @@ def read_arrays(content: RecordDict) -> dict[str, np.ndarray]:
     return arrays
 
 
-def train_update(content: RecordDict, layout: Layout, encoding: str
+def train_update(content: RecordDict, layout: Layout, encoding: str,
+                 reference: Mapping[str, np.ndarray] | None = None
                  ) -> tuple[dict[str, np.ndarray], Metrics]:
-    """The float32 state and the checked metrics of a training reply."""
+    """The float32 state and the checked metrics of a training reply; ``reference``: the
+    global state sent for this round (``xor`` replies are coded against it)."""
     metrics = check_metrics(content)
-    state = decode(read_arrays(content), layout, encoding)
+    state = decode(read_arrays(content), layout, encoding, reference)
     check_state(state, layout)
     return state, metrics
 
@@ -153,7 +155,7 @@ def check_state(state: Mapping[str, np.ndarray], layout: Layout) -> None:
         a = np.asarray(state[key], dtype=np.float64)
         if is_binary:
             _within(a, key, 1.0 + LATENT_TOLERANCE,
-                    "latent weights, and so a 1bit scale, are clipped to [-1, 1]")
+                    "latent weights, and so a 1bit or xor scale, are clipped to [-1, 1]")
         elif key.endswith("running_var"):
             if a.size and not (a > 0).all():
                 raise UpdateError(f"{key}: variance {a.min():.3g} is not positive")
