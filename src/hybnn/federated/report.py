@@ -80,6 +80,7 @@ def build_results(log: dict[str, Any], central: dict[str, Any] | None,
         "bytes_total": sum(r["bytes_up"] + r["bytes_down"] + r["eval_bytes_up"]
                            + r["eval_bytes_down"] for r in rounds),
         "model_payload_bytes": log.get("model_payload_bytes"),
+        "secagg": log.get("secagg"),
         "rounds": rounds,
         "handshake": log.get("handshake"),
         "centralized": central,
