@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("flwr", reason="the fed extra (flwr) is not installed")
 
 from flwr.app import Context, Message, MessageType, RecordDict
-from flwr.common import bytes_to_ndarray, parameters_to_ndarrays
+from flwr.common import bytes_to_ndarray, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
@@ -38,6 +38,7 @@ from hybnn.federated.secagg import (
 )
 from hybnn.federated.server_app import run_server
 from hybnn.federated.simulation import federate
+from hybnn.federated.strategy import FederationError
 from hybnn.models.bnn_head import BNNHead
 
 HEAD = BNNHead(200, 2, (128,))
@@ -141,11 +142,11 @@ def plain_spy(seen: list[dict]):
     return mod
 
 
-def _run(cfg: FedConfig, mods=(), secagg_mods=()):
+def _run(cfg: FedConfig, mods=(), secagg_mods=(), sink=None):
     grid = SpyGrid(make_client_app(mods, secagg_mods), cfg.clients)
     context = Context(run_id=grid.run_id, node_id=SERVER_NODE_ID, node_config={},
                       state=RecordDict(), run_config={})
-    return run_server(grid, context, cfg), grid
+    return run_server(grid, context, cfg, sink), grid
 
 
 @pytest.fixture
@@ -261,6 +262,44 @@ def test_a_client_dropping_out_mid_protocol_is_unmasked_from_its_neighbours(
     expected = _weighted_mean(plain)  # the three survivors
     assert all(np.abs(g - w).max() < 1e-4 for g, w in zip(aggregates[1], expected,
                                                             strict=True))
+
+
+def tamper_fitres(partition: int, count: int | None = None, latent: float | None = None):
+    """A hostile client inside secaggplus_mod: a claimed sample count, or every latent
+    weight of the first layer set to ``latent`` (inside the clip), before masking."""
+    def mod(msg, context, call_next):
+        reply = call_next(msg, context)
+        if (int(context.node_config["partition-id"]) != partition
+                or msg.metadata.message_type != MessageType.TRAIN):
+            return reply
+        res = compat.recorddict_to_fitres(reply.content, keep_input=True)
+        arrays = parameters_to_ndarrays(res.parameters)
+        if latent is not None:
+            arrays[0] = np.full_like(arrays[0], latent)
+        res.parameters = ndarrays_to_parameters(arrays)
+        res.num_examples = res.num_examples if count is None else count
+        return Message(compat.fitres_to_recorddict(res, keep_input=True), reply_to=msg)
+    return mod
+
+
+@pytest.mark.parametrize(("hostile", "where"), [
+    ({"count": 10**6}, "client"), ({"latent": 5.0}, "aggregate")])
+def test_a_hostile_client_in_the_sum_keeps_the_global_model(tiny_encoder, task_identity,
+                                                          hostile, where):
+    cfg = _cfg(str(tiny_encoder[0]), rounds=1, fraction_evaluate=0.0)
+    log: dict = {}
+    with pytest.raises(FederationError, match="no valid update"):
+        _run(cfg, secagg_mods=[tamper_fitres(1, **hostile)], sink=log)
+    r1 = log["rounds"][0]
+    assert not r1["aggregated"] and r1["valid_updates"] == 3  # in the sum, not applied
+    assert log["status"] == "failed"  # the only round kept the initial head
+    if where == "client":
+        bad = next(c for c in r1["clients"] if c["partition"] == 1)
+        assert bad["status"] == "rejected" and "num-examples" in bad["reason"]
+        assert "cannot take it out" in bad["reason"]
+    else:  # SecAgg+ hides who: only the aggregate's domain check catches it
+        assert [c["status"] for c in r1["clients"]] == ["ok"] * 3
+        assert "net.0.weight" in r1["reason"]
 
 
 def test_the_plain_train_handler_refuses_a_secagg_run(tiny_encoder, task_identity):

@@ -388,6 +388,7 @@ def round_log(rounds: Mapping[int, dict[str, Any]],
             "sampled": sum(1 for c in clients if c.get("train_sampled")),
             "valid_updates": e.get("valid_updates", 0),
             "aggregated": e.get("aggregated", False),
+            **({"reason": e["reason"]} if "reason" in e else {}),  # why it was not applied
             "clients_global_acc": e.get("clients_global_acc"),
             "seconds": e.get("train_seconds"),
             "clients": [{k: v for k, v in c.items() if k not in ("train_sampled",
