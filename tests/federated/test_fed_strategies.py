@@ -92,10 +92,10 @@ def test_proximal_term_is_half_mu_times_the_squared_distance():
     model = torch.nn.Linear(3, 2)
     term = ProximalTerm(0.5)
     term.on_train_begin(model)
-    assert float(term.extra_loss(model)) == 0.0
+    assert float(term.extra_loss(model).detach()) == 0.0
     with torch.no_grad():
         model.weight += 1.0
-    assert float(term.extra_loss(model)) == pytest.approx(0.25 * 6)
+    assert float(term.extra_loss(model).detach()) == pytest.approx(0.25 * 6)
     assert ProximalTerm(0.0).extra_loss(model) is None
 
 

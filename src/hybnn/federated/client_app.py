@@ -7,36 +7,44 @@ directory; default: the path in the server's config, for runs on one machine).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.client import NumPyClient
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
-from flwr.clientapp.typing import Mod
+from flwr.clientapp.typing import ClientAppCallable, Mod
+from flwr.common import Scalar
+from torch import nn
 
 from hybnn.errors import DataError
 from hybnn.federated import task
 from hybnn.federated.config import FedConfig
-from hybnn.federated.encoding import Layout, decode, downlink, encode, load_state, model_state
-from hybnn.federated.strategies import ProximalTerm
-from hybnn.federated.strategy import (
-    ARRAYS,
-    CONFIG,
-    METRICS,
-    arrays_of,
-    from_record,
-    server_round,
-    to_record,
+from hybnn.federated.encoding import (
+    Layout,
+    UpdateError,
+    decode,
+    downlink,
+    encode,
+    load_state,
+    model_state,
+    wire_keys,
 )
+from hybnn.federated.secagg import to_transport, transport_bounds
+from hybnn.federated.strategies import ProximalTerm
+from hybnn.federated.strategy import ARRAYS, CONFIG, METRICS, arrays_of, from_record, to_record
 from hybnn.pipeline.encoder import Encoder
 
 LATENT = "hybnn-latent"  # context.state key: this client's latent weights (1bit, xor)
 
 
-def _setup(msg: Message, context: Context) -> tuple[FedConfig, int, Encoder | None]:
+def _setup(config: Mapping[str, Any], context: Context
+           ) -> tuple[FedConfig, int, Encoder | None]:
     torch.set_num_threads(1)
-    cfg = FedConfig.from_record(msg.content[CONFIG])
+    cfg = FedConfig.from_record(config)
     node = context.node_config
     pid, n = int(node.get("partition-id", -1)), int(node.get("num-partitions", cfg.clients))
     if n != cfg.clients:
@@ -49,12 +57,15 @@ def _setup(msg: Message, context: Context) -> tuple[FedConfig, int, Encoder | No
     return cfg, pid, encoder
 
 
-def train(msg: Message, context: Context) -> Message:
-    cfg, pid, encoder = _setup(msg, context)
-    (train_xy, test_xy) = task.client_tensors(cfg, pid, encoder)
+def local_round(cfg: FedConfig, pid: int, encoder: Encoder | None,
+                arrays: dict[str, np.ndarray], config: Mapping[str, Any], context: Context
+                ) -> tuple[nn.Module, dict[str, np.ndarray], dict[str, Any]]:
+    """One round of local training from the encoded global model ``arrays``: the trained
+    model, its federated state and the reply's metrics."""
+    train_xy, test_xy = task.client_tensors(cfg, pid, encoder)
     model = task.build_model(cfg, encoder)
     layout = Layout.of(model)
-    received = decode(from_record(arrays_of(msg.content)), layout, downlink(cfg.encoding))
+    received = decode(arrays, layout, downlink(cfg.encoding))
     state = received
     if downlink(cfg.encoding) == "1bit":
         # Magnitudes from this client's last round; a newcomer takes those of the seeded
@@ -63,46 +74,66 @@ def train(msg: Message, context: Context) -> Message:
                else model_state(model, layout))
         state = task.restore_latent(received, own, layout)
     load_state(model, state)
-    mu = msg.content[CONFIG].get("proximal-mu", 0.0)  # FedProx: the server's mu
+    mu = config.get("proximal-mu", 0.0)  # FedProx: the server's mu
     if not isinstance(mu, int | float) or not 0.0 <= float(mu) < float("inf"):
         raise DataError(f"proximal-mu must be a finite number >= 0, got {mu!r}")
     prox = [ProximalTerm(float(mu))] if mu else []
-    history = task.train_local(model, train_xy, cfg, server_round(msg.content), pid, prox)
+    rnd = config.get("server-round")
+    if not isinstance(rnd, int | float):
+        raise UpdateError(f"server-round must be a number, got {rnd!r}")
+    history = task.train_local(model, train_xy, cfg, int(rnd), pid, prox)
     local = model_state(model, layout)
     if downlink(cfg.encoding) == "1bit":
         context.state[LATENT] = to_record({k: local[k] for k, b in
                                            zip(layout.keys, layout.binary, strict=True) if b})
     loss, acc = task.evaluate(model, test_xy)
-    metrics = MetricRecord({
+    metrics: dict[str, Any] = {
         "num-examples": len(train_xy[1]),
         "partition-id": pid,
         "train-loss": _finite(history.last("train_loss")),
         "train-acc": _finite(history.last("train_acc")),
         "local-loss": _finite(loss),
         "local-acc": _finite(acc),
-    })
+    }
+    return model, local, metrics
+
+
+def global_scores(cfg: FedConfig, pid: int, encoder: Encoder | None,
+                  arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The encoded global model ``arrays`` on this client's held-out partition."""
+    _, test_xy = task.client_tensors(cfg, pid, encoder)
+    model = task.build_model(cfg, encoder)
+    load_state(model, decode(arrays, Layout.of(model), downlink(cfg.encoding)))
+    loss, acc = task.evaluate(model, test_xy)
+    return {"num-examples": len(test_xy[1]), "partition-id": pid, "loss": _finite(loss),
+            "acc": _finite(acc)}
+
+
+def train(msg: Message, context: Context) -> Message:
+    config = msg.content[CONFIG]
+    cfg, pid, encoder = _setup(config, context)
+    if cfg.secagg:
+        raise DataError("this run uses --secagg: the client sends its update only masked, "
+                        "through SecAgg+, never in the clear")
+    received = from_record(arrays_of(msg.content))
+    model, local, metrics = local_round(cfg, pid, encoder, received, config, context)
+    layout = Layout.of(model)
     # xor tells the signs that flipped against the global model received this round.
-    arrays: ArrayRecord = to_record(encode(local, layout, cfg.encoding, received))
-    return Message(RecordDict({ARRAYS: arrays, METRICS: metrics}), reply_to=msg)
+    reference = decode(received, layout, downlink(cfg.encoding))
+    arrays: ArrayRecord = to_record(encode(local, layout, cfg.encoding, reference))
+    return Message(RecordDict({ARRAYS: arrays, METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 
 def evaluate(msg: Message, context: Context) -> Message:
     """The global model on this client's held-out partition."""
-    cfg, pid, encoder = _setup(msg, context)
-    _, test_xy = task.client_tensors(cfg, pid, encoder)
-    model = task.build_model(cfg, encoder)
-    layout = Layout.of(model)
-    load_state(model, decode(from_record(arrays_of(msg.content)), layout,
-                             downlink(cfg.encoding)))
-    loss, acc = task.evaluate(model, test_xy)
-    metrics = MetricRecord({"num-examples": len(test_xy[1]), "partition-id": pid,
-                            "loss": _finite(loss), "acc": _finite(acc)})
-    return Message(RecordDict({METRICS: metrics}), reply_to=msg)
+    cfg, pid, encoder = _setup(msg.content[CONFIG], context)
+    metrics = global_scores(cfg, pid, encoder, from_record(arrays_of(msg.content)))
+    return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 
 def query(msg: Message, context: Context) -> Message:
     """The server's handshake: check the encoder and prepare this client's partition."""
-    cfg, pid, encoder = _setup(msg, context)
+    cfg, pid, encoder = _setup(msg.content[CONFIG], context)
     train_xy, test_xy = task.client_tensors(cfg, pid, encoder)
     return Message(RecordDict({METRICS: MetricRecord({
         "partition-id": pid, "num-train": len(train_xy[1]), "num-test": len(test_xy[1])})}),
@@ -114,12 +145,71 @@ def _finite(x: float) -> float:
     return float(x) if np.isfinite(x) else -1.0
 
 
-def make_client_app(mods: Sequence[Mod] = ()) -> ClientApp:
+class SecAggClient(NumPyClient):
+    """``--secagg``'s client: the same local round as :func:`train`, as the legacy
+    NumPyClient that Flower's ``secaggplus_mod`` masks (:mod:`hybnn.federated.secagg`).
+
+    Arrays travel as lists in :func:`~hybnn.federated.encoding.wire_keys` order. Down: the
+    encoded global model; up: the trained state (``1bit``: decoded, ``scale · sign(w)``),
+    each tensor divided by its bound (:func:`~hybnn.federated.secagg.to_transport`).
+    """
+
+    def __init__(self, context: Context) -> None:
+        self.node = context
+
+    def _arrays(self, cfg: FedConfig, encoder: Encoder | None, parameters: list[np.ndarray]
+                ) -> tuple[nn.Module, Layout, dict[str, np.ndarray]]:
+        model = task.build_model(cfg, encoder)
+        layout = Layout.of(model)
+        keys = wire_keys(layout, cfg.encoding)
+        if len(parameters) != len(keys):
+            raise DataError(f"the server sent {len(parameters)} arrays, {cfg.encoding} "
+                            f"carries {len(keys)}")
+        return model, layout, dict(zip(keys, parameters, strict=True))
+
+    def fit(self, parameters: list[np.ndarray], config: dict[str, Scalar]
+            ) -> tuple[list[np.ndarray], int, dict[str, Scalar]]:
+        cfg, pid, encoder = _setup(config, self.node)
+        if not cfg.secagg:
+            raise DataError("a SecAgg+ round in a run without --secagg")
+        model, layout, arrays = self._arrays(cfg, encoder, parameters)
+        _, local, metrics = local_round(cfg, pid, encoder, arrays, config, self.node)
+        upload = decode(encode(local, layout, cfg.encoding), layout, cfg.encoding)
+        up = to_transport(upload, layout, transport_bounds(model, layout), cfg.secagg_clip)
+        return up, int(metrics["num-examples"]), dict(metrics)
+
+    def evaluate(self, parameters: list[np.ndarray], config: dict[str, Scalar]
+                 ) -> tuple[float, int, dict[str, Scalar]]:
+        cfg, pid, encoder = _setup(config, self.node)
+        _, _, arrays = self._arrays(cfg, encoder, parameters)
+        metrics = global_scores(cfg, pid, encoder, arrays)
+        return (float(metrics["loss"]), int(metrics["num-examples"]),
+                {k: v for k, v in metrics.items() if k not in ("loss", "num-examples")})
+
+
+def secagg_client_app(mods: Sequence[Mod] = ()) -> ClientApp:
+    """:class:`SecAggClient` behind ``secaggplus_mod``; ``mods`` run inside it, between the
+    mod and the client: they see the plain update before it is masked (tests, drills)."""
+    return ClientApp(client_fn=lambda context: SecAggClient(context).to_client(),
+                     mods=[secaggplus_mod, *mods])
+
+
+def make_client_app(mods: Sequence[Mod] = (), secagg_mods: Sequence[Mod] = ()) -> ClientApp:
     """A ClientApp running :func:`train`, :func:`evaluate` and :func:`query` (handshake),
-    behind optional mods."""
+    behind optional mods. Messages of Flower's legacy path (no ``config`` record: the
+    SecAgg+ stages and their evaluation) go to :func:`secagg_client_app` (``secagg_mods``)."""
     client = ClientApp(mods=list(mods))
-    client.train()(train)
-    client.evaluate()(evaluate)
+    legacy = secagg_client_app(secagg_mods)
+
+    def routed(handler: ClientAppCallable) -> ClientAppCallable:
+        def route(msg: Message, context: Context) -> Message:
+            if CONFIG in msg.content.config_records:
+                return handler(msg, context)
+            return legacy(msg, context)
+        return route
+
+    client.train()(routed(train))
+    client.evaluate()(routed(evaluate))
     client.query()(query)
     return client
 

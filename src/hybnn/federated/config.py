@@ -37,7 +37,9 @@ SCHEMES = ("iid", "dirichlet", "classes")  # see hybnn.federated.partition
 # (min-clients stays: a client checks it against its clients when it rebuilds the config).
 SERVER_ONLY = frozenset({"strategy", "trim-beta", "proximal-mu", "server-momentum", "server-lr",
                          "hostile", "fraction", "fraction-evaluate",
+                         "secagg-shares", "secagg-threshold",
                          "round-timeout", "node-wait", "out"})
+SECAGG_STRATEGIES = ("fedavg", "fedprox")  # a masked sum admits no per-update rule
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,19 @@ class FedConfig:
                                "fedadagrad's eta (0: 0.1)")
     hostile: int = setting(0, "krum, multikrum, bulyan: how many hostile clients per round "
                            "to tolerate (f)")
+    secagg: bool = setting(False, "secure aggregation (Flower's SecAgg+): the server sees only "
+                           "the masked sum of the updates, never one client's; fedavg or "
+                           "fedprox, >= 3 clients, no per-update validation")
+    secagg_shares: int = setting(3, "--secagg: each client's secrets are split into this many "
+                                 "shares, one per neighbour (itself included); also the "
+                                 "fewest clients sampled per round")
+    secagg_threshold: int = setting(2, "--secagg: shares that rebuild a secret: the masks of "
+                                    "up to shares - threshold dropped neighbours can be "
+                                    "removed; fewer colluding clients learn nothing")
+    secagg_clip: float = setting(8.0, "--secagg: quantizer range [-clip, clip] (2^22 levels) "
+                                 "after batch-norm running statistics are divided by their "
+                                 "bound (fan-in, fan-in²); a client refuses to send a value "
+                                 "outside it")
     fraction: float = setting(1.0, "fraction of clients sampled for training each round")
     fraction_evaluate: float = setting(1.0, "fraction asked to evaluate the global model "
                                        "on their own data")
@@ -114,11 +129,35 @@ class FedConfig:
              f"--encoding {self.encoding} needs binary weights; the float CNN has none "
              "(use fp32)"),
         ]
+        if self.secagg:
+            checks += [
+                (self.clients >= 3, "--secagg needs --clients >= 3 (of a sum of two "
+                 "updates, each client can subtract its own and read the other)"),
+                (self.strategy in SECAGG_STRATEGIES, "--secagg aggregates a masked sum: "
+                 f"--strategy must be {' or '.join(SECAGG_STRATEGIES)}, not {self.strategy}"),
+                (3 <= self.secagg_shares <= self.clients,
+                 "--secagg-shares must be in 3..--clients"),
+                (2 <= self.secagg_threshold < self.secagg_shares,
+                 "--secagg-threshold must be in 2..--secagg-shares - 1"),
+                (0.0 < self.secagg_clip < math.inf,
+                 "--secagg-clip must be a finite number > 0"),
+                # 1023 quantized updates (< 2^22 each) sum below the masks' modulus 2^32.
+                (self.clients <= 1023, "--secagg sums at most 1023 updates: --clients must "
+                 "be <= 1023"),
+                (self.encoding != "xor", "--secagg sums the updates as numbers: xor's coded "
+                 "sign flips cannot be summed (use fp32 or 1bit)"),
+            ]
         for ok, message in checks:
             if not ok:
                 raise DataError(message)
         if any(h < 1 for h in self.hidden_widths()):
             raise DataError(f"hidden widths must be >= 1, got {self.hidden!r}")
+
+    @property
+    def min_nodes(self) -> int:
+        """The fewest nodes a round samples: ``min_clients``, and under ``secagg`` at least
+        ``secagg_shares`` (each client masks with a neighbourhood of that size)."""
+        return max(self.min_clients, self.secagg_shares) if self.secagg else self.min_clients
 
     @property
     def learning_rate(self) -> float:

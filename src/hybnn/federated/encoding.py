@@ -137,6 +137,18 @@ def encode(state: dict[str, np.ndarray], layout: Layout, encoding: str,
     raise ValueError(f"unknown encoding {encoding!r}; choose one of {', '.join(ENCODINGS)}")
 
 
+def wire_keys(layout: Layout, encoding: str) -> tuple[str, ...]:
+    """The names of the arrays :func:`encode` gives, in order (Flower's legacy messages carry
+    a list of arrays, not a mapping)."""
+    if encoding == "fp32":
+        return layout.keys
+    if encoding == "1bit":
+        return ("signs", "floats")
+    if encoding == "xor":
+        return ("update",)
+    raise ValueError(f"unknown encoding {encoding!r}; choose one of {', '.join(ENCODINGS)}")
+
+
 def decode(arrays: dict[str, np.ndarray], layout: Layout, encoding: str,
            reference: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Float32 state from ``arrays``; raises :class:`UpdateError` unless it fits ``layout``

@@ -80,6 +80,7 @@ def build_results(log: dict[str, Any], central: dict[str, Any] | None,
         "bytes_total": sum(r["bytes_up"] + r["bytes_down"] + r["eval_bytes_up"]
                            + r["eval_bytes_down"] for r in rounds),
         "model_payload_bytes": log.get("model_payload_bytes"),
+        "secagg": log.get("secagg"),
         "rounds": rounds,
         "handshake": log.get("handshake"),
         "centralized": central,
@@ -128,6 +129,10 @@ def results_markdown(res: dict[str, Any]) -> str:
         f"- bytes per client per round: up {_fmt(res['bytes_up_per_client_round'], ',.0f')}, "
         f"down {_fmt(res['bytes_down_per_client_round'], ',.0f')} (serialized messages)",
         f"- encoder: {(res.get('encoder_fingerprint') or '–')[:16]}",
+        *([f"- secure aggregation: SecAgg+, {sa['shares']} shares, threshold "
+           f"{sa['threshold']}, clip {sa['clip']:g}: the server saw only the masked sum of "
+           "the updates, so none was validated on its own"] if (sa := res.get("secagg"))
+          else []),
         "",
         "| round | global acc | clients' local acc | up B | down B | valid | s |",
         "|---:|---:|---|---:|---:|---:|---:|",
@@ -139,6 +144,8 @@ def results_markdown(res: dict[str, Any]) -> str:
         lines.append(f"| {r['round']} | {_fmt(r['global_acc'])} | {local} | "
                      f"{r['bytes_up']:,} | {r['bytes_down']:,} | {r['valid_updates']}/"
                      f"{r['sampled']} | {_fmt(r['round_seconds'], '.1f')} |")
+        faults += [f"- round {r['round']}: not applied — {r['reason']}"] if r.get("reason") \
+            else []
         faults += [f"- round {r['round']}, partition {c['partition']} (node {c['node_id']}): "
                    f"{c['status']} — {c.get('reason', 'no reply within the round timeout')}"
                    for c in r["clients"] if c["status"] not in ("ok", "not sampled")]

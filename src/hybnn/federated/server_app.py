@@ -5,6 +5,8 @@ of ``flower_app/pyproject.toml``, overridden by ``flwr run --run-config``); in s
 :func:`make_server_app` passes them directly. With ``out`` set, the server writes
 ``federation.json``: the round ledger (global accuracy, bytes, every client's status).
 A federation in which no round aggregated a single valid update ends ``failed``.
+With ``secagg`` the rounds run Flower's SecAgg+ workflow (:mod:`hybnn.federated.secagg`):
+the server sees only the masked sum of the updates.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from hybnn.errors import FingerprintMismatch
 from hybnn.federated import task
 from hybnn.federated.config import FedConfig
 from hybnn.federated.encoding import Layout, encode, load_state, model_state, payload_bytes
+from hybnn.federated.secagg import SecAggFedAvg, transport_bounds
 from hybnn.federated.strategy import (
     EncodedStrategy,
     FederationError,
@@ -53,6 +56,7 @@ def run_server(grid: Grid, context: Context, cfg: FedConfig | None = None,
     partitions = task.partition_sizes(cfg)
     strategy = EncodedStrategy(cfg, layout, partitions=partitions)
     evals: dict[int, dict[str, float]] = {}
+    secure: SecAggFedAvg | None = None
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         m = task.build_model(cfg, encoder)
@@ -76,12 +80,23 @@ def run_server(grid: Grid, context: Context, cfg: FedConfig | None = None,
         "model_payload_bytes": {name: payload_bytes(encode(initial, layout, name))
                                 for name in _encodings_for(cfg)},
     }
+    if cfg.secagg:  # Flower's legacy path; the EncodedStrategy shakes hands and samples
+        secure = SecAggFedAvg(cfg, layout, transport_bounds(model, layout), initial,
+                              evaluate_fn, strategy,
+                              max_weight=max(1, *(p["train"] for p in partitions)))
+        log["secagg"] = secure.protocol()
+    ledger = secure.rounds if secure else strategy.rounds
     try:
         log["handshake"] = strategy.handshake(grid, ConfigRecord(cfg.client_record()))
-        strategy.start(grid=grid, initial_arrays=to_record(initial), num_rounds=cfg.rounds,
-                       timeout=cfg.round_timeout, train_config=ConfigRecord(cfg.client_record()),
-                       evaluate_config=ConfigRecord(cfg.client_record()), evaluate_fn=evaluate_fn)
-        if not any(r.get("aggregated") for r in strategy.rounds.values()):
+        if secure:
+            secure.run(grid, context)
+        else:
+            strategy.start(grid=grid, initial_arrays=to_record(initial), num_rounds=cfg.rounds,
+                           timeout=cfg.round_timeout,
+                           train_config=ConfigRecord(cfg.client_record()),
+                           evaluate_config=ConfigRecord(cfg.client_record()),
+                           evaluate_fn=evaluate_fn)
+        if not any(r.get("aggregated") for r in ledger.values()):
             raise FederationError(
                 f"no valid update in any of the {cfg.rounds} round(s): every sampled client "
                 "failed, was rejected or went missing (see the round ledger)")
@@ -91,7 +106,7 @@ def run_server(grid: Grid, context: Context, cfg: FedConfig | None = None,
         raise
     finally:
         log["initial_acc"] = evals.get(0, {}).get("global_acc")
-        log["rounds"] = round_log(strategy, round_metrics)
+        log["rounds"] = round_log(ledger, round_metrics)
         if cfg.out:
             atomic_write_json(Path(cfg.out) / FEDERATION_LOG, log)
         if sink is not None:

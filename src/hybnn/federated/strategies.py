@@ -50,7 +50,7 @@ DEFAULT_ETA = 0.1  # FedOpt's server learning rate when --server-lr is 0 (FedAda
 
 def sampled_per_round(cfg: FedConfig) -> int:
     """How many nodes a training round samples when all ``clients`` are connected."""
-    return min(cfg.clients, max(int(cfg.clients * cfg.fraction), cfg.min_clients))
+    return min(cfg.clients, max(int(cfg.clients * cfg.fraction), cfg.min_nodes))
 
 
 def flower_strategy(cfg: FedConfig) -> Strategy:

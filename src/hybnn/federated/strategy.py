@@ -128,24 +128,27 @@ class EncodedStrategy(Strategy):
 
     # -- sampling ----------------------------------------------------------------------
     def wait_for_nodes(self, what: str) -> list[int]:
-        """Connected nodes not excluded, once there are ``min_clients``; bounded wait."""
+        """Connected nodes not excluded, once there are ``min_nodes``; bounded wait."""
         deadline = time.monotonic() + self.cfg.node_wait
-        while len(nodes := sorted(set(self.grid_nodes()) - self.excluded)) < self.cfg.min_clients:
+        need = self.cfg.min_nodes
+        while len(nodes := sorted(set(self.grid_nodes()) - self.excluded)) < need:
             if time.monotonic() > deadline:
                 raise FederationError(
                     f"{what}: {len(nodes)} usable node(s) after {self.cfg.node_wait:g} s "
-                    f"({len(self.excluded)} excluded), need --min-clients {self.cfg.min_clients}")
-            log(INFO, "waiting for nodes: %d usable, need %d", len(nodes), self.cfg.min_clients)
+                    f"({len(self.excluded)} excluded), need {need} (--min-clients"
+                    f"{', --secagg-shares' if self.cfg.secagg else ''})")
+            log(INFO, "waiting for nodes: %d usable, need %d", len(nodes), need)
             time.sleep(1.0)
         return nodes
 
     def grid_nodes(self) -> list[int]:
         return [int(n) for n in self.grid.get_node_ids()] if self.grid is not None else []
 
-    def _sample(self, grid: Grid, server_round: int, fraction: float) -> list[int]:
+    def sample_nodes(self, grid: Grid, server_round: int, fraction: float) -> list[int]:
+        """The nodes of a round (training or evaluation): seeded, at least ``min_nodes``."""
         self.grid = grid
         nodes = self.wait_for_nodes(f"round {server_round}")
-        k = min(len(nodes), max(int(len(nodes) * fraction), self.cfg.min_clients))
+        k = min(len(nodes), max(int(len(nodes) * fraction), self.cfg.min_nodes))
         rng = np.random.default_rng([self.cfg.seed, server_round])
         # Index the ids: they are uint64 and would lose precision in a numpy array.
         return sorted(nodes[int(i)] for i in rng.choice(len(nodes), size=k, replace=False))
@@ -154,8 +157,9 @@ class EncodedStrategy(Strategy):
         """Ask every connected node, before any training, to check its encoder against the
         federation's fingerprint and to prepare its partition. Nodes that refuse, or whose
         reply fails validation (status ``rejected``), are excluded from sampling; the wait
-        is bounded by ``node_wait``. (In simulation this also starts the workers, so round
-        timeouts do not have to cover their start-up.)"""
+        is bounded by ``node_wait``; under ``secagg`` so are nodes that did not answer in
+        time (a late reply would race SecAgg+'s state on that node). (In simulation this
+        also starts the workers, so round timeouts do not have to cover their start-up.)"""
         self.grid = grid
         nodes = self.wait_for_nodes("handshake")
         messages = [Message(content=RecordDict({CONFIG: ConfigRecord(dict(config))}),
@@ -183,6 +187,11 @@ class EncodedStrategy(Strategy):
                     self.partition_of[nid] = info["partition-id"]
                     self.counts[nid] = info
                     row.update(status="ok", **{k.replace("-", "_"): v for k, v in info.items()})
+            if row["status"] == "missing" and self.cfg.secagg:
+                # Its reply may still come, and would race SecAgg+'s state on that node.
+                self.excluded.add(nid)
+                log(WARNING, "handshake: node %d did not reply within %g s and is excluded "
+                    "(--secagg)", nid, self.cfg.node_wait)
             rows.append(row)
         ok = sum(r["status"] == "ok" for r in rows)
         log(INFO, "handshake: %d of %d node(s) ready, %d excluded", ok, len(rows),
@@ -193,7 +202,7 @@ class EncodedStrategy(Strategy):
                   grid: Grid, kind: str, fraction: float) -> list[Message]:
         if fraction <= 0:
             return []
-        node_ids = self._sample(grid, server_round, fraction)
+        node_ids = self.sample_nodes(grid, server_round, fraction)
         configure = self.inner.configure_train if kind == "train" else \
             self.inner.configure_evaluate
         planned = list(configure(server_round, arrays, ConfigRecord(dict(config)),
@@ -366,12 +375,13 @@ class EncodedStrategy(Strategy):
         self.inner.summary()
 
 
-def round_log(strategy: EncodedStrategy, evaluate: Callable[[int], dict[str, float | None]]
-              ) -> list[dict[str, Any]]:
-    """The ledger as JSON rows: per round the global metrics, byte sums and every client."""
+def round_log(rounds: Mapping[int, dict[str, Any]],
+              evaluate: Callable[[int], dict[str, float | None]]) -> list[dict[str, Any]]:
+    """The ledger (a strategy's ``rounds``) as JSON rows: per round the global metrics, byte
+    sums and every client."""
     rows = []
-    for r in sorted(strategy.rounds):
-        e = strategy.rounds[r]
+    for r in sorted(rounds):
+        e = rounds[r]
         clients = sorted(e["clients"].values(), key=lambda c: (c["partition"] is None,
                                                                 c["partition"], c["node_id"]))
         rows.append({
@@ -384,6 +394,7 @@ def round_log(strategy: EncodedStrategy, evaluate: Callable[[int], dict[str, flo
             "sampled": sum(1 for c in clients if c.get("train_sampled")),
             "valid_updates": e.get("valid_updates", 0),
             "aggregated": e.get("aggregated", False),
+            **({"reason": e["reason"]} if "reason" in e else {}),  # why it was not applied
             "clients_global_acc": e.get("clients_global_acc"),
             "seconds": e.get("train_seconds"),
             "clients": [{k: v for k, v in c.items() if k not in ("train_sampled",
