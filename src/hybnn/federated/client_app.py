@@ -19,6 +19,7 @@ from hybnn.errors import DataError
 from hybnn.federated import task
 from hybnn.federated.config import FedConfig
 from hybnn.federated.encoding import Layout, decode, encode, load_state, model_state
+from hybnn.federated.privacy import client_dp_mod
 from hybnn.federated.strategies import ProximalTerm
 from hybnn.federated.strategy import (
     ARRAYS,
@@ -113,9 +114,10 @@ def _finite(x: float) -> float:
 
 def make_client_app(mods: Sequence[Mod] = ()) -> ClientApp:
     """A ClientApp running :func:`train`, :func:`evaluate` and :func:`query` (handshake),
-    behind optional mods."""
+    behind optional mods. Training replies pass the DP mod the server's ``--dp`` asks for
+    first (:func:`~hybnn.federated.privacy.client_dp_mod`), then ``mods``."""
     client = ClientApp(mods=list(mods))
-    client.train()(train)
+    client.train(mods=[client_dp_mod])(train)
     client.evaluate()(evaluate)
     client.query()(query)
     return client

@@ -18,10 +18,15 @@ state) and aggregates the validated, decoded updates; around it:
   from the ledger's keys); an invalid one is logged and dropped, never averaged, and never
   stops the server; a round with fewer than ``min_clients`` valid updates keeps the
   previous global model;
+- differential privacy (``--dp``, :mod:`hybnn.federated.privacy`): the wrapped strategy
+  is inside Flower's DP wrapper, calibrated each round to the nodes sampled; a client-side
+  clipped update above the norm sent is rejected; the privacy spent so far is written
+  into the ledger after every round;
 - ledger: per round and per client, the serialized bytes down and up, the status
   (``ok``, ``error`` with its reason, ``rejected`` with its reason, ``missing`` when no
   reply came before the round timeout) and the client's metrics; evaluation likewise
-  (``status_eval``, ``reason_eval``).
+  (``status_eval``, ``reason_eval``); per client the norm of its decoded update
+  (``update_norm``, what DP clips), per round the clipping norm and (epsilon, delta).
 """
 
 from __future__ import annotations
@@ -49,11 +54,22 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from hybnn.errors import HybnnError
 from hybnn.federated.config import FedConfig
 from hybnn.federated.encoding import Layout, UpdateError, encode
-from hybnn.federated.strategies import SampledGrid, flower_strategy
+from hybnn.federated.privacy import (
+    check_clipped,
+    current_clipping_norm,
+    private_strategy,
+    reply_metrics,
+    sent_clipping_norm,
+    set_sample_size,
+    spent,
+    update_norm,
+)
+from hybnn.federated.strategies import SampledGrid
 from hybnn.federated.validation import (
     check_metrics,
     check_partition,
     handshake_reply,
+    project,
     sample_count,
     train_update,
 )
@@ -93,21 +109,6 @@ def serialized_bytes(content: RecordDict) -> int:
     return sum(len(obj.deflate()) for obj in get_all_nested_objects(content).values())
 
 
-VAR_FLOOR = 1e-5  # batch norm's eps: a projected running variance stays above it
-
-
-def project(state: dict[str, np.ndarray], layout: Layout) -> dict[str, np.ndarray]:
-    """``state`` inside the model's domain: latent weights in [-1, 1] (where clients clip
-    them after every step), batch-norm running variances >= VAR_FLOOR."""
-    out = dict(state)
-    for k, is_binary in zip(layout.keys, layout.binary, strict=True):
-        if is_binary:
-            out[k] = np.clip(out[k], -1.0, 1.0).astype(np.float32)
-        elif k.endswith("running_var"):
-            out[k] = np.maximum(out[k], VAR_FLOOR).astype(np.float32)
-    return out
-
-
 class EncodedStrategy(Strategy):
     """``partitions``: the sizes the server knows per partition id (``train``, ``test``);
     given, a node's handshake counts must match its partition's."""
@@ -116,13 +117,16 @@ class EncodedStrategy(Strategy):
                  partitions: Sequence[Mapping[str, Any]] | None = None) -> None:
         self.cfg = cfg
         self.layout = layout
-        self.inner = inner or flower_strategy(cfg)
+        self.inner = inner or private_strategy(cfg)
         self.partitions = partitions
         self.rounds: dict[int, dict[str, Any]] = {}
         self.partition_of: dict[int, int] = {}
         self.counts: dict[int, dict[str, int]] = {}  # node -> its handshake's num-train/-test
         self.excluded: set[int] = set()  # nodes that refused or failed the handshake
         self.grid: Grid | None = None
+        # this training round's global state and the clipping norm sent with it (if any)
+        self.sent: dict[str, np.ndarray] = {}
+        self.sent_clip: float | None = None
 
     # -- sampling ----------------------------------------------------------------------
     def wait_for_nodes(self, what: str) -> list[int]:
@@ -192,6 +196,8 @@ class EncodedStrategy(Strategy):
         if fraction <= 0:
             return []
         node_ids = self._sample(grid, server_round, fraction)
+        if kind == "train":
+            set_sample_size(self.inner, len(node_ids))
         configure = self.inner.configure_train if kind == "train" else \
             self.inner.configure_evaluate
         planned = list(configure(server_round, arrays, ConfigRecord(dict(config)),
@@ -206,6 +212,9 @@ class EncodedStrategy(Strategy):
         content = RecordDict({ARRAYS: payload, CONFIG: config})
         size = serialized_bytes(content)
         entry = self._round(server_round)
+        if kind == "train":
+            self.sent, self.sent_clip = from_record(arrays), sent_clipping_norm(config)
+            entry["clipping_norm"] = current_clipping_norm(self.inner)
         for nid in node_ids:
             client = entry["clients"].setdefault(nid, self._blank(nid))
             client[f"{kind}_bytes_down"] = size
@@ -229,6 +238,15 @@ class EncodedStrategy(Strategy):
     # -- replies -----------------------------------------------------------------------
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        try:
+            return self._aggregate_train(server_round, replies)
+        finally:  # the privacy spent so far, aggregated or not
+            entry, privacy = self._round(server_round), spent(self.inner)
+            entry["epsilon"] = privacy.epsilon if privacy else None
+            entry["delta"] = privacy.delta if privacy else None
+
+    def _aggregate_train(self, server_round: int, replies: Iterable[Message]
+                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         entry = self._round(server_round)
         passed: list[Message] = []
         for reply in replies:
@@ -237,14 +255,17 @@ class EncodedStrategy(Strategy):
                 continue
             try:
                 state, metrics, n = self._check_train_reply(client["node_id"], reply)
+                client["update_norm"] = norm = update_norm(state, self.sent)
+                if self.sent_clip is not None:
+                    check_clipped(norm, self.sent_clip)
+                kept = reply_metrics(self.cfg, n, metrics)
             except UpdateError as exc:
                 self._reject(client, "train", server_round, exc)
                 continue
             client.update({k.replace("-", "_"): metrics.get(k) for k in TRAIN_METRICS})
             client["num_examples"] = n
             self._learn_partition(client, metrics)
-            reply.content = RecordDict({ARRAYS: to_record(state),
-                                        METRICS: MetricRecord({"num-examples": n})})
+            reply.content = RecordDict({ARRAYS: to_record(state), METRICS: kept})
             passed.append(reply)
         self._mark_missing(entry, "train")
         entry["valid_updates"] = len(passed)
@@ -290,7 +311,9 @@ class EncodedStrategy(Strategy):
     def _check_train_reply(self, nid: int, reply: Message
                            ) -> tuple[dict[str, np.ndarray], dict[str, Any], int]:
         """(state, metrics, sample count) of a valid training reply; else UpdateError."""
-        state, metrics = train_update(reply.content, self.layout, self.cfg.encoding)
+        # --dp local: LocalDpMod's noise leaves the domain; projecting is post-processing
+        state, metrics = train_update(reply.content, self.layout, self.cfg.encoding,
+                                      projected=self.cfg.dp == "local")
         n = self._checked_count(nid, metrics, "num-train", 1)
         return state, metrics, n
 
@@ -379,6 +402,9 @@ def round_log(strategy: EncodedStrategy, evaluate: Callable[[int], dict[str, flo
             "valid_updates": e.get("valid_updates", 0),
             "aggregated": e.get("aggregated", False),
             "clients_global_acc": e.get("clients_global_acc"),
+            "clipping_norm": e.get("clipping_norm"),
+            "epsilon": e.get("epsilon"),
+            "delta": e.get("delta"),
             "seconds": e.get("train_seconds"),
             "clients": [{k: v for k, v in c.items() if k not in ("train_sampled",
                                                                    "eval_sampled")}

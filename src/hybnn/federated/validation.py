@@ -13,7 +13,9 @@ the server knows before anything uses it.
   [-1, 1] (training clips them there; ``LATENT_TOLERANCE`` for rounding), and so a 1bit
   scale (a decoded binary weight is ``scale · sign``); batch-norm running variances in
   (0, ``VAR_LIMIT``], running means within ``ACTIVATION_LIMIT``; every other float within
-  ``FLOAT_LIMIT``. A negative variance makes every normalized output NaN.
+  ``FLOAT_LIMIT``. A negative variance makes every normalized output NaN. With ``--dp
+  local`` a state is first projected into that domain (:func:`project`): the clients' noise
+  leaves it, and projecting is post-processing.
 - **Metrics** (:func:`check_metrics`): finite numbers or lists of them; accuracies in
   [0, 1] and losses >= 0 (-1 means "none", what a client sends for an empty set); no key
   naming a field the server writes in its ledger (``status``, ``reason``, ``node_id``...;
@@ -43,7 +45,7 @@ FLOAT_LIMIT = 1e6  # any other float tensor: batch-norm affines, learned scales,
 SERVER_KEYS = frozenset({
     "node_id", "partition", "status", "status_eval", "reason", "reason_eval",
     "train_bytes_down", "train_bytes_up", "eval_bytes_down", "eval_bytes_up",
-    "train_sampled", "eval_sampled", "global_acc_local"})
+    "train_sampled", "eval_sampled", "global_acc_local", "update_norm"})
 ACCURACIES = ("train-acc", "local-acc", "acc")
 LOSSES = ("train-loss", "local-loss", "loss")
 HANDSHAKE_KEYS = ("partition-id", "num-train", "num-test")
@@ -138,13 +140,31 @@ def read_arrays(content: RecordDict) -> dict[str, np.ndarray]:
     return arrays
 
 
-def train_update(content: RecordDict, layout: Layout, encoding: str
+def train_update(content: RecordDict, layout: Layout, encoding: str, projected: bool = False
                  ) -> tuple[dict[str, np.ndarray], Metrics]:
-    """The float32 state and the checked metrics of a training reply."""
+    """The float32 state and the checked metrics of a training reply; ``projected``: the
+    state is first projected into the model's domain (a noised update, ``--dp local``)."""
     metrics = check_metrics(content)
     state = decode(read_arrays(content), layout, encoding)
+    if projected:
+        state = project(state, layout)
     check_state(state, layout)
     return state, metrics
+
+
+VAR_FLOOR = 1e-5  # batch norm's eps: a projected running variance stays above it
+
+
+def project(state: dict[str, np.ndarray], layout: Layout) -> dict[str, np.ndarray]:
+    """``state`` inside the model's domain: latent weights in [-1, 1] (where clients clip
+    them after every step), batch-norm running variances >= VAR_FLOOR."""
+    out = dict(state)
+    for k, is_binary in zip(layout.keys, layout.binary, strict=True):
+        if is_binary:
+            out[k] = np.clip(out[k], -1.0, 1.0).astype(np.float32)
+        elif k.endswith("running_var"):
+            out[k] = np.maximum(out[k], VAR_FLOOR).astype(np.float32)
+    return out
 
 
 def check_state(state: Mapping[str, np.ndarray], layout: Layout) -> None:
