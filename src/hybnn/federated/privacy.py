@@ -10,14 +10,18 @@ Central DP (the server adds Gaussian noise to the mean of the clipped updates, s
   ``adaptiveclipping_mod`` clip on the client (the wrapper sends ``C`` in the config, key
   ``clipping_norm``; the server rejects an update above it). ``fp32`` only;
 - adaptive clipping (Andrew et al. 2019) moves ``C`` each round toward the median update
-  norm, from a noised count of clipped updates. Flower has no accountant for it: the spent
-  epsilon is not reported (None).
+  norm, from a noised count of clipped updates. Flower 1.41 moves it the wrong way (it
+  feeds the *clipped* fraction into the paper's update, which takes the unclipped one: with
+  every update clipped, ``C`` shrinks, round after round); :class:`ServerSideAdaptiveClipping`
+  and :class:`ClientSideAdaptiveClipping` are Flower's wrappers with that step corrected.
+  Flower has no accountant for adaptive clipping: the spent epsilon is not reported (None).
 - fixed clipping is accounted by Flower's :class:`~flwr.serverapp.RdpAccountant`
   (client-level, add-or-remove-one neighbours, no sampling amplification): the cumulative
   (epsilon, ``dp_delta``) after every round goes into the round ledger. Its conditions are
   Flower's: FedAvg's mean with equal client weights (:data:`UNIFORM_WEIGHT`, so every
-  central mode averages the updates unweighted) and as many replies as sampled clients (a
-  round missing one is not aggregated, and spends nothing).
+  central mode averages the updates unweighted) and no sampling amplification; the wrapper
+  is told how many valid updates it averages (:func:`set_sample_size`), so a client that
+  failed or was rejected leaves a correctly noised mean of the others.
 
 Local DP (``local``): each client runs Flower's :class:`~flwr.clientapp.mod.LocalDpMod`:
 clip its update to ``C``, add Gaussian noise of stddev ``2C · sqrt(2 ln(1.25/δ)) / ε``
@@ -58,6 +62,7 @@ from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
     Strategy,
 )
+from flwr.serverapp.strategy.dp_adaptive_clipping import DifferentialPrivacyAdaptiveBase
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, KEY_NORM_BIT
 
 from hybnn.federated.config import CENTRAL_DP, FedConfig
@@ -92,12 +97,32 @@ def private_strategy(cfg: FedConfig) -> Strategy:
         return DifferentialPrivacyClientSideFixedClipping(
             inner, z, c, k, accountant=accountant(cfg, cfg.clients))
     if cfg.dp == "server-adaptive":
-        return DifferentialPrivacyServerSideAdaptiveClipping(inner, z, k,
-                                                             initial_clipping_norm=c)
+        return ServerSideAdaptiveClipping(inner, z, k, initial_clipping_norm=c)
     if cfg.dp == "client-adaptive":
-        return DifferentialPrivacyClientSideAdaptiveClipping(inner, z, k,
-                                                             initial_clipping_norm=c)
+        return ClientSideAdaptiveClipping(inner, z, k, initial_clipping_norm=c)
     raise ValueError(f"unknown --dp {cfg.dp!r}")
+
+
+def _toward_the_quantile(wrapper: DifferentialPrivacyAdaptiveBase,
+                         clipped_fraction: float) -> None:
+    """Andrew et al.'s step, C <- C·exp(-lr·(unclipped fraction - target unclipped)), with
+    Flower's target of *clipped* updates q: C grows when more than q were clipped."""
+    wrapper.clipping_norm *= math.exp(
+        wrapper.clip_norm_lr * (clipped_fraction - wrapper.target_clipped_quantile))
+
+
+class ServerSideAdaptiveClipping(DifferentialPrivacyServerSideAdaptiveClipping):
+    """Flower's wrapper, its clipping norm moved toward the target quantile."""
+
+    def _geometric_update(self, clipped_fraction: float) -> None:
+        _toward_the_quantile(self, clipped_fraction)
+
+
+class ClientSideAdaptiveClipping(DifferentialPrivacyClientSideAdaptiveClipping):
+    """Flower's wrapper, its clipping norm moved toward the target quantile."""
+
+    def _geometric_update(self, clipped_fraction: float) -> None:
+        _toward_the_quantile(self, clipped_fraction)
 
 
 def spent(strategy: Strategy) -> PrivacySpent | None:
@@ -114,8 +139,10 @@ def current_clipping_norm(strategy: Strategy) -> float | None:
 
 
 def set_sample_size(strategy: Strategy, k: int) -> None:
-    """Calibrate a central DP wrapper to the ``k`` nodes sampled this round (fewer than
-    configured when nodes were excluded): its noise, and its accountant's event."""
+    """Calibrate a central DP wrapper to ``k`` clients: the nodes sampled when a round is
+    configured (its accountant checks that count), the valid updates when it is aggregated
+    (its noise, stddev z·C/k, is for the mean of k updates; without amplification the
+    accounted cost of a round does not depend on k)."""
     if hasattr(strategy, "num_sampled_clients"):
         strategy.num_sampled_clients = k
 

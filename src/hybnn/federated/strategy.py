@@ -19,9 +19,9 @@ state) and aggregates the validated, decoded updates; around it:
   stops the server; a round with fewer than ``min_clients`` valid updates keeps the
   previous global model;
 - differential privacy (``--dp``, :mod:`hybnn.federated.privacy`): the wrapped strategy
-  is inside Flower's DP wrapper, calibrated each round to the nodes sampled; a client-side
-  clipped update above the norm sent is rejected; the privacy spent so far is written
-  into the ledger after every round;
+  is inside Flower's DP wrapper, calibrated each round to the updates it averages; an
+  update clipped on the client but above the norm sent is rejected; the privacy spent so
+  far is written into the ledger after every round;
 - ledger: per round and per client, the serialized bytes down and up, the status
   (``ok``, ``error`` with its reason, ``rejected`` with its reason, ``missing`` when no
   reply came before the round timeout) and the client's metrics; evaluation likewise
@@ -276,6 +276,7 @@ class EncodedStrategy(Strategy):
                 server_round, len(passed), self.cfg.min_clients)
             return None, None
         entry["aggregated"] = True
+        set_sample_size(self.inner, len(passed))  # DP noise for the mean of these updates
         arrays, _ = self.inner.aggregate_train(server_round, passed)
         if arrays is None:  # e.g. Bulyan with fewer than 4f + 3 updates
             entry["aggregated"] = False
