@@ -27,6 +27,7 @@ from hybnn.errors import DataError
 from hybnn.federated import faults
 from hybnn.federated.client_app import make_client_app
 from hybnn.federated.config import DP_MODES, FedConfig
+from hybnn.federated.encoding import UpdateError
 from hybnn.federated.local_grid import LocalGrid
 from hybnn.federated.privacy import (
     KEY_CLIPPING_NORM,
@@ -275,3 +276,18 @@ def test_the_noise_settings_reach_the_clients():
     must hold there too (noise multiplier included)."""
     cfg = FedConfig(clients=3, dp="server-adaptive", noise_multiplier=0.2)
     assert FedConfig.from_record(cfg.client_record()).noise_multiplier == 0.2
+
+
+def test_a_projected_noisy_state_passes_validation():
+    """What --dp local's server does with a noised reply: project it, then check it."""
+    from hybnn.federated.encoding import Layout, model_state
+    from hybnn.federated.validation import check_state, project
+    from hybnn.models.bnn_head import BNNHead
+
+    layout = Layout.of(head := BNNHead(200, 2))
+    rng = np.random.default_rng(0)
+    noisy = {k: (v + rng.normal(0, 1e7, v.shape)).astype(np.float32)
+             for k, v in model_state(head, layout).items()}
+    with pytest.raises(UpdateError):
+        check_state(noisy, layout)
+    check_state(project(noisy, layout), layout)

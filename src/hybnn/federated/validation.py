@@ -156,14 +156,17 @@ VAR_FLOOR = 1e-5  # batch norm's eps: a projected running variance stays above i
 
 
 def project(state: dict[str, np.ndarray], layout: Layout) -> dict[str, np.ndarray]:
-    """``state`` inside the model's domain: latent weights in [-1, 1] (where clients clip
-    them after every step), batch-norm running variances >= VAR_FLOOR."""
+    """``state`` inside the domain :func:`check_state` accepts: latent weights in [-1, 1]
+    (where clients clip them after every step), batch-norm running variances in
+    [VAR_FLOOR, VAR_LIMIT], running means within ACTIVATION_LIMIT, other floats within
+    FLOAT_LIMIT."""
     out = dict(state)
     for k, is_binary in zip(layout.keys, layout.binary, strict=True):
-        if is_binary:
-            out[k] = np.clip(out[k], -1.0, 1.0).astype(np.float32)
-        elif k.endswith("running_var"):
-            out[k] = np.maximum(out[k], VAR_FLOOR).astype(np.float32)
+        low, high = ((-1.0, 1.0) if is_binary
+                     else (VAR_FLOOR, VAR_LIMIT) if k.endswith("running_var")
+                     else (-ACTIVATION_LIMIT, ACTIVATION_LIMIT) if k.endswith("running_mean")
+                     else (-FLOAT_LIMIT, FLOAT_LIMIT))
+        out[k] = np.clip(out[k], low, high).astype(np.float32)
     return out
 
 
