@@ -47,7 +47,6 @@ from hybnn.federated.config import ENCODINGS, ROBUST, STRATEGIES, FedConfig
 from hybnn.federated.encoding import Layout
 from hybnn.federated.report import build_results, centralized_baseline, environment
 from hybnn.federated.simulation import ensure_encoder
-from hybnn.federated.strategies import sampled_per_round
 from hybnn.federated.task import encoder_at as task_encoder
 from hybnn.models.bnn_head import BNNHead
 
@@ -235,7 +234,7 @@ def scale_rows(run: Runner, base: FedConfig, quick: bool) -> list[dict[str, Any]
                        {"engine": engine, "clients": n, "error": proc.stderr[-400:]})
             except subprocess.TimeoutExpired:
                 row = {"engine": engine, "clients": n, "error": "timed out after 900 s"}
-            row.setdefault("sampled_per_round", sampled_per_round(cfg))
+            row.setdefault("sampled_per_round", cfg.sampled_per_round)
             rows.append(run.store(name, row))
     return rows
 

@@ -33,6 +33,7 @@ from hybnn.federated.encoding import (
     model_state,
     wire_keys,
 )
+from hybnn.federated.privacy import client_dp_mod
 from hybnn.federated.secagg import to_transport, transport_bounds
 from hybnn.federated.strategies import ProximalTerm
 from hybnn.federated.strategy import ARRAYS, CONFIG, METRICS, arrays_of, from_record, to_record
@@ -196,7 +197,9 @@ def secagg_client_app(mods: Sequence[Mod] = ()) -> ClientApp:
 
 def make_client_app(mods: Sequence[Mod] = (), secagg_mods: Sequence[Mod] = ()) -> ClientApp:
     """A ClientApp running :func:`train`, :func:`evaluate` and :func:`query` (handshake),
-    behind optional mods. Messages of Flower's legacy path (no ``config`` record: the
+    behind optional mods; training replies pass the DP mod the server's ``--dp`` asks for
+    first (:func:`~hybnn.federated.privacy.client_dp_mod`). Messages of Flower's legacy
+    path (no ``config`` record: the
     SecAgg+ stages and their evaluation) go to :func:`secagg_client_app` (``secagg_mods``)."""
     client = ClientApp(mods=list(mods))
     legacy = secagg_client_app(secagg_mods)
@@ -208,7 +211,10 @@ def make_client_app(mods: Sequence[Mod] = (), secagg_mods: Sequence[Mod] = ()) -
             return legacy(msg, context)
         return route
 
-    client.train()(routed(train))
+    def private_train(msg: Message, context: Context) -> Message:
+        return client_dp_mod(msg, context, train)
+
+    client.train()(routed(private_train))
     client.evaluate()(routed(evaluate))
     client.query()(query)
     return client

@@ -31,6 +31,14 @@ STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"
 ROBUST = ("fedmedian", "trimmed", "krum", "multikrum", "bulyan")  # for hostile clients
 ENCODINGS = ("fp32", "1bit", "xor")  # see hybnn.federated.encoding
 SCHEMES = ("iid", "dirichlet", "classes")  # see hybnn.federated.partition
+# Differential privacy (--dp), see hybnn.federated.privacy: central DP (the server adds
+# the noise, clipping on the server or on the clients, a fixed or an adaptive norm) or local
+# DP (every client noises its own update).
+DP_MODES = ("none", "server-fixed", "client-fixed", "server-adaptive", "client-adaptive",
+            "local")
+CENTRAL_DP = ("server-fixed", "client-fixed", "server-adaptive", "client-adaptive")
+CLIENT_DP = ("client-fixed", "client-adaptive", "local")  # the client changes its update
+MEAN_STRATEGIES = ("fedavg", "fedprox")  # FedAvg's aggregate_train: what central DP needs
 
 
 # Settings only the server reads: kept out of the config sent to clients every round
@@ -83,6 +91,19 @@ class FedConfig:
     fraction: float = setting(1.0, "fraction of clients sampled for training each round")
     fraction_evaluate: float = setting(1.0, "fraction asked to evaluate the global model "
                                        "on their own data")
+    dp: str = setting("none", "differential privacy: central (server-fixed, client-fixed, "
+                      "server-adaptive, client-adaptive: where the update is clipped, and "
+                      "whether the norm adapts) or local (each client noises its update)",
+                      choices=DP_MODES)
+    noise_multiplier: float = setting(1.0, "central DP: Gaussian noise stddev / clipping norm "
+                                      "(on the sum of the clipped updates)")
+    clipping_norm: float = setting(500.0, "DP: L2 bound of a client's update (the initial "
+                                   "bound with adaptive clipping); the default head's updates "
+                                   "measure a few hundred, mostly batch-norm running "
+                                   "variances (bench/privacy.py)")
+    dp_delta: float = setting(1e-5, "DP: the delta of the reported epsilon and of --dp local")
+    local_epsilon: float = setting(1.0, "--dp local: each client's epsilon per round "
+                                   "(Flower's LocalDpMod)")
     min_clients: int = setting(2, "nodes needed to start a round and valid updates to "
                                "aggregate (capped at --clients)")
     seed: int = setting(0, "random seed")
@@ -150,8 +171,40 @@ class FedConfig:
         for ok, message in checks:
             if not ok:
                 raise DataError(message)
+        for ok, message in self._dp_checks():  # after the checks they build on
+            if not ok:
+                raise DataError(message)
         if any(h < 1 for h in self.hidden_widths()):
             raise DataError(f"hidden widths must be >= 1, got {self.hidden!r}")
+
+    def _dp_checks(self) -> list[tuple[bool, str]]:
+        dp, k = self.dp, self.sampled_per_round
+        return [
+            (dp in DP_MODES, f"--dp must be one of {', '.join(DP_MODES)}"),
+            (0.0 <= self.noise_multiplier < math.inf,
+             "--noise-multiplier must be a finite number >= 0"),
+            (0.0 < self.clipping_norm < math.inf, "--clipping-norm must be a finite number > 0"),
+            (0.0 < self.dp_delta < 1.0, "--dp-delta must be in (0, 1)"),
+            (0.0 < self.local_epsilon < math.inf, "--local-epsilon must be a finite number > 0"),
+            (dp not in CENTRAL_DP or self.strategy in MEAN_STRATEGIES,
+             f"--dp {dp} calibrates its noise to the mean of the clipped updates: use "
+             f"--strategy {' or '.join(MEAN_STRATEGIES)}, not {self.strategy}"),
+            (dp not in CENTRAL_DP or self.noise_multiplier > 0,
+             f"--dp {dp} needs --noise-multiplier > 0 (without noise there is no privacy)"),
+            (dp not in CLIENT_DP or self.encoding == "fp32",
+             f"--dp {dp} clips the update on the client, which a 1-bit update does not "
+             "survive (it would no longer be signs and a scale): use --encoding fp32"),
+            # Flower's adaptive clipping also noises the count of clipped updates (stddev
+            # k/20) and needs the update noise below twice that.
+            (dp not in ("server-adaptive", "client-adaptive") or self.noise_multiplier < k / 10,
+             f"--dp {dp} with {k} clients per round needs --noise-multiplier < {k / 10:g} "
+             f"(Flower's adaptive clipping noises the clipped count with stddev {k / 20:g})"),
+        ]
+
+    @property
+    def sampled_per_round(self) -> int:
+        """How many nodes a training round samples when all ``clients`` are connected."""
+        return min(self.clients, max(int(self.clients * self.fraction), self.min_clients))
 
     @property
     def min_nodes(self) -> int:

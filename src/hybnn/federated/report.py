@@ -81,6 +81,9 @@ def build_results(log: dict[str, Any], central: dict[str, Any] | None,
                            + r["eval_bytes_down"] for r in rounds),
         "model_payload_bytes": log.get("model_payload_bytes"),
         "secagg": log.get("secagg"),
+        "dp": cfg.get("dp", "none"),
+        "epsilon": rounds[-1].get("epsilon") if rounds else None,
+        "delta": rounds[-1].get("delta") if rounds else None,
         "rounds": rounds,
         "handshake": log.get("handshake"),
         "centralized": central,
@@ -133,6 +136,7 @@ def results_markdown(res: dict[str, Any]) -> str:
            f"{sa['threshold']}, clip {sa['clip']:g}: the server saw only the masked sum of "
            "the updates, so none was validated on its own"] if (sa := res.get("secagg"))
           else []),
+        *([privacy_line(res)] if res.get("dp", "none") != "none" else []),
         "",
         "| round | global acc | clients' local acc | up B | down B | valid | s |",
         "|---:|---:|---|---:|---:|---:|---:|",
@@ -159,6 +163,18 @@ def results_markdown(res: dict[str, Any]) -> str:
                   *faults]
     lines += ["", f"Versions: {', '.join(f'{k} {v}' for k, v in res['versions'].items())}", ""]
     return "\n".join(lines)
+
+
+def privacy_line(res: dict[str, Any]) -> str:
+    """results.md's line on differential privacy: the mode, its settings, epsilon spent."""
+    cfg, dp = res["config"], res["dp"]
+    noise = (f"local epsilon {cfg['local_epsilon']:g} per round" if dp == "local"
+             else f"noise multiplier {cfg['noise_multiplier']:g}")
+    spent = (f"spent epsilon {res['epsilon']:.3g} at delta {res['delta']:g} (RDP accountant)"
+             if res.get("epsilon") is not None else
+             "epsilon not reported (Flower has no accountant for adaptive clipping)")
+    return (f"- differential privacy: {dp}, {noise}, clipping norm {cfg['clipping_norm']:g}"
+            f"{' (initial)' if 'adaptive' in dp else ''}: {spent}")
 
 
 def plot_accuracy(res: dict[str, Any], path: Path) -> Path:

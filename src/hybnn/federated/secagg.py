@@ -82,13 +82,18 @@ from hybnn.federated.encoding import Layout, UpdateError, encode, wire_keys
 from hybnn.federated.strategy import (
     METRICS,
     TRAIN_METRICS,
-    VAR_FLOOR,
     EncodedStrategy,
     project,
     serialized_bytes,
     to_record,
 )
-from hybnn.federated.validation import check_metrics, check_partition, check_state, sample_count
+from hybnn.federated.validation import (
+    VAR_FLOOR,
+    check_metrics,
+    check_partition,
+    check_state,
+    sample_count,
+)
 
 QUANTIZATION_RANGE = 2**22  # Flower's defaults: levels of [-clip, clip] per value ...
 MODULUS_RANGE = 2**32  # ... and the masks' modulus: 1023 quantized updates sum without wrapping

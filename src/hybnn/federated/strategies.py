@@ -48,17 +48,13 @@ from hybnn.hooks import Callback
 DEFAULT_ETA = 0.1  # FedOpt's server learning rate when --server-lr is 0 (FedAdam's default)
 
 
-def sampled_per_round(cfg: FedConfig) -> int:
-    """How many nodes a training round samples when all ``clients`` are connected."""
-    return min(cfg.clients, max(int(cfg.clients * cfg.fraction), cfg.min_nodes))
-
-
-def flower_strategy(cfg: FedConfig) -> Strategy:
+def flower_strategy(cfg: FedConfig, weighted_by_key: str = "num-examples") -> Strategy:
     """The Flower strategy named by ``cfg.strategy``, configured to take every node it is
-    offered (the wrapper has sampled them already)."""
+    offered (the wrapper has sampled them already); ``weighted_by_key``: the reply metric
+    FedAvg weights an update by."""
     common: dict[str, Any] = {"fraction_train": 1.0, "fraction_evaluate": 1.0,
                               "min_train_nodes": 1, "min_evaluate_nodes": 1,
-                              "min_available_nodes": 1}
+                              "min_available_nodes": 1, "weighted_by_key": weighted_by_key}
     name, f = cfg.strategy, cfg.hostile
     eta = cfg.server_lr or DEFAULT_ETA
     if name == "fedavg":
@@ -82,7 +78,7 @@ def flower_strategy(cfg: FedConfig) -> Strategy:
         return Krum(**common, num_malicious_nodes=f)
     if name == "multikrum":
         return MultiKrum(**common, num_malicious_nodes=f,
-                         num_nodes_to_select=max(1, sampled_per_round(cfg) - f))
+                         num_nodes_to_select=max(1, cfg.sampled_per_round - f))
     if name == "bulyan":
         return Bulyan(**common, num_malicious_nodes=f)
     raise ValueError(f"unknown strategy {name!r}")

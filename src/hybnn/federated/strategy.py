@@ -19,10 +19,15 @@ state) and aggregates the validated, decoded updates; around it:
   from the ledger's keys); an invalid one is logged and dropped, never averaged, and never
   stops the server; a round with fewer than ``min_clients`` valid updates keeps the
   previous global model;
+- differential privacy (``--dp``, :mod:`hybnn.federated.privacy`): the wrapped strategy
+  is inside Flower's DP wrapper, calibrated each round to the updates it averages; an
+  update clipped on the client but above the norm sent is rejected; the privacy spent so
+  far is written into the ledger after every round;
 - ledger: per round and per client, the serialized bytes down and up, the status
   (``ok``, ``error`` with its reason, ``rejected`` with its reason, ``missing`` when no
   reply came before the round timeout) and the client's metrics; evaluation likewise
-  (``status_eval``, ``reason_eval``).
+  (``status_eval``, ``reason_eval``); per client the norm of its decoded update
+  (``update_norm``, what DP clips), per round the clipping norm and (epsilon, delta).
 """
 
 from __future__ import annotations
@@ -50,11 +55,22 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from hybnn.errors import HybnnError
 from hybnn.federated.config import FedConfig
 from hybnn.federated.encoding import Layout, UpdateError, downlink, encode
-from hybnn.federated.strategies import SampledGrid, flower_strategy
+from hybnn.federated.privacy import (
+    check_clipped,
+    current_clipping_norm,
+    private_strategy,
+    reply_metrics,
+    sent_clipping_norm,
+    set_sample_size,
+    spent,
+    update_norm,
+)
+from hybnn.federated.strategies import SampledGrid
 from hybnn.federated.validation import (
     check_metrics,
     check_partition,
     handshake_reply,
+    project,
     sample_count,
     train_update,
 )
@@ -94,21 +110,6 @@ def serialized_bytes(content: RecordDict) -> int:
     return sum(len(obj.deflate()) for obj in get_all_nested_objects(content).values())
 
 
-VAR_FLOOR = 1e-5  # batch norm's eps: a projected running variance stays above it
-
-
-def project(state: dict[str, np.ndarray], layout: Layout) -> dict[str, np.ndarray]:
-    """``state`` inside the model's domain: latent weights in [-1, 1] (where clients clip
-    them after every step), batch-norm running variances >= VAR_FLOOR."""
-    out = dict(state)
-    for k, is_binary in zip(layout.keys, layout.binary, strict=True):
-        if is_binary:
-            out[k] = np.clip(out[k], -1.0, 1.0).astype(np.float32)
-        elif k.endswith("running_var"):
-            out[k] = np.maximum(out[k], VAR_FLOOR).astype(np.float32)
-    return out
-
-
 class EncodedStrategy(Strategy):
     """``partitions``: the sizes the server knows per partition id (``train``, ``test``);
     given, a node's handshake counts must match its partition's."""
@@ -117,14 +118,16 @@ class EncodedStrategy(Strategy):
                  partitions: Sequence[Mapping[str, Any]] | None = None) -> None:
         self.cfg = cfg
         self.layout = layout
-        self.inner = inner or flower_strategy(cfg)
+        self.inner = inner or private_strategy(cfg)
         self.partitions = partitions
         self.rounds: dict[int, dict[str, Any]] = {}
         self.partition_of: dict[int, int] = {}
         self.counts: dict[int, dict[str, int]] = {}  # node -> its handshake's num-train/-test
         self.excluded: set[int] = set()  # nodes that refused or failed the handshake
-        self.sent: dict[int, dict[str, np.ndarray]] = {}  # round -> global state trained from
         self.grid: Grid | None = None
+        # this training round's global state and the clipping norm sent with it (if any)
+        self.sent: dict[str, np.ndarray] = {}
+        self.sent_clip: float | None = None
 
     # -- sampling ----------------------------------------------------------------------
     def wait_for_nodes(self, what: str) -> list[int]:
@@ -203,6 +206,8 @@ class EncodedStrategy(Strategy):
         if fraction <= 0:
             return []
         node_ids = self.sample_nodes(grid, server_round, fraction)
+        if kind == "train":
+            set_sample_size(self.inner, len(node_ids))
         configure = self.inner.configure_train if kind == "train" else \
             self.inner.configure_evaluate
         planned = list(configure(server_round, arrays, ConfigRecord(dict(config)),
@@ -214,12 +219,13 @@ class EncodedStrategy(Strategy):
         config["server-round"] = server_round
         node_ids = sorted(int(m.metadata.dst_node_id) for m in planned)
         state = from_record(arrays)
-        if kind == "train":  # xor replies are decoded against it; older rounds are done
-            self.sent = {server_round: state}
         payload = to_record(encode(state, self.layout, downlink(self.cfg.encoding)))
         content = RecordDict({ARRAYS: payload, CONFIG: config})
         size = serialized_bytes(content)
         entry = self._round(server_round)
+        if kind == "train":
+            self.sent, self.sent_clip = state, sent_clipping_norm(config)
+            entry["clipping_norm"] = current_clipping_norm(self.inner)
         for nid in node_ids:
             client = entry["clients"].setdefault(nid, self._blank(nid))
             client[f"{kind}_bytes_down"] = size
@@ -243,6 +249,15 @@ class EncodedStrategy(Strategy):
     # -- replies -----------------------------------------------------------------------
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        try:
+            return self._aggregate_train(server_round, replies)
+        finally:  # the privacy spent so far, aggregated or not
+            entry, privacy = self._round(server_round), spent(self.inner)
+            entry["epsilon"] = privacy.epsilon if privacy else None
+            entry["delta"] = privacy.delta if privacy else None
+
+    def _aggregate_train(self, server_round: int, replies: Iterable[Message]
+                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         entry = self._round(server_round)
         passed: list[Message] = []
         for reply in replies:
@@ -251,14 +266,17 @@ class EncodedStrategy(Strategy):
                 continue
             try:
                 state, metrics, n = self._check_train_reply(client["node_id"], reply)
+                client["update_norm"] = norm = update_norm(state, self.sent)
+                if self.sent_clip is not None:
+                    check_clipped(norm, self.sent_clip)
+                kept = reply_metrics(self.cfg, n, metrics)
             except UpdateError as exc:
                 self._reject(client, "train", server_round, exc)
                 continue
             client.update({k.replace("-", "_"): metrics.get(k) for k in TRAIN_METRICS})
             client["num_examples"] = n
             self._learn_partition(client, metrics)
-            reply.content = RecordDict({ARRAYS: to_record(state),
-                                        METRICS: MetricRecord({"num-examples": n})})
+            reply.content = RecordDict({ARRAYS: to_record(state), METRICS: kept})
             passed.append(reply)
         self._mark_missing(entry, "train")
         entry["valid_updates"] = len(passed)
@@ -269,6 +287,7 @@ class EncodedStrategy(Strategy):
                 server_round, len(passed), self.cfg.min_clients)
             return None, None
         entry["aggregated"] = True
+        set_sample_size(self.inner, len(passed))  # DP noise for the mean of these updates
         arrays, _ = self.inner.aggregate_train(server_round, passed)
         if arrays is None:  # e.g. Bulyan with fewer than 4f + 3 updates
             entry["aggregated"] = False
@@ -304,8 +323,10 @@ class EncodedStrategy(Strategy):
     def _check_train_reply(self, nid: int, reply: Message
                            ) -> tuple[dict[str, np.ndarray], dict[str, Any], int]:
         """(state, metrics, sample count) of a valid training reply; else UpdateError."""
-        reference = self.sent[max(self.sent)] if self.sent else None
-        state, metrics = train_update(reply.content, self.layout, self.cfg.encoding, reference)
+        # xor replies are coded against the round's global state; --dp local: LocalDpMod's
+        # noise leaves the domain, and projecting is post-processing
+        state, metrics = train_update(reply.content, self.layout, self.cfg.encoding,
+                                      self.sent or None, projected=self.cfg.dp == "local")
         n = self._checked_count(nid, metrics, "num-train", 1)
         return state, metrics, n
 
@@ -396,6 +417,9 @@ def round_log(rounds: Mapping[int, dict[str, Any]],
             "aggregated": e.get("aggregated", False),
             **({"reason": e["reason"]} if "reason" in e else {}),  # why it was not applied
             "clients_global_acc": e.get("clients_global_acc"),
+            "clipping_norm": e.get("clipping_norm"),
+            "epsilon": e.get("epsilon"),
+            "delta": e.get("delta"),
             "seconds": e.get("train_seconds"),
             "clients": [{k: v for k, v in c.items() if k not in ("train_sampled",
                                                                    "eval_sampled")}

@@ -13,7 +13,9 @@ the server knows before anything uses it.
   [-1, 1] (training clips them there; ``LATENT_TOLERANCE`` for rounding), and so a 1bit
   or xor scale (a decoded binary weight is ``scale · sign``); batch-norm running variances in
   (0, ``VAR_LIMIT``], running means within ``ACTIVATION_LIMIT``; every other float within
-  ``FLOAT_LIMIT``. A negative variance makes every normalized output NaN.
+  ``FLOAT_LIMIT``. A negative variance makes every normalized output NaN. With ``--dp
+  local`` a state is first projected into that domain (:func:`project`): the clients' noise
+  leaves it, and projecting is post-processing.
 - **Metrics** (:func:`check_metrics`): finite numbers or lists of them; accuracies in
   [0, 1] and losses >= 0 (-1 means "none", what a client sends for an empty set); no key
   naming a field the server writes in its ledger (``status``, ``reason``, ``node_id``...;
@@ -43,7 +45,7 @@ FLOAT_LIMIT = 1e6  # any other float tensor: batch-norm affines, learned scales,
 SERVER_KEYS = frozenset({
     "node_id", "partition", "status", "status_eval", "reason", "reason_eval",
     "train_bytes_down", "train_bytes_up", "eval_bytes_down", "eval_bytes_up",
-    "train_sampled", "eval_sampled", "global_acc_local"})
+    "train_sampled", "eval_sampled", "global_acc_local", "update_norm"})
 ACCURACIES = ("train-acc", "local-acc", "acc")
 LOSSES = ("train-loss", "local-loss", "loss")
 HANDSHAKE_KEYS = ("partition-id", "num-train", "num-test")
@@ -139,14 +141,35 @@ def read_arrays(content: RecordDict) -> dict[str, np.ndarray]:
 
 
 def train_update(content: RecordDict, layout: Layout, encoding: str,
-                 reference: Mapping[str, np.ndarray] | None = None
+                 reference: Mapping[str, np.ndarray] | None = None, projected: bool = False
                  ) -> tuple[dict[str, np.ndarray], Metrics]:
     """The float32 state and the checked metrics of a training reply; ``reference``: the
-    global state sent for this round (``xor`` replies are coded against it)."""
+    global state sent for this round (``xor`` replies are coded against it); ``projected``:
+    the state is first projected into the model's domain (a noised update, ``--dp local``)."""
     metrics = check_metrics(content)
     state = decode(read_arrays(content), layout, encoding, reference)
+    if projected:
+        state = project(state, layout)
     check_state(state, layout)
     return state, metrics
+
+
+VAR_FLOOR = 1e-5  # batch norm's eps: a projected running variance stays above it
+
+
+def project(state: dict[str, np.ndarray], layout: Layout) -> dict[str, np.ndarray]:
+    """``state`` inside the domain :func:`check_state` accepts: latent weights in [-1, 1]
+    (where clients clip them after every step), batch-norm running variances in
+    [VAR_FLOOR, VAR_LIMIT], running means within ACTIVATION_LIMIT, other floats within
+    FLOAT_LIMIT."""
+    out = dict(state)
+    for k, is_binary in zip(layout.keys, layout.binary, strict=True):
+        low, high = ((-1.0, 1.0) if is_binary
+                     else (VAR_FLOOR, VAR_LIMIT) if k.endswith("running_var")
+                     else (-ACTIVATION_LIMIT, ACTIVATION_LIMIT) if k.endswith("running_mean")
+                     else (-FLOAT_LIMIT, FLOAT_LIMIT))
+        out[k] = np.clip(out[k], low, high).astype(np.float32)
+    return out
 
 
 def check_state(state: Mapping[str, np.ndarray], layout: Layout) -> None:
