@@ -21,3 +21,9 @@ def task_identity():
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
     yield
     TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tiny_encoder):
+    """The directory of the session's tiny encoder."""
+    return str(tiny_encoder[0])

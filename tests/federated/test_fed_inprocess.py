@@ -63,11 +63,6 @@ class InProcessGrid:
         return replies
 
 
-@pytest.fixture(scope="module")
-def encoder_dir(tiny_encoder):
-    return str(tiny_encoder[0])
-
-
 def _cfg(encoder_dir, **kw):
     base = {"data": "digits", "task": "0v1", "clients": 3, "rounds": 2, "local_epochs": 1,
             "encoder": encoder_dir, "fraction_evaluate": 1.0, "node_wait": 5.0}

@@ -22,13 +22,12 @@ from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
     FedAvg,
 )
+from local_runs import fed_config, run_local
 
 from hybnn.errors import DataError
 from hybnn.federated import faults
-from hybnn.federated.client_app import make_client_app
 from hybnn.federated.config import DP_MODES, FedConfig
 from hybnn.federated.encoding import UpdateError
-from hybnn.federated.local_grid import LocalGrid
 from hybnn.federated.privacy import (
     KEY_CLIPPING_NORM,
     UNIFORM_WEIGHT,
@@ -37,28 +36,16 @@ from hybnn.federated.privacy import (
     client_mod,
     private_strategy,
 )
-from hybnn.federated.server_app import run_server
 from hybnn.federated.simulation import federate
 from hybnn.federated.strategy import ARRAYS, from_record
 
 
-@pytest.fixture(scope="module")
-def encoder_dir(tiny_encoder):
-    return str(tiny_encoder[0])
-
-
 def _cfg(encoder_dir, **kw):
-    base = {"data": "digits", "task": "0v1", "clients": 3, "rounds": 2, "local_epochs": 1,
-            "encoder": encoder_dir, "fraction_evaluate": 0.0, "node_wait": 5.0}
-    return FedConfig(**{**base, **kw})
+    return fed_config(encoder_dir, **kw)
 
 
 def _run(cfg, mods=()):
-    from flwr.app import Context, RecordDict
-
-    grid = LocalGrid(make_client_app(mods), cfg.clients)
-    ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
-    return run_server(grid, ctx, cfg)
+    return run_local(cfg, mods)[0]
 
 
 def _epsilons(log):

@@ -8,34 +8,22 @@ import pytest
 
 pytest.importorskip("flwr", reason="the fed extra (flwr) is not installed")
 
-from flwr.app import Context, RecordDict
 from flwr.serverapp.strategy import Bulyan, FedAdam, FedAvgM, FedProx, Krum, MultiKrum
+from local_runs import fed_config, run_local
 
 from hybnn.errors import DataError
 from hybnn.federated import faults
-from hybnn.federated.client_app import make_client_app
 from hybnn.federated.config import STRATEGIES, FedConfig
-from hybnn.federated.local_grid import LocalGrid
-from hybnn.federated.server_app import run_server
 from hybnn.federated.simulation import federate
 from hybnn.federated.strategies import ProximalTerm, flower_strategy
 
 
-@pytest.fixture(scope="module")
-def encoder_dir(tiny_encoder):
-    return str(tiny_encoder[0])
-
-
 def _cfg(encoder_dir, **kw):
-    base = {"data": "digits", "task": "0v1", "clients": 3, "rounds": 2, "local_epochs": 1,
-            "encoder": encoder_dir, "fraction_evaluate": 0.0, "node_wait": 5.0}
-    return FedConfig(**{**base, **kw})
+    return fed_config(encoder_dir, **kw)
 
 
 def _run(cfg, mods=()):
-    grid = LocalGrid(make_client_app(mods), cfg.clients)
-    ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
-    return run_server(grid, ctx, cfg), grid
+    return run_local(cfg, mods)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

@@ -35,6 +35,18 @@ def _hit(msg: Message, context: Context, partition: int, rounds: Collection[int]
     return server_round(msg.content) in rounds
 
 
+def _reply_state(msg: Message, reply: Message, context: Context
+                 ) -> tuple[FedConfig, Layout, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(config, layout, global state received, decoded state replied) of a training reply."""
+    cfg = FedConfig.from_record(msg.content[CONFIG])
+    encoder = (task.encoder_at(str(context.node_config.get("encoder", "")) or cfg.encoder)
+               if cfg.model == "hybnn" else None)
+    layout = Layout.of(task.build_model(cfg, encoder))
+    received = decode(from_record(arrays_of(msg.content)), layout, downlink(cfg.encoding))
+    return cfg, layout, received, decode(from_record(arrays_of(reply.content)), layout,
+                                         cfg.encoding, received)
+
+
 def crash(partition: int, rounds: Collection[int] | None = None) -> Mod:
     """The client raises during training (Flower turns it into an error reply)."""
     def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -94,12 +106,7 @@ def poison(partition: int, suffix: str, value: float, rounds: Collection[int] | 
         reply = call_next(msg, context)
         if not _hit(msg, context, partition, rounds) or reply.has_error():
             return reply
-        cfg = FedConfig.from_record(msg.content[CONFIG])
-        encoder = (task.encoder_at(str(context.node_config.get("encoder", "")) or cfg.encoder)
-                   if cfg.model == "hybnn" else None)
-        layout = Layout.of(task.build_model(cfg, encoder))
-        received = decode(from_record(arrays_of(msg.content)), layout, downlink(cfg.encoding))
-        state = decode(from_record(arrays_of(reply.content)), layout, cfg.encoding, received)
+        cfg, layout, received, state = _reply_state(msg, reply, context)
         hits = [k for k in layout.keys if k.endswith(suffix)]
         if not hits:
             raise ValueError(f"no tensor of the model ends with {suffix!r}")
@@ -159,12 +166,7 @@ def attack(partitions: Collection[int], kind: str, factor: float = 10.0,
                 or reply.has_error()
                 or (rounds is not None and server_round(msg.content) not in rounds)):
             return reply
-        cfg = FedConfig.from_record(msg.content[CONFIG])
-        encoder = (task.encoder_at(str(context.node_config.get("encoder", "")) or cfg.encoder)
-                   if cfg.model == "hybnn" else None)
-        layout = Layout.of(task.build_model(cfg, encoder))
-        sent = decode(from_record(arrays_of(msg.content)), layout, downlink(cfg.encoding))
-        state = decode(from_record(arrays_of(reply.content)), layout, cfg.encoding, sent)
+        cfg, layout, sent, state = _reply_state(msg, reply, context)
         rng = np.random.default_rng([seed, pid, server_round(msg.content)])
         if kind == "scaled":
             state = {k: (sent[k] + factor * (state[k] - sent[k])).astype(np.float32)
