@@ -15,8 +15,8 @@
 Federations run on :class:`hybnn.federated.local_grid.LocalGrid` (Flower's ServerApp,
 strategies, ClientApp and mods in this process; `tests/federated/test_fed_strategies.py`
 checks it reaches the model Ray's simulation reaches); the scale section also runs Flower's
-Ray simulation engine. Every run's row is cached in --out/runs/NAME.json, so an interrupted
-benchmark resumes (--fresh starts over). Usage:
+Ray simulation engine. Every run's row is cached in --out/runs/NAME.json and the pretrained
+encoder in --out/encoder, so an interrupted benchmark resumes (--fresh starts over). Usage:
 
     python bench/federated.py [--encoder DIR] [--out runs/bench-federated] [--quick]
                               [--json FILE] [--render] [--fresh]
@@ -192,7 +192,7 @@ def hostile_rows(run: Runner, base: FedConfig, task: str, quick: bool) -> list[d
     return rows
 
 
-SCALE_CHILD = """import json, resource, sys, time, torch
+SCALE_CHILD = """import json, sys, time, torch
 sys.path.insert(0, {bench!r})
 torch.set_num_threads(1)
 from federated import local_federation, row_of
@@ -202,8 +202,9 @@ cfg = FedConfig(**json.loads({cfg!r}))
 t0 = time.perf_counter()
 res = (local_federation(cfg) if {engine!r} == "local"
        else federate(cfg, {out!r}, centralized=False, num_cpus=1.0))
-row = row_of(cfg, res, time.perf_counter() - t0, engine={engine!r},
-             peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+# VmHWM, not ru_maxrss: Linux keeps the parent's peak in ru_maxrss across fork and exec
+hwm = next(int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith("VmHWM:"))
+row = row_of(cfg, res, time.perf_counter() - t0, engine={engine!r}, peak_rss_mib=hwm / 1024)
 print("ROW " + json.dumps(row))
 """
 
@@ -211,10 +212,9 @@ print("ROW " + json.dumps(row))
 def scale_rows(run: Runner, base: FedConfig, quick: bool) -> list[dict[str, Any]]:
     """Each N in a fresh process (its peak RSS is the federation's); local grid and Ray."""
     rows = []
-    sizes = {"local": (10, 100) if quick else (10, 100, 1000),
-             "ray": (10, 100)}  # Ray's start-up and scheduling dominate; the local grid scales
+    sizes = (10, 100) if quick else (10, 100, 1000)
     for engine in ("local", "ray"):
-        for n in sizes[engine]:
+        for n in sizes:
             name = f"scale-{engine}-{n}"
             if (row := run.cached(name)) is not None:
                 rows.append(row)
@@ -227,13 +227,13 @@ def scale_rows(run: Runner, base: FedConfig, quick: bool) -> list[dict[str, Any]
                                       out=str(run.dir / name))
             try:
                 proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                                      text=True, timeout=900)
+                                      text=True, timeout=600)
                 line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")),
                             None)
                 row = (json.loads(line[4:]) if line else
                        {"engine": engine, "clients": n, "error": proc.stderr[-400:]})
             except subprocess.TimeoutExpired:
-                row = {"engine": engine, "clients": n, "error": "timed out after 900 s"}
+                row = {"engine": engine, "clients": n, "error": "timed out after 600 s"}
             row.setdefault("sampled_per_round", cfg.sampled_per_round)
             rows.append(run.store(name, row))
     return rows
@@ -257,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if args.fresh:
             shutil.rmtree(out / "runs", ignore_errors=True)
+            shutil.rmtree(out / "encoder", ignore_errors=True)
         raw = measure(args, out)
     if not args.quick:
         write_section("federated", markdown(raw), args.benchmarks)
@@ -276,7 +277,10 @@ def measure(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     strategies = ("fedavg", "fedprox", "fedavgm", "fedmedian") if quick else STRATEGIES
     rounds, epochs = (4, 2) if quick else (20, 5)
     base = FedConfig(data="mnist-5k", clients=3, rounds=rounds, local_epochs=epochs,
-                     fraction_evaluate=0.0, seed=args.seed, encoder=args.encoder)
+                     fraction_evaluate=0.0, seed=args.seed, encoder=args.encoder,
+                     strategy="fedavg")
+    if not args.encoder and (out / "encoder" / "weights.safetensors").is_file():
+        base = base.with_(encoder=str((out / "encoder").resolve()))  # this bench's, cached
     base = ensure_encoder(base, out, pretrain_epochs=20)
     encoder = task_encoder(base.encoder)
     print(f"encoder {base.encoder} ({encoder.fingerprint[:12]})", flush=True)

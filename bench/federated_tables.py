@@ -267,8 +267,8 @@ def _scale_section(raw: dict[str, Any]) -> list[str]:
         lines.append(f"| {r['engine']} | {r['clients']} | {r['sampled_per_round']:.0f} | "
                      f"{r['round_seconds_median']:.2f} | {r['peak_rss_mib']:,.0f} | "
                      f"{_pct(r['final_acc'])} | {r['wall_seconds']:.0f} |")
-    lines += ["", "Each N runs in a fresh process; peak RSS is that process's (for Ray, the "
-              "driver only: its workers are separate processes). Seconds per round: server "
+    lines += ["", "Each N runs in a fresh process; peak RSS is that process's VmHWM (for Ray, "
+              "the driver only: its workers are separate processes). Seconds per round: server "
               "evaluation included, median over the rounds; wall time includes start-up and "
               "the handshake with every client. Accuracy is not a target here (10 classes, "
               "few rounds, 4 training images per client at 1,000 clients)."]
