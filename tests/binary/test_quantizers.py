@@ -61,6 +61,10 @@ def test_ste_sign_gradient_is_clipped_identity_inclusive_at_one():
     # at exactly |x| = 1 the gradient passes; just above it is blocked
     g = grad_of(ste_sign, torch.tensor([-1.0, 1.0, 1.0001, -1.0001]), torch.ones(4))
     assert g.tolist() == [1.0, 1.0, 0.0, 0.0]
+    for dtype in (torch.float32, torch.float64):  # the next value past ±1 is already outside
+        above = 1.0 + torch.finfo(dtype).eps
+        x = torch.tensor([-above, -1.0, 1.0, above], dtype=dtype)
+        assert grad_of(ste_sign, x, torch.ones(4, dtype=dtype)).tolist() == [0, 1, 1, 0]
 
 
 def test_approx_sign_gradient_is_two_minus_two_abs_x_inside_unit_interval():

@@ -112,7 +112,9 @@ def fit_classifier(
         model.train()
         order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed + epoch))
         t0 = time.perf_counter()
-        loss_sum, correct = 0.0, 0
+        # summed on the device: one host sync per epoch, not two per step
+        loss_acc = torch.zeros((), device=device)
+        correct_acc = torch.zeros((), dtype=torch.long, device=device)
         for s in range(steps):
             idx = order[s * config.batch_size:(s + 1) * config.batch_size]
             if len(idx) < 2 and n > 1:  # batch norm cannot train on one sample
@@ -134,8 +136,10 @@ def fit_classifier(
                 layer.clip_latent_()
             for cb in callbacks:
                 cb.on_step_end(model)
-            loss_sum += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == yb).sum())
+            with torch.no_grad():
+                loss_acc += loss.detach() * len(idx)
+                correct_acc += (logits.argmax(1) == yb).sum()
+        loss_sum, correct = float(loss_acc), int(correct_acc)
         seconds = time.perf_counter() - t0
         if not math.isfinite(loss_sum):
             raise DataError(f"training diverged (loss is {loss_sum}) at epoch {epoch + 1}")
