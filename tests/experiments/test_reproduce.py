@@ -37,6 +37,10 @@ def test_results_json_is_complete(quick_run: Path) -> None:
         for model in RUNS:
             assert CELL_KEYS <= set(row[model])
             assert 0.0 <= row[model]["acc_mean"] <= 1.0
+        for baseline in ("bcnn_centered", "fpcnn"):  # HyBNN's wall time to equal accuracy
+            ttt = row["time_to_train"][baseline]
+            assert 0 < ttt["fast_extract_s"] < ttt["fast_s"] and ttt["slow_s"] > 0
+            assert ttt["speedup"] == pytest.approx(ttt["slow_s"] / ttt["fast_s"])
     assert {"torch", "hybnn", "numpy", "python"} <= set(results["versions"])
 
 
@@ -55,5 +59,6 @@ def test_reports_plots_and_artifacts_are_written(quick_run: Path) -> None:
         assert (quick_run / name).is_file(), name
     md = (quick_run / "results.md").read_text()
     assert "| 0v1 |" in md and "BCNN paper (unit)" in md
+    assert "## Time to a trained model" in md
     # model directories keep no stale checkpoints once training is finished
     assert not list(quick_run.glob("models/*/*/checkpoint.pt"))

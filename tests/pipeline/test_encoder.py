@@ -162,3 +162,22 @@ def test_train_vae_is_deterministic_per_seed(digits):
 def test_train_vae_needs_at_least_two_nchw_images(shape):
     with pytest.raises(DataError, match="at least 2 images"):
         train_vae(np.zeros(shape, np.float32), PretrainConfig(epochs=1), progress=False)
+
+
+def test_contrastive_term_is_trained_and_logged_only_when_asked(digits):
+    images = np.ascontiguousarray(digits.x[:64])
+    plain = PretrainConfig(latent_bits=16, epochs=1, batch_size=32, contrastive=0.0)
+    _, h_plain = train_vae(images, plain, progress=False)
+    assert "contrastive" not in h_plain[0]
+    with_term = PretrainConfig(latent_bits=16, epochs=1, batch_size=32, contrastive=0.1)
+    _, h = train_vae(images, with_term, progress=False)
+    # the logged loss is the ELBO plus the weighted term: not the plain loss
+    assert h[0]["contrastive"] > 0
+    assert h[0]["loss"] == pytest.approx(
+        h[0]["rec"] + with_term.beta * h[0]["kl"] + 0.1 * 16 * h[0]["contrastive"], rel=1e-4)
+
+
+def test_contrastive_term_needs_two_different_views():
+    with pytest.raises(DataError, match="--contrastive needs two different views"):
+        PretrainConfig(shift=0, rotation=0, zoom=0, contrastive=0.1).validate()
+    PretrainConfig(shift=0, rotation=0, zoom=0, contrastive=0.0).validate()  # plain VAE

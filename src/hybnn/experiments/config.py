@@ -30,6 +30,8 @@ class ReproduceConfig:
                                       "(default: all; quick: 4000)")
     vae_beta: float = setting(PretrainConfig.beta, "KL weight of the VAE")
     vae_shift: int = setting(PretrainConfig.shift, "VAE shift augmentation in pixels")
+    vae_contrastive: float = setting(PretrainConfig.contrastive, "weight per bit of the VAE's "
+                                     "label-free contrastive term (0: plain VAE)")
     head_hidden: list[int] = setting(help="hidden widths of the pair-task head",
                                      factory=lambda: [128])
     head_hidden_multiclass: list[int] = setting(help="hidden widths of the head on more than "

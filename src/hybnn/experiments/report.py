@@ -35,6 +35,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             c = row[m]
             lines.append(f"| {task} | {label} | {c['epochs']} | {c['train_s_per_epoch']:.4f} "
                          f"| {c['binary_params']} | {c['float_params']} | {c['model_bytes']} |")
+    lines += _time_to_train_lines(results)
     for task, row in results["tasks"].items():
         if "confusion" not in row:
             continue
@@ -57,6 +58,25 @@ def render_markdown(results: dict[str, Any]) -> str:
               "```", "", "Versions: " + ", ".join(f"{k} {v}" for k, v in
                                                    results["versions"].items()), ""]
     return "\n".join(lines)
+
+
+def _time_to_train_lines(results: dict[str, Any]) -> list[str]:
+    rows = [(t, r["time_to_train"]) for t, r in results["tasks"].items() if "time_to_train" in r]
+    if not rows:
+        return []
+    lines = ["", "## Time to a trained model", "",
+             "Wall seconds from the task's raw training images (HyBNN: code extraction "
+             "included) to the first epoch that reaches the lower of the two models' final "
+             "test accuracies; evaluation not counted; mean over seeds.", "",
+             "| task | vs | equal accuracy % | HyBNN s (extraction) | baseline s | "
+             "speed-up |", "|---|---|---:|---:|---:|---:|"]
+    for task, ttt in rows:
+        for name, c in ttt.items():
+            label = dict(MODEL_COLUMNS)[name]
+            lines.append(f"| {task} | {label} | {100 * c['accuracy']:.2f} | {c['fast_s']:.2f} "
+                         f"({c['fast_extract_s']:.2f}) | {c['slow_s']:.2f} | "
+                         f"{c['speedup']:.1f}x |")
+    return lines
 
 
 def _continual_lines(cont: dict[str, Any]) -> list[str]:

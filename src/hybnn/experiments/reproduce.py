@@ -31,6 +31,7 @@ from hybnn.data.dataset import Dataset
 from hybnn.errors import HybnnError
 from hybnn.experiments.config import ReproduceConfig
 from hybnn.experiments.report import render_markdown, summary_lines
+from hybnn.experiments.time_to_train import TrainingClock, time_to_same_accuracy
 from hybnn.hooks import History
 from hybnn.models.io import load_model
 from hybnn.models.names import run_key
@@ -93,13 +94,15 @@ def reproduce(config: ReproduceConfig, out: str | os.PathLike[str],
     jobs = [(t, s) for t in config.tasks for s in config.seeds]
     per_task: dict[str, dict[str, list[tuple[History, Any]]]] = {}
     confusions: dict[str, dict[str, np.ndarray]] = {}
+    clocks: dict[str, list[dict[str, dict[str, float]]]] = {}
     for task, seed in bar(jobs, "reproduce", progress, total=len(jobs), leave=True):
         tr = _subsample(select_task(train, task), config.max_train, seed)
         te = select_task(test, task)
         runs = per_task.setdefault(task, {m: [] for m in RUNS})
-        trained = _train_all(config, encoder, tr, te, task, seed, out, resume)
+        trained, extract_s = _train_all(config, encoder, tr, te, task, seed, out, resume)
         for model_name, (history, model) in trained.items():
             runs[model_name].append((history, model))
+        clocks.setdefault(task, []).append(_clocks(trained, extract_s))
         if te.num_classes > 2:  # the ten-class gap, per class (summed over seeds)
             for name, matrix in _confusions(trained, encoder, te).items():
                 total = confusions.setdefault(task, {}).get(name)
@@ -114,6 +117,7 @@ def reproduce(config: ReproduceConfig, out: str | os.PathLike[str],
         r = results["tasks"][task]
         r["head_speedup_vs_bcnn"] = (r["bcnn_centered"]["train_s_per_epoch"]
                                      / r["hybnn"]["train_s_per_epoch"])
+        r["time_to_train"] = _mean_clocks(clocks[task])
         if task in confusions:
             space = select_task(test, task).label_space
             r["confusion"] = {"names": list(space.names), "rows": "true", "columns": "predicted",
@@ -157,7 +161,8 @@ def _encoder(config: ReproduceConfig, train: Dataset, out: Path, progress: bool,
     general = _subsample(train, config.vae_samples, 0)
     t0 = time.perf_counter()
     pcfg = PretrainConfig(latent_bits=config.latent_bits, epochs=config.vae_epochs,
-                          beta=config.vae_beta, shift=config.vae_shift, seed=config.seeds[0],
+                          beta=config.vae_beta, shift=config.vae_shift,
+                          contrastive=config.vae_contrastive, seed=config.seeds[0],
                           device=config.device)
     info = {"source": config.data, "split": "train", "samples": len(general)}
     if resume and (done := _finished_encoder(out / "encoder", pcfg, info)) is not None:
@@ -191,9 +196,12 @@ def _bit_usage(config: ReproduceConfig, encoder: Encoder, train: Dataset,
 
 def _train_all(config: ReproduceConfig, encoder: Encoder, tr: Dataset, te: Dataset,
                task: str, seed: int, out: Path, resume: bool = False
-               ) -> dict[str, tuple[History, Any]]:
+               ) -> tuple[dict[str, tuple[History, Any]], float]:
+    """Every model of one task and seed, and the seconds HyBNN spent extracting codes."""
     code_dir = out / "codes"
+    t0 = time.perf_counter()
     train_codes = encode_to_codes(encoder, tr, {"task": task, "split": "train"})
+    extract_s = time.perf_counter() - t0  # on HyBNN's clock from raw images to a model
     test_codes = encode_to_codes(encoder, te, {"task": task, "split": "test"})
     if seed == config.seeds[0]:
         train_codes.save(code_dir / f"{task}-train.safetensors")
@@ -223,7 +231,29 @@ def _train_all(config: ReproduceConfig, encoder: Encoder, tr: Dataset, te: Datas
                               progress=False, extra=extra))
     for name in runs:
         (model_dir / f"{name}-seed{seed}" / CHECKPOINT_NAME).unlink(missing_ok=True)
-    return runs
+    return runs, extract_s
+
+
+TIMED_AGAINST = ("bcnn_centered", "fpcnn")  # the baselines HyBNN's wall time is compared to
+
+
+def _clocks(trained: dict[str, tuple[History, Any]], extract_s: float
+            ) -> dict[str, dict[str, float]]:
+    """HyBNN's wall time to a trained model against each baseline's, at equal accuracy."""
+    head = TrainingClock.from_history("hybnn", trained["hybnn"][0], extract_s)
+    return {name: time_to_same_accuracy(head, TrainingClock.from_history(name, trained[name][0]))
+            for name in TIMED_AGAINST}
+
+
+def _mean_clocks(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Seed means of every figure; the speed-up is the ratio of the mean times."""
+    out = {}
+    for name in TIMED_AGAINST:
+        rows = [seed[name] for seed in per_seed]
+        mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+        mean["speedup"] = mean["slow_s"] / max(mean["fast_s"], 1e-9)
+        out[name] = mean
+    return out
 
 
 CONFUSION_RUNS = ("hybnn", "fpcnn")  # the ten-class comparison the paper's limit is about

@@ -100,10 +100,17 @@ def kl_to_uniform_bernoulli(logits: torch.Tensor) -> torch.Tensor:
 
 
 def vae_loss(
-    model: BinaryLatentVAE, x: torch.Tensor, beta: float = 1.0
+    model: BinaryLatentVAE, x: torch.Tensor, beta: float = 1.0,
+    logits: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Negative ELBO: Bernoulli reconstruction (BCE) + beta * KL, batch means of (loss, rec, kl)."""
-    recon, logits = model(x)
+    """Negative ELBO: Bernoulli reconstruction (BCE) + beta * KL, batch means of (loss, rec, kl).
+
+    ``logits`` of ``x`` when already computed (e.g. in one encoder pass with other views).
+    """
+    if logits is None:
+        logits = model.logits(x)
+    bits = model.sample_bits(logits) if model.training else (logits >= 0).to(logits.dtype)
+    recon = model.decode(bits)
     rec = F.binary_cross_entropy(recon, x, reduction="none").flatten(1).sum(dim=1).mean()
     kl = kl_to_uniform_bernoulli(logits).mean()
     return rec + beta * kl, rec, kl

