@@ -207,7 +207,8 @@ def main() -> None:
     found: list[dict[str, Any]] = []
     for data in args.data:
         config = ReproduceConfig.make(data=data, seeds=args.seeds,
-                                      tasks=[*PAPER_TASKS, "all"], **SETTINGS.get(data, {}))
+                                      tasks=[*PAPER_TASKS, "all"], continual=False,
+                                      **SETTINGS.get(data, {}))
         out = Path(args.out) / data
         previous = out / "results.json"
         if args.reuse and previous.is_file() and (

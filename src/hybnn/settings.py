@@ -22,14 +22,17 @@ def setting(
     metavar: str | None = None,
     positional: bool = False,
     cli: bool = True,
+    negatable: bool = False,
 ) -> Any:
     """A dataclass field with CLI metadata.
 
     ``flag`` overrides the flag name (default ``--field-name``); ``positional`` makes it a
-    positional argument; ``cli=False`` keeps an internal field off the command line.
+    positional argument; ``cli=False`` keeps an internal field off the command line;
+    ``negatable`` gives a bool both ``--name`` and ``--no-name`` (for a default a preset
+    changes, e.g. on in full runs and off in quick ones).
     """
     meta = {"help": help, "flag": flag, "choices": tuple(choices) if choices else None,
-            "metavar": metavar, "positional": positional, "cli": cli}
+            "metavar": metavar, "positional": positional, "cli": cli, "negatable": negatable}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)

@@ -72,6 +72,9 @@ def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
             help_text = f"{help_text} (default: {default})" if help_text else f"default: {default}"
         kwargs: dict[str, Any] = {"dest": dest, "help": help_text.replace("%", "%%"),
                                   "default": argparse.SUPPRESS}
+        if base is bool and meta.get("negatable"):
+            parser.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, **kwargs)
+            continue
         if base is bool:
             on = f.default is not True
             if not on:

@@ -14,14 +14,14 @@ from hybnn.settings import setting
 DEFAULT_DATA = DEFAULT_SOURCE
 # What --quick changes (< 3 minutes on 2 cores); every other field keeps its default.
 REPRODUCE_QUICK = {"seeds": [0], "vae_epochs": 5, "head_epochs": 40, "cnn_epochs": 3,
-                   "vae_samples": 4000, "max_train": 1000}
+                   "vae_samples": 4000, "max_train": 1000, "continual": False}
 
 
 @dataclass
 class ReproduceConfig:
     data: str = setting(DEFAULT_DATA, "data source")
-    tasks: list[str] = setting(help="tasks (default: the paper's five pairs)",
-                               factory=lambda: list(PAPER_TASKS))
+    tasks: list[str] = setting(help="tasks (default: the paper's five pairs and all ten "
+                               "classes)", factory=lambda: [*PAPER_TASKS, "all"])
     seeds: list[int] = setting(help="seeds (default: 0 1 2; quick: 0)", factory=lambda: [0, 1, 2])
     latent_bits: int = setting(PretrainConfig.latent_bits, "latent bits of the VAE",
                                flag="--bits")
@@ -47,9 +47,9 @@ class ReproduceConfig:
     device: str = setting("cpu", "torch device: cpu, cuda, cuda:1, ...")
     quick: bool = setting(False, "fewer epochs, samples and seeds (< 3 min)")
     encoder: str | None = setting(None, "reuse a pretrained encoder directory (skip phase 1)")
-    continual: bool = setting(False, "also learn the pair tasks one after another with one "
+    continual: bool = setting(True, "also learn the pair tasks one after another with one "
                               "head (class-incremental, every strategy of `hybnn continual`) "
-                              "and add its table")
+                              "and add its table (quick: off)", negatable=True)
 
     @classmethod
     def make(cls, quick: bool = False, **values: Any) -> ReproduceConfig:
