@@ -30,6 +30,17 @@ mechanism, an (ε, δ) guarantee per round for ε <= 1). The server composes tho
 one per round per client, with the same RDP accountant (valid for any ε), and projects each
 noisy reply into the model's domain before validating it (post-processing). ``fp32`` only.
 
+**Coordinates.** Every mode clips and noises the update in transport coordinates
+(:mod:`hybnn.federated.transport_scale`): batch-norm running means divided by the fan-in K
+of the layer before them, running variances by K², everything else as it is. In raw
+coordinates the running variances (~K) are 99.96 % of an update's squared norm: a clipping
+norm that covers them lets noise of that size onto the latent weights in [-1, 1]. The
+server's :class:`~hybnn.federated.strategy.EncodedStrategy` hands Flower's wrapper the
+global model and the decoded updates scaled, and maps its aggregate back before the model
+is used; on the client :func:`in_transport` shows Flower's mod the global model and the
+trained reply scaled, and unscales what it returns (the wire carries plain float32 state,
+so the server validates it as usual). ``--clipping-norm`` is a norm in these coordinates.
+
 Every client mod is chosen per training message from the server's config
 (:func:`client_dp_mod`), so the same ClientApp serves simulation and deployment. The noise
 is Flower's, drawn from numpy's global generator and never seeded: a seed in results.json
