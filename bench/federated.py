@@ -68,16 +68,9 @@ def head_layout(encoder: Any) -> dict[str, int]:
 
 def local_federation(cfg: FedConfig, mods: Sequence[Any] = ()) -> dict[str, Any]:
     """One federation on the local grid; results.json's content (no files written)."""
-    from flwr.app import Context, RecordDict
+    from hybnn.federated.local_grid import run_local
 
-    from hybnn.federated.client_app import make_client_app
-    from hybnn.federated.local_grid import SERVER_NODE_ID, LocalGrid
-    from hybnn.federated.server_app import run_server
-
-    grid = LocalGrid(make_client_app(mods), cfg.clients)
-    ctx = Context(run_id=grid.run_id, node_id=SERVER_NODE_ID, node_config={},
-                  state=RecordDict(), run_config={})
-    return build_results(run_server(grid, ctx, cfg), None, {"runtime": "local grid"})
+    return build_results(run_local(cfg, mods)[0], None, {"runtime": "local grid"})
 
 
 def row_of(cfg: FedConfig, res: dict[str, Any], seconds: float, **extra: Any) -> dict[str, Any]:

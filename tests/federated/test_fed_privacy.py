@@ -22,12 +22,13 @@ from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
     FedAvg,
 )
-from local_runs import fed_config, run_local
+from local_runs import fed_config
 
 from hybnn.errors import DataError
 from hybnn.federated import faults
 from hybnn.federated.config import DP_MODES, FedConfig
 from hybnn.federated.encoding import Layout, UpdateError
+from hybnn.federated.local_grid import run_local
 from hybnn.federated.privacy import (
     KEY_CLIPPING_NORM,
     UNIFORM_WEIGHT,
