@@ -38,11 +38,11 @@ from typing import Any
 
 import torch
 
-from federated_tables import markdown, targets
 from hybnn.artifacts import atomic_write_json
 from hybnn.benchmarks import write_json, write_section
 from hybnn.data import PAPER_TASKS
 from hybnn.federated import faults
+from hybnn.federated.bench_tables import markdown, targets
 from hybnn.federated.config import ENCODINGS, ROBUST, STRATEGIES, FedConfig
 from hybnn.federated.encoding import Layout
 from hybnn.federated.report import build_results, centralized_baseline, environment
