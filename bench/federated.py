@@ -38,11 +38,11 @@ from typing import Any
 
 import torch
 
-from federated_tables import markdown, targets
 from hybnn.artifacts import atomic_write_json
 from hybnn.benchmarks import write_json, write_section
 from hybnn.data import PAPER_TASKS
 from hybnn.federated import faults
+from hybnn.federated.bench_tables import markdown, targets
 from hybnn.federated.config import ENCODINGS, ROBUST, STRATEGIES, FedConfig
 from hybnn.federated.encoding import Layout
 from hybnn.federated.report import build_results, centralized_baseline, environment
@@ -68,16 +68,9 @@ def head_layout(encoder: Any) -> dict[str, int]:
 
 def local_federation(cfg: FedConfig, mods: Sequence[Any] = ()) -> dict[str, Any]:
     """One federation on the local grid; results.json's content (no files written)."""
-    from flwr.app import Context, RecordDict
+    from hybnn.federated.local_grid import run_local
 
-    from hybnn.federated.client_app import make_client_app
-    from hybnn.federated.local_grid import SERVER_NODE_ID, LocalGrid
-    from hybnn.federated.server_app import run_server
-
-    grid = LocalGrid(make_client_app(mods), cfg.clients)
-    ctx = Context(run_id=grid.run_id, node_id=SERVER_NODE_ID, node_config={},
-                  state=RecordDict(), run_config={})
-    return build_results(run_server(grid, ctx, cfg), None, {"runtime": "local grid"})
+    return build_results(run_local(cfg, mods)[0], None, {"runtime": "local grid"})
 
 
 def row_of(cfg: FedConfig, res: dict[str, Any], seconds: float, **extra: Any) -> dict[str, Any]:

@@ -1,17 +1,19 @@
 """Privacy vs utility of FedHyBNN under differential privacy; writes the `privacy` section
 of BENCHMARKS.md.
 
-For each pair task of mnist-5k, both update encodings: 10 clients, 20 rounds x 5 local
-epochs, FedAvg, central DP with server-side fixed clipping (`--dp server-fixed`) at one
-clipping norm and a few noise multipliers (0: no DP): the final accuracy of the global head
-against the epsilon spent at delta 1e-5 (Flower's RDP accountant; client-level,
-no sampling amplification). Plus one local-DP row per task (`--dp local`, fp32), and what an
-update's norm is made of (one client's first-round update by tensor group), which is what
-the clipping norm has to cover.
+For each pair task of mnist-5k, both update encodings, 10 and 100 clients (IID, every client
+every round): 10 rounds x 5 local epochs, FedAvg, central DP with server-side fixed clipping
+(`--dp server-fixed`) at one clipping norm and noise multipliers from epsilon ~1 to ~100
+(0: no DP): the final accuracy of the global head against the epsilon spent at delta 1e-5
+(Flower's RDP accountant; client-level, no sampling amplification). Plus one local-DP row
+per task and federation size (`--dp local`, fp32), and what an update's norm is made of
+(one client's first-round update by tensor group, in raw and in transport coordinates:
+DP clips in the latter, see hybnn.federated.transport_scale).
 
-Every federation runs on the in-process LocalGrid (`federate(..., engine="local")`). The DP
-noise is not seeded (see hybnn.federated.privacy): reruns differ a little. Raw results go
-to --out/bench.json. Usage:
+Every federation runs on the in-process LocalGrid (`federate(..., engine="local")`, which
+runs `hybnn.federated.local_grid.run_local`). The DP noise is not seeded (see
+hybnn.federated.privacy): reruns differ a little. Without --encoder the bench pretrains one
+into --out/encoder and reuses it on later runs. Raw results go to --out/bench.json. Usage:
 
     python bench/privacy.py [--encoder DIR] [--out runs/bench-privacy] [--quick]
                             [--json FILE] [--render]
@@ -39,37 +41,43 @@ from hybnn.federated.config import FedConfig
 from hybnn.federated.encoding import Layout, model_state
 from hybnn.federated.report import environment
 from hybnn.federated.simulation import ensure_encoder, federate
+from hybnn.federated.transport_scale import transport_bounds
 
-# Chosen by measuring without DP: a first-round update is ~1,500 long, later ones a few
-# hundred (the section's medians: ~290 fp32, ~400 1bit), almost all of it batch-norm
-# running variances. At 500 clipping alone costs nothing (0v1: 99.0 % at z = 0.001 for
-# both encodings, 64.5 % at C = 10, measured while choosing).
-CLIPPING_NORM = 500.0
-NOISE = (0.0, 0.01, 0.1, 0.3, 1.0)  # 0: no DP
+# The default of --clipping-norm (see docs/federated.md for how it was chosen), a norm in
+# transport coordinates.
+CLIPPING_NORM = FedConfig().clipping_norm
+NOISE = (0.0, 0.3, 1.0, 3.0, 10.0)  # 0: no DP; 10 rounds: epsilon 104, 19, 5.0, 1.3
+CLIENTS = (10, 100)
 DELTA = 1e-5
 LOCAL_EPSILON = 1.0  # per round, per client: the largest the classical mechanism covers
+GROUPS = ("binary weights", "batch-norm affine", "running means", "running variances")
 
 
-def update_parts(cfg: FedConfig) -> dict[str, float]:
+def update_parts(cfg: FedConfig) -> dict[str, dict[str, float]]:
     """L2 norm of partition 0's first-round update (the seeded initial head, trained
-    locally), by tensor group: binary weights, batch-norm affine, running means and
-    variances, and the whole."""
+    locally), by tensor group (binary weights, batch-norm affine, running means and
+    variances) and whole, in raw coordinates and in transport coordinates (``raw``,
+    ``transport``)."""
     encoder = fed_task.encoder_at(cfg.encoder)
     model = fed_task.build_model(cfg, encoder)
     layout = Layout.of(model)
+    bounds = transport_bounds(model, layout)
     before = model_state(model, layout)
     train, _ = fed_task.client_tensors(cfg, 0, encoder)
     fed_task.train_local(model, train, cfg, 1, 0)
     after = model_state(model, layout)
-    groups: dict[str, float] = {"binary weights": 0.0, "batch-norm affine": 0.0,
-                                "running means": 0.0, "running variances": 0.0}
+    squares = {"raw": dict.fromkeys(GROUPS, 0.0), "transport": dict.fromkeys(GROUPS, 0.0)}
     for k, binary in zip(layout.keys, layout.binary, strict=True):
         group = ("binary weights" if binary else "running means" if k.endswith("running_mean")
                  else "running variances" if k.endswith("running_var")
                  else "batch-norm affine")
-        groups[group] += float(np.sum((after[k].astype(np.float64) - before[k]) ** 2))
-    parts = {g: math.sqrt(v) for g, v in groups.items()}
-    parts["whole update"] = math.sqrt(sum(groups.values()))
+        sq = float(np.sum((after[k].astype(np.float64) - before[k]) ** 2))
+        squares["raw"][group] += sq
+        squares["transport"][group] += sq / bounds[k] ** 2
+    parts = {}
+    for coords, groups in squares.items():
+        parts[coords] = {g: math.sqrt(v) for g, v in groups.items()}
+        parts[coords]["whole update"] = math.sqrt(sum(groups.values()))
     return parts
 
 
@@ -80,12 +88,15 @@ def run(cfg: FedConfig, out: Path, name: str) -> dict[str, Any]:
              if c["status"] == "ok"]
     row = {
         "name": name, "task": cfg.task, "encoding": cfg.encoding, "dp": cfg.dp,
+        "clients": cfg.clients,
         "noise_multiplier": cfg.noise_multiplier if cfg.dp == "server-fixed" else 0.0,
         "clipping_norm": cfg.clipping_norm if cfg.dp != "none" else None,
         "local_epsilon": cfg.local_epsilon if cfg.dp == "local" else None,
         "final_acc": res["final_acc"], "best_acc": res["best_acc"],
         "epsilon": res["epsilon"], "delta": res["delta"],
         "update_norm_median": statistics.median(norms) if norms else None,
+        "update_norm_first_round_median": statistics.median(
+            c["update_norm"] for c in res["rounds"][0]["clients"] if c["status"] == "ok"),
         "aggregated_rounds": sum(r["aggregated"] for r in res["rounds"]),
         "wall_seconds": time.perf_counter() - t0,
     }
@@ -97,7 +108,8 @@ def run(cfg: FedConfig, out: Path, name: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--encoder", default="", help="encoder dir (default: pretrain one)")
+    ap.add_argument("--encoder", default="",
+                    help="encoder dir (default: --out/encoder, pretrained there if missing)")
     ap.add_argument("--out", default="runs/bench-privacy")
     ap.add_argument("--benchmarks", default="BENCHMARKS.md")
     ap.add_argument("--quick", action="store_true",
@@ -116,30 +128,35 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     t_start = time.perf_counter()
     tasks = PAPER_TASKS[:1] if args.quick else PAPER_TASKS
-    rounds, epochs = (4, 2) if args.quick else (20, 5)
-    noise = (0.0, 0.1, 1.0) if args.quick else NOISE
-    base = FedConfig(data="mnist-5k", clients=10, rounds=rounds, local_epochs=epochs,
+    rounds, epochs = (4, 2) if args.quick else (10, 5)
+    noise = (0.0, 1.0, 10.0) if args.quick else NOISE
+    base = FedConfig(data="mnist-5k", clients=CLIENTS[0], rounds=rounds, local_epochs=epochs,
                      fraction_evaluate=0.0, seed=args.seed, encoder=args.encoder,
                      clipping_norm=CLIPPING_NORM, dp_delta=DELTA)
+    if not args.encoder and (out / "encoder" / "weights.safetensors").is_file():
+        base = base.with_(encoder=str((out / "encoder").resolve()))  # this bench's, cached
     base = ensure_encoder(base, out, pretrain_epochs=3 if args.quick else 20)
     encoder = fed_task.encoder_at(base.encoder)
     print(f"encoder {base.encoder} ({encoder.fingerprint[:12]})", flush=True)
-    parts = update_parts(base.with_(task=tasks[0]))
-    print("first-round update norm by group: "
-          + ", ".join(f"{k} {v:,.1f}" for k, v in parts.items()), flush=True)
+    parts = update_parts(base.with_(task=tasks[0], clients=CLIENTS[0]))
+    for coords, groups in parts.items():
+        print(f"first-round update norm by group ({coords}): "
+              + ", ".join(f"{k} {v:,.3g}" for k, v in groups.items()), flush=True)
 
     rows = []
     for t in tasks:
-        for encoding in ("fp32", "1bit"):
-            for z in noise:
-                cfg = base.with_(task=t, encoding=encoding)
-                cfg = cfg.with_(dp="server-fixed", noise_multiplier=z) if z > 0 else cfg
-                rows.append(run(cfg, out, f"{t}-{encoding}-z{z:g}"))
-        cfg = base.with_(task=t, dp="local", local_epsilon=LOCAL_EPSILON)
-        rows.append(run(cfg, out, f"{t}-fp32-local"))
+        for n in CLIENTS:
+            for encoding in ("fp32", "1bit"):
+                for z in noise:
+                    cfg = base.with_(task=t, encoding=encoding, clients=n)
+                    cfg = cfg.with_(dp="server-fixed", noise_multiplier=z) if z > 0 else cfg
+                    rows.append(run(cfg, out, f"{t}-n{n}-{encoding}-z{z:g}"))
+            cfg = base.with_(task=t, clients=n, dp="local", local_epsilon=LOCAL_EPSILON)
+            rows.append(run(cfg, out, f"{t}-n{n}-fp32-local"))
 
-    raw = {"rows": rows, "update_parts": {"task": tasks[0], **parts},
-           "noise": list(noise), "tasks": list(tasks), "config": base.to_dict(),
+    raw = {"rows": rows, "update_parts": {"task": tasks[0], "clients": CLIENTS[0], **parts},
+           "noise": list(noise), "tasks": list(tasks), "clients": list(CLIENTS),
+           "config": base.to_dict(),
            "environment": {**environment(), "dp-accounting": version("dp-accounting")},
            "encoder_fingerprint": encoder.fingerprint,
            "seeds": {"run": args.seed, "dp_noise": "not seeded (numpy's global generator)"},
@@ -155,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def expected_rows(raw: dict[str, Any]) -> int:
-    return len(raw["tasks"]) * (2 * len(raw["noise"]) + 1)
+    return len(raw["tasks"]) * len(raw["clients"]) * (2 * len(raw["noise"]) + 1)
 
 
 def targets(raw: dict[str, Any]) -> list[dict[str, Any]]:
@@ -167,8 +184,8 @@ def targets(raw: dict[str, Any]) -> list[dict[str, Any]]:
                                            and math.isfinite(r["epsilon"])))]
     want = expected_rows(raw)
     return [target("dp table rows", len(complete),
-                   f"{want} (tasks x encodings x noise multipliers, and local DP), each "
-                   "with its accuracy and, under DP, a finite epsilon",
+                   f"{want} (tasks x clients x encodings x noise multipliers, and local DP), "
+                   "each with its accuracy and, under DP, a finite epsilon",
                    len(complete) == want)]
 
 
@@ -190,69 +207,81 @@ def _eps(x: float | None) -> str:
 
 def markdown(raw: dict[str, Any]) -> str:
     cfg, env, tasks = raw["config"], raw["environment"], raw["tasks"]
-    by = {(r["task"], r["encoding"], r["dp"], r["noise_multiplier"]): r for r in raw["rows"]}
+    by = {(r["clients"], r["task"], r["encoding"], r["dp"], r["noise_multiplier"]): r
+          for r in raw["rows"]}
+    clients = " and ".join(str(n) for n in raw["clients"])
     lines = [
         "## Differential privacy (FedHyBNN, central DP with server-side fixed clipping)",
         "",
         f"Command: `python {raw['command']}` ({raw['seconds'] / 60:.0f} min). Machine: "
         f"{env['machine']}; flwr {env['flwr']}, dp-accounting {env['dp-accounting']}. Data "
-        f"mnist-5k, {cfg['clients']} clients (IID), {cfg['rounds']} rounds x "
+        f"mnist-5k, {clients} clients (IID), {cfg['rounds']} rounds x "
         f"{cfg['local_epochs']} local epochs, FedAvg (equal weights under DP), every client "
         f"every round, LocalGrid engine. Encoder {raw['encoder_fingerprint'][:12]} "
         f"({'given with --encoder' if '--encoder' in raw['command'] else 'pretrained here'}"
         f"), seed "
         f"{cfg['seed']} for partitions, initial head and training; the DP noise is not "
         "seeded. Clipping norm "
-        f"{cfg['clipping_norm']:g} on the decoded update (for 1bit: scale · sign); epsilon "
+        f"{cfg['clipping_norm']:g} on the decoded update (for 1bit: scale · sign) in "
+        "transport coordinates (batch-norm running means / K, running variances / K², K "
+        "the fan-in of the layer before; latent weights as they are); epsilon "
         f"at delta {cfg['dp_delta']:g} from Flower's RDP accountant (client-level, "
         "add-or-remove-one, no sampling amplification): it depends only on the noise "
-        "multiplier and the rounds.",
+        "multiplier and the rounds, not on the number of clients. The noise on the mean "
+        "update has stddev z · C / clients per value: ten times less at 100 clients.",
         "",
         "Final test accuracy (%) of the global head:",
         "",
-        "| encoding | DP | noise z | epsilon | " + " | ".join(tasks) + " | mean |",
-        "|---|---|---:|---:|" + "---:|" * (len(tasks) + 1),
+        "| clients | encoding | DP | noise z | epsilon | " + " | ".join(tasks) + " | mean |",
+        "|---:|---|---|---:|---:|" + "---:|" * (len(tasks) + 1),
     ]
 
-    def line(encoding: str, dp: str, z: float, label: str, zcell: str) -> None:
-        cells = [by.get((t, encoding, dp, z)) for t in tasks]
+    def line(n: int, encoding: str, dp: str, z: float, label: str, zcell: str) -> None:
+        cells = [by.get((n, t, encoding, dp, z)) for t in tasks]
         accs = [c["final_acc"] for c in cells if c and c["final_acc"] is not None]
         eps = next((c["epsilon"] for c in cells if c), None)
-        lines.append(f"| {encoding} | {label} | {zcell} | {_eps(eps)} | "
+        lines.append(f"| {n} | {encoding} | {label} | {zcell} | {_eps(eps)} | "
                      + " | ".join(_pct(c["final_acc"]) if c else "–" for c in cells)
                      + f" | {_pct(statistics.mean(accs)) if accs else '–'} |")
 
-    for encoding in ("fp32", "1bit"):
-        for z in raw["noise"]:
-            if z == 0:
-                line(encoding, "none", 0.0, "none", "–")
-            else:
-                line(encoding, "server-fixed", z, "server-fixed", f"{z:g}")
-    local = next((r for r in raw["rows"] if r["dp"] == "local"), None)
-    if local:
-        line("fp32", "local", 0.0, f"local, ε {local['local_epsilon']:g} per round", "–")
+    for n in raw["clients"]:
+        for encoding in ("fp32", "1bit"):
+            for z in raw["noise"]:
+                if z == 0:
+                    line(n, encoding, "none", 0.0, "none", "–")
+                else:
+                    line(n, encoding, "server-fixed", z, "server-fixed", f"{z:g}")
+        local = next((r for r in raw["rows"] if r["dp"] == "local" and r["clients"] == n),
+                     None)
+        if local:
+            line(n, "fp32", "local", 0.0, f"local, ε {local['local_epsilon']:g} per round",
+                 "–")
     parts = raw["update_parts"]
-    whole = parts["whole update"]
-    medians = {e: statistics.median(r["update_norm_median"] for r in raw["rows"]
-                                    if r["dp"] == "none" and r["encoding"] == e)
-               for e in ("fp32", "1bit")}
-    z_min = min(z for z in raw["noise"] if z > 0)
-    share = (parts["running variances"] / whole) ** 2
+    raw_parts, scaled_parts = parts["raw"], parts["transport"]
+
+    def groups(p: dict[str, float]) -> str:
+        return ", ".join(f"{k} {p[k]:,.3g}" for k in GROUPS) + f"; whole {p['whole update']:,.3g}"
+
+    medians = {(n, e): statistics.median(r["update_norm_median"] for r in raw["rows"]
+                                         if r["dp"] == "none" and r["encoding"] == e
+                                         and r["clients"] == n)
+               for n in raw["clients"] for e in ("fp32", "1bit")}
+    share = (scaled_parts["binary weights"] / scaled_parts["whole update"]) ** 2
     lines += [
         "",
-        f"What an update is made of (partition 0's first-round update on {parts['task']}, "
-        "L2 norm by tensor group): " + ", ".join(
-            f"{k} {parts[k]:,.1f}" for k in ("binary weights", "batch-norm affine",
-                                              "running means", "running variances"))
-        + f"; whole {whole:,.1f}. Median update norm without DP over all rounds and "
-        "clients: " + ", ".join(f"{e} {m:,.0f}" for e, m in medians.items()) + ".",
+        f"What an update is made of (partition 0's first-round update on {parts['task']} "
+        f"with {parts['clients']} clients, L2 norm by tensor group): raw "
+        + groups(raw_parts) + "; in transport coordinates " + groups(scaled_parts)
+        + f". In transport coordinates the binary weights are {share:.1%} of the squared "
+        "norm (in raw ones the running variances were "
+        f"{(raw_parts['running variances'] / raw_parts['whole update']) ** 2:.2%}).",
         "",
-        f"The batch-norm running variances are {share:.2%} of the squared norm of an update, "
-        "so the clipping norm has to cover them; the noise, stddev z · C / clients on "
-        f"every value, is then {z_min * cfg['clipping_norm'] / cfg['clients']:g} per value "
-        f"at z = {z_min:g}, against latent weights in [-1, 1]. The local-DP row clips each "
-        "update to C and adds noise of stddev 2C · sqrt(2 ln(1.25/δ)) / ε per client and "
-        "value; its epsilon is the RDP composition of one such release per round.",
+        "Median update norm in transport coordinates without DP, over all rounds and "
+        "clients (median over the tasks): " + ", ".join(
+            f"{n} clients {e} {m:.3g}" for (n, e), m in medians.items()) + ". The local-DP "
+        "rows clip each update to C and add noise of stddev 2C · sqrt(2 ln(1.25/δ)) / ε per "
+        "client and value; their epsilon is the RDP composition of one such release per "
+        "round.",
     ]
     return "\n".join(lines) + "\n"
 

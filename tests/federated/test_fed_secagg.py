@@ -34,11 +34,11 @@ from hybnn.federated.secagg import (
     checked_aggregate,
     from_transport,
     to_transport,
-    transport_bounds,
 )
 from hybnn.federated.server_app import run_server
 from hybnn.federated.simulation import federate
 from hybnn.federated.strategy import FederationError
+from hybnn.federated.transport_scale import transport_bounds
 from hybnn.models.bnn_head import BNNHead
 
 HEAD = BNNHead(200, 2, (128,))

@@ -9,11 +9,12 @@ import pytest
 pytest.importorskip("flwr", reason="the fed extra (flwr) is not installed")
 
 from flwr.serverapp.strategy import Bulyan, FedAdam, FedAvgM, FedProx, Krum, MultiKrum
-from local_runs import fed_config, run_local
+from local_runs import fed_config
 
 from hybnn.errors import DataError
 from hybnn.federated import faults
 from hybnn.federated.config import STRATEGIES, FedConfig
+from hybnn.federated.local_grid import run_local
 from hybnn.federated.simulation import federate
 from hybnn.federated.strategies import ProximalTerm, flower_strategy
 

@@ -34,9 +34,10 @@ from hybnn.federated.encoding import (
     wire_keys,
 )
 from hybnn.federated.privacy import client_dp_mod
-from hybnn.federated.secagg import to_transport, transport_bounds
+from hybnn.federated.secagg import to_transport
 from hybnn.federated.strategies import ProximalTerm
 from hybnn.federated.strategy import ARRAYS, CONFIG, METRICS, arrays_of, from_record, to_record
+from hybnn.federated.transport_scale import transport_bounds
 from hybnn.pipeline.encoder import Encoder
 
 LATENT = "hybnn-latent"  # context.state key: this client's latent weights (1bit, xor)
@@ -198,9 +199,9 @@ def secagg_client_app(mods: Sequence[Mod] = ()) -> ClientApp:
 def make_client_app(mods: Sequence[Mod] = (), secagg_mods: Sequence[Mod] = ()) -> ClientApp:
     """A ClientApp running :func:`train`, :func:`evaluate` and :func:`query` (handshake),
     behind optional mods; training replies pass the DP mod the server's ``--dp`` asks for
-    first (:func:`~hybnn.federated.privacy.client_dp_mod`). Messages of Flower's legacy
-    path (no ``config`` record: the
-    SecAgg+ stages and their evaluation) go to :func:`secagg_client_app` (``secagg_mods``)."""
+    first, in transport coordinates (:func:`~hybnn.federated.privacy.client_dp_mod`).
+    Messages of Flower's legacy path (no ``config`` record: the SecAgg+ stages and their
+    evaluation) go to :func:`secagg_client_app` (``secagg_mods``)."""
     client = ClientApp(mods=list(mods))
     legacy = secagg_client_app(secagg_mods)
 
@@ -212,7 +213,12 @@ def make_client_app(mods: Sequence[Mod] = (), secagg_mods: Sequence[Mod] = ()) -
         return route
 
     def private_train(msg: Message, context: Context) -> Message:
-        return client_dp_mod(msg, context, train)
+        def bounds(cfg: FedConfig) -> dict[str, float]:
+            _, _, encoder = _setup(msg.content[CONFIG], context)
+            model = task.build_model(cfg, encoder)
+            return transport_bounds(model, Layout.of(model))
+
+        return client_dp_mod(msg, context, train, bounds)
 
     client.train()(routed(private_train))
     client.evaluate()(routed(evaluate))

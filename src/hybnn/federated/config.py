@@ -97,10 +97,11 @@ class FedConfig:
                       choices=DP_MODES)
     noise_multiplier: float = setting(1.0, "central DP: Gaussian noise stddev / clipping norm "
                                       "(on the sum of the clipped updates)")
-    clipping_norm: float = setting(500.0, "DP: L2 bound of a client's update (the initial "
-                                   "bound with adaptive clipping); the default head's updates "
-                                   "measure a few hundred, mostly batch-norm running "
-                                   "variances (bench/privacy.py)")
+    clipping_norm: float = setting(3.0, "DP: L2 bound of a client's update in transport "
+                                   "coordinates (batch-norm running means / fan-in K, "
+                                   "variances / K²; the initial bound with adaptive "
+                                   "clipping); about the median fp32 update of the default "
+                                   "head without DP (docs/federated.md)")
     dp_delta: float = setting(1e-5, "DP: the delta of the reported epsilon and of --dp local")
     local_epsilon: float = setting(1.0, "--dp local: each client's epsilon per round "
                                    "(Flower's LocalDpMod)")

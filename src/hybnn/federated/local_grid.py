@@ -11,21 +11,29 @@ What it is for: many federations (strategy tables, hostile-client drills) and ma
 (1,000) on one machine, without Ray's start-up and per-message scheduling. It is sequential:
 seconds per round are the sum of the sampled clients' work. ``hybnn federate --engine ray``
 (the default) and ``--deploy`` run the same apps through Flower's own runtimes.
+
+:func:`run_local` is the one way to run a federation on it (benchmarks, tests, and
+:func:`hybnn.federated.simulation.federate` with ``engine="local"``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 from flwr.common.constant import ErrorCode
 from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
+
+from hybnn.federated.client_app import make_client_app
+from hybnn.federated.config import FedConfig
+from hybnn.federated.server_app import run_server
 
 FIRST_NODE_ID = 2**63 + 1  # node ids are uint64 in Flower: beyond int64 on purpose
 SERVER_NODE_ID = 0
@@ -85,3 +93,15 @@ class LocalGrid(Grid):
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         raise NotImplementedError("LocalGrid delivers with send_and_receive only")
+
+
+def run_local(cfg: FedConfig, mods: Sequence[Mod] = (), sink: dict[str, Any] | None = None
+              ) -> tuple[dict[str, Any], LocalGrid]:
+    """Run ``cfg``'s federation on a :class:`LocalGrid` of ``cfg.clients`` nodes, each
+    ClientApp behind ``mods``: (the federation log of
+    :func:`~hybnn.federated.server_app.run_server`, the grid). Raises as ``run_server``
+    does; ``sink`` receives the log even then."""
+    grid = LocalGrid(make_client_app(mods), cfg.clients)
+    context = Context(run_id=grid.run_id, node_id=SERVER_NODE_ID, node_config={},
+                      state=RecordDict(), run_config={})
+    return run_server(grid, context, cfg, sink), grid

@@ -30,6 +30,17 @@ mechanism, an (ε, δ) guarantee per round for ε <= 1). The server composes tho
 one per round per client, with the same RDP accountant (valid for any ε), and projects each
 noisy reply into the model's domain before validating it (post-processing). ``fp32`` only.
 
+**Coordinates.** Every mode clips and noises the update in transport coordinates
+(:mod:`hybnn.federated.transport_scale`): batch-norm running means divided by the fan-in K
+of the layer before them, running variances by K², everything else as it is. In raw
+coordinates the running variances (~K) are 99.96 % of an update's squared norm: a clipping
+norm that covers them lets noise of that size onto the latent weights in [-1, 1]. The
+server's :class:`~hybnn.federated.strategy.EncodedStrategy` hands Flower's wrapper the
+global model and the decoded updates scaled, and maps its aggregate back before the model
+is used; on the client :func:`in_transport` shows Flower's mod the global model and the
+trained reply scaled, and unscales what it returns (the wire carries plain float32 state,
+so the server validates it as usual). ``--clipping-norm`` is a norm in these coordinates.
+
 Every client mod is chosen per training message from the server's config
 (:func:`client_dp_mod`), so the same ClientApp serves simulation and deployment. The noise
 is Flower's, drawn from numpy's global generator and never seeded: a seed in results.json
@@ -39,11 +50,11 @@ would let anyone subtract it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.clientapp.mod import LocalDpMod, adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.serverapp import (
@@ -68,6 +79,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, KEY_NORM_BIT
 from hybnn.federated.config import CENTRAL_DP, FedConfig
 from hybnn.federated.encoding import UpdateError
 from hybnn.federated.strategies import flower_strategy
+from hybnn.federated.transport_scale import scaled, unscaled
 
 UNIFORM_WEIGHT = "uniform-weight"  # the reply metric (always 1) central DP's FedAvg weights by
 CLIP_TOLERANCE = 1e-4  # relative: float32 rounding of a client's clip (update + global)
@@ -162,10 +174,12 @@ def reply_metrics(cfg: FedConfig, n: int, metrics: dict[str, Any]) -> MetricReco
     return MetricRecord(out)
 
 
-def update_norm(state: dict[str, np.ndarray], sent: dict[str, np.ndarray]) -> float:
-    """L2 norm of ``state - sent`` over every tensor (what DP clips)."""
-    return math.sqrt(sum(float(np.sum((state[k].astype(np.float64) - sent[k]) ** 2))
-                         for k in sent))
+def update_norm(state: Mapping[str, np.ndarray], sent: Mapping[str, np.ndarray],
+                bounds: Mapping[str, float]) -> float:
+    """L2 norm of ``state - sent`` over every tensor in transport coordinates (what DP
+    clips)."""
+    a, b = scaled(state, bounds), scaled(sent, bounds)
+    return math.sqrt(sum(float(np.sum((a[k] - b[k]) ** 2)) for k in b))
 
 
 def sent_clipping_norm(config: ConfigRecord) -> float | None:
@@ -200,12 +214,39 @@ def client_mod(cfg: FedConfig) -> Mod | None:
     return None
 
 
-def client_dp_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+def client_dp_mod(msg: Message, context: Context, call_next: ClientAppCallable,
+                  bounds: Callable[[FedConfig], Mapping[str, float]]) -> Message:
     """The ClientApp's training mod: Flower's DP mod for the run's ``--dp``, read from the
-    server's config (one ConfigRecord, as Flower's DP mods expect), or nothing."""
+    server's config (one ConfigRecord, as Flower's DP mods expect), acting in transport
+    coordinates (:func:`in_transport`, with ``bounds(cfg)``), or nothing."""
     records = list(msg.content.config_records.values())
-    mod = client_mod(FedConfig.from_record(records[0])) if len(records) == 1 else None
-    return call_next(msg, context) if mod is None else mod(msg, context, call_next)
+    cfg = FedConfig.from_record(records[0]) if len(records) == 1 else None
+    mod = client_mod(cfg) if cfg is not None else None
+    if cfg is None or mod is None:
+        return call_next(msg, context)
+    return in_transport(mod, bounds(cfg))(msg, context, call_next)
+
+
+def in_transport(mod: Mod, bounds: Mapping[str, float]) -> Mod:
+    """``mod`` seeing the global model and the reply in transport coordinates (each tensor
+    divided by its bound, :mod:`hybnn.federated.transport_scale`): it clips (and noises)
+    the update there; the training in between and the reply on the wire are plain."""
+
+    def rescale(msg: Message, to: Callable[..., dict[str, np.ndarray]]) -> Message:
+        if not msg.has_error():
+            for key, record in list(msg.content.array_records.items()):
+                plain = {k: v.numpy() for k, v in record.items()}
+                msg.content[key] = ArrayRecord({k: Array(v) for k, v in
+                                                to(plain, bounds).items()})
+        return msg
+
+    def wrapped(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        def plain_inside(inner: Message, ctx: Context) -> Message:
+            return rescale(call_next(rescale(inner, unscaled), ctx), scaled)
+
+        return rescale(mod(rescale(msg, scaled), context, plain_inside), unscaled)
+
+    return wrapped
 
 
 # -- local DP's server side ----------------------------------------------------------------

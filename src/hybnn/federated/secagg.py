@@ -23,10 +23,10 @@ weighted average, FedAvg, is all the server obtains. A node that drops out after
 unmasked from its neighbours' shares; fewer than ``secagg_threshold`` colluding
 neighbours learn nothing of it.
 
-**What travels** (:func:`to_transport`): every tensor divided by a fixed bound so that
-it lies in [-1, 1] (:func:`transport_bounds`): latent weights as they are (clipped there),
-a batch norm's running mean by the fan-in K of the layer before it and its running variance
-by K² (a binary layer's output is a sum of K products of ±1). Flower then clips to
+**What travels** (:func:`to_transport`): every tensor in the transport coordinates of
+:mod:`hybnn.federated.transport_scale`, in [-1, 1]: latent weights as they are (clipped
+there), a batch norm's running mean divided by the fan-in K of the layer before it and its
+running variance by K² (a binary layer's output is a sum of K products of ±1). Flower then clips to
 [-``secagg_clip``, ``secagg_clip``] and quantizes into 2^22 levels; a client refuses to send
 a value the clip would cut. Without the bounds a running variance of ~K (200) would need a
 range that leaves latent weights a quantization step of ~0.02. The masked vector is int64:
@@ -49,7 +49,6 @@ A round whose sum holds a client whose visible reply fails validation is not app
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from logging import INFO, WARNING
@@ -75,7 +74,6 @@ from flwr.server.strategy import FedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import Grid
 from flwr.supercore import log
-from torch import nn
 
 from hybnn.federated.config import FedConfig
 from hybnn.federated.encoding import Layout, UpdateError, encode, wire_keys
@@ -87,6 +85,7 @@ from hybnn.federated.strategy import (
     serialized_bytes,
     to_record,
 )
+from hybnn.federated.transport_scale import scaled, unscaled
 from hybnn.federated.validation import (
     VAR_FLOOR,
     check_metrics,
@@ -98,34 +97,16 @@ from hybnn.federated.validation import (
 QUANTIZATION_RANGE = 2**22  # Flower's defaults: levels of [-clip, clip] per value ...
 MODULUS_RANGE = 2**32  # ... and the masks' modulus: 1023 quantized updates sum without wrapping
 MAX_SUMMED = MODULUS_RANGE // QUANTIZATION_RANGE - 1
-BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 # -- what travels ------------------------------------------------------------------------
-def transport_bounds(model: nn.Module, layout: Layout) -> dict[str, float]:
-    """Per tensor, the divisor that puts it in [-1, 1]: the fan-in K of the layer before a
-    batch norm for its running mean, K² for its running variance, 1 for everything else
-    (latent weights are clipped to [-1, 1]; affines and scales are left to the clip)."""
-    bounds = dict.fromkeys(layout.keys, 1.0)
-    fan_in: int | None = None
-    for name, module in model.named_modules():
-        weight = getattr(module, "weight", None)
-        if isinstance(module, BATCH_NORMS):
-            if fan_in is not None:
-                bounds[f"{name}.running_mean"] = float(fan_in)
-                bounds[f"{name}.running_var"] = float(fan_in) ** 2
-        elif isinstance(weight, nn.Parameter) and weight.dim() >= 2:
-            fan_in = math.prod(weight.shape[1:])
-    return bounds
-
-
 def to_transport(state: Mapping[str, np.ndarray], layout: Layout, bounds: Mapping[str, float],
                  clip: float) -> list[np.ndarray]:
-    """The update as SecAgg+ takes it: each tensor divided by its bound, in layout order;
-    raises :class:`UpdateError` for a value the quantizer would clip."""
+    """The update as SecAgg+ takes it: each tensor in transport coordinates
+    (:func:`~hybnn.federated.transport_scale.scaled`), in layout order; raises
+    :class:`UpdateError` for a value the quantizer would clip."""
     out = []
-    for k in layout.keys:
-        a = np.asarray(state[k], dtype=np.float64) / bounds[k]
+    for k, a in scaled({k: state[k] for k in layout.keys}, bounds).items():
         if a.size and not np.abs(a).max() <= clip:  # also NaN
             raise UpdateError(f"{k}: |value| / bound {bounds[k]:g} = {np.abs(a).max():.3g} is "
                               f"outside --secagg-clip {clip:g}; it would be clipped in the sum")
@@ -139,13 +120,10 @@ def from_transport(arrays: list[np.ndarray], layout: Layout, bounds: Mapping[str
     if len(arrays) != len(layout.keys):
         raise UpdateError(f"the aggregate has {len(arrays)} arrays, the model "
                           f"{len(layout.keys)}")
-    state = {}
     for k, shape, a in zip(layout.keys, layout.shapes, arrays, strict=True):
-        a = np.asarray(a, dtype=np.float64) * bounds[k]
-        if a.shape != shape:
-            raise UpdateError(f"{k}: shape {a.shape} in the aggregate, expected {shape}")
-        state[k] = a.astype(np.float32)
-    return state
+        if np.shape(a) != shape:
+            raise UpdateError(f"{k}: shape {np.shape(a)} in the aggregate, expected {shape}")
+    return unscaled(dict(zip(layout.keys, arrays, strict=True)), bounds)
 
 
 def checked_aggregate(state: dict[str, np.ndarray], layout: Layout) -> dict[str, np.ndarray]:

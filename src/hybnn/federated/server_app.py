@@ -23,7 +23,7 @@ from hybnn.errors import FingerprintMismatch
 from hybnn.federated import task
 from hybnn.federated.config import FedConfig
 from hybnn.federated.encoding import Layout, encode, load_state, model_state, payload_bytes
-from hybnn.federated.secagg import SecAggFedAvg, transport_bounds
+from hybnn.federated.secagg import SecAggFedAvg
 from hybnn.federated.strategy import (
     EncodedStrategy,
     FederationError,
@@ -31,6 +31,7 @@ from hybnn.federated.strategy import (
     round_log,
     to_record,
 )
+from hybnn.federated.transport_scale import transport_bounds
 
 FEDERATION_LOG = "federation.json"
 
@@ -54,7 +55,8 @@ def run_server(grid: Grid, context: Context, cfg: FedConfig | None = None,
     initial = model_state(model, layout)
     # The server cuts the task as the clients do: their handshake counts must match.
     partitions = task.partition_sizes(cfg)
-    strategy = EncodedStrategy(cfg, layout, partitions=partitions)
+    bounds = transport_bounds(model, layout)
+    strategy = EncodedStrategy(cfg, layout, partitions=partitions, bounds=bounds)
     evals: dict[int, dict[str, float]] = {}
     secure: SecAggFedAvg | None = None
 
@@ -81,7 +83,7 @@ def run_server(grid: Grid, context: Context, cfg: FedConfig | None = None,
                                 for name in _encodings_for(cfg)},
     }
     if cfg.secagg:  # Flower's legacy path; the EncodedStrategy shakes hands and samples
-        secure = SecAggFedAvg(cfg, layout, transport_bounds(model, layout), initial,
+        secure = SecAggFedAvg(cfg, layout, bounds, initial,
                               evaluate_fn, strategy,
                               max_weight=max(1, *(p["train"] for p in partitions)))
         log["secagg"] = secure.protocol()

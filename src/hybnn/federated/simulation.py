@@ -79,16 +79,10 @@ def federate(
     sink: dict[str, Any] = {}
     t0 = time.perf_counter()
     if engine == "local":
-        from flwr.app import Context, RecordDict
+        from hybnn.federated.local_grid import run_local
 
-        from hybnn.federated.local_grid import SERVER_NODE_ID, LocalGrid
-        from hybnn.federated.server_app import run_server
-
-        grid = LocalGrid(make_client_app(mods), cfg.clients)
-        context = Context(run_id=grid.run_id, node_id=SERVER_NODE_ID, node_config={},
-                          state=RecordDict(), run_config={})
         with contextlib.suppress(FederationError):  # the sink says why; raised below
-            run_server(grid, context, cfg, sink)
+            run_local(cfg, mods, sink)
     else:
         run_simulation(
             server_app=make_server_app(cfg, sink),

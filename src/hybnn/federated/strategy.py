@@ -20,14 +20,18 @@ state) and aggregates the validated, decoded updates; around it:
   stops the server; a round with fewer than ``min_clients`` valid updates keeps the
   previous global model;
 - differential privacy (``--dp``, :mod:`hybnn.federated.privacy`): the wrapped strategy
-  is inside Flower's DP wrapper, calibrated each round to the updates it averages; an
+  is inside Flower's DP wrapper, calibrated each round to the updates it averages; it sees
+  the global model and the updates in transport coordinates
+  (:mod:`hybnn.federated.transport_scale`: batch-norm running statistics divided by the
+  fan-in bounds), so clipping and noise act there, and its aggregate is mapped back; an
   update clipped on the client but above the norm sent is rejected; the privacy spent so
   far is written into the ledger after every round;
 - ledger: per round and per client, the serialized bytes down and up, the status
   (``ok``, ``error`` with its reason, ``rejected`` with its reason, ``missing`` when no
   reply came before the round timeout) and the client's metrics; evaluation likewise
   (``status_eval``, ``reason_eval``); per client the norm of its decoded update
-  (``update_norm``, what DP clips), per round the clipping norm and (epsilon, delta).
+  (``update_norm``, in transport coordinates: what DP clips), per round the clipping norm
+  and (epsilon, delta).
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ from hybnn.federated.privacy import (
     update_norm,
 )
 from hybnn.federated.strategies import SampledGrid
+from hybnn.federated.transport_scale import scaled, unscaled
 from hybnn.federated.validation import (
     check_metrics,
     check_partition,
@@ -112,13 +117,18 @@ def serialized_bytes(content: RecordDict) -> int:
 
 class EncodedStrategy(Strategy):
     """``partitions``: the sizes the server knows per partition id (``train``, ``test``);
-    given, a node's handshake counts must match its partition's."""
+    given, a node's handshake counts must match its partition's. ``bounds``: the model's
+    transport bounds (:func:`~hybnn.federated.transport_scale.transport_bounds`; default 1
+    for every tensor): under ``--dp`` the wrapped strategy sees the global model and the
+    updates divided by them, and its aggregate is multiplied back."""
 
     def __init__(self, cfg: FedConfig, layout: Layout, inner: Strategy | None = None,
-                 partitions: Sequence[Mapping[str, Any]] | None = None) -> None:
+                 partitions: Sequence[Mapping[str, Any]] | None = None,
+                 bounds: Mapping[str, float] | None = None) -> None:
         self.cfg = cfg
         self.layout = layout
         self.inner = inner or private_strategy(cfg)
+        self.bounds = dict(bounds) if bounds is not None else dict.fromkeys(layout.keys, 1.0)
         self.partitions = partitions
         self.rounds: dict[int, dict[str, Any]] = {}
         self.partition_of: dict[int, int] = {}
@@ -210,8 +220,8 @@ class EncodedStrategy(Strategy):
             set_sample_size(self.inner, len(node_ids))
         configure = self.inner.configure_train if kind == "train" else \
             self.inner.configure_evaluate
-        planned = list(configure(server_round, arrays, ConfigRecord(dict(config)),
-                                 SampledGrid(grid, node_ids)))
+        planned = list(configure(server_round, self._to_inner(arrays),
+                                 ConfigRecord(dict(config)), SampledGrid(grid, node_ids)))
         if not planned:
             return []
         # the wrapped strategy's config (e.g. FedProx's proximal-mu), our encoded arrays
@@ -266,7 +276,7 @@ class EncodedStrategy(Strategy):
                 continue
             try:
                 state, metrics, n = self._check_train_reply(client["node_id"], reply)
-                client["update_norm"] = norm = update_norm(state, self.sent)
+                client["update_norm"] = norm = update_norm(state, self.sent, self.bounds)
                 if self.sent_clip is not None:
                     check_clipped(norm, self.sent_clip)
                 kept = reply_metrics(self.cfg, n, metrics)
@@ -276,7 +286,8 @@ class EncodedStrategy(Strategy):
             client.update({k.replace("-", "_"): metrics.get(k) for k in TRAIN_METRICS})
             client["num_examples"] = n
             self._learn_partition(client, metrics)
-            reply.content = RecordDict({ARRAYS: to_record(state), METRICS: kept})
+            reply.content = RecordDict({ARRAYS: self._to_inner(to_record(state)),
+                                        METRICS: kept})
             passed.append(reply)
         self._mark_missing(entry, "train")
         entry["valid_updates"] = len(passed)
@@ -294,8 +305,21 @@ class EncodedStrategy(Strategy):
             log(WARNING, "round %d: %s did not aggregate %d update(s): global model "
                 "unchanged", server_round, self.cfg.strategy, len(passed))
             return None, None
-        arrays = to_record(project(from_record(arrays), self.layout))
+        arrays = to_record(project(self._from_inner(arrays), self.layout))
         return arrays, MetricRecord({"valid-updates": len(passed)})
+
+    def _to_inner(self, arrays: ArrayRecord) -> ArrayRecord:
+        """What the wrapped strategy sees of a model: under ``--dp``, transport
+        coordinates (DP clips and noises there); else the model as it is."""
+        if self.cfg.dp == "none":
+            return arrays
+        return to_record(scaled(from_record(arrays), self.bounds))
+
+    def _from_inner(self, arrays: ArrayRecord) -> dict[str, np.ndarray]:
+        """The float32 state of the wrapped strategy's aggregate."""
+        if self.cfg.dp == "none":
+            return from_record(arrays)
+        return unscaled(from_record(arrays), self.bounds)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:

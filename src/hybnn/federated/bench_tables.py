@@ -1,4 +1,6 @@
-"""The federated benchmark's tables and targets, from its raw results (bench/federated.py)."""
+"""The federated benchmark's tables and targets, from its raw results (``bench/federated.py``
+writes them into BENCHMARKS.md; a library module so that every script in bench/ is a
+benchmark)."""
 
 from __future__ import annotations
 
