@@ -42,7 +42,7 @@ from hybnn.artifacts import atomic_write_json
 from hybnn.benchmarks import write_json, write_section
 from hybnn.data import PAPER_TASKS
 from hybnn.federated import faults
-from hybnn.federated.bench_tables import markdown, targets
+from hybnn.federated.bench_tables import markdown, scale_markdown, targets
 from hybnn.federated.config import ENCODINGS, ROBUST, STRATEGIES, FedConfig
 from hybnn.federated.encoding import Layout
 from hybnn.federated.report import build_results, centralized_baseline, environment
@@ -243,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--render", action="store_true",
                     help="only rewrite the section from --out/bench.json")
     ap.add_argument("--fresh", action="store_true", help="ignore cached runs")
+    ap.add_argument("--only", choices=("scale",),
+                    help="measure only this part and rewrite only its section")
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.render:
@@ -253,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(out / "encoder", ignore_errors=True)
         raw = measure(args, out)
     if not args.quick:
-        write_section("federated", markdown(raw), args.benchmarks)
+        if raw.get("only") != "scale":
+            write_section("federated", markdown(raw), args.benchmarks)
+        write_section("federated-scale", scale_markdown(raw), args.benchmarks)
     if args.json:
         write_json(args.json, targets(raw), command=raw["command"], config=raw["config"],
                    environment=raw["environment"])
@@ -278,6 +282,17 @@ def measure(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     encoder = task_encoder(base.encoder)
     print(f"encoder {base.encoder} ({encoder.fingerprint[:12]})", flush=True)
     run = Runner(out)
+    common = {
+        "config": base.to_dict(), "environment": environment(), "threads": 1,
+        "encoder_fingerprint": encoder.fingerprint, "head": head_layout(encoder),
+        "command": " ".join(["bench/federated.py", *sys.argv[1:]]),
+    }
+    if args.only == "scale":
+        raw = {"only": "scale", "scale": scale_rows(run, base, quick), **common,
+               "seconds": time.perf_counter() - t_start}
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "bench-scale.json", raw)
+        return raw
     central = {t: run.central(base.with_(task=t)) for t in tasks}
     raw = {
         "centralized": central,
@@ -287,11 +302,8 @@ def measure(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "hostile": hostile_rows(run, base.with_(rounds=10 if not quick else 3,
                                                 local_epochs=2), "2v3", quick),
         "scale": scale_rows(run, base, quick),
-        "strategies": list(strategies), "quick": quick,
-        "config": base.to_dict(), "environment": environment(),
-        "threads": 1, "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "encoder_fingerprint": encoder.fingerprint, "head": head_layout(encoder),
-        "command": " ".join(["bench/federated.py", *sys.argv[1:]]),
+        "strategies": list(strategies), "quick": quick, **common,
+        "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "seconds": time.perf_counter() - t_start,
     }
     out.mkdir(parents=True, exist_ok=True)

@@ -80,6 +80,26 @@ def test_bernoulli_samples_follow_the_stored_frequencies() -> None:
     assert np.array_equal(model.frequencies(7), truth[7])  # 0 and 1 are exact
 
 
+def test_sampling_temperature_flattens_the_frequencies_symmetrically() -> None:
+    rng = np.random.default_rng(1)
+    p = np.r_[np.full(100, 0.9), np.full(50, 0.5), np.full(50, 0.0)]
+    model = BernoulliCodeModel(200, bits=8)
+    model.fit(pack_code_bits(rng.random((20000, 200)) < p), np.zeros(20000, np.int64))
+    drawn = unpack_code_bits(model.sample(0, 20000, rng, temperature=2.0), 200).mean(axis=0)
+    # sigmoid(logit(0.9) / 2) = 3 / (3 + 1) = 0.75; 0.5 stays; a never-set bit stays ~never
+    assert np.abs(drawn[:100] - 0.75).max() < 0.03
+    assert np.abs(drawn[100:150] - 0.5).max() < 0.03
+    assert drawn[150:].max() < 0.01
+
+
+def test_generator_settings_must_be_positive(tmp_path: Path) -> None:
+    from hybnn.experiments.continual import continual
+
+    for bad in ({"generator_temperature": 0.0}, {"generator_samples": float("nan")}):
+        with pytest.raises(DataError, match="must be a finite number > 0"):
+            continual(ContinualConfig(**bad), tmp_path / "out", progress=False)
+
+
 def test_frequency_bits_fit_the_budget() -> None:
     assert frequency_bits(1040, 10, 200) == 4  # mnist-5k at 1 %: 10 x 100 B
     assert frequency_bits(373, 10, 200) == 1  # digits at 1 %: 10 x 25 B

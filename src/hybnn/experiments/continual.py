@@ -15,6 +15,7 @@ the best earlier accuracy on j minus the final one, Chaudhry et al. 2018).
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -80,6 +81,11 @@ def continual(config: ContinualConfig, out: str | os.PathLike[str], progress: bo
         if set(given) - set(known):
             raise DataError(f"unknown name(s) {sorted(set(given) - set(known))}; "
                             f"use {', '.join(known)}")
+    for name in ("generator_temperature", "generator_samples"):
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value > 0):
+            raise DataError(f"--{name.replace('_', '-')} must be a finite number > 0, "
+                            f"got {value!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / ".write-test", lambda p: p.write_text("ok"))
@@ -168,8 +174,10 @@ def run_sequence(stream: TaskStream, scenario: str, strategy: str, config: Conti
             packed, classes = stream.train.packed[seen], stream.train.labels[seen]
         elif strategy in BUDGETED:
             per_class = round(len(classes) / len(stream.classes[t]))
+            if strategy == "generative":  # sampling costs no memory: draw more
+                per_class = round(per_class * config.generator_samples)
             extra = _replayed(memory if strategy == "replay" else generator, per_class,
-                              stream.train.bytes_per_sample, rng)
+                              stream.train.bytes_per_sample, rng, config.generator_temperature)
             packed = np.concatenate([packed, extra[0]])
             classes = np.concatenate([classes, extra[1]])
         x = bits_to_signs(unpack_code_bits(packed, stream.train.num_bits))
@@ -195,16 +203,17 @@ def run_sequence(stream: TaskStream, scenario: str, strategy: str, config: Conti
 
 
 def _replayed(source: ReplayMemory | BernoulliCodeModel, per_class: int, code_bytes: int,
-              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """``per_class`` packed codes of every class the source holds (as many as a current
-    class has, so old and new classes weigh the same in the loss)."""
+              rng: np.random.Generator, temperature: float = 1.0
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """``per_class`` packed codes of every class the source holds (stored codes: as many as
+    a current class has, so old and new classes weigh the same in the loss)."""
     packed, labels = [], []
     for c in source.classes():
         if isinstance(source, ReplayMemory):
             stored = source.codes_of(c)
             packed.append(stored[np.resize(rng.permutation(len(stored)), per_class)])
         else:
-            packed.append(source.sample(c, per_class, rng))
+            packed.append(source.sample(c, per_class, rng, temperature))
         labels.append(np.full(per_class, c, dtype=np.int64))
     if not packed:
         return np.zeros((0, code_bytes), np.uint8), np.zeros(0, np.int64)

@@ -48,6 +48,13 @@ class ContinualConfig:
     generator_bits: int | None = setting(None, "bits per stored bit frequency of generative "
                                          "replay (default: the most, up to 8, that fit the "
                                          "memory budget; mnist-5k: 4, 100 B per class)")
+    # measured on mnist-5k class-incremental (3 seeds, contrastive encoder): final accuracy
+    # 94.05 % (T 1, 1x) -> 94.6 % (T 1.33, 2x) -> 95.4 % (T 2, 2x); T 2.9: 95.3; 3x: 94.9
+    generator_temperature: float = setting(2.0, "sampling temperature of generative replay "
+                                           "(P(bit) = sigmoid(logit(f) / T); 1: the stored "
+                                           "frequencies f)")
+    generator_samples: float = setting(2.0, "generated codes per old class, as a multiple of "
+                                       "a new class's training codes")
     ewc_lambda: float = setting(100.0, "weight of the EWC penalty")
     # 15 epochs at batch 128 keep the full run (30 sequences of 5 tasks) to minutes
     epochs: int = setting(15, "head epochs per task (quick: 5)")

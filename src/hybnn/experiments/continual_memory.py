@@ -127,9 +127,16 @@ class BernoulliCodeModel:
         weights = 1 << np.arange(self.bits - 1, -1, -1)
         return (planes @ weights) / self.levels
 
-    def sample(self, label: int, n: int, rng: np.random.Generator) -> np.ndarray:
-        """``n`` packed codes of class ``label``, bits drawn independently."""
-        bits = rng.random((n, self.num_bits)) < self.frequencies(label)
+    def sample(self, label: int, n: int, rng: np.random.Generator,
+               temperature: float = 1.0) -> np.ndarray:
+        """``n`` packed codes of class ``label``, bits drawn independently with
+        P(bit = 1) = sigmoid(logit(f) / temperature): above 1, flatter than the stored
+        frequencies f (more varied codes); 1: f itself."""
+        p = self.frequencies(label)
+        if temperature != 1.0:
+            logit = np.log(np.clip(p, 1e-6, 1.0)) - np.log(np.clip(1.0 - p, 1e-6, 1.0))
+            p = 1.0 / (1.0 + np.exp(-logit / temperature))
+        bits = rng.random((n, self.num_bits)) < p
         return pack_code_bits(bits)
 
     def classes(self) -> list[int]:

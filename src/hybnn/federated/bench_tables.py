@@ -83,6 +83,8 @@ def _cnn_ratios(raw: dict[str, Any]) -> list[tuple[dict[str, Any], float]]:
 def targets(raw: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's targets against what was measured (the same numbers as the section)."""
     found = []
+    if raw.get("only") == "scale":
+        return _scale_targets(raw)
     for (strategy, enc), g in sorted(skew_gaps(raw, "dirichlet 0.5").items()):
         worst = max(g.values())
         found.append(target(f"dirichlet 0.5 {strategy} {enc} worst gap vs centralized (points)",
@@ -109,6 +111,11 @@ def targets(raw: dict[str, Any]) -> list[dict[str, Any]]:
         found.append(target("bytes per round FedHyBNN 1bit vs FedAvg float CNN (ratio)",
                             round(min(fp), 1), f">= {TARGET_CNN_RATIO:g}x",
                             min(fp) >= TARGET_CNN_RATIO))
+    return found + _scale_targets(raw)
+
+
+def _scale_targets(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    found = []
     for r in raw["scale"]:
         if r.get("clients") != 1000:
             continue
@@ -278,5 +285,16 @@ def _scale_section(raw: dict[str, Any]) -> list[str]:
 
 
 def markdown(raw: dict[str, Any]) -> str:
+    """The `federated` section: everything but the scale table (its own section)."""
     return "\n".join(_header(raw) + _skew_section(raw) + _encoding_section(raw)
-                     + _cnn_section(raw) + _hostile_section(raw) + _scale_section(raw))
+                     + _cnn_section(raw) + _hostile_section(raw))
+
+
+def scale_markdown(raw: dict[str, Any]) -> str:
+    """The `federated-scale` section (``bench/federated.py --only scale`` rewrites it alone)."""
+    env = raw["environment"]
+    return "\n".join(["## Federated at scale (FedHyBNN on Flower)", "",
+                      f"Command: `python {raw['command']}`. Machine: {env['machine']}; flwr "
+                      f"{env['flwr']}, ray {env['ray']}; torch 1 thread. Encoder "
+                      f"{raw['encoder_fingerprint'][:12]}, seed {raw['config']['seed']}.",
+                      *_scale_section(raw)[1:]])
