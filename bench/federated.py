@@ -11,6 +11,10 @@
    strategy (FedAvg for reference), the validating wrapper in front.
 5. Scale: N = 10, 100, 1,000 simulated clients, 10 % sampled per round: seconds per round and
    peak memory, each N in a fresh process.
+6. The default strategy (`--only default`): FedAvg and the server-optimiser strategies on IID,
+   Dirichlet(0.5) and Dirichlet(0.1) partitions, both encodings, five pairs, three seeds
+   (partitions, initial head and training; centralized per seed), against the rule
+   `--strategy auto` follows.
 
 Federations run on :class:`hybnn.federated.local_grid.LocalGrid` (Flower's ServerApp,
 strategies, ClientApp and mods in this process; `tests/federated/test_fed_strategies.py`
@@ -19,7 +23,7 @@ Ray simulation engine. Every run's row is cached in --out/runs/NAME.json and the
 encoder in --out/encoder, so an interrupted benchmark resumes (--fresh starts over). Usage:
 
     python bench/federated.py [--encoder DIR] [--out runs/bench-federated] [--quick]
-                              [--json FILE] [--render] [--fresh]
+                              [--json FILE] [--render] [--fresh] [--only scale|default]
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from hybnn.artifacts import atomic_write_json
 from hybnn.benchmarks import write_json, write_section
 from hybnn.data import PAPER_TASKS
 from hybnn.federated import faults
-from hybnn.federated.bench_tables import markdown, scale_markdown, targets
+from hybnn.federated.bench_tables import default_markdown, markdown, scale_markdown, targets
 from hybnn.federated.config import ENCODINGS, ROBUST, STRATEGIES, FedConfig
 from hybnn.federated.encoding import Layout
 from hybnn.federated.report import build_results, centralized_baseline, environment
@@ -53,6 +57,9 @@ from hybnn.models.bnn_head import BNNHead
 SKEWS = (("dirichlet", 0.5), ("dirichlet", 0.1), ("classes", 0.5))  # (scheme, alpha)
 HOSTILE_CLIENTS = 10
 HOSTILE_KS = (1, 2)
+DEFAULT_CANDIDATES = ("fedavg", "fedyogi", "fedadam", "fedadagrad")
+DEFAULT_PARTITIONS = (("iid", 0.5), ("dirichlet", 0.5), ("dirichlet", 0.1))
+DEFAULT_SEEDS = (0, 1, 2)
 
 
 def skew_name(scheme: str, alpha: float) -> str:
@@ -79,7 +86,7 @@ def row_of(cfg: FedConfig, res: dict[str, Any], seconds: float, **extra: Any) ->
     rejected = sum(c["status"] == "rejected" for r in rounds for c in r["clients"])
     return {
         "task": cfg.task, "model": cfg.model, "partition": cfg.partition, "alpha": cfg.alpha,
-        "encoding": cfg.encoding, "strategy": cfg.strategy, "clients": cfg.clients,
+        "encoding": cfg.encoding, "strategy": cfg.resolved_strategy, "clients": cfg.clients,
         "fraction": cfg.fraction, "rounds": cfg.rounds, "local_epochs": cfg.local_epochs,
         "final_acc": res["final_acc"], "best_acc": res["best_acc"],
         "up_per_client_round": res["bytes_up_per_client_round"],
@@ -120,7 +127,7 @@ class Runner:
         return self.store(name, row_of(cfg, res, time.perf_counter() - t0, **extra))
 
     def central(self, cfg: FedConfig) -> dict[str, Any]:
-        name = f"central-{cfg.task}"
+        name = f"central-{cfg.task}" + (f"-seed{cfg.seed}" if cfg.seed else "")
         if (row := self.cached(name)) is not None:
             return row
         return self.store(name, centralized_baseline(cfg))
@@ -185,6 +192,30 @@ def hostile_rows(run: Runner, base: FedConfig, task: str, quick: bool) -> list[d
     return rows
 
 
+def default_rows(run: Runner, base: FedConfig, tasks: Sequence[str], quick: bool
+                 ) -> dict[str, Any]:
+    """Every candidate default x partition x encoding x task x seed, and centralized per
+    task and seed."""
+    seeds = DEFAULT_SEEDS[:1] if quick else DEFAULT_SEEDS
+    central = {f"{t} {s}": run.central(base.with_(task=t, seed=s))["acc"]
+               for t in tasks for s in seeds}
+    rows = []
+    for seed in seeds:
+        for task in tasks:
+            for scheme, alpha in DEFAULT_PARTITIONS:
+                for enc in ("fp32", "1bit"):
+                    for strategy in DEFAULT_CANDIDATES:
+                        cfg = base.with_(task=task, partition=scheme, alpha=alpha,
+                                         encoding=enc, strategy=strategy, seed=seed)
+                        part = "iid" if scheme == "iid" else f"dirichlet {alpha:g}"
+                        rows.append(run.federation(
+                            cfg, f"default-{task}-{scheme}{alpha:g}-{enc}-{strategy}-seed{seed}",
+                            skew=part, seed=seed))
+    return {"central": central, "rows": rows, "seeds": list(seeds), "tasks": list(tasks),
+            "candidates": list(DEFAULT_CANDIDATES),
+            "auto": {enc: FedConfig(encoding=enc).resolved_strategy for enc in ("fp32", "1bit")}}
+
+
 SCALE_CHILD = """import json, sys, time, torch
 sys.path.insert(0, {bench!r})
 torch.set_num_threads(1)
@@ -243,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--render", action="store_true",
                     help="only rewrite the section from --out/bench.json")
     ap.add_argument("--fresh", action="store_true", help="ignore cached runs")
-    ap.add_argument("--only", choices=("scale",),
+    ap.add_argument("--only", choices=("scale", "default"),
                     help="measure only this part and rewrite only its section")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -255,9 +286,13 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(out / "encoder", ignore_errors=True)
         raw = measure(args, out)
     if not args.quick:
-        if raw.get("only") != "scale":
+        only = raw.get("only")
+        if only is None:
             write_section("federated", markdown(raw), args.benchmarks)
-        write_section("federated-scale", scale_markdown(raw), args.benchmarks)
+        if only in (None, "scale"):
+            write_section("federated-scale", scale_markdown(raw), args.benchmarks)
+        if only == "default":
+            write_section("federated-default", default_markdown(raw), args.benchmarks)
     if args.json:
         write_json(args.json, targets(raw), command=raw["command"], config=raw["config"],
                    environment=raw["environment"])
@@ -292,6 +327,12 @@ def measure(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                "seconds": time.perf_counter() - t_start}
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "bench-scale.json", raw)
+        return raw
+    if args.only == "default":
+        raw = {"only": "default", "default": default_rows(run, base, tasks, quick), **common,
+               "seconds": time.perf_counter() - t_start}
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "bench-default.json", raw)
         return raw
     central = {t: run.central(base.with_(task=t)) for t in tasks}
     raw = {

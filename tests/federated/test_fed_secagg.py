@@ -226,8 +226,8 @@ def test_no_update_reaches_the_server_in_the_clear(tiny_encoder, aggregates, tas
 def test_secagg_matches_plain_fedavg(tmp_path, tiny_encoder, encoding, task_identity):
     cfg = _cfg(str(tiny_encoder[0]), rounds=3, encoding=encoding)
     secure = federate(cfg, tmp_path / "secure", centralized=False, engine="local")
-    plain = federate(cfg.with_(secagg=False), tmp_path / "plain", centralized=False,
-                     engine="local")
+    plain = federate(cfg.with_(secagg=False, strategy="fedavg"), tmp_path / "plain",
+                     centralized=False, engine="local")
     assert secure["status"] == plain["status"] == "completed"
     assert abs(secure["final_acc"] - plain["final_acc"]) <= 0.02
     assert secure["final_acc"] > secure["initial_acc"]

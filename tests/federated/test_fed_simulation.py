@@ -75,7 +75,7 @@ def test_a_hostile_client_is_rejected_inside_the_simulation_runtime(tmp_path, ti
     # output NaN and the third stopped the server.
     cfg = FedConfig(data="digits", task="0v1", clients=2, rounds=3, local_epochs=3,
                     encoder=str(tiny_encoder[0]), min_clients=1, round_timeout=60.0,
-                    node_wait=120.0)
+                    node_wait=120.0, strategy="fedavg")
     mods = [faults.tamper_metrics(1, {"num-examples": 10**15}, rounds={1}),
             faults.poison(1, "running_var", -1e6, rounds={2}),
             faults.tamper_metrics(1, {"num-examples": float("inf")}, kind="evaluate")]

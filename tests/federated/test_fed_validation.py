@@ -56,9 +56,10 @@ class ScriptedGrid:
 
 
 def make_strategy(encoding: str = "fp32", **cfg) -> EncodedStrategy:
-    """A strategy after an honest handshake of the three NODES."""
-    strategy = EncodedStrategy(FedConfig(clients=3, min_clients=1, encoding=encoding, **cfg),
-                               LAYOUT)
+    """A FedAvg strategy (its weighting is what the replies attack) after an honest
+    handshake of the three NODES."""
+    cfg = {"clients": 3, "min_clients": 1, "encoding": encoding, "strategy": "fedavg", **cfg}
+    strategy = EncodedStrategy(FedConfig(**cfg), LAYOUT)
     answers = {nid: handshake_metrics(pid) for nid, pid in NODES.items()}
     strategy.handshake(ScriptedGrid(answers), ConfigRecord({}))
     return strategy

@@ -85,6 +85,8 @@ def targets(raw: dict[str, Any]) -> list[dict[str, Any]]:
     found = []
     if raw.get("only") == "scale":
         return _scale_targets(raw)
+    if raw.get("only") == "default":
+        return _default_targets(raw)
     for (strategy, enc), g in sorted(skew_gaps(raw, "dirichlet 0.5").items()):
         worst = max(g.values())
         found.append(target(f"dirichlet 0.5 {strategy} {enc} worst gap vs centralized (points)",
@@ -298,3 +300,101 @@ def scale_markdown(raw: dict[str, Any]) -> str:
                       f"{env['flwr']}, ray {env['ray']}; torch 1 thread. Encoder "
                       f"{raw['encoder_fingerprint'][:12]}, seed {raw['config']['seed']}.",
                       *_scale_section(raw)[1:]])
+
+
+DEFAULT_PARTS = ("iid", "dirichlet 0.5", "dirichlet 0.1")
+
+
+def default_stats(raw: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """(partition, encoding, strategy) -> per seed: mean accuracy over the tasks and the worst
+    task's gap to centralized (same task and seed); complete seeds only."""
+    d = raw["default"]
+    cells: dict[tuple[str, str, str], dict[int, dict[str, float]]] = {}
+    for r in d["rows"]:
+        if r["final_acc"] is None:
+            continue
+        key = (r["skew"], r["encoding"], r["strategy"])
+        cells.setdefault(key, {}).setdefault(r["seed"], {})[r["task"]] = r["final_acc"]
+    out = {}
+    for key, per_seed in cells.items():
+        full = {s: accs for s, accs in per_seed.items() if set(accs) == set(d["tasks"])}
+        if not full:
+            continue
+        worst = [max(d["central"][f"{t} {s}"] - a for t, a in accs.items())
+                 for s, accs in sorted(full.items())]
+        mean = [statistics.mean(accs.values()) for _, accs in sorted(full.items())]
+        out[key] = {"worst": worst, "mean": mean, "seeds": sorted(full)}
+    return out
+
+
+def default_pick(stats: dict[tuple[str, str, str], dict[str, Any]], encoding: str
+                 ) -> tuple[str, float] | None:
+    """The candidate with the smallest worst-task gap, averaged over seeds and partitions."""
+    score: dict[str, list[float]] = {}
+    for (_part, enc, strategy), st in stats.items():
+        if enc == encoding:
+            score.setdefault(strategy, []).append(statistics.mean(st["worst"]))
+    full = {k: statistics.mean(v) for k, v in score.items() if len(v) == len(DEFAULT_PARTS)}
+    return min(full.items(), key=lambda kv: kv[1]) if full else None
+
+
+def _mean_std(xs: list[float]) -> str:
+    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return f"{100 * statistics.mean(xs):+.1f} ± {100 * sd:.1f}"
+
+
+def _default_targets(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    stats, found = default_stats(raw), []
+    for enc, auto in raw["default"]["auto"].items():
+        st = stats.get(("dirichlet 0.5", enc, auto))
+        worst = statistics.mean(st["worst"]) if st else None
+        found.append(target(f"dirichlet 0.5 default ({auto}) {enc} worst gap vs centralized "
+                            f"(points, mean of {len(st['seeds']) if st else 0} seeds)",
+                            None if worst is None else round(100 * worst, 2),
+                            f"<= {100 * TARGET_ACC_GAP:g}",
+                            worst is not None and _within(worst, TARGET_ACC_GAP)))
+        pick = default_pick(stats, enc)
+        found.append(target(f"default strategy {enc}: the table's pick", pick and pick[0],
+                            f"{auto} (--strategy auto)", pick is not None and pick[0] == auto))
+    return found
+
+
+def default_markdown(raw: dict[str, Any]) -> str:
+    """The `federated-default` section (``bench/federated.py --only default``)."""
+    d, env, cfg = raw["default"], raw["environment"], raw["config"]
+    stats = default_stats(raw)
+    lines = ["## Federated: the default strategy (FedHyBNN on Flower)", "",
+             f"Command: `python {raw['command']}` ({raw['seconds'] / 60:.0f} min of new runs; "
+             "cached rows reused). "
+             f"Machine: {env['machine']}; flwr {env['flwr']}; torch 1 thread. Data mnist-5k, "
+             f"tasks {', '.join(d['tasks'])}, {cfg['clients']} clients, {cfg['rounds']} rounds x "
+             f"{cfg['local_epochs']} local epochs, centralized HyBNN for the same epochs on the "
+             f"same seed. Encoder {raw['encoder_fingerprint'][:12]}. Seeds "
+             f"{', '.join(map(str, d['seeds']))} (partitions, initial head, sampling, training).",
+             "", "Worst gap: per seed, the largest (centralized - federated) over the pair "
+             "tasks, in points, then mean ± std over the seeds; mean accuracy over tasks and "
+             "seeds.", ""]
+    for enc in ("fp32", "1bit"):
+        lines += [f"**{enc}**", "", "| strategy | " + " | ".join(
+            f"{p}: worst gap | {p}: mean %" for p in DEFAULT_PARTS) + " |",
+            "|---|" + "---:|---:|" * len(DEFAULT_PARTS)]
+        for strategy in d["candidates"]:
+            cells = []
+            for part in DEFAULT_PARTS:
+                st = stats.get((part, enc, strategy))
+                cells += ([_mean_std(st["worst"]), f"{100 * statistics.mean(st['mean']):.1f}"]
+                          if st else ["–", "–"])
+            lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+        pick = default_pick(stats, enc)
+        auto = d["auto"][enc]
+        lines += ["", f"- {enc}: smallest worst gap averaged over the three partitions: "
+                  + (f"`{pick[0]}` ({100 * pick[1]:+.1f} points); `--strategy auto` runs "
+                     f"`{auto}`: " + ("the table's pick." if pick[0] == auto else
+                                      "**not the table's pick.**")
+                     if pick else "incomplete."), ""]
+    lines += ["`--strategy auto` (the default) runs, for the HyBNN head, "
+              + ", ".join(f"`{a}` with {e}" for e, a in d["auto"].items())
+              + " (`xor` as `1bit`), and FedAvg under `--secagg` or `--dp` (both need a mean "
+              "of the updates) and for `--model bcnn|fpcnn` (a server step of 0.1 is sized "
+              "for latent weights in [-1, 1], not for a float CNN's)."]
+    return "\n".join(lines)

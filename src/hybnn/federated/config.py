@@ -66,7 +66,10 @@ class FedConfig:
     encoding: str = setting("fp32", "fp32: latent weights; 1bit: packed signs + per-tensor "
                             "scales; xor: 1bit down, up only the signs that flipped and "
                             "8-bit batch norm", choices=ENCODINGS)
-    strategy: str = setting("fedavg", "aggregation rule", choices=STRATEGIES)
+    strategy: str = setting("auto", "aggregation rule; auto: for the HyBNN head without "
+                            "--secagg or --dp, fedadagrad (fp32) or fedyogi (1bit, xor), "
+                            "else fedavg (BENCHMARKS.md, federated-default)",
+                            choices=("auto", *STRATEGIES))
     trim_beta: float = setting(0.2, "fraction cut from each tail by --strategy trimmed")
     proximal_mu: float = setting(0.1, "--strategy fedprox: weight mu of the proximal term "
                                  "(mu/2)·||w - w_global||² every client adds to its loss")
@@ -125,7 +128,8 @@ class FedConfig:
         checks = [
             (self.model in MODEL_NAMES, f"--model must be one of {', '.join(MODEL_NAMES)}"),
             (self.encoding in ENCODINGS, f"--encoding must be one of {', '.join(ENCODINGS)}"),
-            (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}"),
+            (self.strategy in ("auto", *STRATEGIES),
+             f"--strategy must be auto or one of {', '.join(STRATEGIES)}"),
             (self.partition in SCHEMES, f"--partition must be one of {', '.join(SCHEMES)}"),
             (self.clients >= 1, "--clients must be >= 1"),
             (self.rounds >= 1, "--rounds must be >= 1"),
@@ -155,8 +159,9 @@ class FedConfig:
             checks += [
                 (self.clients >= 3, "--secagg needs --clients >= 3 (of a sum of two "
                  "updates, each client can subtract its own and read the other)"),
-                (self.strategy in SECAGG_STRATEGIES, "--secagg aggregates a masked sum: "
-                 f"--strategy must be {' or '.join(SECAGG_STRATEGIES)}, not {self.strategy}"),
+                (self.resolved_strategy in SECAGG_STRATEGIES, "--secagg aggregates a masked "
+                 f"sum: --strategy must be {' or '.join(SECAGG_STRATEGIES)}, not "
+                 f"{self.strategy}"),
                 (3 <= self.secagg_shares <= self.clients,
                  "--secagg-shares must be in 3..--clients"),
                 (2 <= self.secagg_threshold < self.secagg_shares,
@@ -187,7 +192,7 @@ class FedConfig:
             (0.0 < self.clipping_norm < math.inf, "--clipping-norm must be a finite number > 0"),
             (0.0 < self.dp_delta < 1.0, "--dp-delta must be in (0, 1)"),
             (0.0 < self.local_epsilon < math.inf, "--local-epsilon must be a finite number > 0"),
-            (dp not in CENTRAL_DP or self.strategy in MEAN_STRATEGIES,
+            (dp not in CENTRAL_DP or self.resolved_strategy in MEAN_STRATEGIES,
              f"--dp {dp} calibrates its noise to the mean of the clipped updates: use "
              f"--strategy {' or '.join(MEAN_STRATEGIES)}, not {self.strategy}"),
             (dp not in CENTRAL_DP or self.noise_multiplier > 0,
@@ -206,6 +211,20 @@ class FedConfig:
     def sampled_per_round(self) -> int:
         """How many nodes a training round samples when all ``clients`` are connected."""
         return min(self.clients, max(int(self.clients * self.fraction), self.min_clients))
+
+    @property
+    def resolved_strategy(self) -> str:
+        """The strategy that runs: ``strategy``, or for ``auto`` what the federated-default
+        table (``bench/federated.py --only default``: IID, Dirichlet 0.5 and 0.1, 3 seeds)
+        picked for the BNN head: FedAdagrad with fp32 updates, FedYogi with binary ones
+        (1bit; xor, unmeasured there, sends the same signs). FedAvg where a mean is required
+        (secure aggregation, differential privacy) or the model is a whole CNN (a server
+        step of 0.1 is sized for latent weights in [-1, 1])."""
+        if self.strategy != "auto":
+            return self.strategy
+        if self.model != "hybnn" or self.secagg or self.dp != "none":
+            return "fedavg"
+        return "fedadagrad" if self.encoding == "fp32" else "fedyogi"
 
     @property
     def min_nodes(self) -> int:

@@ -207,7 +207,7 @@ class SecAggFedAvg(FedAvg):
         proxies = {int(p.node_id): p for p in client_manager.all().values()}
         node_ids = [nid for nid in node_ids if nid in proxies]  # registered by now
         config: dict[str, Scalar] = {**self.cfg.client_record(), "server-round": server_round}
-        if self.cfg.strategy == "fedprox":
+        if self.cfg.resolved_strategy == "fedprox":
             config["proximal-mu"] = self.cfg.proximal_mu
         encoded = encode(self._state(parameters), self.layout, self.cfg.encoding)
         down = ndarrays_to_parameters([encoded[k] for k in wire_keys(self.layout,

@@ -76,7 +76,7 @@ def run_server(grid: Grid, context: Context, cfg: FedConfig | None = None,
 
     log: dict[str, Any] = {
         "status": "running",
-        "config": cfg.to_dict(),
+        "config": {**cfg.to_dict(), "strategy": cfg.resolved_strategy},
         "encoder_fingerprint": cfg.encoder_fingerprint,
         "partitions": partitions,
         "model_payload_bytes": {name: payload_bytes(encode(initial, layout, name))

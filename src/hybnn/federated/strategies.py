@@ -55,7 +55,7 @@ def flower_strategy(cfg: FedConfig, weighted_by_key: str = "num-examples") -> St
     common: dict[str, Any] = {"fraction_train": 1.0, "fraction_evaluate": 1.0,
                               "min_train_nodes": 1, "min_evaluate_nodes": 1,
                               "min_available_nodes": 1, "weighted_by_key": weighted_by_key}
-    name, f = cfg.strategy, cfg.hostile
+    name, f = cfg.resolved_strategy, cfg.hostile
     eta = cfg.server_lr or DEFAULT_ETA
     if name == "fedavg":
         return FedAvg(**common)

@@ -303,7 +303,7 @@ class EncodedStrategy(Strategy):
         if arrays is None:  # e.g. Bulyan with fewer than 4f + 3 updates
             entry["aggregated"] = False
             log(WARNING, "round %d: %s did not aggregate %d update(s): global model "
-                "unchanged", server_round, self.cfg.strategy, len(passed))
+                "unchanged", server_round, self.cfg.resolved_strategy, len(passed))
             return None, None
         arrays = to_record(project(self._from_inner(arrays), self.layout))
         return arrays, MetricRecord({"valid-updates": len(passed)})
