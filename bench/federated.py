@@ -59,10 +59,13 @@ HOSTILE_CLIENTS = 10
 HOSTILE_KS = (1, 2)
 DEFAULT_CANDIDATES = ("fedavg", "fedyogi", "fedadam", "fedadagrad")
 DEFAULT_PARTITIONS = (("iid", 0.5), ("dirichlet", 0.5), ("dirichlet", 0.1))
+DEFAULT_ENCODINGS = ("fp32", "1bit")
 DEFAULT_SEEDS = (0, 1, 2)
 
 
 def skew_name(scheme: str, alpha: float) -> str:
+    if scheme == "iid":
+        return "iid"
     return f"dirichlet {alpha:g}" if scheme == "dirichlet" else "one class per client"
 
 
@@ -203,17 +206,18 @@ def default_rows(run: Runner, base: FedConfig, tasks: Sequence[str], quick: bool
     for seed in seeds:
         for task in tasks:
             for scheme, alpha in DEFAULT_PARTITIONS:
-                for enc in ("fp32", "1bit"):
+                for enc in DEFAULT_ENCODINGS:
                     for strategy in DEFAULT_CANDIDATES:
                         cfg = base.with_(task=task, partition=scheme, alpha=alpha,
                                          encoding=enc, strategy=strategy, seed=seed)
-                        part = "iid" if scheme == "iid" else f"dirichlet {alpha:g}"
                         rows.append(run.federation(
                             cfg, f"default-{task}-{scheme}{alpha:g}-{enc}-{strategy}-seed{seed}",
-                            skew=part, seed=seed))
+                            skew=skew_name(scheme, alpha), seed=seed))
     return {"central": central, "rows": rows, "seeds": list(seeds), "tasks": list(tasks),
             "candidates": list(DEFAULT_CANDIDATES),
-            "auto": {enc: FedConfig(encoding=enc).resolved_strategy for enc in ("fp32", "1bit")}}
+            "partitions": [skew_name(scheme, alpha) for scheme, alpha in DEFAULT_PARTITIONS],
+            "auto": {enc: FedConfig(encoding=enc).resolved_strategy
+                     for enc in DEFAULT_ENCODINGS}}
 
 
 SCALE_CHILD = """import json, sys, time, torch

@@ -302,8 +302,6 @@ def scale_markdown(raw: dict[str, Any]) -> str:
                       *_scale_section(raw)[1:]])
 
 
-DEFAULT_PARTS = ("iid", "dirichlet 0.5", "dirichlet 0.1")
-
 
 def default_stats(raw: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, Any]]:
     """(partition, encoding, strategy) -> per seed: mean accuracy over the tasks and the worst
@@ -327,14 +325,15 @@ def default_stats(raw: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, A
     return out
 
 
-def default_pick(stats: dict[tuple[str, str, str], dict[str, Any]], encoding: str
-                 ) -> tuple[str, float] | None:
-    """The candidate with the smallest worst-task gap, averaged over seeds and partitions."""
+def default_pick(stats: dict[tuple[str, str, str], dict[str, Any]], encoding: str,
+                 partitions: list[str]) -> tuple[str, float] | None:
+    """The candidate with the smallest worst-task gap, averaged over seeds and partitions
+    (candidates measured on every partition only)."""
     score: dict[str, list[float]] = {}
-    for (_part, enc, strategy), st in stats.items():
-        if enc == encoding:
+    for (part, enc, strategy), st in stats.items():
+        if enc == encoding and part in partitions:
             score.setdefault(strategy, []).append(statistics.mean(st["worst"]))
-    full = {k: statistics.mean(v) for k, v in score.items() if len(v) == len(DEFAULT_PARTS)}
+    full = {k: statistics.mean(v) for k, v in score.items() if len(v) == len(partitions)}
     return min(full.items(), key=lambda kv: kv[1]) if full else None
 
 
@@ -353,7 +352,7 @@ def _default_targets(raw: dict[str, Any]) -> list[dict[str, Any]]:
                             None if worst is None else round(100 * worst, 2),
                             f"<= {100 * TARGET_ACC_GAP:g}",
                             worst is not None and _within(worst, TARGET_ACC_GAP)))
-        pick = default_pick(stats, enc)
+        pick = default_pick(stats, enc, raw["default"]["partitions"])
         found.append(target(f"default strategy {enc}: the table's pick", pick and pick[0],
                             f"{auto} (--strategy auto)", pick is not None and pick[0] == auto))
     return found
@@ -374,20 +373,20 @@ def default_markdown(raw: dict[str, Any]) -> str:
              "", "Worst gap: per seed, the largest (centralized - federated) over the pair "
              "tasks, in points, then mean ± std over the seeds; mean accuracy over tasks and "
              "seeds.", ""]
-    for enc in ("fp32", "1bit"):
+    parts = d["partitions"]
+    for enc, auto in d["auto"].items():
         lines += [f"**{enc}**", "", "| strategy | " + " | ".join(
-            f"{p}: worst gap | {p}: mean %" for p in DEFAULT_PARTS) + " |",
-            "|---|" + "---:|---:|" * len(DEFAULT_PARTS)]
+            f"{p}: worst gap | {p}: mean %" for p in parts) + " |",
+            "|---|" + "---:|---:|" * len(parts)]
         for strategy in d["candidates"]:
             cells = []
-            for part in DEFAULT_PARTS:
+            for part in parts:
                 st = stats.get((part, enc, strategy))
                 cells += ([_mean_std(st["worst"]), f"{100 * statistics.mean(st['mean']):.1f}"]
                           if st else ["–", "–"])
             lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
-        pick = default_pick(stats, enc)
-        auto = d["auto"][enc]
-        lines += ["", f"- {enc}: smallest worst gap averaged over the three partitions: "
+        pick = default_pick(stats, enc, parts)
+        lines += ["", f"- {enc}: smallest worst gap averaged over the {len(parts)} partitions: "
                   + (f"`{pick[0]}` ({100 * pick[1]:+.1f} points); `--strategy auto` runs "
                      f"`{auto}`: " + ("the table's pick." if pick[0] == auto else
                                       "**not the table's pick.**")

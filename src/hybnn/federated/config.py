@@ -28,6 +28,7 @@ FLOWER_ENV = {
 # Flower's strategies (flwr.serverapp.strategy), by name; see hybnn.federated.strategies
 STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedmedian",
               "trimmed", "krum", "multikrum", "bulyan")
+STRATEGY_CHOICES = ("auto", *STRATEGIES)  # auto: FedConfig.resolved_strategy
 ROBUST = ("fedmedian", "trimmed", "krum", "multikrum", "bulyan")  # for hostile clients
 ENCODINGS = ("fp32", "1bit", "xor")  # see hybnn.federated.encoding
 SCHEMES = ("iid", "dirichlet", "classes")  # see hybnn.federated.partition
@@ -69,7 +70,7 @@ class FedConfig:
     strategy: str = setting("auto", "aggregation rule; auto: for the HyBNN head without "
                             "--secagg or --dp, fedadagrad (fp32) or fedyogi (1bit, xor), "
                             "else fedavg (BENCHMARKS.md, federated-default)",
-                            choices=("auto", *STRATEGIES))
+                            choices=STRATEGY_CHOICES)
     trim_beta: float = setting(0.2, "fraction cut from each tail by --strategy trimmed")
     proximal_mu: float = setting(0.1, "--strategy fedprox: weight mu of the proximal term "
                                  "(mu/2)·||w - w_global||² every client adds to its loss")
@@ -128,7 +129,7 @@ class FedConfig:
         checks = [
             (self.model in MODEL_NAMES, f"--model must be one of {', '.join(MODEL_NAMES)}"),
             (self.encoding in ENCODINGS, f"--encoding must be one of {', '.join(ENCODINGS)}"),
-            (self.strategy in ("auto", *STRATEGIES),
+            (self.strategy in STRATEGY_CHOICES,
              f"--strategy must be auto or one of {', '.join(STRATEGIES)}"),
             (self.partition in SCHEMES, f"--partition must be one of {', '.join(SCHEMES)}"),
             (self.clients >= 1, "--clients must be >= 1"),
