@@ -72,7 +72,8 @@ def interleaved_speedup(data: str, task: str, hidden: list[int], reps: int = 5,
             model = (BNNHead(200, train.num_classes, hidden) if name == "head"
                      else BinaryCNN(train.image_size, 1, train.num_classes))
             x = codes if name == "head" else images
-            cfg = TrainConfig(epochs=1, batch_size=batch_size, seed=rep)
+            cfg = TrainConfig.for_model("hybnn" if name == "head" else "bcnn", epochs=1,
+                                        batch_size=batch_size, seed=rep)
             h = fit_classifier(model, (x, labels), None, cfg, progress=False)
             times[name].append(h.epochs[0]["seconds"])
     head, bcnn = statistics.median(times["head"]), statistics.median(times["bcnn"])

@@ -29,6 +29,12 @@ def test_model_defaults_are_resolved_once_from_the_model_spec():
     assert TrainConfig.for_model("hybnn", epochs=7).epochs == 7
 
 
+def test_code_noise_flag_overrides_the_models_default():
+    assert build(api.TrainOptions, parse("train", "--out", "o")).code_noise is None
+    opts = build(api.TrainOptions, parse("train", "--out", "o", "--code-noise", "0.05"))
+    assert opts.code_noise == 0.05
+
+
 def test_quick_preset_fills_only_what_the_user_left_out():
     args = parse("reproduce", "--quick", "--head-epochs", "9")
     cfg = ReproduceConfig.make(**given(args, "config__"))

@@ -83,8 +83,9 @@ def extract(opts: ExtractOptions) -> CodeStore:
 def train(opts: TrainOptions) -> tuple[nn.Module, History]:
     """Phase 3: the BNN head on code stores, or a baseline CNN on a task's images."""
     values = {k: v for k, v in dataclasses.asdict(opts.config).items()
-              if k not in ("epochs", "lr")}
-    config = TrainConfig.for_model(opts.model, opts.epochs, opts.lr, **values).validate()
+              if k not in ("epochs", "lr", "code_noise")}
+    config = TrainConfig.for_model(opts.model, opts.epochs, opts.lr, opts.code_noise,
+                                   **values).validate()
     if opts.model == "hybnn":
         if not opts.codes:
             raise DataError("--model hybnn trains on codes: give --codes (from `hybnn extract`)")

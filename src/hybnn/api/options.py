@@ -79,6 +79,9 @@ class TrainOptions:
         f"{s.epochs} {s.name}" for s in SPECS.values()) + ")")
     lr: float | None = setting(None, "Adam learning rate (default: " + ", ".join(
         f"{s.lr:g} {s.name}" for s in SPECS.values()) + ")")
+    code_noise: float | None = setting(None, "flip each code bit with this probability in "
+                                       "training, like dropout (codes only; default: "
+                                       f"{SPECS['hybnn'].code_noise:g} hybnn, 0 for CNNs)")
     config: TrainConfig = setting(factory=TrainConfig)
     progress: bool = setting(True, "progress bars on a terminal, a line per step in a log")
 

@@ -38,6 +38,8 @@ class ReproduceConfig:
                                                 "two classes", factory=lambda: [512])
     head_epochs: int = setting(SPECS["hybnn"].epochs, "BNN-head epochs (quick: 40)")
     head_lr: float = setting(SPECS["hybnn"].lr, "BNN-head learning rate")
+    head_code_noise: float = setting(SPECS["hybnn"].code_noise, "probability of flipping "
+                                     "each code bit in BNN-head training (0: off)")
     cnn_epochs: int = setting(SPECS["bcnn"].epochs, "baseline CNN epochs (quick: 3)")
     binary_lr: float = setting(SPECS["bcnn"].lr, "binary CNN learning rate")
     float_lr: float = setting(SPECS["fpcnn"].lr, "full-precision CNN learning rate")

@@ -21,11 +21,12 @@ class ModelSpec:
     inputs: str  # "codes" (packed binary codes) or "images"
     epochs: int  # default training epochs
     lr: float  # default Adam learning rate
+    code_noise: float = 0.0  # default probability of flipping each input bit in training
 
 
 SPECS: dict[str, ModelSpec] = {
     "hybnn": ModelSpec("hybnn", "BNNHead", "HyBNN: BNN head on binary codes", True, "codes",
-                       100, 1e-2),
+                       100, 1e-2, 0.1),
     "bcnn": ModelSpec("bcnn", "BinaryCNN", "binary CNN", True, "images", 15, 1e-2),
     "fpcnn": ModelSpec("fpcnn", "FloatCNN", "full-precision CNN", False, "images", 15, 1e-3),
 }

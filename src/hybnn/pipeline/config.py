@@ -69,16 +69,23 @@ class TrainConfig:
     lr: float = setting(_HEAD.lr, "Adam learning rate (default: the model's, see --model)")
     weight_decay: float = setting(0.0, "Adam weight decay")
     schedule: str = setting("cosine", "learning-rate schedule", choices=SCHEDULES)
+    # measured on mnist-5k `all` (200 bits, [512] head, 3 seeds): 97.33 % without -> 97.70 %
+    # with 0.1 (0.05: 97.27, 0.15: 97.60, 0.2: 97.37); like dropout on the codes
+    code_noise: float = setting(0.0, "flip each input bit of a binary code with this "
+                                "probability in training (codes only; 0: off)")
     seed: int = setting(0, "random seed")
     device: str = setting("cpu", "torch device: cpu, cuda, cuda:1, ...")
 
     @classmethod
     def for_model(cls, model: str, epochs: int | None = None, lr: float | None = None,
-                  **values: object) -> TrainConfig:
-        """The config of ``model``'s defaults, with ``epochs``/``lr`` where given."""
+                  code_noise: float | None = None, **values: object) -> TrainConfig:
+        """The config of ``model``'s defaults, with ``epochs``/``lr``/``code_noise`` where
+        given."""
         s = SPECS[model]
         return cls(epochs=s.epochs if epochs is None else epochs,
-                   lr=s.lr if lr is None else lr, **values)  # type: ignore[arg-type]
+                   lr=s.lr if lr is None else lr,
+                   code_noise=s.code_noise if code_noise is None else code_noise,
+                   **values)  # type: ignore[arg-type]
 
     def validate(self) -> TrainConfig:
         """Refuse impossible values (NaN, inf, negative, zero sizes) before any work."""
@@ -88,6 +95,8 @@ class TrainConfig:
         _check(self, "weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0,
                "a finite number >= 0")
         _check(self, "schedule", self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}")
+        _check(self, "code_noise", math.isfinite(self.code_noise) and 0 <= self.code_noise < 0.5,
+               "a probability in [0, 0.5)")
         _check(self, "seed", self.seed >= 0, "a non-negative integer")
         return self
 

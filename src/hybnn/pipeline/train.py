@@ -5,6 +5,9 @@ per epoch, latent-weight clipping for binary layers, and an atomic checkpoint af
 epoch. Each epoch reseeds the global RNG from (seed, epoch), so a run resumed from its
 checkpoint, even after ``kill -9``, continues exactly as if it had not stopped.
 
+With ``code_noise`` each input bit of a batch of codes is flipped with that probability, a
+dropout-like augmentation of the codes (the heads' default, measured in ``TrainConfig``).
+
 Methods such as ReBNN plug in through :class:`Callback`: extra loss terms, hooks after the
 backward pass and after each step, and per-epoch metrics written into the history.
 """
@@ -90,6 +93,12 @@ def fit_classifier(
         raise DataError(f"training set needs as many labels as inputs (got {len(x)}, {len(y)})")
     if not torch.isfinite(x).all():
         raise DataError("training inputs contain NaN or infinite values")
+    if not 0 <= config.code_noise < 0.5:
+        raise DataError(f"--code-noise must be a probability in [0, 0.5), got "
+                        f"{config.code_noise!r}")
+    if config.code_noise and not bool((x.abs() == 1).all()):
+        raise DataError("--code-noise flips the bits of binary codes (inputs of +-1); these "
+                        "inputs are not codes: use --code-noise 0")
     device = resolve_device(config.device)
     model.to(device)
     optimizer = make_adam(model, config)
@@ -120,6 +129,8 @@ def fit_classifier(
             if len(idx) < 2 and n > 1:  # batch norm cannot train on one sample
                 continue
             xb, yb = x[idx].to(device), y[idx].to(device)
+            if config.code_noise:
+                xb = flip_bits(xb, config.code_noise)
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
             total = loss
@@ -159,6 +170,11 @@ def fit_classifier(
             save_checkpoint(ckpt, model, optimizer, epoch + 1, history, tag)
     model.eval()
     return history
+
+
+def flip_bits(codes: torch.Tensor, p: float) -> torch.Tensor:
+    """``codes`` (+-1) with each bit flipped independently with probability ``p``."""
+    return torch.where(torch.rand(codes.shape, device=codes.device) < p, -codes, codes)
 
 
 def make_adam(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
