@@ -10,7 +10,8 @@ Runs `hybnn reproduce` on mnist-5k and fashion-mnist with the paper's five pair 
   than the binary CNN's at equal accuracy, on every task (`hybnn.experiments.time_to_train`);
 - BNN-head training >= 20x faster per epoch than the binary CNN on the same samples
   (measured separately with alternating epochs, so machine noise hits both alike);
-- accuracy against bytes per code on `all`: one encoder per code width (``--widths``).
+- accuracy against bytes per code on `all`: one encoder per code width (``--widths``),
+  and at the default width the head without code noise and the plain VAE (ablations).
 
 Usage: python bench/hybnn_targets.py [--data mnist-5k fashion-mnist] [--out runs/bench-hybnn]
        [--widths 64 128 200 512] [--json FILE]
@@ -83,10 +84,12 @@ def interleaved_speedup(data: str, task: str, hidden: list[int], reps: int = 5,
 def code_width_sweep(config: ReproduceConfig, widths: list[int], out: Path
                      ) -> list[dict[str, Any]]:
     """Ten-class (`all`) accuracy of a head on codes of each width, with the contrastive
-    term and, at the default width, without it: one encoder each, seed 0, cached in out."""
+    term and, at the default width, without it and without code noise: one encoder per
+    (width, contrastive weight), seed 0, cached in out."""
     from hybnn.data import load_source, select_task, train_test
     from hybnn.experiments.reproduce import _subsample
     from hybnn.pipeline.config import PretrainConfig
+    from hybnn.pipeline.encoder import load_encoder
     from hybnn.pipeline.extract import encode_to_codes
     from hybnn.pipeline.fit import train_head
     from hybnn.pipeline.pretrain import pretrain
@@ -96,25 +99,33 @@ def code_width_sweep(config: ReproduceConfig, widths: list[int], out: Path
     tr = _subsample(select_task(train, "all"), config.max_train, 0)
     te = select_task(test, "all")
     rows = []
-    variants = [(w, config.vae_contrastive) for w in widths] + [(config.latent_bits, 0.0)]
-    for bits, weight in variants:
-        cache = out / f"bits{bits}-contrastive{weight:g}.json"
+    noise, bits0, weight0 = config.head_code_noise, config.latent_bits, config.vae_contrastive
+    variants = ([(w, weight0, noise) for w in widths] + [(bits0, 0.0, noise)]
+                + ([(bits0, weight0, 0.0)] if noise else []))
+    for bits, weight, code_noise in variants:
+        stem = f"bits{bits}-contrastive{weight:g}"
+        cache = out / f"{stem}-noise{code_noise:g}.json"
         pcfg = PretrainConfig(latent_bits=bits, epochs=config.vae_epochs, beta=config.vae_beta,
                               shift=config.vae_shift, contrastive=weight, seed=0)
-        hcfg = TrainConfig(config.head_epochs, config.batch_size, config.head_lr, seed=0)
+        hcfg = TrainConfig(config.head_epochs, config.batch_size, config.head_lr,
+                           code_noise=code_noise, seed=0)
         settings = {"pretrain": asdict(pcfg), "head": asdict(hcfg),
                     "hidden": config.head_hidden_multiclass, "samples": len(tr)}
         if cache.is_file() and json.loads(cache.read_text())["settings"] == settings:
             rows.append(json.loads(cache.read_text()))
             continue
-        encoder = pretrain(general.x, out / cache.stem, pcfg,
-                           {"source": config.data, "split": "train", "samples": len(general)},
-                           progress=False, plots=False)
+        enc_dir = out / stem  # shared by the rows of one (width, contrastive weight)
+        meta = enc_dir / "meta.json"
+        done = meta.is_file() and json.loads(meta.read_text()).get("pretrain") == asdict(pcfg)
+        encoder = load_encoder(enc_dir) if done else pretrain(
+            general.x, enc_dir, pcfg,
+            {"source": config.data, "split": "train", "samples": len(general)},
+            progress=False, plots=False)
         _, history = train_head(encode_to_codes(encoder, tr), encode_to_codes(encoder, te),
                                 hcfg, config.head_hidden_multiclass, progress=False)
         row = {"bits": bits, "bytes_per_code": -(-bits // 8), "contrastive": weight,
-               "acc": history.last("test_acc"), "encoder": encoder.fingerprint[:12],
-               "settings": settings}
+               "code_noise": code_noise, "acc": history.last("test_acc"),
+               "encoder": encoder.fingerprint[:12], "settings": settings}
         cache.write_text(json.dumps(row, indent=2))
         rows.append(row)
     return rows
@@ -126,17 +137,20 @@ def width_section(rows: list[dict[str, Any]], fpcnn_acc: float, data: str, out: 
 
     lines = [f"Accuracy against bytes per code on `{data}` `all` (one encoder per row, "
              f"seed 0; float CNN {100 * fpcnn_acc:.2f} %, the reproduce run's mean):", "",
-             "| bits | bytes per code | contrastive weight | HyBNN `all` % | gap vs float CNN |",
-             "|---:|---:|---:|---:|---:|"]
+             "| bits | bytes per code | contrastive weight | head code noise | HyBNN `all` % "
+             "| gap vs float CNN |",
+             "|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['bits']} | {r['bytes_per_code']} | {r['contrastive']:g} | "
-                     f"{100 * r['acc']:.2f} | {100 * (fpcnn_acc - r['acc']):.2f} |")
+                     f"{r['code_noise']:g} | {100 * r['acc']:.2f} | "
+                     f"{100 * (fpcnn_acc - r['acc']):.2f} |")
     fig, ax = plt.subplots(figsize=(6, 3.4))
-    for weight in sorted({r["contrastive"] for r in rows}, reverse=True):
+    for weight, noise in sorted({(r["contrastive"], r["code_noise"]) for r in rows},
+                                reverse=True):
         pts = sorted((r["bytes_per_code"], 100 * r["acc"]) for r in rows
-                     if r["contrastive"] == weight)
-        ax.plot(*zip(*pts, strict=True), "o-",
-                label=f"contrastive {weight:g}" if weight else "plain VAE")
+                     if (r["contrastive"], r["code_noise"]) == (weight, noise))
+        label = f"contrastive {weight:g}" if weight else "plain VAE"
+        ax.plot(*zip(*pts, strict=True), "o-", label=f"{label}, code noise {noise:g}")
     ax.axhline(100 * fpcnn_acc, color="gray", ls="--", label="float CNN")
     ax.axhline(100 * fpcnn_acc - 1, color="gray", ls=":", label="float CNN - 1 point")
     ax.set_xscale("log", base=2)

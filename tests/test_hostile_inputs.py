@@ -419,6 +419,7 @@ FLAG_CASES = {
     "pretrain_shift_neg": pretrain("--shift", "-2"), "pretrain_seed_neg": pretrain("--seed", "-1"),
     "train_lr_nan": train("--lr", "nan"), "train_lr_neg": train("--lr", "-1"),
     "train_weight_decay_nan": train("--weight-decay", "nan"),
+    "train_code_noise_half": train("--code-noise", "0.5"),
     "train_epochs_neg": train("--epochs", "-1"), "train_seed_neg": train("--seed", "-3"),
     "train_hidden_1e9": train("--hidden", "1000000000"),
     "train_hidden_0": train("--hidden", "128", "0"),
