@@ -135,7 +135,8 @@ def width_section(rows: list[dict[str, Any]], fpcnn_acc: float, data: str, out: 
     """The accuracy-vs-bytes table (Markdown) and its plot (out/accuracy_vs_bytes.png)."""
     from hybnn.plots import outside_legend, plt, save_figure
 
-    lines = [f"Accuracy against bytes per code on `{data}` `all` (one encoder per row, "
+    lines = [f"Accuracy against bytes per code on `{data}` `all` (one encoder per width and "
+             "contrastive weight, "
              f"seed 0; float CNN {100 * fpcnn_acc:.2f} %, the reproduce run's mean):", "",
              "| bits | bytes per code | contrastive weight | head code noise | HyBNN `all` % "
              "| gap vs float CNN |",
