@@ -25,6 +25,7 @@ from hybnn.artifacts import require_kind_or_absent, versions
 from hybnn.binary.layers import clip_latent_weights
 from hybnn.errors import DataError
 from hybnn.models.binary_encoder import BinaryEncoder
+from hybnn.pipeline.adam import make_adam
 from hybnn.pipeline.augment import random_shift
 from hybnn.pipeline.binary_encoder import (
     BINARY_ENCODER_KIND,
@@ -34,7 +35,7 @@ from hybnn.pipeline.binary_encoder import (
 )
 from hybnn.pipeline.config import DistillConfig, TrainConfig
 from hybnn.pipeline.encoder import Encoder, check_images
-from hybnn.pipeline.train import make_adam, resolve_device
+from hybnn.pipeline.train import resolve_device
 from hybnn.progress import bar
 
 
