@@ -23,7 +23,6 @@ backward pass) train through autograd: :func:`fused_step_for` returns None for t
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hybnn.binary.layers import BinaryLinear
