@@ -9,7 +9,8 @@ Runs `hybnn reproduce` on mnist-5k and fashion-mnist with the paper's five pair 
 - time to a trained model (raw images in, code extraction included for HyBNN) >= 20x less
   than the binary CNN's at equal accuracy, on every task (`hybnn.experiments.time_to_train`);
 - BNN-head training >= 20x faster per epoch than the binary CNN on the same samples
-  (measured separately with alternating epochs, so machine noise hits both alike);
+  (measured separately with alternating epochs, so machine noise hits both alike; the head
+  also through autograd, to show what its fused step saves);
 - accuracy against bytes per code on `all`: one encoder per code width (``--widths``),
   and at the default width the head without code noise and the plain VAE (ablations).
 
@@ -67,18 +68,22 @@ def interleaved_speedup(data: str, task: str, hidden: list[int], reps: int = 5,
     codes = bits_to_signs(rng.integers(0, 2, (len(train), 200)))  # timing only: any codes
     labels = torch.from_numpy(train.y)
     images = image_tensors(train, "centered")[0]
-    times: dict[str, list[float]] = {"head": [], "bcnn": []}
+    times: dict[str, list[float]] = {"head": [], "head_autograd": [], "bcnn": []}
     for rep in range(reps):
-        for name in ("head", "bcnn"):
-            model = (BNNHead(200, train.num_classes, hidden) if name == "head"
+        for name in times:
+            is_head = name.startswith("head")
+            model = (BNNHead(200, train.num_classes, hidden) if is_head
                      else BinaryCNN(train.image_size, 1, train.num_classes))
-            x = codes if name == "head" else images
-            cfg = TrainConfig.for_model("hybnn" if name == "head" else "bcnn", epochs=1,
+            cfg = TrainConfig.for_model("hybnn" if is_head else "bcnn", epochs=1,
                                         batch_size=batch_size, seed=rep)
-            h = fit_classifier(model, (x, labels), None, cfg, progress=False)
+            h = fit_classifier(model, (codes if is_head else images, labels), None, cfg,
+                               progress=False, fused=name == "head")
             times[name].append(h.epochs[0]["seconds"])
     head, bcnn = statistics.median(times["head"]), statistics.median(times["bcnn"])
-    return {"head_s": head, "bcnn_s": bcnn, "speedup": bcnn / head, "samples": len(train)}
+    autograd = statistics.median(times["head_autograd"])
+    return {"head_s": head, "head_autograd_s": autograd, "bcnn_s": bcnn,
+            "speedup": bcnn / head, "speedup_autograd": bcnn / autograd,
+            "samples": len(train)}
 
 
 def code_width_sweep(config: ReproduceConfig, widths: list[int], out: Path
@@ -199,7 +204,10 @@ def targets(data: str, results: dict[str, Any]) -> list[dict[str, Any]]:
         detail = (f"- {task}: head training {sp['speedup']:.1f}x faster per epoch than the "
                   f"binary CNN ({1e3 * sp['head_s']:.1f} ms vs {1e3 * sp['bcnn_s']:.0f} ms "
                   f"over {sp['samples']} samples, batch 64, median of 5 interleaved epochs; "
-                  f"target >= 20x): {'PASS' if sp['speedup'] >= 20 else 'MISS'}")
+                  f"target >= 20x): {'PASS' if sp['speedup'] >= 20 else 'MISS'}"
+                  + (f"; through autograd instead of the fused step "
+                     f"{1e3 * sp['head_autograd_s']:.1f} ms, {sp['speedup_autograd']:.1f}x"
+                     if "head_autograd_s" in sp else ""))
         found.append({**target(f"{data} {task} head training speed-up per epoch vs binary CNN",
                                round(sp["speedup"], 2), ">= 20x", sp["speedup"] >= 20),
                       "detail": detail})

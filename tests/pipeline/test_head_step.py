@@ -47,6 +47,20 @@ def test_one_step_matches_autograd(hidden: tuple[int, ...], signs: bool) -> None
         torch.testing.assert_close(b, a, msg=name)
 
 
+def test_a_negative_zero_weight_counts_as_plus_one_as_in_autograd() -> None:
+    x, y = batch()
+    torch.manual_seed(1)
+    ref = BNNHead(40, 3, (16,)).train()
+    with torch.no_grad():
+        ref.net[0].weight[:, :5] = -0.0
+    fused = copy.deepcopy(ref)
+    step = fused_step_for(fused)
+    assert step is not None
+    step.inputs_are_signs = True
+    _, logits = step(x, y)
+    torch.testing.assert_close(logits, ref(x).detach())
+
+
 def test_fit_trains_the_same_head_fused_or_through_autograd() -> None:
     x, y = batch(n=256, seed=3)
     torch.manual_seed(2)
