@@ -31,9 +31,8 @@ def test_one_step_matches_autograd(hidden: tuple[int, ...], signs: bool) -> None
     torch.manual_seed(1)
     ref = BNNHead(40, 3, hidden).train()
     fused = copy.deepcopy(ref)
-    step = fused_step_for(fused)
+    step = fused_step_for(fused, x, signs)
     assert step is not None
-    step.inputs_are_signs = signs
     logits_ref = ref(x)
     loss_ref = F.cross_entropy(logits_ref, y)
     loss_ref.backward()
@@ -54,9 +53,8 @@ def test_a_negative_zero_weight_counts_as_plus_one_as_in_autograd() -> None:
     with torch.no_grad():
         ref.net[0].weight[:, :5] = -0.0
     fused = copy.deepcopy(ref)
-    step = fused_step_for(fused)
+    step = fused_step_for(fused, x, True)
     assert step is not None
-    step.inputs_are_signs = True
     _, logits = step(x, y)
     torch.testing.assert_close(logits, ref(x).detach())
 
@@ -83,13 +81,19 @@ def test_fit_trains_the_same_head_fused_or_through_autograd() -> None:
     BinaryCNN((8, 8), 1, 3),
 ])
 def test_heads_it_does_not_derive_for_take_autograd(model: torch.nn.Module) -> None:
-    assert fused_step_for(model) is None
+    assert fused_step_for(model, batch()[0], True) is None
 
 
 def test_a_gradient_hook_takes_autograd() -> None:
     model = BNNHead(40, 3, (16,))
     model.net[0].weight_grad_hook = lambda g: None
-    assert fused_step_for(model) is None
+    assert fused_step_for(model, batch()[0], True) is None
+
+
+def test_inputs_of_another_shape_take_autograd() -> None:
+    model = BNNHead(40, 3, (16,))
+    assert fused_step_for(model, batch(bits=41)[0], True) is None
+    assert fused_step_for(model, batch()[0].view(64, 1, 40), True) is None
 
 
 def test_adam_step_is_optimizer_step() -> None:

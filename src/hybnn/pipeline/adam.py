@@ -55,16 +55,15 @@ def _fused_state(optimizer: torch.optim.Optimizer) -> _Lists | None:
             or group.get("decoupled_weight_decay") or isinstance(group["lr"], torch.Tensor)):
         return None
     params: list[torch.Tensor] = group["params"]
+    if len({(p.device, p.dtype) for p in params}) != 1:
+        return None  # the kernel takes one device and dtype
     grads, exp_avgs, exp_avg_sqs, steps = [], [], [], []
-    devices = {p.device for p in params}
     for p in params:
         s = optimizer.state.get(p)
-        if p.grad is None or p.grad.is_sparse or not s or len(devices) != 1:
-            return None  # first step (state not made yet), unused parameter, mixed devices
+        if p.grad is None or p.grad.is_sparse or not s:
+            return None  # first step (state not made yet), unused parameter
         grads.append(p.grad)
         exp_avgs.append(s["exp_avg"])
         exp_avg_sqs.append(s["exp_avg_sq"])
         steps.append(s["step"])
-    if any(p.dtype != params[0].dtype for p in params):
-        return None
     return params, grads, exp_avgs, exp_avg_sqs, steps

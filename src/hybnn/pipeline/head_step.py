@@ -32,16 +32,15 @@ from hybnn.models import BNNHead
 class FusedHeadStep:
     """One training step of a plain BNN head (sign + STE, batch norm) in direct tensor ops."""
 
-    def __init__(self, model: BNNHead) -> None:
+    def __init__(self, model: BNNHead, inputs_are_signs: bool) -> None:
         modules = list(model.net)
         self.linears: list[BinaryLinear] = modules[0::2]
         self.norms: list[nn.BatchNorm1d] = modules[1::2]
-        self.in_bits = int(model.config["in_bits"])
         with torch.no_grad():  # -0.0 -> +0.0; training never makes a -0.0 weight again
             for lin in self.linears:
                 lin.weight.add_(0.0)
-        # Sign of the first layer's input is the identity on +-1 codes; fit checks once.
-        self.inputs_are_signs = False
+        # the first layer's input sign is the identity on +-1 codes (the caller knows)
+        self.inputs_are_signs = inputs_are_signs
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,9 +92,14 @@ def _sign_of_weight(w: torch.Tensor) -> torch.Tensor:
     return torch.copysign(torch.ones((), dtype=w.dtype, device=w.device), w)
 
 
-def fused_step_for(model: nn.Module) -> FusedHeadStep | None:
-    """A :class:`FusedHeadStep` for ``model`` when its layers are the ones it derives for."""
+def fused_step_for(model: nn.Module, inputs: torch.Tensor, inputs_are_signs: bool
+                   ) -> FusedHeadStep | None:
+    """A :class:`FusedHeadStep` for ``model`` training on ``inputs`` when its layers are the
+    ones it derives for and the inputs have the head's shape (else the forward's error)."""
+    # isinstance narrows the type for mypy; subclasses may override forward, so exact type
     if not isinstance(model, BNNHead) or type(model) is not BNNHead:
+        return None
+    if inputs.dim() != 2 or inputs.shape[1] != model.config["in_bits"]:
         return None
     modules = list(model.net)
     linears, norms = modules[0::2], modules[1::2]
@@ -112,4 +116,4 @@ def fused_step_for(model: nn.Module) -> FusedHeadStep | None:
         return None
     if any(p.dtype != torch.float32 for p in model.parameters()):
         return None
-    return FusedHeadStep(model)
+    return FusedHeadStep(model, inputs_are_signs)

@@ -89,8 +89,8 @@ def fit_classifier(
     """Train ``model`` with cross-entropy on ``train``; evaluate on ``test`` every epoch.
 
     ``fused`` lets a plain BNN head train through :mod:`hybnn.pipeline.head_step` (the same
-    values and gradients without autograd, ~1.4x faster per epoch at batch 64); callbacks,
-    other models and ``fused=False`` use autograd.
+    values and gradients without autograd, 1.5x faster per epoch on mnist-5k's ten-class head
+    in BENCHMARKS.md); callbacks, other models and ``fused=False`` use autograd.
     """
     config = config or TrainConfig()
     if config.batch_size < 1 or config.epochs < 0 or not 0 < config.lr < math.inf:
@@ -126,11 +126,7 @@ def fit_classifier(
     latent = [layer for _, layer in binary_layers(model)]  # clipped after every step
     for layer in latent:  # and before the first, so the weight STE passes every gradient
         layer.clip_latent_()
-    step = fused_step_for(model) if fused and not callbacks else None
-    if step is not None and (x.dim() != 2 or x.shape[1] != step.in_bits):
-        step = None  # the model's forward raises its shape error
-    if step is not None:
-        step.inputs_are_signs = signs
+    step = fused_step_for(model, x, signs) if fused and not callbacks else None
     for epoch in bar(range(start_epoch, config.epochs), desc, progress,
                      total=config.epochs - start_epoch):
         torch.manual_seed(config.seed * 100_003 + epoch)
