@@ -143,40 +143,37 @@ def code_width_sweep(config: ReproduceConfig, widths: list[int], out: Path
     return rows
 
 
-def code_ceiling(config: ReproduceConfig, encoder_dir: Path) -> dict[str, Any]:
+def code_ceiling(config: ReproduceConfig, run_dir: Path) -> dict[str, Any]:
     """Ten-class accuracy of a *float* MLP of the head's shape (ReLU, float weights) on the
     very codes the HyBNN head sees, seed 0: how much of the gap to the float CNN a better head
     could close at all, and how much lies in the codes."""
     from torch import nn
 
-    from hybnn.data import load_source, select_task, train_test
-    from hybnn.experiments.reproduce import _subsample
-    from hybnn.pipeline.encoder import load_encoder
-    from hybnn.pipeline.extract import encode_to_codes
+    from hybnn.pipeline.codes import CodeStore
     from hybnn.pipeline.train import fit_classifier
 
-    train, test = train_test(load_source(config.data))
-    encoder = load_encoder(encoder_dir)
-    tr = encode_to_codes(encoder, _subsample(select_task(train, "all"), config.max_train, 0))
-    te = encode_to_codes(encoder, select_task(test, "all"))
+    # the codes the reproduce run's `all` heads trained and were tested on
+    tr = CodeStore.load(run_dir / "codes" / "all-train.safetensors")
+    te = CodeStore.load(run_dir / "codes" / "all-test.safetensors")
     (xt, yt), (xe, ye) = tr.tensors(), te.tensors()
     torch.manual_seed(0)
     layers: list[nn.Module] = []
-    width = encoder.latent_bits
+    width = tr.num_bits
     for h in config.head_hidden_multiclass:
         layers += [nn.Linear(width, h), nn.BatchNorm1d(h), nn.ReLU(), nn.Dropout(0.2)]
         width = h
     model = nn.Sequential(*layers, nn.Linear(width, tr.num_classes))
     cfg = TrainConfig(epochs=30, batch_size=config.batch_size, lr=1e-3, seed=0)
     history = fit_classifier(model, (xt.float(), yt), (xe.float(), ye), cfg, progress=False)
-    return {"acc": history.last("test_acc"), "encoder": encoder.fingerprint[:12],
-            "hidden": config.head_hidden_multiclass, "epochs": cfg.epochs, "lr": cfg.lr}
+    return {"acc": history.last("test_acc"), "encoder": tr.encoder_fingerprint[:12],
+            "shape": [tr.num_bits, *config.head_hidden_multiclass, tr.num_classes],
+            "epochs": cfg.epochs, "lr": cfg.lr}
 
 
 def ceiling_line(results: dict[str, Any]) -> str:
     """The BENCHMARKS paragraph on what bounds the ten-class gap (head or codes)."""
     ceiling, row = results["code_ceiling"], results["tasks"]["all"]
-    shape = "-".join(map(str, [results["encoder"]["latent_bits"], *ceiling["hidden"], 10]))
+    shape = "-".join(map(str, ceiling["shape"]))
     head, cnn = row["hybnn"]["acc_mean"], row["fpcnn"]["acc_mean"]
     return (f"\nWhat bounds the ten-class gap: a float MLP of the head's shape ({shape}, "
             f"ReLU, float weights, {ceiling['epochs']} epochs, seed 0) on the same codes "
@@ -322,7 +319,7 @@ def main() -> None:
         found += measured
         bound = ""
         if "all" in results["tasks"]:
-            results["code_ceiling"] = code_ceiling(config, runs[0][1] / "encoder")
+            results["code_ceiling"] = code_ceiling(config, runs[-1][1])
             bound = ceiling_line(results)
         sweep = ""
         if args.widths:
