@@ -44,20 +44,30 @@ from hybnn.pipeline.config import TrainConfig
 # 60,000 training images, without labels, for 15 epochs (~17 min on 2 cores; measured +1.7
 # points on `all` over a 10,000-image phase 1, one seed).
 FASHION = {"vae_epochs": 15}
+# The ten-class head on fashion's 60,000 codes: 235 steps of 256 an epoch instead of 938 of
+# 64, 30 epochs instead of 100 (about the same ~7,000 Adam steps as mnist-5k's 100 epochs of
+# 4,000 codes). A scratch probe on the previous run's codes (seed 0, 2 threads) reached
+# 85.2 % in 7.6 s instead of 11.9 s (30 epochs of 64) and ended at 86.7 %, like 100 epochs
+# of 64 (86.66 +- 0.04 over 3 seeds). On mnist-5k's 4,000 codes fewer steps lose ~0.5
+# point, so there the default recipe stays.
+FASHION_ALL_HEAD = {"head_batch_size": 256, "head_lr": 0.02, "head_epochs": 30}
 # Phase 1 of the accuracy-vs-bytes sweep: one encoder per width on at most this many images,
 # so the sweep costs ~3 min an encoder instead of ~17 on the full fashion-mnist set.
 WIDTH_VAE_SAMPLES = 10000
 SETTINGS: dict[str, list[dict[str, Any]]] = {
     "mnist-5k": [{"tasks": [*PAPER_TASKS, "all"]}],
     "fashion-mnist": [{"tasks": list(PAPER_TASKS), "max_train": 2000, **FASHION},
-                      {"tasks": ["all"], **FASHION}],
+                      {"tasks": ["all"], **FASHION, **FASHION_ALL_HEAD}],
 }
 
 
 def interleaved_speedup(data: str, task: str, hidden: list[int], reps: int = 5,
-                        batch_size: int = 64, max_train: int | None = None) -> dict[str, float]:
+                        batch_size: int = 64, head_batch_size: int | None = None,
+                        max_train: int | None = None) -> dict[str, float]:
     """Seconds per training epoch of the BNN head (on codes) and of the binary CNN (on images)
-    over the same samples and batch size, alternating one epoch of each ``reps`` times."""
+    over the same samples, alternating one epoch of each ``reps`` times. The binary CNN and
+    the head's autograd variant run at ``batch_size``; the head at its own recipe's
+    ``head_batch_size`` (default: the same), and at ``batch_size`` too when that differs."""
     import statistics
 
     from hybnn.data import load_source, select_task, train_test
@@ -67,27 +77,34 @@ def interleaved_speedup(data: str, task: str, hidden: list[int], reps: int = 5,
     from hybnn.pipeline.fit import image_tensors
     from hybnn.pipeline.train import fit_classifier
 
+    head_batch = batch_size if head_batch_size is None else head_batch_size
     train = _subsample(select_task(train_test(load_source(data))[0], task), max_train, 0)
     rng = np.random.default_rng(0)
     codes = bits_to_signs(rng.integers(0, 2, (len(train), 200)))  # timing only: any codes
     labels = torch.from_numpy(train.y)
     images = image_tensors(train, "centered")[0]
-    times: dict[str, list[float]] = {"head": [], "head_autograd": [], "bcnn": []}
+    batches = {"head": head_batch, "head_autograd": batch_size, "bcnn": batch_size}
+    if head_batch != batch_size:
+        batches["head_same_batch"] = batch_size
+    times: dict[str, list[float]] = {name: [] for name in batches}
     for rep in range(reps):
-        for name in times:
+        for name, batch in batches.items():
             is_head = name.startswith("head")
             model = (BNNHead(200, train.num_classes, hidden) if is_head
                      else BinaryCNN(train.image_size, 1, train.num_classes))
             cfg = TrainConfig.for_model("hybnn" if is_head else "bcnn", epochs=1,
-                                        batch_size=batch_size, seed=rep)
+                                        batch_size=batch, seed=rep)
             h = fit_classifier(model, (codes if is_head else images, labels), None, cfg,
-                               progress=False, fused=name == "head")
+                               progress=False, fused=name != "head_autograd")
             times[name].append(h.epochs[0]["seconds"])
-    head, bcnn = statistics.median(times["head"]), statistics.median(times["bcnn"])
-    autograd = statistics.median(times["head_autograd"])
-    return {"head_s": head, "head_autograd_s": autograd, "bcnn_s": bcnn,
-            "speedup": bcnn / head, "speedup_autograd": bcnn / autograd,
-            "samples": len(train)}
+    median = {name: statistics.median(t) for name, t in times.items()}
+    same = median.get("head_same_batch", median["head"])
+    return {"head_s": median["head"], "head_autograd_s": median["head_autograd"],
+            "head_same_batch_s": same, "bcnn_s": median["bcnn"],
+            "speedup": median["bcnn"] / median["head"],
+            "speedup_same_batch": median["bcnn"] / same,
+            "speedup_autograd": median["bcnn"] / median["head_autograd"],
+            "head_batch": head_batch, "batch": batch_size, "samples": len(train)}
 
 
 def code_width_sweep(config: ReproduceConfig, widths: list[int], out: Path
@@ -116,7 +133,7 @@ def code_width_sweep(config: ReproduceConfig, widths: list[int], out: Path
         cache = out / f"{stem}-noise{code_noise:g}.json"
         pcfg = PretrainConfig(latent_bits=bits, epochs=config.vae_epochs, beta=config.vae_beta,
                               shift=config.vae_shift, contrastive=weight, seed=0)
-        hcfg = TrainConfig(config.head_epochs, config.batch_size, config.head_lr,
+        hcfg = TrainConfig(config.head_epochs, config.head_batch, config.head_lr,
                            code_noise=code_noise, seed=0)
         settings = {"pretrain": asdict(pcfg), "head": asdict(hcfg),
                     "hidden": config.head_hidden_multiclass, "samples": len(tr),
@@ -249,16 +266,30 @@ def targets(data: str, results: dict[str, Any]) -> list[dict[str, Any]]:
         found.append({**target(f"time-to-train {data} {task} vs binary CNN (x)",
                                round(c["speedup"], 2), ">= 20x", met), "detail": detail})
     for task, sp in results.get("interleaved_speed", {}).items():
+        batch, head_batch = sp.get("batch", 64), sp.get("head_batch", 64)
+        batches = (f"batch {batch}" if head_batch == batch else
+                   f"each at its recipe's batch: head {head_batch}, binary CNN {batch}")
+        same = ("" if head_batch == batch else
+                f"; the head at batch {batch} too {1e3 * sp['head_same_batch_s']:.1f} ms, "
+                f"{sp['speedup_same_batch']:.1f}x")
         detail = (f"- {task}: head training {sp['speedup']:.1f}x faster per epoch than the "
                   f"binary CNN ({1e3 * sp['head_s']:.1f} ms vs {1e3 * sp['bcnn_s']:.0f} ms "
-                  f"over {sp['samples']} samples, batch 64, median of 5 interleaved epochs; "
-                  f"target >= 20x): {'PASS' if sp['speedup'] >= 20 else 'MISS'}; through "
-                  f"autograd instead of the fused step {1e3 * sp['head_autograd_s']:.1f} ms, "
-                  f"{sp['speedup_autograd']:.1f}x")
+                  f"over {sp['samples']} samples, {batches}, median of 5 interleaved epochs; "
+                  f"target >= 20x): {'PASS' if sp['speedup'] >= 20 else 'MISS'}{same}; "
+                  f"through autograd instead of the fused step, batch {batch}, "
+                  f"{1e3 * sp['head_autograd_s']:.1f} ms, {sp['speedup_autograd']:.1f}x")
         found.append({**target(f"{data} {task} head training speed-up per epoch vs binary CNN",
                                round(sp["speedup"], 2), ">= 20x", sp["speedup"] >= 20),
                       "detail": detail})
     return found
+
+
+def same_config(recorded: dict[str, Any], config: ReproduceConfig) -> bool:
+    """Whether a results.json's config is ``config``; a setting added since that run was
+    written counts at its default (the run behaved as the default does)."""
+    defaults = asdict(ReproduceConfig())
+    added = {k: v for k, v in defaults.items() if k not in recorded}
+    return {**added, **recorded} == asdict(config)
 
 
 def reproduce_runs(data: str, args: argparse.Namespace, out: Path
@@ -272,8 +303,8 @@ def reproduce_runs(data: str, args: argparse.Namespace, out: Path
                                       encoder=encoder, **overrides)
         path = out / f"run{i}"
         previous = path / "results.json"
-        if args.reuse and previous.is_file() and (
-                json.loads(previous.read_text())["config"] == asdict(config)):
+        if args.reuse and previous.is_file() and same_config(
+                json.loads(previous.read_text())["config"], config):
             results = json.loads(previous.read_text())
         else:
             results = reproduce(config, path, progress=False)
@@ -312,7 +343,8 @@ def main() -> None:
         out = Path(args.out) / data
         results["interleaved_speed"] = {
             task: interleaved_speedup(data, task, c.head_hidden if task != "all"
-                                      else c.head_hidden_multiclass, max_train=c.max_train)
+                                      else c.head_hidden_multiclass, batch_size=c.batch_size,
+                                      head_batch_size=c.head_batch, max_train=c.max_train)
             for c, _ in runs for task in ("0v1", "all") if task in c.tasks
         }
         measured = targets(data, results)

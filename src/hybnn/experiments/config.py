@@ -38,6 +38,8 @@ class ReproduceConfig:
                                                 "two classes", factory=lambda: [512])
     head_epochs: int = setting(SPECS["hybnn"].epochs, "BNN-head epochs (quick: 40)")
     head_lr: float = setting(SPECS["hybnn"].lr, "BNN-head learning rate")
+    head_batch_size: int | None = setting(None, "BNN-head batch size (default: the phase-3 "
+                                          "batch size)")
     head_code_noise: float = setting(SPECS["hybnn"].code_noise, "probability of flipping "
                                      "each code bit in BNN-head training (0: off)")
     cnn_epochs: int = setting(SPECS["bcnn"].epochs, "baseline CNN epochs (quick: 3)")
@@ -52,6 +54,11 @@ class ReproduceConfig:
     continual: bool = setting(True, "also learn the pair tasks one after another with one "
                               "head (class-incremental, every strategy of `hybnn continual`) "
                               "and add its table (quick: off)", negatable=True)
+
+    @property
+    def head_batch(self) -> int:
+        """The BNN head's batch size: its own where set, else the phase-3 one."""
+        return self.batch_size if self.head_batch_size is None else self.head_batch_size
 
     @classmethod
     def make(cls, quick: bool = False, **values: Any) -> ReproduceConfig:

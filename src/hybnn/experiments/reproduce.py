@@ -207,7 +207,7 @@ def _train_all(config: ReproduceConfig, encoder: Encoder, tr: Dataset, te: Datas
         train_codes.save(code_dir / f"{task}-train.safetensors")
         test_codes.save(code_dir / f"{task}-test.safetensors")
     dev = config.device
-    head_cfg = TrainConfig(config.head_epochs, config.batch_size, config.head_lr,
+    head_cfg = TrainConfig(config.head_epochs, config.head_batch, config.head_lr,
                            code_noise=config.head_code_noise, seed=seed, device=dev)
     bin_cfg = TrainConfig(config.cnn_epochs, config.batch_size, config.binary_lr, seed=seed,
                           device=dev)

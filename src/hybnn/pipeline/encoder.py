@@ -7,19 +7,24 @@ binary encoder distilled from one (:mod:`hybnn.pipeline.binary_encoder`).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+from torch import nn
 
 from hybnn.artifacts import declared_kind, load_bundle, save_bundle
 from hybnn.errors import ArtifactError, DataError
+from hybnn.models.fold import fold_batch_norms
 from hybnn.models.names import BINARY_ENCODER
 from hybnn.models.vae import BinaryLatentVAE
 from hybnn.models.weights import build_checked
 
 ENCODER_KIND = "encoder"
+# Images per forward pass when encoding: at 256 the encoder's activations stay in cache;
+# 512 measured ~1.3x slower per image on 1 and 2 threads (AMD EPYC, torch 2.13 CPU).
+ENCODE_BATCH = 256
 
 
 class CodeEncoder(Protocol):
@@ -31,7 +36,7 @@ class CodeEncoder(Protocol):
     @property
     def latent_bits(self) -> int: ...
 
-    def encode(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray: ...
+    def encode(self, images: np.ndarray, batch_size: int = ENCODE_BATCH) -> np.ndarray: ...
 
 
 @dataclass
@@ -41,6 +46,7 @@ class Encoder:
     vae: BinaryLatentVAE
     fingerprint: str
     meta: dict[str, Any]
+    _folded: nn.Sequential | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def latent_bits(self) -> int:
@@ -50,13 +56,21 @@ class Encoder:
     def image_size(self) -> tuple[int, int]:
         return self.vae.image_size
 
-    @torch.no_grad()
-    def encode(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
-        """Images (N, C, H, W) float32 in [0, 1] -> bool codes (N, latent_bits)."""
+    @torch.inference_mode()
+    def encode(self, images: np.ndarray, batch_size: int = ENCODE_BATCH) -> np.ndarray:
+        """Images (N, C, H, W) float32 in [0, 1] -> bool codes (N, latent_bits).
+
+        Runs the VAE's encoder with its batch norms folded into the convolutions (built
+        once: the encoder is frozen), the code being ``logits >= 0`` as in
+        :meth:`BinaryLatentVAE.encode`.
+        """
         check_images(images, self.vae.config["in_channels"], self.image_size)
-        self.vae.eval()
+        if self._folded is None:
+            self.vae.eval()
+            self._folded = fold_batch_norms(self.vae.encoder)
         device = next(self.vae.parameters()).device
-        out = [self.vae.encode(torch.from_numpy(images[i:i + batch_size]).to(device)).cpu()
+        net = self._folded.to(device)
+        out = [(net(torch.from_numpy(images[i:i + batch_size]).to(device)) >= 0).cpu()
                for i in range(0, len(images), batch_size)]
         if not out:
             return np.zeros((0, self.latent_bits), dtype=bool)

@@ -6,11 +6,11 @@ from typing import Any
 
 from hybnn.data.dataset import Dataset
 from hybnn.pipeline.codes import CodeStore, pack_code_bits
-from hybnn.pipeline.encoder import CodeEncoder
+from hybnn.pipeline.encoder import ENCODE_BATCH, CodeEncoder
 
 
 def encode_to_codes(encoder: CodeEncoder, data: Dataset, meta: dict[str, Any] | None = None,
-                    batch_size: int = 512) -> CodeStore:
+                    batch_size: int = ENCODE_BATCH) -> CodeStore:
     """Encode every image of ``data`` into a bit-packed :class:`CodeStore`."""
     bits = encoder.encode(data.x, batch_size)
     info = {"source": data.name, "num_classes": data.num_classes,
