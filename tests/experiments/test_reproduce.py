@@ -19,7 +19,8 @@ CELL_KEYS = {"acc_mean", "acc_std", "train_s_per_epoch", "model_bytes"}
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("reproduce")
     cmd = [sys.executable, "-m", "hybnn.cli", "reproduce", "--quick", "--data", "digits",
-           "--tasks", "0v1", "8v9", "--out", str(out), "--no-progress"]
+           "--tasks", "0v1", "8v9", "--head-batch-size", "32", "--out", str(out),
+           "--no-progress"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "HyBNN reproduction on digits" in proc.stdout
@@ -42,6 +43,17 @@ def test_results_json_is_complete(quick_run: Path) -> None:
             assert 0 < ttt["fast_extract_s"] < ttt["fast_s"] and ttt["slow_s"] > 0
             assert ttt["speedup"] == pytest.approx(ttt["slow_s"] / ttt["fast_s"])
     assert {"torch", "hybnn", "numpy", "python"} <= set(results["versions"])
+
+
+def test_the_head_trains_at_its_own_batch_size(quick_run: Path) -> None:
+    def batch(run: str) -> int:
+        meta = json.loads((quick_run / "models" / "0v1" / run / "meta.json").read_text())
+        return meta["train_config"]["batch_size"]
+
+    assert batch("hybnn-seed0") == 32  # --head-batch-size
+    assert batch("bcnn_centered-seed0") == batch("fpcnn-seed0") == 64  # the phase-3 batch
+    config = json.loads((quick_run / "results.json").read_text())["config"]
+    assert config["head_batch_size"] == 32 and config["batch_size"] == 64
 
 
 def test_hybnn_beats_the_paper_setting_baseline(quick_run: Path) -> None:
