@@ -89,8 +89,8 @@ def fit_classifier(
     """Train ``model`` with cross-entropy on ``train``; evaluate on ``test`` every epoch.
 
     ``fused`` lets a plain BNN head train through :mod:`hybnn.pipeline.head_step` (the same
-    values and gradients without autograd, 1.5x faster per epoch on mnist-5k's ten-class head
-    in BENCHMARKS.md); callbacks, other models and ``fused=False`` use autograd.
+    values and gradients without autograd, 1.4-1.5x faster per epoch on mnist-5k's ten-class
+    head in BENCHMARKS.md); callbacks, other models and ``fused=False`` use autograd.
     """
     config = config or TrainConfig()
     if config.batch_size < 1 or config.epochs < 0 or not 0 < config.lr < math.inf:
