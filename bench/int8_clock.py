@@ -1,0 +1,112 @@
+"""Time to a trained model when the codes come from the int8 encoder (bench helper).
+
+`hybnn export --encoder DIR --int8` deploys the frozen encoder as a static int8 ONNX model;
+an edge user who deploys it should train the head on the codes that model produces. This
+measures that pipeline on each task of a reproduce run, against the run's own binary CNNs:
+
+- once per encoder (charged to no task, like phase 1): the ONNX export, the int8
+  calibration on CALIBRATION_IMAGES general training images (label-free) and a first pass
+  of the session over them (ONNX Runtime plans and allocates on its first runs);
+- per task and seed, on the clock: the int8 encoding of the task's raw training images,
+  then the head's training with the run's recipe, evaluated on int8 codes of the test split
+  after every epoch outside the clock (`hybnn.experiments.time_to_train`);
+- beside it: the head's final accuracy on int8 codes and the share of code bits that equal
+  the float32 encoder's.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hybnn.bundle.onnx_export import INPUT_NAME, encoder_onnx
+from hybnn.bundle.quantize import quantize_int8
+from hybnn.data import load_source, select_task, train_test
+from hybnn.data.splits import stratified_split
+from hybnn.experiments.config import ReproduceConfig
+from hybnn.experiments.time_to_train import TrainingClock, time_to_same_accuracy
+from hybnn.hooks import History
+from hybnn.pipeline.config import TrainConfig
+from hybnn.pipeline.encoder import ENCODE_BATCH, Encoder, check_images, load_encoder
+from hybnn.pipeline.extract import encode_to_codes
+from hybnn.pipeline.fit import train_head
+from hybnn.runtime.onnx_encoder import make_session
+
+CALIBRATION_IMAGES = 512
+
+
+class Int8CodeEncoder:
+    """The encoder's int8 ONNX model in an ONNX Runtime session, as a code encoder."""
+
+    def __init__(self, encoder: Encoder, int8_onnx: bytes, threads: int) -> None:
+        self.session = make_session(int8_onnx, threads)
+        self.channels = int(encoder.vae.config["in_channels"])
+        self.size = encoder.image_size
+        self.latent_bits = encoder.latent_bits
+        self.fingerprint = encoder.fingerprint + "-int8"
+
+    def encode(self, images: np.ndarray, batch_size: int = ENCODE_BATCH) -> np.ndarray:
+        check_images(images, self.channels, self.size)
+        out = [self.session.run(None, {INPUT_NAME: np.ascontiguousarray(
+            images[i:i + batch_size], dtype=np.float32)})[0] >= 0
+               for i in range(0, len(images), batch_size)]
+        return (np.concatenate(out) if out
+                else np.zeros((0, self.latent_bits), dtype=bool))
+
+
+def _subsample(data: Any, limit: int | None, seed: int) -> Any:
+    """The reproduce run's own per-task training subsample (same rule, same seed)."""
+    if limit is None or len(data) <= limit:
+        return data
+    _, keep = stratified_split(data.y, limit / len(data), seed=seed)
+    return data.subset(keep)
+
+
+def _baseline_clock(run_dir: Path, task: str, seed: int) -> TrainingClock:
+    meta = json.loads((run_dir / "models" / task / f"bcnn_centered-seed{seed}" / "meta.json")
+                      .read_text())
+    return TrainingClock.from_history("bcnn_centered", History(meta["history"]))
+
+
+def int8_clocks(config: ReproduceConfig, run_dir: Path, encoder_dir: Path, threads: int
+                ) -> dict[str, Any]:
+    """Per task: seed means of the int8 pipeline's time to the binary CNN's accuracy."""
+    encoder = load_encoder(encoder_dir)
+    train, test = train_test(load_source(config.data))
+    t0 = time.perf_counter()
+    fp32_onnx = encoder_onnx(encoder.vae)
+    export_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    calibration = _subsample(train, CALIBRATION_IMAGES, 0).x
+    int8 = Int8CodeEncoder(encoder, quantize_int8(fp32_onnx, INPUT_NAME, calibration), threads)
+    int8.encode(calibration)  # the session's first runs allocate and plan: warm it, once
+    quantize_s = time.perf_counter() - t0
+    tasks: dict[str, Any] = {}
+    for task in config.tasks:
+        rows = []
+        for seed in config.seeds:
+            tr = _subsample(select_task(train, task), config.max_train, seed)
+            te = select_task(test, task)
+            t0 = time.perf_counter()
+            codes = encode_to_codes(int8, tr, {"task": task, "split": "train"})
+            extract_s = time.perf_counter() - t0
+            test_codes = encode_to_codes(int8, te, {"task": task, "split": "test"})
+            same_bits = float(np.mean(encoder.encode(tr.x) == int8.encode(tr.x)))
+            cfg = TrainConfig(config.head_epochs, config.head_batch, config.head_lr,
+                              code_noise=config.head_code_noise, seed=seed)
+            hidden = config.head_hidden if tr.num_classes == 2 else config.head_hidden_multiclass
+            _, history = train_head(codes, test_codes, cfg, hidden, progress=False)
+            clock = TrainingClock.from_history("hybnn_int8", history, extract_s)
+            rows.append({**time_to_same_accuracy(clock, _baseline_clock(run_dir, task, seed)),
+                         "head_acc": clock.final_acc, "same_bits": same_bits,
+                         "extract_us_per_image": 1e6 * extract_s / len(tr)})
+        mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+        mean["speedup"] = mean["slow_s"] / max(mean["fast_s"], 1e-9)
+        tasks[task] = mean
+    return {"export_s": export_s, "quantize_s": quantize_s, "threads": threads,
+            "calibration_images": CALIBRATION_IMAGES, "seeds": list(config.seeds),
+            "tasks": tasks}
