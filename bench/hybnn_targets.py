@@ -19,7 +19,7 @@ Runs `hybnn reproduce` on mnist-5k and fashion-mnist with the paper's five pair 
   and at the default width the head without code noise and the plain VAE (ablations).
 
 Usage: python bench/hybnn_targets.py [--data mnist-5k fashion-mnist] [--out runs/bench-hybnn]
-       [--widths 64 128 200 512] [--json FILE]
+       [--widths 64 128 200 512] [--reuse] [--resume] [--no-int8] [--json FILE]
 """
 
 from __future__ import annotations
@@ -351,13 +351,15 @@ def targets(data: str, results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def int8_line(clock: dict[str, Any]) -> str:
-    return (f"\nThe int8 lines: the encoder exported to ONNX ({clock['export_s']:.1f} s) and "
-            f"quantized to static int8 on {clock['calibration_images']} general training "
-            f"images ({clock['quantize_s']:.2f} s), once per encoder and charged to no task "
-            f"(as phase 1); per task the int8 ONNX Runtime encoding of the raw training images "
-            f"({clock['threads']} threads) is on the clock, then the head trains with the run's "
-            f"recipe on those codes and is tested on int8 codes of the test split; the binary "
-            f"CNN's clock is the reproduce run's own; mean over seeds {clock['seeds']}.\n")
+    cal = clock["calibration"]
+    return (f"\nThe int8 lines: the encoder's int8 ONNX graph as `hybnn export --int8` builds "
+            f"it (static QDQ, calibrated on {cal['size']} images of {cal['source']}'s "
+            f"{cal['split']} split, seed {cal['seed']}; {clock['export_s']:.1f} s), once per "
+            f"encoder and charged to no task (as phase 1); per task the ONNX Runtime encoding of "
+            f"the raw training images ({clock['threads']} threads) is on the clock, then the head "
+            f"trains with the run's recipe on those codes and is tested on int8 codes of the "
+            f"test split; the binary CNN's clock is the reproduce run's own; mean over seeds "
+            f"{clock['seeds']}.\n")
 
 
 def same_config(recorded: dict[str, Any], config: ReproduceConfig) -> bool:

@@ -4,9 +4,10 @@
 an edge user who deploys it should train the head on the codes that model produces. This
 measures that pipeline on each task of a reproduce run, against the run's own binary CNNs:
 
-- once per encoder (charged to no task, like phase 1): the ONNX export, the int8
-  calibration on CALIBRATION_IMAGES general training images (label-free) and a first pass
-  of the session over them (ONNX Runtime plans and allocates on its first runs);
+- once per encoder (charged to no task, like phase 1): the int8 ONNX graph exactly as
+  `hybnn export --int8` builds it with its defaults (`hybnn.bundle.export.encoder_graph`:
+  calibrated on a seeded sample of the encoder's own general training data, label-free),
+  and a first pass of the session over those images (ONNX Runtime plans on its first runs);
 - per task and seed, on the clock: the int8 encoding of the task's raw training images,
   then the head's training with the run's recipe, evaluated on int8 codes of the test split
   after every epoch outside the clock (`hybnn.experiments.time_to_train`);
@@ -23,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from hybnn.bundle.onnx_export import INPUT_NAME, encoder_onnx
-from hybnn.bundle.quantize import quantize_int8
+from hybnn.bundle.export import calibration_images, encoder_graph
+from hybnn.bundle.onnx_export import INPUT_NAME
 from hybnn.data import load_source, select_task, train_test
 from hybnn.data.splits import stratified_split
 from hybnn.experiments.config import ReproduceConfig
@@ -35,8 +36,6 @@ from hybnn.pipeline.encoder import ENCODE_BATCH, Encoder, check_images, load_enc
 from hybnn.pipeline.extract import encode_to_codes
 from hybnn.pipeline.fit import train_head
 from hybnn.runtime.onnx_encoder import make_session
-
-CALIBRATION_IMAGES = 512
 
 
 class Int8CodeEncoder:
@@ -78,13 +77,11 @@ def int8_clocks(config: ReproduceConfig, run_dir: Path, encoder_dir: Path, threa
     encoder = load_encoder(encoder_dir)
     train, test = train_test(load_source(config.data))
     t0 = time.perf_counter()
-    fp32_onnx = encoder_onnx(encoder.vae)
+    graph = encoder_graph(encoder, int8=True)  # what `hybnn export --int8` deploys
     export_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    calibration = _subsample(train, CALIBRATION_IMAGES, 0).x
-    int8 = Int8CodeEncoder(encoder, quantize_int8(fp32_onnx, INPUT_NAME, calibration), threads)
+    int8 = Int8CodeEncoder(encoder, graph.onnx, threads)
+    calibration, info = calibration_images(encoder)
     int8.encode(calibration)  # the session's first runs allocate and plan: warm it, once
-    quantize_s = time.perf_counter() - t0
     tasks: dict[str, Any] = {}
     for task in config.tasks:
         rows = []
@@ -107,6 +104,6 @@ def int8_clocks(config: ReproduceConfig, run_dir: Path, encoder_dir: Path, threa
         mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
         mean["speedup"] = mean["slow_s"] / max(mean["fast_s"], 1e-9)
         tasks[task] = mean
-    return {"export_s": export_s, "quantize_s": quantize_s, "threads": threads,
-            "calibration_images": CALIBRATION_IMAGES, "seeds": list(config.seeds),
+    return {"export_s": export_s, "threads": threads, "calibration": info,
+            "seeds": list(config.seeds),
             "tasks": tasks}
