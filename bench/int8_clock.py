@@ -27,8 +27,8 @@ import numpy as np
 from hybnn.bundle.export import calibration_images, encoder_graph
 from hybnn.bundle.onnx_export import INPUT_NAME
 from hybnn.data import load_source, select_task, train_test
-from hybnn.data.splits import stratified_split
 from hybnn.experiments.config import ReproduceConfig
+from hybnn.experiments.reproduce import _subsample  # the run's own per-task sample
 from hybnn.experiments.time_to_train import TrainingClock, time_to_same_accuracy
 from hybnn.hooks import History
 from hybnn.pipeline.config import TrainConfig
@@ -55,14 +55,6 @@ class Int8CodeEncoder:
                for i in range(0, len(images), batch_size)]
         return (np.concatenate(out) if out
                 else np.zeros((0, self.latent_bits), dtype=bool))
-
-
-def _subsample(data: Any, limit: int | None, seed: int) -> Any:
-    """The reproduce run's own per-task training subsample (same rule, same seed)."""
-    if limit is None or len(data) <= limit:
-        return data
-    _, keep = stratified_split(data.y, limit / len(data), seed=seed)
-    return data.subset(keep)
 
 
 def _baseline_clock(run_dir: Path, task: str, seed: int) -> TrainingClock:
