@@ -434,10 +434,7 @@ def main() -> None:
         results["extraction_speed"] = extraction[data] = extraction_speed(
             data, out / "run0" / "encoder")
         if not args.no_int8:
-            clocks = [int8_clocks(c, path, out / "run0" / "encoder", args.threads)
-                      for c, path in runs]
-            results["int8_clock"] = {**clocks[0], "tasks": {
-                t: row for clock in clocks for t, row in clock["tasks"].items()}}
+            results["int8_clock"] = int8_clocks(runs, out / "run0" / "encoder", args.threads)
         measured = targets(data, results)
         found += measured
         bound = extraction_line(results["extraction_speed"])

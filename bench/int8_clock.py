@@ -1,4 +1,4 @@
-"""Time to a trained model when the codes come from the int8 encoder (bench helper).
+"""Time to a trained model when the codes come from the int8 encoder.
 
 `hybnn export --encoder DIR --int8` deploys the frozen encoder as a static int8 ONNX model;
 an edge user who deploys it should train the head on the codes that model produces. This
@@ -13,17 +13,24 @@ measures that pipeline on each task of a reproduce run, against the run's own bi
   after every epoch outside the clock (`hybnn.experiments.time_to_train`);
 - beside it: the head's final accuracy on int8 codes and the share of code bits that equal
   the float32 encoder's.
+
+`bench/hybnn_targets.py` calls :func:`int8_clocks` for its BENCHMARKS lines; standalone,
+for finished reproduce runs: python bench/int8_clock.py RUN_DIR [RUN_DIR ...] [--json FILE]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from hybnn.benchmarks import target, write_json
 from hybnn.bundle.export import calibration_images, encoder_graph
 from hybnn.bundle.onnx_export import INPUT_NAME
 from hybnn.data import load_source, select_task, train_test
@@ -63,11 +70,12 @@ def _baseline_clock(run_dir: Path, task: str, seed: int) -> TrainingClock:
     return TrainingClock.from_history("bcnn_centered", History(meta["history"]))
 
 
-def int8_clocks(config: ReproduceConfig, run_dir: Path, encoder_dir: Path, threads: int
+def int8_clocks(runs: list[tuple[ReproduceConfig, Path]], encoder_dir: Path, threads: int
                 ) -> dict[str, Any]:
-    """Per task: seed means of the int8 pipeline's time to the binary CNN's accuracy."""
+    """Per task of every run (one data set, one encoder): seed means of the int8 pipeline's
+    time to the binary CNN's accuracy. The int8 graph is built once for all runs."""
     encoder = load_encoder(encoder_dir)
-    train, test = train_test(load_source(config.data))
+    train, test = train_test(load_source(runs[0][0].data))
     t0 = time.perf_counter()
     graph = encoder_graph(encoder, int8=True)  # what `hybnn export --int8` deploys
     export_s = time.perf_counter() - t0
@@ -75,27 +83,61 @@ def int8_clocks(config: ReproduceConfig, run_dir: Path, encoder_dir: Path, threa
     calibration, info = calibration_images(encoder)
     int8.encode(calibration)  # the session's first runs allocate and plan: warm it, once
     tasks: dict[str, Any] = {}
-    for task in config.tasks:
-        rows = []
-        for seed in config.seeds:
-            tr = _subsample(select_task(train, task), config.max_train, seed)
-            te = select_task(test, task)
-            t0 = time.perf_counter()
-            codes = encode_to_codes(int8, tr, {"task": task, "split": "train"})
-            extract_s = time.perf_counter() - t0
-            test_codes = encode_to_codes(int8, te, {"task": task, "split": "test"})
-            same_bits = float(np.mean(encoder.encode(tr.x) == int8.encode(tr.x)))
-            cfg = TrainConfig(config.head_epochs, config.head_batch, config.head_lr,
-                              code_noise=config.head_code_noise, seed=seed)
-            hidden = config.head_hidden if tr.num_classes == 2 else config.head_hidden_multiclass
-            _, history = train_head(codes, test_codes, cfg, hidden, progress=False)
-            clock = TrainingClock.from_history("hybnn_int8", history, extract_s)
-            rows.append({**time_to_same_accuracy(clock, _baseline_clock(run_dir, task, seed)),
-                         "head_acc": clock.final_acc, "same_bits": same_bits,
-                         "extract_us_per_image": 1e6 * extract_s / len(tr)})
-        mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-        mean["speedup"] = mean["slow_s"] / max(mean["fast_s"], 1e-9)
-        tasks[task] = mean
+    for config, run_dir in runs:
+        for task in config.tasks:
+            rows = []
+            for seed in config.seeds:
+                tr = _subsample(select_task(train, task), config.max_train, seed)
+                te = select_task(test, task)
+                t0 = time.perf_counter()
+                codes = encode_to_codes(int8, tr, {"task": task, "split": "train"})
+                extract_s = time.perf_counter() - t0
+                test_codes = encode_to_codes(int8, te, {"task": task, "split": "test"})
+                same_bits = float(np.mean(encoder.encode(tr.x) == codes.bits()))
+                cfg = TrainConfig(config.head_epochs, config.head_batch, config.head_lr,
+                                  code_noise=config.head_code_noise, seed=seed)
+                hidden = (config.head_hidden if tr.num_classes == 2
+                          else config.head_hidden_multiclass)
+                _, history = train_head(codes, test_codes, cfg, hidden, progress=False)
+                clock = TrainingClock.from_history("hybnn_int8", history, extract_s)
+                rows.append({**time_to_same_accuracy(clock, _baseline_clock(run_dir, task, seed)),
+                             "head_acc": clock.final_acc, "same_bits": same_bits,
+                             "extract_us_per_image": 1e6 * extract_s / len(tr)})
+            mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+            mean["speedup"] = mean["slow_s"] / max(mean["fast_s"], 1e-9)  # of the mean times
+            tasks[task] = mean
     return {"export_s": export_s, "threads": threads, "calibration": info,
-            "seeds": list(config.seeds),
-            "tasks": tasks}
+            "seeds": sorted({s for c, _ in runs for s in c.seeds}), "tasks": tasks}
+
+
+def main() -> None:
+    """Standalone: the int8 lines for finished reproduce runs, as JSON targets."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path,
+                        help="reproduce run directories of one data set (results.json inside)")
+    parser.add_argument("--encoder", type=Path, help="encoder directory (default: the first "
+                        "run's encoder as its results.json records it)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", metavar="FILE", help="write the targets here as JSON")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    runs = []
+    for run_dir in args.runs:
+        results = json.loads((run_dir / "results.json").read_text())
+        runs.append((ReproduceConfig(**results["config"]), run_dir))
+    encoder = args.encoder or Path(json.loads(
+        (args.runs[0] / "results.json").read_text())["encoder"]["path"])
+    clock = int8_clocks(runs, encoder, args.threads)
+    found = []
+    for task, c in clock["tasks"].items():
+        found.append(target(f"time-to-train int8 {runs[0][0].data} {task} vs binary CNN (x)",
+                            round(c["speedup"], 2), ">= 20x", c["speedup"] >= 20))
+        print(f"{task}: {c['speedup']:.1f}x ({c['fast_s']:.2f} s vs {c['slow_s']:.2f} s at "
+              f"{100 * c['accuracy']:.2f} %; head {100 * c['head_acc']:.2f} % on int8 codes)")
+    if args.json:
+        write_json(args.json, found, threads=args.threads, int8_clock=clock,
+                   command=" ".join(["python bench/int8_clock.py", *sys.argv[1:]]))
+
+
+if __name__ == "__main__":
+    main()
