@@ -401,6 +401,51 @@ def train_with_test_codes_of_more_classes(d):
             "--out", "head", "--epochs", "1"]
 
 
+def forge_int8_encoder(d: Path, raw: torch.Tensor | None = None, **changes: object) -> list[str]:
+    """An int8-encoder artifact ``enc8`` with a valid fingerprint and the given defects;
+    the command that extracts codes with it."""
+    config: dict[str, object] = {"latent_bits": 200, "in_channels": 1, "image_size": [8, 8],
+                                 "input_name": "images", "output_name": "logits", "opset": 18}
+    extra: dict[str, object] = {"quantized_from": "a" * 64, "quantization": {}}
+    for key, value in changes.items():
+        (config if key in config else extra)[key] = value
+    onnx = torch.frombuffer(bytearray(b"\x08\x07not a graph"), dtype=torch.uint8)
+    save_bundle(d / "enc8", "int8-encoder", {"onnx": onnx if raw is None else raw}, config,
+                extra)
+    return ["extract", "--encoder", "enc8", "--data", "digits", "--out", "te01.safetensors"]
+
+
+@case("artifacts")
+def int8_encoder_not_a_graph(d):
+    return forge_int8_encoder(d)
+
+
+@case("artifacts")
+def int8_encoder_float_array(d):
+    return forge_int8_encoder(d, torch.zeros(16))
+
+
+@case("artifacts")
+def int8_encoder_latent_bits_bool(d):
+    return forge_int8_encoder(d, latent_bits=True)
+
+
+@case("artifacts")
+def int8_encoder_without_its_source(d):
+    return forge_int8_encoder(d, quantized_from="vae")
+
+
+@case("commands")
+def quantize_an_int8_encoder(d):
+    forge_int8_encoder(d)
+    return ["quantize", "--encoder", "enc8", "--out", "enc8b"]
+
+
+@case("commands")
+def quantize_calibration_samples_0(d):
+    return ["quantize", "--encoder", "enc", "--out", "enc8", "--calibration-samples", "0"]
+
+
 def pretrain(*flags: str) -> Callable[[Path], list[str]]:
     return lambda d: ["pretrain", "--data", "digits", "--out", "enc", *flags]
 

@@ -21,14 +21,15 @@ from hybnn.api.options import (
     FederateOptions,
     PredictOptions,
     PretrainOptions,
+    QuantizeOptions,
     ReproduceOptions,
     StudyOptions,
     SummaryOptions,
     TrainOptions,
 )
 
-COMMANDS = ("pretrain", "distill", "extract", "train", "evaluate", "predict", "export", "summary",
-            "reproduce", "federate", "study_rebnn", "continual")
+COMMANDS = ("pretrain", "distill", "quantize", "extract", "train", "evaluate", "predict",
+            "export", "summary", "reproduce", "federate", "study_rebnn", "continual")
 
 __all__ = [
     "COMMANDS",
@@ -40,6 +41,7 @@ __all__ = [
     "FederateOptions",
     "PredictOptions",
     "PretrainOptions",
+    "QuantizeOptions",
     "ReproduceOptions",
     "StudyOptions",
     "SummaryOptions",

@@ -23,6 +23,7 @@ from hybnn.api.options import (
     FederateOptions,
     PredictOptions,
     PretrainOptions,
+    QuantizeOptions,
     ReproduceOptions,
     StudyOptions,
     SummaryOptions,
@@ -35,6 +36,7 @@ from hybnn.data.limits import MAX_CONFIG_LIST, MAX_CONFIG_VALUE
 from hybnn.errors import ArtifactError, CredentialError, DataError, FingerprintMismatch
 from hybnn.hooks import History
 from hybnn.models.io import load_classifier, load_model
+from hybnn.models.names import INT8_ENCODER
 from hybnn.pipeline.binary_encoder import BINARY_ENCODER_KIND, BinaryEncoderArtifact
 from hybnn.pipeline.codes import CodeStore, bits_to_signs
 from hybnn.pipeline.config import TrainConfig
@@ -69,11 +71,61 @@ def distill(opts: DistillOptions) -> BinaryEncoderArtifact:
                            progress=opts.progress, teacher_path=str(opts.encoder))
 
 
+def quantize(opts: QuantizeOptions) -> Any:
+    """The VAE encoder in ``opts.encoder`` as an int8-encoder artifact in ``opts.out``
+    (:mod:`hybnn.bundle.int8_encoder`), with the share of its bits equal to float32's on a
+    seeded sample of the encoder's test data recorded as ``bit_agreement``."""
+    from hybnn.bundle.encoder_graph import EncoderIdentity, encoder_graph
+    from hybnn.bundle.int8_encoder import save_int8_graph
+    from hybnn.bundle.onnx_export import INPUT_NAME, OUTPUT_NAME
+    from hybnn.runtime.onnx_encoder import OnnxEncoder
+
+    for name, value, low in (("calibration samples", opts.calibration_samples, 1),
+                             ("agreement samples", opts.agreement_samples, 0),
+                             ("threads", opts.threads, 1)):
+        if not low <= value <= MAX_CONFIG_VALUE:
+            raise DataError(f"{name} must be in {low}..{MAX_CONFIG_VALUE}, got {value}")
+    encoder = load_encoder(opts.encoder)
+    ident = EncoderIdentity.of(encoder)
+    graph = encoder_graph(encoder, True, opts.calibration_samples, opts.calibration_seed)
+    agreement = None
+    if opts.agreement_samples:
+        source = str(graph.quantization["calibration"]["source"])  # type: ignore[index]
+        held_out = load_split(source, "all", "test")
+        rng = np.random.default_rng(opts.calibration_seed)
+        pick = np.sort(rng.choice(len(held_out), min(opts.agreement_samples, len(held_out)),
+                                  replace=False))
+        x = np.ascontiguousarray(held_out.x[pick])
+        session = OnnxEncoder(graph.onnx, INPUT_NAME, OUTPUT_NAME, (ident.channels,
+                              *ident.image_size), ident.latent_bits, opts.threads,
+                              f"int8 graph of {opts.encoder}")
+        same = float(np.mean((session.logits(x) >= 0) == encoder.encode(x)))
+        agreement = {"source": source, "split": "test", "images": len(pick),
+                     "seed": opts.calibration_seed, "equal_bits": same}
+    return save_int8_graph(opts.out, graph, ident, {
+        "bit_agreement": agreement, "encoder_dir": str(opts.encoder)})
+
+
+def open_code_encoder(directory: str, device: str = "cpu", threads: int | None = None
+                      ) -> CodeEncoder:
+    """The code encoder in ``directory`` by its kind: the VAE, a distilled binary encoder
+    (torch, on ``device``) or an int8 encoder (ONNX Runtime, CPU, ``threads`` default
+    torch's)."""
+    if declared_kind(directory) == INT8_ENCODER:
+        if resolve_device(device).type != "cpu":
+            raise DataError(f"{directory} is an int8 encoder: it runs on the CPU in ONNX "
+                            f"Runtime, not on {device}")
+        from hybnn.runtime.int8_encoder import load_int8_encoder
+
+        return load_int8_encoder(directory, threads or torch.get_num_threads())
+    return load_code_encoder(directory, device)
+
+
 def extract(opts: ExtractOptions) -> CodeStore:
-    """Phase 2: encode one split of one task with a frozen encoder (the VAE or a distilled
-    binary encoder); saved to ``opts.out``."""
+    """Phase 2: encode one split of one task with a frozen encoder (the VAE, a distilled
+    binary encoder or an int8 encoder); saved to ``opts.out``."""
     resolve_device(opts.device)
-    encoder = load_code_encoder(opts.encoder, opts.device)
+    encoder = open_code_encoder(opts.encoder, opts.device)
     part = load_split(opts.data, opts.task, opts.split)
     store = encode_to_codes(encoder, part, {"task": opts.task, "split": opts.split})
     store.save(opts.out)
@@ -298,7 +350,7 @@ def _packed_logits(model: nn.Module, x: np.ndarray) -> np.ndarray:
 
 def _matching_encoder(encoder_dir: str, meta: dict[str, Any], model_dir: Any,
                       device: str = "cpu") -> CodeEncoder:
-    enc = load_code_encoder(encoder_dir, device)
+    enc = open_code_encoder(encoder_dir, device)
     want = meta.get("encoder_fingerprint")
     if want != enc.fingerprint:
         raise FingerprintMismatch(

@@ -48,10 +48,26 @@ class DistillOptions:
 
 
 @dataclass(kw_only=True)
+class QuantizeOptions:
+    """The frozen VAE's encoder as a static int8 ONNX graph, for int8 codes in training and
+    deployment: `hybnn extract --encoder OUT` trains on the codes the int8 bundle computes."""
+
+    encoder: str = setting(help="VAE encoder directory from `hybnn pretrain`")
+    out: str = setting("runs/encoder-int8", "int8 encoder directory to write")
+    calibration_samples: int = setting(512, "calibration images, a seeded sample of the "
+                                       "encoder's own training data (labels unused)")
+    calibration_seed: int = setting(0, "seed of the calibration sample")
+    agreement_samples: int = setting(1024, "test images of the encoder's data on which the "
+                                     "share of bits equal to float32's is measured (0: skip)")
+    threads: int = setting(1, "ONNX Runtime threads")
+
+
+@dataclass(kw_only=True)
 class ExtractOptions:
     """Phase 2: encode a task's split into a packed code store (25 B per sample)."""
 
-    encoder: str = setting(help="encoder directory from `hybnn pretrain` or `hybnn distill`")
+    encoder: str = setting(help="encoder directory from `hybnn pretrain`, `hybnn distill` or "
+                           "`hybnn quantize` (int8 codes, computed by ONNX Runtime)")
     out: str = setting(help="code store file to write (.safetensors)")
     data: str = setting(DEFAULT_DATA, "data source")
     task: str = setting("all", "all, or a pair such as 0v1")

@@ -57,6 +57,19 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    opts = build(api.QuantizeOptions, args)
+    graph = api.quantize(opts)
+    cal = graph.meta["quantization"]["calibration"]
+    agree = graph.meta.get("bit_agreement")
+    same = (f"; {100 * agree['equal_bits']:.2f} % of the bits equal float32's on "
+            f"{agree['images']} {agree['split']} images" if agree else "")
+    print(f"int8 encoder {graph.fingerprint[:12]} (from encoder {graph.quantized_from[:12]}, "
+          f"calibrated on {cal['size']} {cal['source']} {cal['split']} images) -> "
+          f"{opts.out} ({len(graph.onnx)} bytes of ONNX){same}")
+    return 0
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
     opts = build(api.ExtractOptions, args)
     store = api.extract(opts)
@@ -176,6 +189,8 @@ COMMANDS: list[tuple[str, type, Handler, str]] = [
      "phase 1: train and freeze the binary-latent VAE"),
     ("distill", api.DistillOptions, cmd_distill,
      "distil a fully binary encoder from the frozen VAE (labels unused)"),
+    ("quantize", api.QuantizeOptions, cmd_quantize,
+     "the frozen encoder as an int8 ONNX graph: train on the codes the int8 bundle computes"),
     ("extract", api.ExtractOptions, cmd_extract,
      "phase 2: encode a data set into packed binary codes"),
     ("train", api.TrainOptions, cmd_train,

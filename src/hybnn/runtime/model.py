@@ -17,7 +17,7 @@ class BundleModel:
     """Images float32 (N, C, H, W) in [0, 1] -> classes; ``codes`` and ``logits`` on the way."""
 
     def __init__(self, parts: BundleParts, threads: int = 1, where: str = "bundle") -> None:
-        self.encoder = OnnxEncoder(parts, threads, where)
+        self.encoder = OnnxEncoder.of_bundle(parts, threads, where)
         self.head = PackedModel(parts.head_header, parts.head_arrays, parts.fingerprint,
                                 threads=threads, where=where)
         self.header: dict[str, Any] = parts.header

@@ -7,13 +7,22 @@ from typing import Any
 import numpy as np
 
 from hybnn.bundle.format import BundleParts
-from hybnn.errors import ArtifactError
+from hybnn.errors import ArtifactError, DataError, HybnnError
+
+
+def onnxruntime() -> Any:
+    """The ``onnxruntime`` module, or one clear error naming the extra that installs it."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise DataError("ONNX Runtime is not installed: pip install 'hybnn[onnx]'") from None
+    return ort
 
 
 def session_options(threads: int) -> Any:
     """ONNX Runtime options: ``threads`` intra- and inter-op threads, sequential, all graph
     optimizations."""
-    import onnxruntime as ort
+    ort = onnxruntime()
 
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
@@ -27,28 +36,39 @@ def session_options(threads: int) -> Any:
 
 def make_session(onnx_bytes: bytes, threads: int = 1) -> Any:
     """A CPU InferenceSession of ``onnx_bytes`` (ONNX Runtime parses and checks the graph)."""
-    import onnxruntime as ort
+    ort = onnxruntime()
 
     return ort.InferenceSession(onnx_bytes, sess_options=session_options(threads),
                                 providers=["CPUExecutionProvider"])
 
 
 class OnnxEncoder:
-    """Images (N, C, H, W) float32 -> bit logits (N, latent_bits) float32."""
+    """Images (N, C, H, W) float32 -> bit logits (N, latent_bits) float32.
 
-    def __init__(self, parts: BundleParts, threads: int = 1, where: str = "bundle") -> None:
-        enc = parts.encoder
+    ``onnx`` is parsed and checked by ONNX Runtime, its one input and one output by name,
+    element type and shape; :meth:`of_bundle` takes them from a validated bundle."""
+
+    def __init__(self, onnx: bytes, input_name: str, output_name: str,
+                 input_shape: tuple[int, ...], latent_bits: int, threads: int = 1,
+                 where: str = "bundle") -> None:
         try:
-            self.session = make_session(parts.onnx, threads)
+            self.session = make_session(onnx, threads)
+        except HybnnError:
+            raise
         except Exception as exc:  # ORT raises its own classes (Fail, InvalidGraph, ...)
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ArtifactError(f"{where}: ONNX Runtime refuses the encoder: {first}") from None
-        self._check(self.session.get_inputs(), enc["input_name"], parts.input_shape,
-                    "input", where)
-        self._check(self.session.get_outputs(), enc["output_name"], (parts.latent_bits,),
-                    "output", where)
-        self.input_name: str = enc["input_name"]
-        self.output_names: list[str] = [enc["output_name"]]
+        self._check(self.session.get_inputs(), input_name, input_shape, "input", where)
+        self._check(self.session.get_outputs(), output_name, (latent_bits,), "output", where)
+        self.input_name = input_name
+        self.output_names = [output_name]
+
+    @classmethod
+    def of_bundle(cls, parts: BundleParts, threads: int = 1,
+                  where: str = "bundle") -> OnnxEncoder:
+        enc = parts.encoder
+        return cls(parts.onnx, enc["input_name"], enc["output_name"], parts.input_shape,
+                   parts.latent_bits, threads, where)
 
     @staticmethod
     def _check(values: list[Any], name: str, dims: tuple[int, ...], kind: str,

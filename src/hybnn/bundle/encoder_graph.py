@@ -1,0 +1,88 @@
+"""The encoder a bundle deploys: its ONNX graph (float32 or int8) and what identifies it.
+
+:func:`encoder_graph` exports the frozen VAE's encoder to ONNX and, for int8, quantizes it
+statically, calibrated on a seeded sample of the encoder's own general training data
+(:func:`calibration_images`, label-free). :class:`EncoderIdentity` is what a bundle header
+records of the encoder: the fingerprint its head's codes name, the bits and the image shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from hybnn.bundle.onnx_export import INPUT_NAME, encoder_onnx
+from hybnn.bundle.quantize import method, quantize_int8
+from hybnn.data.splits import load_split
+from hybnn.errors import ArtifactError
+from hybnn.pipeline.encoder import Encoder
+
+CALIBRATION_SAMPLES = 512
+CALIBRATION_SEED = 0
+
+
+@dataclass(frozen=True)
+class EncoderGraph:
+    """An encoder as ONNX bytes, its precision and (int8) how it was calibrated."""
+
+    onnx: bytes
+    precision: str
+    quantization: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class EncoderIdentity:
+    """What a bundle records of its encoder. ``fingerprint`` is the one the head's codes
+    name; ``quantized_from`` the float VAE's, for an int8-encoder artifact."""
+
+    fingerprint: str
+    latent_bits: int
+    channels: int
+    image_size: tuple[int, int]
+    data: Any = None
+    pretrain: Any = None
+    quantized_from: str | None = None
+
+    @classmethod
+    def of(cls, encoder: Encoder) -> EncoderIdentity:
+        """The identity of a float VAE encoder."""
+        return cls(encoder.fingerprint, encoder.latent_bits, int(encoder.vae.config["in_channels"]),
+                   encoder.image_size, encoder.meta.get("data"), encoder.meta.get("pretrain"))
+
+
+def calibration_images(encoder: Encoder, samples: int = CALIBRATION_SAMPLES,
+                       seed: int = CALIBRATION_SEED) -> tuple[np.ndarray, dict[str, Any]]:
+    """A seeded sample of the encoder's own general training data, and its description.
+
+    The source and split come from ``encoder.meta["data"]`` (split ``train`` when it is not
+    recorded); ``samples`` images drawn without replacement by ``numpy.random.default_rng(seed)``.
+    """
+    data = encoder.meta.get("data")
+    source = data.get("source") if isinstance(data, dict) else None
+    if not isinstance(source, str):
+        raise ArtifactError("the encoder does not record its training data (meta['data']"
+                            "['source']): int8 calibration needs it")
+    split = str(data.get("split", "train")) if isinstance(data, dict) else "train"
+    if samples < 1:
+        raise ValueError(f"calibration needs at least one sample, got {samples}")
+    general = load_split(source, "all", split)
+    rng = np.random.default_rng(seed)
+    index = np.sort(rng.choice(len(general), size=min(samples, len(general)), replace=False))
+    info = {"source": source, "split": split, "size": len(index), "seed": seed,
+            "selection": "numpy.random.default_rng(seed).choice without replacement, sorted"}
+    return np.ascontiguousarray(general.x[index]), info
+
+
+def encoder_graph(encoder: Encoder, int8: bool = False,
+                  calibration_samples: int = CALIBRATION_SAMPLES,
+                  calibration_seed: int = CALIBRATION_SEED,
+                  reduce_range: bool = False) -> EncoderGraph:
+    """The encoder as ONNX, float32 or statically quantized to int8."""
+    onnx = encoder_onnx(encoder.vae)
+    if not int8:
+        return EncoderGraph(onnx, "fp32")
+    images, calibration = calibration_images(encoder, calibration_samples, calibration_seed)
+    quantized = quantize_int8(onnx, INPUT_NAME, images, reduce_range)
+    return EncoderGraph(quantized, "int8", {**method(reduce_range), "calibration": calibration})
