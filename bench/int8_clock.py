@@ -1,16 +1,19 @@
 """Time to a trained model when the codes come from the int8 encoder.
 
-`hybnn export --encoder DIR --int8` deploys the frozen encoder as a static int8 ONNX model;
-an edge user who deploys it should train the head on the codes that model produces. This
-measures that pipeline on each task of a reproduce run, against the run's own binary CNNs:
+`hybnn quantize --encoder DIR --out DIR8` makes the frozen encoder a static int8 ONNX graph;
+`hybnn extract --encoder DIR8` computes the codes the int8 bundle
+(`hybnn export HEAD --encoder DIR8`) computes, so the head trains on its deployed codes.
+This measures that pipeline on each task of a reproduce run, against the run's own binary
+CNNs:
 
-- once per encoder (charged to no task, like phase 1): the int8 ONNX graph exactly as
-  `hybnn export --int8` builds it with its defaults (`hybnn.bundle.export.encoder_graph`:
-  calibrated on a seeded sample of the encoder's own general training data, label-free),
-  and a first pass of the session over those images (ONNX Runtime plans on its first runs);
-- per task and seed, on the clock: the int8 encoding of the task's raw training images,
-  then the head's training with the run's recipe, evaluated on int8 codes of the test split
-  after every epoch outside the clock (`hybnn.experiments.time_to_train`);
+- once per encoder (charged to no task, like phase 1): `hybnn quantize` with its defaults
+  (`hybnn.api.quantize`: calibrated on a seeded sample of the encoder's own general training
+  data, label-free), and a first pass of the session over the calibration images (ONNX
+  Runtime plans on its first runs);
+- per task and seed, on the clock: the int8 encoding of the task's raw training images
+  (`hybnn.runtime.int8_encoder.Int8Encoder`, as `hybnn extract` runs it), then the head's
+  training with the run's recipe, evaluated on int8 codes of the test split after every
+  epoch outside the clock (`hybnn.experiments.time_to_train`);
 - beside it: the head's final accuracy on int8 codes and the share of code bits that equal
   the float32 encoder's.
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,38 +34,23 @@ from typing import Any
 import numpy as np
 import torch
 
+from hybnn import api
 from hybnn.benchmarks import target, write_json
-from hybnn.bundle.export import calibration_images, encoder_graph
-from hybnn.bundle.onnx_export import INPUT_NAME
+from hybnn.bundle.encoder_graph import calibration_images
 from hybnn.data import load_source, select_task, train_test
 from hybnn.experiments.config import ReproduceConfig
 from hybnn.experiments.reproduce import _subsample  # the run's own per-task sample
-from hybnn.experiments.time_to_train import TrainingClock, time_to_same_accuracy
+from hybnn.experiments.time_to_train import (
+    TrainingClock,
+    mean_over_seeds,
+    time_to_same_accuracy,
+)
 from hybnn.hooks import History
 from hybnn.pipeline.config import TrainConfig
-from hybnn.pipeline.encoder import ENCODE_BATCH, Encoder, check_images, load_encoder
+from hybnn.pipeline.encoder import load_encoder
 from hybnn.pipeline.extract import encode_to_codes
 from hybnn.pipeline.fit import train_head
-from hybnn.runtime.onnx_encoder import make_session
-
-
-class Int8CodeEncoder:
-    """The encoder's int8 ONNX model in an ONNX Runtime session, as a code encoder."""
-
-    def __init__(self, encoder: Encoder, int8_onnx: bytes, threads: int) -> None:
-        self.session = make_session(int8_onnx, threads)
-        self.channels = int(encoder.vae.config["in_channels"])
-        self.size = encoder.image_size
-        self.latent_bits = encoder.latent_bits
-        self.fingerprint = encoder.fingerprint + "-int8"
-
-    def encode(self, images: np.ndarray, batch_size: int = ENCODE_BATCH) -> np.ndarray:
-        check_images(images, self.channels, self.size)
-        out = [self.session.run(None, {INPUT_NAME: np.ascontiguousarray(
-            images[i:i + batch_size], dtype=np.float32)})[0] >= 0
-               for i in range(0, len(images), batch_size)]
-        return (np.concatenate(out) if out
-                else np.zeros((0, self.latent_bits), dtype=bool))
+from hybnn.runtime.int8_encoder import load_int8_encoder
 
 
 def _baseline_clock(run_dir: Path, task: str, seed: int) -> TrainingClock:
@@ -76,10 +65,12 @@ def int8_clocks(runs: list[tuple[ReproduceConfig, Path]], encoder_dir: Path, thr
     time to the binary CNN's accuracy. The int8 graph is built once for all runs."""
     encoder = load_encoder(encoder_dir)
     train, test = train_test(load_source(runs[0][0].data))
-    t0 = time.perf_counter()
-    graph = encoder_graph(encoder, int8=True)  # what `hybnn export --int8` deploys
-    export_s = time.perf_counter() - t0
-    int8 = Int8CodeEncoder(encoder, graph.onnx, threads)
+    with tempfile.TemporaryDirectory(prefix="hybnn-int8-") as tmp:
+        t0 = time.perf_counter()
+        api.quantize(api.QuantizeOptions(encoder=str(encoder_dir), out=f"{tmp}/enc8",
+                                         agreement_samples=0, threads=threads))
+        export_s = time.perf_counter() - t0
+        int8 = load_int8_encoder(f"{tmp}/enc8", threads)
     calibration, info = calibration_images(encoder)
     int8.encode(calibration)  # the session's first runs allocate and plan: warm it, once
     tasks: dict[str, Any] = {}
@@ -103,9 +94,7 @@ def int8_clocks(runs: list[tuple[ReproduceConfig, Path]], encoder_dir: Path, thr
                 rows.append({**time_to_same_accuracy(clock, _baseline_clock(run_dir, task, seed)),
                              "head_acc": clock.final_acc, "same_bits": same_bits,
                              "extract_us_per_image": 1e6 * extract_s / len(tr)})
-            mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-            mean["speedup"] = mean["slow_s"] / max(mean["fast_s"], 1e-9)  # of the mean times
-            tasks[task] = mean
+            tasks[task] = mean_over_seeds(rows)
     return {"export_s": export_s, "threads": threads, "calibration": info,
             "seeds": sorted({s for c, _ in runs for s in c.seeds}), "tasks": tasks}
 

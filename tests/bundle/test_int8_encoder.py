@@ -147,3 +147,23 @@ def test_a_real_graph_under_a_forged_config_is_refused_by_its_shapes(int8_dir, t
         with pytest.raises(ArtifactError, match=match):
             load_int8_encoder(forge(tmp_path / f"enc8-{len(change)}-{match[:3]}", real,
                                     **change))
+
+
+def test_the_cli_quantizes_then_trains_and_bundles_on_int8_codes(tiny_encoder, tmp_path,
+                                                                   capsys):
+    from hybnn.cli import main
+
+    enc8, codes, head = (str(tmp_path / n) for n in ("enc8", "tr.safetensors", "head"))
+    assert main(["quantize", "--encoder", str(tiny_encoder[0]), "--out", enc8,
+                 "--calibration-samples", "32", "--agreement-samples", "0"]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith("int8 encoder ") and "calibrated on 32 digits train images" in said
+    assert main(["extract", "--encoder", enc8, "--data", "digits", "--task", "0v1",
+                 "--out", codes]) == 0
+    assert main(["train", "--codes", codes, "--out", head, "--epochs", "1",
+                 "--no-progress"]) == 0
+    assert main(["export", head, "--encoder", enc8, "--out", str(tmp_path / "m.bundle")]) == 0
+    assert "bundle: int8 encoder" in capsys.readouterr().out
+    assert main(["export", head, "--encoder", str(tiny_encoder[0]),
+                 "--out", str(tmp_path / "f.bundle")]) == 2
+    assert "trained on codes of encoder" in capsys.readouterr().err

@@ -31,7 +31,11 @@ from hybnn.data.dataset import Dataset
 from hybnn.errors import HybnnError
 from hybnn.experiments.config import ReproduceConfig
 from hybnn.experiments.report import render_markdown, summary_lines
-from hybnn.experiments.time_to_train import TrainingClock, time_to_same_accuracy
+from hybnn.experiments.time_to_train import (
+    TrainingClock,
+    mean_over_seeds,
+    time_to_same_accuracy,
+)
 from hybnn.hooks import History
 from hybnn.models.io import load_model
 from hybnn.models.names import run_key
@@ -247,13 +251,7 @@ def _clocks(trained: dict[str, tuple[History, Any]], extract_s: float
 
 def _mean_clocks(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
     """Seed means of every figure; the speed-up is the ratio of the mean times."""
-    out = {}
-    for name in TIMED_AGAINST:
-        rows = [seed[name] for seed in per_seed]
-        mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-        mean["speedup"] = mean["slow_s"] / max(mean["fast_s"], 1e-9)
-        out[name] = mean
-    return out
+    return {name: mean_over_seeds([seed[name] for seed in per_seed]) for name in TIMED_AGAINST}
 
 
 CONFUSION_RUNS = ("hybnn", "fpcnn")  # the ten-class comparison the paper's limit is about

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from hybnn.hooks import History
 
 
@@ -54,3 +56,11 @@ def time_to_same_accuracy(fast: TrainingClock, slow: TrainingClock) -> dict[str,
     assert fast_s is not None and slow_s is not None  # each reaches its own final accuracy
     return {"accuracy": accuracy, "fast_s": fast_s, "slow_s": slow_s,
             "fast_extract_s": fast.extract_s, "speedup": slow_s / max(fast_s, 1e-9)}
+
+
+def mean_over_seeds(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Seed means of every figure of :func:`time_to_same_accuracy` rows (and any others
+    they share); the speed-up is the ratio of the mean times, not the mean of ratios."""
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    mean["speedup"] = mean["slow_s"] / max(mean["fast_s"], 1e-9)
+    return mean
