@@ -74,7 +74,8 @@ def test_int8_bundle_records_calibration_and_stays_close(tmp_path, head_dir, tin
     assert q["calibration"] == {
         "source": "digits", "split": "train", "size": 64, "seed": 3,
         "selection": "numpy.random.default_rng(seed).choice without replacement, sorted"}
-    assert q["format"] == "QDQ" and q["calibrate"] == "MinMax"
+    assert q["format"] == "QDQ" and q["calibrate"] == "Percentile"
+    assert q["float_outputs"] == ["Gemm"] and q["percentile"] == 99.999
     assert q["onnxruntime"] == onnxruntime.__version__
     int8 = runtime.load(path, strict=True)
     fp32 = runtime.load(bundle_fp32[0])
@@ -86,7 +87,7 @@ def test_int8_bundle_records_calibration_and_stays_close(tmp_path, head_dir, tin
 
 
 def test_calibration_sample_is_seeded(tiny_encoder):
-    from hybnn.bundle.export import calibration_images
+    from hybnn.bundle.encoder_graph import calibration_images
 
     a, info = calibration_images(tiny_encoder[1], 16, 5)
     b, _ = calibration_images(tiny_encoder[1], 16, 5)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from hybnn.bundle.onnx_export import INPUT_NAME, encoder_onnx
-from hybnn.bundle.quantize import method, quantize_int8
+from hybnn.bundle.quantize import Recipe, method, quantize_int8
 from hybnn.data.splits import load_split
 from hybnn.errors import ArtifactError
 from hybnn.pipeline.encoder import Encoder
@@ -78,11 +78,12 @@ def calibration_images(encoder: Encoder, samples: int = CALIBRATION_SAMPLES,
 def encoder_graph(encoder: Encoder, int8: bool = False,
                   calibration_samples: int = CALIBRATION_SAMPLES,
                   calibration_seed: int = CALIBRATION_SEED,
-                  reduce_range: bool = False) -> EncoderGraph:
-    """The encoder as ONNX, float32 or statically quantized to int8."""
+                  recipe: Recipe | None = None) -> EncoderGraph:
+    """The encoder as ONNX, float32 or statically quantized to int8 (hybnn's recipe unless
+    ``recipe`` says otherwise)."""
     onnx = encoder_onnx(encoder.vae)
     if not int8:
         return EncoderGraph(onnx, "fp32")
     images, calibration = calibration_images(encoder, calibration_samples, calibration_seed)
-    quantized = quantize_int8(onnx, INPUT_NAME, images, reduce_range)
-    return EncoderGraph(quantized, "int8", {**method(reduce_range), "calibration": calibration})
+    quantized = quantize_int8(onnx, INPUT_NAME, images, recipe)
+    return EncoderGraph(quantized, "int8", {**method(recipe), "calibration": calibration})
