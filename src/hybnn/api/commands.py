@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -48,6 +48,9 @@ from hybnn.pipeline.pretrain import pretrain as pretrain_encoder
 from hybnn.pipeline.train import evaluate_classifier, predict_classes, resolve_device
 from hybnn.plots import plot_confusion
 
+if TYPE_CHECKING:
+    from hybnn.bundle.int8_encoder import Int8Graph
+
 
 def pretrain(opts: PretrainOptions) -> Encoder:
     """Phase 1 on the *general* data: the training split of every class, labels unused."""
@@ -71,7 +74,7 @@ def distill(opts: DistillOptions) -> BinaryEncoderArtifact:
                            progress=opts.progress, teacher_path=str(opts.encoder))
 
 
-def quantize(opts: QuantizeOptions) -> Any:
+def quantize(opts: QuantizeOptions) -> Int8Graph:
     """The VAE encoder in ``opts.encoder`` as an int8-encoder artifact in ``opts.out``
     (:mod:`hybnn.bundle.int8_encoder`), with the share of its bits equal to float32's on a
     seeded sample of the encoder's test data recorded as ``bit_agreement``."""
