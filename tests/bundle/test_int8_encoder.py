@@ -101,7 +101,7 @@ def test_int8_encoder_runs_on_the_cpu_only_and_checks_shapes(int8_dir):
     assert enc.encode(np.zeros((0, 1, 8, 8), np.float32)).shape == (0, 200)
     with pytest.raises(DataError, match="shape"):
         enc.encode(np.zeros((2, 1, 28, 28), np.float32))
-    with pytest.raises(DataError, match="int8 encoder|CUDA"):
+    with pytest.raises(DataError, match=r"int8 encoder|CUDA"):
         api.extract(api.ExtractOptions(encoder=str(int8_dir), data="digits", out="x",
                                        device="cuda"))
 
