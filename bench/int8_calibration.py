@@ -27,12 +27,11 @@ import torch
 
 from hybnn.artifacts import versions
 from hybnn.benchmarks import machine_description, target, write_json, write_section
-from hybnn.bundle.encoder_graph import encoder_graph
-from hybnn.bundle.onnx_export import INPUT_NAME
+from hybnn.bundle.encoder_graph import calibration_images, encoder_graph
+from hybnn.bundle.onnx_export import INPUT_NAME, OUTPUT_NAME
 from hybnn.bundle.quantize import Recipe
-from hybnn.data import load_split
-from hybnn.pipeline.encoder import load_encoder
-from hybnn.runtime.onnx_encoder import make_session
+from hybnn.pipeline.encoder import ENCODE_BATCH, load_encoder
+from hybnn.runtime.onnx_encoder import OnnxEncoder
 
 RECIPES = {"hybnn (percentile, float32 logits)": Recipe(),
            "plain (min/max, uint8 logits)": Recipe("MinMax", ())}
@@ -43,19 +42,16 @@ REPS = 7
 def compare(encoder_dir: Path, images: int, seed: int = 0) -> dict[str, Any]:
     """Both recipes on one encoder: equal bits, bytes and µs per image."""
     encoder = load_encoder(encoder_dir)
-    source = encoder.meta["data"]["source"]
-    test = load_split(source, "all", "test")
-    pick = np.sort(np.random.default_rng(seed).choice(len(test), min(images, len(test)),
-                                                     replace=False))
-    x = np.ascontiguousarray(test.x[pick])
+    x, sample = calibration_images(encoder, images, seed, split="test")
+    source = sample["source"]
     ref = encoder.encode(x)
     rows: dict[str, dict[str, Any]] = {}
     sessions = {}
     for name, recipe in RECIPES.items():
         graph = encoder_graph(encoder, int8=True, recipe=recipe)
-        sessions[name] = make_session(graph.onnx, 1)
-        bits = np.concatenate([sessions[name].run(None, {INPUT_NAME: x[i:i + 256]})[0] >= 0
-                               for i in range(0, len(x), 256)])
+        sessions[name] = OnnxEncoder(graph.onnx, INPUT_NAME, OUTPUT_NAME, x.shape[1:],
+                                     encoder.latent_bits, 1, name)
+        bits = sessions[name].codes(x, ENCODE_BATCH)
         rows[name] = {"equal_bits_pct": 100 * float(np.mean(bits == ref)),
                       "bytes": len(graph.onnx), "quantization": graph.quantization}
     times: dict[str, list[float]] = {name: [] for name in RECIPES}
@@ -63,8 +59,7 @@ def compare(encoder_dir: Path, images: int, seed: int = 0) -> dict[str, Any]:
     for _ in range(REPS):  # interleaved: load from other jobs hits both alike
         for name, session in sessions.items():
             t0 = time.perf_counter()
-            for i in range(0, len(batch), 256):
-                session.run(None, {INPUT_NAME: batch[i:i + 256]})
+            session.codes(batch, ENCODE_BATCH)
             times[name].append(1e6 * (time.perf_counter() - t0) / len(batch))
     for name in RECIPES:
         rows[name]["us_per_image"] = statistics.median(times[name])

@@ -78,9 +78,10 @@ def quantize(opts: QuantizeOptions) -> Int8Graph:
     """The VAE encoder in ``opts.encoder`` as an int8-encoder artifact in ``opts.out``
     (:mod:`hybnn.bundle.int8_encoder`), with the share of its bits equal to float32's on a
     seeded sample of the encoder's test data recorded as ``bit_agreement``."""
-    from hybnn.bundle.encoder_graph import EncoderIdentity, encoder_graph
+    from hybnn.bundle.encoder_graph import EncoderIdentity, calibration_images, encoder_graph
     from hybnn.bundle.int8_encoder import save_int8_graph
     from hybnn.bundle.onnx_export import INPUT_NAME, OUTPUT_NAME
+    from hybnn.pipeline.encoder import ENCODE_BATCH
     from hybnn.runtime.onnx_encoder import OnnxEncoder
 
     for name, value, low in (("calibration samples", opts.calibration_samples, 1),
@@ -93,17 +94,13 @@ def quantize(opts: QuantizeOptions) -> Int8Graph:
     graph = encoder_graph(encoder, True, opts.calibration_samples, opts.calibration_seed)
     agreement = None
     if opts.agreement_samples:
-        source = str(graph.quantization["calibration"]["source"])  # type: ignore[index]
-        held_out = load_split(source, "all", "test")
-        rng = np.random.default_rng(opts.calibration_seed)
-        pick = np.sort(rng.choice(len(held_out), min(opts.agreement_samples, len(held_out)),
-                                  replace=False))
-        x = np.ascontiguousarray(held_out.x[pick])
+        x, sample = calibration_images(encoder, opts.agreement_samples, opts.calibration_seed,
+                                       split="test")
         session = OnnxEncoder(graph.onnx, INPUT_NAME, OUTPUT_NAME, (ident.channels,
                               *ident.image_size), ident.latent_bits, opts.threads,
                               f"int8 graph of {opts.encoder}")
-        same = float(np.mean((session.logits(x) >= 0) == encoder.encode(x)))
-        agreement = {"source": source, "split": "test", "images": len(pick),
+        same = float(np.mean(session.codes(x, ENCODE_BATCH) == encoder.encode(x)))
+        agreement = {"source": sample["source"], "split": "test", "images": sample["size"],
                      "seed": opts.calibration_seed, "equal_bits": same}
     return save_int8_graph(opts.out, graph, ident, {
         "bit_agreement": agreement, "encoder_dir": str(opts.encoder)})

@@ -53,18 +53,21 @@ class EncoderIdentity:
 
 
 def calibration_images(encoder: Encoder, samples: int = CALIBRATION_SAMPLES,
-                       seed: int = CALIBRATION_SEED) -> tuple[np.ndarray, dict[str, Any]]:
+                       seed: int = CALIBRATION_SEED, split: str | None = None
+                       ) -> tuple[np.ndarray, dict[str, Any]]:
     """A seeded sample of the encoder's own general training data, and its description.
 
     The source and split come from ``encoder.meta["data"]`` (split ``train`` when it is not
-    recorded); ``samples`` images drawn without replacement by ``numpy.random.default_rng(seed)``.
+    recorded; ``split`` names another, e.g. ``test`` for a held-out sample); ``samples``
+    images drawn without replacement by ``numpy.random.default_rng(seed)``.
     """
     data = encoder.meta.get("data")
     source = data.get("source") if isinstance(data, dict) else None
     if not isinstance(source, str):
         raise ArtifactError("the encoder does not record its training data (meta['data']"
                             "['source']): int8 calibration needs it")
-    split = str(data.get("split", "train")) if isinstance(data, dict) else "train"
+    if split is None:
+        split = str(data.get("split", "train")) if isinstance(data, dict) else "train"
     if samples < 1:
         raise ValueError(f"calibration needs at least one sample, got {samples}")
     general = load_split(source, "all", split)

@@ -12,10 +12,8 @@ from typing import Any
 import numpy as np
 
 from hybnn.bundle.int8_encoder import Int8Graph, load_int8_graph
-from hybnn.errors import DataError
+from hybnn.pipeline.encoder import ENCODE_BATCH, check_images
 from hybnn.runtime.onnx_encoder import OnnxEncoder
-
-ENCODE_BATCH = 256  # images per session run, as for the torch encoder
 
 
 class Int8Encoder:
@@ -25,27 +23,15 @@ class Int8Encoder:
         self.graph = graph
         self.fingerprint: str = graph.fingerprint
         self.meta: dict[str, Any] = graph.meta
-        self.input_shape = (graph.channels, *graph.image_size)
+        self.latent_bits = graph.latent_bits
+        self.image_size = graph.image_size
         self.session = OnnxEncoder(graph.onnx, graph.input_name, graph.output_name,
-                                   self.input_shape, graph.latent_bits, threads, where)
-
-    @property
-    def latent_bits(self) -> int:
-        return self.graph.latent_bits
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return self.graph.image_size
+                                   (graph.channels, *graph.image_size), graph.latent_bits,
+                                   threads, where)
 
     def encode(self, images: np.ndarray, batch_size: int = ENCODE_BATCH) -> np.ndarray:
-        if images.ndim != 4 or tuple(images.shape[1:]) != self.input_shape:
-            raise DataError(f"encoder expects images of shape (N, "
-                            f"{', '.join(map(str, self.input_shape))}), got {images.shape}")
-        out = [self.session.logits(np.ascontiguousarray(images[i:i + batch_size],
-                                                        dtype=np.float32)) >= 0
-               for i in range(0, len(images), batch_size)]
-        return (np.concatenate(out) if out
-                else np.zeros((0, self.latent_bits), dtype=bool))
+        check_images(images, self.graph.channels, self.image_size)
+        return self.session.codes(images, batch_size)
 
 
 def load_int8_encoder(directory: str | os.PathLike[str], threads: int = 1) -> Int8Encoder:

@@ -62,6 +62,7 @@ class OnnxEncoder:
         self._check(self.session.get_outputs(), output_name, (latent_bits,), "output", where)
         self.input_name = input_name
         self.output_names = [output_name]
+        self.latent_bits = latent_bits
 
     @classmethod
     def of_bundle(cls, parts: BundleParts, threads: int = 1,
@@ -86,3 +87,9 @@ class OnnxEncoder:
         """Bit logits of validated images (bit = logit >= 0)."""
         out = self.session.run(self.output_names, {self.input_name: images})[0]
         return np.ascontiguousarray(out, dtype=np.float32)
+
+    def codes(self, images: np.ndarray, batch_size: int) -> np.ndarray:
+        """Bool codes (N, latent_bits) of validated images, ``batch_size`` images a run."""
+        out = [self.logits(np.ascontiguousarray(images[i:i + batch_size], dtype=np.float32))
+               >= 0 for i in range(0, len(images), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, self.latent_bits), dtype=bool)
