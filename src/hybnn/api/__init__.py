@@ -22,13 +22,14 @@ from hybnn.api.options import (
     PredictOptions,
     PretrainOptions,
     QuantizeOptions,
+    RecodeOptions,
     ReproduceOptions,
     StudyOptions,
     SummaryOptions,
     TrainOptions,
 )
 
-COMMANDS = ("pretrain", "distill", "quantize", "extract", "train", "evaluate", "predict",
+COMMANDS = ("pretrain", "distill", "quantize", "recode", "extract", "train", "evaluate", "predict",
             "export", "summary", "reproduce", "federate", "study_rebnn", "continual")
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "PredictOptions",
     "PretrainOptions",
     "QuantizeOptions",
+    "RecodeOptions",
     "ReproduceOptions",
     "StudyOptions",
     "SummaryOptions",

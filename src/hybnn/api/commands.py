@@ -24,6 +24,7 @@ from hybnn.api.options import (
     PredictOptions,
     PretrainOptions,
     QuantizeOptions,
+    RecodeOptions,
     ReproduceOptions,
     StudyOptions,
     SummaryOptions,
@@ -40,7 +41,13 @@ from hybnn.models.names import INT8_ENCODER
 from hybnn.pipeline.binary_encoder import BINARY_ENCODER_KIND, BinaryEncoderArtifact
 from hybnn.pipeline.codes import CodeStore, bits_to_signs
 from hybnn.pipeline.config import TrainConfig
-from hybnn.pipeline.encoder import CodeEncoder, Encoder, load_code_encoder, load_encoder
+from hybnn.pipeline.encoder import (
+    CodeEncoder,
+    Encoder,
+    load_code_encoder,
+    load_encoder,
+    recode_encoder,
+)
 from hybnn.pipeline.extract import encode_to_codes
 from hybnn.pipeline.fit import train_head, train_image_model
 from hybnn.pipeline.metrics import confusion_matrix, per_class
@@ -104,6 +111,12 @@ def quantize(opts: QuantizeOptions) -> Int8Graph:
                      "seed": opts.calibration_seed, "equal_bits": same}
     return save_int8_graph(opts.out, graph, ident, {
         "bit_agreement": agreement, "encoder_dir": str(opts.encoder)})
+
+
+def recode(opts: RecodeOptions) -> Encoder:
+    """The VAE encoder in ``opts.encoder`` with its codes from layer ``opts.code``, as a new
+    encoder artifact in ``opts.out`` (same weights, its own fingerprint)."""
+    return recode_encoder(load_encoder(opts.encoder), opts.code, opts.out)
 
 
 def open_code_encoder(directory: str, device: str = "cpu", threads: int | None = None

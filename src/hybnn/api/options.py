@@ -15,7 +15,7 @@ from hybnn.data.names import PREPS, SPLITS
 from hybnn.experiments.config import DEFAULT_DATA, ReproduceConfig, StudyConfig
 from hybnn.experiments.continual_config import ContinualConfig
 from hybnn.federated.config import FedConfig
-from hybnn.models.names import MODEL_NAMES, SPECS
+from hybnn.models.names import CODE_LAYER_NAMES, MODEL_NAMES, SPECS
 from hybnn.pipeline.config import DistillConfig, PretrainConfig, TrainConfig
 from hybnn.settings import setting
 
@@ -60,6 +60,17 @@ class QuantizeOptions:
     agreement_samples: int = setting(1024, "test images of the encoder's data on which the "
                                      "share of bits equal to float32's is measured (0: skip)")
     threads: int = setting(1, "ONNX Runtime threads")
+
+
+@dataclass(kw_only=True)
+class RecodeOptions:
+    """A trained VAE encoder whose codes come from another of its layers (no training): the
+    paper's latent, or the sign of a conv block's batch-normed map (on 28 x 28 images conv3
+    gives 2,048 bits, conv2 3,136): wider codes that hold more of the image."""
+
+    encoder: str = setting(help="VAE encoder directory from `hybnn pretrain`")
+    code: str = setting("conv2", "layer the codes come from", choices=CODE_LAYER_NAMES)
+    out: str = setting("runs/encoder-conv2", "encoder directory to write")
 
 
 @dataclass(kw_only=True)

@@ -1,5 +1,8 @@
 """The encoder's conv stack as an ONNX graph: images (N, C, H, W) -> bit logits (N, bits).
 
+The graph is the VAE's code layers (:meth:`BinaryLatentVAE.code_net`): the latent logits,
+or a batch-normed conv map, flattened.
+
 torch's exporter (``torch.onnx.export``, the dynamo exporter that is torch 2.13's default)
 with a symbolic batch dimension. The graph stops at the logits; the bit is ``logit >= 0``,
 taken by the packed head's fused sign (sign(0) = +1, as in :meth:`BinaryLatentVAE.encode`).
@@ -22,11 +25,11 @@ INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
 
 class EncoderLogits(nn.Module):
-    """The part of the VAE a deployed encoder runs: :meth:`BinaryLatentVAE.logits`."""
+    """The part of the VAE a deployed encoder runs: :meth:`BinaryLatentVAE.code_net`."""
 
     def __init__(self, vae: BinaryLatentVAE) -> None:
         super().__init__()
-        self.encoder = vae.encoder
+        self.encoder = vae.code_net()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)

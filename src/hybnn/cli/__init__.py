@@ -70,6 +70,15 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recode(args: argparse.Namespace) -> int:
+    opts = build(api.RecodeOptions, args)
+    enc = api.recode(opts)
+    print(f"encoder {enc.fingerprint[:12]} (recoded from {enc.meta['recoded_from'][:12]}), "
+          f"codes from {opts.code}: {enc.latent_bits} bits, {-(-enc.latent_bits // 8)} B a "
+          f"code -> {opts.out}")
+    return 0
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
     opts = build(api.ExtractOptions, args)
     store = api.extract(opts)
@@ -191,6 +200,8 @@ COMMANDS: list[tuple[str, type, Handler, str]] = [
      "distil a fully binary encoder from the frozen VAE (labels unused)"),
     ("quantize", api.QuantizeOptions, cmd_quantize,
      "the frozen encoder as an int8 ONNX graph: train on the codes the int8 bundle computes"),
+    ("recode", api.RecodeOptions, cmd_recode,
+     "the frozen VAE with its codes from another layer: wider codes, no training"),
     ("extract", api.ExtractOptions, cmd_extract,
      "phase 2: encode a data set into packed binary codes"),
     ("train", api.TrainOptions, cmd_train,

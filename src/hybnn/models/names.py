@@ -34,6 +34,9 @@ MODEL_NAMES = tuple(SPECS)  # the trainable models: hybnn, bcnn, fpcnn
 VAE = "vae"  # the phase-1 encoder's architecture name
 BINARY_ENCODER = "binary-encoder"  # the encoder distilled from the VAE (`hybnn distill`)
 INT8_ENCODER = "int8-encoder"  # the VAE's encoder as a static int8 ONNX graph (`hybnn quantize`)
+# Where a VAE encoder's codes come from (`hybnn recode`): its Bernoulli latent (the paper's),
+# or the sign of the batch-normed map of its second or third conv block (wider codes).
+CODE_LAYER_NAMES = ("latent", "conv2", "conv3")
 FULLY_BINARY = "fully-binary"  # binary encoder + BNN head as one engine network
 CLASS_OF = {**{s.name: s.class_name for s in SPECS.values()}, VAE: "BinaryLatentVAE",
             BINARY_ENCODER: "BinaryEncoder", FULLY_BINARY: "FullyBinaryHyBNN"}

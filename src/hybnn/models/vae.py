@@ -7,6 +7,13 @@ Bernoulli bit. During training the bit is sampled with a straight-through relaxe
 to a Bernoulli(0.5) prior keeps bits informative but spread. At extraction the code is
 deterministic: bit = [logit >= 0]. The decoder mirrors the encoder (FC, then transposed
 convs, sigmoid output) and is only needed for training and for looking at reconstructions.
+
+``code`` names where the codes a task head sees come from (:data:`CODE_LAYERS`): the
+paper's Bernoulli latent (``latent``, the default), or the sign of the batch-normed feature
+map of the second or third conv block (``conv2``: 64 x 7 x 7 = 3,136 bits on 28 x 28
+images; ``conv3``: 128 x 4 x 4 = 2,048 bits), which the latent's bottleneck has not yet
+compressed. The VAE and its training are the same for every choice; the decoder always
+reads the latent.
 """
 
 from __future__ import annotations
@@ -20,6 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from hybnn.models.conv_stack import CONV_CHANNELS, conv_out_size
+from hybnn.models.names import CODE_LAYER_NAMES
+
+# Code layer -> the conv block whose batch-normed map is the code (None: the latent logits).
+# The encoder is (conv, bn, LeakyReLU) x 3, flatten, linear: block b ends at module 3b - 1.
+CODE_LAYERS: dict[str, int | None] = dict(zip(CODE_LAYER_NAMES, (None, 2, 3), strict=True))
 
 
 class BinaryLatentVAE(nn.Module):
@@ -29,14 +41,20 @@ class BinaryLatentVAE(nn.Module):
         in_channels: int = 1,
         latent_bits: int = 200,
         tau: float = 1.0,
+        code: str = "latent",
     ) -> None:
         super().__init__()
+        if not isinstance(code, str) or code not in CODE_LAYERS:
+            raise ValueError(f"code layer must be one of {', '.join(CODE_LAYERS)}, got {code!r}")
         self.config: dict[str, Any] = {
             "image_size": [int(image_size[0]), int(image_size[1])],
             "in_channels": int(in_channels),
             "latent_bits": int(latent_bits),
             "tau": float(tau),
         }
+        if code != "latent":  # absent = latent: every earlier artifact keeps its config
+            self.config["code"] = code
+        self.code = code
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.latent_bits = int(latent_bits)
         self.tau = float(tau)
@@ -60,6 +78,22 @@ class BinaryLatentVAE(nn.Module):
                    nn.LeakyReLU(0.2)]
         up += [nn.ConvTranspose2d(rev[-1], in_channels, 4, stride=2, padding=1)]
         self.decoder_conv = nn.Sequential(*up)
+
+    def code_net(self) -> nn.Sequential:
+        """The encoder modules whose output's sign is the code (:attr:`code`), flattened."""
+        block = CODE_LAYERS[self.code]
+        if block is None:
+            return self.encoder
+        return nn.Sequential(*list(self.encoder)[:3 * block - 1], nn.Flatten())
+
+    @property
+    def code_bits(self) -> int:
+        """Bits of a code: the latent's, or the channels x height x width of the map."""
+        block = CODE_LAYERS[self.code]
+        if block is None:
+            return self.latent_bits
+        size = (conv_out_size(self.image_size[0], block), conv_out_size(self.image_size[1], block))
+        return CONV_CHANNELS[block - 1] * size[0] * size[1]
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Bernoulli logits of the latent bits for images ``x`` in [0, 1]."""

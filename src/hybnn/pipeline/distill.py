@@ -68,6 +68,10 @@ def train_binary_encoder(teacher: Encoder, images: np.ndarray, config: DistillCo
     epoch; nothing is selected on them.
     """
     check_images(images, teacher.vae.config["in_channels"], teacher.image_size)
+    if teacher.vae.code != "latent":
+        raise DataError(f"distillation learns a VAE's latent codes; this teacher's codes come "
+                        f"from {teacher.vae.code} (`hybnn recode`): give the encoder it was "
+                        "recoded from")
     if len(images) < 2 or config.epochs < 1 or config.batch_size < 2 or config.width < 1:
         raise DataError("distillation needs >= 2 images, --epochs >= 1, --batch-size >= 2 "
                         "and --width >= 1")

@@ -6,6 +6,7 @@ binary encoder distilled from one (:mod:`hybnn.pipeline.binary_encoder`).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -50,7 +51,8 @@ class Encoder:
 
     @property
     def latent_bits(self) -> int:
-        return self.vae.latent_bits
+        """Bits of a code (the VAE's :attr:`~BinaryLatentVAE.code_bits`)."""
+        return self.vae.code_bits
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -60,14 +62,15 @@ class Encoder:
     def encode(self, images: np.ndarray, batch_size: int = ENCODE_BATCH) -> np.ndarray:
         """Images (N, C, H, W) float32 in [0, 1] -> bool codes (N, latent_bits).
 
-        Runs the VAE's encoder with its batch norms folded into the convolutions (built
-        once: the encoder is frozen), the code being ``logits >= 0`` as in
-        :meth:`BinaryLatentVAE.encode`.
+        Runs the VAE's code layers (:meth:`BinaryLatentVAE.code_net`: the encoder, or its
+        first conv blocks) with their batch norms folded into the convolutions (built once:
+        the encoder is frozen), the code being ``output >= 0`` (for the latent, as in
+        :meth:`BinaryLatentVAE.encode`).
         """
         check_images(images, self.vae.config["in_channels"], self.image_size)
         if self._folded is None:
             self.vae.eval()
-            self._folded = fold_batch_norms(self.vae.encoder)
+            self._folded = fold_batch_norms(self.vae.code_net())
         device = next(self.vae.parameters()).device
         net = self._folded.to(device)
         out = [(net(torch.from_numpy(images[i:i + batch_size]).to(device)) >= 0).cpu()
@@ -86,10 +89,19 @@ def check_images(images: np.ndarray, channels: int, size: tuple[int, int]) -> No
         )
 
 
+def code_fingerprint(weights_fingerprint: str, code: str) -> str:
+    """What codes made by an encoder name: its weights file's SHA-256 for the latent codes
+    (every encoder before `hybnn recode`), else the SHA-256 of that and the code layer, so
+    one set of weights read at two layers makes two code identities."""
+    if code == "latent":
+        return weights_fingerprint
+    return hashlib.sha256(f"{weights_fingerprint}/code={code}".encode()).hexdigest()
+
+
 def save_encoder(directory: str | os.PathLike[str], vae: BinaryLatentVAE,
                  extra: dict[str, Any]) -> Encoder:
     meta = save_bundle(directory, ENCODER_KIND, vae.state_dict(), vae.config, extra)
-    return Encoder(vae.eval(), meta["fingerprint"], meta)
+    return Encoder(vae.eval(), code_fingerprint(meta["fingerprint"], vae.code), meta)
 
 
 def load_encoder(directory: str | os.PathLike[str], device: str = "cpu") -> Encoder:
@@ -99,7 +111,26 @@ def load_encoder(directory: str | os.PathLike[str], device: str = "cpu") -> Enco
     vae = build_checked(BinaryLatentVAE, meta["config"], tensors, f"encoder {directory}")
     for p in vae.parameters():
         p.requires_grad_(False)
-    return Encoder(vae.to(device).eval(), meta["fingerprint"], meta)
+    return Encoder(vae.to(device).eval(), code_fingerprint(meta["fingerprint"], vae.code), meta)
+
+
+def recode_encoder(encoder: Encoder, code: str, directory: str | os.PathLike[str]) -> Encoder:
+    """``encoder``'s VAE, unchanged, saved to ``directory`` with its codes taken from layer
+    ``code`` (:data:`~hybnn.models.vae.CODE_LAYERS`): a new artifact whose codes name a new
+    fingerprint (:func:`code_fingerprint`); ``recoded_from`` records the source's. No
+    training, no data."""
+    config = {k: v for k, v in encoder.vae.config.items() if k != "code"}
+    if code != "latent":
+        config["code"] = code
+    try:
+        vae = BinaryLatentVAE(**config)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    vae.load_state_dict(encoder.vae.state_dict())
+    keep = {k: v for k, v in encoder.meta.items()
+            if k not in ("kind", "format_version", "hybnn_version", "fingerprint", "config")}
+    source = encoder.meta.get("recoded_from", encoder.fingerprint)
+    return save_encoder(directory, vae, {**keep, "recoded_from": source})
 
 
 def load_code_encoder(directory: str | os.PathLike[str], device: str = "cpu") -> CodeEncoder:
