@@ -16,10 +16,12 @@ Runs `hybnn reproduce` on mnist-5k and fashion-mnist with the paper's five pair 
 - the same time to a trained model with the codes from the int8 encoder that
   `hybnn export --int8` deploys (`bench/int8_clock.py`; ``--no-int8`` skips it);
 - accuracy against bytes per code on `all`: one encoder per code width (``--widths``),
-  and at the default width the head without code noise and the plain VAE (ablations).
+  and at the default width the head without code noise and the plain VAE (ablations);
+- the ten-class gap again on wider codes: the run's encoder read at its conv3 and conv2
+  maps (`hybnn recode`, `bench/wide_codes.py`; ``--no-wide`` skips it), three seeds.
 
 Usage: python bench/hybnn_targets.py [--data mnist-5k fashion-mnist] [--out runs/bench-hybnn]
-       [--widths 64 128 200 512] [--reuse] [--resume] [--no-int8] [--json FILE]
+       [--widths 64 128 200 512] [--reuse] [--resume] [--no-int8] [--no-wide] [--json FILE]
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from hybnn.experiments.config import ReproduceConfig
 from hybnn.experiments.reproduce import reproduce
 from hybnn.pipeline.config import TrainConfig
 from int8_clock import int8_clocks
+from wide_codes import wide_code_rows, wide_code_targets
 
 # The reproduce runs of each data set; later runs reuse the first run's encoder. Fashion-
 # MNIST has 12,000 training images per pair task; three CNNs x five pairs x three seeds on
@@ -259,8 +262,10 @@ def ceiling_line(results: dict[str, Any]) -> str:
             " the rest lies in the codes.\n")
 
 
-def width_section(rows: list[dict[str, Any]], fpcnn_acc: float, data: str, out: Path) -> str:
-    """The accuracy-vs-bytes table (Markdown) and its plot (out/accuracy_vs_bytes.png)."""
+def width_section(rows: list[dict[str, Any]], fpcnn_acc: float, data: str, out: Path,
+                  wide: dict[str, dict[str, Any]] | None = None) -> str:
+    """The accuracy-vs-bytes table (Markdown) and its plot (out/accuracy_vs_bytes.png), the
+    latent widths of the sweep and the ``wide`` conv-map codes of the run's encoder."""
     from hybnn.plots import outside_legend, plt, save_figure
 
     vae_samples = rows[0]["settings"]["vae_samples"]
@@ -274,6 +279,16 @@ def width_section(rows: list[dict[str, Any]], fpcnn_acc: float, data: str, out: 
         lines.append(f"| {r['bits']} | {r['bytes_per_code']} | {r['contrastive']:g} | "
                      f"{r['code_noise']:g} | {100 * r['acc']:.2f} | "
                      f"{100 * (fpcnn_acc - r['acc']):.2f} |")
+    wide = wide or {}
+    if wide:
+        lines += ["", "The run's own encoder (phase 1 on the full training set) read at its conv "
+                  "maps (`hybnn recode`), the run's head recipe, mean ± std over seeds "
+                  f"{next(iter(wide.values()))['settings']['seeds']}:", "",
+                  "| code layer | bits | bytes per code | HyBNN `all` % | gap vs float CNN |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| {w['layer']} | {w['bits']} | {w['bytes_per_code']} | "
+                  f"{100 * w['acc_mean']:.2f} ± {100 * w['acc_std']:.2f} | "
+                  f"{100 * (fpcnn_acc - w['acc_mean']):.2f} |" for w in wide.values()]
     fig, ax = plt.subplots(figsize=(6, 3.4))
     for weight, noise in sorted({(r["contrastive"], r["code_noise"]) for r in rows},
                                 reverse=True):
@@ -281,10 +296,18 @@ def width_section(rows: list[dict[str, Any]], fpcnn_acc: float, data: str, out: 
                      if (r["contrastive"], r["code_noise"]) == (weight, noise))
         label = f"contrastive {weight:g}" if weight else "plain VAE"
         ax.plot(*zip(*pts, strict=True), "o-", label=f"{label}, code noise {noise:g}")
+    if wide:
+        pts = sorted((w["bytes_per_code"], 100 * w["acc_mean"]) for w in wide.values())
+        ax.plot(*zip(*pts, strict=True), "s-", color="black",
+                label=f"conv maps of the run's encoder "
+                      f"({len(next(iter(wide.values()))['accs'])} seeds)")
+        for w in wide.values():
+            ax.annotate(w["layer"], (w["bytes_per_code"], 100 * w["acc_mean"]),
+                        textcoords="offset points", xytext=(-14, 7), fontsize=8)
     ax.axhline(100 * fpcnn_acc, color="gray", ls="--", label="float CNN")
     ax.axhline(100 * fpcnn_acc - 1, color="gray", ls=":", label="float CNN - 1 point")
     ax.set_xscale("log", base=2)
-    ticks = sorted({r["bytes_per_code"] for r in rows})
+    ticks = sorted({r["bytes_per_code"] for r in [*rows, *wide.values()]})
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.minorticks_off()
     ax.set_xlabel("bytes per code")
@@ -417,6 +440,8 @@ def main() -> None:
                              "finished with matching settings (its encoder, finished models)")
     parser.add_argument("--no-int8", action="store_true",
                         help="skip the time to a trained model with int8 codes")
+    parser.add_argument("--no-wide", action="store_true",
+                        help="skip the ten-class heads on the conv3 / conv2 codes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     header = "\n".join([
@@ -441,6 +466,11 @@ def main() -> None:
         if not args.no_int8:
             results["int8_clock"] = int8_clocks(runs, out / "run0" / "encoder", args.threads)
         measured = targets(data, results)
+        if "all" in results["tasks"] and not args.no_wide:
+            results["wide_codes"] = wide_code_rows(config, out / "run0" / "encoder",
+                                                   out / "wide")
+            measured += wide_code_targets(data, results["wide_codes"], results["tasks"]["all"],
+                                          -(-config.latent_bits // 8))
         found += measured
         bound = extraction_line(results["extraction_speed"])
         if "int8_clock" in results:
@@ -452,7 +482,7 @@ def main() -> None:
         if args.widths:
             rows = code_width_sweep(config, args.widths, out / "widths")
             sweep = "\n" + width_section(rows, results["tasks"]["all"]["fpcnn"]["acc_mean"],
-                                         data, out / "widths")
+                                         data, out / "widths", results.get("wide_codes", {}))
         md = "\n".join(
             (f"Tasks {', '.join(c.tasks)}"
              + (f", training samples capped at {c.max_train} per task" if c.max_train else "")

@@ -279,6 +279,18 @@ def encoder_meta_latent_bits_1e9(d):
     return ["extract", "--encoder", "enc", "--data", "digits", "--out", "te01.safetensors"]
 
 
+@case("artifacts")
+def encoder_meta_unknown_code_layer(d):
+    edit_json(d / "enc" / META_NAME, lambda m: m["config"].update(code="conv9"))
+    return ["extract", "--encoder", "enc", "--data", "digits", "--out", "te01.safetensors"]
+
+
+@case("artifacts")
+def encoder_meta_code_layer_a_list(d):
+    edit_json(d / "enc" / META_NAME, lambda m: m["config"].update(code=["conv2"]))
+    return ["recode", "--encoder", "enc", "--out", "enc2"]
+
+
 def resave(directory: Path, edit: Callable[[dict[str, torch.Tensor]], object]) -> None:
     """Rewrite a model's weights with ``edit`` applied, with a valid fingerprint."""
     tensors = load_file(str(directory / WEIGHTS_NAME))
@@ -444,6 +456,12 @@ def quantize_an_int8_encoder(d):
 @case("commands")
 def quantize_calibration_samples_0(d):
     return ["quantize", "--encoder", "enc", "--out", "enc8", "--calibration-samples", "0"]
+
+
+@case("commands")
+def recode_an_int8_encoder(d):
+    forge_int8_encoder(d)
+    return ["recode", "--encoder", "enc8", "--out", "enc2"]
 
 
 def pretrain(*flags: str) -> Callable[[Path], list[str]]:

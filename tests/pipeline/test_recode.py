@@ -45,7 +45,7 @@ def test_recoded_codes_are_the_signs_of_the_conv_maps(recoded, tiny_encoder):
 
 
 def test_each_layer_is_its_own_code_identity(recoded, tiny_encoder, tmp_path):
-    src_dir, source, _ = tiny_encoder
+    source = tiny_encoder[1]
     prints = {source.fingerprint, *(enc.fingerprint for _, enc in recoded.values())}
     assert len(prints) == 3
     for directory, enc in recoded.values():
