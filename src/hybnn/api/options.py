@@ -75,7 +75,7 @@ class RecodeOptions:
 
 @dataclass(kw_only=True)
 class ExtractOptions:
-    """Phase 2: encode a task's split into a packed code store (25 B a sample at the default 200 bits)."""
+    """Phase 2: encode a task's split into a packed code store (25 B a sample at 200 bits)."""
 
     encoder: str = setting(help="encoder directory from `hybnn pretrain`, `hybnn distill` or "
                            "`hybnn quantize` (int8 codes, computed by ONNX Runtime)")
