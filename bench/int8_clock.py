@@ -46,7 +46,6 @@ from hybnn.experiments.time_to_train import (
     time_to_same_accuracy,
 )
 from hybnn.hooks import History
-from hybnn.pipeline.config import TrainConfig
 from hybnn.pipeline.encoder import load_encoder
 from hybnn.pipeline.extract import encode_to_codes
 from hybnn.pipeline.fit import train_head
@@ -85,8 +84,7 @@ def int8_clocks(runs: list[tuple[ReproduceConfig, Path]], encoder_dir: Path, thr
                 extract_s = time.perf_counter() - t0
                 test_codes = encode_to_codes(int8, te, {"task": task, "split": "test"})
                 same_bits = float(np.mean(encoder.encode(tr.x) == codes.bits()))
-                cfg = TrainConfig(config.head_epochs, config.head_batch, config.head_lr,
-                                  code_noise=config.head_code_noise, seed=seed)
+                cfg = config.head_train_config(seed)
                 hidden = (config.head_hidden if tr.num_classes == 2
                           else config.head_hidden_multiclass)
                 _, history = train_head(codes, test_codes, cfg, hidden, progress=False)

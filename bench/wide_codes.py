@@ -1,6 +1,8 @@
 """Ten classes on wider codes: the benchmark's frozen VAE read at its conv maps (`hybnn recode`).
 
-Used by `bench/hybnn_targets.py`: for each code layer, the reproduce run's encoder (phase 1
+Used by `bench/hybnn_targets.py`, or standalone on a finished reproduce run with `all`:
+python bench/wide_codes.py RUN_DIR [--encoder DIR] [--out DIR] [--layers conv3 conv2]
+[--json FILE]. For each code layer, the reproduce run's encoder (phase 1
 as measured, labels unused) is recoded, the `all` training and test splits are encoded with
 it, and the ten-class head trains with the run's own recipe (epochs, batch, lr, code noise,
 hidden widths) for every seed. Rows are cached in OUT/DATA/wide/LAYER.json with their
@@ -9,16 +11,17 @@ settings, so a rerun with the same settings reuses them.
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from hybnn.benchmarks import target
+from hybnn.benchmarks import target, write_json
 from hybnn.experiments.config import ReproduceConfig
-from hybnn.pipeline.config import TrainConfig
 
 LAYERS = ("conv3", "conv2")
 
@@ -41,9 +44,7 @@ def wide_code_rows(config: ReproduceConfig, encoder_dir: Path, out: Path,
     rows = {}
     for layer in layers:
         settings = {"layer": layer, "encoder": source.fingerprint, "seeds": list(config.seeds),
-                    "head": asdict(TrainConfig(config.head_epochs, config.head_batch,
-                                               config.head_lr,
-                                               code_noise=config.head_code_noise)),
+                    "head": asdict(config.head_train_config(0)),
                     "hidden": config.head_hidden_multiclass, "samples": len(tr)}
         cache = out / f"{layer}.json"
         if cache.is_file() and json.loads(cache.read_text())["settings"] == settings:
@@ -57,10 +58,8 @@ def wide_code_rows(config: ReproduceConfig, encoder_dir: Path, out: Path,
         test_codes = encode_to_codes(encoder, te, {"task": "all", "split": "test"})
         accs, epoch_s = [], []
         for seed in config.seeds:
-            cfg = TrainConfig(config.head_epochs, config.head_batch, config.head_lr,
-                              code_noise=config.head_code_noise, seed=seed)
-            _, history = train_head(train_codes, test_codes, cfg, config.head_hidden_multiclass,
-                                    progress=False)
+            _, history = train_head(train_codes, test_codes, config.head_train_config(seed),
+                                    config.head_hidden_multiclass, progress=False)
             accs.append(history.last("test_acc"))
             epoch_s.append(statistics.mean(history.series("seconds")))
             print(f"wide codes {config.data} {layer} seed {seed}: {100 * accs[-1]:.2f} %",
@@ -97,3 +96,39 @@ def wide_code_targets(data: str, rows: dict[str, dict[str, Any]], all_row: dict[
         found.append({**target(f"all {data} gap vs float CNN, {layer} codes (points)",
                                round(gap, 2), "<= 1", gap <= 1), "detail": detail})
     return found
+
+
+def main() -> None:
+    """Standalone: the wide-code targets of one finished reproduce run, as JSON targets."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="reproduce run directory with the `all` task "
+                        "(results.json inside)")
+    parser.add_argument("--encoder", type=Path, help="encoder directory (default: the one the "
+                        "run's results.json records)")
+    parser.add_argument("--out", type=Path, help="where the recoded encoders and cached rows "
+                        "go (default: RUN/../wide)")
+    parser.add_argument("--layers", nargs="+", default=list(LAYERS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", metavar="FILE", help="write the targets here as JSON")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    results = json.loads((args.run / "results.json").read_text())
+    if "all" not in results["tasks"]:
+        parser.error(f"{args.run} has no `all` task")
+    config = ReproduceConfig(**results["config"])
+    encoder = args.encoder or Path(results["encoder"]["path"])
+    rows = wide_code_rows(config, encoder, args.out or args.run.parent / "wide",
+                          tuple(args.layers))
+    found = wide_code_targets(config.data, rows, results["tasks"]["all"],
+                              -(-config.latent_bits // 8))
+    for t in found:
+        print(t["detail"])
+    if args.json:
+        write_json(args.json, found, threads=args.threads, wide_codes=rows,
+                   command=" ".join(["python bench/wide_codes.py", *sys.argv[1:]]))
+
+
+if __name__ == "__main__":
+    main()

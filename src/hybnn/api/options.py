@@ -77,8 +77,9 @@ class RecodeOptions:
 class ExtractOptions:
     """Phase 2: encode a task's split into a packed code store (25 B a sample at 200 bits)."""
 
-    encoder: str = setting(help="encoder directory from `hybnn pretrain`, `hybnn distill` or "
-                           "`hybnn quantize` (int8 codes, computed by ONNX Runtime)")
+    encoder: str = setting(help="encoder directory from `hybnn pretrain`, `hybnn recode`, "
+                           "`hybnn distill` or `hybnn quantize` (int8 codes, computed by ONNX "
+                           "Runtime)")
     out: str = setting(help="code store file to write (.safetensors)")
     data: str = setting(DEFAULT_DATA, "data source")
     task: str = setting("all", "all, or a pair such as 0v1")

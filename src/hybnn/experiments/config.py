@@ -8,7 +8,7 @@ from typing import Any
 from hybnn.binary.names import METHODS
 from hybnn.data.names import DEFAULT_SOURCE, PAPER_TASKS
 from hybnn.models.names import SPECS
-from hybnn.pipeline.config import PretrainConfig
+from hybnn.pipeline.config import PretrainConfig, TrainConfig
 from hybnn.settings import setting
 
 DEFAULT_DATA = DEFAULT_SOURCE
@@ -59,6 +59,11 @@ class ReproduceConfig:
     def head_batch(self) -> int:
         """The BNN head's batch size: its own where set, else the phase-3 one."""
         return self.batch_size if self.head_batch_size is None else self.head_batch_size
+
+    def head_train_config(self, seed: int) -> TrainConfig:
+        """How the BNN head trains in this run, with ``seed``."""
+        return TrainConfig(self.head_epochs, self.head_batch, self.head_lr,
+                           code_noise=self.head_code_noise, seed=seed, device=self.device)
 
     @classmethod
     def make(cls, quick: bool = False, **values: Any) -> ReproduceConfig:

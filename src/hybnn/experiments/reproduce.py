@@ -211,8 +211,7 @@ def _train_all(config: ReproduceConfig, encoder: Encoder, tr: Dataset, te: Datas
         train_codes.save(code_dir / f"{task}-train.safetensors")
         test_codes.save(code_dir / f"{task}-test.safetensors")
     dev = config.device
-    head_cfg = TrainConfig(config.head_epochs, config.head_batch, config.head_lr,
-                           code_noise=config.head_code_noise, seed=seed, device=dev)
+    head_cfg = config.head_train_config(seed)
     bin_cfg = TrainConfig(config.cnn_epochs, config.batch_size, config.binary_lr, seed=seed,
                           device=dev)
     fp_cfg = TrainConfig(config.cnn_epochs, config.batch_size, config.float_lr, seed=seed,

@@ -119,11 +119,8 @@ def recode_encoder(encoder: Encoder, code: str, directory: str | os.PathLike[str
     ``code`` (:data:`~hybnn.models.vae.CODE_LAYERS`): a new artifact whose codes name a new
     fingerprint (:func:`code_fingerprint`); ``recoded_from`` records the source's. No
     training, no data."""
-    config = {k: v for k, v in encoder.vae.config.items() if k != "code"}
-    if code != "latent":
-        config["code"] = code
-    try:
-        vae = BinaryLatentVAE(**config)
+    try:  # the VAE records ``code`` in its config unless it is the latent
+        vae = BinaryLatentVAE(**{**encoder.vae.config, "code": code})
     except ValueError as exc:
         raise DataError(str(exc)) from None
     vae.load_state_dict(encoder.vae.state_dict())
