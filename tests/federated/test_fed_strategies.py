@@ -172,3 +172,27 @@ def test_auto_strategy_is_the_tables_pick_for_the_head_and_fedavg_where_a_mean_i
     assert isinstance(flower_strategy(FedConfig()), FedAdagrad)
     with pytest.raises(DataError, match="--strategy must be fedavg or fedprox"):
         FedConfig(secagg=True, strategy="fedyogi")
+
+
+def test_the_narrow_grids_refuse_what_they_do_not_offer():
+    """SampledGrid (a strategy's view of the sampled nodes) offers node ids and the run;
+    LocalGrid delivers with send_and_receive: any other Grid call fails loudly, with a
+    reason, instead of sending nothing."""
+    from flwr.clientapp import ClientApp
+
+    from hybnn.federated.local_grid import LocalGrid
+    from hybnn.federated.strategies import SampledGrid
+
+    local = LocalGrid(ClientApp(), clients=3)
+    sampled = SampledGrid(local, local.get_node_ids()[:2])
+    assert sampled.get_node_ids() == local.get_node_ids()[:2]
+    assert sampled.run.run_id == local.run_id
+    for call in (lambda: sampled.set_run(local.run), lambda: sampled.create_message(),
+                 lambda: sampled.push_messages([]), lambda: sampled.pull_messages([]),
+                 lambda: sampled.send_and_receive([])):
+        with pytest.raises(NotImplementedError, match="only offers node ids"):
+            call()
+    for call in (lambda: local.push_messages([]), lambda: local.pull_messages([])):
+        with pytest.raises(NotImplementedError, match="send_and_receive only"):
+            call()
+    assert local.send_and_receive([]) == []
