@@ -30,6 +30,7 @@ from torch import nn
 from hybnn.artifacts import atomic_write
 from hybnn.benchmarks import machine_description, target, write_json, write_section
 from hybnn.binary.layers import BinaryConv2d, BinaryLinear
+from wide_codes import all_run_results
 
 DEFAULT_RUN = Path("runs/bench-hybnn/fashion-mnist/run1")
 BLOCKS = {"conv1": 1, "conv2": 2}  # conv block whose batch-normed map is read (as CODE_LAYERS)
@@ -137,9 +138,7 @@ def main() -> None:
     parser.add_argument("--json", metavar="FILE", help="write the targets here as JSON")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    results = json.loads((args.run / "results.json").read_text())
-    if "all" not in results["tasks"]:
-        parser.error(f"{args.run} has no `all` task")
+    results = all_run_results(parser, args.run)
     data, fpcnn_acc = results["config"]["data"], results["tasks"]["all"]["fpcnn"]["acc_mean"]
     settings = {"encoder": results["encoder"]["fingerprint"], "layers": args.layers,
                 "epochs": args.epochs, "seed": args.seed}

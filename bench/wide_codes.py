@@ -98,6 +98,14 @@ def wide_code_targets(data: str, rows: dict[str, dict[str, Any]], all_row: dict[
     return found
 
 
+def all_run_results(parser: argparse.ArgumentParser, run: Path) -> dict[str, Any]:
+    """A finished reproduce run's results.json; one parser error where it has no `all`."""
+    results: dict[str, Any] = json.loads((run / "results.json").read_text())
+    if "all" not in results["tasks"]:
+        parser.error(f"{run} has no `all` task")
+    return results
+
+
 def main() -> None:
     """Standalone: the wide-code targets of one finished reproduce run, as JSON targets."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -114,9 +122,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    results = json.loads((args.run / "results.json").read_text())
-    if "all" not in results["tasks"]:
-        parser.error(f"{args.run} has no `all` task")
+    results = all_run_results(parser, args.run)
     config = ReproduceConfig(**results["config"])
     encoder = args.encoder or Path(results["encoder"]["path"])
     rows = wide_code_rows(config, encoder, args.out or args.run.parent / "wide",
