@@ -64,12 +64,9 @@ class MapHead(nn.Module):
         return self.fc[3](self.fc[2](x))
 
 
-def sign_maps(encoder_dir: Path, images: Any, block: int) -> torch.Tensor:
+def sign_maps(vae: nn.Module, images: Any, block: int) -> torch.Tensor:
     """+-1 float maps: the sign (>= 0 -> +1, as `Encoder.encode`) of block ``block``'s
     batch-normed conv output, the VAE in eval mode."""
-    from hybnn.pipeline.encoder import load_encoder
-
-    vae = load_encoder(encoder_dir).vae.eval()
     part = vae.encoder[:3 * block - 1]  # (conv, bn, LeakyReLU) x block, without the last act
     with torch.inference_mode():
         maps = [part(torch.from_numpy(images[i:i + 1000])) >= 0
@@ -77,19 +74,22 @@ def sign_maps(encoder_dir: Path, images: Any, block: int) -> torch.Tensor:
     return torch.cat(maps).float() * 2 - 1
 
 
-def head_rows(run: Path, layers: list[str], epochs: int, seed: int) -> list[dict[str, Any]]:
+def head_rows(results: dict[str, Any], layers: list[str], epochs: int, seed: int
+              ) -> list[dict[str, Any]]:
+    """One row per code layer and head kind, for a reproduce run's ``results``."""
     from hybnn.data import load_source, select_task, train_test
     from hybnn.pipeline.config import TrainConfig
+    from hybnn.pipeline.encoder import load_encoder
     from hybnn.pipeline.train import fit_classifier
 
-    results = json.loads((run / "results.json").read_text())
-    data, encoder = results["config"]["data"], Path(results["encoder"]["path"])
-    train, test = (select_task(s, "all") for s in train_test(load_source(data)))
+    vae = load_encoder(results["encoder"]["path"]).vae.eval()
+    train, test = (select_task(s, "all")
+                   for s in train_test(load_source(results["config"]["data"])))
     y_train, y_test = torch.as_tensor(train.y).long(), torch.as_tensor(test.y).long()
     rows = []
     for layer in layers:
-        x_train = sign_maps(encoder, train.x, BLOCKS[layer])
-        x_test = sign_maps(encoder, test.x, BLOCKS[layer])
+        x_train = sign_maps(vae, train.x, BLOCKS[layer])
+        x_test = sign_maps(vae, test.x, BLOCKS[layer])
         for binary in (False, True):
             torch.manual_seed(seed)
             model = MapHead(x_train.shape[1], x_train.shape[2], train.num_classes, binary)
@@ -147,7 +147,7 @@ def main() -> None:
     if cached.get("settings") == settings:
         rows = cached["rows"]
     else:
-        rows = head_rows(args.run, args.layers, args.epochs, args.seed)
+        rows = head_rows(results, args.layers, args.epochs, args.seed)
         atomic_write(cache, lambda f: f.write_text(json.dumps(
             {"settings": settings, "rows": rows}, indent=2) + "\n"))
     bcnn = results["tasks"]["all"]["bcnn_centered"]
