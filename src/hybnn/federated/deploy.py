@@ -7,8 +7,9 @@ on exit (SIGTERM, then SIGKILL). Secure by default: given :class:`~hybnn.federat
 Credentials`, the SuperLink serves TLS and admits only SuperNodes whose public keys were
 registered with ``flwr supernode register`` (``--enable-supernode-auth``); every node
 verifies the SuperLink against the CA and signs in with its private key; the nodes' own
-Runtime API and the ``flwr`` CLI use TLS too. Without credentials everything runs
-``--insecure``. :func:`deploy` runs the FedHyBNN app
+Runtime API and the ``flwr`` CLI use TLS too. Every server runs behind :class:`~hybnn.federated.gate.OwnerGate`
+(also with ``--insecure``): only this user's processes on this host reach the Control and
+Runtime APIs. Without credentials everything runs ``--insecure``. :func:`deploy` runs the FedHyBNN app
 (``flower_app/pyproject.toml``) on it, polls ``flwr ls --format json`` until the run is
 ``finished:*`` and fails unless it is ``finished:completed`` — ``flwr run --stream`` exits
 0 even when a run fails. Every wait is bounded.
@@ -119,7 +120,7 @@ class LocalFederation:
                     str(tls.server_key), "--ssl-ca-certfile", str(tls.ca_cert),
                     "--enable-supernode-auth"] if tls else ["--insecure"]
         link = self._spawn("superlink", [
-            _bin("flower-superlink"), *security, "--host", "127.0.0.1",
+            *_gated("superlink"), *security, "--host", "127.0.0.1",
             "--port", str(self.superlink_port), "--database", str(self.root / "state.db"),
             "--disable-runtime-dependency-installation"])
         wait_healthy(self.superlink_port, link, "flower-superlink", self.startup_timeout,
@@ -167,7 +168,7 @@ class LocalFederation:
         """Spawn ``flower-supernode SECURITY ...`` (log ``name.log``); its port and process."""
         port = free_port()
         return port, self._spawn(name, [
-            _bin("flower-supernode"), *security,
+            *_gated("supernode"), *security,
             "--superlink", f"127.0.0.1:{self.superlink_port}",
             "--host", "127.0.0.1", "--port", str(port),
             "--node-config", _toml_pairs(node_config)])
@@ -321,6 +322,13 @@ def _bin(name: str) -> str:
         raise DeploymentError(f"{name} not found: install the fed extra "
                               "(pip install 'hybnn[fed]')")
     return found
+
+
+def _gated(server: str) -> list[str]:
+    """The command that runs ``flower-SERVER`` behind :class:`~hybnn.federated.gate.OwnerGate`
+    (only this user's local processes reach its Control and Runtime APIs)."""
+    _bin(f"flower-{server}")  # the fed extra is installed
+    return [sys.executable, "-m", "hybnn.federated.gate", server]
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
