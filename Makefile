@@ -3,11 +3,11 @@ PY ?= python3
 PIP := $(PY) -m pip
 OUT ?= runs/demo
 
-.PHONY: install data toolchains demo test test-fast test-sanitize lint bench
+.PHONY: install data toolchains demo test test-fast test-sanitize test-wheel lint bench
 
 install:
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev,fed,onnx]'
+	$(PIP) install -q -e '.[dev,all]'
 	-@$(MAKE) -s data
 	-@$(MAKE) -s toolchains
 
@@ -58,3 +58,8 @@ bench: install
 	$(PY) bench/embedded.py
 	$(PY) bench/federated.py
 	hybnn study rebnn --out runs/study-rebnn --no-progress
+
+# The sdist and an auditwheel-tagged wheel, installed (not editable) into a runtime-only venv
+# (no torch) and a venv with every extra; a few minutes, most of it installing torch.
+test-wheel:
+	PY=$(PY) scripts/wheel_check.sh

@@ -239,6 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Third-party modules that only an extra installs (pyproject.toml), and that extra.
+EXTRAS = {"torch": "train", "tqdm": "train", "matplotlib": "train", "sklearn": "train",
+          "mlxtend": "train", "onnx": "train", "onnxscript": "train", "flwr": "fed",
+          "ray": "fed", "cryptography": "fed"}
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str | None:
+    """The extra that installs the module ``exc`` misses, or None if no extra does."""
+    return EXTRAS.get((exc.name or "").split(".")[0])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -250,6 +261,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except OSError as exc:
         print(f"hybnn: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+              file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        extra = missing_extra(exc)
+        if extra is None:
+            raise
+        print(f"hybnn: error: {args.command} needs {exc.name}: pip install 'hybnn[{extra}]'",
               file=sys.stderr)
         return 2
     except MemoryError:
