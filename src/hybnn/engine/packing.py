@@ -6,8 +6,9 @@ channels, NHWC). Bit 1 means -1 and bit 0 means +1, so ``x < 0`` packs to 1 and 
 are 0; they XOR to 0 against the zero padding of the weights and never count. An all-zero
 word is a pixel of +1 values, which is the +1 padding of ``BinaryConv2d``.
 
-Codes given as ``numpy.packbits`` bytes (big-endian bit order, bit 1 = +1) convert with
-:func:`pack_codes`.
+Binary codes use the opposite convention: ``codes()`` and the encoders give True = +1, as do
+``numpy.packbits`` bytes (big-endian bit order, bit 1 = +1). :func:`pack_codes` converts
+either to the engine's words; the C export's ``NAME_pack_codes`` does the same on the device.
 """
 
 from __future__ import annotations
@@ -55,9 +56,21 @@ def pack_images(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
-    """``numpy.packbits`` rows (uint8, big-endian, bit 1 = +1) -> words (N, ceil(bits/64))."""
+def pack_codes(codes: np.ndarray, bits: int | None = None) -> np.ndarray:
+    """Binary codes (True = +1) -> the engine's words (bit 1 = -1), as the engine reads them.
+
+    ``codes``: bool (..., K) as ``codes()`` and the encoders return them ->
+    (..., ceil(K/64)) words; with ``bits``: ``numpy.packbits`` rows (uint8, big-endian,
+    bit 1 = +1) of ``bits``-bit codes -> (N, ceil(bits/64)) words.
+    """
     arr = np.asarray(codes)
+    if bits is None:
+        if arr.dtype != np.bool_ or arr.ndim == 0 or arr.shape[-1] == 0:
+            raise DataError(
+                f"codes must be bool (..., bits) with True = +1 (or numpy.packbits bytes "
+                f"with bits=), got {arr.dtype} {arr.shape}"
+            )
+        return pack_sign_words(~arr)
     nbytes = (int(bits) + 7) // 8
     if arr.dtype != np.uint8 or arr.ndim != 2 or arr.shape[1] != nbytes:
         raise DataError(

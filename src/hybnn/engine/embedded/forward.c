@@ -10,6 +10,9 @@
  * a pixel's channels (NHWC); bit 1 = -1, bit 0 = +1, so x < 0 packs to 1 and x >= 0 (also -0.0)
  * to 0; bits past the real width are 0 in activations and weights and never count. An all-zero
  * word is a pixel of +1 values: the +1 padding of BinaryConv2d, read for taps outside the image.
+ * Images are compared with the engine file's input shift instead of 0 (0.5 for "centered":
+ * x < 0.5 packs to 1, the sign of x - 0.5, exactly as the engine packs them). Codes as Python's
+ * codes() gives them are the other way round (1 = +1): hyb_pack_bits turns them into words.
  */
 
 /* The builtin only where it is one instruction (x86 with -mpopcnt, aarch64): elsewhere GCC
@@ -76,9 +79,21 @@ static int hyb_pack_rows(const float *x, size_t k, uint64_t *out) {
     }
     return nan;
 }
+
+/* k codes, one byte a bit in the order of Python's codes() (nonzero = +1), into words. */
+static void hyb_pack_bits(const uint8_t *bits, size_t k, uint64_t *out) {
+    for (size_t w = 0; w * 64 < k; w++) {
+        uint64_t word = 0;
+        for (size_t j = w * 64; j < k && j < w * 64 + 64; j++)
+            word |= (uint64_t)(bits[j] == 0) << (j % 64);
+        out[w] = word;
+    }
+}
 #else
-/* Sign-pack one NCHW image (c planes of hw floats) into NHWC words; nonzero on NaN. */
-static int hyb_pack_image(const float *x, size_t c, size_t hw, uint64_t *out) {
+/* Sign-pack one NCHW image (c planes of hw floats) into NHWC words, the sign of each value being
+ * that of x - shift (bit 1 iff x < shift, which equals x - shift < 0 in IEEE arithmetic);
+ * nonzero on NaN. */
+static int hyb_pack_image(const float *x, size_t c, size_t hw, float shift, uint64_t *out) {
     int nan = 0;
     for (size_t p = 0; p < hw; p++)
         for (size_t w = 0; w * 64 < c; w++) {
@@ -86,7 +101,7 @@ static int hyb_pack_image(const float *x, size_t c, size_t hw, uint64_t *out) {
             for (size_t ch = w * 64; ch < c && ch < w * 64 + 64; ch++) {
                 const float v = x[ch * hw + p];
                 nan |= v != v;
-                bits |= (uint64_t)(v < 0.0f) << (ch % 64);
+                bits |= (uint64_t)(v < shift) << (ch % 64);
             }
             *out++ = bits;
         }
