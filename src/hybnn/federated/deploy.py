@@ -7,10 +7,11 @@ on exit (SIGTERM, then SIGKILL). Secure by default: given :class:`~hybnn.federat
 Credentials`, the SuperLink serves TLS and admits only SuperNodes whose public keys were
 registered with ``flwr supernode register`` (``--enable-supernode-auth``); every node
 verifies the SuperLink against the CA and signs in with its private key; the nodes' own
-Runtime API and the ``flwr`` CLI use TLS too. Every server runs behind :class:`~hybnn.federated.gate.OwnerGate`
-(also with ``--insecure``): only this user's processes on this host reach the Control and
-Runtime APIs. Without credentials everything runs ``--insecure``. :func:`deploy` runs the FedHyBNN app
-(``flower_app/pyproject.toml``) on it, polls ``flwr ls --format json`` until the run is
+Runtime API and the ``flwr`` CLI use TLS too. Every server runs behind
+:class:`~hybnn.federated.gate.OwnerGate` (also with ``--insecure``): only this user's
+processes on this host reach the Control and Runtime APIs. Without credentials everything
+runs ``--insecure``. :func:`deploy` runs the FedHyBNN app (``flower_app/pyproject.toml``) on
+it, polls ``flwr ls --format json`` until the run is
 ``finished:*`` and fails unless it is ``finished:completed`` — ``flwr run --stream`` exits
 0 even when a run fails. Every wait is bounded.
 
