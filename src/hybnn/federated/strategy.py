@@ -84,6 +84,27 @@ ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
 TRAIN_METRICS = ("train-loss", "train-acc", "local-loss", "local-acc")
 
 
+# Strategies whose server step moves each array by a learning rate (momentum, Adam, Yogi,
+# Adagrad: at most about eta per round). Batch-norm running statistics are no parameters to
+# step: they are measured on the clients' data, on the scale of a binary layer's fan-in, so
+# a server step of 0.1 would take dozens of rounds to reach them. Under these strategies the
+# global model takes the clients' sample-weighted mean of them, as FedAvg does.
+SERVER_OPTIMIZERS = ("fedavgm", "fedadam", "fedyogi", "fedadagrad")
+STATISTICS = ("running_mean", "running_var")
+
+
+def mean_statistics(updates: Sequence[tuple[Mapping[str, np.ndarray], int]]
+                    ) -> dict[str, np.ndarray]:
+    """The sample-weighted mean of every batch-norm running statistic of ``updates``
+    ((state, samples) pairs)."""
+    total = sum(n for _, n in updates)
+    if not updates or total <= 0:
+        return {}
+    keys = [k for k in updates[0][0] if k.rsplit(".", 1)[-1] in STATISTICS]
+    return {k: np.asarray(sum(np.asarray(s[k], np.float64) * n for s, n in updates) / total,
+                          dtype=np.float32) for k in keys}
+
+
 class FederationError(HybnnError):
     """The federation cannot go on (e.g. too few nodes connected in time)."""
 
@@ -190,8 +211,9 @@ class EncodedStrategy(Strategy):
                     reply.error.reason)
             elif reply is not None:
                 try:
+                    owners = {p: n for n, p in self.partition_of.items() if n != nid}
                     info = handshake_reply(reply.content, self.cfg.clients,
-                                           self.cfg.max_examples, self.partitions)
+                                           self.cfg.max_examples, self.partitions, owners)
                 except UpdateError as exc:
                     row.update(status="rejected", reason=str(exc))
                     self.excluded.add(nid)
@@ -270,6 +292,7 @@ class EncodedStrategy(Strategy):
                          ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         entry = self._round(server_round)
         passed: list[Message] = []
+        stats: list[tuple[dict[str, np.ndarray], int]] = []  # (state, samples) of each update
         for reply in replies:
             client = self._client(entry, reply, "train")
             if client["status"] != "ok":
@@ -289,6 +312,7 @@ class EncodedStrategy(Strategy):
             reply.content = RecordDict({ARRAYS: self._to_inner(to_record(state)),
                                         METRICS: kept})
             passed.append(reply)
+            stats.append((state, n))
         self._mark_missing(entry, "train")
         entry["valid_updates"] = len(passed)
         entry["train_seconds"] = time.perf_counter() - entry.get("t_start", time.perf_counter())
@@ -305,7 +329,10 @@ class EncodedStrategy(Strategy):
             log(WARNING, "round %d: %s did not aggregate %d update(s): global model "
                 "unchanged", server_round, self.cfg.resolved_strategy, len(passed))
             return None, None
-        arrays = to_record(project(self._from_inner(arrays), self.layout))
+        state = self._from_inner(arrays)
+        if self.cfg.resolved_strategy in SERVER_OPTIMIZERS:
+            state.update(mean_statistics(stats))
+        arrays = to_record(project(state, self.layout))
         return arrays, MetricRecord({"valid-updates": len(passed)})
 
     def _to_inner(self, arrays: ArrayRecord) -> ArrayRecord:
