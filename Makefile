@@ -19,12 +19,15 @@ data:
 		echo "note: dataset-fashion-mnist not installed; hybnn will download Fashion-MNIST when online"; \
 	fi
 
-# Cross compilers and qemu for the C export's tests (tests/engine/test_c_export.py, which skip
-# without them) and bench/embedded.py: aarch64 under qemu-user, Cortex-M4 with newlib.
-TOOLCHAINS := gcc-aarch64-linux-gnu qemu-user gcc-arm-none-eabi libnewlib-arm-none-eabi
+# Cross compilers and qemu for the C export's tests (tests/engine/test_c_export.py and
+# test_cortex_m4.py, which skip without them) and bench/embedded.py: aarch64 under qemu-user,
+# Cortex-M4 with newlib, and Cortex-M4 firmware run on QEMU's mps2-an386 board.
+TOOLCHAINS := gcc-aarch64-linux-gnu qemu-user gcc-arm-none-eabi libnewlib-arm-none-eabi \
+	qemu-system-arm
 toolchains:
 	@if ! command -v aarch64-linux-gnu-gcc >/dev/null || ! command -v qemu-aarch64 >/dev/null || \
-	    ! command -v arm-none-eabi-gcc >/dev/null || [ ! -d /usr/lib/arm-none-eabi/newlib ]; then \
+	    ! command -v arm-none-eabi-gcc >/dev/null || [ ! -d /usr/lib/arm-none-eabi/newlib ] || \
+	    ! command -v qemu-system-arm >/dev/null; then \
 		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 			(apt-get install -y -qq $(TOOLCHAINS) >/dev/null 2>&1 || \
 			 (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $(TOOLCHAINS) >/dev/null 2>&1)) || \
