@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import re
+import secrets
+import signal
+import stat
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -11,6 +20,7 @@ import torch
 from hybnn import __version__
 from hybnn.artifacts import (
     FORMAT_VERSION,
+    MAX_META_BYTES,
     META_NAME,
     WEIGHTS_NAME,
     atomic_write,
@@ -216,3 +226,178 @@ def test_load_bundle_unreadable_weights_with_matching_fingerprint(bundle):
 
 def test_artifact_errors_are_hybnn_errors():
     assert issubclass(ArtifactError, HybnnError)
+
+
+# ------------------------------------------------------------- what a loader opens and reads
+
+
+@contextlib.contextmanager
+def deadline(seconds=5.0):
+    """Fail instead of hanging: a blocked open() is interrupted by SIGALRM."""
+
+    def expire(signum, frame):
+        raise TimeoutError(f"still blocked after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
+@pytest.mark.parametrize("name", [META_NAME, WEIGHTS_NAME])
+def test_a_fifo_in_an_artifact_is_refused_at_once(bundle, name):
+    (bundle / name).unlink()
+    os.mkfifo(bundle / name)
+    with deadline(), pytest.raises(ArtifactError, match="not a regular file") as caught:
+        load_bundle(bundle, "thing")
+    assert str(bundle / name) in str(caught.value)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
+def test_a_fifo_as_json_metadata_is_refused_at_once(tmp_path):
+    os.mkfifo(tmp_path / "m.json")
+    with deadline(), pytest.raises(ArtifactError, match=r"m\.json: it is not a regular file"):
+        read_json(tmp_path / "m.json", "meta")
+
+
+def _load_checkpoint(path):
+    from hybnn.pipeline.checkpoint import load_checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    return load_checkpoint(path, model, torch.optim.SGD(model.parameters(), lr=0.1), "tag")
+
+
+def _load_code_store(path):
+    from hybnn.pipeline.codes import CodeStore
+
+    return CodeStore.load(path)
+
+
+def _load_engine_file(path):
+    from hybnn.engine import format as engine_format
+
+    return engine_format.read(path)
+
+
+def _load_bundle_file(path):
+    from hybnn.bundle import format as bundle_format
+
+    return bundle_format.read(path)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
+@pytest.mark.parametrize("load", [_load_checkpoint, _load_code_store, _load_engine_file,
+                                  _load_bundle_file, sha256_file],
+                         ids=["checkpoint", "code-store", "engine-file", "bundle-file", "sha256"])
+def test_every_artifact_file_loader_refuses_a_fifo_at_once(tmp_path, load):
+    fifo = tmp_path / "artifact"
+    os.mkfifo(fifo)
+    with deadline(), pytest.raises(ArtifactError, match="not a regular file") as caught:
+        load(fifo)
+    assert str(fifo) in str(caught.value)
+
+
+@pytest.mark.parametrize("name", [META_NAME, WEIGHTS_NAME])
+def test_a_directory_in_an_artifact_is_named_by_its_path(bundle, name):
+    (bundle / name).unlink()
+    (bundle / name).mkdir()
+    with pytest.raises(ArtifactError, match=rf"{re.escape(str(bundle / name))}: it is a "
+                                            "directory"):
+        load_bundle(bundle, "thing")
+
+
+def test_metadata_above_its_cap_is_refused_before_it_is_read(bundle):
+    edit_meta(bundle, padding="x" * (2 << 20))  # 2 MiB: a valid JSON object, too large
+    with pytest.raises(ArtifactError, match=r"meta\.json has 2,09\d,\d{3} bytes, more than the "
+                                            r"limit of 1,048,576"):
+        load_bundle(bundle, "thing")
+    with pytest.raises(ArtifactError, match="more than the limit"):
+        read_json(bundle / META_NAME, "meta")
+    assert MAX_META_BYTES == 1 << 20
+
+
+def test_every_file_of_a_saved_artifact_is_owner_only(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        save_bundle(tmp_path / "art", "thing", TENSORS, {})
+        save_bundle(tmp_path / "art", "thing", TENSORS, {})  # and when replaced
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "art").iterdir()}
+    assert modes == {META_NAME: 0o600, WEIGHTS_NAME: 0o600}
+
+
+# --------------------------------------------------------- staging left by a killed save
+
+
+def dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def staging(tmp_path, name, pid=None):
+    tag = f"{pid}-{secrets.token_hex(4)}" if pid is not None else secrets.token_hex(4)
+    path = tmp_path / f".{name}.new-{tag}"
+    path.mkdir()
+    (path / WEIGHTS_NAME).write_bytes(b"half a save")
+    return path
+
+
+def test_a_save_removes_the_staging_left_by_dead_writers_of_its_destination(tmp_path):
+    dead = staging(tmp_path, "art", dead_pid())
+    old_unowned = staging(tmp_path, "art")  # an older hybnn's name: judged by age
+    os.utime(old_unowned, (time.time() - 7200, time.time() - 7200))
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as live:
+        try:
+            writing = staging(tmp_path, "art", live.pid)  # a concurrent writer, alive
+            recent_unowned = staging(tmp_path, "art")
+            other = staging(tmp_path, "other", dead_pid())  # another destination
+            previous = tmp_path / ".art.old-0123abcd"  # an interrupted swap's old version
+            previous.mkdir()
+            save_bundle(tmp_path / "art", "thing", TENSORS, {})
+        finally:
+            live.kill()
+    assert not dead.exists() and not old_unowned.exists()
+    assert writing.exists() and recent_unowned.exists() and other.exists()
+    assert previous.exists()
+    assert (writing / WEIGHTS_NAME).read_bytes() == b"half a save"
+    load_bundle(tmp_path / "art", "thing")
+
+
+KILLED_SAVE = """
+import os, sys, time
+import torch
+from hybnn import artifacts
+
+def stop(directory):
+    print("staged", flush=True)
+    time.sleep(60)
+
+artifacts._fsync_dir = stop
+artifacts.save_bundle(sys.argv[1], "thing", {"w": torch.zeros(3)}, {})
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs kill -9")
+def test_staging_of_a_save_killed_with_sigkill_is_gone_after_the_next_save(tmp_path):
+    save_bundle(tmp_path / "art", "thing", TENSORS, {})
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, str(tmp_path / "art")],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "staged"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+    left = list(tmp_path.glob(".art.new-*"))
+    assert len(left) == 1 and left[0].name.startswith(f".art.new-{proc.pid}-")
+    tensors, _ = load_bundle(tmp_path / "art", "thing")  # the killed save changed nothing
+    assert torch.equal(tensors["w"], TENSORS["w"])
+    save_bundle(tmp_path / "art", "thing", TENSORS, {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]

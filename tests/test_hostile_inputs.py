@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 
 from hybnn import api
 from hybnn.artifacts import META_NAME, WEIGHTS_NAME, save_bundle
-from hybnn.pipeline.codes import CodeStore, payload_sha256
+from hybnn.pipeline.codes import CODES_VERSION, CodeStore, store_sha256
 from hybnn.pipeline.config import TrainConfig
 
 # Runs each case of a JSON list read from stdin in a forked child, two at a time.
@@ -177,6 +177,30 @@ def npz_zero_images(d):
 def npz_object_array(d):
     np.savez(d / "obj.npz", x=np.array([object()], dtype=object))
     return predict("obj.npz")
+
+
+@case("data")
+def npy_header_cut_inside_its_dict(d):
+    np.save(d / "cut.npy", np.zeros((4, 8, 8), np.float32))
+    (d / "cut.npy").write_bytes((d / "cut.npy").read_bytes()[:40])
+    return predict("cut.npy")
+
+
+@case("data")
+def input_that_is_a_directory(d):
+    (d / "dir.png").mkdir()
+    return predict("dir.png")
+
+
+@case("data")
+def npz_member_header_cut(d):
+    import zipfile
+
+    np.save(d / "m.npy", np.zeros((2, 8, 8), np.float32))
+    with zipfile.ZipFile(d / "cut.npz", "w") as z:
+        z.writestr("x.npy", (d / "m.npy").read_bytes()[:50])
+    (d / "m.npy").unlink()
+    return predict("cut.npz")
 
 
 @case("data")
@@ -355,9 +379,11 @@ def code_store_flipped_label_byte(d):
 def forge_store(path: Path, labels: np.ndarray, header: dict) -> None:
     store = CodeStore.load(path)
     codes = np.resize(store.packed, (len(labels), store.packed.shape[1]))
-    head = {"kind": "codes", "format_version": 1, "num_bits": store.num_bits,
+    head = {"kind": "codes", "format_version": CODES_VERSION, "num_bits": store.num_bits,
             "encoder_fingerprint": store.encoder_fingerprint, **store.meta, **header}
-    head.setdefault("payload_sha256", payload_sha256(codes, labels))
+    if "sha256" not in head:  # a valid checksum over the forged header and payload
+        head["sha256"] = store_sha256({k: v for k, v in head.items() if v is not None},
+                                      codes, labels)
     save_file({"codes": codes, "labels": labels}, str(path),
               metadata={"hybnn": json.dumps({k: v for k, v in head.items() if v is not None})})
 
@@ -365,7 +391,7 @@ def forge_store(path: Path, labels: np.ndarray, header: dict) -> None:
 @case("artifacts")
 def code_store_without_checksum(d):
     store = CodeStore.load(d / "te01.safetensors")
-    forge_store(d / "te01.safetensors", store.labels, {"payload_sha256": None})
+    forge_store(d / "te01.safetensors", store.labels, {"sha256": None})
     return ["evaluate", "--model", "head", "--codes", "te01.safetensors"]
 
 
@@ -380,6 +406,40 @@ def code_store_truncated(d):
     p = d / "tr01.safetensors"
     p.write_bytes(p.read_bytes()[:-50])
     return ["train", "--codes", "tr01.safetensors", "--out", "head", "--epochs", "1"]
+
+
+@case("artifacts")
+def model_meta_over_one_mib(d):
+    edit_json(d / "head" / META_NAME, lambda m: m.update({"note": "x" * (2 << 20)}))
+    return ["evaluate", "--model", "head", "--codes", "te01.safetensors"]
+
+
+@case("artifacts")
+def model_batch_norm_weight_1e30(d):
+    resave(d / "head", lambda t: t["net.3.weight"].fill_(1e30))
+    return ["evaluate", "--model", "head", "--codes", "te01.safetensors"]
+
+
+@case("artifacts")
+def code_store_num_classes_1e9_with_valid_hash(d):
+    store = CodeStore.load(d / "tr01.safetensors")
+    forge_store(d / "tr01.safetensors", store.labels, {"num_classes": 10**9})
+    return ["train", "--codes", "tr01.safetensors", "--out", "head", "--epochs", "1"]
+
+
+@case("artifacts")
+def code_store_num_bits_fractional_with_valid_hash(d):
+    store = CodeStore.load(d / "tr01.safetensors")
+    forge_store(d / "tr01.safetensors", store.labels, {"num_bits": store.num_bits + 0.9})
+    return ["train", "--codes", "tr01.safetensors", "--out", "head", "--epochs", "1"]
+
+
+@case("artifacts")
+def code_store_header_edited_after_hashing(d):
+    store = CodeStore.load(d / "te01.safetensors")
+    forge_store(d / "te01.safetensors", store.labels, {"sha256": store_sha256(
+        {"kind": "codes"}, store.packed, store.labels)})
+    return ["evaluate", "--model", "head", "--codes", "te01.safetensors"]
 
 
 # ------------------------------------------------------------------- commands and flags
@@ -411,6 +471,21 @@ def evaluate_on_zero_samples(d):
 def train_with_test_codes_of_more_classes(d):
     return ["train", "--codes", "tr01.safetensors", "--test-codes", "teall.safetensors",
             "--out", "head", "--epochs", "1"]
+
+
+@case("commands")
+def export_over_a_code_store(d):
+    return ["export", "head", "--out", "te01.safetensors"]
+
+
+@case("commands")
+def export_c_named_after_a_standard_header(d):
+    return ["export", "bcnn", "--format", "c", "--name", "stdint", "--out", "firmware"]
+
+
+@case("commands")
+def export_c_name_with_a_leading_underscore(d):
+    return ["export", "bcnn", "--format", "c", "--name", "_STDINT", "--out", "firmware"]
 
 
 def forge_int8_encoder(d: Path, raw: torch.Tensor | None = None, **changes: object) -> list[str]:
@@ -486,6 +561,15 @@ FLAG_CASES = {
     "train_epochs_neg": train("--epochs", "-1"), "train_seed_neg": train("--seed", "-3"),
     "train_hidden_1e9": train("--hidden", "1000000000"),
     "train_hidden_0": train("--hidden", "128", "0"),
+    "train_epochs_0": train("--epochs", "0"), "train_device_meta": train("--device", "meta"),
+    "train_seed_1e20": train("--seed", "99999999999999999999"),
+    "federate_rounds_1e12": lambda d: ["federate", "--rounds", "1000000000000", "--out", "f"],
+    "federate_clients_1e9": lambda d: ["federate", "--clients", "1000000000", "--out", "f"],
+    "federate_hidden_1e9": lambda d: ["federate", "--hidden", "1000000000", "--out", "f"],
+    "distill_width_1e5": lambda d: ["distill", "--encoder", "enc", "--width", "100000",
+                                    "--out", "student"],
+    "continual_memory_fraction_nan": lambda d: ["continual", "--encoder", "enc",
+                                                "--memory-fraction", "nan", "--out", "c"],
 }
 for _name, _setup in FLAG_CASES.items():
     _setup.__name__ = _name

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from hybnn.data import load_source, select_task
-from hybnn.data.labels import FASHION_MNIST_NAMES, LabelSpace
+from hybnn.data.labels import FASHION_MNIST_NAMES, MAX_NAME_LENGTH, LabelSpace
 from hybnn.engine import export_artifact, load
 from hybnn.errors import ArtifactError
 from hybnn.pipeline.codes import CodeStore
@@ -106,6 +106,57 @@ def test_a_forged_label_space_is_refused():
         LabelSpace.from_json({"labels": [0, 1], "names": ["a", "b"]}, 3)
     with pytest.raises(ArtifactError, match="invalid label space"):
         LabelSpace.from_json({"labels": ["x"], "names": ["a"]}, 1)
+
+
+@pytest.mark.parametrize(
+    ("obj", "message"),
+    [
+        ({"labels": [0, 1], "names": ["a", "b\nfake.png[9]: 7 (p=1.000)"]}, "printable"),
+        ({"labels": [0, 1], "names": ["a", "\x1b[2J"]}, r"'\\x1b\[2J'"),
+        ({"labels": [0, 1], "names": ["a", "x" * 1000]}, r"\(1000 characters\)"),
+        ({"labels": [0, 1], "names": ["a", ""]}, r"\(0 characters\)"),
+        ({"labels": [1, 1], "names": ["a", "b"]}, "not distinct"),
+        ({"labels": [-3, 1], "names": ["a", "b"]}, "class label -3"),
+        ({"labels": [2**31, 1], "names": ["a", "b"]}, "class label 2147483648"),
+        ({"labels": [False, 1], "names": ["a", "b"]}, "class label False"),
+        ({"labels": [0, 1], "names": ["a", 7]}, "must be strings"),
+        ({"labels": "01", "names": "ab"}, "lists 'labels' and 'names'"),
+    ],
+)
+def test_labels_and_names_from_an_artifact_are_checked_not_trimmed(obj, message):
+    with pytest.raises(ArtifactError, match=message):
+        LabelSpace.from_json(obj, 2)
+
+
+def test_printable_names_in_any_script_are_kept():
+    names = ("Ankle boot", "T-shirt/top", "café", "猫", "x" * MAX_NAME_LENGTH)
+    space = LabelSpace.from_json({"labels": [0, 3, 9, 2**31 - 1, 4], "names": list(names)}, 5)
+    assert space.names == names
+
+
+def test_class_names_from_data_with_control_characters_are_refused(tmp_path):
+    from hybnn.errors import DataError
+
+    x, y = np.zeros((6, 8, 8), np.uint8), np.arange(6) % 3
+    np.savez(tmp_path / "d.npz", x=x, y=y, names=np.array(["cat", "\x1b[2J", "emu"]))
+    with pytest.raises(DataError, match=r"class name '\\x1b\[2J'"):
+        load_source(str(tmp_path / "d.npz"))
+
+
+def test_predict_escapes_what_it_prints(monkeypatch, capsys):
+    """Even a name or input that got past every check prints as one escaped line."""
+    from hybnn import api
+    from hybnn.cli import main
+
+    rows = [{"input": "a\nb.png", "index": 0, "label": 0, "probability": 0.5,
+             "name": "7 (p=1.000)\nfake.png[9]: 7 \x1b[2J\u202e\x9b"}]
+    monkeypatch.setattr(api, "predict", lambda opts: rows)
+    assert main(["predict", "--model", "m", "x.npy"]) == 0
+    out = capsys.readouterr().out
+    assert out == ("a\\nb.png: 7 (p=1.000)\\nfake.png[9]: 7 \\x1b[2J\\u202e\\x9b "
+                   "(p=0.500)\n")
+    assert main(["predict", "--model", "m", "x.npy", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == rows
 
 
 def test_counted_axes_get_whole_number_ticks():

@@ -14,15 +14,18 @@ import ctypes
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
+import stat
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from hybnn.errors import ArtifactError
+from hybnn.errors import ArtifactError, HybnnError
 
 if TYPE_CHECKING:
     import torch
@@ -30,6 +33,71 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "weights.safetensors"
 META_NAME = "meta.json"
+# Caps on what a loader reads whole: metadata is a few KiB (a model's config and history),
+# weights at most tens of MiB; a file above its cap is refused before it is read.
+MAX_META_BYTES = 1 << 20
+MAX_WEIGHTS_BYTES = 1 << 30
+# O_NONBLOCK: opening a FIFO (or a device) returns at once instead of waiting for a writer,
+# and the file's type is checked before anything is read from it.
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+# A staging directory of a save: ``.NAME.new-PID-HEX``, PID the writing process.
+_STAGING = re.compile(r"\.(?P<name>.+)\.new-(?:(?P<pid>\d+)-)?[0-9a-f]+")
+_STALE_UNOWNED_S = 3600  # a staging directory of an older hybnn (no pid): gone after an hour
+
+
+def open_regular(path: str | os.PathLike[str], what: str,
+                 error: type[HybnnError] = ArtifactError, *, dir_fd: int | None = None) -> BinaryIO:
+    """``path`` opened for binary reading if it is a regular file; every failure an ``error``
+    naming ``path`` and ``what`` it should be.
+
+    A FIFO, a device, a socket or a directory is refused at once (the open never blocks).
+    With ``dir_fd``, ``path``'s last component is opened in that directory handle.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path.name if dir_fd is not None else path, _READ_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    return _regular_file(fd, path, what, error)
+
+
+def read_regular(path: str | os.PathLike[str], what: str, limit: int,
+                 error: type[HybnnError] = ArtifactError, *, dir_fd: int | None = None) -> bytes:
+    """The bytes of the regular file ``path`` (see :func:`open_regular`), at most ``limit``."""
+    with open_regular(path, what, error, dir_fd=dir_fd) as fh:
+        return _read_capped(fh, Path(path), what, limit, error)
+
+
+def _regular_file(fd: int, path: Path, what: str, error: type[HybnnError]) -> BinaryIO:
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a directory" if stat.S_ISDIR(mode)
+                    else "not a regular file (a FIFO, device or socket)")
+            raise error(f"cannot read {what} {path}: it is {kind}")
+        return os.fdopen(fd, "rb")
+    except OSError as exc:
+        os.close(fd)
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_capped(fh: BinaryIO, path: Path, what: str, limit: int,
+                 error: type[HybnnError]) -> bytes:
+    try:
+        size = os.fstat(fh.fileno()).st_size
+        if size > limit:
+            raise error(f"{what} {path} has {size:,} bytes, more than the limit of "
+                        f"{limit:,} (hybnn.artifacts)")
+        data = fh.read(limit + 1)  # one byte more: a file that grows meanwhile is refused
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise error(f"{what} {path} has more than the limit of {limit:,} bytes "
+                    "(hybnn.artifacts)")
+    return data
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
@@ -67,22 +135,18 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_regular(path, "file") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
 def read_json(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
-    """Read a JSON object, turning every failure into one clear ArtifactError."""
+    """Read a JSON object (at most MAX_META_BYTES), every failure one clear ArtifactError."""
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise ArtifactError(f"{what} not found: {path}")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ArtifactError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    return parse_json(raw, f"{what} {path}")
+    return parse_json(read_regular(path, what, MAX_META_BYTES), f"{what} {path}")
 
 
 def save_bundle(
@@ -98,7 +162,9 @@ def save_bundle(
     place of ``directory`` in one atomic exchange (Linux ``renameat2``; elsewhere two
     renames). Other files of the old directory (a checkpoint, plots) are carried over as
     hard links. Writers are serialized (:func:`writer_lock`). An existing artifact of
-    another kind is never overwritten. Returns the metadata (with fingerprint).
+    another kind is never overwritten. Staging directories that a killed save of the same
+    destination left behind are removed first (:func:`remove_stale_staging`). Every file is
+    written owner-only (0600). Returns the metadata (with fingerprint).
     """
     from safetensors.torch import save_file
 
@@ -106,10 +172,12 @@ def save_bundle(
     flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     with writer_lock(directory):
         require_kind_or_absent(directory, kind)
-        staging = _sibling(directory, "new")
+        remove_stale_staging(directory)
+        staging = _sibling(directory, f"new-{os.getpid()}")
         try:
             staging.mkdir()
             save_file(flat, str(staging / WEIGHTS_NAME))
+            os.chmod(staging / WEIGHTS_NAME, 0o600)
             meta = {
                 "kind": kind,
                 "format_version": FORMAT_VERSION,
@@ -118,7 +186,7 @@ def save_bundle(
                 "config": config,
                 **(extra or {}),
             }
-            (staging / META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+            _write_private(staging / META_NAME, (json.dumps(meta, indent=2) + "\n").encode())
             if directory.is_dir():
                 _link_others(directory, staging)
             _fsync_dir(staging)
@@ -128,6 +196,50 @@ def save_bundle(
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return meta
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Create ``path`` owner-only (0600, like the weights) and write ``data`` to it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
+def remove_stale_staging(directory: str | os.PathLike[str]) -> list[Path]:
+    """Remove the staging directories (``.NAME.new-PID-*``) of saves to ``directory`` whose
+    process is gone (killed mid-save); returns them. A live writer's directory is kept."""
+    directory = Path(directory)
+    removed: list[Path] = []
+    try:
+        siblings = list(directory.parent.iterdir())
+    except OSError:
+        return removed
+    for item in siblings:
+        match = _STAGING.fullmatch(item.name)
+        if match is None or match["name"] != directory.name or item.is_symlink():
+            continue
+        if not item.is_dir() or not _staging_is_stale(item, match["pid"]):
+            continue
+        shutil.rmtree(item, ignore_errors=True)
+        removed.append(item)
+    return removed
+
+
+def _staging_is_stale(item: Path, pid: str | None) -> bool:
+    if pid is None:  # written by an older hybnn: judged by its age
+        try:
+            return time.time() - item.lstat().st_mtime > _STALE_UNOWNED_S
+        except OSError:
+            return False
+    if int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (OverflowError, OSError):  # alive as another user (EPERM), or unknown
+        return False
+    return False
 
 
 def declared_kind(directory: str | os.PathLike[str]) -> str | None:
@@ -304,17 +416,21 @@ def _read_snapshot(directory: Path, attempts: int = 5) -> tuple[bytes | None, by
 
 
 def _read_at(fd: int, directory: Path, name: str) -> bytes | None:
+    """File ``name`` of the directory handle ``fd`` (None: absent), regular files only."""
+    path = directory / name
+    what, limit = ("metadata", MAX_META_BYTES) if name == META_NAME else (
+        "weights", MAX_WEIGHTS_BYTES)
     try:
         if os.open in os.supports_dir_fd:
-            handle = os.open(name, os.O_RDONLY, dir_fd=fd)
+            handle = os.open(name, _READ_FLAGS, dir_fd=fd)
         else:
-            handle = os.open(directory / name, os.O_RDONLY)
+            handle = os.open(path, _READ_FLAGS)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise ArtifactError(f"cannot read {directory / name}: {exc.strerror or exc}") from None
-    with os.fdopen(handle, "rb") as fh:
-        return fh.read()
+        raise ArtifactError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    with _regular_file(handle, path, what, ArtifactError) as fh:
+        return _read_capped(fh, path, what, limit, ArtifactError)
 
 
 def _package_version() -> str:

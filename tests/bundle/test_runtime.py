@@ -28,7 +28,7 @@ from hybnn import runtime
 model = runtime.load(sys.argv[1], threads=1)
 x = np.load(sys.argv[2])
 print(json.dumps({"classes": model.predict(x).tolist(), "names": list(model.label_space.names),
-                  "torch": "torch" in sys.modules,
+                  "torch": "torch" in sys.modules, "onnx": "onnx" in sys.modules,
                   "hybnn_modules": sorted(m for m in sys.modules if m.startswith("hybnn"))}))
 '''
 
@@ -45,6 +45,7 @@ def test_runtime_runs_in_a_process_where_torch_cannot_be_imported(tmp_path, bund
                          check=True).stdout
     got = json.loads(out.strip().splitlines()[-1])
     assert got["torch"] is False
+    assert got["onnx"] is False  # the graph is checked without the onnx package's import
     assert got["classes"] == runtime.load(bundle_fp32[0]).predict(x).tolist()
     assert got["names"] == [str(d) for d in range(10)]
     assert not any(m.startswith(("hybnn.models", "hybnn.pipeline")) for m in got["hybnn_modules"])

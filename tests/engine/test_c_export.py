@@ -466,10 +466,13 @@ def test_an_input_preparation_the_c_code_cannot_apply_is_refused(tmp_path, monke
     assert "'standardized'" in err and not out.exists()
 
 
-HOSTILE_NAMES = ['say "hi"', "back\\slash", "two\nlines\r\t", "end */ /* open // x",
-                 "??/ ??= trigraphs?", "café ☕ 日本", "\x00hidden", "lone \ud800 surrogate",
-                 "%s %n", "\x7f\x01\x1b[2J"]
-HOSTILE_LABELS = [-(2**31), 2**31 - 1, 0, -1, 7, 3, 2, 1, 5, 9]
+# Printable, but each a hazard inside C source: quotes, backslashes, comment and trigraph
+# sequences, non-ASCII, format directives. (Control characters, lone surrogates and
+# negative or duplicate labels never reach the C export: the engine loader refuses them.)
+HOSTILE_NAMES = ['say "hi"', "back\\slash", "end */ /* open // x", "??/ ??= trigraphs?",
+                 "café ☕ 日本", "%s %n", "'single' `tick`", "a\\n not a newline"]
+HOSTILE_LABELS = [2**31 - 1, 0, 7, 3, 2, 1, 5, 9]
+UNPRINTABLE_NAMES = ["two\nlines", "\x00hidden", "lone \ud800 surrogate", "\x7f\x01\x1b[2J"]
 
 
 def _labelled_head(tmp_path: Path, labels: list, names: list) -> Path:
@@ -500,14 +503,21 @@ def test_class_names_and_labels_are_escaped_into_c(tmp_path):
     out = subprocess.run([str(exe)], capture_output=True, check=True).stdout
     labels, names = out.split(b"\n", 1)
     assert [int(v) for v in labels.split()] == HOSTILE_LABELS
-    expected = [n.encode("utf-8", "backslashreplace").split(b"\0")[0] for n in HOSTILE_NAMES]
-    assert names.split(b"\0")[:-1] == expected  # a C string ends at NUL
+    assert names.split(b"\0")[:-1] == [n.encode() for n in HOSTILE_NAMES]
     for text in ((tmp_path / "c" / f).read_text() for f in ("model.h", "model.c")):
-        assert "*/ /*" not in text and "\\ud800" not in text  # only escapes reach the code
+        assert "*/ /*" not in text and "??/" not in text  # only escapes reach the code
+
+
+@pytest.mark.parametrize("name", UNPRINTABLE_NAMES)
+def test_unprintable_class_names_never_reach_the_c_code(tmp_path, name):
+    path = _labelled_head(tmp_path, [0, 1], ["fine", name])
+    with pytest.raises(ArtifactError, match="printable"):
+        write_c(path, tmp_path / "c", "model")
+    assert not (tmp_path / "c").exists()
 
 
 def test_labels_beyond_int32_are_refused(tmp_path):
     path = _labelled_head(tmp_path, [0, 2**31], ["a", "b"])
-    with pytest.raises(ValueError, match="int32"):
+    with pytest.raises(ArtifactError, match=r"2147483648 is not an integer in \[0, 2147483647\]"):
         write_c(path, tmp_path / "c", "model")
     assert not (tmp_path / "c").exists()

@@ -305,3 +305,20 @@ def test_a_hostile_handshake_excludes_the_node_with_a_reason(change):
     assert 12 in s.excluded
     assert [rows[n]["status"] for n in (11, 13)] == ["ok", "ok"]
     assert s.wait_for_nodes("round 1") == [11, 13]
+
+
+def test_a_second_claim_of_a_partition_id_excludes_that_node():
+    answers = {11: handshake_metrics(0), 12: handshake_metrics(0), 13: handshake_metrics(2)}
+    s = EncodedStrategy(FedConfig(clients=3, min_clients=1, max_examples=10_000), LAYOUT)
+    rows = {r["node_id"]: r for r in s.handshake(ScriptedGrid(answers), ConfigRecord({}))}
+    assert [rows[n]["status"] for n in (11, 12, 13)] == ["ok", "rejected", "ok"]
+    assert rows[12]["reason"] == "partition-id = 0 is already claimed by node 11"
+    assert s.excluded == {12} and s.partition_of == {11: 0, 13: 2}
+    assert s.wait_for_nodes("round 1") == [11, 13]
+
+
+def test_the_same_node_may_repeat_its_handshake():
+    s = make_strategy()
+    answers = {nid: handshake_metrics(pid) for nid, pid in NODES.items()}
+    rows = s.handshake(ScriptedGrid(answers), ConfigRecord({}))
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok"] and not s.excluded

@@ -14,10 +14,13 @@ from safetensors.numpy import save_file
 
 from hybnn.errors import ArtifactError, FingerprintMismatch
 from hybnn.pipeline.codes import (
+    CODES_VERSION,
+    MAX_CLASSES,
     CodeStore,
     bits_to_signs,
     pack_code_bits,
     payload_sha256,
+    store_sha256,
     unpack_code_bits,
 )
 
@@ -169,7 +172,17 @@ def write_foreign(path, header, arrays=None):
     return path
 
 
-GOOD_HEADER = {"kind": "codes", "format_version": 1, "num_bits": 200, "encoder_fingerprint": FP}
+def write_forged(path, header: dict, codes=None, labels=None):
+    """A store whose header says anything, with a checksum that matches it (a forger can
+    always recompute one): only the checks against the payload stand in its way."""
+    codes = np.zeros((3, 25), np.uint8) if codes is None else codes
+    labels = np.zeros(3, np.int64) if labels is None else labels
+    header = {**header, "sha256": store_sha256(header, codes, labels)}
+    return write_foreign(path, json.dumps(header), {"codes": codes, "labels": labels})
+
+
+GOOD_HEADER = {"kind": "codes", "format_version": CODES_VERSION, "num_bits": 200,
+               "encoder_fingerprint": FP}
 
 
 @pytest.mark.parametrize(
@@ -179,17 +192,16 @@ GOOD_HEADER = {"kind": "codes", "format_version": 1, "num_bits": 200, "encoder_f
         ("not json", None, "not a readable code store"),
         (json.dumps([1, 2]), None, "not a hybnn code store"),
         (json.dumps({**GOOD_HEADER, "kind": "model"}), None, "not a hybnn code store"),
-        (json.dumps({**GOOD_HEADER, "format_version": 2}), None, "unsupported code store version"),
+        (json.dumps({**GOOD_HEADER, "format_version": 3}), None, "unsupported code store version"),
         (json.dumps(GOOD_HEADER), {"weights": np.zeros(3, np.float32)}, "lacks codes or labels"),
         (json.dumps({k: v for k, v in GOOD_HEADER.items() if k != "num_bits"}), None,
          "num_bits"),
-        (json.dumps({**GOOD_HEADER, "num_bits": "many"}), None, "num_bits"),
         (json.dumps({k: v for k, v in GOOD_HEADER.items() if k != "encoder_fingerprint"}), None,
          "encoder_fingerprint"),
-        (json.dumps({**GOOD_HEADER, "num_bits": 64}), None, "shape"),
+        (json.dumps({**GOOD_HEADER, "num_bits": 64}), None, "no sha256"),
     ],
     ids=["no-header", "bad-json", "list", "wrong-kind", "future", "no-arrays", "no-num-bits",
-         "bad-num-bits", "no-fingerprint", "bits-mismatch"],
+         "no-fingerprint", "no-checksum"],
 )
 def test_foreign_safetensors_file_is_an_artifact_error(tmp_path, header, arrays, message):
     path = write_foreign(tmp_path / "foreign.safetensors", header, arrays)
@@ -225,18 +237,23 @@ def test_a_flipped_byte_in_codes_or_labels_is_refused(saved, tensor, index):
         CodeStore.load(saved)
 
 
-def test_the_checksum_is_in_the_header_not_in_meta(saved):
-    with open(saved, "rb") as fh:
+def header_of(path) -> dict:
+    with open(path, "rb") as fh:
         size = int.from_bytes(fh.read(8), "little")
-        header = json.loads(json.loads(fh.read(size))["__metadata__"]["hybnn"])
+        return json.loads(json.loads(fh.read(size))["__metadata__"]["hybnn"])
+
+
+def test_the_checksum_is_in_the_header_not_in_meta(saved):
+    header = header_of(saved)
     store = CodeStore.load(saved)
-    assert header["payload_sha256"] == payload_sha256(store.packed, store.labels)
-    assert "payload_sha256" not in store.meta
+    assert header["sha256"] == store_sha256(header, store.packed, store.labels)
+    assert header["format_version"] == CODES_VERSION
+    assert "sha256" not in store.meta
 
 
 def test_a_store_without_checksum_is_refused_with_a_way_out(tmp_path):
     path = write_foreign(tmp_path / "old.safetensors", json.dumps(GOOD_HEADER))
-    with pytest.raises(ArtifactError, match=r"old\.safetensors.*no payload_sha256.*re-extract"):
+    with pytest.raises(ArtifactError, match=r"old\.safetensors.*no sha256.*re-extract"):
         CodeStore.load(path)
 
 
@@ -244,11 +261,71 @@ def test_labels_beyond_the_recorded_classes_are_refused(tmp_path):
     packed = np.zeros((3, 25), np.uint8)
     with pytest.raises(ArtifactError, match="label 2 is not one of its 2 classes"):
         CodeStore(packed, np.array([0, 1, 2]), 200, FP, {"num_classes": 2})
-    header = {**GOOD_HEADER, "num_classes": 2,
-              "payload_sha256": payload_sha256(packed, np.array([0, 1, 2]))}
-    path = write_foreign(tmp_path / "wide.safetensors", json.dumps(header),
-                         {"codes": packed, "labels": np.array([0, 1, 2])})
+    path = write_forged(tmp_path / "wide.safetensors", {**GOOD_HEADER, "num_classes": 2},
+                        packed, np.array([0, 1, 2]))
     with pytest.raises(ArtifactError, match=r"wide\.safetensors.*label 2"):
+        CodeStore.load(path)
+
+
+# ------------------------------------------- every header field under the checksum, and checked
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("num_classes", 4), ("num_classes", 10**9), ("num_bits", 199),
+    ("encoder_fingerprint", "b" * 64), ("task", "2v3"),
+    ("label_space", {"labels": [5, 6, 7], "names": ["5", "6", "7"]})])
+def test_an_edited_header_field_breaks_the_checksum(tmp_path, field, value):
+    store, _ = make_store(n=12)
+    store.meta.update(num_classes=3, label_space={"labels": [0, 1, 2], "names": ["a", "b", "c"]})
+    path = store.save(tmp_path / "codes.safetensors")
+    header = {**header_of(path), field: value}  # edited, the old checksum kept
+    write_foreign(path, json.dumps(header), {"codes": store.packed, "labels": store.labels})
+    with pytest.raises(ArtifactError, match="do not match the checksum"):
+        CodeStore.load(path)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"num_classes": 10**9}, "num_classes must be an integer in 1..65,536"),
+    ({"num_classes": 2.0}, "num_classes must be an integer"),
+    ({"num_classes": 1}, "label 2 is not one of its 1 classes"),
+    ({"num_bits": 200.9}, "num_bits must be an integer"),
+    ({"num_bits": "200"}, "num_bits must be an integer"),
+    ({"num_bits": True}, "num_bits must be an integer"),
+    ({"num_bits": 10**9}, "num_bits must be an integer in 1..65,536"),
+    ({"num_bits": 193}, r"shape \(N, 25\)|bits set past"),
+    ({"num_bits": 64}, r"shape \(N, 8\)"),
+    ({"encoder_fingerprint": 12}, "encoder_fingerprint must be a string"),
+    ({"encoder_fingerprint": ""}, "encoder_fingerprint must be a string"),
+    ({"label_space": {"labels": [0, 1], "names": ["a", "b"]}}, "label space has 2 entries"),
+    ({"label_space": "0,1,2"}, "invalid label space"),
+])
+def test_a_forged_header_with_a_valid_checksum_is_refused(tmp_path, change, message):
+    codes = pack_code_bits(random_bits(3, 200))
+    header = {**GOOD_HEADER, "num_classes": 3, **change}
+    path = write_forged(tmp_path / "forged.safetensors", header, codes, np.array([0, 1, 2]))
+    with pytest.raises(ArtifactError, match=message):
+        CodeStore.load(path)
+
+
+def test_bits_past_num_bits_are_refused():
+    packed = pack_code_bits(np.ones((2, 200), bool))  # 200 bits fill 25 bytes exactly
+    with pytest.raises(ArtifactError, match="bits set past their 199 bits"):
+        CodeStore(packed, np.zeros(2, np.int64), 199, FP)
+
+
+def test_labels_above_the_class_cap_are_refused_without_a_recorded_count():
+    with pytest.raises(ArtifactError, match="above the limit"):
+        CodeStore(np.zeros((1, 25), np.uint8), np.array([MAX_CLASSES]), 200, FP)
+
+
+def test_a_format_1_store_is_refused_with_a_way_out(tmp_path):
+    # what hybnn wrote before: its checksum covered the codes and labels alone
+    codes, labels = np.zeros((3, 25), np.uint8), np.zeros(3, np.int64)
+    header = {**GOOD_HEADER, "format_version": 1, "num_classes": 10**9,
+              "payload_sha256": payload_sha256(codes, labels)}
+    path = write_foreign(tmp_path / "v1.safetensors", json.dumps(header),
+                         {"codes": codes, "labels": labels})
+    with pytest.raises(ArtifactError, match=r"v1\.safetensors: code store format 1.*re-extract"):
         CodeStore.load(path)
 
 

@@ -33,7 +33,6 @@ from hybnn.api.options import (
 from hybnn.artifacts import declared_kind
 from hybnn.data import load_source, load_split, prepare, read_inputs, train_test
 from hybnn.data.labels import LabelSpace
-from hybnn.data.limits import MAX_CONFIG_LIST, MAX_CONFIG_VALUE
 from hybnn.errors import ArtifactError, CredentialError, DataError, FingerprintMismatch
 from hybnn.hooks import History
 from hybnn.models.io import load_classifier, load_model
@@ -50,6 +49,7 @@ from hybnn.pipeline.encoder import (
 )
 from hybnn.pipeline.extract import encode_to_codes
 from hybnn.pipeline.fit import train_head, train_image_model
+from hybnn.pipeline.limits import check_head
 from hybnn.pipeline.metrics import confusion_matrix, per_class
 from hybnn.pipeline.pretrain import pretrain as pretrain_encoder
 from hybnn.pipeline.train import evaluate_classifier, predict_classes, resolve_device
@@ -91,11 +91,6 @@ def quantize(opts: QuantizeOptions) -> Int8Graph:
     from hybnn.pipeline.encoder import ENCODE_BATCH
     from hybnn.runtime.onnx_encoder import OnnxEncoder
 
-    for name, value, low in (("calibration samples", opts.calibration_samples, 1),
-                             ("agreement samples", opts.agreement_samples, 0),
-                             ("threads", opts.threads, 1)):
-        if not low <= value <= MAX_CONFIG_VALUE:
-            raise DataError(f"{name} must be in {low}..{MAX_CONFIG_VALUE}, got {value}")
     encoder = load_encoder(opts.encoder)
     ident = EncoderIdentity.of(encoder)
     graph = encoder_graph(encoder, True, opts.calibration_samples, opts.calibration_seed)
@@ -154,12 +149,9 @@ def train(opts: TrainOptions) -> tuple[nn.Module, History]:
     if opts.model == "hybnn":
         if not opts.codes:
             raise DataError("--model hybnn trains on codes: give --codes (from `hybnn extract`)")
-        if len(opts.hidden) > MAX_CONFIG_LIST or any(
-                not 1 <= h <= MAX_CONFIG_VALUE for h in opts.hidden):
-            raise DataError(f"--hidden takes at most {MAX_CONFIG_LIST} widths in "
-                            f"1..{MAX_CONFIG_VALUE}, got {opts.hidden}")
         train_codes = CodeStore.load(opts.codes)
         test_codes = CodeStore.load(opts.test_codes) if opts.test_codes else None
+        check_head(opts.hidden, "--hidden", train_codes.num_bits, train_codes.num_classes)
         return train_head(train_codes, test_codes, config, opts.hidden, opts.scaling, opts.out,
                           opts.resume, progress=opts.progress)
     train_set = load_split(opts.data, opts.task, "train")
@@ -257,6 +249,11 @@ def export(opts: ExportOptions) -> dict[str, Any]:
 
     binary_encoder = opts.encoder is not None and (
         declared_kind(opts.encoder) == BINARY_ENCODER_KIND)
+    if opts.format == "engine":  # checked again at the write; here before the slow part
+        from hybnn.engine.format import require_replaceable
+
+        require_replaceable(opts.out, "bundle" if opts.encoder and not binary_encoder
+                            else "engine file")
     if opts.encoder and not binary_encoder:
         if opts.format != "engine":
             raise DataError("--format c exports the packed part of a model alone; drop "

@@ -3,7 +3,9 @@
 Every command of the CLI is one function of :mod:`hybnn.api` taking one of these; the CLI
 builds its flags from their fields (:mod:`hybnn.cli.flags`), and a nested config dataclass
 (``PretrainConfig``, ``TrainConfig``, ``ReproduceConfig``, ``FedConfig``) contributes its
-own fields as flags. Defaults live in those fields, nowhere else.
+own fields as flags. Defaults live in those fields, nowhere else; the range of every
+numeric one lives in :data:`hybnn.pipeline.limits.LIMITS`, checked when an options object is
+built.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from hybnn.experiments.continual_config import ContinualConfig
 from hybnn.federated.config import FedConfig
 from hybnn.models.names import CODE_LAYER_NAMES, MODEL_NAMES, SPECS
 from hybnn.pipeline.config import DistillConfig, PretrainConfig, TrainConfig
+from hybnn.pipeline.limits import check_settings
 from hybnn.settings import setting
 
 ENGINES = ("torch", "packed")
@@ -24,8 +27,19 @@ EXPORT_FORMATS = ("engine", "c")
 DEVICE_HELP = "torch device: cpu, cuda, cuda:1, ..."
 
 
+class _Checked:
+    """Options refuse a setting outside its range when they are built, before any work:
+    the nested config's own checks first (its ``validate``), then every limit."""
+
+    def __post_init__(self) -> None:
+        validate = getattr(getattr(self, "config", None), "validate", None)
+        if validate is not None:
+            validate()
+        check_settings(self)
+
+
 @dataclass(kw_only=True)
-class PretrainOptions:
+class PretrainOptions(_Checked):
     """Phase 1: train the binary-latent VAE on the general data, freeze and save it."""
 
     data: str = setting(DEFAULT_DATA, "data source")
@@ -36,7 +50,7 @@ class PretrainOptions:
 
 
 @dataclass(kw_only=True)
-class DistillOptions:
+class DistillOptions(_Checked):
     """Distil a fully binary encoder from a frozen VAE, label-free, on the general data."""
 
     encoder: str = setting(help="VAE encoder directory from `hybnn pretrain` (the teacher)")
@@ -48,7 +62,7 @@ class DistillOptions:
 
 
 @dataclass(kw_only=True)
-class QuantizeOptions:
+class QuantizeOptions(_Checked):
     """The frozen VAE's encoder as a static int8 ONNX graph, for int8 codes in training and
     deployment: `hybnn extract --encoder OUT` trains on the codes the int8 bundle computes."""
 
@@ -63,7 +77,7 @@ class QuantizeOptions:
 
 
 @dataclass(kw_only=True)
-class RecodeOptions:
+class RecodeOptions(_Checked):
     """A trained VAE encoder whose codes come from another of its layers (no training): the
     paper's latent, or the sign of a conv block's batch-normed map (on 28 x 28 images conv3
     gives 2,048 bits, conv2 3,136): wider codes that hold more of the image."""
@@ -74,7 +88,7 @@ class RecodeOptions:
 
 
 @dataclass(kw_only=True)
-class ExtractOptions:
+class ExtractOptions(_Checked):
     """Phase 2: encode a task's split into a packed code store (25 B a sample at 200 bits)."""
 
     encoder: str = setting(help="encoder directory from `hybnn pretrain`, `hybnn recode`, "
@@ -88,7 +102,7 @@ class ExtractOptions:
 
 
 @dataclass(kw_only=True)
-class TrainOptions:
+class TrainOptions(_Checked):
     """Phase 3: the BNN head on codes (``hybnn``), or a CNN baseline on images."""
 
     out: str = setting(help="model directory to write")
@@ -115,7 +129,7 @@ class TrainOptions:
 
 
 @dataclass(kw_only=True)
-class EvaluateOptions:
+class EvaluateOptions(_Checked):
     """Accuracy and loss of a saved model on codes or on a data split."""
 
     model: str = setting(help="model directory")
@@ -131,7 +145,7 @@ class EvaluateOptions:
 
 
 @dataclass(kw_only=True)
-class PredictOptions:
+class PredictOptions(_Checked):
     """Classify PNG/JPEG images or ``.npy``/``.npz`` arrays with a saved model."""
 
     inputs: list[str] = setting(help="PNG/JPEG images, .npy arrays or .npz (x)",
@@ -146,7 +160,7 @@ class PredictOptions:
 
 
 @dataclass(kw_only=True)
-class ExportOptions:
+class ExportOptions(_Checked):
     """Write a BNN head or binary CNN as a packed engine file or as C99 source (``--format
     c``), or a head with its encoder as one deployable bundle (``--encoder``)."""
 
@@ -167,14 +181,14 @@ class ExportOptions:
 
 
 @dataclass(kw_only=True)
-class SummaryOptions:
+class SummaryOptions(_Checked):
     """Binary vs float parameters per layer and deployed bytes."""
 
     model: str = setting(help="model directory", positional=True)
 
 
 @dataclass(kw_only=True)
-class ReproduceOptions:
+class ReproduceOptions(_Checked):
     """The paper's whole experiment with honest baselines (the main job)."""
 
     out: str = setting("runs/reproduce", "output directory")
@@ -185,7 +199,7 @@ class ReproduceOptions:
 
 
 @dataclass(kw_only=True)
-class ContinualOptions:
+class ContinualOptions(_Checked):
     """Continual learning: the pair tasks arrive in order and one BNN head learns them."""
 
     out: str = setting("runs/continual", "output directory")
@@ -194,7 +208,7 @@ class ContinualOptions:
 
 
 @dataclass(kw_only=True)
-class FederateOptions:
+class FederateOptions(_Checked):
     """FedHyBNN on Flower: a simulation here, or ``deploy`` with real processes."""
 
     out: str = setting("runs/federate", "output directory")
@@ -220,7 +234,7 @@ class FederateOptions:
 
 
 @dataclass(kw_only=True)
-class StudyOptions:
+class StudyOptions(_Checked):
     """ReBNN vs STE vs XNOR: accuracy and weight oscillation."""
 
     out: str = setting("runs/study-rebnn", "output directory")

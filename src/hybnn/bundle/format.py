@@ -15,8 +15,10 @@ header in the metadata string ``"hybnn"`` and a SHA-256 checksum of header and a
 The checksum detects corruption; it is not a signature, so :func:`decode` checks every part
 and that the parts agree: the head was trained on codes of this very encoder (its
 ``encoder_fingerprint``) and reads as many bits as the encoder writes. The ONNX graph itself
-is checked by ONNX Runtime when a session is made (:mod:`hybnn.runtime`) and, with
-``check_onnx=True``, by ``onnx.checker`` (slow to import: ~2 s, so not on the runtime's path).
+is data, not a program: :func:`decode` accepts only a graph of the ops hybnn exports, with
+bounded sizes (:mod:`hybnn.bundle.graph_rules`), and ONNX Runtime checks it again when a
+session is made (:mod:`hybnn.runtime`); with ``check_onnx=True`` ``onnx.checker`` checks it
+too (slow to import: ~2 s, so not on the runtime's path).
 Torch-free.
 """
 
@@ -31,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from hybnn.artifacts import atomic_write
+from hybnn.bundle.graph_rules import check_graph
 from hybnn.data.labels import LabelSpace
 from hybnn.engine import format as engine_fmt
 from hybnn.engine import legacy_hybe
@@ -66,12 +69,14 @@ class BundleParts:
 
 def write(path: str | os.PathLike[str], header: dict[str, Any], onnx_bytes: bytes,
           head_arrays: dict[str, np.ndarray]) -> Path:
-    """Write a bundle atomically after checking it decodes (nothing invalid is written)."""
+    """Write a bundle atomically after checking it decodes (nothing invalid is written);
+    an existing file is replaced only if it is an earlier export."""
     if ONNX_ARRAY in head_arrays:
         raise ValueError(f"head array name {ONNX_ARRAY!r} is reserved")
     arrays = {**head_arrays, ONNX_ARRAY: np.frombuffer(onnx_bytes, dtype=np.uint8)}
     data = engine_fmt.encode(header, arrays, DTYPES)
     decode(data, str(path))
+    engine_fmt.require_replaceable(path, "bundle")
     return atomic_write(path, lambda p: p.write_bytes(data))
 
 
@@ -105,6 +110,9 @@ def decode(data: bytes, where: str = "bundle", check_onnx: bool = False) -> Bund
         raise ArtifactError(f"{where} is invalid: {exc}") from None
     except FingerprintMismatch as exc:
         raise FingerprintMismatch(f"{where}: {exc}") from None
+    enc = parts.encoder
+    check_graph(parts.onnx, enc["input_name"], enc["output_name"], parts.input_shape,
+                parts.latent_bits, where)
     if check_onnx:
         check_onnx_model(parts, where)
     return parts
@@ -166,7 +174,10 @@ def _parts(header: dict[str, Any], arrays: dict[str, np.ndarray], digest: str) -
         raise ValueError("the head lacks num_classes")
     if header.get("label_space") is None:
         raise ValueError("the bundle lacks a label space")
-    space = LabelSpace.from_json(header["label_space"], num_classes)
+    try:
+        space = LabelSpace.from_json(header["label_space"], num_classes)
+    except ArtifactError as exc:
+        raise ValueError(str(exc)) from None
     head_arrays = {k: v for k, v in arrays.items() if k != ONNX_ARRAY}
     return BundleParts(header, raw.tobytes(), head, head_arrays, space, shape, bits, digest)
 

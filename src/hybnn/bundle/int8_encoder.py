@@ -9,7 +9,8 @@ and ``hybnn export HEAD --encoder INT8_DIR`` bundles the graph the head was trai
 byte for byte, instead of quantizing the VAE again.
 
 The fingerprint is a checksum, not a signature: :func:`load_int8_graph` checks every field
-of a file with a valid hash; ONNX Runtime checks the graph when a session is made
+of a file with a valid hash and that the graph is one hybnn exports
+(:mod:`hybnn.bundle.graph_rules`); ONNX Runtime checks it again when a session is made
 (:mod:`hybnn.runtime.int8_encoder`).
 """
 
@@ -26,6 +27,7 @@ import torch
 from hybnn.artifacts import load_bundle, save_bundle
 from hybnn.bundle.encoder_graph import EncoderGraph, EncoderIdentity
 from hybnn.bundle.format import MAX_BITS, MAX_SIDE
+from hybnn.bundle.graph_rules import check_graph
 from hybnn.bundle.onnx_export import INPUT_NAME, OPSET, OUTPUT_NAME
 from hybnn.errors import ArtifactError
 from hybnn.models.names import INT8_ENCODER
@@ -117,9 +119,12 @@ def _graph(onnx: bytes, meta: dict[str, Any], where: str) -> Int8Graph:
                             "encoder it was quantized from")
     if meta.get("quantization") is not None and not isinstance(meta["quantization"], dict):
         raise ArtifactError(f"int8 encoder in {where}: quantization must be a JSON object")
-    return Int8Graph(onnx, str(meta["fingerprint"]), meta,
-                     count("latent_bits", config.get("latent_bits"), MAX_BITS),
-                     count("in_channels", config.get("in_channels"), MAX_SIDE),
-                     (count("image height", size[0], MAX_SIDE),
-                      count("image width", size[1], MAX_SIDE)),
-                     str(names[0]), str(names[1]))
+    graph = Int8Graph(onnx, str(meta["fingerprint"]), meta,
+                      count("latent_bits", config.get("latent_bits"), MAX_BITS),
+                      count("in_channels", config.get("in_channels"), MAX_SIDE),
+                      (count("image height", size[0], MAX_SIDE),
+                       count("image width", size[1], MAX_SIDE)),
+                      str(names[0]), str(names[1]))
+    check_graph(onnx, graph.input_name, graph.output_name,
+                (graph.channels, *graph.image_size), graph.latent_bits, f"int8 encoder in {where}")
+    return graph

@@ -28,6 +28,12 @@ def to_json(obj: Any) -> str:
     return json.dumps(_finite(obj), allow_nan=False)
 
 
+def printable(text: Any) -> str:
+    """``str(text)`` safe to print as one terminal line: each character that is not printable
+    (newline, escape, any control or format character) as its Python escape, e.g. ``\\x1b``."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def _finite(obj: Any) -> Any:
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
@@ -119,7 +125,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(to_json(rows))
     else:
         for r in rows:
-            print(f"{r['input']}: {r['name']} (p={r['probability']:.3f})")
+            print(f"{printable(r['input'])}: {printable(r['name'])} "
+                  f"(p={r['probability']:.3f})")
     return 0
 
 

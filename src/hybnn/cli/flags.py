@@ -5,7 +5,9 @@ A field declared with :func:`hybnn.settings.setting` becomes ``--field-name`` (o
 default, ``--no-name`` for a True one), ``list[...]`` fields take one or more values, and a
 field without a default is required. A nested dataclass field contributes its own fields
 (an outer field of the same name wins). Defaults are left to the dataclasses: argparse only
-reports the flags a user gave, so ``--quick`` style presets can fill the rest.
+reports the flags a user gave, so ``--quick`` style presets can fill the rest. A numeric
+field's help gives its range (:data:`hybnn.pipeline.limits.LIMITS`, checked when the options
+are built).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import dataclasses
 import types
 import typing
 from typing import Any, Union
+
+from hybnn.pipeline.limits import limit_of
 
 _SCALARS = (int, float, str)
 
@@ -59,6 +63,13 @@ def fields_of(cls: type) -> list[tuple[str, dataclasses.Field[Any], Any]]:
     return out
 
 
+def _owner(cls: type, path: str) -> type:
+    """The dataclass that declares the field at dotted ``path`` of ``cls``."""
+    for name in path.split(".")[:-1]:
+        cls = typing.get_type_hints(cls)[name]
+    return cls
+
+
 def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one flag per CLI field of the option dataclass ``cls`` to ``parser``."""
     for path, f, tp in fields_of(cls):
@@ -67,9 +78,11 @@ def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         dest = path.replace(".", "__")
         name = f.name.replace("_", "-")
         help_text = meta.get("help", "")
-        default = _default_text(f)
-        if default is not None:
-            help_text = f"{help_text} (default: {default})" if help_text else f"default: {default}"
+        default, limit = _default_text(f), limit_of(_owner(cls, path), f.name)
+        notes = ([f"default: {default}"] if default is not None else []) + (
+            [f"range {limit.short()}"] if limit is not None else [])
+        if notes:
+            help_text = f"{help_text} ({'; '.join(notes)})" if help_text else "; ".join(notes)
         kwargs: dict[str, Any] = {"dest": dest, "help": help_text.replace("%", "%%"),
                                   "default": argparse.SUPPRESS}
         if base is bool and meta.get("negatable"):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hybnn.artifacts import open_regular
 from hybnn.data.limits import check_elements
 from hybnn.data.npfiles import Stream
 from hybnn.errors import DataError
@@ -44,16 +45,16 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     gzip stream that inflates to gigabytes is refused after at most the promised size.
     """
     path = Path(path)
+    if not os.path.lexists(path):
+        raise DataError(f"IDX file not found: {path}")
     try:
-        with open(path, "rb") as raw:
+        with open_regular(path, "IDX file", DataError) as raw:
             compressed = raw.read(2) == b"\x1f\x8b"
             raw.seek(0)
             if compressed:
                 with gzip.GzipFile(fileobj=raw) as fh:
                     return _read_idx_stream(fh, str(path))  # CRC checked at the end
             return _read_idx_stream(raw, str(path))
-    except FileNotFoundError:
-        raise DataError(f"IDX file not found: {path}") from None
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: corrupt or truncated gzip data ({exc})") from None
 

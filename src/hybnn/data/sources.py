@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hybnn.artifacts import read_regular
 from hybnn.data.dataset import Dataset
 from hybnn.data.download import RemoteFile, fetch
 from hybnn.data.idx import read_idx
@@ -105,7 +106,7 @@ def load_idx_pair(images: str | os.PathLike[str], labels: str | os.PathLike[str]
 def load_npz(path: str | os.PathLike[str]) -> Dataset:
     """Read ``x`` and ``y`` from an .npz file; object arrays (pickles) are refused."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"data file not found: {path}")
     arrays = read_npz(path, ["x", "y"])
     if "names" not in npz_members(path):
@@ -125,13 +126,7 @@ def _named(data: Dataset, names: list[str]) -> Dataset:
 def read_names(path: str | os.PathLike[str]) -> list[str]:
     """Class names from a text file, one a line (at most MAX_NAMES_BYTES)."""
     path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_NAMES_BYTES + 1)
-    except OSError as exc:
-        raise DataError(f"cannot read class names {path}: {exc.strerror or exc}") from None
-    if len(raw) > MAX_NAMES_BYTES:
-        raise DataError(f"{path}: a class-name file is at most {MAX_NAMES_BYTES} bytes")
+    raw = read_regular(path, "class names", MAX_NAMES_BYTES, DataError)
     try:
         names = [line.strip() for line in raw.decode("utf-8").splitlines() if line.strip()]
     except UnicodeDecodeError:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +27,12 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from hybnn.artifacts import atomic_write
+from hybnn.artifacts import atomic_write, open_regular, read_regular
 from hybnn.engine import legacy_hybe
 from hybnn.errors import ArtifactError
 
 KIND = "engine"
+EXPORT_KINDS = (KIND, "bundle")  # what `hybnn export` writes (a bundle: hybnn.bundle.format)
 FORMAT_VERSION = 2
 DTYPES = (np.dtype("<u8"), np.dtype("<i4"), np.dtype("<f4"), np.dtype("i1"))
 MAX_HEADER = 1 << 24  # bytes of the safetensors JSON header
@@ -73,9 +73,42 @@ def encode(
 def write(
     path: str | os.PathLike[str], header: dict[str, Any], arrays: dict[str, np.ndarray]
 ) -> Path:
-    """Write an engine file atomically (readers never see half a file)."""
+    """Write an engine file atomically (readers never see half a file); an existing file
+    is replaced only if it is an earlier export (:func:`require_replaceable`)."""
     data = encode(header, arrays)
+    require_replaceable(path, "engine file")
     return atomic_write(path, lambda p: p.write_bytes(data))
+
+
+def require_replaceable(path: str | os.PathLike[str], noun: str) -> None:
+    """Refuse to write over ``path`` unless it is absent or a file ``hybnn export`` wrote
+    (an engine file of either version, or a bundle): a code store, an image or any other
+    file is never replaced by an export."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return
+    found = _declared_kind(path)
+    if found not in EXPORT_KINDS:
+        raise ArtifactError(f"refusing to overwrite {path} with a {noun}: it is {found}, not "
+                            "a hybnn engine file or bundle (remove it or choose another --out)")
+
+
+def _declared_kind(path: Path) -> str:
+    """The ``kind`` a container file declares, or a phrase saying what else it is."""
+    if path.is_dir():
+        return "a directory"
+    try:
+        with open_regular(path, "file") as fh:
+            head = fh.read(8)
+            if head == legacy_hybe.MAGIC:
+                return KIND
+            size = int.from_bytes(head, "little") if len(head) == 8 else 0
+            data = head + fh.read(min(size, MAX_HEADER))
+        _, header = open_container(data, str(path), "artifact")
+    except (ArtifactError, OSError):
+        return "not a hybnn artifact"
+    kind = header.get("kind")
+    return kind if kind in EXPORT_KINDS else f"a hybnn {str(kind)[:40]!r} file"
 
 
 def _json(text: str | bytes, what: str, where: str) -> Any:
@@ -151,25 +184,7 @@ def decode(
 
 def read_bytes(path: str | os.PathLike[str], noun: str = "engine file") -> bytes:
     """The bytes of a regular file of at most MAX_FILE_BYTES (FIFOs, devices refused)."""
-    path = Path(path)
-    try:
-        # O_NONBLOCK: a FIFO given as the model must not hang the reader
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        with os.fdopen(fd, "rb") as fh:
-            info = os.fstat(fh.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise ArtifactError(f"{noun} {path} is not a regular file")
-            if info.st_size > MAX_FILE_BYTES:
-                raise ArtifactError(
-                    f"{noun} {path} has {info.st_size} bytes, more than the "
-                    f"{MAX_FILE_BYTES} this hybnn reads"
-                )
-            data = fh.read(info.st_size + 1)  # one byte more: a file that grows is refused
-    except OSError as exc:
-        raise ArtifactError(f"cannot read {noun} {path}: {exc.strerror or exc}") from None
-    if len(data) > info.st_size:
-        raise ArtifactError(f"{noun} {path} changed while it was read")
-    return data
+    return read_regular(path, noun, MAX_FILE_BYTES)
 
 
 def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:

@@ -34,6 +34,10 @@ _CONV_FIELDS = (
 # input is signed as given) or "centered" (x - 0.5 first: a fully binary HyBNN takes [0, 1]).
 INPUT_PREPS = (None, "centered")
 _ARRAY_FIELDS = ("weights", "thresholds", "flips", "alpha", "bn_scale", "bn_shift")
+# The largest |logit| an output layer may reach (float32 ends at 3.4e38): a finite scale of
+# 3e38 would otherwise overflow every logit to +-inf. A model the torch loader accepts
+# (hybnn.models.weights: |alpha|, batch-norm weight and bias <= 1e6) stays orders below.
+LOGIT_LIMIT = 1e30
 
 
 def _array(
@@ -50,6 +54,21 @@ def _array(
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise ValueError(f"array {name!r} has non-finite values")
     return arr
+
+
+def _check_logit_bound(
+    in_bits: int, alpha: np.ndarray, scale: np.ndarray, shift: np.ndarray
+) -> None:
+    """logit = fma(alpha * d, scale, shift) with |d| <= in_bits: refuse values that can
+    take it (or alpha * d) past :data:`LOGIT_LIMIT`."""
+    z = np.abs(alpha.astype(np.float64)) * in_bits
+    bound = z * np.abs(scale.astype(np.float64)) + np.abs(shift.astype(np.float64))
+    worst = max(float(z.max(initial=0.0)), float(bound.max(initial=0.0)))
+    if worst > LOGIT_LIMIT:
+        raise ValueError(
+            f"alpha, bn_scale and bn_shift give outputs up to {worst:.3g}, above the limit "
+            f"of {LOGIT_LIMIT:g} (they would overflow float32)"
+        )
 
 
 def _layer(spec: Any) -> geometry.Layer:
@@ -80,6 +99,7 @@ def _native(layer: geometry.Layer, spec: dict[str, Any], arrays: dict[str, np.nd
     w = _array(arrays, spec, "weights", "<u8", layer.weight_shape)
     if layer.op == "output":
         floats = [_array(arrays, spec, k, "<f4", n) for k in ("alpha", "bn_scale", "bn_shift")]
+        _check_logit_bound(layer.in_channels, *floats)
         return ("out", layer.in_channels, layer.in_words, layer.out_channels, w, *floats)
     thr, flips = (
         _array(arrays, spec, "thresholds", "<i4", n),

@@ -15,6 +15,7 @@ from typing import Any
 
 from hybnn.errors import DataError
 from hybnn.models.names import MODEL_NAMES, spec
+from hybnn.pipeline.limits import check_head, check_settings
 from hybnn.settings import setting
 
 # Quiet, offline, loopback-only Flower and Ray, for simulations and deployments alike.
@@ -181,8 +182,8 @@ class FedConfig:
         for ok, message in self._dp_checks():  # after the checks they build on
             if not ok:
                 raise DataError(message)
-        if any(h < 1 for h in self.hidden_widths()):
-            raise DataError(f"hidden widths must be >= 1, got {self.hidden!r}")
+        check_settings(self)  # the range of every setting (hybnn.pipeline.limits)
+        check_head(self.hidden_widths(), "--hidden")
 
     def _dp_checks(self) -> list[tuple[bool, str]]:
         dp, k = self.dp, self.sampled_per_round

@@ -1,9 +1,11 @@
 """What the server accepts from a client: every value of a reply is checked against what
 the server knows before anything uses it.
 
-- **Handshake** (:func:`handshake_reply`): ``partition-id`` an integer in 0..clients-1;
-  ``num-train`` and ``num-test`` integers in 0..``max_examples`` and, where the server knows
-  the partition sizes (it cuts the same task with the same seed), equal to them.
+- **Handshake** (:func:`handshake_reply`): ``partition-id`` an integer in 0..clients-1 that
+  no other node holds (the first claim, in node order, wins: two nodes on one partition
+  would give its data twice its weight); ``num-train`` and ``num-test`` integers in
+  0..``max_examples`` and, where the server knows the partition sizes (it cuts the same task
+  with the same seed), equal to them.
 - **Sample counts** (``num-examples``): integers, at least 1 in training (0 is allowed in
   evaluation: an empty test partition), at most the node's handshake count and
   ``max_examples``. A count is the weight FedAvg gives an update: unbounded, it hands the
@@ -91,13 +93,17 @@ def _finite(v: Any) -> bool:
 
 
 def handshake_reply(content: RecordDict, clients: int, cap: int,
-                    partitions: Sequence[Mapping[str, Any]] | None = None) -> dict[str, int]:
-    """``partition-id``, ``num-train`` and ``num-test`` of a node's handshake reply."""
+                    partitions: Sequence[Mapping[str, Any]] | None = None,
+                    owners: Mapping[int, int] | None = None) -> dict[str, int]:
+    """``partition-id``, ``num-train`` and ``num-test`` of a node's handshake reply;
+    ``owners``: the node that already holds each claimed partition id."""
     metrics = check_metrics(content)
     missing = [k for k in HANDSHAKE_KEYS if k not in metrics]
     if missing:
         raise UpdateError(f"handshake without {', '.join(missing)}")
     pid = check_count(metrics["partition-id"], "partition-id", 0, clients - 1)
+    if owners is not None and pid in owners:
+        raise UpdateError(f"partition-id = {pid} is already claimed by node {owners[pid]}")
     info = {"partition-id": pid}
     for key, split in (("num-train", "train"), ("num-test", "test")):
         info[key] = check_count(metrics[key], key, 0, cap, " (max_examples)")

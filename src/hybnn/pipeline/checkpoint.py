@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hybnn.artifacts import atomic_write
+from hybnn.artifacts import MAX_WEIGHTS_BYTES, atomic_write, read_regular
 from hybnn.errors import ArtifactError
 from hybnn.hooks import History
 
@@ -54,8 +54,9 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                     tag: str) -> tuple[int, History]:
     """Restore ``model`` and ``optimizer``; returns (epochs done, their history)."""
+    data = read_regular(path, "checkpoint", MAX_WEIGHTS_BYTES)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         if not isinstance(state, dict):
             raise ValueError(f"holds a {type(state).__name__}, not a checkpoint")
         if state.get("tag") != tag:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
-from hybnn.data.limits import MAX_CONFIG_VALUE
 from hybnn.errors import DataError
 from hybnn.models.names import SPECS
+from hybnn.pipeline.limits import check_settings
 from hybnn.settings import setting
 
 SCHEDULES = ("cosine", "constant")
@@ -39,23 +38,12 @@ class PretrainConfig:
     device: str = setting("cpu", "torch device: cpu, cuda, cuda:1, ...")
 
     def validate(self) -> PretrainConfig:
-        """Refuse impossible values (NaN, inf, negative, zero sizes) before any work."""
-        _check(self, "latent_bits", 1 <= self.latent_bits <= MAX_CONFIG_VALUE,
-               f"an integer in 1..{MAX_CONFIG_VALUE}")
-        _check(self, "epochs", self.epochs >= 1, "at least 1")
-        _check(self, "batch_size", self.batch_size >= 1, "at least 1")
-        _check(self, "lr", _positive(self.lr), "a finite number > 0")
-        _check(self, "beta", math.isfinite(self.beta) and self.beta >= 0, "a finite number >= 0")
-        _check(self, "tau", _positive(self.tau), "a finite number > 0")
-        _check(self, "shift", 0 <= self.shift <= 64, "an integer in 0..64")
-        _check(self, "rotation", 0 <= self.rotation <= 180, "a number of degrees in 0..180")
-        _check(self, "zoom", 0 <= self.zoom <= 0.5, "a fraction in 0..0.5")
-        _check(self, "contrastive", math.isfinite(self.contrastive) and self.contrastive >= 0,
-               "a finite number >= 0")
+        """Refuse impossible values (NaN, inf, out of :mod:`~hybnn.pipeline.limits`) before
+        any work."""
+        check_settings(self)
         if self.contrastive > 0 and not (self.shift or self.rotation or self.zoom):
             raise DataError("--contrastive needs two different views of each image: use "
                             "--shift, --rotation or --zoom above 0, or --contrastive 0")
-        _check(self, "seed", self.seed >= 0, "a non-negative integer")
         return self
 
 
@@ -88,21 +76,12 @@ class TrainConfig:
                    **values)  # type: ignore[arg-type]
 
     def validate(self) -> TrainConfig:
-        """Refuse impossible values (NaN, inf, negative, zero sizes) before any work."""
-        _check(self, "epochs", self.epochs >= 0, "a non-negative integer")
+        """Refuse impossible values (NaN, inf, out of :mod:`~hybnn.pipeline.limits`) before
+        any work."""
         _check(self, "batch_size", self.batch_size >= 1, "at least 1")
-        _check(self, "lr", _positive(self.lr), "a finite number > 0")
-        _check(self, "weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0,
-               "a finite number >= 0")
         _check(self, "schedule", self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}")
-        _check(self, "code_noise", math.isfinite(self.code_noise) and 0 <= self.code_noise < 0.5,
-               "a probability in [0, 0.5)")
-        _check(self, "seed", self.seed >= 0, "a non-negative integer")
+        check_settings(self)
         return self
-
-
-def _positive(x: float) -> bool:
-    return math.isfinite(x) and x > 0
 
 
 def _check(config: object, name: str, ok: bool, what: str) -> None:
@@ -110,6 +89,7 @@ def _check(config: object, name: str, ok: bool, what: str) -> None:
         f = next(f for f in dataclasses.fields(config) if f.name == name)  # type: ignore[arg-type]
         flag = f.metadata.get("flag") or f"--{name.replace('_', '-')}"
         raise DataError(f"{flag} must be {what}, got {getattr(config, name)!r}")
+
 
 @dataclass
 class DistillConfig:
@@ -126,3 +106,11 @@ class DistillConfig:
     shift: int = setting(2, "augmentation: random shifts of up to this many pixels (0: none)")
     seed: int = setting(0, "random seed")
     device: str = setting("cpu", "torch device: cpu, cuda, cuda:1, ...")
+
+    def validate(self) -> DistillConfig:
+        """Refuse impossible values (NaN, inf, out of :mod:`~hybnn.pipeline.limits`) before
+        any work."""
+        _check(self, "target", self.target in DISTILL_TARGETS,
+               f"one of {', '.join(DISTILL_TARGETS)}")
+        check_settings(self)
+        return self

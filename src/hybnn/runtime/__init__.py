@@ -5,8 +5,11 @@
 >>> model.predict(images)         # float32 (N, C, H, W) in [0, 1] -> int64   # doctest: +SKIP
 >>> model.label_space.names[0]                             # doctest: +SKIP
 
-``load`` validates the whole bundle (:mod:`hybnn.bundle.format`); ONNX Runtime checks the
-encoder graph, ``strict=True`` adds ``onnx.checker`` (which costs ~2 s of import).
+``load`` validates the whole bundle (:mod:`hybnn.bundle.format`); the encoder graph must be
+one hybnn exports (:mod:`hybnn.bundle.graph_rules`: its ops, bounded sizes) before ONNX
+Runtime checks it; ``strict=True`` adds ``onnx.checker`` (which costs ~2 s of import). Each
+run of the encoder is bounded in memory and time, and its output is checked against its input
+(:mod:`hybnn.runtime.onnx_encoder`).
 """
 
 from __future__ import annotations
