@@ -57,8 +57,8 @@ def test_inputs_are_checked(bundle_fp32):
     model = runtime.load(bundle_fp32[0])
     good = np.full((2, 1, 8, 8), 0.5, np.float32)
     assert model.predict(good).shape == (2,)
-    with pytest.raises(DataError, match="float32"):
-        model.predict(good.astype(np.float64))
+    with pytest.raises(DataError, match="uint8 pixels 0-255 or floats"):
+        model.predict(good.astype(np.int32))
     with pytest.raises(DataError, match=r"\(N, 1, 8, 8\)"):
         model.predict(good[:, :, :4])
     with pytest.raises(DataError, match=r"\[0, 1\]"):
@@ -93,3 +93,20 @@ def test_predictions_do_not_depend_on_the_batch(bundle_fp32, test_split):
     whole = model.predict(x)
     single = np.concatenate([model.predict(x[i:i + 1]) for i in range(len(x))])
     np.testing.assert_array_equal(whole, single)
+
+
+def test_inputs_take_what_the_cli_takes(bundle_fp32, test_split):
+    """uint8 0-255 and (N, H, W) / (H, W) images, as `hybnn predict` reads them."""
+    from hybnn import runtime
+
+    model = runtime.load(bundle_fp32[0])
+    pixels = (test_split.x[:12, 0] * 255).round().astype(np.uint8)  # (N, H, W) uint8
+    floats = pixels[:, None].astype(np.float32) / np.float32(255.0)
+    want = model.logits(floats)
+    np.testing.assert_array_equal(model.logits(pixels), want)
+    np.testing.assert_array_equal(model.logits(floats[:, 0]), want)
+    np.testing.assert_array_equal(model.logits(floats.astype(np.float64)), want)
+    np.testing.assert_array_equal(model.logits(pixels[3]), want[3:4])
+    np.testing.assert_array_equal(model.predict(pixels), model.predict(floats))
+    with pytest.raises(DataError, match=r"\(N, 1, 8, 8\), \(N, 8, 8\) or \(8, 8\)"):
+        model.predict(pixels[:, :4])

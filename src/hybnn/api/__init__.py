@@ -19,6 +19,7 @@ from hybnn.api.options import (
     ExportOptions,
     ExtractOptions,
     FederateOptions,
+    PkiOptions,
     PredictOptions,
     PretrainOptions,
     QuantizeOptions,
@@ -30,7 +31,7 @@ from hybnn.api.options import (
 )
 
 COMMANDS = ("pretrain", "distill", "quantize", "recode", "extract", "train", "evaluate", "predict",
-            "export", "summary", "reproduce", "federate", "study_rebnn", "continual")
+            "export", "summary", "reproduce", "federate", "study_rebnn", "continual", "pki")
 
 __all__ = [
     "COMMANDS",
@@ -40,6 +41,7 @@ __all__ = [
     "ExportOptions",
     "ExtractOptions",
     "FederateOptions",
+    "PkiOptions",
     "PredictOptions",
     "PretrainOptions",
     "QuantizeOptions",
@@ -55,6 +57,8 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name == "predict":  # bundles run without torch
         return import_module("hybnn.api.deploy").predict
+    if name == "pki":  # certificates need neither torch nor Flower
+        return import_module("hybnn.api.certificates").pki
     if name in COMMANDS:
         return getattr(import_module("hybnn.api.commands"), name)
     raise AttributeError(f"module 'hybnn.api' has no attribute {name!r}")

@@ -34,6 +34,7 @@ from hybnn.artifacts import declared_kind
 from hybnn.data import load_source, load_split, prepare, read_inputs, train_test
 from hybnn.data.labels import LabelSpace
 from hybnn.errors import ArtifactError, CredentialError, DataError, FingerprintMismatch
+from hybnn.federated.config import FedConfig
 from hybnn.hooks import History
 from hybnn.models.io import load_classifier, load_model
 from hybnn.models.names import INT8_ENCODER
@@ -304,21 +305,50 @@ def continual(opts: ContinualOptions) -> dict[str, Any]:
 
 def federate(opts: FederateOptions) -> dict[str, Any]:
     """FedHyBNN on Flower, in simulation or (``deploy``) as real local processes."""
-    cfg = opts.config.with_(min_clients=min(opts.config.min_clients, opts.config.clients))
+    cfg = opts.config
+    files = [str(Path(f).resolve()) for f in opts.node_data or []]
+    if files:
+        cfg = node_data_config(cfg, files, opts.deploy or opts.engine == "local")
+    cfg = cfg.with_(min_clients=min(cfg.min_clients, cfg.clients))
     resolve_device(cfg.device)
+    centralized = opts.centralized and not files  # no one holds the pooled data
     if opts.deploy:
         from hybnn.federated.deploy import deploy
 
         return deploy(cfg, opts.out, pretrain_epochs=opts.pretrain_epochs,
-                      centralized=opts.centralized, insecure=opts.insecure,
-                      certificates=opts.certificates, supernode_keys=opts.supernode_keys)
-    if opts.insecure or opts.certificates or opts.supernode_keys:
-        raise CredentialError("--insecure, --certificates and --supernode-keys apply to "
-                              "--deploy only (a simulation starts no SuperLink)")
+                      centralized=centralized, insecure=opts.insecure,
+                      certificates=opts.certificates, supernode_keys=opts.supernode_keys,
+                      server_address=opts.server_address, node_data=files)
+    if opts.insecure or opts.certificates or opts.supernode_keys or opts.server_address:
+        raise CredentialError("--insecure, --certificates, --supernode-keys and "
+                              "--server-address apply to --deploy only (a simulation starts "
+                              "no SuperLink)")
     from hybnn.federated.simulation import federate as simulate
 
     return simulate(cfg, opts.out, pretrain_epochs=opts.pretrain_epochs,
-                    centralized=opts.centralized, engine=opts.engine)
+                    centralized=centralized, engine=opts.engine, node_data=files)
+
+
+def node_data_config(cfg: FedConfig, files: list[str], supported: bool) -> FedConfig:
+    """``cfg`` for a federation whose node i trains on ``files[i]`` alone: one client per
+    file, the label space every file's labels (unless ``cfg.labels`` names it)."""
+    if not supported:
+        raise DataError("--node-data runs with --deploy or --engine local (Flower's Ray "
+                        "simulation gives its virtual nodes no config of their own)")
+    if not cfg.encoder:
+        raise DataError("--node-data needs --encoder: the server holds no data to pretrain "
+                        "one on; copy the same frozen encoder to every node")
+    for f in files:
+        if not Path(f).exists():
+            raise DataError(f"node data file not found: {f}")
+    labels = cfg.labels
+    if not labels:
+        found: set[int] = set()
+        for f in files:
+            data = load_source(f)
+            found.update(np.asarray(data.label_space.labels)[np.unique(data.y)].tolist())
+        labels = ",".join(str(v) for v in sorted(found))
+    return cfg.with_(node_data=True, clients=len(files), labels=labels)
 
 
 def study_rebnn(opts: StudyOptions) -> dict[str, Any]:

@@ -220,17 +220,40 @@ class FederateOptions(_Checked):
                            "flower-supernode processes and `flwr run` on 127.0.0.1")
     insecure: bool = setting(False, "--deploy without TLS and SuperNode authentication "
                              "(not recommended: anyone on this host can join or listen)")
+    server_address: str | None = setting(None, "--deploy: the SuperLink listens on HOST (an "
+                                         "IP address or DNS name of this machine, in its "
+                                         "certificate) and PORT (default: 127.0.0.1, a "
+                                         "free port); nodes and flwr connect there",
+                                         metavar="HOST[:PORT]")
     certificates: str | None = setting(None, "--deploy with this directory's ca.crt, "
-                                       "server.pem (SAN IP:127.0.0.1) and server.key "
-                                       "(default: a new CA in OUT/deployment/pki)",
-                                       metavar="DIR")
+                                       "server.pem (its SAN naming the server address) and "
+                                       "server.key, e.g. from `hybnn pki` (default: a new "
+                                       "CA in OUT/deployment/pki)", metavar="DIR")
     supernode_keys: str | None = setting(None, "--deploy with this directory's SuperNode "
                                          "key pairs supernode-<i>, supernode-<i>.pub (EC "
                                          "P-384, OpenSSH; default: new ones)", metavar="DIR")
+    node_data: list[str] | None = setting(None, "each node's own data file, one node per "
+                                          "file (any format --data takes): the nodes train "
+                                          "on these alone and the server holds none "
+                                          "(--deploy or --engine local; needs --encoder)",
+                                          metavar="FILE")
     pretrain_epochs: int = setting(PretrainConfig.epochs,
                                    "VAE epochs when no --encoder is given")
     centralized: bool = setting(True, "the centralized reference run")
     progress: bool = setting(True, "progress bars on a terminal, a line per step in a log")
+
+
+@dataclass(kw_only=True)
+class PkiOptions(_Checked):
+    """Certificates and keys for a FedHyBNN deployment over several machines: a CA, the
+    SuperLink's certificate and key, and one key pair per SuperNode, in a new directory."""
+
+    out: str = setting(help="new directory to write (mode 0700; refused if not empty)")
+    server_name: list[str] = setting(help="IP address or DNS name the SuperNodes reach the "
+                                     "SuperLink at (one or more, repeatable)",
+                                     factory=list, metavar="NAME")
+    nodes: int = setting(FedConfig.clients, "SuperNode key pairs to make, one per machine "
+                         "that will run a SuperNode")
 
 
 @dataclass(kw_only=True)

@@ -187,6 +187,28 @@ def cmd_federate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pki(args: argparse.Namespace) -> int:
+    # --server-name may be repeated; the flag alone keeps only its last use, so gather all.
+    names = argparse.ArgumentParser(add_help=False)
+    names.add_argument("--server-name", action="extend", nargs="+", default=[])
+    args.server_name = names.parse_known_args(args.argv[1:])[0].server_name
+    opts = build(api.PkiOptions, args)
+    creds = api.pki(opts)
+    tls, keys = creds.tls, creds.node_keys
+    print(f"CA, SuperLink certificate for {', '.join(opts.server_name)} and {len(keys)} "
+          f"SuperNode key pairs -> {tls.ca_cert.parent}")
+    print("copy to each machine (private keys 0600; the CA's private key was never written):")
+    public = [key.public.name for key in keys]
+    public = public if len(public) <= 3 else [public[0], "..", public[-1]]
+    print(f"  SuperLink host: {tls.ca_cert.name}, {tls.server_cert.name}, "
+          f"{tls.server_key.name} (+ {' '.join(public)} to register: "
+          "flwr supernode register supernode-<i>.pub <connection>)")
+    for i, key in enumerate(keys):
+        print(f"  SuperNode {i}: {tls.ca_cert.name}, {key.private.name} (private key; never "
+              "copy it elsewhere)")
+    return 0
+
+
 def cmd_study_rebnn(args: argparse.Namespace) -> int:
     opts = build(api.StudyOptions, args)
     results = api.study_rebnn(opts)
@@ -225,6 +247,8 @@ COMMANDS: list[tuple[str, type, Handler, str]] = [
     ("federate", api.FederateOptions, cmd_federate,
      "FedHyBNN on Flower: simulation here, or --deploy with real SuperLink/SuperNode "
      "processes on 127.0.0.1"),
+    ("pki", api.PkiOptions, cmd_pki,
+     "certificates and keys for a deployment over several machines, and where each goes"),
 ]
 
 

@@ -58,6 +58,36 @@ class Dataset:
                        self.label_space)
 
 
+def model_images(images: object, input_shape: tuple[int, int, int],
+                 name: str = "images") -> np.ndarray:
+    """``images`` as a model of input ``(C, H, W)`` takes them: C-contiguous float32 NCHW in
+    [0, 1]. Takes what ``hybnn predict`` takes: uint8 pixels 0-255 (scaled by 1/255) or
+    floats in [0, 1], shaped (N, C, H, W), (N, H, W) or (H, W) for one-channel models, or
+    (C, H, W) for one image."""
+    x = np.asarray(images)
+    c, h, w = input_shape
+    if x.ndim == 2 and c == 1 and x.shape == (h, w):
+        x = x[None, None]
+    elif x.ndim == 3 and c == 1 and x.shape[1:] == (h, w):
+        x = x[:, None]
+    elif x.ndim == 3 and x.shape == (c, h, w):
+        x = x[None]
+    accepted = f"(N, {c}, {h}, {w})" + (f", (N, {h}, {w}) or ({h}, {w})" if c == 1 else
+                                         f" or ({c}, {h}, {w})")
+    if x.ndim != 4 or x.shape[1:] != (c, h, w):
+        raise DataError(f"{name} must have shape {accepted}, got {x.shape}")
+    if x.dtype == np.uint8:
+        return np.ascontiguousarray(x, dtype=np.float32) / np.float32(255.0)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise DataError(f"{name} must be uint8 pixels 0-255 or floats in [0, 1], got {x.dtype}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.size and not (x.min() >= 0.0 and x.max() <= 1.0):  # NaN fails both
+        raise DataError(f"{name} of float type must lie in [0, 1] (no NaN); found "
+                        f"{np.nanmin(x):.3g}..{np.nanmax(x):.3g}: pass uint8 pixels, or scale "
+                        "the floats to [0, 1] first")
+    return x
+
+
 def validate_arrays(x: np.ndarray, y: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Check shapes, dtypes, ranges and NaN; return (float32 NCHW images in [0, 1], int64 labels).
 

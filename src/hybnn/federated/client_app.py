@@ -2,7 +2,9 @@
 
 Node config (``flower-supernode --node-config``, set automatically in simulation):
 ``partition-id``, ``num-partitions`` and optionally ``encoder`` (this node's encoder
-directory; default: the path in the server's config, for runs on one machine).
+directory; default: the path in the server's config, for runs on one machine) and ``data``
+(this node's own data file, when the run config sets ``node-data``: the node trains on that
+file alone, any format ``--data`` takes, holding out ``local-test`` of it as its test set).
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ from hybnn.pipeline.encoder import Encoder
 LATENT = "hybnn-latent"  # context.state key: this client's latent weights (1bit, xor)
 
 
+def node_data(context: Context) -> str:
+    """This node's own data file (node config ``data``); empty on a partition of --data."""
+    return str(context.node_config.get("data", ""))
+
+
 def _setup(config: Mapping[str, Any], context: Context
            ) -> tuple[FedConfig, int, Encoder | None]:
     torch.set_num_threads(1)
@@ -64,7 +71,7 @@ def local_round(cfg: FedConfig, pid: int, encoder: Encoder | None,
                 ) -> tuple[nn.Module, dict[str, np.ndarray], dict[str, Any]]:
     """One round of local training from the encoded global model ``arrays``: the trained
     model, its federated state and the reply's metrics."""
-    train_xy, test_xy = task.client_tensors(cfg, pid, encoder)
+    train_xy, test_xy = task.client_tensors(cfg, pid, encoder, node_data(context))
     model = task.build_model(cfg, encoder)
     layout = Layout.of(model)
     received = decode(arrays, layout, downlink(cfg.encoding))
@@ -101,9 +108,10 @@ def local_round(cfg: FedConfig, pid: int, encoder: Encoder | None,
 
 
 def global_scores(cfg: FedConfig, pid: int, encoder: Encoder | None,
-                  arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-    """The encoded global model ``arrays`` on this client's held-out partition."""
-    _, test_xy = task.client_tensors(cfg, pid, encoder)
+                  arrays: dict[str, np.ndarray], data: str = "") -> dict[str, Any]:
+    """The encoded global model ``arrays`` on this client's held-out partition (of its own
+    file ``data`` with node data)."""
+    _, test_xy = task.client_tensors(cfg, pid, encoder, data)
     model = task.build_model(cfg, encoder)
     load_state(model, decode(arrays, Layout.of(model), downlink(cfg.encoding)))
     loss, acc = task.evaluate(model, test_xy)
@@ -129,14 +137,15 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """The global model on this client's held-out partition."""
     cfg, pid, encoder = _setup(msg.content[CONFIG], context)
-    metrics = global_scores(cfg, pid, encoder, from_record(arrays_of(msg.content)))
+    metrics = global_scores(cfg, pid, encoder, from_record(arrays_of(msg.content)),
+                            node_data(context))
     return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 
 def query(msg: Message, context: Context) -> Message:
     """The server's handshake: check the encoder and prepare this client's partition."""
     cfg, pid, encoder = _setup(msg.content[CONFIG], context)
-    train_xy, test_xy = task.client_tensors(cfg, pid, encoder)
+    train_xy, test_xy = task.client_tensors(cfg, pid, encoder, node_data(context))
     return Message(RecordDict({METRICS: MetricRecord({
         "partition-id": pid, "num-train": len(train_xy[1]), "num-test": len(test_xy[1])})}),
         reply_to=msg)
@@ -184,7 +193,7 @@ class SecAggClient(NumPyClient):
                  ) -> tuple[float, int, dict[str, Scalar]]:
         cfg, pid, encoder = _setup(config, self.node)
         _, _, arrays = self._arrays(cfg, encoder, parameters)
-        metrics = global_scores(cfg, pid, encoder, arrays)
+        metrics = global_scores(cfg, pid, encoder, arrays, node_data(self.node))
         return (float(metrics["loss"]), int(metrics["num-examples"]),
                 {k: v for k, v in metrics.items() if k not in ("loss", "num-examples")})
 

@@ -48,7 +48,10 @@ MEAN_STRATEGIES = ("fedavg", "fedprox")  # FedAvg's aggregate_train: what centra
 SERVER_ONLY = frozenset({"strategy", "trim-beta", "proximal-mu", "server-momentum", "server-lr",
                          "hostile", "fraction", "fraction-evaluate",
                          "secagg-shares", "secagg-threshold",
-                         "round-timeout", "node-wait", "out"})
+                         "round-timeout", "node-wait", "out", "server-test"})
+# Settings a client reads only when the federation runs on node data (left at their
+# defaults, they are not sent: every byte of the config travels with every message).
+NODE_DATA_ONLY = frozenset({"node-data", "labels", "local-test"})
 SECAGG_STRATEGIES = ("fedavg", "fedprox")  # a masked sum admits no per-update rule
 
 
@@ -120,6 +123,16 @@ class FedConfig:
     encoder: str = setting("", "encoder directory (default: pretrain one); clients may "
                            "override it locally")
     encoder_fingerprint: str = setting("", "what every client's encoder must hash to", cli=False)
+    node_data: bool = setting(False, "every node reads its own data file (its node config "
+                              "'data'), not a partition of --data", cli=False)
+    labels: str = setting("", "with node data: the federation's label space, the original "
+                          "labels comma separated (e.g. 3,5,7); a node holding others is "
+                          "refused (default with --node-data: every label the files hold)")
+    local_test: float = setting(0.2, "with node data: the fraction of each node's file it "
+                                "holds out as its own test set (stratified, --seed)")
+    server_test: str = setting("", "with node data: a data file the server evaluates the "
+                               "global model on (default: none, the clients' own test sets "
+                               "report)")
     round_timeout: float = setting(120.0, "seconds to wait for replies in a round")
     node_wait: float = setting(60.0, "seconds to wait for --min-clients nodes before a round")
     max_examples: int = setting(1_000_000, "most samples a client may claim (its FedAvg weight)")
@@ -182,6 +195,13 @@ class FedConfig:
         for ok, message in self._dp_checks():  # after the checks they build on
             if not ok:
                 raise DataError(message)
+        if self.node_data:
+            self.label_list()
+            if self.model != "hybnn":
+                raise DataError("node data trains the HyBNN head (--model hybnn): the CNN "
+                                "baselines take a partition of --data")
+            if not 0.0 < self.local_test < 1.0:
+                raise DataError(f"local test fraction must be in (0, 1), got {self.local_test}")
         check_settings(self)  # the range of every setting (hybnn.pipeline.limits)
         check_head(self.hidden_widths(), "--hidden")
 
@@ -243,6 +263,18 @@ class FedConfig:
         return 0.5 * self.learning_rate * (1 + math.cos(math.pi * (server_round - 1)
                                                         / self.rounds))
 
+    def label_list(self) -> list[int]:
+        """The federation's labels with node data (``labels``), in output order."""
+        try:
+            labels = [int(v) for v in self.labels.split(",") if v.strip()]
+        except ValueError:
+            raise DataError(f"labels must be integers, comma separated, got {self.labels!r}"
+                            ) from None
+        if len(labels) < 2 or len(set(labels)) != len(labels) or min(labels) < 0:
+            raise DataError(f"labels must be at least two distinct integers >= 0, got "
+                            f"{self.labels!r}")
+        return labels
+
     def hidden_widths(self) -> tuple[int, ...]:
         try:
             widths = tuple(int(h) for h in str(self.hidden).split(",") if h.strip())
@@ -260,7 +292,8 @@ class FedConfig:
     def client_record(self) -> dict[str, Any]:
         """:meth:`to_record` without the server's own settings: what a client needs, sent
         with every message (a client rebuilds its FedConfig from it; the rest default)."""
-        return {k: v for k, v in self.to_record().items() if k not in SERVER_ONLY}
+        skip = SERVER_ONLY if self.node_data else SERVER_ONLY | NODE_DATA_ONLY
+        return {k: v for k, v in self.to_record().items() if k not in skip}
 
     @classmethod
     def from_record(cls, record: Any) -> FedConfig:

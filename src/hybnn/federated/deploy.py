@@ -1,19 +1,22 @@
 """A real Flower deployment on this machine: a SuperLink, N SuperNodes and `flwr run`.
 
 :class:`LocalFederation` starts ``flower-superlink`` and ``flower-supernode`` processes on
-127.0.0.1 (free ports, each in its own session and with its own ``FLWR_HOME``), waits for
-their ``/health`` endpoints and for the nodes to be online, and stops every process group
-on exit (SIGTERM, then SIGKILL). Secure by default: given :class:`~hybnn.federated.pki.
-Credentials`, the SuperLink serves TLS and admits only SuperNodes whose public keys were
-registered with ``flwr supernode register`` (``--enable-supernode-auth``); every node
-verifies the SuperLink against the CA and signs in with its private key; the nodes' own
-Runtime API and the ``flwr`` CLI use TLS too. Every server runs behind
-:class:`~hybnn.federated.gate.OwnerGate` (also with ``--insecure``): only this user's
-processes on this host reach the Control and Runtime APIs. Without credentials everything
-runs ``--insecure``. :func:`deploy` runs the FedHyBNN app (``flower_app/pyproject.toml``) on
-it, polls ``flwr ls --format json`` until the run is
-``finished:*`` and fails unless it is ``finished:completed`` — ``flwr run --stream`` exits
-0 even when a run fails. Every wait is bounded.
+this machine (free ports, each in its own session and with its own ``FLWR_HOME``): the
+SuperLink on its server address (127.0.0.1 unless given), which the nodes and the ``flwr``
+CLI connect to, each node's own Runtime API on 127.0.0.1. It waits for their ``/health``
+endpoints and for the nodes to be online, and stops every process group on exit (SIGTERM,
+then SIGKILL). Secure by default: given :class:`~hybnn.federated.pki.Credentials`, the
+SuperLink serves TLS with a certificate that names its address and admits only SuperNodes
+whose public keys were registered with ``flwr supernode register``
+(``--enable-supernode-auth``); every node verifies the SuperLink against the CA and signs in
+with its private key; the nodes' own Runtime API (a certificate for 127.0.0.1 from a CA of
+its own: the SuperLink's key never goes to a node) and the ``flwr`` CLI use TLS too.
+Every server runs behind :class:`~hybnn.federated.gate.OwnerGate` (also with
+``--insecure``): only this user's processes on this host reach the Control and Runtime
+APIs. Without credentials everything runs ``--insecure``. :func:`deploy` runs the
+FedHyBNN app (``flower_app/pyproject.toml``) on it, polls ``flwr ls --format json`` until
+the run is ``finished:*`` and fails unless it is ``finished:completed`` — ``flwr run
+--stream`` exits 0 even when a run fails. Every wait is bounded.
 
 Command line: ``hybnn federate --deploy ...``.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -32,16 +36,27 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from hybnn.errors import CredentialError, HybnnError
+from hybnn.federated.app_path import app_path
 from hybnn.federated.config import FLOWER_ENV, FedConfig
-from hybnn.federated.pki import Credentials, NodeKey, credentials
+from hybnn.federated.pki import (
+    LOCAL_HOST,
+    Credentials,
+    NodeKey,
+    TlsFiles,
+    check_host,
+    check_server_name,
+    credentials,
+    generate_tls,
+)
 
-APP_DIR = Path(__file__).parent / "flower_app"
+APP_DIR = app_path()
 CONNECTION = "hybnn-local"
 
 
@@ -49,17 +64,49 @@ class DeploymentError(HybnnError):
     """A process did not start, a run did not finish, or it finished other than completed."""
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(host: str = LOCAL_HOST, port: int = 0) -> int:
+    """A TCP port this machine can listen on at ``host`` now: ``port`` if given, else one
+    the system picks."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((host, port))
+            return int(s.getsockname()[1])
+    except OSError as e:
+        raise DeploymentError(f"cannot listen on {netloc(host, port)} here: "
+                              f"{e.strerror or e}") from None
+
+
+def netloc(host: str, port: int) -> str:
+    """``HOST:PORT``, an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_server_address(address: str) -> tuple[str, int]:
+    """``HOST[:PORT]`` (an IPv6 address in brackets when a port follows) as (host, port),
+    port 0 when not given; HOST an IP address or an RFC 1123 DNS name (no scheme or path)."""
+    text = address.strip()
+    host, port = text, None
+    if "/" not in text:  # else a scheme or a path, which check_host names
+        if bracketed := re.fullmatch(r"\[([^\]]+)\](?::([^:]*))?", text):
+            host, port = bracketed[1], bracketed[2]
+        elif text.count(":") == 1:  # several: an IPv6 address without a port
+            host, port = text.split(":")
+    try:
+        host = check_host(host)
+    except CredentialError as e:
+        raise DeploymentError(f"--server-address {address!r}: {e}") from None
+    if port is not None and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise DeploymentError(f"--server-address {address!r}: the port must be a number "
+                              "from 1 to 65535")
+    return host, int(port or 0)
 
 
 def wait_healthy(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float,
-                 ca_cert: Path | None = None) -> None:
-    """Poll 127.0.0.1:port/health (HTTPS verified against ``ca_cert`` if given) until 200,
+                 ca_cert: Path | None = None, host: str = LOCAL_HOST) -> None:
+    """Poll host:port/health (HTTPS verified against ``ca_cert`` if given) until 200,
     the process dies, or ``timeout``."""
-    url = f"{'https' if ca_cert else 'http'}://127.0.0.1:{port}/health"
+    url = f"{'https' if ca_cert else 'http'}://{netloc(host, port)}/health"
     context = ssl.create_default_context(cafile=str(ca_cert)) if ca_cert else None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -72,27 +119,33 @@ def wait_healthy(port: int, proc: subprocess.Popen[bytes], what: str, timeout: f
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.5)
-    raise DeploymentError(f"{what} not healthy on 127.0.0.1:{port} after {timeout:g} s")
+    raise DeploymentError(f"{what} not healthy on {netloc(host, port)} after "
+                          f"{timeout:g} s")
 
 
 class LocalFederation:
-    """SuperLink + SuperNodes on loopback; a context manager that always stops them.
+    """SuperLink + SuperNodes on this machine; a context manager that always stops them.
 
-    ``credentials`` None runs everything ``--insecure``; otherwise node ``i`` signs in
-    with ``credentials.node_keys[i]``, registered before it starts."""
+    The SuperLink listens on ``host`` (an IP address or DNS name of this machine) and
+    ``port`` (0: a free one); nodes and the ``flwr`` CLI connect there. ``credentials``
+    None runs everything ``--insecure``; otherwise the server certificate must name
+    ``host``, and node ``i`` signs in with ``credentials.node_keys[i]``, registered before
+    it starts."""
 
     def __init__(self, root: str | os.PathLike[str], node_configs: list[dict[str, Any]],
-                 startup_timeout: float = 90.0, credentials: Credentials | None = None
-                 ) -> None:
+                 startup_timeout: float = 90.0, credentials: Credentials | None = None,
+                 host: str = LOCAL_HOST, port: int = 0) -> None:
         self.root = Path(root)
         self.node_configs = node_configs
         self.startup_timeout = startup_timeout
         self.credentials = credentials
+        self.host, self.port = host, port
         if credentials and len(credentials.node_keys) < len(node_configs):
             raise DeploymentError(f"{len(credentials.node_keys)} SuperNode keys for "
                                   f"{len(node_configs)} SuperNodes")
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.superlink_port = 0
+        self.runtime_tls: TlsFiles | None = None  # the nodes' Runtime API, made by start()
         self.cli_home = self.root / "flwr-cli"
 
     # -- processes ---------------------------------------------------------------------
@@ -113,25 +166,34 @@ class LocalFederation:
     def ca_cert(self) -> Path | None:
         return self.credentials.tls.ca_cert if self.credentials else None
 
+    @property
+    def superlink_address(self) -> str:
+        """Where the nodes and the ``flwr`` CLI reach the SuperLink: ``HOST:PORT``."""
+        return netloc(self.host, self.superlink_port)
+
     def start(self) -> LocalFederation:
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.superlink_port = free_port()
         tls = self.credentials.tls if self.credentials else None
+        if tls:  # nodes would fail the handshake one by one: refuse before starting any
+            check_server_name(tls.server_cert, self.host)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.superlink_port = free_port(self.host, self.port)
+        if tls:
+            self.runtime_tls = generate_tls(self.root / "runtime-pki")
         security = ["--ssl-certfile", str(tls.server_cert), "--ssl-keyfile",
                     str(tls.server_key), "--ssl-ca-certfile", str(tls.ca_cert),
                     "--enable-supernode-auth"] if tls else ["--insecure"]
         link = self._spawn("superlink", [
-            *_gated("superlink"), *security, "--host", "127.0.0.1",
+            *_gated("superlink"), *security, "--host", self.host,
             "--port", str(self.superlink_port), "--database", str(self.root / "state.db"),
             "--disable-runtime-dependency-installation"])
         wait_healthy(self.superlink_port, link, "flower-superlink", self.startup_timeout,
-                     self.ca_cert)
+                     self.ca_cert, self.host)
         self.cli_home.mkdir(parents=True, exist_ok=True)
         connection = (f'root-certificates = "{tls.ca_cert.resolve()}"' if tls
                       else "insecure = true")
         (self.cli_home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "127.0.0.1:{self.superlink_port}"\n{connection}\n')
+            f'address = "{self.superlink_address}"\n{connection}\n')
         if self.credentials:  # a node may only start once its key is registered
             with ThreadPoolExecutor(len(self.node_configs)) as pool:
                 list(pool.map(self.register,
@@ -140,9 +202,10 @@ class LocalFederation:
         nodes = [(i, *self.start_supernode(f"supernode-{i}", node_config,
                                            self.node_security(keys[i] if keys else None)))
                  for i, node_config in enumerate(self.node_configs)]
+        runtime_ca = self.runtime_tls.ca_cert if self.runtime_tls else None
         for i, port, proc in nodes:  # all started, now wait for all
             wait_healthy(port, proc, f"flower-supernode {i}", self.startup_timeout,
-                         self.ca_cert)
+                         runtime_ca)
         self.wait_nodes_online(len(self.node_configs))
         return self
 
@@ -154,14 +217,16 @@ class LocalFederation:
         """``flower-supernode`` flags for this federation's security, signing in with ``key``.
 
         With TLS the node verifies the SuperLink against the CA, and its own Runtime API
-        (for its ClientApp processes) serves this host's certificate: every server here is
-        127.0.0.1."""
+        (for its ClientApp processes, on 127.0.0.1) serves the node-local certificate that
+        :meth:`start` made: the SuperLink's private key stays with the SuperLink."""
         if not self.credentials:
             return ["--insecure"]
-        tls = self.credentials.tls
-        flags = ["--root-certificates", str(tls.ca_cert), "--ssl-certfile",
-                 str(tls.server_cert), "--ssl-keyfile", str(tls.server_key),
-                 "--ssl-ca-certfile", str(tls.ca_cert)]
+        if self.runtime_tls is None:
+            raise DeploymentError("start the federation before its nodes")
+        local = self.runtime_tls
+        flags = ["--root-certificates", str(self.credentials.tls.ca_cert), "--ssl-certfile",
+                 str(local.server_cert), "--ssl-keyfile", str(local.server_key),
+                 "--ssl-ca-certfile", str(local.ca_cert)]
         return flags + (["--auth-supernode-private-key", str(key.private)] if key else [])
 
     def start_supernode(self, name: str, node_config: dict[str, Any], security: list[str]
@@ -170,8 +235,8 @@ class LocalFederation:
         port = free_port()
         return port, self._spawn(name, [
             *_gated("supernode"), *security,
-            "--superlink", f"127.0.0.1:{self.superlink_port}",
-            "--host", "127.0.0.1", "--port", str(port),
+            "--superlink", self.superlink_address,
+            "--host", LOCAL_HOST, "--port", str(port),
             "--node-config", _toml_pairs(node_config)])
 
     def stop(self, grace: float = 10.0) -> None:
@@ -261,16 +326,23 @@ def deploy(cfg: FedConfig, out: str | os.PathLike[str], pretrain_epochs: int = 2
            centralized: bool = True, run_timeout: float | None = None,
            startup_timeout: float = 90.0, keep_state: bool = False, insecure: bool = False,
            certificates: str | os.PathLike[str] | None = None,
-           supernode_keys: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+           supernode_keys: str | os.PathLike[str] | None = None,
+           server_address: str | None = None, node_data: Sequence[str] = ()
+           ) -> dict[str, Any]:
     """Run ``cfg`` on a real local deployment; write and return results.json's content.
+    ``node_data``: SuperNode i's own data file (its node config ``data``, ``cfg.node_data``).
 
-    TLS and SuperNode authentication unless ``insecure``: with the CA and SuperLink
-    certificate in ``certificates`` and the node key pairs in ``supernode_keys`` (see
-    :mod:`hybnn.federated.pki`), each generated into ``OUT/deployment/pki`` when not given.
+    The SuperLink listens on ``server_address`` (``HOST[:PORT]``, default 127.0.0.1 and a
+    free port). TLS and SuperNode authentication unless ``insecure``: with the CA and
+    SuperLink certificate (its SAN naming HOST) in ``certificates`` and the node key pairs
+    in ``supernode_keys`` (see :mod:`hybnn.federated.pki`), each generated into
+    ``OUT/deployment/pki`` when not given.
     """
+    host, port = parse_server_address(server_address) if server_address else (LOCAL_HOST, 0)
     if insecure and (certificates or supernode_keys):
         raise CredentialError("--insecure runs without certificates and keys: drop "
                               "--certificates / --supernode-keys, or --insecure")
+    free_port(host, port)  # an address this machine cannot listen on fails now
     from hybnn.federated.report import build_results, centralized_baseline, write_report
     from hybnn.federated.simulation import ensure_encoder
 
@@ -284,15 +356,17 @@ def deploy(cfg: FedConfig, out: str | os.PathLike[str], pretrain_epochs: int = 2
     shutil.rmtree(root, ignore_errors=True)
     # Credentials before the encoder: a bad certificate fails in a second, not after pretraining.
     creds = None if insecure else credentials(root / "pki", cfg.clients, certificates,
-                                                supernode_keys)
+                                                supernode_keys, host)
     cfg = ensure_encoder(cfg, out, pretrain_epochs).with_(out=str(out))
     log_path = out / "federation.json"
     log_path.unlink(missing_ok=True)
     nodes = [{"partition-id": i, "num-partitions": cfg.clients, "encoder": cfg.encoder}
              for i in range(cfg.clients)]
+    for node, path in zip(nodes, node_data, strict=False):  # each node's own file
+        node["data"] = str(Path(path).resolve())
     timeout = run_timeout or cfg.rounds * 2 * cfg.round_timeout + cfg.node_wait + 120
     t0 = time.perf_counter()
-    with LocalFederation(root, nodes, startup_timeout, creds) as fed:
+    with LocalFederation(root, nodes, startup_timeout, creds, host, port) as fed:
         app = root / "app"
         shutil.copytree(APP_DIR, app)
         run_id = fed.run(app, cfg.to_record())

@@ -40,15 +40,21 @@ SERVER_NODE_ID = 0
 
 
 class LocalGrid(Grid):
-    """``clients`` nodes with partition ids 0..clients-1 running ``app``."""
+    """``clients`` nodes with partition ids 0..clients-1 running ``app``; with
+    ``node_data``, node i's config names its own data file ``node_data[i]``."""
 
     def __init__(self, app: ClientApp, clients: int, run_id: int = 1,
-                 run_config: dict[str, Any] | None = None) -> None:
+                 run_config: dict[str, Any] | None = None,
+                 node_data: Sequence[str] = ()) -> None:
         self.app = app
         self.run_id = run_id
+        configs: list[dict[str, Any]] = [{"partition-id": i, "num-partitions": clients}
+                                         for i in range(clients)]
+        for config, path in zip(configs, node_data, strict=False):
+            config["data"] = str(path)
         self.contexts = {
             FIRST_NODE_ID + i: Context(run_id=run_id, node_id=FIRST_NODE_ID + i,
-                                       node_config={"partition-id": i, "num-partitions": clients},
+                                       node_config=configs[i],
                                        state=RecordDict(), run_config=dict(run_config or {}))
             for i in range(clients)}
         TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run_id, SERVER_NODE_ID
@@ -95,13 +101,13 @@ class LocalGrid(Grid):
         raise NotImplementedError("LocalGrid delivers with send_and_receive only")
 
 
-def run_local(cfg: FedConfig, mods: Sequence[Mod] = (), sink: dict[str, Any] | None = None
-              ) -> tuple[dict[str, Any], LocalGrid]:
+def run_local(cfg: FedConfig, mods: Sequence[Mod] = (), sink: dict[str, Any] | None = None,
+              node_data: Sequence[str] = ()) -> tuple[dict[str, Any], LocalGrid]:
     """Run ``cfg``'s federation on a :class:`LocalGrid` of ``cfg.clients`` nodes, each
     ClientApp behind ``mods``: (the federation log of
     :func:`~hybnn.federated.server_app.run_server`, the grid). Raises as ``run_server``
-    does; ``sink`` receives the log even then."""
-    grid = LocalGrid(make_client_app(mods), cfg.clients)
+    does; ``sink`` receives the log even then. ``node_data``: each node's own data file."""
+    grid = LocalGrid(make_client_app(mods), cfg.clients, node_data=node_data)
     context = Context(run_id=grid.run_id, node_id=SERVER_NODE_ID, node_config={},
                       state=RecordDict(), run_config={})
     return run_server(grid, context, cfg, sink), grid

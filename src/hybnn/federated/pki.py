@@ -1,11 +1,19 @@
 """Certificates and keys for a TLS, SuperNode-authenticated Flower deployment.
 
-:func:`generate_tls` makes a CA and a SuperLink certificate signed by it (SAN
-``IP:127.0.0.1``, ``DNS:localhost``); :func:`generate_node_keys` makes one EC P-384 key
-pair per SuperNode in OpenSSH format, the form ``flwr supernode register`` and
-``flower-supernode --auth-supernode-private-key`` take. :func:`load_tls` and
-:func:`load_node_keys` validate material a user brings (never written to). Private keys
-we write are mode 0600; the CA's private key is never written: it signs once, here.
+:func:`generate_tls` makes a CA and a SuperLink certificate signed by it, its SAN the
+given IP addresses and DNS names (default ``IP:127.0.0.1``, ``DNS:localhost``);
+:func:`generate_node_keys` makes one EC P-384 key pair per SuperNode in OpenSSH format,
+the form ``flwr supernode register`` and ``flower-supernode --auth-supernode-private-key``
+take; :func:`generate_deployment` makes both into a new directory (``hybnn pki``).
+:func:`load_tls` and :func:`load_node_keys` validate material a user brings (never written
+to). Private keys we write are mode 0600; the CA's private key is never written: it signs
+once, here.
+
+Server names: an address in use is matched against the certificate's SAN as TLS clients do
+(RFC 6125): an IP address only against IP entries, a DNS name against DNS entries, case-
+insensitively, where a user's certificate may carry a wildcard as its whole left-most label
+(``*.example.org`` names ``a.example.org``, not ``example.org`` or ``a.b.example.org``). The
+certificates made here name exact hosts only: :func:`check_host` refuses wildcards.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +35,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hybnn.errors import CredentialError
 
 CA_CERT, SERVER_CERT, SERVER_KEY = "ca.crt", "server.pem", "server.key"
-HOSTS = ("127.0.0.1", "localhost")
+LOCAL_HOST = "127.0.0.1"  # the SuperLink's address in a local deployment
+HOSTS = (LOCAL_HOST, "localhost")
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)", re.ASCII)  # RFC 1123 host name label
 VALID_DAYS = 30  # a local deployment regenerates its material on every run
 
 
@@ -60,10 +71,84 @@ def node_key_names(i: int) -> tuple[str, str]:
     return f"supernode-{i}", f"supernode-{i}.pub"  # as ssh-keygen -f names them
 
 
+# -- server names ----------------------------------------------------------------------
+def check_host(name: str) -> str:
+    """``name`` as a certificate names it: an IP address (its canonical form) or a DNS name
+    per RFC 1123 (lower case, no trailing dot). Refuses anything else, with the reason: a
+    scheme, a port, a path, a wildcard, an address no client can connect to."""
+    def refuse(why: str) -> CredentialError:
+        return CredentialError(f"{name!r} is not a server name: {why} (give an IP address "
+                               "or a DNS name such as superlink.example.org)")
+
+    try:
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        ip = None
+    if ip is not None:
+        if ip.is_unspecified or ip.is_multicast:
+            raise refuse("no client can connect to it")
+        if getattr(ip, "scope_id", None):
+            raise refuse("a certificate cannot name an IPv6 zone")
+        return str(ip)
+    if "://" in name:
+        raise refuse("no scheme")
+    if "/" in name:
+        raise refuse("no path")
+    if ":" in name:
+        raise refuse("no port; a certificate names hosts, not ports")
+    if "*" in name:
+        raise refuse("wildcards are not made here; name each host")
+    host = name.lower().removesuffix(".")
+    labels = host.split(".")
+    if (len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels)
+            or labels[-1].isdigit()):
+        raise refuse("a DNS name is dot-separated labels of 1 to 63 letters, digits and "
+                     "inner hyphens (RFC 1123), not all-numeric at the end")
+    return host
+
+
+def names_address(cert: x509.Certificate, address: str) -> bool:
+    """Whether ``cert``'s SAN names ``address`` as a TLS client checks it (RFC 6125)."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        host = address.lower().removesuffix(".")
+        return any(_dns_matches(p, host) for p in san.get_values_for_type(x509.DNSName))
+    return ip in san.get_values_for_type(x509.IPAddress)
+
+
+def _dns_matches(pattern: str, host: str) -> bool:
+    """RFC 6125 6.4.3: a wildcard only as the whole left-most label of a pattern with at
+    least two labels after it, standing for exactly one label of ``host``."""
+    pattern = pattern.lower().removesuffix(".")
+    if pattern == host:
+        return True
+    first, _, rest = pattern.partition(".")
+    label, _, host_rest = host.partition(".")
+    return (first == "*" and "*" not in rest and "." in rest and bool(label)
+            and host_rest == rest)
+
+
+def check_server_name(server_cert: Path, address: str) -> None:
+    """Refuse ``server_cert`` unless its SAN names ``address``, where clients will reach it."""
+    cert = _read_cert(server_cert)
+    if not names_address(cert, address):
+        raise CredentialError(f"{server_cert} does not name {address} in its subject "
+                              f"alternative names (has: {', '.join(san_names(cert)) or 'none'})")
+
+
 # -- generation ------------------------------------------------------------------------
 def generate_tls(directory: str | os.PathLike[str], hosts: tuple[str, ...] = HOSTS
                  ) -> TlsFiles:
-    """A new CA and a server certificate for ``hosts`` (IPs and DNS names) in ``directory``."""
+    """A new CA and a server certificate for ``hosts`` (IPs and DNS names, checked by
+    :func:`check_host`) in ``directory``."""
+    hosts = tuple(dict.fromkeys(check_host(h) for h in hosts))
+    if not hosts:
+        raise CredentialError("a server certificate needs at least one name")
     d = _private_dir(directory)
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP384R1())
@@ -81,7 +166,8 @@ def generate_tls(directory: str | os.PathLike[str], hosts: tuple[str, ...] = HOS
           .sign(ca_key, hashes.SHA384()))
     key = ec.generate_private_key(ec.SECP384R1())
     cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+            .subject_name(x509.Name([x509.NameAttribute(  # a CN holds 64 characters
+                NameOID.COMMON_NAME, hosts[0] if len(hosts[0]) <= 64 else "hybnn SuperLink")]))
             .issuer_name(ca_name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
@@ -117,10 +203,31 @@ def generate_node_keys(directory: str | os.PathLike[str], n: int) -> list[NodeKe
     return keys
 
 
+def generate_deployment(directory: str | os.PathLike[str], server_names: list[str],
+                        nodes: int) -> Credentials:
+    """A CA, a SuperLink certificate for ``server_names`` and ``nodes`` SuperNode key pairs
+    in the new (or empty) ``directory``; never over material already there."""
+    names = tuple(check_host(name) for name in server_names)  # all checked before writing
+    if not names:
+        raise CredentialError("name the SuperLink's host: --server-name NAME")
+    if nodes < 1:
+        raise CredentialError(f"at least one SuperNode key pair, got {nodes}")
+    d = Path(directory)
+    try:
+        d.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        if not d.is_dir() or any(d.iterdir()):
+            raise CredentialError(f"{d} already exists and is not an empty directory: "
+                                  "choose a new one (existing keys are never replaced)"
+                                  ) from None
+    return Credentials(generate_tls(d, names), generate_node_keys(d, nodes))
+
+
 # -- validation of user material -------------------------------------------------------
-def load_tls(directory: str | os.PathLike[str], host: str = HOSTS[0]) -> TlsFiles:
+def load_tls(directory: str | os.PathLike[str], address: str = LOCAL_HOST) -> TlsFiles:
     """The TLS files in ``directory``, checked: they parse, the key is the certificate's,
-    the CA signed the certificate, it is valid now and its SAN names ``host``."""
+    the CA signed the certificate, it is valid now and its SAN names ``address``, the
+    SuperLink's address in use (see :func:`names_address`)."""
     d = Path(directory).resolve()
     files = TlsFiles(d / CA_CERT, d / SERVER_CERT, d / SERVER_KEY)
     ca, cert = _read_cert(files.ca_cert), _read_cert(files.server_cert)
@@ -144,9 +251,7 @@ def load_tls(directory: str | os.PathLike[str], host: str = HOSTS[0]) -> TlsFile
             raise CredentialError(f"{path} is not valid now (valid "
                                   f"{c.not_valid_before_utc:%Y-%m-%d} to "
                                   f"{c.not_valid_after_utc:%Y-%m-%d})")
-    if host not in san_names(cert):
-        raise CredentialError(f"{files.server_cert} does not name {host} in its subject "
-                              f"alternative names (has: {', '.join(san_names(cert)) or 'none'})")
+    check_server_name(files.server_cert, address)
     return files
 
 
@@ -232,10 +337,13 @@ def _public_der(key: PublicKeyTypes) -> bytes:
 
 def credentials(directory: str | os.PathLike[str], nodes: int,
                 certificates: str | os.PathLike[str] | None = None,
-                supernode_keys: str | os.PathLike[str] | None = None) -> Credentials:
+                supernode_keys: str | os.PathLike[str] | None = None,
+                address: str = LOCAL_HOST) -> Credentials:
     """The user's ``certificates`` and ``supernode_keys`` directories where given
-    (validated, used read-only), new material in ``directory`` for the rest."""
-    tls = load_tls(certificates) if certificates else generate_tls(directory)
+    (validated for the SuperLink's ``address``, used read-only), new material in
+    ``directory`` for the rest (a certificate naming ``address`` and this host)."""
+    tls = (load_tls(certificates, address) if certificates
+           else generate_tls(directory, (address, *HOSTS)))
     keys = (load_node_keys(supernode_keys, nodes) if supernode_keys
             else generate_node_keys(directory, nodes))
     return Credentials(tls, keys)

@@ -140,7 +140,7 @@ def checked_aggregate(state: dict[str, np.ndarray], layout: Layout) -> dict[str,
 
 
 # -- the server ---------------------------------------------------------------------------
-EvaluateFn = Callable[[int, Any], MetricRecord]
+EvaluateFn = Callable[[int, Any], MetricRecord | None]
 
 
 class SecAggFedAvg(FedAvg):
@@ -304,8 +304,10 @@ class SecAggFedAvg(FedAvg):
 
     def evaluate(self, server_round: int, parameters: Parameters
                  ) -> tuple[float, dict[str, Scalar]] | None:
-        scores: dict[str, Any] = dict(self.score(server_round,
-                                                 to_record(self._state(parameters))))
+        record = self.score(server_round, to_record(self._state(parameters)))
+        if record is None:  # node data without a server test set
+            return None
+        scores: dict[str, Any] = dict(record)
         return float(scores["loss"]), {"acc": float(scores["acc"])}
 
     def _checked(self, nid: int, metrics: Mapping[str, Scalar], n: int, what: str, low: int

@@ -48,19 +48,25 @@ def run_server(grid: Grid, context: Context, cfg: FedConfig | None = None,
                 f"the server's encoder {cfg.encoder} is {encoder.fingerprint[:12]}, "
                 f"not the configured {cfg.encoder_fingerprint[:12]}")
         cfg = cfg.with_(encoder_fingerprint=encoder.fingerprint)
-    _, test_data = task.task_splits(cfg.data, cfg.task)
-    test = task.as_tensors(cfg, test_data, encoder)
+    # With node data the server holds none of it: its own test file if given, and the
+    # clients' counts are bounded by their handshakes and max_examples alone.
+    test_data = (task.server_dataset(cfg) if cfg.node_data
+                 else task.task_splits(cfg.data, cfg.task)[1])
+    test = task.as_tensors(cfg, test_data, encoder) if test_data is not None else None
     model = task.build_model(cfg, encoder)
     layout = Layout.of(model)
     initial = model_state(model, layout)
     # The server cuts the task as the clients do: their handshake counts must match.
-    partitions = task.partition_sizes(cfg)
+    partitions = None if cfg.node_data else task.partition_sizes(cfg)
     bounds = transport_bounds(model, layout)
     strategy = EncodedStrategy(cfg, layout, partitions=partitions, bounds=bounds)
     evals: dict[int, dict[str, float]] = {}
     secure: SecAggFedAvg | None = None
 
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if test is None:
+            evals[server_round] = {"time": time.perf_counter()}
+            return None
         m = task.build_model(cfg, encoder)
         load_state(m, from_record(arrays))
         loss, acc = task.evaluate(m, test)
@@ -85,7 +91,8 @@ def run_server(grid: Grid, context: Context, cfg: FedConfig | None = None,
     if cfg.secagg:  # Flower's legacy path; the EncodedStrategy shakes hands and samples
         secure = SecAggFedAvg(cfg, layout, bounds, initial,
                               evaluate_fn, strategy,
-                              max_weight=max(1, *(p["train"] for p in partitions)))
+                              max_weight=max(1, *(p["train"] for p in partitions))
+                              if partitions else cfg.max_examples)
         log["secagg"] = secure.protocol()
     ledger = secure.rounds if secure else strategy.rounds
     try:

@@ -54,13 +54,15 @@ def federate(
     num_cpus: float = 1.0,
     progress: bool = False,
     engine: str = "ray",
+    node_data: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run ``cfg`` in Flower's simulation engine (``engine="ray"``) or on a
     :class:`~hybnn.federated.local_grid.LocalGrid` in this process (``"local"``: the same
     apps, sequential, no Ray); write and return results.json's content.
 
     ``mods`` are Flower client mods wrapped around every client (e.g. the fault injectors
-    of :mod:`hybnn.federated.faults`).
+    of :mod:`hybnn.federated.faults`). ``node_data``: node i trains on its own file
+    ``node_data[i]`` (``cfg.node_data``; the local engine only).
     """
     if engine not in ENGINES:
         raise DataError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -82,7 +84,9 @@ def federate(
         from hybnn.federated.local_grid import run_local
 
         with contextlib.suppress(FederationError):  # the sink says why; raised below
-            run_local(cfg, mods, sink)
+            run_local(cfg, mods, sink, node_data)
+    elif node_data:
+        raise DataError("node data runs with --deploy or --engine local")
     else:
         run_simulation(
             server_app=make_server_app(cfg, sink),

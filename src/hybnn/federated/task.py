@@ -22,6 +22,8 @@ from torch import nn
 
 from hybnn.data import load_source, select_task, train_test
 from hybnn.data.dataset import Dataset
+from hybnn.data.labels import LabelSpace
+from hybnn.data.splits import stratified_split
 from hybnn.errors import DataError, FingerprintMismatch
 from hybnn.federated.config import FedConfig
 from hybnn.federated.encoding import Layout
@@ -78,6 +80,39 @@ def client_datasets(cfg: FedConfig, partition_id: int) -> tuple[Dataset, Dataset
     return train.subset(tr[partition_id]), test.subset(te[partition_id])
 
 
+def in_label_space(data: Dataset, labels: Sequence[int], where: str) -> Dataset:
+    """``data`` relabelled to the federation's output indices (``labels[i]`` -> ``i``);
+    a DataError if it holds a label outside ``labels``."""
+    original = np.asarray(data.label_space.labels, dtype=np.int64)[data.y]
+    outside = sorted(set(np.unique(original).tolist()) - set(labels))
+    if outside:
+        raise DataError(f"{where} holds labels {outside[:10]} outside the federation's label "
+                        f"space {list(labels)}")
+    index = {label: i for i, label in enumerate(labels)}
+    names = dict(zip(data.label_space.labels, data.label_space.names, strict=True))
+    space = LabelSpace(tuple(labels), tuple(names.get(v, str(v)) for v in labels))
+    y = np.array([index[int(v)] for v in original], dtype=np.int64)
+    return Dataset(data.name, data.x, y, len(labels), None, data.info, space)
+
+
+@lru_cache(maxsize=4)
+def node_datasets(path: str, labels: tuple[int, ...], test_fraction: float, seed: int
+                  ) -> tuple[Dataset, Dataset]:
+    """(train, test) of a node's own data file (any format ``--data`` takes), in the
+    federation's label space; the test part is held out by a stratified, seeded split."""
+    data = in_label_space(load_source(path), labels, f"this node's data {path}")
+    train, test = stratified_split(data.y, test_fraction, seed)
+    return data.subset(train), data.subset(test)
+
+
+def server_dataset(cfg: FedConfig) -> Dataset | None:
+    """The server's own test set with node data (``server_test``), or None without one."""
+    if not cfg.server_test:
+        return None
+    return in_label_space(load_source(cfg.server_test), cfg.label_list(),
+                          f"the server's test data {cfg.server_test}")
+
+
 def partition_sizes(cfg: FedConfig) -> list[dict[str, Any]]:
     """Per client: train and test sizes and the class histogram of its training data."""
     train, _ = task_splits(cfg.data, cfg.task)
@@ -108,14 +143,24 @@ _TENSOR_CACHE: OrderedDict[tuple[Any, ...], tuple[Tensors, Tensors]] = OrderedDi
 TENSOR_CACHE_SIZE = 8  # a simulation worker serves several clients in turn
 
 
-def client_tensors(cfg: FedConfig, partition_id: int,
-                   encoder: Encoder | None) -> tuple[Tensors, Tensors]:
-    """(train, test) tensors of a client, kept for the next rounds in this process."""
+def client_tensors(cfg: FedConfig, partition_id: int, encoder: Encoder | None,
+                   node_data: str = "") -> tuple[Tensors, Tensors]:
+    """(train, test) tensors of a client, kept for the next rounds in this process: of its
+    own file ``node_data`` when the federation runs on node data, else of its partition."""
     key = (cfg.model, cfg.data, cfg.task, cfg.clients, cfg.partition, cfg.alpha,
-           cfg.classes_per_client, cfg.seed, cfg.prep, partition_id,
+           cfg.classes_per_client, cfg.seed, cfg.prep, partition_id, cfg.node_data,
+           node_data, cfg.labels, cfg.local_test,
            encoder.fingerprint if encoder is not None and cfg.model == "hybnn" else "")
     if key not in _TENSOR_CACHE:
-        train, test = client_datasets(cfg, partition_id)
+        if cfg.node_data:
+            if not node_data:
+                raise DataError("the federation runs on node data, but this node's config "
+                                "names no data file: start it with --node-config "
+                                "'data=\"/path/train.npz\"'")
+            train, test = node_datasets(str(Path(node_data).resolve()),
+                                        tuple(cfg.label_list()), cfg.local_test, cfg.seed)
+        else:
+            train, test = client_datasets(cfg, partition_id)
         _TENSOR_CACHE[key] = (as_tensors(cfg, train, encoder), as_tensors(cfg, test, encoder))
         while len(_TENSOR_CACHE) > TENSOR_CACHE_SIZE:
             _TENSOR_CACHE.popitem(last=False)
@@ -125,12 +170,15 @@ def client_tensors(cfg: FedConfig, partition_id: int,
 
 def build_model(cfg: FedConfig, encoder: Encoder | None) -> nn.Module:
     """The federated model, initialised from the run's seed (identical on every machine)."""
-    train, _ = task_splits(cfg.data, cfg.task)
-    torch.manual_seed(cfg.seed)
     if cfg.model == "hybnn":
         if encoder is None:
             raise DataError("the hybnn model needs an encoder")
-        return BNNHead(encoder.latent_bits, train.num_classes, cfg.hidden_widths())
+        classes = (len(cfg.label_list()) if cfg.node_data
+                   else task_splits(cfg.data, cfg.task)[0].num_classes)
+        torch.manual_seed(cfg.seed)
+        return BNNHead(encoder.latent_bits, classes, cfg.hidden_widths())
+    train, _ = task_splits(cfg.data, cfg.task)
+    torch.manual_seed(cfg.seed)
     return build_image_model(cfg.model, train)
 
 

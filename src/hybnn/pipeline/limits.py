@@ -121,9 +121,11 @@ LIMITS: dict[str, Limit] = {
     "rotation": _number(0, 180), "zoom": _number(0, 0.5),
     # continual learning
     "memory_fraction": _number(0, 1, open_low=True),
+    "local_test": _number(0, 1, open_low=True, open_high=True),
     "generator_temperature": _POSITIVE, "generator_samples": _number(0, 100, open_low=True),
     # federated learning
     "clients": Limit(1, MAX_CLIENTS), "min_clients": Limit(1, MAX_CLIENTS),
+    "nodes": Limit(1, MAX_CLIENTS),
     "hostile": Limit(0, MAX_CLIENTS - 1), "classes_per_client": Limit(1, MAX_WIDTH),
     "secagg_shares": Limit(1, MAX_CLIENTS), "secagg_threshold": Limit(1, MAX_CLIENTS),
     "alpha": _POSITIVE, "trim_beta": _number(0, 0.5, open_high=True),

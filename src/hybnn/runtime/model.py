@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from hybnn.bundle.format import BundleParts
+from hybnn.data.dataset import model_images
 from hybnn.data.labels import LabelSpace
 from hybnn.engine.runtime import PackedModel
 from hybnn.errors import DataError
@@ -14,7 +15,9 @@ from hybnn.runtime.onnx_encoder import OnnxEncoder
 
 
 class BundleModel:
-    """Images float32 (N, C, H, W) in [0, 1] -> classes; ``codes`` and ``logits`` on the way."""
+    """Images -> classes; ``codes`` and ``logits`` on the way. Images as ``hybnn predict`` takes
+    them (:func:`hybnn.data.dataset.model_images`): uint8 0-255 or floats in [0, 1], shaped
+    (N, C, H, W), (N, H, W) or (H, W)."""
 
     def __init__(self, parts: BundleParts, threads: int = 1, where: str = "bundle") -> None:
         self.encoder = OnnxEncoder.of_bundle(parts, threads, where)
@@ -35,18 +38,13 @@ class BundleModel:
 
     def _images(self, images: Any) -> np.ndarray:
         x = images
-        if not (type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous):
-            x = np.asarray(images)
-            if x.dtype != np.float32:
-                raise DataError(f"images must be float32, got {x.dtype} "
-                                "(use x.astype(np.float32))")
-            x = np.ascontiguousarray(x)
-        if x.ndim != 4 or x.shape[1:] != self.input_shape:
-            raise DataError(f"images must have shape (N, {', '.join(map(str, self.input_shape))})"
-                            f" (NCHW), got {x.shape}")
-        if x.size and not (x.min() >= 0.0 and x.max() <= 1.0):  # NaN fails both
-            raise DataError("images must hold values in [0, 1] (no NaN)")
-        return x
+        if (type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous
+                and x.ndim == 4 and x.shape[1:] == self.input_shape):  # the fast path
+            if x.size and not (x.min() >= 0.0 and x.max() <= 1.0):  # NaN fails both
+                raise DataError("images of float type must lie in [0, 1] (no NaN); pass "
+                                "uint8 pixels, or scale the floats to [0, 1] first")
+            return x
+        return model_images(images, self.input_shape)
 
     def encoder_logits(self, images: Any) -> np.ndarray:
         """The encoder's bit logits (N, latent_bits) float32."""

@@ -1,0 +1,115 @@
+"""Node-local data: every node trains on its own file (node config ``data``) and the server
+holds none of it. Real ClientApps on a LocalGrid (in process); the deployment across hosts
+runs the same client code."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hybnn.data import load_source
+from hybnn.data.splits import stratified_split
+from hybnn.errors import DataError
+from hybnn.federated.config import FedConfig
+from hybnn.federated.local_grid import run_local
+
+
+@pytest.fixture(scope="module")
+def node_files(tmp_path_factory):
+    """Real digits 0 and 1 (plus one file holding a 7) split over three node files."""
+    d = load_source("digits")
+    root = tmp_path_factory.mktemp("nodes")
+    x = (d.x[:, 0] * 255).round().astype(np.uint8)
+    keep = np.flatnonzero(np.isin(d.y, [0, 1]))
+    rng = np.random.default_rng(0)
+    rng.shuffle(keep)
+    parts = np.array_split(keep[:300], 3)
+    files = []
+    for i, idx in enumerate(parts):
+        files.append(root / f"site-{i}.npz")
+        np.savez(files[-1], x=x[idx], y=d.y[idx])
+    np.savez(root / "server-test.npz", x=x[keep[300:]], y=d.y[keep[300:]])
+    sevens = np.flatnonzero(d.y == 7)[:20]
+    np.savez(root / "has-7.npz", x=x[np.r_[parts[0][:40], sevens]],
+             y=d.y[np.r_[parts[0][:40], sevens]])
+    return root, files, [len(p) for p in parts]
+
+
+def _cfg(encoder_dir, clients, **kw):
+    return FedConfig(data="digits", task="0v1", clients=clients, rounds=2, local_epochs=2,
+                     encoder=encoder_dir, node_data=True, labels="0,1", min_clients=2,
+                     node_wait=5.0, **kw)
+
+
+def test_each_node_trains_on_exactly_its_file(encoder_dir, node_files):
+    root, files, sizes = node_files
+    log, _ = run_local(_cfg(encoder_dir, 3, server_test=str(root / "server-test.npz")),
+                       node_data=[str(f) for f in files])
+    assert log["status"] == "completed" and log["partitions"] is None
+    trained = {c["partition"]: c["num_examples"] for c in log["rounds"][0]["clients"]}
+    # each node holds out a stratified fifth of its file as its own test set
+    want = {i: len(stratified_split(np.load(f)["y"], 0.2, 0)[0]) for i, f in enumerate(files)}
+    assert trained == want and sum(sizes) == 300
+    assert log["rounds"][-1]["global_acc"] > 0.6  # on the server's own test file
+
+
+def test_without_a_server_test_set_the_clients_report(encoder_dir, node_files):
+    _, files, _ = node_files
+    log, _ = run_local(_cfg(encoder_dir, 3), node_data=[str(f) for f in files])
+    assert log["status"] == "completed"
+    assert log["rounds"][-1]["global_acc"] is None
+    assert log["rounds"][-1]["clients_global_acc"] > 0.6
+
+
+def test_a_node_with_foreign_labels_or_no_file_is_refused_and_the_rest_go_on(
+        encoder_dir, node_files):
+    root, files, _ = node_files
+    nodes = [str(files[0]), str(files[1]), str(root / "has-7.npz"), str(root / "missing.npz")]
+    log, _ = run_local(_cfg(encoder_dir, 4), node_data=nodes)
+    assert log["status"] == "completed"
+    refused = [c for c in log["handshake"] if c.get("status") != "ok"]
+    assert len(refused) == 2, log["handshake"]
+    assert "outside the federation's label space [0, 1]" in str(refused)
+    assert "data file not found" in str(refused) and "missing.npz" in str(refused)
+    trained = sorted(c["partition"] for c in log["rounds"][-1]["clients"]
+                     if c["status"] == "ok")
+    assert trained == [0, 1], log["rounds"][-1]["clients"]
+
+
+def test_node_data_settings_are_checked():
+    with pytest.raises(DataError, match="labels must be at least two"):
+        FedConfig(node_data=True, labels="3")
+    with pytest.raises(DataError, match="labels must be integers"):
+        FedConfig(node_data=True, labels="a,b")
+    with pytest.raises(DataError, match="--model hybnn"):
+        FedConfig(node_data=True, labels="0,1", model="bcnn")
+
+
+def test_federate_node_data_through_the_cli(encoder_dir, node_files, tmp_path, capsys):
+    import json
+
+    from hybnn.cli import main
+
+    root, files, _ = node_files
+    argv = ["federate", "--engine", "local", "--encoder", encoder_dir, "--rounds", "2",
+            "--local-epochs", "2", "--server-test", str(root / "server-test.npz"),
+            "--out", str(tmp_path / "run"), "--node-data", *map(str, files)]
+    assert main(argv) == 0, capsys.readouterr().err
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["config"]["node_data"] and res["config"]["labels"] == "0,1"
+    assert res["config"]["clients"] == 3 and res["status"] == "completed"
+    assert str(root) not in json.dumps(res["config"]).replace(str(root / "server-test.npz"), "")
+    assert main(["federate", "--encoder", encoder_dir, "--out", str(tmp_path / "r2"),
+                 "--node-data", *map(str, files)]) == 2  # the Ray engine: refused
+    assert "--engine local" in capsys.readouterr().err
+
+
+def test_the_flower_app_ships_inside_the_package():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = subprocess.run([sys.executable, "-m", "hybnn.federated.app_path"], capture_output=True,
+                         text=True, check=True, timeout=60).stdout.strip()
+    app = Path(out) / "pyproject.toml"
+    assert app.is_file() and "hybnn.federated.client_app:app" in app.read_text()
