@@ -30,7 +30,7 @@ done
 
 venv() {  # venv DIR SPEC: a fresh venv with SPEC installed; prints its size
   $PY -m venv "$1"
-  "$1/bin/pip" install -q "$2" 2>&1 | grep -v '^WARNING: Location' || true
+  "$1/bin/pip" install -q --no-compile "$2" 2>&1 | grep -v '^WARNING: Location' || true
   "$1/bin/pip" check
   echo "$(basename "$1") venv: $(du -sm "$1" | cut -f1) MB"
 }

@@ -27,3 +27,19 @@ def task_identity():
 def encoder_dir(tiny_encoder):
     """The directory of the session's tiny encoder."""
     return str(tiny_encoder[0])
+
+
+@pytest.fixture
+def spawned(monkeypatch):
+    """The command line of every process a LocalFederation starts, by process name."""
+    from hybnn.federated.deploy import LocalFederation
+
+    commands: dict[str, list[str]] = {}
+    spawn = LocalFederation._spawn
+
+    def record(self, name, cmd):
+        commands[name] = cmd
+        return spawn(self, name, cmd)
+
+    monkeypatch.setattr(LocalFederation, "_spawn", record)
+    return commands

@@ -4,6 +4,9 @@ runs the same client code."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -113,3 +116,46 @@ def test_the_flower_app_ships_inside_the_package():
                          text=True, check=True, timeout=60).stdout.strip()
     app = Path(out) / "pyproject.toml"
     assert app.is_file() and "hybnn.federated.client_app:app" in app.read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("flower-superlink") is None,
+                    reason="the fed extra is not installed")
+def test_several_hosts_each_on_its_own_file(encoder_dir, node_files, tmp_path, spawned):
+    """The SuperLink on 127.0.0.2 with a certificate for 127.0.0.2 only; SuperNodes on
+    127.0.0.3 and 127.0.0.4, each with its own working directory, FLWR_HOME and data file;
+    TLS and node authentication on, 2 rounds; a third node's file holds a foreign label."""
+    import json
+
+    from hybnn.cli import main
+    from hybnn.federated.deploy import deploy
+
+    root, files, _ = node_files
+    commands = spawned
+    assert main(["pki", "--out", str(tmp_path / "pki"), "--server-name", "127.0.0.2",
+                 "--nodes", "3"]) == 0
+    nodes = [str(files[0]), str(files[1]), str(root / "has-7.npz")]
+    cfg = FedConfig(data="digits", task="0v1", rounds=2, local_epochs=1, encoder=encoder_dir,
+                    node_data=True, labels="0,1", clients=3, min_clients=2,
+                    fraction_evaluate=1.0, round_timeout=120.0, node_wait=60.0)
+    res = deploy(cfg, tmp_path / "run", centralized=False, run_timeout=600,
+                 certificates=tmp_path / "pki", supernode_keys=tmp_path / "pki",
+                 server_address="127.0.0.2", node_data=nodes,
+                 node_hosts=["127.0.0.3", "127.0.0.4"])
+    assert res["run_status"] == "finished:completed" and res["status"] == "completed"
+    assert res["security"] == {"tls": True, "supernode_auth": True}
+    want = {i: len(stratified_split(np.load(nodes[i])["y"], 0.2, 0)[0]) for i in (0, 1)}
+    for r in res["rounds"]:
+        got = {c["partition"]: c["num_examples"] for c in r["clients"] if c["status"] == "ok"}
+        assert got == want, r["clients"]
+    refused = [c for c in res["handshake"] if c.get("status") != "ok"]
+    assert len(refused) == 1 and "outside the federation's label space" in str(refused)
+    link = commands["superlink"]
+    assert link[link.index("--host") + 1] == "127.0.0.2"
+    for i, host in enumerate(["127.0.0.3", "127.0.0.4", "127.0.0.3"]):
+        node = commands[f"supernode-{i}"]
+        assert node[node.index("--host") + 1] == host
+        assert node[node.index("--superlink") + 1].startswith("127.0.0.2:")
+        assert f'data="{nodes[i]}"' in node[node.index("--node-config") + 1]
+    server_side = json.dumps(link) + json.dumps(res["config"])
+    assert not any(str(Path(f).parent) in server_side for f in nodes)

@@ -210,19 +210,12 @@ def test_a_certificate_for_another_address_is_refused_before_anything_starts(tmp
 @needs_flower
 @pytest.mark.slow
 @pytest.mark.skipif(not _can_listen("127.0.0.2"), reason="127.0.0.2 is not on this host")
-def test_a_superlink_on_127_0_0_2_with_a_certificate_for_it_only(tmp_path, monkeypatch):
+def test_a_superlink_on_127_0_0_2_with_a_certificate_for_it_only(tmp_path, spawned):
     """`hybnn pki --server-name 127.0.0.2` material, nothing naming 127.0.0.1: the node
     reaches the SuperLink at 127.0.0.2 and comes online."""
     from hybnn.federated.deploy import LocalFederation
 
-    commands: dict[str, list[str]] = {}
-    spawn = LocalFederation._spawn
-
-    def record(self, name, cmd):
-        commands[name] = cmd
-        return spawn(self, name, cmd)
-
-    monkeypatch.setattr(LocalFederation, "_spawn", record)
+    commands = spawned
     assert main(["pki", "--out", str(tmp_path / "pki"), "--server-name", "127.0.0.2",
                  "--nodes", "1"]) == 0
     creds = pki.credentials(tmp_path / "unused", 1, certificates=tmp_path / "pki",

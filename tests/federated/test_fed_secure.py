@@ -162,19 +162,12 @@ def test_security_flags_need_deploy(tmp_path):
 # -- a real deployment on loopback (slow) -----------------------------------------------
 @needs_flower
 @pytest.mark.slow
-def test_secure_deployment_completes(tmp_path, tiny_encoder, monkeypatch):
+def test_secure_deployment_completes(tmp_path, tiny_encoder, spawned):
     """The user's TLS files (used read-only) and generated SuperNode keys, in one run."""
     from hybnn.federated.config import FedConfig
-    from hybnn.federated.deploy import LocalFederation, deploy
+    from hybnn.federated.deploy import deploy
 
-    commands: dict[str, list[str]] = {}
-    spawn = LocalFederation._spawn
-
-    def record(self, name, cmd):
-        commands[name] = cmd
-        return spawn(self, name, cmd)
-
-    monkeypatch.setattr(LocalFederation, "_spawn", record)
+    commands = spawned
     mine = pki.generate_tls(tmp_path / "mine")
     before = {p: p.read_bytes() for p in (tmp_path / "mine").iterdir()}
     cfg = FedConfig(data="digits", task="0v1", clients=2, rounds=1, local_epochs=1,

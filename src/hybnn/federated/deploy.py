@@ -134,9 +134,12 @@ class LocalFederation:
 
     def __init__(self, root: str | os.PathLike[str], node_configs: list[dict[str, Any]],
                  startup_timeout: float = 90.0, credentials: Credentials | None = None,
-                 host: str = LOCAL_HOST, port: int = 0) -> None:
-        self.root = Path(root)
+                 host: str = LOCAL_HOST, port: int = 0, node_hosts: Sequence[str] = ()
+                 ) -> None:
+        self.root = Path(root).resolve()
         self.node_configs = node_configs
+        # where node i's own Runtime API listens (its ClientApps connect there)
+        self.node_hosts = [check_host(h) for h in node_hosts] or [LOCAL_HOST]
         self.startup_timeout = startup_timeout
         self.credentials = credentials
         self.host, self.port = host, port
@@ -155,8 +158,9 @@ class LocalFederation:
 
     def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
         log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 - owned by the process
+        home = self.root / name  # each process its own working directory and FLWR_HOME
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=self.env(self.root / name),
+                                stdin=subprocess.DEVNULL, env=self.env(home), cwd=home,
                                 start_new_session=True)
         log.close()
         self.procs.append((name, proc))
@@ -178,7 +182,8 @@ class LocalFederation:
         self.root.mkdir(parents=True, exist_ok=True)
         self.superlink_port = free_port(self.host, self.port)
         if tls:
-            self.runtime_tls = generate_tls(self.root / "runtime-pki")
+            self.runtime_tls = generate_tls(self.root / "runtime-pki",
+                                            (LOCAL_HOST, "localhost", *self.node_hosts))
         security = ["--ssl-certfile", str(tls.server_cert), "--ssl-keyfile",
                     str(tls.server_key), "--ssl-ca-certfile", str(tls.ca_cert),
                     "--enable-supernode-auth"] if tls else ["--insecure"]
@@ -200,12 +205,13 @@ class LocalFederation:
                               self.credentials.node_keys[:len(self.node_configs)]))
         keys = self.credentials.node_keys if self.credentials else []
         nodes = [(i, *self.start_supernode(f"supernode-{i}", node_config,
-                                           self.node_security(keys[i] if keys else None)))
+                                           self.node_security(keys[i] if keys else None),
+                                           self.node_host(i)))
                  for i, node_config in enumerate(self.node_configs)]
         runtime_ca = self.runtime_tls.ca_cert if self.runtime_tls else None
         for i, port, proc in nodes:  # all started, now wait for all
             wait_healthy(port, proc, f"flower-supernode {i}", self.startup_timeout,
-                         runtime_ca)
+                         runtime_ca, self.node_host(i))
         self.wait_nodes_online(len(self.node_configs))
         return self
 
@@ -229,14 +235,18 @@ class LocalFederation:
                  "--ssl-ca-certfile", str(local.ca_cert)]
         return flags + (["--auth-supernode-private-key", str(key.private)] if key else [])
 
-    def start_supernode(self, name: str, node_config: dict[str, Any], security: list[str]
-                        ) -> tuple[int, subprocess.Popen[bytes]]:
-        """Spawn ``flower-supernode SECURITY ...`` (log ``name.log``); its port and process."""
-        port = free_port()
+    def node_host(self, i: int) -> str:
+        return self.node_hosts[i % len(self.node_hosts)]
+
+    def start_supernode(self, name: str, node_config: dict[str, Any], security: list[str],
+                        host: str = LOCAL_HOST) -> tuple[int, subprocess.Popen[bytes]]:
+        """Spawn ``flower-supernode SECURITY ...`` (log ``name.log``) with its Runtime API on
+        ``host``; its port and process."""
+        port = free_port(host)
         return port, self._spawn(name, [
             *_gated("supernode"), *security,
             "--superlink", self.superlink_address,
-            "--host", LOCAL_HOST, "--port", str(port),
+            "--host", host, "--port", str(port),
             "--node-config", _toml_pairs(node_config)])
 
     def stop(self, grace: float = 10.0) -> None:
@@ -327,10 +337,11 @@ def deploy(cfg: FedConfig, out: str | os.PathLike[str], pretrain_epochs: int = 2
            startup_timeout: float = 90.0, keep_state: bool = False, insecure: bool = False,
            certificates: str | os.PathLike[str] | None = None,
            supernode_keys: str | os.PathLike[str] | None = None,
-           server_address: str | None = None, node_data: Sequence[str] = ()
-           ) -> dict[str, Any]:
+           server_address: str | None = None, node_data: Sequence[str] = (),
+           node_hosts: Sequence[str] = ()) -> dict[str, Any]:
     """Run ``cfg`` on a real local deployment; write and return results.json's content.
-    ``node_data``: SuperNode i's own data file (its node config ``data``, ``cfg.node_data``).
+    ``node_data``: SuperNode i's own data file (its node config ``data``, ``cfg.node_data``);
+    ``node_hosts``: the local addresses the nodes' Runtime APIs listen on, in turn.
 
     The SuperLink listens on ``server_address`` (``HOST[:PORT]``, default 127.0.0.1 and a
     free port). TLS and SuperNode authentication unless ``insecure``: with the CA and
@@ -366,7 +377,7 @@ def deploy(cfg: FedConfig, out: str | os.PathLike[str], pretrain_epochs: int = 2
         node["data"] = str(Path(path).resolve())
     timeout = run_timeout or cfg.rounds * 2 * cfg.round_timeout + cfg.node_wait + 120
     t0 = time.perf_counter()
-    with LocalFederation(root, nodes, startup_timeout, creds, host, port) as fed:
+    with LocalFederation(root, nodes, startup_timeout, creds, host, port, node_hosts) as fed:
         app = root / "app"
         shutil.copytree(APP_DIR, app)
         run_id = fed.run(app, cfg.to_record())
