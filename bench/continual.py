@@ -1,7 +1,7 @@
 """Continual-learning targets: writes the `continual` section of BENCHMARKS.md.
 
 Runs `hybnn continual` on mnist-5k (five pair tasks in order, class- and domain-incremental,
-every strategy, three seeds) and checks the issue's target: class-incremental, with at most
+every strategy, three seeds) and checks the target: class-incremental, with at most
 1 % of the training codes' bytes kept, final accuracy within 2 points of joint training.
 Replay is also run at larger budgets, to show what stored-code replay needs.
 

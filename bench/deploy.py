@@ -212,7 +212,7 @@ def targets(speed: dict[str, dict[str, float]], cold: dict[str, float],
     out = [{"name": n, "value": round(v, 3), "goal": f">= {g:g}x", "met": v >= g}
            for n, v, g in rows]
     vae, fb = rows_by_name["HyBNN torch path"]["accuracy"], rows_by_name[FULLY_BINARY]["accuracy"]
-    for task in (t for t in fb if t != "all"):  # the issue's target is per pair task
+    for task in (t for t in fb if t != "all"):  # the target is per pair task
         gap = 100 * (vae[task] - fb[task])
         out.append({"name": f"fully binary {task} gap vs VAE-code HyBNN (points)",
                     "value": round(gap, 2), "goal": "<= 1", "met": gap <= 1.0})
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if not args.no_write and not quick:
-        write_section("deploy", "## Deploy: bundle vs float CNN (issue 9)\n\n" + md,
+        write_section("deploy", "## Deploy: bundle vs float CNN\n\n" + md,
                       args.benchmarks)
     return 0
 

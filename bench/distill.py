@@ -49,7 +49,7 @@ from hybnn.pipeline.train import evaluate_classifier
 
 DATA = "mnist-5k"
 TASKS = [*PAPER_TASKS, "all"]
-GAP_GOAL = 1.0  # points: the "within 1 point of VAE-code HyBNN on every pair task"
+GAP_GOAL = 1.0  # points: the target "within 1 point of VAE-code HyBNN on every pair task"
 SPEED_GOAL = 5.0  # x faster than the float CNN in torch at batch 1
 
 
@@ -164,7 +164,7 @@ def markdown(r: dict[str, Any]) -> str:
     for t in r["targets"]:
         lines.append(f"- {t['name']}: {t['value']:.2f} (goal {t['goal']}): "
                      f"{'met' if t['met'] else '**missed**'}")
-    lines += ["", "The issue's speed target (>= 5x faster than the float CNN in ONNX Runtime "
+    lines += ["", "The speed target (>= 5x faster than the float CNN in ONNX Runtime "
               "int8 at batch 1) needs ONNX Runtime and is measured by `bench/deploy.py`; the "
               "ratio here is against torch eager."]
     return "\n".join(lines)

@@ -302,7 +302,7 @@ def markdown(results: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
-# The speed targets: (case name prefix, float32 time / packed time at least).
+# The speed targets: (case name prefix, float32 time / packed time at least).
 SPEED_GOALS = (("head_200-128-2_b4096", 20.0), ("dense_1024x1024_b256", 10.0),
                ("dense_16384x128_b", 10.0), ("conv3x3_56x56x64-64_b1", 10.0))
 

@@ -320,7 +320,7 @@ def width_section(rows: list[dict[str, Any]], fpcnn_acc: float, data: str, out: 
 
 
 def targets(data: str, results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets against what was measured; ``detail`` is the BENCHMARKS line."""
+    """The targets against what was measured; ``detail`` is the BENCHMARKS line."""
     found = []
     for task, row in results["tasks"].items():
         h = row["hybnn"]["acc_mean"]

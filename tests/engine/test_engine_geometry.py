@@ -1,6 +1,6 @@
 """Geometry limits: impossible or oversized layers are refused, in Python and again in C.
 
-The subprocess tests are regressions of issue 10 finding 4: before overflow-checked sizes these
+The subprocess tests are regressions of a hostile-input finding: before overflow-checked sizes these
 calls wrapped a size to a tiny buffer and crashed the interpreter (SIGSEGV), so they run in a
 child process where a crash is a failed test, not a dead test runner.
 """

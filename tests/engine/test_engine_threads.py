@@ -1,6 +1,6 @@
 """One loaded model, many Python threads: the C code releases the GIL and must share nothing.
 
-Also the regression of issue 10 finding 16 (data races in C: the lazily built table of
+Also the regression of a hostile-input finding (data races in C: the lazily built table of
 ``hyb_pack_bytes`` and the plain ``g_isa``): ``race_driver.c`` is built with ThreadSanitizer,
 which reported both races before the fix.
 """

@@ -1,4 +1,4 @@
-"""FedConfig refuses every invalid value up front, with one line (defect 14 of issue 10)."""
+"""FedConfig refuses every invalid value up front, with one line."""
 
 from __future__ import annotations
 

@@ -208,7 +208,7 @@ def test_sampling_is_seeded(encoder_dir):
     assert all(len(p) == 3 for p in picks) and len({tuple(p) for p in picks}) > 1
 
 
-# -- hostile clients (issue 10): the real client app behind the fault mods --------------
+# -- hostile clients: the real client app behind the fault mods --------------
 
 HOSTILE = {  # name: (encoding, mod, ledger status field, word of the reason)
     "huge train count": ("fp32", faults.tamper_metrics(0, {"num-examples": 10**15}),

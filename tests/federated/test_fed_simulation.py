@@ -69,7 +69,7 @@ def test_faults_inside_the_simulation_runtime(tmp_path, tiny_encoder):
 
 
 def test_a_hostile_client_is_rejected_inside_the_simulation_runtime(tmp_path, tiny_encoder):
-    # Findings 1-3 of issue 10 end to end: a client claiming 10^15 samples (round 1), then
+    # Hostile clients end to end: a client claiming 10^15 samples (round 1), then
     # sending batch-norm variances of -1e6 (round 2), and an infinite evaluation count in
     # every round. Before validation the first took over FedAvg, the second made every
     # output NaN and the third stopped the server.

@@ -141,7 +141,8 @@ def reproduce(config: ReproduceConfig, out: str | os.PathLike[str],
 
 def _continual_table(config: ReproduceConfig, out: Path, progress: bool) -> dict[str, Any]:
     """`hybnn continual` on this run's encoder and pair tasks, class-incremental (the
-    scenario of the issue's target); the full results are written to ``out/continual``."""
+    scenario of the continual target in BENCHMARKS.md); the full results are written to
+    ``out/continual``."""
     from hybnn.experiments.continual import continual
     from hybnn.experiments.continual_config import ContinualConfig
 

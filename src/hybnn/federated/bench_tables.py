@@ -81,7 +81,7 @@ def _cnn_ratios(raw: dict[str, Any]) -> list[tuple[dict[str, Any], float]]:
 
 
 def targets(raw: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets against what was measured (the same numbers as the section)."""
+    """The targets against what was measured (the same numbers as the section)."""
     found = []
     if raw.get("only") == "scale":
         return _scale_targets(raw)
