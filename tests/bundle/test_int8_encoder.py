@@ -167,3 +167,16 @@ def test_the_cli_quantizes_then_trains_and_bundles_on_int8_codes(tiny_encoder, t
     assert main(["export", head, "--encoder", str(tiny_encoder[0]),
                  "--out", str(tmp_path / "f.bundle")]) == 2
     assert "trained on codes of encoder" in capsys.readouterr().err
+
+
+def test_calibration_counts_that_are_no_multiple_of_the_batch(tiny_encoder, tmp_path):
+    """40 or 41 calibration images (before: ONNX Runtime's calibrator failed on the short
+    last batch, "inhomogeneous shape")."""
+    from hybnn.bundle.quantize import CALIBRATION_BATCH, calibration_batch
+
+    assert calibration_batch(40) == 20 and calibration_batch(41) == 1
+    assert calibration_batch(CALIBRATION_BATCH * 4) == CALIBRATION_BATCH
+    assert calibration_batch(1) == 1
+    api.quantize(api.QuantizeOptions(encoder=str(tiny_encoder[0]), out=str(tmp_path / "e8"),
+                                     calibration_samples=40, agreement_samples=0))
+    assert (tmp_path / "e8" / "meta.json").is_file()

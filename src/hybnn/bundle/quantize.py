@@ -57,16 +57,22 @@ def method(recipe: Recipe | None = None) -> dict[str, Any]:
             "onnxruntime": onnxruntime.__version__}
 
 
+def calibration_batch(n: int) -> int:
+    """The largest batch size of at most CALIBRATION_BATCH that divides ``n`` images."""
+    return max(d for d in range(1, max(1, min(CALIBRATION_BATCH, n)) + 1) if n % d == 0)
+
+
 def _reader(input_name: str, images: np.ndarray) -> Any:
     from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
-        """Feeds the calibration images in batches of CALIBRATION_BATCH."""
+        """Feeds the calibration images in batches of one size, at most CALIBRATION_BATCH
+        (ONNX Runtime's calibrators stack the batches' outputs: a short last batch fails)."""
 
         def __init__(self) -> None:
+            size = calibration_batch(len(images))
             self.batches: Iterator[np.ndarray] = iter(
-                [images[i:i + CALIBRATION_BATCH] for i in range(0, len(images),
-                                                                 CALIBRATION_BATCH)])
+                [images[i:i + size] for i in range(0, len(images), size)])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             batch = next(self.batches, None)
