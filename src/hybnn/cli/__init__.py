@@ -7,6 +7,7 @@ torch-free and the API functions are imported when a command runs.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 import shlex
@@ -270,6 +271,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, but an unknown flag is reported by the subcommand that
+    got it, with its usage and the closest flags it has ("did you mean")."""
+    args, extra = parser.parse_known_args(argv)
+    if not extra:
+        return args
+    command = _subparser(parser, [a for a in argv if not a.startswith("-")])
+    known = [o for action in command._actions for o in action.option_strings]
+    hints = []
+    for flag in (e.split("=", 1)[0] for e in extra if e.startswith("-")):
+        close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+        if close:
+            hints.append(f"{flag}: did you mean {close[0]}?")
+    command.error(f"unrecognized arguments: {' '.join(extra)}"
+                  + (f" ({'; '.join(hints)})" if hints else ""))
+    raise AssertionError("unreachable: error() exits")
+
+
+def _subparser(parser: argparse.ArgumentParser, words: list[str]) -> argparse.ArgumentParser:
+    """The deepest subcommand parser that ``words`` (the non-flag arguments) name."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for word in words:
+                if word in action.choices:
+                    return _subparser(action.choices[word], words[words.index(word) + 1:])
+    return parser
+
+
 # Third-party modules that only an extra installs (pyproject.toml), and that extra.
 EXTRAS = {"torch": "train", "tqdm": "train", "matplotlib": "train", "sklearn": "train",
           "mlxtend": "train", "onnx": "train", "onnxscript": "train", "flwr": "fed",
@@ -283,7 +312,7 @@ def missing_extra(exc: ModuleNotFoundError) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     args.argv = argv  # the command line, recorded beside results that need it
     try:
         return int(args.func(args) or 0)

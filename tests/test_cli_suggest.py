@@ -1,0 +1,29 @@
+"""A mistyped flag is reported by its subcommand, with that subcommand's usage and the
+closest flag it has, not by the top-level parser."""
+
+from __future__ import annotations
+
+import pytest
+
+from hybnn.cli import main
+
+
+@pytest.mark.parametrize(("argv", "command", "hint"), [
+    (["pretrain", "--out", "x", "--epohcs", "3"], "hybnn pretrain", "did you mean --epochs?"),
+    (["federate", "--rouds", "3"], "hybnn federate", "did you mean --rounds?"),
+    (["study", "rebnn", "--qiuck"], "hybnn study rebnn", "did you mean --quick?"),
+    (["export", "m", "--out", "o", "--zzz"], "hybnn export", None),
+])
+def test_a_mistyped_flag_names_its_subcommand_and_the_closest_flag(argv, command, hint,
+                                                                   capsys, tmp_path,
+                                                                   monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: {command}")
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"{command}: error: unrecognized arguments:")
+    assert (hint in last) if hint else "did you mean" not in last
+    assert not list(tmp_path.iterdir())  # nothing ran
