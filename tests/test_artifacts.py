@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -17,6 +16,7 @@ import time
 import pytest
 import torch
 
+from blocking import deadline
 from hybnn import __version__
 from hybnn.artifacts import (
     FORMAT_VERSION,
@@ -229,22 +229,6 @@ def test_artifact_errors_are_hybnn_errors():
 
 
 # ------------------------------------------------------------- what a loader opens and reads
-
-
-@contextlib.contextmanager
-def deadline(seconds=5.0):
-    """Fail instead of hanging: a blocked open() is interrupted by SIGALRM."""
-
-    def expire(signum, frame):
-        raise TimeoutError(f"still blocked after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")

@@ -3,12 +3,11 @@ is refused at once with a DataError naming it (a FIFO with no writer never hangs
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 
 import pytest
 
+from blocking import deadline
 from hybnn.data import load_source
 from hybnn.data.idx import read_idx
 from hybnn.data.inputs import read_inputs
@@ -17,22 +16,6 @@ from hybnn.data.sources import load_idx_pair, read_names
 from hybnn.errors import DataError
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
-
-
-@contextlib.contextmanager
-def deadline(seconds=5.0):
-    """Fail instead of hanging: a blocked open() is interrupted by SIGALRM."""
-
-    def expire(signum, frame):
-        raise TimeoutError(f"still blocked after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 READERS = {
