@@ -181,3 +181,42 @@ def run_firmware(elf: Path, timeout: float = 600) -> FirmwareRun:
                        logits=rows[:, 1:].view(np.float32).copy(),
                        instructions=words["ticks"] * INSNS_PER_TICK,
                        stack_bytes=words["stack"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The emulated M4 run alone, on an engine file you already have:
+
+        python bench/cortex_m4.py --engine FILE [--data mnist-5k] [--images 200] [--json FILE]
+
+    The same measurement and targets as ``bench/embedded.py``'s M4 rows (which also trains a
+    model when given none and writes BENCHMARKS.md's ``embedded`` section); this one writes
+    only its JSON."""
+    import argparse
+    import tempfile
+
+    from hybnn.benchmarks import write_json
+
+    parser = argparse.ArgumentParser(description="fully binary HyBNN firmware under QEMU")
+    parser.add_argument("--engine", type=Path, required=True,
+                        help="fully binary HyBNN engine file (`hybnn export HEAD --encoder B`)")
+    parser.add_argument("--data", default="mnist-5k", help="data set of the test images")
+    parser.add_argument("--images", type=int, default=200, help="test images in the firmware")
+    parser.add_argument("--json", type=Path, help="write the targets as JSON here")
+    args = parser.parse_args(argv)
+    missing = missing_tools()
+    if missing:
+        parser.error(f"needs {', '.join(missing)} (make toolchains)")
+    from embedded import emulated_m4, m4_targets  # the bench beside this module
+
+    with tempfile.TemporaryDirectory() as tmp:
+        m4 = emulated_m4(args.engine, args.data, args.images, Path(tmp))
+    found = m4_targets(m4)
+    for t in found:
+        print(f"- {t['name']}: {t['value']} — {t['goal']}: {'met' if t['met'] else 'MISSED'}")
+    if args.json:
+        write_json(args.json, found, cortex_m4_run=m4)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

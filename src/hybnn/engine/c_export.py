@@ -92,7 +92,7 @@ def check_name(name: str) -> str:
 def c_string(text: str) -> str:
     """``text`` as a C string literal of its UTF-8 bytes, every byte but plain letters, digits
     and punctuation octal-escaped (three digits, so no escape runs into the next character)."""
-    data = text.encode("utf-8", "backslashreplace")  # a lone surrogate from JSON becomes its backslash escape
+    data = text.encode("utf-8", "backslashreplace")  # lone surrogate: a \u escape
     return '"' + "".join(chr(b) if b in _C_PLAIN else f"\\{b:03o}" for b in data) + '"'
 
 
