@@ -46,7 +46,7 @@ lint:
 test: install lint
 	$(PY) -m pytest -q
 
-# Under 2 minutes: no Ray, deployment, kill -9, reproduce or whole-CLI subprocess runs (slow).
+# A few minutes (about 4 on 2 busy cores): no Ray, deployment, kill -9, reproduce or whole-CLI subprocess runs (slow).
 test-fast: lint
 	$(PY) -m pytest -q -m "not slow"
 
