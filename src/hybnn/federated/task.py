@@ -88,10 +88,10 @@ def in_label_space(data: Dataset, labels: Sequence[int], where: str) -> Dataset:
     if outside:
         raise DataError(f"{where} holds labels {outside[:10]} outside the federation's label "
                         f"space {list(labels)}")
-    index = {label: i for i, label in enumerate(labels)}
+    order = np.argsort(labels)  # original label -> output index, vectorized
+    y = order[np.searchsorted(np.asarray(labels)[order], original)].astype(np.int64)
     names = dict(zip(data.label_space.labels, data.label_space.names, strict=True))
     space = LabelSpace(tuple(labels), tuple(names.get(v, str(v)) for v in labels))
-    y = np.array([index[int(v)] for v in original], dtype=np.int64)
     return Dataset(data.name, data.x, y, len(labels), None, data.info, space)
 
 

@@ -10,7 +10,6 @@ from hybnn.bundle.format import BundleParts
 from hybnn.data.dataset import model_images
 from hybnn.data.labels import LabelSpace
 from hybnn.engine.runtime import PackedModel
-from hybnn.errors import DataError
 from hybnn.runtime.onnx_encoder import OnnxEncoder
 
 
@@ -37,14 +36,7 @@ class BundleModel:
                 f"classes={self.num_classes}, encoder={self.precision})")
 
     def _images(self, images: Any) -> np.ndarray:
-        x = images
-        if (type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous
-                and x.ndim == 4 and x.shape[1:] == self.input_shape):  # the fast path
-            if x.size and not (x.min() >= 0.0 and x.max() <= 1.0):  # NaN fails both
-                raise DataError("images of float type must lie in [0, 1] (no NaN); pass "
-                                "uint8 pixels, or scale the floats to [0, 1] first")
-            return x
-        return model_images(images, self.input_shape)
+        return model_images(images, self.input_shape)  # no copy for C-contiguous float32
 
     def encoder_logits(self, images: Any) -> np.ndarray:
         """The encoder's bit logits (N, latent_bits) float32."""
