@@ -46,25 +46,24 @@ _STALE_UNOWNED_S = 3600  # a staging directory of an older hybnn (no pid): gone 
 
 
 def open_regular(path: str | os.PathLike[str], what: str,
-                 error: type[HybnnError] = ArtifactError, *, dir_fd: int | None = None) -> BinaryIO:
+                 error: type[HybnnError] = ArtifactError) -> BinaryIO:
     """``path`` opened for binary reading if it is a regular file; every failure an ``error``
     naming ``path`` and ``what`` it should be.
 
     A FIFO, a device, a socket or a directory is refused at once (the open never blocks).
-    With ``dir_fd``, ``path``'s last component is opened in that directory handle.
     """
     path = Path(path)
     try:
-        fd = os.open(path.name if dir_fd is not None else path, _READ_FLAGS, dir_fd=dir_fd)
+        fd = os.open(path, _READ_FLAGS)
     except OSError as exc:
         raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     return _regular_file(fd, path, what, error)
 
 
 def read_regular(path: str | os.PathLike[str], what: str, limit: int,
-                 error: type[HybnnError] = ArtifactError, *, dir_fd: int | None = None) -> bytes:
+                 error: type[HybnnError] = ArtifactError) -> bytes:
     """The bytes of the regular file ``path`` (see :func:`open_regular`), at most ``limit``."""
-    with open_regular(path, what, error, dir_fd=dir_fd) as fh:
+    with open_regular(path, what, error) as fh:
         return _read_capped(fh, Path(path), what, limit, error)
 
 
