@@ -19,6 +19,7 @@ SOURCES = [
         "kernels_scalar",
         "kernels_avx2",
         "kernels_avx512",
+        "kernels_neon",
     )
 ]
 

@@ -72,7 +72,7 @@ def test_no_data_races_under_thread_sanitizer(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}  # not ASan's, if set
     exe = tmp_path / "race_driver"
     sources = [CSRC / f"{n}.c" for n in ("dispatch", "kernels_scalar", "kernels_avx2",
-                                         "kernels_avx512")]
+                                         "kernels_avx512", "kernels_neon")]
     build = subprocess.run(
         [CC, "-O1", "-g", "-std=gnu11", "-fsanitize=thread", f"-I{CSRC}",
          str(Path(__file__).parent / "race_driver.c"), *map(str, sources), "-o", str(exe),

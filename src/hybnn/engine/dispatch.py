@@ -1,5 +1,6 @@
 """Which kernels run: the best ISA of this CPU, or the one forced by ``HYBNN_ENGINE_ISA`` /
-:func:`set_isa` (``scalar``, ``avx2``, ``avx512``). Every ISA gives bit-identical results."""
+:func:`set_isa` (``scalar``, ``avx2``, ``avx512`` on x86-64; ``scalar``, ``neon`` on aarch64).
+Every ISA gives bit-identical results."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ except ImportError as exc:  # pragma: no cover - only without a build
         f"(a C compiler is needed): {exc}"
     ) from exc
 
-ISAS = ("scalar", "avx2", "avx512")
+ISAS = ("scalar", "avx2", "avx512", "neon")
 ENV_VAR = "HYBNN_ENGINE_ISA"
 
 

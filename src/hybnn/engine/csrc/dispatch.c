@@ -18,6 +18,10 @@ int hyb_isa_supported(int isa) {
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq") &&
                __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
 #endif
+#if HYB_ARM64
+    case HYB_ISA_NEON:
+        return 1;
+#endif
     default:
         return 0;
     }
@@ -47,7 +51,7 @@ int hyb_set_isa(int isa) {
 }
 
 const char *hyb_isa_name(int isa) {
-    static const char *names[HYB_ISA_COUNT] = {"scalar", "avx2", "avx512"};
+    static const char *names[HYB_ISA_COUNT] = {"scalar", "avx2", "avx512", "neon"};
     return (isa >= 0 && isa < HYB_ISA_COUNT) ? names[isa] : "?";
 }
 
@@ -61,6 +65,9 @@ const hyb_kernels *hyb_active(void) {
     default:
         break;
     }
+#endif
+#if HYB_ARM64
+    if (hyb_get_isa() == HYB_ISA_NEON) return &hyb_kernels_neon;
 #endif
     return &hyb_kernels_scalar;
 }

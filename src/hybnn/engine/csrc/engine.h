@@ -17,7 +17,13 @@
 #define HYB_X86 0
 #endif
 
-enum { HYB_ISA_SCALAR = 0, HYB_ISA_AVX2 = 1, HYB_ISA_AVX512 = 2, HYB_ISA_COUNT = 3 };
+#if defined(__aarch64__)
+#define HYB_ARM64 1 /* NEON is part of the base aarch64 ISA: no run-time check */
+#else
+#define HYB_ARM64 0
+#endif
+
+enum { HYB_ISA_SCALAR = 0, HYB_ISA_AVX2 = 1, HYB_ISA_AVX512 = 2, HYB_ISA_NEON = 3, HYB_ISA_COUNT = 4 };
 
 #define HYB_GROUP 32  /* output channels per microkernel call */
 #define HYB_KBLOCK 31 /* words per microkernel call: the AVX2 kernel's 8-bit counters hold 31*8 */
@@ -61,6 +67,9 @@ extern const hyb_kernels hyb_kernels_scalar;
 #if HYB_X86
 extern const hyb_kernels hyb_kernels_avx2;
 extern const hyb_kernels hyb_kernels_avx512;
+#endif
+#if HYB_ARM64
+extern const hyb_kernels hyb_kernels_neon;
 #endif
 
 /* dispatch.c */

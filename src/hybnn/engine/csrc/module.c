@@ -103,7 +103,7 @@ static PyObject *py_set_isa(PyObject *self, PyObject *arg) {
             }
             Py_RETURN_NONE;
         }
-    PyErr_Format(PyExc_ValueError, "unknown ISA %R; choose scalar, avx2 or avx512", arg);
+    PyErr_Format(PyExc_ValueError, "unknown ISA %R; choose scalar, avx2, avx512 or neon", arg);
     return NULL;
 }
 
@@ -565,7 +565,7 @@ static PyMethodDef module_methods[] = {
     {"isa", py_isa, METH_NOARGS, "Name of the ISA the kernels use now."},
     {"detect_isa", py_detect_isa, METH_NOARGS, "Best ISA this CPU supports."},
     {"supported_isas", py_supported_isas, METH_NOARGS, "ISAs this CPU supports."},
-    {"set_isa", py_set_isa, METH_O, "Force the kernels of an ISA (scalar, avx2, avx512)."},
+    {"set_isa", py_set_isa, METH_O, "Force the kernels of an ISA (scalar, avx2, avx512, neon)."},
     {"pack_rows", py_pack_rows, METH_VARARGS, "pack_rows(x, out, rows, k) -> NaN seen"},
     {"pack_nchw", py_pack_nchw, METH_VARARGS, "pack_nchw(x, out, n, c, hw) -> NaN seen"},
     {"pack_bytes", py_pack_bytes, METH_VARARGS, "pack_bytes(codes, out, rows, nbits)"},
