@@ -68,7 +68,8 @@ def missing_tools() -> list[str]:
 def _run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, capture_output=True, **kw)
     if proc.returncode:
-        err = proc.stderr.decode(errors="replace") if isinstance(proc.stderr, bytes) else proc.stderr
+        err = proc.stderr
+        err = err.decode(errors="replace") if isinstance(err, bytes) else err
         raise RuntimeError(f"{' '.join(map(str, cmd[:3]))} ... failed ({proc.returncode}): {err}")
     return proc
 
@@ -197,6 +198,7 @@ def _models(args: argparse.Namespace, tmp: Path) -> dict[str, Path]:
             with torch.no_grad():  # random batch norms, as random_model draws them
                 for m in model.modules():
                     if isinstance(m, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d):
+                        assert m.running_mean is not None and m.running_var is not None
                         m.weight.normal_()
                         m.bias.normal_()
                         m.running_mean.normal_(0, 4)
@@ -224,7 +226,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     exe, plugin = build_driver(tmp / "build"), build_plugin(tmp / "build")
     _, test = train_test(load_source(args.data))
     images = np.ascontiguousarray(test.x[: args.images], np.float32)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, engine_path in _models(args, tmp).items():
         net = tmp / f"{len(rows)}.net"
         model = write_net(engine_path, net)

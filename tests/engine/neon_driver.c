@@ -114,7 +114,7 @@ static int run_net(int argc, char **argv) {
     const int isa = strcmp(argv[4], "neon") == 0 ? HYB_ISA_NEON : HYB_ISA_SCALAR;
     const int trace = strcmp(argv[5], "trace") == 0;
     const long reps = strtol(argv[6], NULL, 10);
-    if (hyb_set_isa(isa) < 0) die("this build lacks the ISA");
+    if (hyb_set_isa(isa) < 0 || strcmp(hyb_active()->name, argv[4]) != 0) die("cannot force the ISA");
     uint32_t n;
     if (fread(&n, sizeof n, 1, stdin) != 1) die("short read");
     const size_t per = words ? net.in_size * sizeof(uint64_t)

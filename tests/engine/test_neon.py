@@ -1,0 +1,108 @@
+"""The NEON kernels compute on aarch64 exactly what the engine computes on x86.
+
+The engine's C core (``csrc`` without the CPython module) and ``neon_driver.c`` are built for
+aarch64 (``aarch64-linux-gnu-gcc -static``, setup.py's flags; bench/aarch64.py, which also
+counts their instructions) and run under ``qemu-aarch64``:
+
+* kernel level, inside one aarch64 binary: dispatch picks the NEON table; its microkernels
+  (contiguous and indirect, store and add, every K block length 1..31, with all-zero and
+  all-ones words), fused threshold kernels (thresholds at the counts, one either side, -1,
+  the dot product's length, the group padding), ``thr_bits`` on counts up to 2^30 and sign
+  packing of widths 1..1000 (±0, ±inf, NaN anywhere) equal the scalar table's;
+* network level: with each kernel table forced in turn (scalar, neon), the logits and every
+  layer's integer accumulators on real test images equal the x86 engine's, bit for bit, from
+  float input (sign packing, the first convolution's patch path) and from packed words (the
+  first convolution as a convolution). Networks: the three models test_c_export.py's ``real``
+  fixture trains briefly on real images (a head on a VAE's codes, a fully binary HyBNN, a
+  binary CNN), and a fully binary HyBNN with awkward widths: convs of 24, 200 and 45 channels
+  (tails in each pixel's last word; 36 words per dot product, past one K block), dense
+  100 -> 2100 -> 37 (a 33-word dot product with thresholds) and a 10-class output. The trained
+  models are marked slow (their training takes most of the time); the awkward network runs on
+  real test images without training.
+
+Skips without aarch64-linux-gnu-gcc or qemu-aarch64 (Debian: gcc-aarch64-linux-gnu, qemu-user).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from engine_reference import randomize
+from test_c_export import N_REAL, _real_data, real  # noqa: F401  (real: a fixture)
+
+from hybnn.data.prep import prepare
+from hybnn.engine import export_model, pack_images
+
+_BENCH = Path(__file__).resolve().parents[2] / "bench" / "aarch64.py"
+_spec = importlib.util.spec_from_file_location("bench_aarch64", _BENCH)
+assert _spec is not None and _spec.loader is not None
+aarch64 = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = aarch64
+_spec.loader.exec_module(aarch64)
+
+MISSING = aarch64.missing_tools()
+pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"needs {', '.join(MISSING)} (Debian: "
+                                "gcc-aarch64-linux-gnu, qemu-user)")
+N_IMAGES = 200  # of the fixture's N_REAL real test images, per trained network
+N_AWKWARD = 64  # real test images through the awkward network
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory):
+    return aarch64.build_driver(tmp_path_factory.mktemp("aarch64"))
+
+
+def test_neon_kernel_table_equals_scalar_in_one_aarch64_binary(driver):
+    proc = subprocess.run([aarch64.QEMU, str(driver), "kernels"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    word, checks = proc.stdout.split()
+    assert word == "ok" and int(checks) > 3000  # every check above ran
+
+
+def _awkward(tmp_path: Path) -> Path:
+    from hybnn.models import BinaryEncoder, BNNHead, FullyBinaryHyBNN
+
+    encoder = BinaryEncoder((28, 28), latent_bits=100, channels=(24, 200, 45))
+    model = randomize(FullyBinaryHyBNN(encoder, BNNHead(100, 10, hidden=(2100, 37))), seed=3)
+    export_model(model, tmp_path / "awkward.engine")
+    return tmp_path / "awkward.engine"
+
+
+def _assert_same_on_aarch64(driver, engine_path: Path, x: np.ndarray, words: np.ndarray,
+                            tmp_path: Path) -> None:
+    net = tmp_path / "model.net"
+    model = aarch64.write_net(engine_path, net)
+    for data, packed in ((x, False), (words, True)):
+        ref_logits, ref_accs = aarch64.x86_reference(model, data, packed, trace=True)
+        assert len(set(ref_logits.argmax(1).tolist())) > 1  # not one class for every image
+        for isa in aarch64.ISAS:
+            logits, accs = aarch64.run_driver(driver, net, model, data, packed, isa, trace=True)
+            np.testing.assert_array_equal(logits.view(np.uint32), ref_logits.view(np.uint32),
+                                          err_msg=f"{isa} logits, words={packed}")
+            for layer, (got, want) in enumerate(zip(accs, ref_accs, strict=True)):
+                np.testing.assert_array_equal(got, want, err_msg=f"{isa} layer {layer}")
+
+
+@pytest.mark.slow  # ~20 s on 2 busy cores, most of it the fixture's training
+@pytest.mark.parametrize("kind", ["head", "bcnn", "fully-binary"])
+def test_trained_networks_on_real_images_equal_the_x86_engine(driver, real, kind,  # noqa: F811
+                                                              tmp_path):
+    engine_path, x, words = real[kind]
+    assert len(x) == N_REAL >= N_IMAGES
+    _assert_same_on_aarch64(driver, engine_path, x[:N_IMAGES], words[:N_IMAGES], tmp_path)
+
+
+def test_awkward_widths_on_real_images_equal_the_x86_engine(driver, tmp_path):
+    engine_path = _awkward(tmp_path)
+    layers = aarch64.write_net(engine_path, tmp_path / "probe.net").geometry
+    kwords = [g.kernel_size**2 * -(-g.in_channels // 64) for g in layers]
+    assert max(kwords[:3]) > 31 and kwords[5] > 31  # a conv and a dense past one K block
+    x = np.ascontiguousarray(_real_data()[1].x[:N_AWKWARD])  # in [0, 1]; the engine centres
+    _assert_same_on_aarch64(driver, engine_path, x, pack_images(prepare(x, "centered")),
+                            tmp_path)
