@@ -40,16 +40,16 @@ from hybnn.bundle.export import build_bundle, encoder_graph
 from hybnn.bundle.onnx_export import INPUT_NAME, export_onnx
 from hybnn.bundle.quantize import quantize_int8
 from hybnn.data import load_split, prepare
+from hybnn.encoders.vae import VaeEncoder as Encoder
 from hybnn.engine import load as load_engine
 from hybnn.engine.export import export_artifact, export_fully_binary
 from hybnn.models.io import load_model
+from hybnn.onnxgraph.session import make_session
 from hybnn.pipeline.config import DistillConfig, PretrainConfig, TrainConfig
 from hybnn.pipeline.distill import distill
-from hybnn.pipeline.encoder import Encoder
 from hybnn.pipeline.extract import encode_to_codes
 from hybnn.pipeline.fit import train_head, train_image_model
 from hybnn.pipeline.pretrain import pretrain
-from hybnn.runtime.onnx_encoder import make_session
 
 TASKS = ("0v1", "2v3", "4v5", "6v7", "8v9", "all")
 FULLY_BINARY = "fully binary HyBNN (packed engine)"

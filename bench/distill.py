@@ -37,11 +37,12 @@ from hybnn.artifacts import versions
 from hybnn.benchmarks import machine_description, write_section
 from hybnn.data import PAPER_TASKS, load_source, select_task, train_test
 from hybnn.data.dataset import Dataset
+from hybnn.encoders.vae import VaeEncoder as Encoder
+from hybnn.encoders.vae import load as load_encoder
 from hybnn.engine import export_fully_binary, load
 from hybnn.models import FloatCNN
 from hybnn.pipeline.config import DistillConfig, PretrainConfig, TrainConfig
 from hybnn.pipeline.distill import bit_agreement, distill
-from hybnn.pipeline.encoder import Encoder, load_encoder
 from hybnn.pipeline.extract import encode_to_codes
 from hybnn.pipeline.fit import train_head
 from hybnn.pipeline.pretrain import pretrain

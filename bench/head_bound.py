@@ -78,8 +78,8 @@ def head_rows(results: dict[str, Any], layers: list[str], epochs: int, seed: int
               ) -> list[dict[str, Any]]:
     """One row per code layer and head kind, for a reproduce run's ``results``."""
     from hybnn.data import load_source, select_task, train_test
+    from hybnn.encoders.vae import load as load_encoder
     from hybnn.pipeline.config import TrainConfig
-    from hybnn.pipeline.encoder import load_encoder
     from hybnn.pipeline.train import fit_classifier
 
     vae = load_encoder(results["encoder"]["path"]).vae.eval()

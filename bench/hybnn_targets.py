@@ -133,9 +133,9 @@ def code_width_sweep(config: ReproduceConfig, widths: list[int], out: Path
     term and, at the default width, without it and without code noise: one encoder per
     (width, contrastive weight), seed 0, cached in out."""
     from hybnn.data import load_source, select_task, train_test
+    from hybnn.encoders.vae import load as load_encoder
     from hybnn.experiments.reproduce import _subsample
     from hybnn.pipeline.config import PretrainConfig
-    from hybnn.pipeline.encoder import load_encoder
     from hybnn.pipeline.extract import encode_to_codes
     from hybnn.pipeline.fit import train_head
     from hybnn.pipeline.pretrain import pretrain
@@ -189,7 +189,7 @@ def extraction_speed(data: str, encoder_dir: Path, samples: int = 4096, reps: in
     import time
 
     from hybnn.data import load_source, train_test
-    from hybnn.pipeline.encoder import load_encoder
+    from hybnn.encoders.vae import load as load_encoder
 
     images = np.ascontiguousarray(train_test(load_source(data))[0].x[:samples])
     encoder = load_encoder(encoder_dir)

@@ -30,8 +30,9 @@ from hybnn.benchmarks import machine_description, target, write_json, write_sect
 from hybnn.bundle.encoder_graph import calibration_images, encoder_graph
 from hybnn.bundle.onnx_export import INPUT_NAME, OUTPUT_NAME
 from hybnn.bundle.quantize import Recipe
-from hybnn.pipeline.encoder import ENCODE_BATCH, load_encoder
-from hybnn.runtime.onnx_encoder import OnnxEncoder
+from hybnn.encoders import ENCODE_BATCH
+from hybnn.encoders.vae import load as load_encoder
+from hybnn.onnxgraph.session import OnnxEncoder
 
 RECIPES = {"hybnn (percentile, float32 logits)": Recipe(),
            "plain (min/max, uint8 logits)": Recipe("MinMax", ())}

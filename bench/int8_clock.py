@@ -11,7 +11,7 @@ CNNs:
   data, label-free), and a first pass of the session over the calibration images (ONNX
   Runtime plans on its first runs);
 - per task and seed, on the clock: the int8 encoding of the task's raw training images
-  (`hybnn.runtime.int8_encoder.Int8Encoder`, as `hybnn extract` runs it), then the head's
+  (`hybnn.encoders.int8.Int8Encoder`, as `hybnn extract` runs it), then the head's
   training with the run's recipe, evaluated on int8 codes of the test split after every
   epoch outside the clock (`hybnn.experiments.time_to_train`);
 - beside it: the head's final accuracy on int8 codes and the share of code bits that equal
@@ -38,6 +38,8 @@ from hybnn import api
 from hybnn.benchmarks import target, write_json
 from hybnn.bundle.encoder_graph import calibration_images
 from hybnn.data import load_source, select_task, train_test
+from hybnn.encoders.int8 import load as load_int8_encoder
+from hybnn.encoders.vae import load as load_encoder
 from hybnn.experiments.config import ReproduceConfig
 from hybnn.experiments.reproduce import _subsample  # the run's own per-task sample
 from hybnn.experiments.time_to_train import (
@@ -46,10 +48,8 @@ from hybnn.experiments.time_to_train import (
     time_to_same_accuracy,
 )
 from hybnn.hooks import History
-from hybnn.pipeline.encoder import load_encoder
 from hybnn.pipeline.extract import encode_to_codes
 from hybnn.pipeline.fit import train_head
-from hybnn.runtime.int8_encoder import load_int8_encoder
 
 
 def _baseline_clock(run_dir: Path, task: str, seed: int) -> TrainingClock:

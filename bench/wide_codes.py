@@ -32,8 +32,8 @@ def wide_code_rows(config: ReproduceConfig, encoder_dir: Path, out: Path,
     per epoch and the extraction's microseconds per image."""
     from hybnn import api
     from hybnn.data import load_source, select_task, train_test
+    from hybnn.encoders.vae import load as load_encoder
     from hybnn.experiments.reproduce import _subsample
-    from hybnn.pipeline.encoder import load_encoder
     from hybnn.pipeline.extract import encode_to_codes
     from hybnn.pipeline.fit import train_head
 

@@ -19,10 +19,10 @@ import pytest
 import torch
 
 from hybnn.cli import main
+from hybnn.encoders.vae import save as save_encoder
 from hybnn.models import BinaryLatentVAE, BNNHead
 from hybnn.models.io import save_model
 from hybnn.pipeline.codes import CodeStore, pack_code_bits
-from hybnn.pipeline.encoder import save_encoder
 
 pytestmark = pytest.mark.slow  # whole-CLI runs in subprocesses
 

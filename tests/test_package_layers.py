@@ -18,7 +18,7 @@ RANKS = {
     "artifacts": 1, "hooks": 1, "progress": 1,
     "plots": 2, "benchmarks": 2,
     "data": 3, "binary": 3,
-    "models": 4,
+    "models": 4, "encoders": 4.5, "onnxgraph": 2.5,
     "pipeline": 5,
     "engine": 6, "federated": 6, "experiments": 6,
     "bundle": 6.5, "runtime": 6.7,

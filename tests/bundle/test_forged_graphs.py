@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from hybnn.bundle import format as fmt
-from hybnn.bundle import graph_rules
 from hybnn.cli import main
 from hybnn.engine import format as engine_fmt
 from hybnn.errors import ArtifactError
+from hybnn.onnxgraph import rules as graph_rules
 
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -200,7 +200,7 @@ def test_the_schema_is_onnxs_own():
     """Field numbers and wire types of hybnn's ONNX schema equal ``onnx.onnx_ml_pb2``'s."""
     from google.protobuf.descriptor import FieldDescriptor as F
 
-    from hybnn.bundle.onnx_schema import SCHEMA, messages
+    from hybnn.onnxgraph.schema import SCHEMA, messages
 
     theirs = {"TensorType": onnx.TypeProto.Tensor,
               "Dimension": onnx.TensorShapeProto.Dimension}
@@ -226,7 +226,7 @@ def test_the_runtime_checks_every_runs_output_against_its_input(tmp_path, capsys
     """Were a graph to get past the rules, a run returning N-1 or 2N rows for N images is
     one ArtifactError (it was a wrong answer from the API and a zip() traceback in the CLI)."""
     from hybnn import runtime
-    from hybnn.runtime import onnx_encoder
+    from hybnn.onnxgraph import session as onnx_encoder
 
     def unchecked(onnx_bytes, *args, **kwargs):
         return graph_rules.CheckedGraph(onnx_bytes, 1, 1, 256)
@@ -256,7 +256,7 @@ def test_a_run_is_stopped_after_its_time_limit(tmp_path, capsys, parts, monkeypa
     """A graph of allowed ops that runs long (40 convolutions of 256 channels) is stopped
     between two of its nodes once RUN_SECONDS have passed."""
     from hybnn import runtime
-    from hybnn.runtime import onnx_encoder
+    from hybnn.onnxgraph import session as onnx_encoder
 
     nodes = [oh.make_node("Conv", ["images", "w0"], ["h0"], pads=[1, 1, 1, 1])]
     for i in range(40):
@@ -292,7 +292,7 @@ def test_large_inputs_run_in_batches_the_graph_allows(bundle_fp32, test_split):
 def test_onnx_runtimes_own_messages_are_one_escaped_line(tmp_path, capsys, parts, monkeypatch):
     """ONNX Runtime's messages quote the graph's names: a name holding a terminal escape is
     printed escaped (were such a graph to get past the rules and fail in a run)."""
-    from hybnn.runtime import onnx_encoder
+    from hybnn.onnxgraph import session as onnx_encoder
 
     def unchecked(onnx_bytes, *args, **kwargs):
         return graph_rules.CheckedGraph(onnx_bytes, 1, 1, 256)

@@ -38,7 +38,7 @@ def int8_head(tmp_path_factory, int8_dir):
 
 
 def test_quantize_records_its_source_calibration_and_agreement(int8_dir, tiny_encoder):
-    from hybnn.bundle.int8_encoder import load_int8_graph
+    from hybnn.encoders.int8 import load_int8_graph
 
     graph = load_int8_graph(int8_dir)
     meta = json.loads((int8_dir / "meta.json").read_text())
@@ -55,7 +55,7 @@ def test_int8_codes_are_the_ones_the_bundle_computes(int8_head, int8_dir, tmp_pa
                                                      test_split):
     from hybnn import runtime
     from hybnn.bundle.export import export_bundle
-    from hybnn.bundle.int8_encoder import load_int8_graph
+    from hybnn.encoders.int8 import load_int8_graph
     from hybnn.pipeline.codes import CodeStore
 
     store = CodeStore.load(int8_head / "test.safetensors")
@@ -95,7 +95,7 @@ def test_heads_and_encoders_of_other_codes_are_refused(int8_head, int8_dir, head
 
 
 def test_int8_encoder_runs_on_the_cpu_only_and_checks_shapes(int8_dir):
-    from hybnn.runtime.int8_encoder import load_int8_encoder
+    from hybnn.encoders.int8 import load as load_int8_encoder
 
     enc = load_int8_encoder(int8_dir)
     assert enc.encode(np.zeros((0, 1, 8, 8), np.float32)).shape == (0, 200)
@@ -131,15 +131,15 @@ def forge(directory, onnx=None, tensors=None, **changes):
     ({"quantization": [1]}, "quantization"),
 ])
 def test_a_forged_int8_encoder_with_a_valid_hash_gets_a_clear_error(tmp_path, defect, match):
-    from hybnn.runtime.int8_encoder import load_int8_encoder
+    from hybnn.encoders.int8 import load as load_int8_encoder
 
     with pytest.raises(ArtifactError, match=match):
         load_int8_encoder(forge(tmp_path / "enc8", **defect))
 
 
 def test_a_real_graph_under_a_forged_config_is_refused_by_its_shapes(int8_dir, tmp_path):
-    from hybnn.bundle.int8_encoder import load_int8_graph
-    from hybnn.runtime.int8_encoder import load_int8_encoder
+    from hybnn.encoders.int8 import load as load_int8_encoder
+    from hybnn.encoders.int8 import load_int8_graph
 
     real = load_int8_graph(int8_dir).onnx
     for change, match in (({"latent_bits": 100}, "output"), ({"image_size": [28, 28]}, "input"),

@@ -75,7 +75,7 @@ def test_inputs_are_checked(bundle_fp32):
 
 def test_threads_are_pinned(bundle_fp32):
     from hybnn import runtime
-    from hybnn.runtime.onnx_encoder import session_options
+    from hybnn.onnxgraph.session import session_options
 
     opts = session_options(3)
     assert opts.intra_op_num_threads == 3 and opts.inter_op_num_threads == 3

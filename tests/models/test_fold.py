@@ -6,9 +6,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from hybnn.encoders.vae import VaeEncoder as Encoder
+from hybnn.encoders.vae import load as load_encoder
 from hybnn.models.fold import fold_batch_norms
 from hybnn.models.vae import BinaryLatentVAE
-from hybnn.pipeline.encoder import Encoder, load_encoder
 
 
 def _vae_with_trained_looking_norms(seed: int = 0) -> BinaryLatentVAE:

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from hybnn.artifacts import META_NAME, save_bundle
+from hybnn.encoders.vae import KIND as ENCODER_KIND
+from hybnn.encoders.vae import load as load_encoder
 from hybnn.errors import ArtifactError
 from hybnn.models import BinaryLatentVAE, BNNHead
 from hybnn.models.io import MODEL_KIND, load_classifier, load_model, save_model
-from hybnn.pipeline.encoder import ENCODER_KIND, load_encoder
 
 
 def head_state() -> tuple[BNNHead, dict[str, torch.Tensor]]:

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from hybnn.encoders import open_encoder as load_code_encoder
+from hybnn.encoders.distilled import encode_images
+from hybnn.encoders.distilled import load as load_binary_encoder
 from hybnn.errors import ArtifactError, DataError, FingerprintMismatch
 from hybnn.models import BinaryEncoder
-from hybnn.pipeline.binary_encoder import encode_images, load_binary_encoder
 from hybnn.pipeline.config import DistillConfig, TrainConfig
 from hybnn.pipeline.distill import bit_agreement, distill, distill_loss
-from hybnn.pipeline.encoder import load_code_encoder
 from hybnn.pipeline.extract import encode_to_codes
 from hybnn.pipeline.fit import train_head
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from hybnn.artifacts import META_NAME, WEIGHTS_NAME, sha256_file
+from hybnn.encoders.vae import load as load_encoder
 from hybnn.errors import ArtifactError, DataError, FingerprintMismatch
 from hybnn.models.io import save_model
 from hybnn.pipeline.codes import CodeStore
 from hybnn.pipeline.config import PretrainConfig
-from hybnn.pipeline.encoder import load_encoder
 from hybnn.pipeline.extract import encode_to_codes
 from hybnn.pipeline.pretrain import bit_usage, train_vae
 

@@ -12,8 +12,9 @@ import torch
 from hybnn import api
 from hybnn.artifacts import save_bundle
 from hybnn.cli import main
+from hybnn.encoders.vae import KIND as ENCODER_KIND
+from hybnn.encoders.vae import load as load_encoder
 from hybnn.errors import ArtifactError, FingerprintMismatch
-from hybnn.pipeline.encoder import ENCODER_KIND, load_encoder
 
 
 @pytest.fixture(scope="module")

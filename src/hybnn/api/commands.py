@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,21 +33,24 @@ from hybnn.api.options import (
 from hybnn.artifacts import declared_kind
 from hybnn.data import load_source, load_split, prepare, read_inputs, train_test
 from hybnn.data.labels import LabelSpace
-from hybnn.errors import ArtifactError, CredentialError, DataError, FingerprintMismatch
+from hybnn.encoders import (
+    ENCODE_BATCH,
+    CodeEncoder,
+    EncoderIdentity,
+    open_encoder,
+    require_same_encoder,
+)
+from hybnn.encoders import distilled as distilled_encoder
+from hybnn.encoders import vae as vae_encoder
+from hybnn.encoders.distilled import DistilledEncoder
+from hybnn.encoders.int8 import Int8Graph
+from hybnn.encoders.vae import VaeEncoder
+from hybnn.errors import ArtifactError, CredentialError, DataError
 from hybnn.federated.config import FedConfig
 from hybnn.hooks import History
 from hybnn.models.io import load_classifier, load_model
-from hybnn.models.names import INT8_ENCODER
-from hybnn.pipeline.binary_encoder import BINARY_ENCODER_KIND, BinaryEncoderArtifact
 from hybnn.pipeline.codes import CodeStore, bits_to_signs
 from hybnn.pipeline.config import TrainConfig
-from hybnn.pipeline.encoder import (
-    CodeEncoder,
-    Encoder,
-    load_code_encoder,
-    load_encoder,
-    recode_encoder,
-)
 from hybnn.pipeline.extract import encode_to_codes
 from hybnn.pipeline.fit import train_head, train_image_model
 from hybnn.pipeline.limits import check_head
@@ -56,11 +59,8 @@ from hybnn.pipeline.pretrain import pretrain as pretrain_encoder
 from hybnn.pipeline.train import evaluate_classifier, predict_classes, resolve_device
 from hybnn.plots import plot_confusion
 
-if TYPE_CHECKING:
-    from hybnn.bundle.int8_encoder import Int8Graph
 
-
-def pretrain(opts: PretrainOptions) -> Encoder:
+def pretrain(opts: PretrainOptions) -> VaeEncoder:
     """Phase 1 on the *general* data: the training split of every class, labels unused."""
     opts.config.validate()
     general = load_split(opts.data, "all", "train")
@@ -69,12 +69,12 @@ def pretrain(opts: PretrainOptions) -> Encoder:
                             resume=opts.resume)
 
 
-def distill(opts: DistillOptions) -> BinaryEncoderArtifact:
+def distill(opts: DistillOptions) -> DistilledEncoder:
     """A fully binary encoder distilled from a frozen VAE on the general data, labels unused."""
     from hybnn.pipeline.distill import distill as distill_encoder
 
     resolve_device(opts.config.device)
-    teacher = load_encoder(opts.encoder, opts.config.device)
+    teacher = _vae(opts.encoder, opts.config.device)
     general, held_out = train_test(load_source(opts.data))  # every class; labels unused
     info = {"source": opts.data, "split": "train", "samples": len(general),
             "agreement_split": "test"}
@@ -84,15 +84,14 @@ def distill(opts: DistillOptions) -> BinaryEncoderArtifact:
 
 def quantize(opts: QuantizeOptions) -> Int8Graph:
     """The VAE encoder in ``opts.encoder`` as an int8-encoder artifact in ``opts.out``
-    (:mod:`hybnn.bundle.int8_encoder`), with the share of its bits equal to float32's on a
+    (:mod:`hybnn.encoders.int8`), with the share of its bits equal to float32's on a
     seeded sample of the encoder's test data recorded as ``bit_agreement``."""
-    from hybnn.bundle.encoder_graph import EncoderIdentity, calibration_images, encoder_graph
-    from hybnn.bundle.int8_encoder import save_int8_graph
-    from hybnn.bundle.onnx_export import INPUT_NAME, OUTPUT_NAME
-    from hybnn.pipeline.encoder import ENCODE_BATCH
-    from hybnn.runtime.onnx_encoder import OnnxEncoder
+    from hybnn.bundle.encoder_graph import calibration_images, encoder_graph
+    from hybnn.encoders import int8
+    from hybnn.onnxgraph import INPUT_NAME, OUTPUT_NAME
+    from hybnn.onnxgraph.session import OnnxEncoder
 
-    encoder = load_encoder(opts.encoder)
+    encoder = _vae(opts.encoder)
     ident = EncoderIdentity.of(encoder)
     graph = encoder_graph(encoder, True, opts.calibration_samples, opts.calibration_seed)
     agreement = None
@@ -105,36 +104,28 @@ def quantize(opts: QuantizeOptions) -> Int8Graph:
         same = float(np.mean(session.codes(x, ENCODE_BATCH) == encoder.encode(x)))
         agreement = {"source": sample["source"], "split": "test", "images": sample["size"],
                      "seed": opts.calibration_seed, "equal_bits": same}
-    return save_int8_graph(opts.out, graph, ident, {
+    return int8.save(opts.out, graph, ident, {
         "bit_agreement": agreement, "encoder_dir": str(opts.encoder)})
 
 
-def recode(opts: RecodeOptions) -> Encoder:
+def recode(opts: RecodeOptions) -> VaeEncoder:
     """The VAE encoder in ``opts.encoder`` with its codes from layer ``opts.code``, as a new
     encoder artifact in ``opts.out`` (same weights, its own fingerprint)."""
-    return recode_encoder(load_encoder(opts.encoder), opts.code, opts.out)
+    return vae_encoder.recode(_vae(opts.encoder), opts.code, opts.out)
 
 
-def open_code_encoder(directory: str, device: str = "cpu", threads: int | None = None
-                      ) -> CodeEncoder:
-    """The code encoder in ``directory`` by its kind: the VAE, a distilled binary encoder
-    (torch, on ``device``) or an int8 encoder (ONNX Runtime, CPU, ``threads`` default
-    torch's)."""
-    if declared_kind(directory) == INT8_ENCODER:
-        if resolve_device(device).type != "cpu":
-            raise DataError(f"{directory} is an int8 encoder: it runs on the CPU in ONNX "
-                            f"Runtime, not on {device}")
-        from hybnn.runtime.int8_encoder import load_int8_encoder
-
-        return load_int8_encoder(directory, threads or torch.get_num_threads())
-    return load_code_encoder(directory, device)
+def _vae(directory: str, device: str = "cpu") -> VaeEncoder:
+    """The VAE encoder in ``directory`` (distilling, quantizing and recoding start from it)."""
+    encoder = open_encoder(directory, device, kinds=[vae_encoder.KIND])
+    assert isinstance(encoder, VaeEncoder)
+    return encoder
 
 
 def extract(opts: ExtractOptions) -> CodeStore:
     """Phase 2: encode one split of one task with a frozen encoder (the VAE, a distilled
     binary encoder or an int8 encoder); saved to ``opts.out``."""
     resolve_device(opts.device)
-    encoder = open_code_encoder(opts.encoder, opts.device)
+    encoder = open_encoder(opts.encoder, opts.device)
     part = load_split(opts.data, opts.task, opts.split)
     store = encode_to_codes(encoder, part, {"task": opts.task, "split": opts.split})
     store.save(opts.out)
@@ -249,7 +240,7 @@ def export(opts: ExportOptions) -> dict[str, Any]:
     from hybnn.engine.export import export_artifact, export_fully_binary
 
     binary_encoder = opts.encoder is not None and (
-        declared_kind(opts.encoder) == BINARY_ENCODER_KIND)
+        declared_kind(opts.encoder) == distilled_encoder.KIND)
     if opts.format == "engine":  # checked again at the write; here before the slow part
         from hybnn.engine.format import require_replaceable
 
@@ -390,11 +381,6 @@ def _packed_logits(model: nn.Module, x: np.ndarray) -> np.ndarray:
 
 def _matching_encoder(encoder_dir: str, meta: dict[str, Any], model_dir: Any,
                       device: str = "cpu") -> CodeEncoder:
-    enc = open_code_encoder(encoder_dir, device)
-    want = meta.get("encoder_fingerprint")
-    if want != enc.fingerprint:
-        raise FingerprintMismatch(
-            f"model {model_dir} was trained on codes of encoder {str(want)[:12]}, "
-            f"but {encoder_dir} is encoder {enc.fingerprint[:12]}"
-        )
+    enc = open_encoder(encoder_dir, device)
+    require_same_encoder(meta.get("encoder_fingerprint"), enc, model_dir, encoder_dir)
     return enc

@@ -2,13 +2,11 @@
 
 :func:`encoder_graph` exports the frozen VAE's encoder to ONNX and, for int8, quantizes it
 statically, calibrated on a seeded sample of the encoder's own general training data
-(:func:`calibration_images`, label-free). :class:`EncoderIdentity` is what a bundle header
-records of the encoder: the fingerprint its head's codes name, the bits and the image shape.
+(:func:`calibration_images`, label-free).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,43 +14,15 @@ import numpy as np
 from hybnn.bundle.onnx_export import INPUT_NAME, encoder_onnx
 from hybnn.bundle.quantize import Recipe, method, quantize_int8
 from hybnn.data.splits import load_split
+from hybnn.encoders.base import EncoderGraph
+from hybnn.encoders.vae import VaeEncoder
 from hybnn.errors import ArtifactError
-from hybnn.pipeline.encoder import Encoder
 
 CALIBRATION_SAMPLES = 512
 CALIBRATION_SEED = 0
 
 
-@dataclass(frozen=True)
-class EncoderGraph:
-    """An encoder as ONNX bytes, its precision and (int8) how it was calibrated."""
-
-    onnx: bytes
-    precision: str
-    quantization: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class EncoderIdentity:
-    """What a bundle records of its encoder. ``fingerprint`` is the one the head's codes
-    name; ``quantized_from`` the float VAE's, for an int8-encoder artifact."""
-
-    fingerprint: str
-    latent_bits: int
-    channels: int
-    image_size: tuple[int, int]
-    data: Any = None
-    pretrain: Any = None
-    quantized_from: str | None = None
-
-    @classmethod
-    def of(cls, encoder: Encoder) -> EncoderIdentity:
-        """The identity of a float VAE encoder."""
-        return cls(encoder.fingerprint, encoder.latent_bits, int(encoder.vae.config["in_channels"]),
-                   encoder.image_size, encoder.meta.get("data"), encoder.meta.get("pretrain"))
-
-
-def calibration_images(encoder: Encoder, samples: int = CALIBRATION_SAMPLES,
+def calibration_images(encoder: VaeEncoder, samples: int = CALIBRATION_SAMPLES,
                        seed: int = CALIBRATION_SEED, split: str | None = None
                        ) -> tuple[np.ndarray, dict[str, Any]]:
     """A seeded sample of the encoder's own general training data, and its description.
@@ -78,7 +48,7 @@ def calibration_images(encoder: Encoder, samples: int = CALIBRATION_SAMPLES,
     return np.ascontiguousarray(general.x[index]), info
 
 
-def encoder_graph(encoder: Encoder, int8: bool = False,
+def encoder_graph(encoder: VaeEncoder, int8: bool = False,
                   calibration_samples: int = CALIBRATION_SAMPLES,
                   calibration_seed: int = CALIBRATION_SEED,
                   recipe: Recipe | None = None) -> EncoderGraph:

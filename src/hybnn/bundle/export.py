@@ -7,27 +7,26 @@ from typing import Any
 
 from torch import nn
 
-from hybnn.artifacts import declared_kind
 from hybnn.bundle import format as fmt
 from hybnn.bundle.encoder_graph import (
     CALIBRATION_SAMPLES,
     CALIBRATION_SEED,
-    EncoderGraph,
-    EncoderIdentity,
     encoder_graph,
 )
-from hybnn.bundle.int8_encoder import INT8_ENCODER_KIND, load_int8_graph
-from hybnn.bundle.onnx_export import INPUT_NAME, OPSET, OUTPUT_NAME
 from hybnn.data.labels import LabelSpace
+from hybnn.encoders import EncoderGraph, EncoderIdentity, open_encoder, require_same_encoder
+from hybnn.encoders.distilled import DistilledEncoder
+from hybnn.encoders.int8 import Int8Encoder
+from hybnn.encoders.vae import VaeEncoder
 from hybnn.engine.export import engine_header, source_metadata
 from hybnn.errors import ArtifactError, FingerprintMismatch
 from hybnn.models.bnn_head import BNNHead
 from hybnn.models.io import load_model
-from hybnn.pipeline.encoder import Encoder, load_encoder
+from hybnn.onnxgraph import INPUT_NAME, OPSET, OUTPUT_NAME
 
 
 def build_bundle(head: nn.Module, head_meta: dict[str, Any],
-                 encoder: Encoder | EncoderIdentity, graph: EncoderGraph,
+                 encoder: VaeEncoder | EncoderIdentity, graph: EncoderGraph,
                  out: str | os.PathLike[str], source: dict[str, Any] | None = None
                  ) -> dict[str, Any]:
     """Write the bundle of ``head`` (with metadata ``head_meta``) and the encoder ``graph``
@@ -84,21 +83,14 @@ def export_bundle(head_dir: str | os.PathLike[str], encoder_dir: str | os.PathLi
         raise ArtifactError(f"{head_dir} holds a {meta['config']['arch']} model; a bundle holds "
                             "a BNN head on codes (export others with `hybnn export MODEL --out`)")
     source = {"model_dir": str(head_dir), "encoder_dir": str(encoder_dir)}
-    trained_on = str(meta.get("encoder_fingerprint"))
-    if declared_kind(encoder_dir) == INT8_ENCODER_KIND:
-        int8_graph = load_int8_graph(encoder_dir)
-        if trained_on != int8_graph.fingerprint:
-            hint = (" (it was quantized from that encoder: export the head with --encoder "
-                    "VAE_DIR [--int8], or extract codes with this int8 encoder and train the "
-                    "head on them)" if trained_on == int8_graph.quantized_from else "")
-            raise FingerprintMismatch(
-                f"model {head_dir} was trained on codes of encoder {trained_on[:12]}, but "
-                f"{encoder_dir} is int8 encoder {int8_graph.fingerprint[:12]}{hint}")
-        return build_bundle(head, meta, int8_graph.identity, int8_graph.graph, out, source)
-    encoder = load_encoder(encoder_dir)
-    if trained_on != encoder.fingerprint:  # before the slow ONNX export
-        raise FingerprintMismatch(
-            f"model {head_dir} was trained on codes of encoder {trained_on[:12]}, but "
-            f"{encoder_dir} is encoder {encoder.fingerprint[:12]}")
+    encoder = open_encoder(encoder_dir)
+    if isinstance(encoder, DistilledEncoder):
+        raise ArtifactError(f"{encoder_dir} is a binary encoder: a bundle's encoder runs in ONNX "
+                            "Runtime; export the fully binary network as an engine file "
+                            "(`hybnn export HEAD --encoder BINARY_DIR --out FILE`)")
+    require_same_encoder(meta.get("encoder_fingerprint"), encoder, head_dir, encoder_dir)
+    if isinstance(encoder, Int8Encoder):  # the graph the head's codes came from, as it is
+        return build_bundle(head, meta, encoder.graph.identity, encoder.graph.graph, out, source)
+    assert isinstance(encoder, VaeEncoder)
     graph = encoder_graph(encoder, int8, calibration_samples, calibration_seed)
     return build_bundle(head, meta, encoder, graph, out, source)

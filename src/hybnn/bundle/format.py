@@ -16,7 +16,7 @@ The checksum detects corruption; it is not a signature, so :func:`decode` checks
 and that the parts agree: the head was trained on codes of this very encoder (its
 ``encoder_fingerprint``) and reads as many bits as the encoder writes. The ONNX graph itself
 is data, not a program: :func:`decode` accepts only a graph of the ops hybnn exports, with
-bounded sizes (:mod:`hybnn.bundle.graph_rules`), and ONNX Runtime checks it again when a
+bounded sizes (:mod:`hybnn.onnxgraph.rules`), and ONNX Runtime checks it again when a
 session is made (:mod:`hybnn.runtime`); with ``check_onnx=True`` ``onnx.checker`` checks it
 too (slow to import: ~2 s, so not on the runtime's path).
 Torch-free.
@@ -33,19 +33,18 @@ from typing import Any
 import numpy as np
 
 from hybnn.artifacts import atomic_write
-from hybnn.bundle.graph_rules import check_graph
 from hybnn.data.labels import LabelSpace
 from hybnn.engine import format as engine_fmt
 from hybnn.engine import legacy_hybe
 from hybnn.errors import ArtifactError, FingerprintMismatch
+from hybnn.onnxgraph import MAX_BITS, MAX_SIDE
+from hybnn.onnxgraph.rules import check_graph
 
 KIND = "bundle"
 FORMAT_VERSION = 1
 ONNX_ARRAY = "encoder.onnx"
 PRECISIONS = ("fp32", "int8")
 DTYPES = (*engine_fmt.DTYPES, np.dtype("u1"))  # the engine's, and bytes for the ONNX model
-MAX_SIDE = 4096
-MAX_BITS = 1 << 16
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 

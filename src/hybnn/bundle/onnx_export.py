@@ -19,9 +19,7 @@ import torch
 from torch import nn
 
 from hybnn.models.vae import BinaryLatentVAE
-
-OPSET = 18
-INPUT_NAME, OUTPUT_NAME = "images", "logits"
+from hybnn.onnxgraph import INPUT_NAME, OPSET, OUTPUT_NAME
 
 
 class EncoderLogits(nn.Module):

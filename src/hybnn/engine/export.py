@@ -242,20 +242,14 @@ def export_fully_binary(
 ) -> dict[str, Any]:
     """Export a BNN head trained on a binary encoder's codes, with that encoder, as one
     engine network (images -> logits); refuses a head trained on another encoder's codes."""
-    from hybnn.errors import FingerprintMismatch
+    from hybnn.encoders import distilled, require_same_encoder
     from hybnn.models.io import load_model
-    from hybnn.pipeline.binary_encoder import load_binary_encoder
 
     head, meta = load_model(head_dir)
     if not isinstance(head, BNNHead):
         raise TypeError(f"{head_dir} holds a {meta['config']['arch']!r} model, not a BNN head")
-    encoder = load_binary_encoder(encoder_dir)
-    if meta.get("encoder_fingerprint") != encoder.fingerprint:
-        raise FingerprintMismatch(
-            f"head {head_dir} was trained on codes of encoder "
-            f"{str(meta.get('encoder_fingerprint'))[:12]}, but {encoder_dir} is binary encoder "
-            f"{encoder.fingerprint[:12]}; extract codes with it and train the head on them"
-        )
+    encoder = distilled.load(encoder_dir)
+    require_same_encoder(meta.get("encoder_fingerprint"), encoder, head_dir, encoder_dir)
     source = source_metadata(meta)
     return export_model(FullyBinaryHyBNN(encoder.model, head), path, metadata={
         "source": {"model_dir": str(head_dir), **source},

@@ -28,6 +28,7 @@ import torch
 from hybnn.artifacts import atomic_write, versions
 from hybnn.data import load_source, task_classes, train_test
 from hybnn.data.dataset import Dataset
+from hybnn.encoders import CodeEncoder, open_encoder
 from hybnn.errors import DataError
 from hybnn.experiments.continual_config import BUDGETED, SCENARIOS, STRATEGIES, ContinualConfig
 from hybnn.experiments.continual_ewc import EWC
@@ -41,7 +42,6 @@ from hybnn.experiments.continual_report import summary_lines, write_outputs
 from hybnn.models.bnn_head import BNNHead
 from hybnn.pipeline.codes import CodeStore, bits_to_signs, unpack_code_bits
 from hybnn.pipeline.config import PretrainConfig, TrainConfig
-from hybnn.pipeline.encoder import Encoder, load_encoder
 from hybnn.pipeline.extract import encode_to_codes
 from hybnn.pipeline.pretrain import pretrain
 from hybnn.pipeline.train import evaluate_classifier, fit_classifier
@@ -127,7 +127,7 @@ def continual(config: ContinualConfig, out: str | os.PathLike[str], progress: bo
     return results
 
 
-def encode_stream(encoder: Encoder, train: Dataset, test: Dataset,
+def encode_stream(encoder: CodeEncoder, train: Dataset, test: Dataset,
                   tasks: list[str]) -> TaskStream:
     """Encode the train and test splits once; keep the classes the tasks use."""
     classes = [task_classes(t, train.num_classes) for t in tasks]
@@ -258,9 +258,9 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _encoder(config: ContinualConfig, train: Dataset, out: Path,
-             progress: bool) -> tuple[Encoder, float]:
+             progress: bool) -> tuple[CodeEncoder, float]:
     if config.encoder is not None:
-        return load_encoder(config.encoder, config.device), 0.0
+        return open_encoder(config.encoder, config.device), 0.0
     t0 = time.perf_counter()
     pcfg = PretrainConfig(latent_bits=config.latent_bits, epochs=config.vae_epochs,
                           seed=config.seeds[0], device=config.device)

@@ -28,6 +28,8 @@ from hybnn.artifacts import atomic_write, atomic_write_json, versions
 from hybnn.binary.summary import model_summary
 from hybnn.data import load_source, prepare, select_task, train_test
 from hybnn.data.dataset import Dataset
+from hybnn.encoders import CodeEncoder, open_encoder
+from hybnn.encoders import vae as vae_encoder
 from hybnn.errors import HybnnError
 from hybnn.experiments.config import ReproduceConfig
 from hybnn.experiments.report import render_markdown, summary_lines
@@ -41,7 +43,6 @@ from hybnn.models.io import load_model
 from hybnn.models.names import run_key
 from hybnn.pipeline.checkpoint import CHECKPOINT_NAME
 from hybnn.pipeline.config import PretrainConfig, TrainConfig
-from hybnn.pipeline.encoder import Encoder, load_encoder
 from hybnn.pipeline.extract import encode_to_codes
 from hybnn.pipeline.fit import train_head, train_image_model
 from hybnn.pipeline.metrics import confusion_matrix, per_class
@@ -160,9 +161,9 @@ def _continual_table(config: ReproduceConfig, out: Path, progress: bool) -> dict
 
 
 def _encoder(config: ReproduceConfig, train: Dataset, out: Path, progress: bool,
-             resume: bool) -> tuple[Encoder, float]:
+             resume: bool) -> tuple[CodeEncoder, float]:
     if config.encoder is not None:
-        return load_encoder(config.encoder, config.device), 0.0
+        return open_encoder(config.encoder, config.device), 0.0
     general = _subsample(train, config.vae_samples, 0)
     t0 = time.perf_counter()
     pcfg = PretrainConfig(latent_bits=config.latent_bits, epochs=config.vae_epochs,
@@ -176,12 +177,13 @@ def _encoder(config: ReproduceConfig, train: Dataset, out: Path, progress: bool,
     return encoder, time.perf_counter() - t0
 
 
-def _finished_encoder(path: Path, pcfg: PretrainConfig, info: dict[str, Any]) -> Encoder | None:
+def _finished_encoder(path: Path, pcfg: PretrainConfig,
+                      info: dict[str, Any]) -> vae_encoder.VaeEncoder | None:
     """The encoder an earlier run saved at ``path`` with these very settings, else None."""
     if not (path / "meta.json").is_file():
         return None
     try:
-        encoder = load_encoder(path, pcfg.device)
+        encoder = vae_encoder.load(path, pcfg.device)
     except HybnnError:
         return None
     same = ({k: v for k, v in encoder.meta.get("pretrain", {}).items() if k != "device"}
@@ -190,7 +192,7 @@ def _finished_encoder(path: Path, pcfg: PretrainConfig, info: dict[str, Any]) ->
     return encoder if same else None
 
 
-def _bit_usage(config: ReproduceConfig, encoder: Encoder, train: Dataset,
+def _bit_usage(config: ReproduceConfig, encoder: CodeEncoder, train: Dataset,
                out: Path) -> dict[str, Any]:
     """Bit usage over the general data: written by phase 1, computed for a reused encoder."""
     written = out / "encoder" / "bit_usage.json"
@@ -199,7 +201,7 @@ def _bit_usage(config: ReproduceConfig, encoder: Encoder, train: Dataset,
     return bit_usage(encoder.encode(_subsample(train, config.vae_samples, 0).x))
 
 
-def _train_all(config: ReproduceConfig, encoder: Encoder, tr: Dataset, te: Dataset,
+def _train_all(config: ReproduceConfig, encoder: CodeEncoder, tr: Dataset, te: Dataset,
                task: str, seed: int, out: Path, resume: bool = False
                ) -> tuple[dict[str, tuple[History, Any]], float]:
     """Every model of one task and seed, and the seconds HyBNN spent extracting codes."""
@@ -257,7 +259,7 @@ def _mean_clocks(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, dict[
 CONFUSION_RUNS = ("hybnn", "fpcnn")  # the ten-class comparison the paper's limit is about
 
 
-def _confusions(trained: dict[str, tuple[History, Any]], encoder: Encoder,
+def _confusions(trained: dict[str, tuple[History, Any]], encoder: CodeEncoder,
                 te: Dataset) -> dict[str, np.ndarray]:
     """Test-set confusion matrices of HyBNN and of the float CNN."""
     import torch

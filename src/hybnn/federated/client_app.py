@@ -22,6 +22,7 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common import Scalar
 from torch import nn
 
+from hybnn.encoders import CodeEncoder
 from hybnn.errors import DataError
 from hybnn.federated import task
 from hybnn.federated.config import FedConfig
@@ -40,7 +41,6 @@ from hybnn.federated.secagg import to_transport
 from hybnn.federated.strategies import ProximalTerm
 from hybnn.federated.strategy import ARRAYS, CONFIG, METRICS, arrays_of, from_record, to_record
 from hybnn.federated.transport_scale import transport_bounds
-from hybnn.pipeline.encoder import Encoder
 
 LATENT = "hybnn-latent"  # context.state key: this client's latent weights (1bit, xor)
 
@@ -51,7 +51,7 @@ def node_data(context: Context) -> str:
 
 
 def _setup(config: Mapping[str, Any], context: Context
-           ) -> tuple[FedConfig, int, Encoder | None]:
+           ) -> tuple[FedConfig, int, CodeEncoder | None]:
     torch.set_num_threads(1)
     cfg = FedConfig.from_record(config)
     node = context.node_config
@@ -66,7 +66,7 @@ def _setup(config: Mapping[str, Any], context: Context
     return cfg, pid, encoder
 
 
-def local_round(cfg: FedConfig, pid: int, encoder: Encoder | None,
+def local_round(cfg: FedConfig, pid: int, encoder: CodeEncoder | None,
                 arrays: dict[str, np.ndarray], config: Mapping[str, Any], context: Context
                 ) -> tuple[nn.Module, dict[str, np.ndarray], dict[str, Any]]:
     """One round of local training from the encoded global model ``arrays``: the trained
@@ -107,7 +107,7 @@ def local_round(cfg: FedConfig, pid: int, encoder: Encoder | None,
     return model, local, metrics
 
 
-def global_scores(cfg: FedConfig, pid: int, encoder: Encoder | None,
+def global_scores(cfg: FedConfig, pid: int, encoder: CodeEncoder | None,
                   arrays: dict[str, np.ndarray], data: str = "") -> dict[str, Any]:
     """The encoded global model ``arrays`` on this client's held-out partition (of its own
     file ``data`` with node data)."""
@@ -168,7 +168,7 @@ class SecAggClient(NumPyClient):
     def __init__(self, context: Context) -> None:
         self.node = context
 
-    def _arrays(self, cfg: FedConfig, encoder: Encoder | None, parameters: list[np.ndarray]
+    def _arrays(self, cfg: FedConfig, encoder: CodeEncoder | None, parameters: list[np.ndarray]
                 ) -> tuple[nn.Module, Layout, dict[str, np.ndarray]]:
         model = task.build_model(cfg, encoder)
         layout = Layout.of(model)

@@ -24,6 +24,7 @@ from hybnn.data import load_source, select_task, train_test
 from hybnn.data.dataset import Dataset
 from hybnn.data.labels import LabelSpace
 from hybnn.data.splits import stratified_split
+from hybnn.encoders import CodeEncoder, open_encoder
 from hybnn.errors import DataError, FingerprintMismatch
 from hybnn.federated.config import FedConfig
 from hybnn.federated.encoding import Layout
@@ -31,7 +32,6 @@ from hybnn.federated.partition import partition
 from hybnn.hooks import Callback, History
 from hybnn.models.bnn_head import BNNHead
 from hybnn.pipeline.config import TrainConfig
-from hybnn.pipeline.encoder import Encoder, load_encoder
 from hybnn.pipeline.extract import encode_to_codes
 from hybnn.pipeline.fit import build_image_model, image_tensors
 from hybnn.pipeline.train import evaluate_classifier, fit_classifier
@@ -46,7 +46,7 @@ def task_splits(data: str, task: str) -> tuple[Dataset, Dataset]:
     return select_task(train, task), select_task(test, task)
 
 
-def encoder_at(path: str | os.PathLike[str], device: str = "cpu") -> Encoder:
+def encoder_at(path: str | os.PathLike[str], device: str = "cpu") -> CodeEncoder:
     """The encoder in ``path``, loaded once per process and file version."""
     p = Path(path)
     if not str(path):
@@ -56,11 +56,11 @@ def encoder_at(path: str | os.PathLike[str], device: str = "cpu") -> Encoder:
 
 
 @lru_cache(maxsize=4)
-def _load_encoder(path: str, stamp: int, device: str) -> Encoder:
-    return load_encoder(path, device)
+def _load_encoder(path: str, stamp: int, device: str) -> CodeEncoder:
+    return open_encoder(path, device)
 
 
-def check_encoder(encoder: Encoder, expected: str, who: str = "this client") -> None:
+def check_encoder(encoder: CodeEncoder, expected: str, who: str = "this client") -> None:
     """Refuse to train with an encoder other than the federation's."""
     if expected and encoder.fingerprint != expected:
         raise FingerprintMismatch(
@@ -130,7 +130,7 @@ def _partition_indices(data: str, task: str, clients: int, scheme: str, alpha: f
     return partition(train.y, test.y, train.num_classes, clients, scheme, alpha, k, seed)
 
 
-def as_tensors(cfg: FedConfig, data: Dataset, encoder: Encoder | None) -> Tensors:
+def as_tensors(cfg: FedConfig, data: Dataset, encoder: CodeEncoder | None) -> Tensors:
     """Model inputs: ±1 codes for hybnn (via the encoder), prepared images for the CNNs."""
     if cfg.model == "hybnn":
         if encoder is None:
@@ -143,7 +143,7 @@ _TENSOR_CACHE: OrderedDict[tuple[Any, ...], tuple[Tensors, Tensors]] = OrderedDi
 TENSOR_CACHE_SIZE = 8  # a simulation worker serves several clients in turn
 
 
-def client_tensors(cfg: FedConfig, partition_id: int, encoder: Encoder | None,
+def client_tensors(cfg: FedConfig, partition_id: int, encoder: CodeEncoder | None,
                    node_data: str = "") -> tuple[Tensors, Tensors]:
     """(train, test) tensors of a client, kept for the next rounds in this process: of its
     own file ``node_data`` when the federation runs on node data, else of its partition."""
@@ -168,7 +168,7 @@ def client_tensors(cfg: FedConfig, partition_id: int, encoder: Encoder | None,
     return _TENSOR_CACHE[key]
 
 
-def build_model(cfg: FedConfig, encoder: Encoder | None) -> nn.Module:
+def build_model(cfg: FedConfig, encoder: CodeEncoder | None) -> nn.Module:
     """The federated model, initialised from the run's seed (identical on every machine)."""
     if cfg.model == "hybnn":
         if encoder is None:

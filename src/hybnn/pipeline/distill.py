@@ -23,18 +23,14 @@ import torch.nn.functional as F
 
 from hybnn.artifacts import require_kind_or_absent, versions
 from hybnn.binary.layers import clip_latent_weights
+from hybnn.encoders import check_images, distilled
+from hybnn.encoders.distilled import DistilledEncoder, encode_images
+from hybnn.encoders.vae import VaeEncoder
 from hybnn.errors import DataError
 from hybnn.models.binary_encoder import BinaryEncoder
 from hybnn.pipeline.adam import make_adam
 from hybnn.pipeline.augment import random_shift
-from hybnn.pipeline.binary_encoder import (
-    BINARY_ENCODER_KIND,
-    BinaryEncoderArtifact,
-    encode_images,
-    save_binary_encoder,
-)
 from hybnn.pipeline.config import DistillConfig, TrainConfig
-from hybnn.pipeline.encoder import Encoder, check_images
 from hybnn.pipeline.train import resolve_device
 from hybnn.progress import bar
 
@@ -59,7 +55,7 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     return F.binary_cross_entropy_with_logits(student_logits, target)
 
 
-def train_binary_encoder(teacher: Encoder, images: np.ndarray, config: DistillConfig,
+def train_binary_encoder(teacher: VaeEncoder, images: np.ndarray, config: DistillConfig,
                          test_images: np.ndarray | None = None, progress: bool = True,
                          ) -> tuple[BinaryEncoder, list[dict[str, Any]]]:
     """Train a :class:`BinaryEncoder` to reproduce ``teacher``'s codes on ``images``.
@@ -160,18 +156,18 @@ def recalibrate_batch_norm(model: torch.nn.Module, images: np.ndarray,
         model.train(was_training)
 
 
-def distill(teacher: Encoder, images: np.ndarray, out: str | os.PathLike[str],
+def distill(teacher: VaeEncoder, images: np.ndarray, out: str | os.PathLike[str],
             config: DistillConfig, data_info: dict[str, Any],
             test_images: np.ndarray | None = None, progress: bool = True,
-            teacher_path: str | None = None) -> BinaryEncoderArtifact:
+            teacher_path: str | None = None) -> DistilledEncoder:
     """Train, save and describe the binary encoder in ``out``; returns the frozen artifact."""
-    require_kind_or_absent(out, BINARY_ENCODER_KIND)  # before training, not after
+    require_kind_or_absent(out, distilled.KIND)  # before training, not after
     t0 = time.perf_counter()
     student, history = train_binary_encoder(teacher, images, config, test_images, progress)
     agreement = {"train": bit_agreement(encode_images(student, images), teacher.encode(images))}
     if history and "test_agreement" in history[-1]:
         agreement["test"] = history[-1]["test_agreement"]
-    return save_binary_encoder(Path(out), student, teacher.fingerprint, {
+    return distilled.save(Path(out), student, teacher.fingerprint, {
         "teacher": {"path": teacher_path, "latent_bits": teacher.latent_bits},
         "distill": asdict(config),
         "data": data_info,

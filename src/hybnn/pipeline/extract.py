@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from hybnn.data.dataset import Dataset
+from hybnn.encoders import ENCODE_BATCH, CodeEncoder
 from hybnn.pipeline.codes import CodeStore, pack_code_bits
-from hybnn.pipeline.encoder import ENCODE_BATCH, CodeEncoder
 
 
 def encode_to_codes(encoder: CodeEncoder, data: Dataset, meta: dict[str, Any] | None = None,

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from hybnn.artifacts import atomic_write_json, require_kind_or_absent, versions
+from hybnn.encoders import vae as vae_encoder
 from hybnn.errors import DataError
 from hybnn.hooks import History
 from hybnn.models.contrastive import expected_signs, nt_xent
@@ -25,7 +26,6 @@ from hybnn.models.vae import BinaryLatentVAE, vae_loss
 from hybnn.pipeline.augment import random_affine, random_shift
 from hybnn.pipeline.checkpoint import CHECKPOINT_NAME, load_checkpoint, run_tag, save_checkpoint
 from hybnn.pipeline.config import PretrainConfig
-from hybnn.pipeline.encoder import ENCODER_KIND, Encoder, save_encoder
 from hybnn.pipeline.train import resolve_device
 from hybnn.progress import bar
 
@@ -130,17 +130,17 @@ def bit_usage(codes: np.ndarray) -> dict[str, Any]:
 
 def pretrain(images: np.ndarray, out: str | os.PathLike[str], config: PretrainConfig,
              data_info: dict[str, Any], progress: bool = True, plots: bool = True,
-             resume: bool = False) -> Encoder:
+             resume: bool = False) -> vae_encoder.VaeEncoder:
     """Train, save and describe the encoder in ``out``; returns the frozen encoder.
 
     A checkpoint in ``out`` after every epoch lets ``resume=True`` continue an interrupted
     run; it is removed once the encoder is saved.
     """
     out = Path(out)
-    require_kind_or_absent(out, ENCODER_KIND)  # before training, not after
+    require_kind_or_absent(out, vae_encoder.KIND)  # before training, not after
     t0 = time.perf_counter()
     vae, history = train_vae(images, config, progress, out / CHECKPOINT_NAME, resume)
-    encoder = save_encoder(out, vae, {
+    encoder = vae_encoder.save(out, vae, {
         "pretrain": asdict(config),
         "data": data_info,
         "history": history,

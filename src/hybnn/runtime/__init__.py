@@ -6,10 +6,10 @@
 >>> model.label_space.names[0]                             # doctest: +SKIP
 
 ``load`` validates the whole bundle (:mod:`hybnn.bundle.format`); the encoder graph must be
-one hybnn exports (:mod:`hybnn.bundle.graph_rules`: its ops, bounded sizes) before ONNX
+one hybnn exports (:mod:`hybnn.onnxgraph.rules`: its ops, bounded sizes) before ONNX
 Runtime checks it; ``strict=True`` adds ``onnx.checker`` (which costs ~2 s of import). Each
 run of the encoder is bounded in memory and time, and its output is checked against its input
-(:mod:`hybnn.runtime.onnx_encoder`).
+(:mod:`hybnn.onnxgraph.session`).
 """
 
 from __future__ import annotations

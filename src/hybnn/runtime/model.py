@@ -10,7 +10,7 @@ from hybnn.bundle.format import BundleParts
 from hybnn.data.dataset import model_images
 from hybnn.data.labels import LabelSpace
 from hybnn.engine.runtime import PackedModel
-from hybnn.runtime.onnx_encoder import OnnxEncoder
+from hybnn.onnxgraph.session import OnnxEncoder
 
 
 class BundleModel:
@@ -19,7 +19,9 @@ class BundleModel:
     (N, C, H, W), (N, H, W) or (H, W)."""
 
     def __init__(self, parts: BundleParts, threads: int = 1, where: str = "bundle") -> None:
-        self.encoder = OnnxEncoder.of_bundle(parts, threads, where)
+        enc = parts.encoder
+        self.encoder = OnnxEncoder(parts.onnx, enc["input_name"], enc["output_name"],
+                                   parts.input_shape, parts.latent_bits, threads, where)
         self.head = PackedModel(parts.head_header, parts.head_arrays, parts.fingerprint,
                                 threads=threads, where=where)
         self.header: dict[str, Any] = parts.header

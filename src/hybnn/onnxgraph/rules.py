@@ -2,7 +2,7 @@
 
 An ONNX graph is a program (loops, branches, custom ops, tensors of any size), and a bundle's
 checksum is not a signature, so a forged bundle can hold any of that. Before ONNX Runtime sees
-the bytes, :func:`check_graph` parses them (protobuf, :mod:`hybnn.bundle.onnx_schema`) and
+the bytes, :func:`check_graph` parses them (protobuf, :mod:`hybnn.onnxgraph.schema`) and
 accepts only a graph of the kind hybnn exports (:mod:`hybnn.bundle.onnx_export`, fp32, and
 its static int8 version, :mod:`hybnn.bundle.quantize`):
 
@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from hybnn.bundle.onnx_schema import messages
 from hybnn.errors import ArtifactError
+from hybnn.onnxgraph.schema import messages
 
 # Every op torch's dynamo exporter and ONNX Runtime's QDQ quantizer emit for an encoder of
 # every code layer (latent, conv2, conv3), fp32 and int8 (percentile, min/max, reduce range);

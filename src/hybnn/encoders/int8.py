@@ -1,6 +1,6 @@
-"""The int8-encoder artifact: the frozen VAE's encoder as a static int8 ONNX graph.
+"""The int8 encoder (kind ``int8-encoder``): the frozen VAE's encoder as a static int8 ONNX graph.
 
-``hybnn quantize`` writes it (:func:`save_int8_graph`, kind ``int8-encoder``, saved with
+``hybnn quantize`` writes it (:func:`save`, kind ``int8-encoder``, saved with
 :func:`hybnn.artifacts.save_bundle`): the ONNX bytes as the one uint8 array ``onnx``, the
 shapes in ``config``, the float VAE's fingerprint (``quantized_from``) and how the graph was
 calibrated (``quantization``) beside them. Its own fingerprint (SHA-256 of that file) is what
@@ -10,8 +10,8 @@ byte for byte, instead of quantizing the VAE again.
 
 The fingerprint is a checksum, not a signature: :func:`load_int8_graph` checks every field
 of a file with a valid hash and that the graph is one hybnn exports
-(:mod:`hybnn.bundle.graph_rules`); ONNX Runtime checks it again when a session is made
-(:mod:`hybnn.runtime.int8_encoder`).
+(:mod:`hybnn.onnxgraph.rules`); ONNX Runtime checks it again when a session is made
+(:class:`Int8Encoder`, ONNX Runtime on the CPU).
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ import numpy as np
 import torch
 
 from hybnn.artifacts import load_bundle, save_bundle
-from hybnn.bundle.encoder_graph import EncoderGraph, EncoderIdentity
-from hybnn.bundle.format import MAX_BITS, MAX_SIDE
-from hybnn.bundle.graph_rules import check_graph
-from hybnn.bundle.onnx_export import INPUT_NAME, OPSET, OUTPUT_NAME
-from hybnn.errors import ArtifactError
+from hybnn.encoders.base import ENCODE_BATCH, EncoderGraph, EncoderIdentity, check_images
+from hybnn.errors import ArtifactError, DataError
 from hybnn.models.names import INT8_ENCODER
+from hybnn.onnxgraph import INPUT_NAME, MAX_BITS, MAX_SIDE, OPSET, OUTPUT_NAME
+from hybnn.onnxgraph.rules import check_graph
+from hybnn.onnxgraph.session import OnnxEncoder
 
-INT8_ENCODER_KIND = INT8_ENCODER
+KIND = INT8_ENCODER
 ONNX_TENSOR = "onnx"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -66,7 +66,7 @@ class Int8Graph:
         return EncoderGraph(self.onnx, "int8", self.meta.get("quantization"))
 
 
-def save_int8_graph(directory: str | os.PathLike[str], graph: EncoderGraph,
+def save(directory: str | os.PathLike[str], graph: EncoderGraph,
                     encoder: EncoderIdentity, extra: dict[str, Any] | None = None) -> Int8Graph:
     """Save the int8 ``graph`` of the float ``encoder`` as an int8-encoder artifact."""
     if graph.precision != "int8":
@@ -76,7 +76,7 @@ def save_int8_graph(directory: str | os.PathLike[str], graph: EncoderGraph,
               "image_size": [h, w], "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
               "opset": OPSET}
     raw = torch.from_numpy(np.frombuffer(graph.onnx, dtype=np.uint8).copy())
-    meta = save_bundle(directory, INT8_ENCODER_KIND, {ONNX_TENSOR: raw}, config, {
+    meta = save_bundle(directory, KIND, {ONNX_TENSOR: raw}, config, {
         **(extra or {}), "quantized_from": encoder.fingerprint,
         "quantization": graph.quantization, "data": encoder.data, "pretrain": encoder.pretrain,
         "bit_rule": "bit = logit >= 0"})
@@ -85,7 +85,7 @@ def save_int8_graph(directory: str | os.PathLike[str], graph: EncoderGraph,
 
 def load_int8_graph(directory: str | os.PathLike[str]) -> Int8Graph:
     """Load and validate an int8-encoder artifact; every defect one :class:`ArtifactError`."""
-    tensors, meta = load_bundle(directory, INT8_ENCODER_KIND)
+    tensors, meta = load_bundle(directory, KIND)
     if set(tensors) != {ONNX_TENSOR}:
         raise ArtifactError(f"int8 encoder in {directory} must hold one array {ONNX_TENSOR!r}, "
                             f"it holds {sorted(tensors)[:8]}")
@@ -128,3 +128,51 @@ def _graph(onnx: bytes, meta: dict[str, Any], where: str) -> Int8Graph:
     check_graph(onnx, graph.input_name, graph.output_name,
                 (graph.channels, *graph.image_size), graph.latent_bits, f"int8 encoder in {where}")
     return graph
+
+
+class Int8Encoder:
+    """Images (N, C, H, W) float32 in [0, 1] -> bool codes (N, latent_bits), bit = logit >= 0,
+    in ONNX Runtime on the CPU (``threads`` intra-op threads)."""
+
+    KIND = KIND
+    LABEL = "int8 encoder"
+    MADE = "quantized from"
+
+    def __init__(self, graph: Int8Graph, threads: int = 1, where: str = "int8 encoder") -> None:
+        self.graph = graph
+        self.fingerprint: str = graph.fingerprint
+        self.meta: dict[str, Any] = graph.meta
+        self.session = OnnxEncoder(graph.onnx, graph.input_name, graph.output_name,
+                                   (graph.channels, *graph.image_size), graph.latent_bits,
+                                   threads, where)
+
+    @property
+    def latent_bits(self) -> int:
+        return self.graph.latent_bits
+
+    @property
+    def channels(self) -> int:
+        return self.graph.channels
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.graph.image_size
+
+    @property
+    def derived_from(self) -> str:
+        return self.graph.quantized_from
+
+    def encode(self, images: np.ndarray, batch_size: int = ENCODE_BATCH) -> np.ndarray:
+        check_images(images, self.channels, self.image_size)
+        return self.session.codes(images, batch_size)
+
+
+def load(directory: str | os.PathLike[str], device: str = "cpu",
+         threads: int | None = None) -> Int8Encoder:
+    """Load, validate and open an int8 encoder: ONNX Runtime on the CPU, ``threads`` threads
+    (default torch's)."""
+    if device.split(":")[0] != "cpu":
+        raise DataError(f"{directory} is an int8 encoder: it runs on the CPU in ONNX Runtime, "
+                        f"not on {device}")
+    return Int8Encoder(load_int8_graph(directory), threads or torch.get_num_threads(),
+                       f"int8 encoder {directory}")

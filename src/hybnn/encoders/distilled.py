@@ -1,4 +1,4 @@
-"""The binary-encoder artifact: a distilled :class:`BinaryEncoder` tied to its teacher VAE.
+"""The distilled encoder (kind ``binary-encoder``): a :class:`BinaryEncoder` tied to its teacher.
 
 Saved with :func:`hybnn.artifacts.save_bundle` as kind ``binary-encoder``. Its fingerprint
 (SHA-256 of its own weights) is what its code stores record, so a head trained on distilled
@@ -17,19 +17,22 @@ import numpy as np
 import torch
 
 from hybnn.artifacts import load_bundle, save_bundle
+from hybnn.encoders.base import ENCODE_BATCH, check_images
 from hybnn.errors import ArtifactError, FingerprintMismatch
 from hybnn.models.binary_encoder import BinaryEncoder
 from hybnn.models.names import BINARY_ENCODER
-from hybnn.pipeline.encoder import check_images
 
-BINARY_ENCODER_KIND = BINARY_ENCODER
+KIND = BINARY_ENCODER
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass
-class BinaryEncoderArtifact:
+class DistilledEncoder:
     """A frozen distilled encoder plus the metadata that identifies it and its teacher."""
 
+    KIND = KIND
+    LABEL = "binary encoder"
+    MADE = "distilled from"
     model: BinaryEncoder
     fingerprint: str
     meta: dict[str, Any]
@@ -43,6 +46,14 @@ class BinaryEncoderArtifact:
         return self.model.image_size
 
     @property
+    def channels(self) -> int:
+        return int(self.model.config["in_channels"])
+
+    @property
+    def derived_from(self) -> str:
+        return self.teacher_fingerprint
+
+    @property
     def teacher_fingerprint(self) -> str:
         return str(self.meta["teacher"]["fingerprint"])
 
@@ -54,9 +65,9 @@ class BinaryEncoderArtifact:
                 f"{self.teacher_fingerprint[:12]}, not from {fingerprint[:12]}"
             )
 
-    def encode(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    def encode(self, images: np.ndarray, batch_size: int = ENCODE_BATCH) -> np.ndarray:
         """Images (N, C, H, W) float32 in [0, 1] -> bool codes (N, latent_bits)."""
-        check_images(images, self.model.config["in_channels"], self.image_size)
+        check_images(images, self.channels, self.image_size)
         return encode_images(self.model, images, batch_size)
 
 
@@ -74,21 +85,21 @@ def encode_images(model: BinaryEncoder, images: np.ndarray, batch_size: int = 51
     return torch.cat(out).numpy()
 
 
-def save_binary_encoder(directory: str | os.PathLike[str], model: BinaryEncoder,
-                        teacher_fingerprint: str, extra: dict[str, Any]) -> BinaryEncoderArtifact:
+def save(directory: str | os.PathLike[str], model: BinaryEncoder,
+                        teacher_fingerprint: str, extra: dict[str, Any]) -> DistilledEncoder:
     """Save ``model`` as a binary-encoder artifact distilled from ``teacher_fingerprint``."""
     if not _SHA256.match(teacher_fingerprint):
         raise ArtifactError(f"teacher fingerprint {teacher_fingerprint!r} is not a SHA-256")
     teacher = {**extra.get("teacher", {}), "fingerprint": teacher_fingerprint}
-    meta = save_bundle(directory, BINARY_ENCODER_KIND, model.state_dict(), model.config,
+    meta = save_bundle(directory, KIND, model.state_dict(), model.config,
                        {**extra, "teacher": teacher, "input_prep": "centered"})
-    return BinaryEncoderArtifact(model.eval(), meta["fingerprint"], meta)
+    return DistilledEncoder(model.eval(), meta["fingerprint"], meta)
 
 
-def load_binary_encoder(directory: str | os.PathLike[str],
-                        device: str = "cpu") -> BinaryEncoderArtifact:
-    """Load and validate a binary encoder saved by :func:`save_binary_encoder`."""
-    tensors, meta = load_bundle(directory, BINARY_ENCODER_KIND)
+def load(directory: str | os.PathLike[str], device: str = "cpu",
+         threads: int | None = None) -> DistilledEncoder:
+    """Load and validate a binary encoder saved by :func:`save`."""
+    tensors, meta = load_bundle(directory, KIND)
     teacher = meta.get("teacher")
     if not isinstance(teacher, dict) or not _SHA256.match(str(teacher.get("fingerprint"))):
         raise ArtifactError(f"binary encoder in {directory} does not record its teacher's "
@@ -102,4 +113,4 @@ def load_binary_encoder(directory: str | os.PathLike[str],
                             f"{first}") from None
     for p in model.parameters():
         p.requires_grad_(False)
-    return BinaryEncoderArtifact(model.to(device).eval(), meta["fingerprint"], meta)
+    return DistilledEncoder(model.to(device).eval(), meta["fingerprint"], meta)

@@ -1,6 +1,6 @@
-"""The bundle's encoder in an ONNX Runtime session, threads pinned, shapes checked.
+"""An encoder graph in an ONNX Runtime session, threads pinned, shapes checked.
 
-The graph is data, not a program: :func:`hybnn.bundle.graph_rules.check_graph` accepts it
+The graph is data, not a program: :func:`hybnn.onnxgraph.rules.check_graph` accepts it
 (the ops hybnn exports, bounded sizes) before ONNX Runtime sees it. Each run takes at most
 the images the graph's size allows, is stopped after :data:`RUN_SECONDS` (by
 :data:`WATCHDOG`), and must return one row of ``latent_bits`` float32 logits per image;
@@ -17,9 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from hybnn.bundle.format import BundleParts
-from hybnn.bundle.graph_rules import check_graph
 from hybnn.errors import ArtifactError, DataError, HybnnError
+from hybnn.onnxgraph.rules import check_graph
 
 RUN_SECONDS = 60.0  # one run of at most CheckedGraph.batch images
 POLL_SECONDS = 0.5  # the watchdog's longest sleep: a run is stopped at most this late
@@ -66,9 +65,8 @@ def make_session(onnx_bytes: bytes, threads: int = 1) -> Any:
 class OnnxEncoder:
     """Images (N, C, H, W) float32 -> bit logits (N, latent_bits) float32.
 
-    ``onnx`` is checked by :func:`~hybnn.bundle.graph_rules.check_graph`, then parsed and
-    checked by ONNX Runtime, its one input and one output by name, element type and shape;
-    :meth:`of_bundle` takes them from a validated bundle."""
+    ``onnx`` is checked by :func:`~hybnn.onnxgraph.rules.check_graph`, then parsed and
+    checked by ONNX Runtime, its one input and one output by name, element type and shape."""
 
     def __init__(self, onnx: bytes, input_name: str, output_name: str,
                  input_shape: tuple[int, ...], latent_bits: int, threads: int = 1,
@@ -89,13 +87,6 @@ class OnnxEncoder:
         self.latent_bits = latent_bits
         self.batch = checked.batch  # images a run takes: the graph's memory bound
         self.where = where
-
-    @classmethod
-    def of_bundle(cls, parts: BundleParts, threads: int = 1,
-                  where: str = "bundle") -> OnnxEncoder:
-        enc = parts.encoder
-        return cls(parts.onnx, enc["input_name"], enc["output_name"], parts.input_shape,
-                   parts.latent_bits, threads, where)
 
     @staticmethod
     def _check(values: list[Any], name: str, dims: tuple[int, ...], kind: str,

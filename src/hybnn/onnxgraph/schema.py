@@ -1,6 +1,6 @@
 """The part of ONNX's protobuf schema (``onnx/onnx.proto``) an encoder graph may use.
 
-:mod:`hybnn.bundle.graph_rules` parses a graph with these classes, built at first use with
+:mod:`hybnn.onnxgraph.rules` parses a graph with these classes, built at first use with
 the ``protobuf`` runtime that ONNX Runtime itself depends on: no ``onnx`` package on the
 runtime's path (not a runtime dependency, and ``import onnx`` takes 1-2 s). Field numbers
 and wire types are ONNX's (a test compares them with ``onnx.onnx_ml_pb2`` where ``onnx`` is

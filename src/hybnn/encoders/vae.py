@@ -1,7 +1,6 @@
-"""The frozen encoder artifact: a trained binary-latent VAE, saved with its fingerprint.
+"""The VAE encoder (kind ``encoder``): a trained binary-latent VAE, frozen, with its fingerprint.
 
-:func:`load_code_encoder` opens either kind of encoder that makes codes: this VAE, or a
-binary encoder distilled from one (:mod:`hybnn.pipeline.binary_encoder`).
+Its codes are the latent's bits, or (``hybnn recode``) the bits of an earlier layer.
 """
 
 from __future__ import annotations
@@ -9,41 +8,29 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from hybnn.artifacts import declared_kind, load_bundle, save_bundle
+from hybnn.artifacts import load_bundle, save_bundle
+from hybnn.encoders.base import ENCODE_BATCH, check_images
 from hybnn.errors import ArtifactError, DataError
 from hybnn.models.fold import fold_batch_norms
-from hybnn.models.names import BINARY_ENCODER
 from hybnn.models.vae import BinaryLatentVAE
 from hybnn.models.weights import build_checked
 
-ENCODER_KIND = "encoder"
-# Images per forward pass when encoding: at 256 the encoder's activations stay in cache;
-# 512 measured ~1.3x slower per image on 1 and 2 threads (AMD EPYC, torch 2.13 CPU).
-ENCODE_BATCH = 256
-
-
-class CodeEncoder(Protocol):
-    """Anything that turns images into codes and names itself by a fingerprint."""
-
-    fingerprint: str
-    meta: dict[str, Any]
-
-    @property
-    def latent_bits(self) -> int: ...
-
-    def encode(self, images: np.ndarray, batch_size: int = ENCODE_BATCH) -> np.ndarray: ...
+KIND = "encoder"
 
 
 @dataclass
-class Encoder:
+class VaeEncoder:
     """A frozen VAE plus the metadata that identifies it."""
 
+    KIND = KIND
+    LABEL = "encoder"
+    MADE = "recoded from"
     vae: BinaryLatentVAE
     fingerprint: str
     meta: dict[str, Any]
@@ -58,6 +45,16 @@ class Encoder:
     def image_size(self) -> tuple[int, int]:
         return self.vae.image_size
 
+    @property
+    def channels(self) -> int:
+        return int(self.vae.config["in_channels"])
+
+    @property
+    def derived_from(self) -> str | None:
+        """The fingerprint of the encoder this one was recoded from, if any."""
+        source = self.meta.get("recoded_from")
+        return str(source) if source else None
+
     @torch.inference_mode()
     def encode(self, images: np.ndarray, batch_size: int = ENCODE_BATCH) -> np.ndarray:
         """Images (N, C, H, W) float32 in [0, 1] -> bool codes (N, latent_bits).
@@ -67,7 +64,7 @@ class Encoder:
         the encoder is frozen), the code being ``output >= 0`` (for the latent, as in
         :meth:`BinaryLatentVAE.encode`).
         """
-        check_images(images, self.vae.config["in_channels"], self.image_size)
+        check_images(images, self.channels, self.image_size)
         if self._folded is None:
             self.vae.eval()
             self._folded = fold_batch_norms(self.vae.code_net())
@@ -80,15 +77,6 @@ class Encoder:
         return torch.cat(out).numpy()
 
 
-def check_images(images: np.ndarray, channels: int, size: tuple[int, int]) -> None:
-    want = (channels, *size)
-    if images.ndim != 4 or tuple(images.shape[1:]) != want:
-        raise DataError(
-            f"encoder expects images of shape (N, {', '.join(map(str, want))}), "
-            f"got {tuple(images.shape)}"
-        )
-
-
 def code_fingerprint(weights_fingerprint: str, code: str) -> str:
     """What codes made by an encoder name: its weights file's SHA-256 for the latent codes
     (every encoder before `hybnn recode`), else the SHA-256 of that and the code layer, so
@@ -98,23 +86,26 @@ def code_fingerprint(weights_fingerprint: str, code: str) -> str:
     return hashlib.sha256(f"{weights_fingerprint}/code={code}".encode()).hexdigest()
 
 
-def save_encoder(directory: str | os.PathLike[str], vae: BinaryLatentVAE,
-                 extra: dict[str, Any]) -> Encoder:
-    meta = save_bundle(directory, ENCODER_KIND, vae.state_dict(), vae.config, extra)
-    return Encoder(vae.eval(), code_fingerprint(meta["fingerprint"], vae.code), meta)
+def save(directory: str | os.PathLike[str], vae: BinaryLatentVAE,
+         extra: dict[str, Any]) -> VaeEncoder:
+    """Save ``vae`` (frozen from here on) as a VAE encoder artifact with ``extra`` metadata."""
+    meta = save_bundle(directory, KIND, vae.state_dict(), vae.config, extra)
+    return VaeEncoder(vae.eval(), code_fingerprint(meta["fingerprint"], vae.code), meta)
 
 
-def load_encoder(directory: str | os.PathLike[str], device: str = "cpu") -> Encoder:
-    tensors, meta = load_bundle(directory, ENCODER_KIND)
+def load(directory: str | os.PathLike[str], device: str = "cpu",
+         threads: int | None = None) -> VaeEncoder:
+    """The VAE encoder in ``directory`` on ``device`` (torch runs it on its own threads)."""
+    tensors, meta = load_bundle(directory, KIND)
     if not isinstance(meta.get("config"), dict):
         raise ArtifactError(f"encoder in {directory}: metadata lacks a config")
     vae = build_checked(BinaryLatentVAE, meta["config"], tensors, f"encoder {directory}")
     for p in vae.parameters():
         p.requires_grad_(False)
-    return Encoder(vae.to(device).eval(), code_fingerprint(meta["fingerprint"], vae.code), meta)
+    return VaeEncoder(vae.to(device).eval(), code_fingerprint(meta["fingerprint"], vae.code), meta)
 
 
-def recode_encoder(encoder: Encoder, code: str, directory: str | os.PathLike[str]) -> Encoder:
+def recode(encoder: VaeEncoder, code: str, directory: str | os.PathLike[str]) -> VaeEncoder:
     """``encoder``'s VAE, unchanged, saved to ``directory`` with its codes taken from layer
     ``code`` (:data:`~hybnn.models.vae.CODE_LAYERS`): a new artifact whose codes name a new
     fingerprint (:func:`code_fingerprint`); ``recoded_from`` records the source's. No
@@ -127,13 +118,4 @@ def recode_encoder(encoder: Encoder, code: str, directory: str | os.PathLike[str
     keep = {k: v for k, v in encoder.meta.items()
             if k not in ("kind", "format_version", "hybnn_version", "fingerprint", "config")}
     source = encoder.meta.get("recoded_from", encoder.fingerprint)
-    return save_encoder(directory, vae, {**keep, "recoded_from": source})
-
-
-def load_code_encoder(directory: str | os.PathLike[str], device: str = "cpu") -> CodeEncoder:
-    """The VAE encoder or the distilled binary encoder in ``directory``, by its kind."""
-    if declared_kind(directory) == BINARY_ENCODER:
-        from hybnn.pipeline.binary_encoder import load_binary_encoder
-
-        return load_binary_encoder(directory, device)
-    return load_encoder(directory, device)
+    return save(directory, vae, {**keep, "recoded_from": source})
