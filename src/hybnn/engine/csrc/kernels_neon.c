@@ -85,6 +85,15 @@ static inline void gt8(uint16x8_t s, const int32_t *thr, uint32x4_t *g) {
         c15 = vaddq_u8(c15, CNT(x, q.val[3]));                                                    \
     }
 
+/* GCC's first scheduling pass hoists all 16 weight loads of a step above the adds and then
+ * spills four counters to the stack in every step; without it every counter stays in a
+ * register. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define NO_SCHED1 __attribute__((optimize("no-schedule-insns")))
+#else
+#define NO_SCHED1
+#endif
+
 #define CONTIG(k) vld1q_dup_u64(a + (k))
 #define IND(k) vld1q_dup_u64(a[k])
 
@@ -106,23 +115,26 @@ static inline void gt8(uint16x8_t s, const int32_t *thr, uint32x4_t *g) {
         return movemask32(g);                                                                     \
     } while (0)
 
-static void mk_neon_contig(const uint64_t *a, int nk, const uint64_t *w, uint32_t *acc, int add) {
+NO_SCHED1 static void mk_neon_contig(const uint64_t *a, int nk, const uint64_t *w, uint32_t *acc,
+                                     int add) {
     MK_LOOP(CONTIG)
     FLUSH_ALL();
 }
 
-static void mk_neon_ind(const uint64_t *const *a, int nk, const uint64_t *w, uint32_t *acc, int add) {
+NO_SCHED1 static void mk_neon_ind(const uint64_t *const *a, int nk, const uint64_t *w, uint32_t *acc,
+                                  int add) {
     MK_LOOP(IND)
     FLUSH_ALL();
 }
 
-static uint32_t mk_neon_contig_bits(const uint64_t *a, int nk, const uint64_t *w, const int32_t *thr) {
+NO_SCHED1 static uint32_t mk_neon_contig_bits(const uint64_t *a, int nk, const uint64_t *w,
+                                              const int32_t *thr) {
     MK_LOOP(CONTIG)
     BITS_ALL();
 }
 
-static uint32_t mk_neon_ind_bits(const uint64_t *const *a, int nk, const uint64_t *w,
-                                 const int32_t *thr) {
+NO_SCHED1 static uint32_t mk_neon_ind_bits(const uint64_t *const *a, int nk, const uint64_t *w,
+                                           const int32_t *thr) {
     MK_LOOP(IND)
     BITS_ALL();
 }
