@@ -221,6 +221,7 @@ def _inputs(model: PackedModel, images: np.ndarray, n: int) -> np.ndarray:
 
 
 def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    from hybnn.benchmarks import cpu_model
     from hybnn.data import load_source, train_test
 
     exe, plugin = build_driver(tmp / "build"), build_plugin(tmp / "build")
@@ -244,7 +245,8 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
               f"{row['neon_insns_per_image']:,} instructions per image = {row['ratio']:.2f}x",
               file=sys.stderr)
     return {"rows": rows, "data": args.data, "date": dt.date.today().isoformat(),
-            "compiler": _version(CC), "qemu": _version(QEMU), "flags": " ".join(CFLAGS)}
+            "host": cpu_model(), "compiler": _version(CC), "qemu": _version(QEMU),
+            "flags": " ".join(CFLAGS)}
 
 
 def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
@@ -274,10 +276,12 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
 
 def markdown(res: dict[str, Any], command: str) -> str:
     lines = ["## aarch64: NEON vs scalar kernels (qemu-aarch64, instructions per image)", "",
-             f"Command: `{command}` ({res['date']}). {res['compiler']}, flags `{res['flags']}`; "
-             f"{res['qemu']}. Instructions of `hyb_net_run` per image (float input, packing "
-             "included), counted exactly by a TCG plugin (`bench/qemu_insn_plugin.c`): one pass "
-             "and three passes over the batch, difference / (2 x images). **Instructions, not "
+             f"Command: `{command}` ({res['date']}), emulated on {res['host']}. "
+             f"{res['compiler']}, flags `{res['flags']}`; {res['qemu']}. Instructions of "
+             "`hyb_net_run` per image (float input, packing included, 1 thread, batches of "
+             f"{res['rows'][0]['images']}), counted exactly by a TCG plugin "
+             "(`bench/qemu_insn_plugin.c`): one pass and three passes over the batch, "
+             "difference / (2 x images). **Instructions, not "
              "cycles**: qemu-user does not model a core's timing. Random paper-sized weights "
              "unless the command names engine files (the kernels have no data-dependent "
              f"branches); images: the first {res['rows'][0]['images']} {res['data']} test images "
