@@ -23,6 +23,8 @@ from hybnn.models.binary_encoder import BinaryEncoder
 from hybnn.models.names import BINARY_ENCODER
 
 KIND = BINARY_ENCODER
+LABEL = "binary encoder"  # how messages name this kind
+MADE = "distilled from"  # how it comes from the encoder it was made from
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -31,8 +33,8 @@ class DistilledEncoder:
     """A frozen distilled encoder plus the metadata that identifies it and its teacher."""
 
     KIND = KIND
-    LABEL = "binary encoder"
-    MADE = "distilled from"
+    LABEL = LABEL
+    MADE = MADE
     model: BinaryEncoder
     fingerprint: str
     meta: dict[str, Any]

@@ -33,6 +33,8 @@ from hybnn.onnxgraph.rules import check_graph
 from hybnn.onnxgraph.session import OnnxEncoder
 
 KIND = INT8_ENCODER
+LABEL = "int8 encoder"  # how messages name this kind
+MADE = "quantized from"  # how it comes from the encoder it was made from
 ONNX_TENSOR = "onnx"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -135,8 +137,8 @@ class Int8Encoder:
     in ONNX Runtime on the CPU (``threads`` intra-op threads)."""
 
     KIND = KIND
-    LABEL = "int8 encoder"
-    MADE = "quantized from"
+    LABEL = LABEL
+    MADE = MADE
 
     def __init__(self, graph: Int8Graph, threads: int = 1, where: str = "int8 encoder") -> None:
         self.graph = graph

@@ -22,6 +22,8 @@ from hybnn.models.vae import BinaryLatentVAE
 from hybnn.models.weights import build_checked
 
 KIND = "encoder"
+LABEL = "VAE encoder"  # how messages name this kind
+MADE = "recoded from"  # how it comes from the encoder it was made from
 
 
 @dataclass
@@ -29,8 +31,8 @@ class VaeEncoder:
     """A frozen VAE plus the metadata that identifies it."""
 
     KIND = KIND
-    LABEL = "encoder"
-    MADE = "recoded from"
+    LABEL = LABEL
+    MADE = MADE
     vae: BinaryLatentVAE
     fingerprint: str
     meta: dict[str, Any]
