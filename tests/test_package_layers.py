@@ -22,7 +22,7 @@ RANKS = {
     "pipeline": 5,
     "engine": 6, "federated": 6, "experiments": 6,
     "bundle": 6.5, "runtime": 6.7,
-    "api": 7,
+    "estimator": 6.9, "api": 7,
     "cli": 8, "__main__": 9,
 }
 
@@ -61,6 +61,11 @@ def test_every_top_level_module_has_a_rank():
     assert {layer(m) for m in MODULES} <= set(RANKS), set(map(layer, MODULES)) - set(RANKS)
 
 
+# The package root re-exports the object API (PEP 562, loaded on first use); modules below
+# import only the root's eager names (``__version__``, ``HybnnError``).
+ROOT_EXPORTS = {"hybnn.estimator"}
+
+
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_imports_go_downward_only(module):
     mine = layer(module)
@@ -68,6 +73,7 @@ def test_imports_go_downward_only(module):
         target for target in imports(MODULES[module])
         if (theirs := layer(target)) != mine and target != "hybnn"
         and RANKS[theirs] >= RANKS[mine]
+        and not (module == "hybnn" and layer(target) in {m.split(".")[1] for m in ROOT_EXPORTS})
     )
     assert not bad, f"{module} (layer {mine}) imports upward or sideways: {bad}"
 
