@@ -143,10 +143,14 @@ def test_class_names_from_data_with_control_characters_are_refused(tmp_path):
         load_source(str(tmp_path / "d.npz"))
 
 
-def test_predict_escapes_what_it_prints(monkeypatch, capsys):
+def test_predict_escapes_what_it_prints(monkeypatch, capsys, tmp_path):
     """Even a name or input that got past every check prints as one escaped line."""
     from hybnn import api
     from hybnn.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("m", "x.npy"):  # options check that what they read exists
+        (tmp_path / name).write_bytes(b"")
 
     rows = [{"input": "a\nb.png", "index": 0, "label": 0, "probability": 0.5,
              "name": "7 (p=1.000)\nfake.png[9]: 7 \x1b[2J\u202e\x9b"}]

@@ -111,3 +111,21 @@ def test_help_imports_no_torch_numpy_or_flower(argv):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--codes", "/nonexistent/c.safetensors", "--out", "o"],
+    ["extract", "--encoder", "/nonexistent", "--out", "c.safetensors"],
+    ["train", "--model", "bcnn", "--task", "3v3", "--out", "o"],
+    ["extract", "--encoder", ".", "--task", "Pullover,Coatx", "--data", "fashion-mnist",
+     "--out", "c.safetensors"],
+    ["predict", "--model", "/nonexistent", "x.png"],
+])
+def test_a_wrong_path_or_task_fails_before_torch_is_imported(argv):
+    code = ("import sys\nfrom hybnn.cli import main\n"
+            f"rc = main({argv!r})\n"
+            "print(rc, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip().splitlines()[-1] == "2 False"
+    assert out.stderr.startswith("hybnn: error: ") and len(out.stderr.splitlines()) == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -184,3 +186,29 @@ def test_prep_centered_is_x_minus_half_in_float32():
 def test_prep_unknown_is_a_value_error():
     with pytest.raises(ValueError, match="unit, centered"):
         prepare(np.zeros(1, np.float32), "standardize")
+
+
+def test_a_task_of_several_classes_by_number_or_name(digits):
+    from hybnn.data import load_source, select_task
+
+    sub = select_task(digits, "7,0,2")
+    assert sub.num_classes == 3 and sub.label_space.labels == (7, 0, 2)
+    assert set(np.unique(sub.y)) == {0, 1, 2}
+    np.testing.assert_array_equal(np.asarray(digits.y)[np.isin(digits.y, [7, 0, 2])] == 7,
+                                  sub.y == 0)
+    fashion = load_source("fashion-mnist") if Path("/usr/share/datasets/fashion-mnist").is_dir() \
+        else None
+    if fashion is not None:
+        named = select_task(fashion, "Pullover,Coat,Shirt")
+        assert named.label_space.names == ("Pullover", "Coat", "Shirt")
+        assert named.label_space.labels == (2, 4, 6) and len(named) == 21_000
+
+
+@pytest.mark.parametrize(("task", "match"), [
+    ("0,0", "names a class twice"), ("0,10", "not a class of this data"),
+    ("0,Pullover", "not a class of this data"), ("0;2", "unknown task")])
+def test_a_wrong_class_list_is_one_clear_error(digits, task, match):
+    from hybnn.data import select_task
+
+    with pytest.raises(DataError, match=match):
+        select_task(digits, task)

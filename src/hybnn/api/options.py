@@ -11,9 +11,12 @@ built.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
 
 from hybnn.binary.names import SCALINGS
 from hybnn.data.names import PREPS, SPLITS
+from hybnn.errors import DataError
 from hybnn.experiments.config import DEFAULT_DATA, ReproduceConfig, StudyConfig
 from hybnn.experiments.continual_config import ContinualConfig
 from hybnn.federated.config import FedConfig
@@ -29,13 +32,35 @@ DEVICE_HELP = "torch device: cpu, cuda, cuda:1, ..."
 
 class _Checked:
     """Options refuse a setting outside its range when they are built, before any work:
-    the nested config's own checks first (its ``validate``), then every limit."""
+    the nested config's own checks first (its ``validate``), then every limit, then that
+    every file they read exists (:attr:`READS`) and a built-in source's ``task`` is one of
+    its tasks. All of it without torch, so a mistyped path fails at once."""
+
+    READS: ClassVar[dict[str, str]] = {}  # field -> what it names, for "X not found: PATH"
 
     def __post_init__(self) -> None:
         validate = getattr(getattr(self, "config", None), "validate", None)
         if validate is not None:
             validate()
         check_settings(self)
+        for name, what in self.READS.items():
+            value = getattr(self, name)
+            for path in value if isinstance(value, list) else [value]:
+                if path is not None and not Path(path).exists():
+                    raise DataError(f"{what} not found: {path}")
+        task, data = getattr(self, "task", None), getattr(self, "data", None)
+        if isinstance(task, str) and isinstance(data, str):
+            check_builtin_task(task, data)
+
+
+def check_builtin_task(task: str, data: str) -> None:
+    """Refuse a task a built-in source does not have (other sources: when loaded)."""
+    from hybnn.data.labels import SOURCE_NAMES
+    from hybnn.data.task_spec import task_classes
+
+    names = SOURCE_NAMES.get(data)
+    if names is not None:
+        task_classes(task, len(names), names)
 
 
 @dataclass(kw_only=True)
@@ -53,6 +78,8 @@ class PretrainOptions(_Checked):
 class DistillOptions(_Checked):
     """Distil a fully binary encoder from a frozen VAE, label-free, on the general data."""
 
+    READS: ClassVar[dict[str, str]] = {"encoder": "encoder artifact"}
+
     encoder: str = setting(help="VAE encoder directory from `hybnn pretrain` (the teacher)")
     out: str = setting("runs/binary-encoder", "binary encoder directory to write")
     data: str = setting(DEFAULT_DATA, "data source: trains on its training split (labels "
@@ -65,6 +92,8 @@ class DistillOptions(_Checked):
 class QuantizeOptions(_Checked):
     """The frozen VAE's encoder as a static int8 ONNX graph, for int8 codes in training and
     deployment: `hybnn extract --encoder OUT` trains on the codes the int8 bundle computes."""
+
+    READS: ClassVar[dict[str, str]] = {"encoder": "encoder artifact"}
 
     encoder: str = setting(help="VAE encoder directory from `hybnn pretrain`")
     out: str = setting("runs/encoder-int8", "int8 encoder directory to write")
@@ -82,6 +111,8 @@ class RecodeOptions(_Checked):
     paper's latent, or the sign of a conv block's batch-normed map (on 28 x 28 images conv3
     gives 2,048 bits, conv2 3,136): wider codes that hold more of the image."""
 
+    READS: ClassVar[dict[str, str]] = {"encoder": "encoder artifact"}
+
     encoder: str = setting(help="VAE encoder directory from `hybnn pretrain`")
     code: str = setting("conv2", "layer the codes come from", choices=CODE_LAYER_NAMES)
     out: str = setting("runs/encoder-conv2", "encoder directory to write")
@@ -91,12 +122,14 @@ class RecodeOptions(_Checked):
 class ExtractOptions(_Checked):
     """Phase 2: encode a task's split into a packed code store (25 B a sample at 200 bits)."""
 
+    READS: ClassVar[dict[str, str]] = {"encoder": "encoder artifact"}
+
     encoder: str = setting(help="encoder directory from `hybnn pretrain`, `hybnn recode`, "
                            "`hybnn distill` or `hybnn quantize` (int8 codes, computed by ONNX "
                            "Runtime)")
     out: str = setting(help="code store file to write (.safetensors)")
     data: str = setting(DEFAULT_DATA, "data source")
-    task: str = setting("all", "all, or a pair such as 0v1")
+    task: str = setting("all", "all, a pair such as 0v1, or classes such as 0,2,7 or by name")
     split: str = setting("train", "split to encode", choices=SPLITS)
     device: str = setting("cpu", DEVICE_HELP)
 
@@ -104,6 +137,8 @@ class ExtractOptions(_Checked):
 @dataclass(kw_only=True)
 class TrainOptions(_Checked):
     """Phase 3: the BNN head on codes (``hybnn``), or a CNN baseline on images."""
+
+    READS: ClassVar[dict[str, str]] = {"codes": "code store", "test_codes": "code store"}
 
     out: str = setting(help="model directory to write")
     model: str = setting("hybnn", "hybnn: BNN head on codes; bcnn / fpcnn: CNN on images",
@@ -132,6 +167,9 @@ class TrainOptions(_Checked):
 class EvaluateOptions(_Checked):
     """Accuracy and loss of a saved model on codes or on a data split."""
 
+    READS: ClassVar[dict[str, str]] = {"model": "model", "codes": "code store",
+                                       "encoder": "encoder artifact"}
+
     model: str = setting(help="model directory")
     codes: str | None = setting(None, "code store to evaluate a BNN head on")
     encoder: str | None = setting(None, "encoder directory (a BNN head evaluated on images)")
@@ -148,6 +186,9 @@ class EvaluateOptions(_Checked):
 class PredictOptions(_Checked):
     """Classify PNG/JPEG images or ``.npy``/``.npz`` arrays with a saved model."""
 
+    READS: ClassVar[dict[str, str]] = {"model": "model", "encoder": "encoder artifact",
+                                       "inputs": "input"}
+
     inputs: list[str] = setting(help="PNG/JPEG images, .npy arrays or .npz (x)",
                                 factory=list, positional=True)
     model: str = setting(help="model directory, or a bundle file from `hybnn export "
@@ -163,6 +204,8 @@ class PredictOptions(_Checked):
 class ExportOptions(_Checked):
     """Write a BNN head or binary CNN as a packed engine file or as C99 source (``--format
     c``), or a head with its encoder as one deployable bundle (``--encoder``)."""
+
+    READS: ClassVar[dict[str, str]] = {"model": "model", "encoder": "encoder artifact"}
 
     model: str = setting(help="model directory (from `hybnn train`)", positional=True)
     out: str = setting(help="engine file to write (with --encoder: a bundle file; with "
@@ -183,6 +226,8 @@ class ExportOptions(_Checked):
 @dataclass(kw_only=True)
 class SummaryOptions(_Checked):
     """Binary vs float parameters per layer and deployed bytes."""
+
+    READS: ClassVar[dict[str, str]] = {"model": "model"}
 
     model: str = setting(help="model directory", positional=True)
 
