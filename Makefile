@@ -3,7 +3,7 @@ PY ?= python3
 PIP := $(PY) -m pip
 OUT ?= runs/demo
 
-.PHONY: install data toolchains demo test test-fast test-sanitize test-wheel lint bench
+.PHONY: install data toolchains demo test test-fast test-sanitize test-wheel lint docs bench
 
 install:
 	$(PIP) install -q torch==2.13.0
@@ -41,6 +41,11 @@ demo: install
 lint:
 	$(PY) -m ruff check src tests bench
 	$(PY) -m mypy src/hybnn
+
+# The documentation site from docs/ (mkdocs.yml) into build/site; --strict fails on a broken
+# link, anchor or API reference. A few seconds.
+docs:
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir build/site
 
 # Everything, as CI runs it.
 test: install lint
