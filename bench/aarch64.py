@@ -3,7 +3,7 @@
 The engine's C core (``src/hybnn/engine/csrc`` without the CPython module) and the driver
 ``tests/engine/neon_driver.c`` are cross-built with ``aarch64-linux-gnu-gcc`` (setup.py's
 flags, ``-static``) and run under ``qemu-aarch64``. Each network is an engine file, handed to
-the driver as the same layer tuples ``hybnn.engine.runtime`` gives the C extension
+the driver as the same layer tuples ``hybnn.engine.packed`` gives the C extension
 (:func:`write_net`). For each network and each kernel table (``scalar``, ``neon``):
 
 * its logits on real test images must equal the x86 engine's, as float32 bits;
@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 
 from hybnn.engine import format as fmt
-from hybnn.engine import load, runtime
-from hybnn.engine.runtime import IN_FLOAT, IN_WORDS, OUT_LOGITS, PackedModel
+from hybnn.engine import load, packed
+from hybnn.engine.packed import IN_FLOAT, IN_WORDS, OUT_LOGITS, PackedModel
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -86,10 +86,10 @@ def build_driver(out: Path) -> Path:
 def write_net(engine_path: str | Path, path: Path) -> PackedModel:
     """Write the engine file's network for the driver; returns the file loaded on this host.
 
-    The layers are the tuples the C extension is built from (``runtime._network``, after every
+    The layers are the tuples the C extension is built from (``packed._network``, after every
     check of the loader), each field as int64 and each array as int64 byte count + raw bytes."""
     header, arrays, _ = fmt.read(engine_path)
-    in_spec, _, native = runtime._network(header, arrays)
+    in_spec, _, native = packed._network(header, arrays)
     image = in_spec[0] == "image"
     c, h, w = in_spec[1:4] if image else (in_spec[1], 1, 1)
     shift = in_spec[4] if image else 0.0

@@ -110,7 +110,7 @@ def fully_binary_variants(task: str, train: Any, test: Any, binary: Any, binary_
     tdir = work / task
     tr = encode_to_codes(binary, train, {"task": task, "split": "train"})
     te = encode_to_codes(binary, test, {"task": task, "split": "test"})
-    head_cfg = TrainConfig.for_model("hybnn", args.head_epochs, None, seed=0)
+    head_cfg = TrainConfig.for_model("head", args.head_epochs, None, seed=0)
     train_head(tr, te, head_cfg, [128], out=tdir / "head-binary", progress=False)
     path = tdir / "fully-binary.engine"
     export_fully_binary(tdir / "head-binary", binary_dir, path)
@@ -127,7 +127,7 @@ def task_variants(task: str, data: str, encoder: Encoder, enc_dir: Path, graphs:
     tdir = work / task
     tr_codes = encode_to_codes(encoder, train, {"task": task, "split": "train"})
     te_codes = encode_to_codes(encoder, test, {"task": task, "split": "test"})
-    head_cfg = TrainConfig.for_model("hybnn", args.head_epochs, None, seed=0)
+    head_cfg = TrainConfig.for_model("head", args.head_epochs, None, seed=0)
     train_head(tr_codes, te_codes, head_cfg, [128], out=tdir / "head", progress=False)
     head, meta = load_model(tdir / "head")
     bundles = {}

@@ -112,7 +112,7 @@ def interleaved_speedup(data: str, task: str, hidden: list[int], reps: int = 5,
             is_head = name.startswith("head")
             model = (BNNHead(200, train.num_classes, hidden) if is_head
                      else BinaryCNN(train.image_size, 1, train.num_classes))
-            cfg = TrainConfig.for_model("hybnn" if is_head else "bcnn", epochs=1,
+            cfg = TrainConfig.for_model("head" if is_head else "bcnn", epochs=1,
                                         batch_size=batch, seed=rep)
             h = fit_classifier(model, (codes if is_head else images, labels), None, cfg,
                                progress=False, fused=name != "head_autograd")

@@ -1,7 +1,7 @@
 """Artifact files: atomic writes, content fingerprints, and safetensors + JSON bundles.
 
 An artifact directory holds ``weights.safetensors`` and ``meta.json`` and is replaced as a
-unit when saved again (see :func:`save_bundle`). The metadata records the
+unit when saved again (see :func:`save_artifact`). The metadata records the
 artifact kind, the format version, the configuration needed to rebuild the object and the
 SHA-256 fingerprint of the weights file. Loaders check all of it before trusting the file;
 nothing is ever unpickled.
@@ -148,7 +148,7 @@ def read_json(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
     return parse_json(read_regular(path, what, MAX_META_BYTES), f"{what} {path}")
 
 
-def save_bundle(
+def save_artifact(
     directory: str | os.PathLike[str],
     kind: str,
     tensors: dict[str, torch.Tensor],
@@ -341,10 +341,10 @@ def _fsync_dir(directory: Path) -> None:
                 os.fsync(fh.fileno())
 
 
-def load_bundle(
+def load_artifact(
     directory: str | os.PathLike[str], kind: str
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Load and validate a bundle written by :func:`save_bundle`.
+    """Load and validate a bundle written by :func:`save_artifact`.
 
     Metadata and weights are read from one open handle of the directory, so a save that
     replaces the directory meanwhile is seen whole or not at all; the weights are hashed

@@ -152,7 +152,7 @@ class Head:
             raise DataError(f"unknown training setting(s) {', '.join(unknown)}; known: "
                             f"{', '.join(sorted(known))}")
         self.config = TrainConfig.for_model(
-            "hybnn", settings.pop("epochs", None), settings.pop("lr", None),
+            "head", settings.pop("epochs", None), settings.pop("lr", None),
             settings.pop("code_noise", None), **settings).validate()
         self.hidden = None if hidden is None else [int(h) for h in hidden]
         self.scaling = scaling
@@ -248,7 +248,7 @@ class Head:
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Head:
-        """A head saved by :meth:`save` or ``hybnn train --model hybnn``."""
+        """A head saved by :meth:`save` or ``hybnn train --model head``."""
         model, meta = load_classifier(directory)
         if not isinstance(model, BNNHead):
             raise DataError(f"{directory} holds a {meta['config']['arch']} model, not a BNN head")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hybnn import api
-from hybnn.artifacts import save_bundle
+from hybnn.artifacts import save_artifact
 from hybnn.errors import ArtifactError, DataError, FingerprintMismatch
 
 pytest.importorskip("onnxruntime")
@@ -114,7 +114,7 @@ def forge(directory, onnx=None, tensors=None, **changes):
     for key, value in changes.items():
         (config if key in config else extra)[key] = value
     raw = torch.frombuffer(bytearray(onnx or b"\x08\x07garbage"), dtype=torch.uint8)
-    save_bundle(directory, "int8-encoder", tensors or {"onnx": raw}, config, extra)
+    save_artifact(directory, "int8-encoder", tensors or {"onnx": raw}, config, extra)
     return directory
 
 

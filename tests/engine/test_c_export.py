@@ -31,7 +31,7 @@ from hybnn.engine import (
     pack_codes,
     pack_images,
     pack_signs,
-    runtime,
+    packed,
     unpack_signs,
 )
 from hybnn.engine import format as fmt
@@ -455,7 +455,7 @@ def test_an_input_preparation_the_c_code_cannot_apply_is_refused(tmp_path, monke
         write_c(forged, out)
     assert not out.exists()
     # an engine that knew the preparation still gets no C code that would ignore it
-    monkeypatch.setattr(runtime, "INPUT_PREPS", (*runtime.INPUT_PREPS, "standardized"))
+    monkeypatch.setattr(packed, "INPUT_PREPS", (*packed.INPUT_PREPS, "standardized"))
     assert load(forged).input_prep == "standardized"
     with pytest.raises(ValueError, match="C export cannot apply the input preparation"):
         write_c(forged, out)

@@ -279,11 +279,11 @@ import hybnn
 engine = types.ModuleType("hybnn.engine")
 engine.__path__ = [sys.argv[1]]
 sys.modules["hybnn.engine"] = engine
-from hybnn.engine import format, runtime
-model = runtime.load(sys.argv[2])
+from hybnn.engine import format, packed
+model = packed.load(sys.argv[2])
 format.write(sys.argv[3], *format.read(sys.argv[2])[:2])
 print(json.dumps([model.predict(np.zeros((2, 40), np.float32)).tolist(),
-                  runtime.load(sys.argv[3]).num_classes]))
+                  packed.load(sys.argv[3]).num_classes]))
 assert not any(m.split(".")[0] == "torch" for m in sys.modules)
 """
 

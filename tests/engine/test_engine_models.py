@@ -95,7 +95,7 @@ def test_export_artifact_reads_a_saved_model(tmp_path):
     save_model(tmp_path / "bnn", model, task="0v1")
     header = export_artifact(tmp_path / "bnn", tmp_path / "bnn.hybe")
     engine = load(tmp_path / "bnn.hybe")
-    assert engine.arch == "hybnn" and header["arch"] == "hybnn"
+    assert engine.arch == "head" and header["arch"] == "head"
     assert engine.metadata["source"]["task"] == "0v1"
     x = torch.randn(100, 200)
     with torch.no_grad():

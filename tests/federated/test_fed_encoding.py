@@ -216,7 +216,7 @@ def test_xor_bytes_up_are_30x_fewer_than_fp32_as_flower_ships_them(head):
     pytest.importorskip("flwr", reason="the fed extra (flwr) is not installed")
     from flwr.app import MetricRecord, RecordDict
 
-    from hybnn.federated.strategy import serialized_bytes, to_record
+    from hybnn.federated.encoded_strategy import serialized_bytes, to_record
 
     # 5 % of the signs flip: more than measured in real rounds (2-5 % on mnist-5k pairs).
     layout = Layout.of(head)

@@ -20,8 +20,8 @@ from flwr.app import Context, Error, Message, RecordDict
 from hybnn.federated import faults
 from hybnn.federated.client_app import make_client_app
 from hybnn.federated.config import FedConfig
+from hybnn.federated.encoded_strategy import FederationError
 from hybnn.federated.server_app import run_server
-from hybnn.federated.strategy import FederationError
 from hybnn.pipeline.config import PretrainConfig
 from hybnn.pipeline.pretrain import pretrain
 

@@ -84,7 +84,7 @@ def test_node_data_settings_are_checked():
         FedConfig(node_data=True, labels="3")
     with pytest.raises(DataError, match="labels must be integers"):
         FedConfig(node_data=True, labels="a,b")
-    with pytest.raises(DataError, match="--model hybnn"):
+    with pytest.raises(DataError, match="--model head"):
         FedConfig(node_data=True, labels="0,1", model="bcnn")
 
 

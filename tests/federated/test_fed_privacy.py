@@ -27,6 +27,7 @@ from local_runs import fed_config
 from hybnn.errors import DataError
 from hybnn.federated import faults
 from hybnn.federated.config import DP_MODES, FedConfig
+from hybnn.federated.encoded_strategy import ARRAYS, from_record
 from hybnn.federated.encoding import Layout, UpdateError
 from hybnn.federated.local_grid import run_local
 from hybnn.federated.privacy import (
@@ -38,7 +39,6 @@ from hybnn.federated.privacy import (
     private_strategy,
 )
 from hybnn.federated.simulation import federate
-from hybnn.federated.strategy import ARRAYS, from_record
 from hybnn.federated.transport_scale import scaled, transport_bounds, unscaled
 from hybnn.models.bnn_head import BNNHead
 

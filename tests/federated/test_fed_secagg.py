@@ -26,6 +26,7 @@ from hybnn.errors import DataError
 from hybnn.federated import faults
 from hybnn.federated.client_app import make_client_app
 from hybnn.federated.config import FedConfig
+from hybnn.federated.encoded_strategy import FederationError
 from hybnn.federated.encoding import Layout, UpdateError
 from hybnn.federated.local_grid import SERVER_NODE_ID, LocalGrid
 from hybnn.federated.secagg import (
@@ -37,7 +38,6 @@ from hybnn.federated.secagg import (
 )
 from hybnn.federated.server_app import run_server
 from hybnn.federated.simulation import federate
-from hybnn.federated.strategy import FederationError
 from hybnn.federated.transport_scale import transport_bounds
 from hybnn.models.bnn_head import BNNHead
 
@@ -306,7 +306,7 @@ def test_the_plain_train_handler_refuses_a_secagg_run(tiny_encoder, task_identit
     from flwr.app import ConfigRecord
 
     from hybnn.federated.client_app import train
-    from hybnn.federated.strategy import CONFIG
+    from hybnn.federated.encoded_strategy import CONFIG
 
     cfg = _cfg(str(tiny_encoder[0]))
     msg = Message(RecordDict({CONFIG: ConfigRecord(cfg.client_record())}),

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from local_runs import fed_config
 
+from hybnn.federated.encoded_strategy import mean_statistics
 from hybnn.federated.local_grid import run_local
-from hybnn.federated.strategy import mean_statistics
 
 
 def test_mean_statistics_weights_by_samples_and_ignores_parameters():

@@ -23,9 +23,9 @@ from local_runs import fed_config
 from hybnn.errors import DataError
 from hybnn.federated import faults
 from hybnn.federated.config import STRATEGIES, FedConfig
+from hybnn.federated.flower_strategies import ProximalTerm, flower_strategy
 from hybnn.federated.local_grid import run_local
 from hybnn.federated.simulation import federate
-from hybnn.federated.strategies import ProximalTerm, flower_strategy
 
 
 def _cfg(encoder_dir, **kw):
@@ -180,8 +180,8 @@ def test_the_narrow_grids_refuse_what_they_do_not_offer():
     reason, instead of sending nothing."""
     from flwr.clientapp import ClientApp
 
+    from hybnn.federated.flower_strategies import SampledGrid
     from hybnn.federated.local_grid import LocalGrid
-    from hybnn.federated.strategies import SampledGrid
 
     local = LocalGrid(ClientApp(), clients=3)
     sampled = SampledGrid(local, local.get_node_ids()[:2])

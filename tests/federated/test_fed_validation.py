@@ -24,8 +24,8 @@ from flwr.app import (
 )
 
 from hybnn.federated.config import FedConfig
+from hybnn.federated.encoded_strategy import EncodedStrategy, from_record, to_record
 from hybnn.federated.encoding import Layout, decode, encode, model_state
-from hybnn.federated.strategy import EncodedStrategy, from_record, to_record
 from hybnn.models.bnn_head import BNNHead
 
 pytestmark = pytest.mark.usefixtures("task_identity")

@@ -8,7 +8,7 @@ from torch import nn
 
 from hybnn.encoders.vae import VaeEncoder as Encoder
 from hybnn.encoders.vae import load as load_encoder
-from hybnn.models.fold import fold_batch_norms
+from hybnn.models.bn_fold import fold_batch_norms
 from hybnn.models.vae import BinaryLatentVAE
 
 

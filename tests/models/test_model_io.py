@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from hybnn.artifacts import META_NAME, WEIGHTS_NAME, save_bundle, sha256_file
+from hybnn.artifacts import META_NAME, WEIGHTS_NAME, save_artifact, sha256_file
 from hybnn.errors import ArtifactError
 from hybnn.models import BinaryCNN, BinaryLatentVAE, BNNHead, FloatCNN
 from hybnn.models.io import build_model, load_model, save_model
@@ -26,7 +26,7 @@ def trained_looking(model: nn.Module, x: torch.Tensor) -> nn.Module:
 
 
 CASES = [
-    ("hybnn", lambda: BNNHead(32, 3, (16,), scaling="learned"),
+    ("head", lambda: BNNHead(32, 3, (16,), scaling="learned"),
      lambda: torch.randint(0, 2, (8, 32)).float() * 2 - 1),
     ("bcnn", lambda: BinaryCNN((8, 8), 1, 4, scaling="xnor"),
      lambda: torch.rand(8, 1, 8, 8) - 0.5),
@@ -93,7 +93,7 @@ def test_tampered_weights_are_refused(saved):
 
 
 def test_wrong_kind_is_refused(tmp_path):
-    save_bundle(tmp_path / "enc", "encoder", BinaryLatentVAE((8, 8), latent_bits=8).state_dict(),
+    save_artifact(tmp_path / "enc", "encoder", BinaryLatentVAE((8, 8), latent_bits=8).state_dict(),
                 {})
     with pytest.raises(ArtifactError, match="'encoder' artifact, expected 'model'"):
         load_model(tmp_path / "enc")
@@ -136,7 +136,7 @@ def test_config_that_does_not_fit_the_weights_is_refused(saved):
 
 def test_config_with_unknown_argument_is_refused(saved):
     edit_meta(saved, lambda m: m["config"]["arch_config"].update(depth=3))
-    with pytest.raises(ArtifactError, match="does not fit architecture 'hybnn'"):
+    with pytest.raises(ArtifactError, match="does not fit architecture 'head'"):
         load_model(saved)
 
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from hybnn.artifacts import save_bundle
+from hybnn.artifacts import save_artifact
 from hybnn.cli import main
 from hybnn.engine import format as fmt
 from hybnn.engine.export import export_artifact, export_model
-from hybnn.engine.runtime import LOGIT_LIMIT, load
+from hybnn.engine.packed import LOGIT_LIMIT, load
 from hybnn.errors import ArtifactError
 from hybnn.models import BNNHead
 from hybnn.models.io import MODEL_KIND, load_classifier
@@ -27,7 +27,7 @@ def learned_head() -> tuple[BNNHead, dict[str, torch.Tensor]]:
 
 
 def save_head(directory, model, state):
-    save_bundle(directory, MODEL_KIND, state, {"arch": "hybnn", "arch_config": model.config}, {})
+    save_artifact(directory, MODEL_KIND, state, {"arch": "hybnn", "arch_config": model.config}, {})
     return directory
 
 

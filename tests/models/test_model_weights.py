@@ -9,7 +9,7 @@ import resource
 import pytest
 import torch
 
-from hybnn.artifacts import META_NAME, save_bundle
+from hybnn.artifacts import META_NAME, save_artifact
 from hybnn.encoders.vae import KIND as ENCODER_KIND
 from hybnn.encoders.vae import load as load_encoder
 from hybnn.errors import ArtifactError
@@ -24,7 +24,7 @@ def head_state() -> tuple[BNNHead, dict[str, torch.Tensor]]:
 
 
 def save_head(directory, state, model, **extra):
-    save_bundle(directory, MODEL_KIND, state, {"arch": "hybnn", "arch_config": model.config},
+    save_artifact(directory, MODEL_KIND, state, {"arch": "hybnn", "arch_config": model.config},
                 extra)
     return directory
 
@@ -92,7 +92,7 @@ def test_huge_or_invalid_sizes_in_meta_are_refused_without_allocating(tmp_path, 
                                             ("tau", float("inf"))])
 def test_huge_sizes_in_an_encoder_config_are_refused(tmp_path, key, value):
     vae = BinaryLatentVAE((8, 8), latent_bits=16)
-    save_bundle(tmp_path / "e", ENCODER_KIND, vae.state_dict(), vae.config)
+    save_artifact(tmp_path / "e", ENCODER_KIND, vae.state_dict(), vae.config)
     edit_meta(tmp_path / "e", lambda m: m["config"].update({key: value}))
     with pytest.raises(ArtifactError, match="not finite or above the limit"):
         load_encoder(tmp_path / "e")

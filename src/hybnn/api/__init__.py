@@ -56,7 +56,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "predict":  # bundles run without torch
-        return import_module("hybnn.api.deploy").predict
+        return import_module("hybnn.api.bundle_predict").predict
     if name == "pki":  # certificates need neither torch nor Flower
         return import_module("hybnn.api.certificates").pki
     if name in COMMANDS:

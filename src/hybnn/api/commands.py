@@ -138,9 +138,9 @@ def train(opts: TrainOptions) -> tuple[nn.Module, History]:
               if k not in ("epochs", "lr", "code_noise")}
     config = TrainConfig.for_model(opts.model, opts.epochs, opts.lr, opts.code_noise,
                                    **values).validate()
-    if opts.model == "hybnn":
+    if opts.model == "head":
         if not opts.codes:
-            raise DataError("--model hybnn trains on codes: give --codes (from `hybnn extract`)")
+            raise DataError("--model head trains on codes: give --codes (from `hybnn extract`)")
         train_codes = CodeStore.load(opts.codes)
         test_codes = CodeStore.load(opts.test_codes) if opts.test_codes else None
         check_head(opts.hidden, "--hidden", train_codes.num_bits, train_codes.num_classes)
@@ -160,7 +160,7 @@ def evaluate(opts: EvaluateOptions) -> dict[str, Any]:
     arch = meta["config"]["arch"]
     task = opts.task or meta.get("task") or "all"
     data = opts.data or meta.get("source")
-    if arch == "hybnn":
+    if arch == "head":
         if opts.codes:
             store = CodeStore.load(opts.codes)
             store.require_encoder(str(meta.get("encoder_fingerprint")), f"model {opts.model}")
@@ -204,7 +204,7 @@ def predict(opts: PredictOptions) -> list[dict[str, Any]]:
     model, meta = load_classifier(opts.model)
     arch = meta["config"]["arch"]
     x, names = read_inputs(opts.inputs)
-    if arch == "hybnn":
+    if arch == "head":
         if not opts.encoder:
             raise DataError("a BNN head classifies images through its encoder: give --encoder")
         enc = _matching_encoder(opts.encoder, meta, opts.model, opts.device)
@@ -367,7 +367,7 @@ def _check_channels(meta: dict[str, Any], x: np.ndarray, model_dir: Any) -> None
 def _packed_logits(model: nn.Module, x: np.ndarray) -> np.ndarray:
     """Run ``model`` through the packed XNOR/popcount engine (exported to a temporary file)."""
     from hybnn.engine.export import export_model
-    from hybnn.engine.runtime import load as load_engine
+    from hybnn.engine.packed import load as load_engine
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.engine"

@@ -141,7 +141,7 @@ class TrainOptions(_Checked):
     READS: ClassVar[dict[str, str]] = {"codes": "code store", "test_codes": "code store"}
 
     out: str = setting(help="model directory to write")
-    model: str = setting("hybnn", "hybnn: BNN head on codes; bcnn / fpcnn: CNN on images",
+    model: str = setting("head", "head: BNN head on codes; bcnn / fpcnn: CNN on images",
                          choices=MODEL_NAMES)
     codes: str | None = setting(None, "training code store (hybnn)")
     test_codes: str | None = setting(None, "code store evaluated every epoch (hybnn)")
@@ -158,7 +158,7 @@ class TrainOptions(_Checked):
         f"{s.lr:g} {s.name}" for s in SPECS.values()) + ")")
     code_noise: float | None = setting(None, "flip each code bit with this probability in "
                                        "training, like dropout (codes only; default: "
-                                       f"{SPECS['hybnn'].code_noise:g} hybnn, 0 for CNNs)")
+                                       f"{SPECS['head'].code_noise:g} head, 0 for CNNs)")
     config: TrainConfig = setting(factory=TrainConfig)
     progress: bool = setting(True, "progress bars on a terminal, a line per step in a log")
 

@@ -1,6 +1,6 @@
 """The distilled encoder (kind ``binary-encoder``): a :class:`BinaryEncoder` tied to its teacher.
 
-Saved with :func:`hybnn.artifacts.save_bundle` as kind ``binary-encoder``. Its fingerprint
+Saved with :func:`hybnn.artifacts.save_artifact` as kind ``binary-encoder``. Its fingerprint
 (SHA-256 of its own weights) is what its code stores record, so a head trained on distilled
 codes is tied to this encoder, never to the VAE; the teacher's fingerprint is recorded
 beside it (``teacher.fingerprint``) and checked wherever the two are compared.
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hybnn.artifacts import load_bundle, save_bundle
+from hybnn.artifacts import load_artifact, save_artifact
 from hybnn.encoders.base import ENCODE_BATCH, check_images
 from hybnn.errors import ArtifactError, FingerprintMismatch
 from hybnn.models.binary_encoder import BinaryEncoder
@@ -93,7 +93,7 @@ def save(directory: str | os.PathLike[str], model: BinaryEncoder,
     if not _SHA256.match(teacher_fingerprint):
         raise ArtifactError(f"teacher fingerprint {teacher_fingerprint!r} is not a SHA-256")
     teacher = {**extra.get("teacher", {}), "fingerprint": teacher_fingerprint}
-    meta = save_bundle(directory, KIND, model.state_dict(), model.config,
+    meta = save_artifact(directory, KIND, model.state_dict(), model.config,
                        {**extra, "teacher": teacher, "input_prep": "centered"})
     return DistilledEncoder(model.eval(), meta["fingerprint"], meta)
 
@@ -101,7 +101,7 @@ def save(directory: str | os.PathLike[str], model: BinaryEncoder,
 def load(directory: str | os.PathLike[str], device: str = "cpu",
          threads: int | None = None) -> DistilledEncoder:
     """Load and validate a binary encoder saved by :func:`save`."""
-    tensors, meta = load_bundle(directory, KIND)
+    tensors, meta = load_artifact(directory, KIND)
     teacher = meta.get("teacher")
     if not isinstance(teacher, dict) or not _SHA256.match(str(teacher.get("fingerprint"))):
         raise ArtifactError(f"binary encoder in {directory} does not record its teacher's "

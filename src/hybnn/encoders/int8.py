@@ -1,7 +1,7 @@
 """The int8 encoder (kind ``int8-encoder``): the frozen VAE's encoder as a static int8 ONNX graph.
 
 ``hybnn quantize`` writes it (:func:`save`, kind ``int8-encoder``, saved with
-:func:`hybnn.artifacts.save_bundle`): the ONNX bytes as the one uint8 array ``onnx``, the
+:func:`hybnn.artifacts.save_artifact`): the ONNX bytes as the one uint8 array ``onnx``, the
 shapes in ``config``, the float VAE's fingerprint (``quantized_from``) and how the graph was
 calibrated (``quantization``) beside them. Its own fingerprint (SHA-256 of that file) is what
 code stores extracted with it record, so a head trained on int8 codes names this very graph,
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hybnn.artifacts import load_bundle, save_bundle
+from hybnn.artifacts import load_artifact, save_artifact
 from hybnn.encoders.base import ENCODE_BATCH, EncoderGraph, EncoderIdentity, check_images
 from hybnn.errors import ArtifactError, DataError
 from hybnn.models.names import INT8_ENCODER
@@ -78,7 +78,7 @@ def save(directory: str | os.PathLike[str], graph: EncoderGraph,
               "image_size": [h, w], "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
               "opset": OPSET}
     raw = torch.from_numpy(np.frombuffer(graph.onnx, dtype=np.uint8).copy())
-    meta = save_bundle(directory, KIND, {ONNX_TENSOR: raw}, config, {
+    meta = save_artifact(directory, KIND, {ONNX_TENSOR: raw}, config, {
         **(extra or {}), "quantized_from": encoder.fingerprint,
         "quantization": graph.quantization, "data": encoder.data, "pretrain": encoder.pretrain,
         "bit_rule": "bit = logit >= 0"})
@@ -87,7 +87,7 @@ def save(directory: str | os.PathLike[str], graph: EncoderGraph,
 
 def load_int8_graph(directory: str | os.PathLike[str]) -> Int8Graph:
     """Load and validate an int8-encoder artifact; every defect one :class:`ArtifactError`."""
-    tensors, meta = load_bundle(directory, KIND)
+    tensors, meta = load_artifact(directory, KIND)
     if set(tensors) != {ONNX_TENSOR}:
         raise ArtifactError(f"int8 encoder in {directory} must hold one array {ONNX_TENSOR!r}, "
                             f"it holds {sorted(tensors)[:8]}")

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from hybnn.artifacts import load_bundle, save_bundle
+from hybnn.artifacts import load_artifact, save_artifact
 from hybnn.encoders.base import ENCODE_BATCH, check_images
 from hybnn.errors import ArtifactError, DataError
-from hybnn.models.fold import fold_batch_norms
+from hybnn.models.bn_fold import fold_batch_norms
 from hybnn.models.vae import BinaryLatentVAE
 from hybnn.models.weights import build_checked
 
@@ -91,14 +91,14 @@ def code_fingerprint(weights_fingerprint: str, code: str) -> str:
 def save(directory: str | os.PathLike[str], vae: BinaryLatentVAE,
          extra: dict[str, Any]) -> VaeEncoder:
     """Save ``vae`` (frozen from here on) as a VAE encoder artifact with ``extra`` metadata."""
-    meta = save_bundle(directory, KIND, vae.state_dict(), vae.config, extra)
+    meta = save_artifact(directory, KIND, vae.state_dict(), vae.config, extra)
     return VaeEncoder(vae.eval(), code_fingerprint(meta["fingerprint"], vae.code), meta)
 
 
 def load(directory: str | os.PathLike[str], device: str = "cpu",
          threads: int | None = None) -> VaeEncoder:
     """The VAE encoder in ``directory`` on ``device`` (torch runs it on its own threads)."""
-    tensors, meta = load_bundle(directory, KIND)
+    tensors, meta = load_artifact(directory, KIND)
     if not isinstance(meta.get("config"), dict):
         raise ArtifactError(f"encoder in {directory}: metadata lacks a config")
     vae = build_checked(BinaryLatentVAE, meta["config"], tensors, f"encoder {directory}")

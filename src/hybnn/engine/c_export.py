@@ -25,7 +25,7 @@ import numpy as np
 
 from hybnn.artifacts import atomic_write_bytes
 from hybnn.engine import format as fmt
-from hybnn.engine.runtime import PackedModel, words_per_sample
+from hybnn.engine.packed import PackedModel, words_per_sample
 
 # How the tests and bench/embedded.py build the generated code (any C99 compiler works).
 HOST_FLAGS = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2", "-ffp-contract=off")

@@ -19,8 +19,8 @@ from torch import nn
 from hybnn.binary.layers import BinaryConv2d, BinaryLayer, BinaryLinear
 from hybnn.binary.quantizers import QUANTIZERS
 from hybnn.engine import format as fmt
-from hybnn.engine.fold import output_affine, sign_thresholds
 from hybnn.engine.packing import pack_sign_words, words_for
+from hybnn.engine.thresholds import output_affine, sign_thresholds
 from hybnn.models.binary_cnn import BinaryCNN
 from hybnn.models.binary_encoder import BinaryEncoder
 from hybnn.models.bnn_head import BNNHead

@@ -13,8 +13,8 @@ import numpy as np
 
 from hybnn.engine import geometry
 from hybnn.engine.dispatch import _kernels
+from hybnn.engine.packed import IN_FLOAT, IN_WORDS, OUT_ACC, OUT_WORDS
 from hybnn.engine.packing import words_for
-from hybnn.engine.runtime import IN_FLOAT, IN_WORDS, OUT_ACC, OUT_WORDS
 from hybnn.errors import DataError
 
 

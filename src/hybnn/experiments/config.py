@@ -36,11 +36,11 @@ class ReproduceConfig:
                                      factory=lambda: [128])
     head_hidden_multiclass: list[int] = setting(help="hidden widths of the head on more than "
                                                 "two classes", factory=lambda: [512])
-    head_epochs: int = setting(SPECS["hybnn"].epochs, "BNN-head epochs (quick: 40)")
-    head_lr: float = setting(SPECS["hybnn"].lr, "BNN-head learning rate")
+    head_epochs: int = setting(SPECS["head"].epochs, "BNN-head epochs (quick: 40)")
+    head_lr: float = setting(SPECS["head"].lr, "BNN-head learning rate")
     head_batch_size: int | None = setting(None, "BNN-head batch size (default: the phase-3 "
                                           "batch size)")
-    head_code_noise: float = setting(SPECS["hybnn"].code_noise, "probability of flipping "
+    head_code_noise: float = setting(SPECS["head"].code_noise, "probability of flipping "
                                      "each code bit in BNN-head training (0: off)")
     cnn_epochs: int = setting(SPECS["bcnn"].epochs, "baseline CNN epochs (quick: 3)")
     binary_lr: float = setting(SPECS["bcnn"].lr, "binary CNN learning rate")

@@ -58,7 +58,7 @@ class ContinualConfig:
     ewc_lambda: float = setting(100.0, "weight of the EWC penalty")
     # 15 epochs at batch 128 keep the full run (30 sequences of 5 tasks) to minutes
     epochs: int = setting(15, "head epochs per task (quick: 5)")
-    lr: float = setting(SPECS["hybnn"].lr, "head learning rate")
+    lr: float = setting(SPECS["head"].lr, "head learning rate")
     batch_size: int = setting(128, "batch size")
     hidden: list[int] = setting(help="hidden widths of the 2-output (domain) head",
                                 factory=lambda: [128])

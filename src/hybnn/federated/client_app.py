@@ -26,6 +26,14 @@ from hybnn.encoders import CodeEncoder
 from hybnn.errors import DataError
 from hybnn.federated import task
 from hybnn.federated.config import FedConfig
+from hybnn.federated.encoded_strategy import (
+    ARRAYS,
+    CONFIG,
+    METRICS,
+    arrays_of,
+    from_record,
+    to_record,
+)
 from hybnn.federated.encoding import (
     Layout,
     UpdateError,
@@ -36,10 +44,9 @@ from hybnn.federated.encoding import (
     model_state,
     wire_keys,
 )
+from hybnn.federated.flower_strategies import ProximalTerm
 from hybnn.federated.privacy import client_dp_mod
 from hybnn.federated.secagg import to_transport
-from hybnn.federated.strategies import ProximalTerm
-from hybnn.federated.strategy import ARRAYS, CONFIG, METRICS, arrays_of, from_record, to_record
 from hybnn.federated.transport_scale import transport_bounds
 
 LATENT = "hybnn-latent"  # context.state key: this client's latent weights (1bit, xor)
@@ -60,7 +67,7 @@ def _setup(config: Mapping[str, Any], context: Context
         raise DataError(f"this node was configured for {n} partitions but the federation "
                         f"has {cfg.clients} clients")
     encoder = None
-    if cfg.model == "hybnn":
+    if cfg.model == "head":
         encoder = task.encoder_at(str(node.get("encoder", "")) or cfg.encoder, cfg.device)
         task.check_encoder(encoder, cfg.encoder_fingerprint, f"client {pid}")
     return cfg, pid, encoder

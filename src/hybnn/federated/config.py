@@ -26,7 +26,7 @@ FLOWER_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
 }
-# Flower's strategies (flwr.serverapp.strategy), by name; see hybnn.federated.strategies
+# Flower's strategies (flwr.serverapp.strategy), by name; see hybnn.federated.flower_strategies
 STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedmedian",
               "trimmed", "krum", "multikrum", "bulyan")
 STRATEGY_CHOICES = ("auto", *STRATEGIES)  # auto: FedConfig.resolved_strategy
@@ -59,7 +59,7 @@ SECAGG_STRATEGIES = ("fedavg", "fedprox")  # a masked sum admits no per-update r
 class FedConfig:
     data: str = setting("mnist-5k", "data source")
     task: str = setting("0v1", "all, or a pair such as 0v1")
-    model: str = setting("hybnn", "hybnn: BNN head on codes; bcnn/fpcnn: FedAvg of the whole CNN",
+    model: str = setting("head", "head: BNN head on codes; bcnn/fpcnn: FedAvg of the whole CNN",
                          choices=MODEL_NAMES)
     clients: int = setting(3, "number of clients (SuperNodes)")
     rounds: int = setting(20, "federated rounds")
@@ -197,8 +197,8 @@ class FedConfig:
                 raise DataError(message)
         if self.node_data:
             self.label_list()
-            if self.model != "hybnn":
-                raise DataError("node data trains the HyBNN head (--model hybnn): the CNN "
+            if self.model != "head":
+                raise DataError("node data trains the HyBNN head (--model head): the CNN "
                                 "baselines take a partition of --data")
             if not 0.0 < self.local_test < 1.0:
                 raise DataError(f"local test fraction must be in (0, 1), got {self.local_test}")
@@ -244,7 +244,7 @@ class FedConfig:
         step of 0.1 is sized for latent weights in [-1, 1])."""
         if self.strategy != "auto":
             return self.strategy
-        if self.model != "hybnn" or self.secagg or self.dp != "none":
+        if self.model != "head" or self.secagg or self.dp != "none":
             return "fedavg"
         return "fedadagrad" if self.encoding == "fp32" else "fedyogi"
 

@@ -18,8 +18,15 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from hybnn.federated import task
 from hybnn.federated.config import FedConfig
+from hybnn.federated.encoded_strategy import (
+    ARRAYS,
+    CONFIG,
+    arrays_of,
+    from_record,
+    server_round,
+    to_record,
+)
 from hybnn.federated.encoding import Layout, decode, downlink, encode
-from hybnn.federated.strategy import ARRAYS, CONFIG, arrays_of, from_record, server_round, to_record
 
 KINDS = (MessageType.TRAIN, MessageType.EVALUATE, MessageType.QUERY)
 
@@ -40,7 +47,7 @@ def _reply_state(msg: Message, reply: Message, context: Context
     """(config, layout, global state received, decoded state replied) of a training reply."""
     cfg = FedConfig.from_record(msg.content[CONFIG])
     encoder = (task.encoder_at(str(context.node_config.get("encoder", "")) or cfg.encoder)
-               if cfg.model == "hybnn" else None)
+               if cfg.model == "head" else None)
     layout = Layout.of(task.build_model(cfg, encoder))
     received = decode(from_record(arrays_of(msg.content)), layout, downlink(cfg.encoding))
     return cfg, layout, received, decode(from_record(arrays_of(reply.content)), layout,

@@ -35,7 +35,7 @@ noisy reply into the model's domain before validating it (post-processing). ``fp
 of the layer before them, running variances by K², everything else as it is. In raw
 coordinates the running variances (~K) are 99.96 % of an update's squared norm: a clipping
 norm that covers them lets noise of that size onto the latent weights in [-1, 1]. The
-server's :class:`~hybnn.federated.strategy.EncodedStrategy` hands Flower's wrapper the
+server's :class:`~hybnn.federated.encoded_strategy.EncodedStrategy` hands Flower's wrapper the
 global model and the decoded updates scaled, and maps its aggregate back before the model
 is used; on the client :func:`in_transport` shows Flower's mod the global model and the
 trained reply scaled, and unscales what it returns (the wire carries plain float32 state,
@@ -78,7 +78,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, KEY_NORM_BIT
 
 from hybnn.federated.config import CENTRAL_DP, FedConfig
 from hybnn.federated.encoding import UpdateError
-from hybnn.federated.strategies import flower_strategy
+from hybnn.federated.flower_strategies import flower_strategy
 from hybnn.federated.transport_scale import scaled, unscaled
 
 UNIFORM_WEIGHT = "uniform-weight"  # the reply metric (always 1) central DP's FedAvg weights by

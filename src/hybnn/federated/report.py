@@ -26,7 +26,7 @@ def centralized_baseline(cfg: FedConfig) -> dict[str, Any]:
     train, test = task.task_splits(cfg.data, cfg.task)
     config = TrainConfig(epochs=cfg.rounds * cfg.local_epochs, batch_size=cfg.batch_size,
                          lr=cfg.learning_rate, seed=cfg.seed, device=cfg.device)
-    if cfg.model == "hybnn":
+    if cfg.model == "head":
         encoder = task.encoder_at(cfg.encoder, cfg.device)
         _, history = train_head(encode_to_codes(encoder, train), encode_to_codes(encoder, test),
                                 config, hidden=cfg.hidden_widths(), progress=False)

@@ -76,8 +76,7 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from hybnn.federated.config import FedConfig
-from hybnn.federated.encoding import Layout, UpdateError, encode, wire_keys
-from hybnn.federated.strategy import (
+from hybnn.federated.encoded_strategy import (
     METRICS,
     TRAIN_METRICS,
     EncodedStrategy,
@@ -85,6 +84,7 @@ from hybnn.federated.strategy import (
     serialized_bytes,
     to_record,
 )
+from hybnn.federated.encoding import Layout, UpdateError, encode, wire_keys
 from hybnn.federated.transport_scale import scaled, unscaled
 from hybnn.federated.validation import (
     VAR_FLOOR,
@@ -146,9 +146,9 @@ EvaluateFn = Callable[[int, Any], MetricRecord | None]
 class SecAggFedAvg(FedAvg):
     """Flower's legacy FedAvg for ``SecAggPlusWorkflow``, with hybnn's sampling, downlink
     encoding, checks and round ledger (``rounds``, the shape of
-    :class:`~hybnn.federated.strategy.EncodedStrategy`'s).
+    :class:`~hybnn.federated.encoded_strategy.EncodedStrategy`'s).
 
-    ``nodes`` is the run's :class:`~hybnn.federated.strategy.EncodedStrategy`: it did the
+    ``nodes`` is the run's :class:`~hybnn.federated.encoded_strategy.EncodedStrategy`: it did the
     handshake, and it samples each round (seeded, bounded wait, excluded nodes left out).
     ``evaluate_fn(round, ArrayRecord)`` scores a global model on the server's test set.
     """

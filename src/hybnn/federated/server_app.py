@@ -22,15 +22,15 @@ from hybnn.artifacts import atomic_write_json
 from hybnn.errors import FingerprintMismatch
 from hybnn.federated import task
 from hybnn.federated.config import FedConfig
-from hybnn.federated.encoding import Layout, encode, load_state, model_state, payload_bytes
-from hybnn.federated.secagg import SecAggFedAvg
-from hybnn.federated.strategy import (
+from hybnn.federated.encoded_strategy import (
     EncodedStrategy,
     FederationError,
     from_record,
     round_log,
     to_record,
 )
+from hybnn.federated.encoding import Layout, encode, load_state, model_state, payload_bytes
+from hybnn.federated.secagg import SecAggFedAvg
 from hybnn.federated.transport_scale import transport_bounds
 
 FEDERATION_LOG = "federation.json"
@@ -41,7 +41,7 @@ def run_server(grid: Grid, context: Context, cfg: FedConfig | None = None,
     """Run the whole federation; returns the federation log, also written to ``cfg.out``
     and copied into ``sink`` (even when the run fails)."""
     cfg = cfg or FedConfig.from_record(context.run_config)
-    encoder = task.encoder_at(cfg.encoder, cfg.device) if cfg.model == "hybnn" else None
+    encoder = task.encoder_at(cfg.encoder, cfg.device) if cfg.model == "head" else None
     if encoder is not None:
         if cfg.encoder_fingerprint and cfg.encoder_fingerprint != encoder.fingerprint:
             raise FingerprintMismatch(

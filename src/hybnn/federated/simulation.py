@@ -17,13 +17,13 @@ from typing import Any
 
 from hybnn.errors import DataError
 from hybnn.federated.config import FLOWER_ENV, FedConfig
-from hybnn.federated.strategy import FederationError
+from hybnn.federated.encoded_strategy import FederationError
 
 
 def ensure_encoder(cfg: FedConfig, out: Path, pretrain_epochs: int = 20,
                    progress: bool = False) -> FedConfig:
     """``cfg`` with an encoder: the given one, or one pretrained into ``out/encoder``."""
-    if cfg.model != "hybnn":
+    if cfg.model != "head":
         return cfg
     if cfg.encoder:
         path = Path(cfg.encoder)

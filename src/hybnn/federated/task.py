@@ -132,7 +132,7 @@ def _partition_indices(data: str, task: str, clients: int, scheme: str, alpha: f
 
 def as_tensors(cfg: FedConfig, data: Dataset, encoder: CodeEncoder | None) -> Tensors:
     """Model inputs: ±1 codes for hybnn (via the encoder), prepared images for the CNNs."""
-    if cfg.model == "hybnn":
+    if cfg.model == "head":
         if encoder is None:
             raise DataError("the hybnn model needs an encoder")
         return encode_to_codes(encoder, data).tensors()
@@ -150,7 +150,7 @@ def client_tensors(cfg: FedConfig, partition_id: int, encoder: CodeEncoder | Non
     key = (cfg.model, cfg.data, cfg.task, cfg.clients, cfg.partition, cfg.alpha,
            cfg.classes_per_client, cfg.seed, cfg.prep, partition_id, cfg.node_data,
            node_data, cfg.labels, cfg.local_test,
-           encoder.fingerprint if encoder is not None and cfg.model == "hybnn" else "")
+           encoder.fingerprint if encoder is not None and cfg.model == "head" else "")
     if key not in _TENSOR_CACHE:
         if cfg.node_data:
             if not node_data:
@@ -170,7 +170,7 @@ def client_tensors(cfg: FedConfig, partition_id: int, encoder: CodeEncoder | Non
 
 def build_model(cfg: FedConfig, encoder: CodeEncoder | None) -> nn.Module:
     """The federated model, initialised from the run's seed (identical on every machine)."""
-    if cfg.model == "hybnn":
+    if cfg.model == "head":
         if encoder is None:
             raise DataError("the hybnn model needs an encoder")
         classes = (len(cfg.label_list()) if cfg.node_data
@@ -185,7 +185,7 @@ def build_model(cfg: FedConfig, encoder: CodeEncoder | None) -> nn.Module:
 def train_local(model: nn.Module, train: Tensors, cfg: FedConfig, server_round: int,
                 partition_id: int, callbacks: Sequence[Callback] = ()) -> History:
     """``local_epochs`` of the centralized trainer at this round's learning rate (with
-    ``callbacks``, e.g. FedProx's :class:`~hybnn.federated.strategies.ProximalTerm`)."""
+    ``callbacks``, e.g. FedProx's :class:`~hybnn.federated.flower_strategies.ProximalTerm`)."""
     config = TrainConfig(epochs=cfg.local_epochs, batch_size=cfg.batch_size,
                          lr=cfg.round_lr(server_round), schedule="constant",
                          seed=cfg.seed * 1_000_003 + server_round * 1009 + partition_id,

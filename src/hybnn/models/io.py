@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from hybnn.artifacts import load_bundle, save_bundle
+from hybnn.artifacts import load_artifact, save_artifact
 from hybnn.data.names import PREPS
 from hybnn.errors import ArtifactError
 from hybnn.models.binary_cnn import BinaryCNN
@@ -19,7 +19,7 @@ from hybnn.models.weights import build_checked
 
 MODEL_KIND = "model"
 ARCHITECTURES: dict[str, type[nn.Module]] = {
-    "hybnn": BNNHead,
+    "head": BNNHead,
     "bcnn": BinaryCNN,
     "fpcnn": FloatCNN,
     VAE: BinaryLatentVAE,
@@ -49,7 +49,7 @@ def save_model(
 ) -> dict[str, Any]:
     """Save ``model`` (state dict + config) and ``extra`` metadata (task, prep, fingerprints)."""
     config = {"arch": arch_name(model), "arch_config": model.config}
-    return save_bundle(directory, MODEL_KIND, model.state_dict(), config, extra)
+    return save_artifact(directory, MODEL_KIND, model.state_dict(), config, extra)
 
 
 def load_model(directory: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
@@ -59,7 +59,7 @@ def load_model(directory: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, 
     checked here: the architecture and its config (:mod:`hybnn.models.weights`), and that
     ``task``, ``source``, ``prep`` and ``encoder_fingerprint`` are strings (``prep`` a known one).
     """
-    tensors, meta = load_bundle(directory, MODEL_KIND)
+    tensors, meta = load_artifact(directory, MODEL_KIND)
     config = meta.get("config")
     if not isinstance(config, dict) or not isinstance(config.get("arch_config"), dict):
         raise ArtifactError(f"{directory}: model metadata lacks an architecture config")

@@ -25,12 +25,12 @@ class ModelSpec:
 
 
 SPECS: dict[str, ModelSpec] = {
-    "hybnn": ModelSpec("hybnn", "BNNHead", "HyBNN: BNN head on binary codes", True, "codes",
+    "head": ModelSpec("head", "BNNHead", "HyBNN: BNN head on binary codes", True, "codes",
                        100, 1e-2, 0.1),
     "bcnn": ModelSpec("bcnn", "BinaryCNN", "binary CNN", True, "images", 15, 1e-2),
     "fpcnn": ModelSpec("fpcnn", "FloatCNN", "full-precision CNN", False, "images", 15, 1e-3),
 }
-MODEL_NAMES = tuple(SPECS)  # the trainable models: hybnn, bcnn, fpcnn
+MODEL_NAMES = tuple(SPECS)  # the trainable models: head, bcnn, fpcnn
 VAE = "vae"  # the phase-1 encoder's architecture name
 BINARY_ENCODER = "binary-encoder"  # the encoder distilled from the VAE (`hybnn distill`)
 INT8_ENCODER = "int8-encoder"  # the VAE's encoder as a static int8 ONNX graph (`hybnn quantize`)
@@ -41,7 +41,7 @@ FULLY_BINARY = "fully-binary"  # binary encoder + BNN head as one engine network
 CLASS_OF = {**{s.name: s.class_name for s in SPECS.values()}, VAE: "BinaryLatentVAE",
             BINARY_ENCODER: "BinaryEncoder", FULLY_BINARY: "FullyBinaryHyBNN"}
 # Names written by hybnn 0.1.0 artifacts, read as the current ones.
-LEGACY_NAMES = {"bnn_head": "hybnn", "binary_cnn": "bcnn", "fp_cnn": "fpcnn"}
+LEGACY_NAMES = {"bnn_head": "head", "hybnn": "head", "binary_cnn": "bcnn", "fp_cnn": "fpcnn"}
 
 
 def spec(name: str) -> ModelSpec:

@@ -12,7 +12,7 @@ from hybnn.settings import setting
 
 SCHEDULES = ("cosine", "constant")
 DISTILL_TARGETS = ("soft", "hard")
-_HEAD = SPECS["hybnn"]
+_HEAD = SPECS["head"]
 
 
 @dataclass

@@ -9,7 +9,7 @@ import numpy as np
 from hybnn.bundle.format import BundleParts
 from hybnn.data.dataset import model_images
 from hybnn.data.labels import LabelSpace
-from hybnn.engine.runtime import PackedModel
+from hybnn.engine.packed import PackedModel
 from hybnn.onnxgraph.session import OnnxEncoder
 
 

@@ -1,6 +1,6 @@
 """Flower's own strategies by name, and the grid through which the wrapper drives them.
 
-:class:`hybnn.federated.strategy.EncodedStrategy` samples the nodes itself (seeded, with a
+:class:`hybnn.federated.encoded_strategy.EncodedStrategy` samples the nodes itself (seeded, with a
 bounded wait), then lets the Flower strategy configure the round for exactly those nodes
 through a :class:`SampledGrid`. So whatever a strategy does when it configures a round runs
 unchanged: FedProx puts ``proximal-mu`` into the config, FedOpt (FedAdam, FedYogi,

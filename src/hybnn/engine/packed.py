@@ -289,7 +289,7 @@ class PackedModel:
         """Each binary layer's integer ±1 dot products d = K - 2*popcount (int32).
 
         Dense layers give (N, out), convolutions (N, C, H, W) like torch; flipped channels
-        (see :mod:`hybnn.engine.fold`) are reported in the model's own sign.
+        (see :mod:`hybnn.engine.thresholds`) are reported in the model's own sign.
         """
         x = self._floats(x)
         n = x.shape[0]

@@ -1,6 +1,6 @@
 """A Flower strategy wrapper: update encoding, reply validation and the round ledger.
 
-:class:`EncodedStrategy` wraps any Flower strategy of :mod:`hybnn.federated.strategies`
+:class:`EncodedStrategy` wraps any Flower strategy of :mod:`hybnn.federated.flower_strategies`
 (``--strategy``): the wrapped strategy configures each round (its config keys, its server
 state) and aggregates the validated, decoded updates; around it:
 
@@ -8,7 +8,7 @@ state) and aggregates the validated, decoded updates; around it:
   ``xor``) before it is sent; the round's global state is kept to decode ``xor`` replies;
 - sampling: seeded, and the wait for ``min_clients`` connected nodes is bounded
   (``node_wait``) — Flower's own sampler waits forever; the wrapped strategy then configures
-  the round for exactly the sampled nodes (:class:`~hybnn.federated.strategies.SampledGrid`);
+  the round for exactly the sampled nodes (:class:`~hybnn.federated.flower_strategies.SampledGrid`);
 - the aggregate is projected back into the model's domain (latent weights clipped to
   [-1, 1], batch-norm variances kept positive): server optimisers such as FedAdam step
   outside it;
@@ -59,6 +59,7 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from hybnn.errors import HybnnError
 from hybnn.federated.config import FedConfig
 from hybnn.federated.encoding import Layout, UpdateError, downlink, encode
+from hybnn.federated.flower_strategies import SampledGrid
 from hybnn.federated.privacy import (
     check_clipped,
     current_clipping_norm,
@@ -69,7 +70,6 @@ from hybnn.federated.privacy import (
     spent,
     update_norm,
 )
-from hybnn.federated.strategies import SampledGrid
 from hybnn.federated.transport_scale import scaled, unscaled
 from hybnn.federated.validation import (
     check_metrics,
