@@ -1,6 +1,7 @@
 """Interrupted runs lose nothing: artifact directories are replaced as a unit, two writers
 never corrupt one, ``--out`` never overwrites an artifact of another kind, checkpoints are
-bound to their data, and ``pretrain`` / ``reproduce`` resume after kill -9 exactly."""
+bound to their data, and ``pretrain``, ``distill``, ``train`` and ``reproduce`` resume after
+kill -9 exactly."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from hybnn.artifacts import load_bundle, save_bundle
+from hybnn.artifacts import load_artifact, save_artifact
 from hybnn.errors import ArtifactError
 from hybnn.models import BNNHead
 from hybnn.pipeline.config import TrainConfig
@@ -37,7 +38,7 @@ def test_concurrent_saves_of_one_artifact_always_leave_it_loadable(tmp_path):
     def writer(value: float) -> None:
         try:
             for _ in range(15):
-                save_bundle(target, "model", {"w": torch.full((64,), value)}, {"v": value})
+                save_artifact(target, "model", {"w": torch.full((64,), value)}, {"v": value})
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -46,32 +47,32 @@ def test_concurrent_saves_of_one_artifact_always_leave_it_loadable(tmp_path):
         t.start()
     while any(t.is_alive() for t in threads):  # readers see a whole artifact at any time
         if (target / "meta.json").is_file():
-            tensors, meta = load_bundle(target, "model")
+            tensors, meta = load_artifact(target, "model")
             assert float(tensors["w"][0]) == meta["config"]["v"]
     for t in threads:
         t.join()
     assert not errors, errors
-    tensors, meta = load_bundle(target, "model")
+    tensors, meta = load_artifact(target, "model")
     assert torch.all(tensors["w"] == meta["config"]["v"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no staging left
 
 
 def test_a_new_save_keeps_the_other_files_of_the_directory(tmp_path):
-    save_bundle(tmp_path / "m", "model", {"w": torch.zeros(2)}, {})
+    save_artifact(tmp_path / "m", "model", {"w": torch.zeros(2)}, {})
     (tmp_path / "m" / "notes.txt").write_text("mine")
-    save_bundle(tmp_path / "m", "model", {"w": torch.ones(2)}, {})
+    save_artifact(tmp_path / "m", "model", {"w": torch.ones(2)}, {})
     assert (tmp_path / "m" / "notes.txt").read_text() == "mine"
 
 
 def test_an_artifact_of_another_kind_or_a_plain_folder_is_never_overwritten(tmp_path):
-    save_bundle(tmp_path / "enc", "encoder", {"w": torch.zeros(2)}, {})
+    save_artifact(tmp_path / "enc", "encoder", {"w": torch.zeros(2)}, {})
     before = (tmp_path / "enc" / "weights.safetensors").read_bytes()
     with pytest.raises(ArtifactError, match="holds a 'encoder' artifact"):
-        save_bundle(tmp_path / "enc", "model", {"w": torch.ones(2)}, {})
+        save_artifact(tmp_path / "enc", "model", {"w": torch.ones(2)}, {})
     assert (tmp_path / "enc" / "weights.safetensors").read_bytes() == before
     (tmp_path / "runs" / "keep").mkdir(parents=True)
     with pytest.raises(ArtifactError, match="sub-directories"):
-        save_bundle(tmp_path / "runs", "model", {"w": torch.ones(2)}, {})
+        save_artifact(tmp_path / "runs", "model", {"w": torch.ones(2)}, {})
     assert (tmp_path / "runs" / "keep").is_dir()
 
 
@@ -140,6 +141,30 @@ def test_pretrain_resumed_after_kill_9_gives_the_same_encoder(tmp_path):
           for d in (killed, tmp_path / "reference")]
     assert fp[0] == fp[1]  # bit-identical weights
     assert not (killed / "checkpoint.pt").exists()
+
+
+@pytest.mark.slow
+def test_distill_and_train_resumed_after_kill_9_give_the_same_artifacts(tmp_path):
+    """Every trainer runs the one epoch loop (:mod:`hybnn.pipeline.loop`), so each resumes."""
+    hybnn("pretrain", "--data", "digits", "--epochs", "2", "--out", str(tmp_path / "vae"))
+    hybnn("extract", "--encoder", str(tmp_path / "vae"), "--data", "digits", "--out",
+          str(tmp_path / "codes.safetensors"))
+    runs = {
+        "distill": ["distill", "--encoder", str(tmp_path / "vae"), "--data", "digits",
+                    "--epochs", "12", "--seed", "3"],
+        "train": ["train", "--codes", str(tmp_path / "codes.safetensors"), "--epochs", "60",
+                  "--seed", "3"],
+    }
+    for name, args in runs.items():
+        killed = tmp_path / f"{name}-killed"
+        kill_when([*args, "--out", str(killed)],
+                  lambda k=killed: checkpoint_epoch(k / "checkpoint.pt") >= 2)
+        assert not (killed / "meta.json").exists(), name
+        hybnn(*args, "--out", str(killed), "--resume")
+        hybnn(*args, "--out", str(tmp_path / f"{name}-reference"))
+        fp = [json.loads((d / "meta.json").read_text())["fingerprint"]
+              for d in (killed, tmp_path / f"{name}-reference")]
+        assert fp[0] == fp[1], name  # bit-identical weights
 
 
 @pytest.mark.slow

@@ -79,7 +79,8 @@ def distill(opts: DistillOptions) -> DistilledEncoder:
     info = {"source": opts.data, "split": "train", "samples": len(general),
             "agreement_split": "test"}
     return distill_encoder(teacher, general.x, opts.out, opts.config, info, held_out.x,
-                           progress=opts.progress, teacher_path=str(opts.encoder))
+                           progress=opts.progress, teacher_path=str(opts.encoder),
+                           resume=opts.resume)
 
 
 def quantize(opts: QuantizeOptions) -> Int8Graph:

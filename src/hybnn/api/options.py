@@ -84,6 +84,7 @@ class DistillOptions(_Checked):
     out: str = setting("runs/binary-encoder", "binary encoder directory to write")
     data: str = setting(DEFAULT_DATA, "data source: trains on its training split (labels "
                         "unused), reports bit agreement on its test split")
+    resume: bool = setting(False, "continue from out/checkpoint.pt (after an interrupt)")
     config: DistillConfig = setting(factory=DistillConfig)
     progress: bool = setting(True, "progress bars on a terminal, a line per step in a log")
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from hybnn.errors import DataError
 from hybnn.models.names import MODEL_NAMES, spec
+from hybnn.pipeline.config import scheduled_lr
 from hybnn.pipeline.limits import check_head, check_settings
 from hybnn.settings import setting
 
@@ -260,8 +261,7 @@ class FedConfig:
 
     def round_lr(self, server_round: int) -> float:
         """Cosine decay over the rounds (constant within a round's local epochs)."""
-        return 0.5 * self.learning_rate * (1 + math.cos(math.pi * (server_round - 1)
-                                                        / self.rounds))
+        return scheduled_lr(self.learning_rate, server_round - 1, self.rounds)
 
     def label_list(self) -> list[int]:
         """The federation's labels with node data (``labels``), in output order."""

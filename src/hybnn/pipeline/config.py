@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from hybnn.errors import DataError
@@ -82,6 +83,16 @@ class TrainConfig:
         _check(self, "schedule", self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}")
         check_settings(self)
         return self
+
+
+def scheduled_lr(lr: float, step: int, steps: int, schedule: str = "cosine") -> float:
+    """The learning rate at ``step`` (0-based) of ``steps`` (epochs, or federated rounds):
+    cosine decay from ``lr`` towards 0, or ``constant``."""
+    if schedule == "cosine":
+        return 0.5 * lr * (1 + math.cos(math.pi * step / max(steps, 1)))
+    if schedule == "constant":
+        return lr
+    raise ValueError(f"unknown schedule {schedule!r}; use {' or '.join(SCHEDULES)}")
 
 
 def _check(config: object, name: str, ok: bool, what: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,10 @@ from hybnn.errors import DataError
 from hybnn.models.binary_encoder import BinaryEncoder
 from hybnn.pipeline.adam import make_adam
 from hybnn.pipeline.augment import random_shift
+from hybnn.pipeline.checkpoint import CHECKPOINT_NAME, run_tag
 from hybnn.pipeline.config import DistillConfig, TrainConfig
+from hybnn.pipeline.loop import Schedule, run_epochs
 from hybnn.pipeline.train import resolve_device
-from hybnn.progress import bar
 
 
 def bit_agreement(student_bits: np.ndarray, teacher_bits: np.ndarray) -> float:
@@ -57,8 +59,10 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
 
 def train_binary_encoder(teacher: VaeEncoder, images: np.ndarray, config: DistillConfig,
                          test_images: np.ndarray | None = None, progress: bool = True,
+                         checkpoint: Path | None = None, resume: bool = False,
                          ) -> tuple[BinaryEncoder, list[dict[str, Any]]]:
-    """Train a :class:`BinaryEncoder` to reproduce ``teacher``'s codes on ``images``.
+    """Train a :class:`BinaryEncoder` to reproduce ``teacher``'s codes on ``images``; with
+    ``checkpoint`` saved after every epoch, and ``resume`` continues from it.
 
     ``test_images`` (optional) are only encoded, to record the held-out bit agreement per
     epoch; nothing is selected on them.
@@ -83,22 +87,12 @@ def train_binary_encoder(teacher: VaeEncoder, images: np.ndarray, config: Distil
     vae = teacher.vae.to(device).eval()
     opt = make_adam(student, TrainConfig(lr=config.lr))
     x_all = torch.from_numpy(images)
-    n = len(x_all)
     test_bits = teacher.encode(test_images) if test_images is not None else None
-    history: list[dict[str, Any]] = []
-    for epoch in bar(range(config.epochs), "distill binary encoder", progress,
-                     total=config.epochs):
-        torch.manual_seed(config.seed * 100_003 + epoch)
-        for g in opt.param_groups:
-            g["lr"] = 0.5 * config.lr * (1 + math.cos(math.pi * epoch / config.epochs))
-        student.train()
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed + epoch))
+    tag = run_tag(student, {k: v for k, v in asdict(config).items() if k != "device"}, x_all)
+
+    def body(epoch: int, batches: Iterator[torch.Tensor]) -> dict[str, Any]:
         loss_sum, same, seen = 0.0, 0.0, 0
-        t0 = time.perf_counter()
-        for i in range(0, n, config.batch_size):
-            idx = order[i:i + config.batch_size]
-            if len(idx) < 2:  # batch norm cannot train on one sample
-                continue
+        for idx in batches:
             xb = x_all[idx]
             if config.shift:
                 xb = random_shift(xb, config.shift)
@@ -114,14 +108,16 @@ def train_binary_encoder(teacher: VaeEncoder, images: np.ndarray, config: Distil
             loss_sum += loss.item() * len(idx)
             same += float(((s_logits >= 0) == (t_logits >= 0)).float().mean()) * len(idx)
             seen += len(idx)
-        if not math.isfinite(loss_sum):
-            raise DataError(f"distillation diverged (loss {loss_sum}) at epoch {epoch + 1}")
-        logs: dict[str, Any] = {"epoch": epoch + 1, "loss": loss_sum / seen,
-                                "train_agreement": same / seen,
-                                "seconds": time.perf_counter() - t0}
+        return {"loss": loss_sum / seen, "train_agreement": same / seen}
+
+    def after(epoch: int, logs: dict[str, Any]) -> None:
         if test_images is not None and test_bits is not None:
             logs["test_agreement"] = bit_agreement(encode_images(student, test_images), test_bits)
-        history.append(logs)
+
+    schedule = Schedule(config.epochs, config.lr, config.batch_size, config.seed)
+    history = run_epochs(schedule, len(x_all), student, opt, body,
+                         desc="distill binary encoder", progress=progress,
+                         checkpoint=checkpoint, resume=resume, tag=tag, after=after).epochs
     recalibrate_batch_norm(student, images, config.batch_size)
     if test_images is not None and test_bits is not None and history:
         history[-1]["test_agreement"] = bit_agreement(encode_images(student, test_images),
@@ -159,15 +155,19 @@ def recalibrate_batch_norm(model: torch.nn.Module, images: np.ndarray,
 def distill(teacher: VaeEncoder, images: np.ndarray, out: str | os.PathLike[str],
             config: DistillConfig, data_info: dict[str, Any],
             test_images: np.ndarray | None = None, progress: bool = True,
-            teacher_path: str | None = None) -> DistilledEncoder:
-    """Train, save and describe the binary encoder in ``out``; returns the frozen artifact."""
+            teacher_path: str | None = None, resume: bool = False) -> DistilledEncoder:
+    """Train, save and describe the binary encoder in ``out``; returns the frozen artifact.
+    A checkpoint in ``out`` after every epoch lets ``resume=True`` continue an interrupted
+    run; it is removed once the encoder is saved."""
     require_kind_or_absent(out, distilled.KIND)  # before training, not after
     t0 = time.perf_counter()
-    student, history = train_binary_encoder(teacher, images, config, test_images, progress)
+    checkpoint = Path(out) / CHECKPOINT_NAME
+    student, history = train_binary_encoder(teacher, images, config, test_images, progress,
+                                            checkpoint, resume)
     agreement = {"train": bit_agreement(encode_images(student, images), teacher.encode(images))}
     if history and "test_agreement" in history[-1]:
         agreement["test"] = history[-1]["test_agreement"]
-    return distilled.save(Path(out), student, teacher.fingerprint, {
+    encoder = distilled.save(Path(out), student, teacher.fingerprint, {
         "teacher": {"path": teacher_path, "latent_bits": teacher.latent_bits},
         "distill": asdict(config),
         "data": data_info,
@@ -176,3 +176,5 @@ def distill(teacher: VaeEncoder, images: np.ndarray, out: str | os.PathLike[str]
         "train_seconds": time.perf_counter() - t0,
         "versions": versions(),
     })
+    checkpoint.unlink(missing_ok=True)
+    return encoder

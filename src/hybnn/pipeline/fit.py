@@ -33,6 +33,7 @@ from hybnn.pipeline.checkpoint import CHECKPOINT_NAME
 from hybnn.pipeline.codes import CodeStore
 from hybnn.pipeline.config import TrainConfig
 from hybnn.pipeline.train import fit_classifier
+from hybnn.plots import plot_curves
 
 IMAGE_ARCHS = {"bcnn": BinaryCNN, "fpcnn": FloatCNN}
 
@@ -133,3 +134,17 @@ def _save(out: str | os.PathLike[str], model: nn.Module, history: History,
           config: TrainConfig, extra: dict[str, Any]) -> None:
     save_model(out, model, train_config=asdict(config), history=history.epochs,
                deployed_bytes=deployed_bytes(model), versions=versions(), **extra)
+    write_curves(history, Path(out))
+
+
+def write_curves(history: History, out: Path) -> list[Path]:
+    """``out/accuracy.png`` and ``out/loss.png``: train and (where evaluated) test per epoch."""
+    written = []
+    for metric, name, label in (("acc", "accuracy", "accuracy"),
+                                ("loss", "loss", "cross-entropy loss")):
+        curves = {split: history.series(f"{split}_{metric}") for split in ("train", "test")}
+        curves = {k: v for k, v in curves.items() if v}
+        if curves:
+            written.append(plot_curves(curves, out / f"{name}.png", f"{label} per epoch",
+                                       label))
+    return written

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,14 +21,13 @@ import torch
 from hybnn.artifacts import atomic_write_json, require_kind_or_absent, versions
 from hybnn.encoders import vae as vae_encoder
 from hybnn.errors import DataError
-from hybnn.hooks import History
 from hybnn.models.contrastive import expected_signs, nt_xent
 from hybnn.models.vae import BinaryLatentVAE, vae_loss
 from hybnn.pipeline.augment import random_affine, random_shift
-from hybnn.pipeline.checkpoint import CHECKPOINT_NAME, load_checkpoint, run_tag, save_checkpoint
+from hybnn.pipeline.checkpoint import CHECKPOINT_NAME, run_tag
 from hybnn.pipeline.config import PretrainConfig
+from hybnn.pipeline.loop import Schedule, run_epochs
 from hybnn.pipeline.train import resolve_device
-from hybnn.progress import bar
 
 DEAD_BIT_THRESHOLD = 0.01
 
@@ -53,39 +53,24 @@ def train_vae(images: np.ndarray, config: PretrainConfig, progress: bool = True,
                           config.tau).to(device)
     opt = torch.optim.Adam(vae.parameters(), lr=config.lr)
     x_all = torch.from_numpy(images)
-    n = len(x_all)
-    done = History()
     tag = run_tag(vae, {k: v for k, v in asdict(config).items() if k != "device"}, x_all)
-    start = 0
-    if checkpoint is not None and resume and checkpoint.is_file():
-        start, done = load_checkpoint(checkpoint, vae, opt, tag)
-    history = done.epochs
-    for epoch in bar(range(start, config.epochs), "pretrain VAE", progress,
-                     total=config.epochs - start):
-        torch.manual_seed(config.seed * 100_003 + epoch)
-        lr = 0.5 * config.lr * (1 + math.cos(math.pi * epoch / config.epochs))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        vae.train()
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed + epoch))
+
+    def body(epoch: int, batches: Iterator[torch.Tensor]) -> dict[str, Any]:
         sums = np.zeros(4)
-        t0 = time.perf_counter()
-        for i in range(0, n, config.batch_size):
-            idx = order[i:i + config.batch_size]
-            if len(idx) < 2:
-                continue
+        for idx in batches:
             loss, rec, kl, con = _batch_loss(vae, x_all[idx], config, device)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sums += np.array([loss.item(), rec.item(), kl.item(), con.item()]) * len(idx)
-        loss_e, rec_e, kl_e, con_e = sums / n
-        history.append({"epoch": epoch + 1, "loss": loss_e, "rec": rec_e, "kl": kl_e,
-                        **({"contrastive": con_e} if config.contrastive else {}),
-                        "seconds": time.perf_counter() - t0})
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, vae, opt, epoch + 1, done, tag)
-    return vae.eval(), history
+        loss_e, rec_e, kl_e, con_e = sums / len(x_all)
+        return {"loss": loss_e, "rec": rec_e, "kl": kl_e,
+                **({"contrastive": con_e} if config.contrastive else {})}
+
+    schedule = Schedule(config.epochs, config.lr, config.batch_size, config.seed)
+    history = run_epochs(schedule, len(x_all), vae, opt, body, desc="pretrain VAE",
+                         progress=progress, checkpoint=checkpoint, resume=resume, tag=tag)
+    return vae.eval(), history.epochs
 
 
 def _batch_loss(vae: BinaryLatentVAE, xb: torch.Tensor, config: PretrainConfig,

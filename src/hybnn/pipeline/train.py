@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import os
-import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -30,10 +30,10 @@ from hybnn.binary.layers import binary_layers
 from hybnn.errors import DataError
 from hybnn.hooks import Callback, History
 from hybnn.pipeline.adam import adam_step, make_adam
-from hybnn.pipeline.checkpoint import load_checkpoint, run_tag, save_checkpoint
+from hybnn.pipeline.checkpoint import run_tag
 from hybnn.pipeline.config import TrainConfig
 from hybnn.pipeline.head_step import fused_step_for
-from hybnn.progress import bar
+from hybnn.pipeline.loop import Schedule, run_epochs
 
 
 def resolve_device(name: str) -> torch.device:
@@ -112,35 +112,21 @@ def fit_classifier(
     device = resolve_device(config.device)
     model.to(device)
     optimizer = make_adam(model, config)
-    history = History()
-    start_epoch = 0
-    ckpt = Path(checkpoint) if checkpoint else None
     settings = {k: v for k, v in asdict(config).items() if k != "device"}
     tag = run_tag(model, settings, x, y)
-    if ckpt is not None and resume and ckpt.is_file():
-        start_epoch, history = load_checkpoint(ckpt, model, optimizer, tag)
     for cb in callbacks:
         cb.on_train_begin(model)
     n = len(y)
-    steps = math.ceil(n / config.batch_size)
     latent = [layer for _, layer in binary_layers(model)]  # clipped after every step
     for layer in latent:  # and before the first, so the weight STE passes every gradient
         layer.clip_latent_()
     step = fused_step_for(model, x, signs) if fused and not callbacks else None
-    for epoch in bar(range(start_epoch, config.epochs), desc, progress,
-                     total=config.epochs - start_epoch):
-        torch.manual_seed(config.seed * 100_003 + epoch)
-        _set_lr(optimizer, config, epoch)
-        model.train()
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed + epoch))
-        t0 = time.perf_counter()
+
+    def body(epoch: int, batches: Iterator[torch.Tensor]) -> dict[str, Any]:
         # summed on the device: one host sync per epoch, not two per step
         loss_acc = torch.zeros((), device=device)
         correct_acc = torch.zeros((), dtype=torch.long, device=device)
-        for s in range(steps):
-            idx = order[s * config.batch_size:(s + 1) * config.batch_size]
-            if len(idx) < 2 and n > 1:  # batch norm cannot train on one sample
-                continue
+        for idx in batches:
             xb, yb = x[idx].to(device), y[idx].to(device)
             if config.code_noise:
                 xb = flip_bits(xb, config.code_noise)
@@ -166,24 +152,19 @@ def fit_classifier(
             with torch.no_grad():
                 loss_acc += loss.detach() * len(idx)
                 correct_acc += (logits.argmax(1) == yb).sum()
-        loss_sum, correct = float(loss_acc), int(correct_acc)
-        seconds = time.perf_counter() - t0
-        if not math.isfinite(loss_sum):
-            raise DataError(f"training diverged (loss is {loss_sum}) at epoch {epoch + 1}")
-        logs: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "train_loss": loss_sum / n,
-            "train_acc": correct / n,
-            "seconds": seconds,
-            "lr": optimizer.param_groups[0]["lr"],
-        }
+        return {"train_loss": float(loss_acc) / n, "train_acc": int(correct_acc) / n}
+
+    def after(epoch: int, logs: dict[str, Any]) -> None:
         if test is not None:
             logs["test_loss"], logs["test_acc"] = evaluate_classifier(model, *test)
         for cb in callbacks:
             cb.on_epoch_end(model, epoch, logs)
-        history.epochs.append(logs)
-        if ckpt is not None:
-            save_checkpoint(ckpt, model, optimizer, epoch + 1, history, tag)
+
+    schedule = Schedule(config.epochs, config.lr, config.batch_size, config.seed,
+                        config.schedule)
+    history = run_epochs(schedule, n, model, optimizer, body, desc=desc, progress=progress,
+                         checkpoint=Path(checkpoint) if checkpoint else None, resume=resume,
+                         tag=tag, after=after)
     model.eval()
     return history
 
@@ -191,14 +172,3 @@ def fit_classifier(
 def flip_bits(codes: torch.Tensor, p: float) -> torch.Tensor:
     """``codes`` (+-1) with each bit flipped independently with probability ``p``."""
     return torch.where(torch.rand(codes.shape, device=codes.device) < p, -codes, codes)
-
-
-def _set_lr(optimizer: torch.optim.Optimizer, config: TrainConfig, epoch: int) -> None:
-    if config.schedule == "cosine":
-        lr = 0.5 * config.lr * (1 + math.cos(math.pi * epoch / max(config.epochs, 1)))
-    elif config.schedule == "constant":
-        lr = config.lr
-    else:
-        raise ValueError(f"unknown schedule {config.schedule!r}; use cosine or constant")
-    for group in optimizer.param_groups:
-        group["lr"] = lr
