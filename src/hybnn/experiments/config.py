@@ -51,9 +51,9 @@ class ReproduceConfig:
     device: str = setting("cpu", "torch device: cpu, cuda, cuda:1, ...")
     quick: bool = setting(False, "fewer epochs, samples and seeds (< 3 min)")
     encoder: str | None = setting(None, "reuse a pretrained encoder directory (skip phase 1)")
-    continual: bool = setting(True, "also learn the pair tasks one after another with one "
+    continual: bool = setting(False, "also learn the pair tasks one after another with one "
                               "head (class-incremental, every strategy of `hybnn continual`) "
-                              "and add its table (quick: off)", negatable=True)
+                              "and add its table: minutes more", negatable=True)
 
     @property
     def head_batch(self) -> int:

@@ -27,6 +27,12 @@ def render_markdown(results: dict[str, Any]) -> str:
     ]
     for task, row in results["tasks"].items():
         lines.append(f"| {task} | " + " | ".join(_acc(row[m]) for m, _ in MODEL_COLUMNS) + " |")
+    run = results.get("run")
+    if run:
+        lines += ["", f"The run took {results['seconds_total'] / 60:.1f} min on {run['cpus']} "
+                  f"CPUs, torch on {run['torch_threads']} threads; the machine's load average "
+                  f"(1 min) was {run['load_average_at_start'][0]} at the start and "
+                  f"{run['load_average_at_end'][0]} at the end."]
     lines += ["", "## Cost", "",
               "| task | model | epochs | train s/epoch | binary params | float params "
               "| deployed bytes |", "|---|---|---|---|---|---|---|"]

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from hybnn.artifacts import atomic_write, atomic_write_json, versions
 from hybnn.binary.summary import model_summary
@@ -74,6 +75,7 @@ def reproduce(config: ReproduceConfig, out: str | os.PathLike[str],
     atomic_write(out / ".write-test", lambda p: p.write_text("ok"))
     (out / ".write-test").unlink()
     t_start = time.perf_counter()
+    load_start = _load()
     source = load_source(config.data)
     train, test = train_test(source)
     encoder, pretrain_s = _encoder(config, train, out, progress, resume)
@@ -133,6 +135,8 @@ def reproduce(config: ReproduceConfig, out: str | os.PathLike[str],
     if config.continual:
         results["continual"] = _continual_table(config, out, progress)
     results["seconds_total"] = time.perf_counter() - t_start
+    results["run"] = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                      "load_average_at_start": load_start, "load_average_at_end": _load()}
     _write_outputs(results, curves, out)
     if echo:
         print("\n".join(summary_lines(results)))
@@ -370,3 +374,8 @@ def _plot_accuracy_bars(results: dict[str, Any], path: Path) -> None:
 
 def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
+
+
+def _load() -> list[float]:
+    """The machine's 1, 5 and 15 minute load averages: how busy it was beside the run."""
+    return [round(v, 2) for v in os.getloadavg()]
