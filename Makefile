@@ -61,11 +61,11 @@ test-sanitize:
 
 # Long: about an hour on 2 cores. Each script writes its own section of BENCHMARKS.md.
 bench: install
-	$(PY) bench/hybnn_targets.py
-	$(PY) bench/engine.py
-	$(PY) bench/embedded.py
-	$(PY) bench/federated.py
-	hybnn study rebnn --out runs/study-rebnn --no-progress
+	$(PY) -m bench.hybnn_targets
+	$(PY) -m bench.engine
+	$(PY) -m bench.embedded
+	$(PY) -m bench.federated
+	$(PY) -m bench.rebnn --out runs/study-rebnn --no-progress
 
 # The sdist and an auditwheel-tagged wheel, installed (not editable) into a runtime-only venv
 # (no torch) and a venv with every extra; a few minutes, most of it installing torch.

@@ -18,7 +18,7 @@ weights unless ``--head`` / ``--cnn`` / ``--fb`` name engine files: the kernels 
 data-dependent branches, so the counts do not depend on the weights or the pixels. The head
 takes random ±1 codes; the image networks take real test images (``--data``).
 
-    python bench/aarch64.py [--fb FILE] [--head FILE] [--cnn FILE] [--data mnist-5k]
+    python -m bench.aarch64 [--fb FILE] [--head FILE] [--cnn FILE] [--data mnist-5k]
                             [--images 32] [--json FILE] [--no-write]
 
 ``tests/engine/test_neon.py`` uses the build and run helpers here for its exactness checks.
@@ -26,14 +26,18 @@ takes random ±1 codes; the image networks take real test images (``--data``).
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run as `python bench/NAME.py`: import bench.* from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import datetime as dt
 import shutil
 import struct
 import subprocess
-import sys
 import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -181,7 +185,7 @@ def _models(args: argparse.Namespace, tmp: Path) -> dict[str, Path]:
     """Engine files: those given, else paper-sized models with random weights."""
     import torch
 
-    from embedded import random_model  # the bench beside this module
+    from bench.embedded import random_model
     from hybnn.engine import export_model
     from hybnn.models import BinaryEncoder, BNNHead, FullyBinaryHyBNN
 
@@ -221,8 +225,8 @@ def _inputs(model: PackedModel, images: np.ndarray, n: int) -> np.ndarray:
 
 
 def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    from hybnn.benchmarks import cpu_model
     from hybnn.data import load_source, train_test
+    from hybnn.machine import cpu_model
 
     exe, plugin = build_driver(tmp / "build"), build_plugin(tmp / "build")
     _, test = train_test(load_source(args.data))
@@ -250,7 +254,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 
 def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
-    from hybnn.benchmarks import target
+    from bench.common import target
 
     found = []
     for r in res["rows"]:
@@ -314,14 +318,14 @@ def main(argv: list[str] | None = None) -> int:
     missing = missing_tools()
     if missing:
         parser.error(f"needs {', '.join(missing)} (make toolchains)")
-    from hybnn.benchmarks import write_json, write_section
+    from bench.common import write_json, write_section
 
     with tempfile.TemporaryDirectory() as tmp:
         res = measure(args, Path(tmp))
     found = targets(res)
     for t in found:
         print(f"- {t['name']}: {t['value']} — {t['goal']}: {'met' if t['met'] else 'MISSED'}")
-    command = "python bench/aarch64.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m bench.aarch64 " + " ".join(argv if argv is not None else sys.argv[1:])
     text = markdown(res, command.strip())
     print(text)
     if not args.no_write:

@@ -1,37 +1,16 @@
-"""Benchmark records: one section of BENCHMARKS.md between its ``<!-- NAME:start/end -->``
-markers, and the ``--json FILE`` of targets every bench script writes."""
+"""What every bench script writes: its section of BENCHMARKS.md between the
+``<!-- NAME:start/end -->`` markers, and the ``--json FILE`` of its targets."""
 
 from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 from pathlib import Path
 from typing import Any
 
 from hybnn.artifacts import atomic_write
-
-
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo where there is one)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_description() -> str:
-    """CPU model, core count and Python/torch versions, for the record beside a result."""
-    import torch
-
-    cpu = cpu_model()
-
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"torch {torch.__version__}")
+from hybnn.machine import machine_description
 
 
 def write_section(name: str, body: str, path: str | os.PathLike[str] = "BENCHMARKS.md") -> Path:

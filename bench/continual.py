@@ -5,26 +5,31 @@ every strategy, three seeds) and checks the target: class-incremental, with at m
 1 % of the training codes' bytes kept, final accuracy within 2 points of joint training.
 Replay is also run at larger budgets, to show what stored-code replay needs.
 
-Usage: python bench/continual.py [--json FILE] [--quick] [--encoder DIR] [--out DIR]
+Usage: python -m bench.continual [--json FILE] [--quick] [--encoder DIR] [--out DIR]
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if not __package__:  # run as `python bench/NAME.py`: import bench.* from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
 import datetime as dt
 import json
 import shlex
-import sys
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from hybnn.benchmarks import machine_description, write_section
+from bench.common import write_section
 from hybnn.experiments.continual import continual
 from hybnn.experiments.continual_config import BUDGETED, SCENARIO_TITLES, ContinualConfig
 from hybnn.experiments.continual_report import strategy_table
+from hybnn.machine import machine_description
 
 GOAL_POINTS = 2.0
 SWEEP_FRACTIONS = (0.05, 0.2)  # replay budgets beyond the target's 1 %
@@ -76,7 +81,7 @@ def main() -> None:
                       "final_acc_std": cell["final_acc_std"],
                       "gap_vs_joint": 100 * (joint - cell["final_acc_mean"])})
     found = targets(results)
-    command = shlex.join(["python", "bench/continual.py", *sys.argv[1:]])
+    command = shlex.join(["python", "-m", "bench.continual", *sys.argv[1:]])
     lines = [f"Command: `{command}`  ", f"Machine: {machine_description()}, "
              f"{args.threads} torch thread(s)  ", f"Date: {dt.date.today().isoformat()}", "",
              f"Data {results['data']}, tasks {' → '.join(results['tasks'])}, seeds "

@@ -16,10 +16,15 @@ cycles than instructions (loads, taken branches, flash wait states).
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run as `python bench/NAME.py`: import bench.* from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import shutil
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -186,7 +191,7 @@ def run_firmware(elf: Path, timeout: float = 600) -> FirmwareRun:
 def main(argv: list[str] | None = None) -> int:
     """The emulated M4 run alone, on an engine file you already have:
 
-        python bench/cortex_m4.py --engine FILE [--data mnist-5k] [--images 200] [--json FILE]
+        python -m bench.cortex_m4 --engine FILE [--data mnist-5k] [--images 200] [--json FILE]
 
     The same measurement and targets as ``bench/embedded.py``'s M4 rows (which also trains a
     model when given none and writes BENCHMARKS.md's ``embedded`` section); this one writes
@@ -194,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import tempfile
 
-    from hybnn.benchmarks import write_json
+    from bench.common import write_json
 
     parser = argparse.ArgumentParser(description="fully binary HyBNN firmware under QEMU")
     parser.add_argument("--engine", type=Path, required=True,
@@ -206,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = missing_tools()
     if missing:
         parser.error(f"needs {', '.join(missing)} (make toolchains)")
-    from embedded import emulated_m4, m4_targets  # the bench beside this module
+    from bench.embedded import emulated_m4, m4_targets
 
     with tempfile.TemporaryDirectory() as tmp:
         m4 = emulated_m4(args.engine, args.data, args.images, Path(tmp))

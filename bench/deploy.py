@@ -8,10 +8,16 @@ interleaved in random order (medians), so that load from other jobs hits all ali
 are of those medians. torch, ONNX Runtime and the engine each use 1 thread. Cold start
 (import + load + first prediction of the torch-free runtime) is timed in fresh processes.
 
-    python bench/deploy.py [--quick] [--json FILE] [--no-write]
+    python -m bench.deploy [--quick] [--json FILE] [--no-write]
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if not __package__:  # run as `python bench/NAME.py`: import bench.* from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
 import json
@@ -21,11 +27,9 @@ import shlex
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,9 +37,9 @@ import onnxruntime
 import torch
 from torch import nn
 
+from bench.common import write_section
 from hybnn import runtime
 from hybnn.artifacts import versions
-from hybnn.benchmarks import machine_description, write_section
 from hybnn.bundle.export import build_bundle, encoder_graph
 from hybnn.bundle.onnx_export import INPUT_NAME, export_onnx
 from hybnn.bundle.quantize import quantize_int8
@@ -43,6 +47,7 @@ from hybnn.data import load_split, prepare
 from hybnn.encoders.vae import VaeEncoder as Encoder
 from hybnn.engine import load as load_engine
 from hybnn.engine.export import export_artifact, export_fully_binary
+from hybnn.machine import machine_description
 from hybnn.models.io import load_model
 from hybnn.onnxgraph.session import make_session
 from hybnn.pipeline.config import DistillConfig, PretrainConfig, TrainConfig
@@ -322,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "machine": f"{machine_description()}, {platform.machine()}",
         "threads": 1,
-        "command": shlex.join(["python", "bench/deploy.py", *(argv or sys.argv[1:])]),
+        "command": shlex.join(["python", "-m", "bench.deploy", *(argv or sys.argv[1:])]),
         "config": {"data": args.data, "tasks": list(tasks), "quick": quick,
                    "vae_epochs": args.vae_epochs, "head_epochs": args.head_epochs,
                    "cnn_epochs": args.cnn_epochs, "calibration": args.calibration,

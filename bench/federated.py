@@ -22,11 +22,17 @@ checks it reaches the model Ray's simulation reaches); the scale section also ru
 Ray simulation engine. Every run's row is cached in --out/runs/NAME.json and the pretrained
 encoder in --out/encoder, so an interrupted benchmark resumes (--fresh starts over). Usage:
 
-    python bench/federated.py [--encoder DIR] [--out runs/bench-federated] [--quick]
+    python -m bench.federated [--encoder DIR] [--out runs/bench-federated] [--quick]
                               [--json FILE] [--render] [--fresh] [--only scale|default]
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if not __package__:  # run as `python bench/NAME.py`: import bench.* from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
 import json
@@ -34,19 +40,23 @@ import resource
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from bench.common import write_json, write_section
+from bench.federated_tables import (
+    default_markdown,
+    markdown,
+    physical_memory_mib,
+    scale_markdown,
+    targets,
+)
 from hybnn.artifacts import atomic_write_json
-from hybnn.benchmarks import write_json, write_section
 from hybnn.data import PAPER_TASKS
 from hybnn.federated import faults
-from hybnn.federated.bench_tables import default_markdown, markdown, scale_markdown, targets
 from hybnn.federated.config import ENCODINGS, ROBUST, STRATEGIES, FedConfig
 from hybnn.federated.encoding import Layout
 from hybnn.federated.report import build_results, centralized_baseline, environment
@@ -54,6 +64,7 @@ from hybnn.federated.simulation import ensure_encoder
 from hybnn.federated.task import encoder_at as task_encoder
 from hybnn.models.bnn_head import BNNHead
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository
 SKEWS = (("dirichlet", 0.5), ("dirichlet", 0.1), ("classes", 0.5))  # (scheme, alpha)
 HOSTILE_CLIENTS = 10
 HOSTILE_KS = (1, 2)
@@ -220,10 +231,9 @@ def default_rows(run: Runner, base: FedConfig, tasks: Sequence[str], quick: bool
                      for enc in DEFAULT_ENCODINGS}}
 
 
-SCALE_CHILD = """import json, sys, time, torch
-sys.path.insert(0, {bench!r})
+SCALE_CHILD = """import json, time, torch
 torch.set_num_threads(1)
-from federated import local_federation, row_of
+from bench.federated import local_federation, row_of
 from hybnn.federated.config import FedConfig
 from hybnn.federated.simulation import federate
 cfg = FedConfig(**json.loads({cfg!r}))
@@ -250,12 +260,11 @@ def scale_rows(run: Runner, base: FedConfig, quick: bool) -> list[dict[str, Any]
             cfg = base.with_(task="all", clients=n, fraction=0.1, rounds=3 if quick else 8,
                              local_epochs=2, partition="iid", encoding="1bit", min_clients=2,
                              node_wait=600.0, round_timeout=600.0)
-            code = SCALE_CHILD.format(bench=str(Path(__file__).parent),
-                                      cfg=json.dumps(cfg.to_dict()), engine=engine,
-                                      out=str(run.dir / name))
-            try:
+            code = SCALE_CHILD.format(cfg=json.dumps(cfg.to_dict()), engine=engine,
+                                      out=str((run.dir / name).resolve()))
+            try:  # python -c in the repository root imports bench.federated
                 proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                                      text=True, timeout=600)
+                                      text=True, timeout=600, cwd=ROOT)
                 line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")),
                             None)
                 row = (json.loads(line[4:]) if line else
@@ -322,9 +331,10 @@ def measure(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     print(f"encoder {base.encoder} ({encoder.fingerprint[:12]})", flush=True)
     run = Runner(out)
     common = {
-        "config": base.to_dict(), "environment": environment(), "threads": 1,
+        "config": base.to_dict(), "threads": 1,
+        "environment": {**environment(), "memory_mib": physical_memory_mib()},
         "encoder_fingerprint": encoder.fingerprint, "head": head_layout(encoder),
-        "command": " ".join(["bench/federated.py", *sys.argv[1:]]),
+        "command": " ".join(["-m bench.federated", *sys.argv[1:]]),
     }
     if args.only == "scale":
         raw = {"only": "scale", "scale": scale_rows(run, base, quick), **common,

@@ -1,19 +1,18 @@
 """The federated benchmark's tables and targets, from its raw results (``bench/federated.py``
-writes them into BENCHMARKS.md; a library module so that every script in bench/ is a
-benchmark)."""
+writes them into BENCHMARKS.md)."""
 
 from __future__ import annotations
 
+import os
 import statistics
 from typing import Any
 
-from hybnn.benchmarks import target
+from bench.common import target
 
 TARGET_ACC_GAP = 0.01  # within 1 point of centralized
 TARGET_UP_RATIO = 30.0  # >= 30x fewer bytes up than fp32
 TARGET_ENCODING_LOSS = 0.01  # ... at <= 1 point lost
 TARGET_CNN_RATIO = 100.0  # >= 100x fewer bytes per round than FedAvg of the float CNN
-MEMORY_LIMIT_MIB = 24 * 1024  # this machine's memory
 SKEW_ORDER = ("dirichlet 0.5", "dirichlet 0.1", "one class per client")
 
 
@@ -116,8 +115,14 @@ def targets(raw: dict[str, Any]) -> list[dict[str, Any]]:
     return found + _scale_targets(raw)
 
 
+def physical_memory_mib() -> int:
+    """This machine's physical memory: the limit of the 1,000-client federation's peak RSS."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+
+
 def _scale_targets(raw: dict[str, Any]) -> list[dict[str, Any]]:
     found = []
+    limit = raw["environment"].get("memory_mib") or physical_memory_mib()
     for r in raw["scale"]:
         if r.get("clients") != 1000:
             continue
@@ -127,8 +132,8 @@ def _scale_targets(raw: dict[str, Any]) -> list[dict[str, Any]]:
                             "completes", ok))
         mem = r.get("peak_rss_mib")
         found.append(target(f"scale 1000 {r['engine']} peak memory (MiB, main process)",
-                            round(mem) if ok and mem else None, f"< {MEMORY_LIMIT_MIB}",
-                            ok and mem is not None and mem < MEMORY_LIMIT_MIB))
+                            round(mem) if ok and mem else None, f"< {limit}",
+                            ok and mem is not None and mem < limit))
     return found
 
 
@@ -293,7 +298,8 @@ def markdown(raw: dict[str, Any]) -> str:
 
 
 def scale_markdown(raw: dict[str, Any]) -> str:
-    """The `federated-scale` section (``bench/federated.py --only scale`` rewrites it alone)."""
+    """The `federated-scale` section (``python -m bench.federated --only scale`` writes it
+    alone)."""
     env = raw["environment"]
     return "\n".join(["## Federated at scale (FedHyBNN on Flower)", "",
                       f"Command: `python {raw['command']}`. Machine: {env['machine']}; flwr "
@@ -359,7 +365,7 @@ def _default_targets(raw: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def default_markdown(raw: dict[str, Any]) -> str:
-    """The `federated-default` section (``bench/federated.py --only default``)."""
+    """The `federated-default` section (``python -m bench.federated --only default``)."""
     d, env, cfg = raw["default"], raw["environment"], raw["config"]
     stats = default_stats(raw)
     lines = ["## Federated: the default strategy (FedHyBNN on Flower)", "",

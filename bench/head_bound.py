@@ -1,6 +1,6 @@
 """What bounds the ten-class gap: float and binary conv heads on the frozen VAE's sign maps.
 
-python bench/head_bound.py [RUN_DIR] [--layers conv1 conv2] [--epochs 8] [--threads 2]
+python -m bench.head_bound [RUN_DIR] [--layers conv1 conv2] [--epochs 8] [--threads 2]
 [--json FILE]. RUN_DIR is a finished reproduce run with the `all` task (default: the
 fashion-mnist one of `bench/hybnn_targets.py`); its encoder (phase 1, labels unused) is read
 at the sign of a conv block's batch-normed map (conv1: 32 x 14 x 14 bits on 28 x 28 images,
@@ -16,21 +16,26 @@ reuses them.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run as `python bench/NAME.py`: import bench.* from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.common import target, write_json, write_section
+from bench.wide_codes import all_run_results
 from hybnn.artifacts import atomic_write
-from hybnn.benchmarks import machine_description, target, write_json, write_section
 from hybnn.binary.layers import BinaryConv2d, BinaryLinear
-from wide_codes import all_run_results
+from hybnn.machine import machine_description
 
 DEFAULT_RUN = Path("runs/bench-hybnn/fashion-mnist/run1")
 BLOCKS = {"conv1": 1, "conv2": 2}  # conv block whose batch-normed map is read (as CODE_LAYERS)
@@ -154,7 +159,7 @@ def main() -> None:
     wide = args.run.parent / "wide" / "conv2.json"  # the BNN head's row, where measured
     mlp = {"conv2": json.loads(wide.read_text())["acc_mean"]} if wide.is_file() else {}
     found, table = report(data, rows, fpcnn_acc, mlp)
-    command = " ".join(["python bench/head_bound.py", *sys.argv[1:]])
+    command = " ".join(["python -m bench.head_bound", *sys.argv[1:]])
     body = (f"### What bounds the ten-class gap on `{data}`: heads on the encoder's sign maps\n\n"
             f"Command: `{command}`  \nMachine: {machine_description()}, {args.threads} torch "
             f"thread(s)  \nDate: {time.strftime('%Y-%m-%d')}\n\n"

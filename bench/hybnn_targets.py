@@ -1,7 +1,7 @@
 """HyBNN accuracy and training-speed targets: writes the `hybnn` section of BENCHMARKS.md.
 
 Runs `hybnn reproduce` on mnist-5k and fashion-mnist with the paper's five pair tasks plus
-`all` (10 classes), three seeds, and checks the issues' targets against what was measured:
+`all` (10 classes), three seeds, and checks these targets against what was measured:
 
 - HyBNN >= 97 % mean test accuracy on every pair task;
 - the paper-setting binary CNN (unit inputs) near 50 %; the fair binary CNN as it comes;
@@ -20,30 +20,35 @@ Runs `hybnn reproduce` on mnist-5k and fashion-mnist with the paper's five pair 
 - the ten-class gap again on wider codes: the run's encoder read at its conv3 and conv2
   maps (`hybnn recode`, `bench/wide_codes.py`; ``--no-wide`` skips it), three seeds.
 
-Usage: python bench/hybnn_targets.py [--data mnist-5k fashion-mnist] [--out runs/bench-hybnn]
+Usage: python -m bench.hybnn_targets [--data mnist-5k fashion-mnist] [--out runs/bench-hybnn]
        [--widths 64 128 200 512] [--reuse] [--resume] [--no-int8] [--no-wide] [--json FILE]
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run as `python bench/NAME.py`: import bench.* from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import datetime as dt
 import json
-import sys
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from hybnn.benchmarks import machine_description, target, write_json, write_section
+from bench.common import target, write_json, write_section
+from bench.int8_clock import int8_clocks
+from bench.wide_codes import wide_code_rows, wide_code_targets
 from hybnn.data import PAPER_TASKS
 from hybnn.experiments.config import ReproduceConfig
 from hybnn.experiments.reproduce import reproduce
+from hybnn.machine import machine_description
 from hybnn.pipeline.config import TrainConfig
-from int8_clock import int8_clocks
-from wide_codes import wide_code_rows, wide_code_targets
 
 # The reproduce runs of each data set; later runs reuse the first run's encoder. Fashion-
 # MNIST has 12,000 training images per pair task; three CNNs x five pairs x three seeds on
@@ -447,7 +452,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     header = "\n".join([
-        f"Command: `{' '.join(['python bench/hybnn_targets.py', *sys.argv[1:]])}`  ",
+        f"Command: `{' '.join(['python -m bench.hybnn_targets', *sys.argv[1:]])}`  ",
         f"Machine: {machine_description()}, {args.threads} torch threads  ",
         f"Date: {dt.date.today().isoformat()}",
     ])
@@ -503,7 +508,7 @@ def main() -> None:
     if args.json:
         write_json(args.json, found, threads=args.threads, seeds=args.seeds, data=args.data,
                    extraction=extraction,
-                   command=" ".join(["python bench/hybnn_targets.py", *sys.argv[1:]]))
+                   command=" ".join(["python -m bench.hybnn_targets", *sys.argv[1:]]))
 
 
 if __name__ == "__main__":

@@ -7,31 +7,36 @@ training data; on a seeded sample of its data set's test split, the share of cod
 equal to the float32 encoder's (torch), the graph's bytes, and the ONNX Runtime encoding
 time per image, repetitions of the two interleaved on 1 thread (the ratio is of medians).
 
-    python bench/int8_calibration.py RUN_DIR [RUN_DIR ...] [--images 2000] [--json FILE]
+    python -m bench.int8_calibration RUN_DIR [RUN_DIR ...] [--images 2000] [--json FILE]
                                      [--no-write]
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run as `python bench/NAME.py`: import bench.* from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import json
 import shlex
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from bench.common import target, write_json, write_section
 from hybnn.artifacts import versions
-from hybnn.benchmarks import machine_description, target, write_json, write_section
 from hybnn.bundle.encoder_graph import calibration_images, encoder_graph
 from hybnn.bundle.onnx_export import INPUT_NAME, OUTPUT_NAME
 from hybnn.bundle.quantize import Recipe
 from hybnn.encoders import ENCODE_BATCH
 from hybnn.encoders.vae import load as load_encoder
+from hybnn.machine import machine_description
 from hybnn.onnxgraph.session import OnnxEncoder
 
 RECIPES = {"hybnn (percentile, float32 logits)": Recipe(),
@@ -102,7 +107,7 @@ def main() -> None:
                                       ["encoder"]["path"]) for r in args.runs)]
     if not encoders:
         parser.error("give a reproduce run directory or --encoder")
-    command = shlex.join(["python", "bench/int8_calibration.py", *sys.argv[1:]])
+    command = shlex.join(["python", "-m", "bench.int8_calibration", *sys.argv[1:]])
     results = [compare(e, args.images) for e in encoders]
     found = []
     for r in results:

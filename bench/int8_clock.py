@@ -18,24 +18,28 @@ CNNs:
   the float32 encoder's.
 
 `bench/hybnn_targets.py` calls :func:`int8_clocks` for its BENCHMARKS lines; standalone,
-for finished reproduce runs: python bench/int8_clock.py RUN_DIR [RUN_DIR ...] [--json FILE]
+for finished reproduce runs: python -m bench.int8_clock RUN_DIR [RUN_DIR ...] [--json FILE]
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run as `python bench/NAME.py`: import bench.* from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import json
-import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from bench.common import target, write_json
 from hybnn import api
-from hybnn.benchmarks import target, write_json
 from hybnn.bundle.encoder_graph import calibration_images
 from hybnn.data import load_source, select_task, train_test
 from hybnn.encoders.int8 import load as load_int8_encoder
@@ -123,7 +127,7 @@ def main() -> None:
               f"{100 * c['accuracy']:.2f} %; head {100 * c['head_acc']:.2f} % on int8 codes)")
     if args.json:
         write_json(args.json, found, threads=args.threads, int8_clock=clock,
-                   command=" ".join(["python bench/int8_clock.py", *sys.argv[1:]]))
+                   command=" ".join(["python -m bench.int8_clock", *sys.argv[1:]]))
 
 
 if __name__ == "__main__":

@@ -5,20 +5,24 @@ Builds the wheel, installs it into two fresh venvs (``--no-compile``, from this 
 package index), checks that the node venv has Flower's SuperNode and no Ray, and measures
 both on disk. Writes BENCHMARKS.md's ``node-env`` section.
 
-    python bench/node_env.py [--json FILE] [--no-write] [--work DIR]
+    python -m bench.node_env [--json FILE] [--no-write] [--work DIR]
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if not __package__:  # run as `python bench/NAME.py`: import bench.* from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
 import datetime as dt
 import shutil
 import subprocess
-import sys
 import tempfile
-from pathlib import Path
 
-from hybnn.benchmarks import target, write_json, write_section
+from bench.common import target, write_json, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_MB = 2000  # the whole training environment before the extras were split
@@ -73,7 +77,7 @@ def main() -> None:
                "larger than hybnn[node] (Ray stays in fed)", sizes["fed"] > sizes["node"]),
     ]
     lines = [
-        f"Command: `python bench/node_env.py` ({dt.date.today()}, Python "
+        f"Command: `python -m bench.node_env` ({dt.date.today()}, Python "
         f"{sys.version.split()[0]}): the wheel installed into fresh venvs with "
         "`pip install --no-compile`, size on disk without bytecode.", "",
         "| install | MB on disk | flwr | torch | Ray | flower-supernode |",

@@ -15,26 +15,30 @@ runs `hybnn.federated.local_grid.run_local`). The DP noise is not seeded (see
 hybnn.federated.privacy): reruns differ a little. Without --encoder the bench pretrains one
 into --out/encoder and reuses it on later runs. Raw results go to --out/bench.json. Usage:
 
-    python bench/privacy.py [--encoder DIR] [--out runs/bench-privacy] [--quick]
+    python -m bench.privacy [--encoder DIR] [--out runs/bench-privacy] [--quick]
                             [--json FILE] [--render]
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run as `python bench/NAME.py`: import bench.* from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import json
 import math
 import statistics
-import sys
 import time
 from importlib.metadata import version
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from hybnn.benchmarks import target, write_json, write_section
+from bench.common import target, write_json, write_section
 from hybnn.data import PAPER_TASKS
 from hybnn.federated import task as fed_task
 from hybnn.federated.config import FedConfig
@@ -160,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
            "environment": {**environment(), "dp-accounting": version("dp-accounting")},
            "encoder_fingerprint": encoder.fingerprint,
            "seeds": {"run": args.seed, "dp_noise": "not seeded (numpy's global generator)"},
-           "command": " ".join(["bench/privacy.py", *(sys.argv[1:] if argv is None
+           "command": " ".join(["-m bench.privacy", *(sys.argv[1:] if argv is None
                                                          else argv)]),
            "seconds": time.perf_counter() - t_start}
     out.mkdir(parents=True, exist_ok=True)

@@ -9,23 +9,27 @@ By default the runs go through :class:`~hybnn.federated.local_grid.LocalGrid` (t
 apps and Flower's serialization, sequential, no Ray: the bytes are the same as in the
 simulation runtime); ``--engine ray`` uses Flower's simulation runtime. Usage:
 
-    python bench/secagg.py [--encoder DIR] [--task 8v9] [--out runs/bench-secagg] [--quick]
+    python -m bench.secagg [--encoder DIR] [--task 8v9] [--out runs/bench-secagg] [--quick]
                            [--engine local|ray] [--json FILE] [--benchmarks BENCHMARKS.md]
                            [--render]
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run as `python bench/NAME.py`: import bench.* from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from hybnn.benchmarks import target, write_json, write_section
+from bench.common import target, write_json, write_section
 from hybnn.federated.config import FedConfig
 from hybnn.federated.report import environment
 from hybnn.federated.simulation import ensure_encoder, federate
@@ -165,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = secagg_rows(base, out, args.engine)
     raw = {"rows": rows, "config": base.to_dict(), "environment": environment(),
            "engine": args.engine, "encoder_fingerprint": fingerprint,
-           "command": " ".join(["bench/secagg.py", *(sys.argv[1:] if argv is None else argv)]),
+           "command": " ".join(["-m bench.secagg", *(sys.argv[1:] if argv is None else argv)]),
            "seconds": time.perf_counter() - t_start}
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(raw, indent=1) + "\n")

@@ -1,7 +1,7 @@
 """Ten classes on wider codes: the benchmark's frozen VAE read at its conv maps (`hybnn recode`).
 
 Used by `bench/hybnn_targets.py`, or standalone on a finished reproduce run with `all`:
-python bench/wide_codes.py RUN_DIR [--encoder DIR] [--out DIR] [--layers conv3 conv2]
+python -m bench.wide_codes RUN_DIR [--encoder DIR] [--out DIR] [--layers conv3 conv2]
 [--json FILE]. For each code layer, the reproduce run's encoder (phase 1
 as measured, labels unused) is recoded, the `all` training and test splits are encoded with
 it, and the ten-class head trains with the run's own recipe (epochs, batch, lr, code noise,
@@ -11,16 +11,20 @@ settings, so a rerun with the same settings reuses them.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run as `python bench/NAME.py`: import bench.* from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import json
 import statistics
-import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
-from hybnn.benchmarks import target, write_json
+from bench.common import target, write_json
 from hybnn.experiments.config import ReproduceConfig
 
 LAYERS = ("conv3", "conv2")
@@ -133,7 +137,7 @@ def main() -> None:
         print(t["detail"])
     if args.json:
         write_json(args.json, found, threads=args.threads, wide_codes=rows,
-                   command=" ".join(["python bench/wide_codes.py", *sys.argv[1:]]))
+                   command=" ".join(["python -m bench.wide_codes", *sys.argv[1:]]))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "hybnn"
 RANKS = {
     "errors": 0, "settings": 0, "hybnn": 0.5,
     "artifacts": 1, "hooks": 1, "progress": 1,
-    "plots": 2, "benchmarks": 2,
+    "plots": 2, "machine": 2,
     "data": 3, "binary": 3,
     "models": 4, "encoders": 4.5, "onnxgraph": 2.5,
     "pipeline": 5,

@@ -10,22 +10,12 @@ and every logit's bits equal the engine's. Skips without arm-none-eabi-gcc or qe
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from test_c_export import N_REAL, real  # noqa: F401  (real: the fixture of trained engine files)
 
+from bench import cortex_m4
 from hybnn.engine import load
-
-_BENCH = Path(__file__).resolve().parents[2] / "bench" / "cortex_m4.py"
-_spec = importlib.util.spec_from_file_location("cortex_m4", _BENCH)
-assert _spec is not None and _spec.loader is not None
-cortex_m4 = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = cortex_m4  # dataclasses look their module up there
-_spec.loader.exec_module(cortex_m4)
 
 # ~12 s on 2 cores: the fixture's brief training (~8 s), then ~1.5 billion emulated instructions
 MISSING = cortex_m4.missing_tools()

@@ -25,9 +25,7 @@ Skips without aarch64-linux-gnu-gcc or qemu-aarch64 (Debian: gcc-aarch64-linux-g
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,15 +33,9 @@ import pytest
 from engine_reference import randomize
 from test_c_export import N_REAL, _real_data, real  # noqa: F401  (real: a fixture)
 
+from bench import aarch64
 from hybnn.data.prep import prepare
 from hybnn.engine import export_model, pack_images
-
-_BENCH = Path(__file__).resolve().parents[2] / "bench" / "aarch64.py"
-_spec = importlib.util.spec_from_file_location("bench_aarch64", _BENCH)
-assert _spec is not None and _spec.loader is not None
-aarch64 = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = aarch64
-_spec.loader.exec_module(aarch64)
 
 MISSING = aarch64.missing_tools()
 pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"needs {', '.join(MISSING)} (Debian: "

@@ -1,4 +1,5 @@
-"""`hybnn study rebnn` end to end in quick mode on the offline digits data."""
+"""`hybnn study rebnn` end to end in quick mode on the offline digits data, and the
+BENCHMARKS.md section `python -m bench.rebnn` writes from its results."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import json
 
 import pytest
 
+from bench.common import write_section
+from bench.rebnn import section, targets
 from hybnn.cli import main
 from hybnn.experiments.config import StudyConfig
 
@@ -17,12 +20,10 @@ def test_quick_mode_config_is_small():
 
 
 @pytest.mark.slow
-def test_study_cli_writes_results_table_plots_and_benchmarks(tmp_path, capsys):
+def test_study_cli_writes_results_table_plots_and_the_bench_section(tmp_path, capsys):
     out = tmp_path / "study"
-    bench = tmp_path / "BENCHMARKS.md"
-    bench.write_text("# Benchmarks\n\n<!-- rebnn:start -->\n<!-- rebnn:end -->\n")
     rc = main(["study", "rebnn", "--data", "digits", "--quick", "--seeds", "0", "--epochs", "2",
-               "--out", str(out), "--no-progress", "--benchmarks", str(bench)])
+               "--out", str(out), "--no-progress"])
     assert rc == 0
     results = json.loads((out / "results.json").read_text())
     methods = ("ste", "xnor", "rebnn", "rebnn-const")
@@ -40,6 +41,12 @@ def test_study_cli_writes_results_table_plots_and_benchmarks(tmp_path, capsys):
     plots = {p.name for p in (out / "plots").iterdir()}
     assert "bcnn_flip_features_0.png" in plots and "hybnn_flip_net_0.png" in plots
     assert "| rebnn-const |" in (out / "table.md").read_text()
-    section = bench.read_text()
-    assert "hybnn study rebnn --data digits" in section and "| rebnn |" in section
     assert "| ste |" in capsys.readouterr().out
+    assert {p.name for p in tmp_path.iterdir()} == {"study"}  # no BENCHMARKS.md written
+    bench = tmp_path / "BENCHMARKS.md"
+    bench.write_text("# Benchmarks\n\n<!-- rebnn:start -->\n<!-- rebnn:end -->\n")
+    write_section("rebnn", section(results, "python -m bench.rebnn --data digits"), bench)
+    text = bench.read_text()
+    assert "python -m bench.rebnn --data digits" in text and "| rebnn |" in text
+    assert text.count("target (≥2× fewer flips and higher accuracy)") == 4  # 2 families x 2
+    assert {t["name"].split()[0] for t in targets(results)} == {"bcnn", "hybnn"}

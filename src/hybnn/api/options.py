@@ -313,8 +313,6 @@ class StudyOptions(_Checked):
     epochs: int | None = setting(None, "epochs of every BNN run (default: 8 bcnn, 25 head)")
     device: str = setting(StudyConfig.device, DEVICE_HELP)
     threads: int = setting(StudyConfig.threads, "torch CPU threads")
-    benchmarks: str | None = setting(None, "also write the rebnn section of this "
-                                     "BENCHMARKS.md", metavar="FILE")
     progress: bool = setting(True, "progress bars on a terminal, a line per step in a log")
 
     def study_config(self) -> StudyConfig:

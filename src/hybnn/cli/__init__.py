@@ -10,7 +10,6 @@ import argparse
 import difflib
 import json
 import math
-import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -212,14 +211,9 @@ def cmd_pki(args: argparse.Namespace) -> int:
 
 def cmd_study_rebnn(args: argparse.Namespace) -> int:
     opts = build(api.StudyOptions, args)
-    results = api.study_rebnn(opts)
+    api.study_rebnn(opts)
     print(Path(opts.out, "table.md").read_text())
     print(f"results -> {opts.out}/results.json, plots -> {opts.out}/plots/")
-    if opts.benchmarks:
-        from hybnn.experiments.rebnn_study import write_benchmarks
-
-        write_benchmarks(results, shlex.join(["hybnn", *args.argv]), opts.benchmarks)
-        print(f"rebnn section -> {opts.benchmarks}")
     return 0
 
 

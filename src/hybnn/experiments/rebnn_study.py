@@ -19,7 +19,6 @@ weight-flip curves (:class:`FlipMonitor`), then writes to ``out``:
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -31,16 +30,14 @@ import numpy as np
 import torch
 
 from hybnn.artifacts import atomic_write, atomic_write_json
-from hybnn.benchmarks import machine_description, write_section
 from hybnn.binary.methods import method_callbacks, method_scaling
 from hybnn.binary.oscillation import FLIP_KEY, STEP_FLIP_KEY, FlipMonitor, late_flip_ratio
 from hybnn.data import load_source, train_test
 from hybnn.data.dataset import Dataset
 from hybnn.experiments.config import STUDY_MODELS, StudyConfig
 from hybnn.hooks import History
+from hybnn.machine import machine_description
 from hybnn.pipeline.config import TrainConfig
-
-SECTION = "rebnn"
 
 
 def _subset(data: Dataset, size: int | None, seed: int) -> Dataset:
@@ -232,57 +229,3 @@ def plot_study(results: dict[str, Any], directory: str | os.PathLike[str]) -> li
                                  directory / f"{family}_test_acc.png",
                                  f"{family} on {where}: test accuracy (mean)", "test accuracy"))
     return paths
-
-
-def benchmarks_section(results: dict[str, Any], command: str) -> str:
-    """The BENCHMARKS.md ``rebnn`` section for a finished study."""
-    cfg = results["config"]
-    v = results["versions"]
-    shown = {k: cfg[k] for k in ("data", "methods", "seeds", "train_size", "head_train_size",
-                                 "test_size", "pretrain_size", "bcnn_epochs", "head_epochs",
-                                 "pretrain_epochs", "batch_size", "lr", "threads", "device")}
-    lines = [
-        "## ReBNN study: weight oscillation and accuracy",
-        "",
-        f"Command: `{command}` ({results['seconds'] / 60:.1f} min wall time, with the "
-        "machine's cores shared with other jobs)",
-        "",
-        f"Machine: {results['machine']}; hybnn {v['hybnn']}, numpy {v['numpy']}.",
-        "",
-        f"Config: `{json.dumps(shown)}`. Adam with cosine decay; flip ratio = fraction of "
-        "latent weights whose sign differs from the previous epoch's end, averaged over the "
-        "binary layers and the last quarter of epochs, then over seeds. Training data are "
-        "random subsets of the official train split where the sizes say so.",
-        "",
-        results_table(results),
-        "",
-        *verdict(results),
-    ]
-    return "\n".join(lines)
-
-
-def verdict(results: dict[str, Any], target: float = 2.0) -> list[str]:
-    """One line per family and ReBNN variant: flip reduction and accuracy change vs ``ste``."""
-    lines = []
-    for family, res in results["models"].items():
-        methods = res["methods"]
-        if "ste" not in methods:
-            continue
-        base = methods["ste"]
-        for name in ("rebnn", "rebnn-const"):
-            if name not in methods:
-                continue
-            r = methods[name]
-            cut = (base["flip_ratio_late"] / r["flip_ratio_late"]
-                   if r["flip_ratio_late"] > 0 else float("inf"))
-            gain = r["acc_mean"] - base["acc_mean"]
-            met = cut >= target and gain > 0
-            lines.append(f"- {family}, {name}: late flip ratio {cut:.2f}× lower than ste, "
-                         f"accuracy {gain * 100:+.2f} points; target (≥{target:g}× fewer "
-                         f"flips and higher accuracy): {'met' if met else 'not met'}.")
-    return lines
-
-
-def write_benchmarks(results: dict[str, Any], command: str,
-                     path: str | os.PathLike[str] = "BENCHMARKS.md") -> Path:
-    return write_section(SECTION, benchmarks_section(results, command), path)

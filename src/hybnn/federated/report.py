@@ -41,7 +41,7 @@ def centralized_baseline(cfg: FedConfig) -> dict[str, Any]:
 def environment() -> dict[str, str]:
     import flwr
 
-    from hybnn.benchmarks import machine_description
+    from hybnn.machine import machine_description
 
     env = {**versions(), "flwr": flwr.__version__, "machine": machine_description(),
            "platform": platform.platform()}
