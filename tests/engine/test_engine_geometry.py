@@ -1,8 +1,8 @@
 """Geometry limits: impossible or oversized layers are refused, in Python and again in C.
 
-The subprocess tests are regressions of a hostile-input finding: before overflow-checked sizes these
-calls wrapped a size to a tiny buffer and crashed the interpreter (SIGSEGV), so they run in a
-child process where a crash is a failed test, not a dead test runner.
+The subprocess tests are regressions: before overflow-checked sizes these calls wrapped a
+size to a tiny buffer and crashed the interpreter (SIGSEGV), so they run in a child process
+where a crash is a failed test, not a dead test runner.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def test_limits_are_the_c_extensions():
 
 
 def test_wrapping_conv_geometry_raises_instead_of_crashing():
-    """Finding 4: PackedLayer.conv2d with large in-range dimensions used to SIGSEGV."""
+    """PackedLayer.conv2d with large in-range dimensions (whose sizes wrap) used to SIGSEGV."""
     proc = _child(f"""
         import numpy as np
         from hybnn.engine.ops import PackedLayer
@@ -68,7 +68,7 @@ def test_wrapping_conv_geometry_raises_instead_of_crashing():
 
 
 def test_forged_file_with_wrapping_geometry_and_a_valid_checksum_is_refused(tmp_path):
-    """Finding 4: such a file loaded, then under-allocated at run time."""
+    """An engine file with such a geometry used to load, then under-allocate at run time."""
     w = np.zeros((1, 1, 1, (BIG_C + 63) // 64), np.uint64)
     header = {
         "kind": fmt.KIND, "format_version": fmt.FORMAT_VERSION,

@@ -1,7 +1,7 @@
 """One loaded model, many Python threads: the C code releases the GIL and must share nothing.
 
-Also the regression of a hostile-input finding (data races in C: the lazily built table of
-``hyb_pack_bytes`` and the plain ``g_isa``): ``race_driver.c`` is built with ThreadSanitizer,
+Also a regression test of two data races in C (the lazily built table of ``hyb_pack_bytes``
+and the plain ``g_isa``): ``race_driver.c`` is built with ThreadSanitizer,
 which reported both races before the fix.
 """
 

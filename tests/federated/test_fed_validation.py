@@ -104,7 +104,7 @@ def ledger(strategy: EncodedStrategy, nid: int, server_round: int = 1) -> dict:
     return strategy.rounds[server_round]["clients"][nid]
 
 
-# -- sample counts (finding 1) ---------------------------------------------------------
+# -- sample counts: bounded by the handshake's count and the cap -----------------------
 
 def test_a_huge_sample_count_cannot_take_over_fedavg():
     s = make_strategy()
@@ -142,7 +142,7 @@ def test_a_node_without_a_handshake_count_is_bounded_by_the_cap():
     assert ledger(s, 98)["status"] == "rejected" and "1000" in ledger(s, 98)["reason"]
 
 
-# -- model states (finding 2) ----------------------------------------------------------
+# -- model states: values outside their domain are rejected ----------------------------
 
 @pytest.mark.parametrize(("encoding", "overrides", "needle"), [
     ("fp32", {"running_var": -1e6}, "running_var"),
@@ -254,7 +254,7 @@ def test_an_array_that_cannot_be_read_is_rejected():
     assert ledger(s, 12)["status"] == "rejected" and "net.1.bias" in ledger(s, 12)["reason"]
 
 
-# -- metrics (findings 1 and 3) --------------------------------------------------------
+# -- metrics: non-finite, out-of-range and reserved names are rejected -----------------
 
 @pytest.mark.parametrize("metrics", [
     {"train-loss": INF}, {"local-acc": NAN}, {"train-acc": 7.0}, {"extra": [1.0, NAN]},
@@ -289,7 +289,7 @@ def test_hostile_evaluate_replies_are_dropped_without_crashing(metrics):
     assert next(iter(metrics)) in ledger(s, 12)["reason_eval"]
 
 
-# -- handshake (finding 3) -------------------------------------------------------------
+# -- handshake: a hostile reply excludes the node --------------------------------------
 
 @pytest.mark.parametrize("change", [
     {"status": 1}, {"node_id": 5}, {"num-train": INF}, {"num-train": NAN},
