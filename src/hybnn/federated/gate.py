@@ -157,6 +157,9 @@ def main(argv: list[str] | None = None) -> None:
         _install_supernode_gate()
         from flwr.supernode.cli.flower_supernode import flower_supernode as run
         sys.argv = ["flower-supernode", *args[1:]]
+    from hybnn.federated.flower_logs import plain_flower_logs
+
+    plain_flower_logs()  # its log is a file of the deployment's directory
     run()
 
 

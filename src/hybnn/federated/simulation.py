@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hybnn.encoders.shipped import resolve
 from hybnn.errors import DataError
 from hybnn.federated.config import FLOWER_ENV, FedConfig
 from hybnn.federated.encoded_strategy import FederationError
@@ -26,7 +27,7 @@ def ensure_encoder(cfg: FedConfig, out: Path, pretrain_epochs: int = 20,
     if cfg.model != "head":
         return cfg
     if cfg.encoder:
-        path = Path(cfg.encoder)
+        path = resolve(cfg.encoder)  # a directory, or a shipped name such as general
         if not path.is_dir():
             raise DataError(f"encoder directory not found: {path}")
         return cfg.with_(encoder=str(path.resolve()))
@@ -71,9 +72,11 @@ def federate(
     from flwr.simulation import run_simulation
 
     from hybnn.federated.client_app import make_client_app
+    from hybnn.federated.flower_logs import plain_flower_logs
     from hybnn.federated.report import build_results, centralized_baseline, write_report
     from hybnn.federated.server_app import make_server_app
 
+    plain_flower_logs()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = ensure_encoder(cfg, out, pretrain_epochs, progress)
