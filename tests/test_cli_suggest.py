@@ -27,3 +27,17 @@ def test_a_mistyped_flag_names_its_subcommand_and_the_closest_flag(argv, command
     assert last.startswith(f"{command}: error: unrecognized arguments:")
     assert (hint in last) if hint else "did you mean" not in last
     assert not list(tmp_path.iterdir())  # nothing ran
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["trian", "--out", "x"], "unknown command 'trian': did you mean train?"),
+    (["train", "--ep", "3", "--out", "x"], "--ep: did you mean --epochs?"),
+    (["xyzzy"], "choose from pretrain"),
+])
+def test_an_abbreviation_or_an_unknown_command_is_refused_with_a_suggestion(argv, said, capsys):
+    from hybnn.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert said in capsys.readouterr().err

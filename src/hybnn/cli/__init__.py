@@ -249,16 +249,18 @@ COMMANDS: list[tuple[str, type, Handler, str]] = [
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="hybnn", description="Hybrid binary neural networks: HyBNN, FedHyBNN, ReBNN and a "
-        "packed XNOR/popcount inference engine.")
+        prog="hybnn", allow_abbrev=False, description="Hybrid binary neural networks: HyBNN, "
+        "FedHyBNN, ReBNN and a packed XNOR/popcount inference engine.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, options, handler, help_text in COMMANDS:
-        p = sub.add_parser(name, help=help_text, description=options.__doc__)
+        p = sub.add_parser(name, help=help_text, description=options.__doc__,
+                           allow_abbrev=False)  # --ep is not silently --epochs
         add_flags(p, options)
         p.set_defaults(func=handler)
     study = sub.add_parser("study", help="method studies (rebnn: ste vs xnor vs ReBNN)")
     studies = study.add_subparsers(dest="study", required=True, metavar="STUDY")
-    r = studies.add_parser("rebnn", help="ReBNN vs ste/xnor: accuracy and weight oscillation",
+    r = studies.add_parser("rebnn", allow_abbrev=False,
+                           help="ReBNN vs ste/xnor: accuracy and weight oscillation",
                            description=api.StudyOptions.__doc__)
     add_flags(r, api.StudyOptions)
     r.set_defaults(func=cmd_study_rebnn)
@@ -267,7 +269,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """``parser.parse_args(argv)``, but an unknown flag is reported by the subcommand that
-    got it, with its usage and the closest flags it has ("did you mean")."""
+    got it, with its usage and the closest flags it has ("did you mean"); so is an unknown
+    command."""
+    words = [a for a in argv if not a.startswith("-")]
+    commands = next((a.choices for a in parser._actions
+                     if isinstance(a, argparse._SubParsersAction)), {})
+    if words and words[0] not in commands and argv and argv[0] == words[0]:
+        close = difflib.get_close_matches(words[0], list(commands), n=1, cutoff=0.6)
+        parser.error(f"unknown command {words[0]!r}"
+                     + (f": did you mean {close[0]}?" if close else
+                        f"; choose from {', '.join(commands)}"))
     args, extra = parser.parse_known_args(argv)
     if not extra:
         return args
@@ -275,9 +286,10 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
     known = [o for action in command._actions for o in action.option_strings]
     hints = []
     for flag in (e.split("=", 1)[0] for e in extra if e.startswith("-")):
-        close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+        close = ([k for k in known if k.startswith(flag)][:3]  # an abbreviation
+                 or difflib.get_close_matches(flag, known, n=1, cutoff=0.6))
         if close:
-            hints.append(f"{flag}: did you mean {close[0]}?")
+            hints.append(f"{flag}: did you mean {' or '.join(close)}?")
     command.error(f"unrecognized arguments: {' '.join(extra)}"
                   + (f" ({'; '.join(hints)})" if hints else ""))
     raise AssertionError("unreachable: error() exits")
