@@ -33,7 +33,8 @@ DEVICE_HELP = "torch device: cpu, cuda, cuda:1, ..."
 class _Checked:
     """Options refuse a setting outside its range when they are built, before any work:
     the nested config's own checks first (its ``validate``), then every limit, then that
-    every file they read exists (:attr:`READS`) and a built-in source's ``task`` is one of
+    every file they read exists (:attr:`READS`; an ``encoder`` may name one shipped in the
+    package, replaced here by its directory) and a built-in source's ``task`` is one of
     its tasks. All of it without torch, so a mistyped path fails at once."""
 
     READS: ClassVar[dict[str, str]] = {}  # field -> what it names, for "X not found: PATH"
@@ -45,6 +46,11 @@ class _Checked:
         check_settings(self)
         for name, what in self.READS.items():
             value = getattr(self, name)
+            if name == "encoder" and value is not None:
+                from hybnn.encoders import resolve  # no torch: a shipped name, e.g. general
+
+                value = str(resolve(value))
+                setattr(self, name, value)
             for path in value if isinstance(value, list) else [value]:
                 if path is not None and not Path(path).exists():
                     raise DataError(f"{what} not found: {path}")

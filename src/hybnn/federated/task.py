@@ -24,7 +24,7 @@ from hybnn.data import load_source, select_task, train_test
 from hybnn.data.dataset import Dataset
 from hybnn.data.labels import LabelSpace
 from hybnn.data.splits import stratified_split
-from hybnn.encoders import CodeEncoder, open_encoder
+from hybnn.encoders import CodeEncoder, open_encoder, resolve
 from hybnn.errors import DataError, FingerprintMismatch
 from hybnn.federated.config import FedConfig
 from hybnn.federated.encoding import Layout
@@ -48,9 +48,9 @@ def task_splits(data: str, task: str) -> tuple[Dataset, Dataset]:
 
 def encoder_at(path: str | os.PathLike[str], device: str = "cpu") -> CodeEncoder:
     """The encoder in ``path``, loaded once per process and file version."""
-    p = Path(path)
     if not str(path):
         raise DataError("no encoder given: pass --encoder or let `hybnn federate` pretrain one")
+    p = resolve(path)  # a directory, or a shipped name such as general
     stamp = (p / "weights.safetensors").stat().st_mtime_ns if p.is_dir() else 0
     return _load_encoder(str(p.resolve()), stamp, device)
 

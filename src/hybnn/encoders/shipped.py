@@ -1,0 +1,67 @@
+"""Encoders that ship inside the package, opened by name: ``general`` is the paper's
+task-independent encoder, pretrained once on every offline 28x28 source
+(:mod:`hybnn.data.general`; recipe ``configs/general-encoder.toml``).
+
+:func:`resolve` is the one place a name becomes a directory: every ``--encoder`` option and
+:func:`~hybnn.encoders.open_encoder` go through it. A shipped encoder is checked against the
+SHA-256 of its two files pinned here before anything trusts it; a missing or altered file
+is one :class:`ArtifactError` saying to reinstall, never a download. No torch here: the
+command-line checks run before torch is imported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from hybnn.errors import ArtifactError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+META_NAME = "meta.json"  # the artifact's files (hybnn.artifacts), named here without torch
+WEIGHTS_NAME = "weights.safetensors"
+
+# name -> SHA-256 of (meta.json, weights.safetensors); the weights' hash is the encoder's
+# fingerprint, the one its codes and heads record.
+SHIPPED: dict[str, tuple[str, str]] = {
+    "general": ("", ""),
+}
+
+
+def shipped_dir(name: str) -> Path:
+    """Where the shipped encoder ``name`` lives in the installed package."""
+    return PACKAGE_DIR / name
+
+
+def resolve(name_or_path: str | os.PathLike[str]) -> Path:
+    """The directory of an encoder given by path, or by the name of a shipped one (checked
+    against its pinned hashes). A path is returned as given, unchecked: its loader checks it.
+    A directory of that name in the working directory takes precedence over the shipped one."""
+    path = Path(name_or_path)
+    name = str(name_or_path)
+    if name not in SHIPPED or path.exists():
+        return path
+    directory = shipped_dir(name)
+    for file, pinned in zip((META_NAME, WEIGHTS_NAME), SHIPPED[name], strict=True):
+        problem = _check(directory / file, pinned)
+        if problem:
+            raise ArtifactError(f"the shipped encoder {name!r} is damaged: {directory / file} "
+                                f"{problem}; reinstall hybnn (pip install --force-reinstall "
+                                "hybnn) to restore it")
+    return directory
+
+
+def _check(path: Path, sha256: str) -> str:
+    """What is wrong with ``path`` against its pinned SHA-256 ('' if nothing)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        return "is missing"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if digest.hexdigest() != sha256:
+        return f"has SHA-256 {digest.hexdigest()[:12]}, not the pinned {sha256[:12]}"
+    return ""
