@@ -26,9 +26,9 @@ from hybnn.artifacts import (
     atomic_write,
     atomic_write_bytes,
     atomic_write_json,
-    load_bundle,
+    load_artifact,
     read_json,
-    save_bundle,
+    save_artifact,
     sha256_file,
 )
 from hybnn.errors import ArtifactError, HybnnError
@@ -85,7 +85,7 @@ def test_path_under_a_regular_file_is_an_artifact_error(tmp_path):
     with pytest.raises(ArtifactError, match="cannot write"):
         atomic_write_bytes(blocker / "sub" / "out.bin", b"x")
     with pytest.raises(ArtifactError, match="cannot write"):
-        save_bundle(blocker / "model", "model", {"w": torch.zeros(2)}, {})
+        save_artifact(blocker / "model", "model", {"w": torch.zeros(2)}, {})
     assert blocker.read_text() == "I am a file"
 
 
@@ -138,8 +138,8 @@ TENSORS = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.tensor([1, 2], dtype
 
 
 def test_bundle_roundtrip_and_metadata(tmp_path):
-    meta = save_bundle(tmp_path / "art", "thing", TENSORS, {"size": 3}, {"note": "hi"})
-    tensors, loaded = load_bundle(tmp_path / "art", "thing")
+    meta = save_artifact(tmp_path / "art", "thing", TENSORS, {"size": 3}, {"note": "hi"})
+    tensors, loaded = load_artifact(tmp_path / "art", "thing")
 
     assert set(tensors) == {"w", "b"}
     for k, v in TENSORS.items():
@@ -153,15 +153,15 @@ def test_bundle_roundtrip_and_metadata(tmp_path):
 
 
 def test_bundle_fingerprint_is_stable_for_the_same_tensors(tmp_path):
-    a = save_bundle(tmp_path / "a", "thing", TENSORS, {})
-    b = save_bundle(tmp_path / "b", "thing", dict(reversed(TENSORS.items())), {})
+    a = save_artifact(tmp_path / "a", "thing", TENSORS, {})
+    b = save_artifact(tmp_path / "b", "thing", dict(reversed(TENSORS.items())), {})
     assert a["fingerprint"] == b["fingerprint"]
 
 
 def test_bundle_saves_non_contiguous_and_grad_tensors(tmp_path):
     w = torch.randn(3, 4, requires_grad=True)
-    save_bundle(tmp_path / "a", "thing", {"wt": w.t()}, {})
-    tensors, _ = load_bundle(tmp_path / "a", "thing")
+    save_artifact(tmp_path / "a", "thing", {"wt": w.t()}, {})
+    tensors, _ = load_artifact(tmp_path / "a", "thing")
     assert torch.equal(tensors["wt"], w.detach().t())
 
 
@@ -174,25 +174,25 @@ def edit_meta(directory, **changes):
 
 @pytest.fixture
 def bundle(tmp_path):
-    save_bundle(tmp_path / "art", "thing", TENSORS, {})
+    save_artifact(tmp_path / "art", "thing", TENSORS, {})
     return tmp_path / "art"
 
 
 def test_load_bundle_missing_directory(tmp_path):
     with pytest.raises(ArtifactError, match="thing artifact not found"):
-        load_bundle(tmp_path / "absent", "thing")
+        load_artifact(tmp_path / "absent", "thing")
 
 
 def test_load_bundle_wrong_kind(bundle):
     with pytest.raises(ArtifactError, match="holds a 'thing' artifact, expected 'encoder'"):
-        load_bundle(bundle, "encoder")
+        load_artifact(bundle, "encoder")
 
 
 @pytest.mark.parametrize("version", [FORMAT_VERSION + 1, 0, None, "1"])
 def test_load_bundle_unsupported_format_version(bundle, version):
     edit_meta(bundle, format_version=version)
     with pytest.raises(ArtifactError, match=r"format version .* is not supported"):
-        load_bundle(bundle, "thing")
+        load_artifact(bundle, "thing")
 
 
 def test_load_bundle_tampered_weights(bundle):
@@ -201,19 +201,19 @@ def test_load_bundle_tampered_weights(bundle):
     raw[-1] ^= 0x01  # one bit of one tensor value
     weights.write_bytes(bytes(raw))
     with pytest.raises(ArtifactError, match="fingerprint"):
-        load_bundle(bundle, "thing")
+        load_artifact(bundle, "thing")
 
 
 def test_load_bundle_missing_weights(bundle):
     (bundle / WEIGHTS_NAME).unlink()
     with pytest.raises(ArtifactError, match="weights missing"):
-        load_bundle(bundle, "thing")
+        load_artifact(bundle, "thing")
 
 
 def test_load_bundle_corrupt_meta(bundle):
     (bundle / META_NAME).write_text('{"kind": "thing", ')
     with pytest.raises(ArtifactError, match="not valid JSON"):
-        load_bundle(bundle, "thing")
+        load_artifact(bundle, "thing")
 
 
 def test_load_bundle_unreadable_weights_with_matching_fingerprint(bundle):
@@ -221,7 +221,7 @@ def test_load_bundle_unreadable_weights_with_matching_fingerprint(bundle):
     weights.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken!")
     edit_meta(bundle, fingerprint=sha256_file(weights))
     with pytest.raises(ArtifactError, match="cannot read"):
-        load_bundle(bundle, "thing")
+        load_artifact(bundle, "thing")
 
 
 def test_artifact_errors_are_hybnn_errors():
@@ -237,7 +237,7 @@ def test_a_fifo_in_an_artifact_is_refused_at_once(bundle, name):
     (bundle / name).unlink()
     os.mkfifo(bundle / name)
     with deadline(), pytest.raises(ArtifactError, match="not a regular file") as caught:
-        load_bundle(bundle, "thing")
+        load_artifact(bundle, "thing")
     assert str(bundle / name) in str(caught.value)
 
 
@@ -291,14 +291,14 @@ def test_a_directory_in_an_artifact_is_named_by_its_path(bundle, name):
     (bundle / name).mkdir()
     with pytest.raises(ArtifactError, match=rf"{re.escape(str(bundle / name))}: it is a "
                                             "directory"):
-        load_bundle(bundle, "thing")
+        load_artifact(bundle, "thing")
 
 
 def test_metadata_above_its_cap_is_refused_before_it_is_read(bundle):
     edit_meta(bundle, padding="x" * (2 << 20))  # 2 MiB: a valid JSON object, too large
     with pytest.raises(ArtifactError, match=r"meta\.json has 2,09\d,\d{3} bytes, more than the "
                                             r"limit of 1,048,576"):
-        load_bundle(bundle, "thing")
+        load_artifact(bundle, "thing")
     with pytest.raises(ArtifactError, match="more than the limit"):
         read_json(bundle / META_NAME, "meta")
     assert MAX_META_BYTES == 1 << 20
@@ -307,8 +307,8 @@ def test_metadata_above_its_cap_is_refused_before_it_is_read(bundle):
 def test_every_file_of_a_saved_artifact_is_owner_only(tmp_path):
     previous = os.umask(0o022)
     try:
-        save_bundle(tmp_path / "art", "thing", TENSORS, {})
-        save_bundle(tmp_path / "art", "thing", TENSORS, {})  # and when replaced
+        save_artifact(tmp_path / "art", "thing", TENSORS, {})
+        save_artifact(tmp_path / "art", "thing", TENSORS, {})  # and when replaced
     finally:
         os.umask(previous)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "art").iterdir()}
@@ -343,14 +343,14 @@ def test_a_save_removes_the_staging_left_by_dead_writers_of_its_destination(tmp_
             other = staging(tmp_path, "other", dead_pid())  # another destination
             previous = tmp_path / ".art.old-0123abcd"  # an interrupted swap's old version
             previous.mkdir()
-            save_bundle(tmp_path / "art", "thing", TENSORS, {})
+            save_artifact(tmp_path / "art", "thing", TENSORS, {})
         finally:
             live.kill()
     assert not dead.exists() and not old_unowned.exists()
     assert writing.exists() and recent_unowned.exists() and other.exists()
     assert previous.exists()
     assert (writing / WEIGHTS_NAME).read_bytes() == b"half a save"
-    load_bundle(tmp_path / "art", "thing")
+    load_artifact(tmp_path / "art", "thing")
 
 
 KILLED_SAVE = """
@@ -363,14 +363,14 @@ def stop(directory):
     time.sleep(60)
 
 artifacts._fsync_dir = stop
-artifacts.save_bundle(sys.argv[1], "thing", {"w": torch.zeros(3)}, {})
+artifacts.save_artifact(sys.argv[1], "thing", {"w": torch.zeros(3)}, {})
 """
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs kill -9")
 def test_staging_of_a_save_killed_with_sigkill_is_gone_after_the_next_save(tmp_path):
-    save_bundle(tmp_path / "art", "thing", TENSORS, {})
+    save_artifact(tmp_path / "art", "thing", TENSORS, {})
     proc = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, str(tmp_path / "art")],
                             stdout=subprocess.PIPE, text=True)
     try:
@@ -381,7 +381,7 @@ def test_staging_of_a_save_killed_with_sigkill_is_gone_after_the_next_save(tmp_p
         proc.stdout.close()
     left = list(tmp_path.glob(".art.new-*"))
     assert len(left) == 1 and left[0].name.startswith(f".art.new-{proc.pid}-")
-    tensors, _ = load_bundle(tmp_path / "art", "thing")  # the killed save changed nothing
+    tensors, _ = load_artifact(tmp_path / "art", "thing")  # the killed save changed nothing
     assert torch.equal(tensors["w"], TENSORS["w"])
-    save_bundle(tmp_path / "art", "thing", TENSORS, {})
+    save_artifact(tmp_path / "art", "thing", TENSORS, {})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]

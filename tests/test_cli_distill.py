@@ -19,7 +19,7 @@ def test_distill_extract_train_export_predict(distilled, tmp_path, capsys):
     for split in ("train", "test"):
         assert main(["extract", "--encoder", str(d / "bin"), "--data", "digits", "--task",
                      "0v1", "--split", split, "--out", str(d / f"{split}.st")]) == 0
-    assert main(["train", "--model", "hybnn", "--codes", str(d / "train.st"), "--test-codes",
+    assert main(["train", "--model", "head", "--codes", str(d / "train.st"), "--test-codes",
                  str(d / "test.st"), "--epochs", "2", "--out", str(d / "head"),
                  "--no-progress"]) == 0
     meta = json.loads((d / "bin" / "meta.json").read_text())
@@ -42,7 +42,7 @@ def test_export_refuses_a_head_of_the_vae(distilled, tmp_path, capsys):
     d = tmp_path
     assert main(["extract", "--encoder", str(distilled["teacher_dir"]), "--data", "digits",
                  "--task", "0v1", "--out", str(d / "vae.st")]) == 0
-    assert main(["train", "--model", "hybnn", "--codes", str(d / "vae.st"), "--epochs", "1",
+    assert main(["train", "--model", "head", "--codes", str(d / "vae.st"), "--epochs", "1",
                  "--out", str(d / "head"), "--no-progress"]) == 0
     capsys.readouterr()
     assert main(["export", str(d / "head"), "--encoder", str(distilled["student_dir"]),

@@ -32,7 +32,7 @@ def test_train_flags_fill_the_options_and_their_nested_config():
 def test_model_defaults_are_resolved_once_from_the_model_spec():
     cfg = TrainConfig.for_model("fpcnn")
     assert (cfg.epochs, cfg.lr) == (15, 1e-3)
-    assert TrainConfig.for_model("hybnn", epochs=7).epochs == 7
+    assert TrainConfig.for_model("head", epochs=7).epochs == 7
 
 
 def test_code_noise_flag_overrides_the_models_default():

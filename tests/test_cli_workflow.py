@@ -28,7 +28,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for split in ("train", "test"):
         hybnn("extract", "--encoder", str(d / "enc"), "--data", "digits", "--task", "0v1",
               "--split", split, "--out", str(d / f"{split}.safetensors"))
-    hybnn("train", "--model", "hybnn", "--codes", str(d / "train.safetensors"),
+    hybnn("train", "--model", "head", "--codes", str(d / "train.safetensors"),
           "--test-codes", str(d / "test.safetensors"), "--epochs", "5", "--out", str(d / "head"),
           "--no-progress")
     return d
@@ -102,3 +102,30 @@ def test_packed_engine_predicts_like_torch(workdir: Path) -> None:
         assert a["probability"] == pytest.approx(b["probability"], abs=1e-4)
     out = hybnn("export", str(workdir / "head"), "--out", str(workdir / "head.hybe")).stdout
     assert "hybnn" in out and (workdir / "head.hybe").stat().st_size > 0
+
+
+def test_extract_defaults_to_the_encoders_data_and_warns_on_other_data(tmp_path, capsys):
+    """An encoder records its training data (source and content hash); extract encodes that
+    data unless told otherwise, and says so when told to encode another."""
+    from hybnn.cli import main
+
+    enc = tmp_path / "enc"
+    assert main(["pretrain", "--data", "digits", "--epochs", "1", "--out", str(enc),
+                 "--no-progress"]) == 0
+    data = json.loads((enc / "meta.json").read_text())["data"]
+    assert data["source"] == "digits" and len(data["sha256"]) == 64
+    capsys.readouterr()
+    assert main(["extract", "--encoder", str(enc), "--out", str(tmp_path / "a.st")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    store = json.loads((tmp_path / "a.st").read_bytes()[8:8 + int.from_bytes(
+        (tmp_path / "a.st").read_bytes()[:8], "little")])["__metadata__"]["hybnn"]
+    assert json.loads(store)["source"] == "digits"
+    from hybnn.data import load_source
+
+    digits = load_source("digits")  # the same images under another name: still other data
+    np.savez(tmp_path / "mine.npz", x=(digits.x[:100, 0] * 255).astype(np.uint8),
+             y=digits.y[:100])
+    assert main(["extract", "--encoder", str(enc), "--data", str(tmp_path / "mine.npz"),
+                 "--out", str(tmp_path / "b.st")]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("hybnn: warning: encoder ") and "trained on digits" in err

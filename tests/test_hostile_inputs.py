@@ -26,7 +26,7 @@ from safetensors.numpy import save_file
 from safetensors.torch import load_file
 
 from hybnn import api
-from hybnn.artifacts import META_NAME, WEIGHTS_NAME, save_bundle
+from hybnn.artifacts import META_NAME, WEIGHTS_NAME, save_artifact
 from hybnn.pipeline.codes import CODES_VERSION, CodeStore, store_sha256
 from hybnn.pipeline.config import TrainConfig
 
@@ -322,7 +322,7 @@ def resave(directory: Path, edit: Callable[[dict[str, torch.Tensor]], object]) -
     edit(tensors)
     extra = {k: v for k, v in meta.items()
              if k not in ("kind", "format_version", "hybnn_version", "fingerprint", "config")}
-    save_bundle(directory, meta["kind"], tensors, meta["config"], extra)
+    save_artifact(directory, meta["kind"], tensors, meta["config"], extra)
 
 
 @case("artifacts")
@@ -497,7 +497,7 @@ def forge_int8_encoder(d: Path, raw: torch.Tensor | None = None, **changes: obje
     for key, value in changes.items():
         (config if key in config else extra)[key] = value
     onnx = torch.frombuffer(bytearray(b"\x08\x07not a graph"), dtype=torch.uint8)
-    save_bundle(d / "enc8", "int8-encoder", {"onnx": onnx if raw is None else raw}, config,
+    save_artifact(d / "enc8", "int8-encoder", {"onnx": onnx if raw is None else raw}, config,
                 extra)
     return ["extract", "--encoder", "enc8", "--data", "digits", "--out", "te01.safetensors"]
 

@@ -17,5 +17,9 @@ class FingerprintMismatch(ArtifactError):
     """Two artifacts that must come from the same encoder do not."""
 
 
+class HybnnWarning(UserWarning):
+    """Work goes on, but the user should know (the CLI prints ``hybnn: warning: ...``)."""
+
+
 class CredentialError(HybnnError):
     """A certificate or key is missing, malformed, expired, or does not match its pair."""

@@ -25,9 +25,10 @@ import torch
 
 from hybnn.artifacts import versions
 from hybnn.binary.summary import deployed_bytes
-from hybnn.data.dataset import model_images, validate_arrays
+from hybnn.data.dataset import images_sha256, model_images, validate_arrays
 from hybnn.data.labels import LabelSpace
-from hybnn.encoders import CodeEncoder, open_encoder, require_same_encoder
+from hybnn.data.names import ARRAYS_SOURCE
+from hybnn.encoders import CodeEncoder, open_encoder, require_same_encoder, resolve
 from hybnn.encoders.distilled import DistilledEncoder
 from hybnn.errors import DataError
 from hybnn.hooks import History
@@ -59,8 +60,9 @@ class Encoder:
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], device: str = "cpu") -> Encoder:
-        """The encoder saved in ``directory`` (``hybnn pretrain``, ``distill``, ``quantize``)."""
-        return cls(open_encoder(directory, device), directory)
+        """The encoder saved in ``directory`` (``hybnn pretrain``, ``distill``, ``quantize``),
+        or shipped in the package under that name: ``Encoder.load("general")``."""
+        return cls(open_encoder(directory, device), resolve(directory))
 
     @classmethod
     def pretrain(cls, images: Any, out: str | os.PathLike[str] | None = None, *,
@@ -78,7 +80,8 @@ class Encoder:
         resolve_device(config.device)
         x = _images(images)
         directory = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="hybnn-enc-"))
-        encoder = pretrain(x, directory, config, {"source": "arrays", "samples": len(x)},
+        info = {"source": ARRAYS_SOURCE, "samples": len(x), "sha256": images_sha256(x)}
+        encoder = pretrain(x, directory, config, info,
                            progress=progress)
         return cls(encoder, directory)
 

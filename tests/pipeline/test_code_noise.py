@@ -61,6 +61,6 @@ def test_code_noise_outside_a_probability_is_refused(bad: float) -> None:
 
 
 def test_each_model_has_its_own_default() -> None:
-    assert TrainConfig.for_model("hybnn").code_noise == 0.1
+    assert TrainConfig.for_model("head").code_noise == 0.1
     assert TrainConfig.for_model("bcnn").code_noise == 0.0
-    assert TrainConfig.for_model("hybnn", code_noise=0.0).code_noise == 0.0
+    assert TrainConfig.for_model("head", code_noise=0.0).code_noise == 0.0

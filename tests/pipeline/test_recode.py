@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hybnn import api
-from hybnn.artifacts import save_bundle
+from hybnn.artifacts import save_artifact
 from hybnn.cli import main
 from hybnn.encoders.vae import KIND as ENCODER_KIND
 from hybnn.encoders.vae import load as load_encoder
@@ -106,7 +106,7 @@ def test_the_bundle_of_a_recoded_encoder_computes_its_codes(recoded, tmp_path):
 def test_a_forged_code_layer_with_a_valid_hash_is_one_clear_error(tmp_path, tiny_encoder, code):
     source = tiny_encoder[1]
     config = {**source.vae.config, "code": code}
-    save_bundle(tmp_path / "enc", ENCODER_KIND, source.vae.state_dict(), config)
+    save_artifact(tmp_path / "enc", ENCODER_KIND, source.vae.state_dict(), config)
     with pytest.raises(ArtifactError, match="code layer must be one of"):
         load_encoder(tmp_path / "enc")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,9 @@ from hybnn.api.options import (
 )
 from hybnn.artifacts import declared_kind
 from hybnn.data import load_source, load_split, prepare, read_inputs, train_test
+from hybnn.data.dataset import images_sha256
 from hybnn.data.labels import LabelSpace
+from hybnn.data.names import ARRAYS_SOURCE
 from hybnn.encoders import (
     ENCODE_BATCH,
     CodeEncoder,
@@ -45,7 +48,7 @@ from hybnn.encoders import vae as vae_encoder
 from hybnn.encoders.distilled import DistilledEncoder
 from hybnn.encoders.int8 import Int8Graph
 from hybnn.encoders.vae import VaeEncoder
-from hybnn.errors import ArtifactError, CredentialError, DataError
+from hybnn.errors import ArtifactError, CredentialError, DataError, HybnnWarning
 from hybnn.federated.config import FedConfig
 from hybnn.hooks import History
 from hybnn.models.io import load_classifier, load_model
@@ -64,7 +67,8 @@ def pretrain(opts: PretrainOptions) -> VaeEncoder:
     """Phase 1 on the *general* data: the training split of every class, labels unused."""
     opts.config.validate()
     general = load_split(opts.data, "all", "train")
-    info = {"source": opts.data, "split": "train", "samples": len(general)}
+    info = {"source": opts.data, "split": "train", "samples": len(general),
+            "sha256": images_sha256(general.x)}
     return pretrain_encoder(general.x, opts.out, opts.config, info, progress=opts.progress,
                             resume=opts.resume)
 
@@ -94,10 +98,12 @@ def quantize(opts: QuantizeOptions) -> Int8Graph:
 
     encoder = _vae(opts.encoder)
     ident = EncoderIdentity.of(encoder)
-    graph = encoder_graph(encoder, True, opts.calibration_samples, opts.calibration_seed)
+    graph = encoder_graph(encoder, True, opts.calibration_samples, opts.calibration_seed,
+                          calibration_data=opts.calibration_data)
     agreement = None
     if opts.agreement_samples:
         x, sample = calibration_images(encoder, opts.agreement_samples, opts.calibration_seed,
+                                       data_source=opts.calibration_data,
                                        split="test")
         session = OnnxEncoder(graph.onnx, INPUT_NAME, OUTPUT_NAME, (ident.channels,
                               *ident.image_size), ident.latent_bits, opts.threads,
@@ -127,7 +133,9 @@ def extract(opts: ExtractOptions) -> CodeStore:
     binary encoder or an int8 encoder); saved to ``opts.out``."""
     resolve_device(opts.device)
     encoder = open_encoder(opts.encoder, opts.device)
-    part = load_split(opts.data, opts.task, opts.split)
+    data = data_of(opts.data, _recorded_source(encoder.meta.get("data")),
+                   f"encoder {opts.encoder}")
+    part = load_split(data, opts.task, opts.split)
     store = encode_to_codes(encoder, part, {"task": opts.task, "split": opts.split})
     store.save(opts.out)
     return store
@@ -160,7 +168,7 @@ def evaluate(opts: EvaluateOptions) -> dict[str, Any]:
     model, meta = load_classifier(opts.model)
     arch = meta["config"]["arch"]
     task = opts.task or meta.get("task") or "all"
-    data = opts.data or meta.get("source")
+    data = data_of(opts.data, meta.get("source"), f"model {opts.model}", required=False)
     if arch == "head":
         if opts.codes:
             store = CodeStore.load(opts.codes)
@@ -254,7 +262,8 @@ def export(opts: ExportOptions) -> dict[str, Any]:
         from hybnn.bundle.export import export_bundle
 
         return export_bundle(opts.model, opts.encoder, opts.out, opts.int8,
-                             opts.calibration_samples, opts.calibration_seed)
+                             opts.calibration_samples, opts.calibration_seed,
+                             opts.calibration_data)
     if opts.int8:
         raise DataError("--int8 quantizes a bundle's VAE encoder: give --encoder VAE_DIR")
     try:
@@ -348,6 +357,26 @@ def study_rebnn(opts: StudyOptions) -> dict[str, Any]:
     from hybnn.experiments.rebnn_study import run_study
 
     return run_study(opts.study_config(), opts.out, progress=opts.progress)
+
+
+def data_of(given: str | None, recorded: object, what: str,
+            required: bool = True) -> str | None:
+    """The data a command works on: ``given``, else the source ``what`` records (an
+    encoder's training data, a model's task data). Another source than the recorded one is
+    allowed (an encoder reused on new data) with a :class:`HybnnWarning`."""
+    known = recorded if isinstance(recorded, str) and recorded != ARRAYS_SOURCE else None
+    if given is None:
+        if known is None and required:
+            raise DataError(f"give --data: {what} does not record the data it was trained on")
+        return known
+    if known is not None and given != known:
+        warnings.warn(f"{what} was trained on {known}; working on {given} with it",
+                      HybnnWarning, stacklevel=2)
+    return given
+
+
+def _recorded_source(data: object) -> object:
+    return data.get("source") if isinstance(data, dict) else None
 
 
 def model_labels(meta: dict[str, Any], model: nn.Module) -> LabelSpace:

@@ -107,6 +107,9 @@ class QuantizeOptions(_Checked):
     calibration_samples: int = setting(512, "calibration images, a seeded sample of the "
                                        "encoder's own training data (labels unused)")
     calibration_seed: int = setting(0, "seed of the calibration sample")
+    calibration_data: str | None = setting(None, "data source the calibration sample is "
+                                           "drawn from (default: the encoder's training "
+                                           "data, as it records it)")
     agreement_samples: int = setting(1024, "test images of the encoder's data on which the "
                                      "share of bits equal to float32's is measured (0: skip)")
     threads: int = setting(1, "ONNX Runtime threads")
@@ -135,7 +138,8 @@ class ExtractOptions(_Checked):
                            "`hybnn distill` or `hybnn quantize` (int8 codes, computed by ONNX "
                            "Runtime)")
     out: str = setting(help="code store file to write (.safetensors)")
-    data: str = setting(DEFAULT_DATA, "data source")
+    data: str | None = setting(None, "data source (default: the encoder's training data, "
+                               "as it records it)")
     task: str = setting("all", "all, a pair such as 0v1, or classes such as 0,2,7 or by name")
     split: str = setting("train", "split to encode", choices=SPLITS)
     device: str = setting("cpu", DEVICE_HELP)
@@ -228,6 +232,9 @@ class ExportOptions(_Checked):
                          "calibrated on the encoder's own training data")
     calibration_samples: int = setting(512, "bundle --int8: calibration images")
     calibration_seed: int = setting(0, "bundle --int8: seed of the calibration sample")
+    calibration_data: str | None = setting(None, "bundle --int8: data source of the "
+                                           "calibration sample (default: the encoder's "
+                                           "training data, as it records it)")
 
 
 @dataclass(kw_only=True)

@@ -16,31 +16,39 @@ from hybnn.bundle.quantize import Recipe, method, quantize_int8
 from hybnn.data.splits import load_split
 from hybnn.encoders.base import EncoderGraph
 from hybnn.encoders.vae import VaeEncoder
-from hybnn.errors import ArtifactError
+from hybnn.errors import DataError
 
 CALIBRATION_SAMPLES = 512
 CALIBRATION_SEED = 0
 
 
 def calibration_images(encoder: VaeEncoder, samples: int = CALIBRATION_SAMPLES,
-                       seed: int = CALIBRATION_SEED, split: str | None = None
-                       ) -> tuple[np.ndarray, dict[str, Any]]:
+                       seed: int = CALIBRATION_SEED, split: str | None = None,
+                       data_source: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """A seeded sample of the encoder's own general training data, and its description.
 
     The source and split come from ``encoder.meta["data"]`` (split ``train`` when it is not
-    recorded; ``split`` names another, e.g. ``test`` for a held-out sample); ``samples``
-    images drawn without replacement by ``numpy.random.default_rng(seed)``.
+    recorded; ``split`` names another, e.g. ``test`` for a held-out sample), or the source
+    from ``data_source`` (``--calibration-data``); ``samples`` images drawn without
+    replacement by ``numpy.random.default_rng(seed)``.
     """
     data = encoder.meta.get("data")
-    source = data.get("source") if isinstance(data, dict) else None
+    source = data_source or (data.get("source") if isinstance(data, dict) else None)
     if not isinstance(source, str):
-        raise ArtifactError("the encoder does not record its training data (meta['data']"
-                            "['source']): int8 calibration needs it")
+        raise DataError("the encoder does not record its training data, which int8 "
+                        "calibration samples: give the calibration data with "
+                        "--calibration-data SOURCE")
     if split is None:
         split = str(data.get("split", "train")) if isinstance(data, dict) else "train"
     if samples < 1:
         raise ValueError(f"calibration needs at least one sample, got {samples}")
-    general = load_split(source, "all", split)
+    try:
+        general = load_split(source, "all", split)
+    except DataError as exc:
+        how = ("given by --calibration-data" if data_source else
+               "the encoder's training data, as its metadata records it; give other "
+               "calibration data with --calibration-data SOURCE")
+        raise DataError(f"calibration data {source!r} ({how}): {exc}") from None
     rng = np.random.default_rng(seed)
     index = np.sort(rng.choice(len(general), size=min(samples, len(general)), replace=False))
     info = {"source": source, "split": split, "size": len(index), "seed": seed,
@@ -51,12 +59,14 @@ def calibration_images(encoder: VaeEncoder, samples: int = CALIBRATION_SAMPLES,
 def encoder_graph(encoder: VaeEncoder, int8: bool = False,
                   calibration_samples: int = CALIBRATION_SAMPLES,
                   calibration_seed: int = CALIBRATION_SEED,
-                  recipe: Recipe | None = None) -> EncoderGraph:
+                  recipe: Recipe | None = None,
+                  calibration_data: str | None = None) -> EncoderGraph:
     """The encoder as ONNX, float32 or statically quantized to int8 (hybnn's recipe unless
     ``recipe`` says otherwise)."""
     onnx = encoder_onnx(encoder.vae)
     if not int8:
         return EncoderGraph(onnx, "fp32")
-    images, calibration = calibration_images(encoder, calibration_samples, calibration_seed)
+    images, calibration = calibration_images(encoder, calibration_samples, calibration_seed,
+                                             data_source=calibration_data)
     quantized = quantize_int8(onnx, INPUT_NAME, images, recipe)
     return EncoderGraph(quantized, "int8", {**method(recipe), "calibration": calibration})

@@ -72,7 +72,8 @@ def build_bundle(head: nn.Module, head_meta: dict[str, Any],
 def export_bundle(head_dir: str | os.PathLike[str], encoder_dir: str | os.PathLike[str],
                   out: str | os.PathLike[str], int8: bool = False,
                   calibration_samples: int = CALIBRATION_SAMPLES,
-                  calibration_seed: int = CALIBRATION_SEED) -> dict[str, Any]:
+                  calibration_seed: int = CALIBRATION_SEED,
+                  calibration_data: str | None = None) -> dict[str, Any]:
     """``hybnn export HEAD_DIR --encoder ENCODER_DIR --out BUNDLE [--int8]``; the header.
 
     ``encoder_dir`` is the float VAE (its graph exported now, quantized with ``int8``) or an
@@ -92,5 +93,6 @@ def export_bundle(head_dir: str | os.PathLike[str], encoder_dir: str | os.PathLi
     if isinstance(encoder, Int8Encoder):  # the graph the head's codes came from, as it is
         return build_bundle(head, meta, encoder.graph.identity, encoder.graph.graph, out, source)
     assert isinstance(encoder, VaeEncoder)
-    graph = encoder_graph(encoder, int8, calibration_samples, calibration_seed)
+    graph = encoder_graph(encoder, int8, calibration_samples, calibration_seed,
+                          calibration_data=calibration_data)
     return build_bundle(head, meta, encoder, graph, out, source)

@@ -11,13 +11,14 @@ import difflib
 import json
 import math
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from hybnn import api
 from hybnn.cli.flags import add_flags, build, given
-from hybnn.errors import HybnnError
+from hybnn.errors import HybnnError, HybnnWarning
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -316,8 +317,21 @@ def missing_extra(exc: ModuleNotFoundError) -> str | None:
     return EXTRAS.get((exc.name or "").split(".")[0])
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str,
+                  lineno: int, file: TextIO | None = None, line: str | None = None) -> None:
+    """hybnn's own warnings as one ``hybnn: warning:`` line; others as Python shows them."""
+    if issubclass(category, HybnnWarning):
+        print(f"hybnn: warning: {printable(message)}", file=sys.stderr)
+    else:
+        _PYTHON_SHOWWARNING(message, category, filename, lineno, file, line)
+
+
+_PYTHON_SHOWWARNING = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    warnings.showwarning = _show_warning
     args = parse(build_parser(), argv)
     args.argv = argv  # the command line, recorded beside results that need it
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -141,3 +142,12 @@ def _integral_floats(y: np.ndarray) -> bool:
         and bool(np.isfinite(y).all())
         and bool((y == np.round(y)).all())
     )
+
+
+def images_sha256(x: np.ndarray) -> str:
+    """SHA-256 of an image array's dtype, shape and bytes: what an artifact records of the
+    data it was trained on, so another data set under the same name is told apart."""
+    x = np.ascontiguousarray(x)
+    digest = hashlib.sha256(f"{x.dtype.str}{x.shape}".encode())
+    digest.update(x.tobytes())
+    return digest.hexdigest()

@@ -4,3 +4,4 @@ PAPER_TASKS = ("0v1", "2v3", "4v5", "6v7", "8v9")  # the HyBNN paper's five pair
 PREPS = ("unit", "centered")  # input preparations, see hybnn.data.prep
 SPLITS = ("train", "test", "all")
 DEFAULT_SOURCE = "mnist-5k"
+ARRAYS_SOURCE = "arrays"  # the source an artifact records when trained on in-memory arrays
