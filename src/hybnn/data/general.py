@@ -8,11 +8,9 @@ to 28x28 (:func:`digits_28`), so the three sources share one image size.
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
-from hybnn.data.dataset import Dataset, validate_arrays
+from hybnn.data.dataset import Dataset, images_sha256, validate_arrays
 from hybnn.data.labels import DIGIT_NAMES, LabelSpace
 from hybnn.data.sources import load_source
 from hybnn.data.splits import train_test
@@ -75,19 +73,14 @@ def training_images(name: str) -> np.ndarray:
     return validate_arrays(train.x, train.y, name)[0]
 
 
-def content_hash(images: np.ndarray) -> str:
-    """SHA-256 of an image array's bytes (C order), the identity of a training set."""
-    return hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
-
-
 def general_images(sources: tuple[str, ...] | list[str] = GENERAL_SOURCES
                    ) -> tuple[np.ndarray, list[dict[str, object]]]:
     """The training images of ``sources``, concatenated in that order, and a record of each:
-    its name, number of images, shape and dtype and :func:`content_hash`."""
+    its name, number of images, shape and dtype and content hash (:func:`images_sha256`)."""
     parts, records = [], []
     for name in sources:
         x = training_images(name)
         parts.append(x)
         records.append({"source": name, "images": len(x), "shape": list(x.shape),
-                        "dtype": str(x.dtype), "sha256": content_hash(x)})
+                        "dtype": str(x.dtype), "sha256": images_sha256(x)})
     return np.concatenate(parts), records

@@ -24,7 +24,8 @@ WEIGHTS_NAME = "weights.safetensors"
 # name -> SHA-256 of (meta.json, weights.safetensors); the weights' hash is the encoder's
 # fingerprint, the one its codes and heads record.
 SHIPPED: dict[str, tuple[str, str]] = {
-    "general": ("", ""),
+    "general": ("25c681760c515831e6336cbdc2f2f47c5d314ac5e73a4ed50fc8ec4b22ee6da5",
+                "b7c23ac6ff068e6d7d5f66f820f537ed79463e03c9cc89f3198c76eb0cae4455"),
 }
 
 
@@ -36,11 +37,11 @@ def shipped_dir(name: str) -> Path:
 def resolve(name_or_path: str | os.PathLike[str]) -> Path:
     """The directory of an encoder given by path, or by the name of a shipped one (checked
     against its pinned hashes). A path is returned as given, unchecked: its loader checks it.
-    A directory of that name in the working directory takes precedence over the shipped one."""
-    path = Path(name_or_path)
+    A bare shipped name always means the shipped encoder (a directory of that name in the
+    working directory is ``./general``)."""
     name = str(name_or_path)
-    if name not in SHIPPED or path.exists():
-        return path
+    if name not in SHIPPED:
+        return Path(name_or_path)
     directory = shipped_dir(name)
     for file, pinned in zip((META_NAME, WEIGHTS_NAME), SHIPPED[name], strict=True):
         problem = _check(directory / file, pinned)
