@@ -256,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, options, handler, help_text in COMMANDS:
         p = sub.add_parser(name, help=help_text, description=options.__doc__,
                            allow_abbrev=False)  # --ep is not silently --epochs
+        add_recipe_flag(p)
         add_flags(p, options)
         p.set_defaults(func=handler)
     study = sub.add_parser("study", help="method studies (rebnn: ste vs xnor vs ReBNN)")
@@ -263,9 +264,39 @@ def build_parser() -> argparse.ArgumentParser:
     r = studies.add_parser("rebnn", allow_abbrev=False,
                            help="ReBNN vs ste/xnor: accuracy and weight oscillation",
                            description=api.StudyOptions.__doc__)
+    add_recipe_flag(r)
     add_flags(r, api.StudyOptions)
     r.set_defaults(func=cmd_study_rebnn)
     return parser
+
+
+def add_recipe_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", dest="recipe", metavar="FILE", default=argparse.SUPPRESS,
+                        help="a recipe (TOML) of this command's settings, e.g. "
+                        "configs/paper.toml; flags given beside it override it")
+
+
+def apply_recipe(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Make the settings of the ``--config FILE`` in ``argv`` the defaults of the command it
+    is given to (so flags still override them); a bad recipe ends in one error line."""
+    path = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"),
+                next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None))
+    if path is None:
+        return
+    from hybnn.cli.recipes import read_recipe, recipe_defaults
+
+    words = [a for a in argv if not a.startswith("-")]
+    command = _subparser(parser, words)
+    name = command.prog.removeprefix("hybnn ").replace(" ", "-")
+    try:
+        defaults = recipe_defaults(command, read_recipe(path, name), path, name)
+    except HybnnError as exc:
+        print(f"hybnn: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    for action in command._actions:
+        if action.dest in defaults:
+            action.required = False  # the recipe gives it
+    command.set_defaults(**defaults)
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
@@ -280,6 +311,7 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
         parser.error(f"unknown command {words[0]!r}"
                      + (f": did you mean {close[0]}?" if close else
                         f"; choose from {', '.join(commands)}"))
+    apply_recipe(parser, argv)
     args, extra = parser.parse_known_args(argv)
     if not extra:
         return args

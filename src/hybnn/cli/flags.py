@@ -119,7 +119,7 @@ def given(args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:
     """The flags a user gave under ``prefix`` (``config__`` for a nested config)."""
     return {k[len(prefix):]: v for k, v in vars(args).items()
             if k.startswith(prefix) and "__" not in k[len(prefix):]
-            and k not in ("func", "command", "study", "argv")}
+            and k not in ("func", "command", "study", "argv", "recipe")}
 
 
 def build(cls: type, args: argparse.Namespace, **nested: Any) -> Any:
