@@ -11,10 +11,10 @@ command-line checks run before torch is imported.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
+from hybnn.artifacts import sha256_file
 from hybnn.errors import ArtifactError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -46,7 +46,8 @@ def resolve(name_or_path: str | os.PathLike[str]) -> Path:
     for file, pinned in zip((META_NAME, WEIGHTS_NAME), SHIPPED[name], strict=True):
         problem = _check(directory / file, pinned)
         if problem:
-            raise ArtifactError(f"the shipped encoder {name!r} is damaged: {directory / file} "
+            raise ArtifactError(f"the shipped encoder {name!r} is missing or damaged: "
+                                f"{directory / file} "
                                 f"{problem}; reinstall hybnn (pip install --force-reinstall "
                                 "hybnn) to restore it")
     return directory
@@ -54,15 +55,12 @@ def resolve(name_or_path: str | os.PathLike[str]) -> Path:
 
 def _check(path: Path, sha256: str) -> str:
     """What is wrong with ``path`` against its pinned SHA-256 ('' if nothing)."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    except FileNotFoundError:
+    if not path.is_file():
         return "is missing"
-    except OSError as exc:
-        return f"cannot be read ({exc.strerror or exc})"
-    if digest.hexdigest() != sha256:
-        return f"has SHA-256 {digest.hexdigest()[:12]}, not the pinned {sha256[:12]}"
+    try:
+        digest = sha256_file(path)
+    except ArtifactError as exc:
+        return f"cannot be read ({exc})"
+    if digest != sha256:
+        return f"has SHA-256 {digest[:12]}, not the pinned {sha256[:12]}"
     return ""

@@ -45,10 +45,12 @@ def read_recipe(path: str | os.PathLike[str]) -> tuple[list[str], PretrainConfig
 
 def pretrain_general(sources: Sequence[str], config: PretrainConfig,
                      out: str | os.PathLike[str], progress: bool = False,
-                     extra: dict[str, Any] | None = None) -> vae_encoder.VaeEncoder:
+                     extra: dict[str, Any] | None = None,
+                     resume: bool = False) -> vae_encoder.VaeEncoder:
     """Pretrain a VAE encoder on the training images of ``sources`` into ``out``; its
-    metadata's ``data`` names each source with its image count and content SHA-256."""
+    metadata's ``data`` names each source with its image count and content SHA-256.
+    ``resume`` continues from the checkpoint an interrupted run left in ``out``."""
     images, records = general_images(list(sources))
     info = {"sources": records, "split": "train", "labels": "unused", "samples": len(images),
             **(extra or {})}
-    return pretrain(images, out, config, info, progress=progress, plots=False)
+    return pretrain(images, out, config, info, progress=progress, plots=False, resume=resume)
