@@ -182,6 +182,8 @@ def test_other_devices_are_refused(device):
     (lambda: api.TrainOptions(out="o", epochs=2.5), "--epochs"),  # type: ignore[arg-type]
     (lambda: api.TrainOptions(out="o", hidden=128), "--hidden"),  # type: ignore[arg-type]
     (lambda: api.TrainOptions(out="o", config=TrainConfig(seed=-1)), "--seed"),
+    (lambda: api.TrainOptions(out="o", config=TrainConfig(epochs=5)),  # silently 100 before
+     "set epochs on TrainOptions"),
     (lambda: api.ContinualOptions(config=ContinualConfig(memory_fraction=float("nan"))),
      "--memory-fraction"),
     (lambda: api.FederateOptions(config=FedConfig(rounds=10**12)), "--rounds"),

@@ -34,6 +34,7 @@ from hybnn.errors import DataError
 from hybnn.hooks import History
 from hybnn.models.bnn_head import BNNHead
 from hybnn.models.io import load_classifier, save_model
+from hybnn.models.names import default_head_hidden
 from hybnn.pipeline.codes import CodeStore, bits_to_signs, pack_code_bits
 from hybnn.pipeline.config import PretrainConfig, TrainConfig
 from hybnn.pipeline.fit import train_head
@@ -43,12 +44,6 @@ from hybnn.pipeline.pretrain import pretrain
 from hybnn.pipeline.train import evaluate_classifier, resolve_device
 
 UNKNOWN_ENCODER = "unknown"  # what a head fit without ``encoder=`` records
-
-
-def default_hidden(num_classes: int) -> list[int]:
-    """The head's hidden width for ``num_classes``: 128 for two classes, 512 for more (the
-    widths the paper's pair tasks and the ten-class task are measured with)."""
-    return [128] if num_classes <= 2 else [512]
 
 
 class Encoder:
@@ -144,8 +139,8 @@ class Predictions:
 
 class Head:
     """The BNN head HyBNN trains on codes. ``hidden`` widths default by the number of classes
-    (:func:`default_hidden`); ``settings`` are :class:`TrainConfig`'s fields (``epochs``,
-    ``lr``, ``seed``, ``batch_size``, ``code_noise``, ``device``, ...)."""
+    (:func:`~hybnn.models.names.default_head_hidden`); ``settings`` are :class:`TrainConfig`'s
+    fields (``epochs``, ``lr``, ``seed``, ``batch_size``, ``code_noise``, ``device``, ...)."""
 
     def __init__(self, hidden: Sequence[int] | None = None, *, scaling: str = "none",
                  progress: bool = False, **settings: Any) -> None:
@@ -173,12 +168,12 @@ class Head:
         ``encoder`` is the one the codes came from: recorded, so the head meets no other."""
         bits = _codes(codes)
         space, index, strings = _label_space(y, names, len(bits))
-        check_head(self.hidden or default_hidden(len(space)), "hidden", bits.shape[1],
+        check_head(self.hidden or default_head_hidden(len(space)), "hidden", bits.shape[1],
                    len(space))
         fingerprint = encoder.fingerprint if encoder is not None else UNKNOWN_ENCODER
         store = CodeStore(pack_code_bits(bits), index, bits.shape[1], fingerprint,
                           {"num_classes": len(space), "label_space": space.to_json()})
-        hidden = self.hidden or default_hidden(len(space))
+        hidden = self.hidden or default_head_hidden(len(space))
         self.model, self.history = train_head(store, None, self.config, hidden, self.scaling,
                                               progress=self.progress)
         self.label_space, self.string_labels = space, strings

@@ -52,6 +52,7 @@ from hybnn.errors import ArtifactError, CredentialError, DataError, HybnnWarning
 from hybnn.federated.config import FedConfig
 from hybnn.hooks import History
 from hybnn.models.io import load_classifier, load_model
+from hybnn.models.names import default_head_hidden
 from hybnn.pipeline.codes import CodeStore, bits_to_signs
 from hybnn.pipeline.config import TrainConfig
 from hybnn.pipeline.extract import encode_to_codes
@@ -152,8 +153,9 @@ def train(opts: TrainOptions) -> tuple[nn.Module, History]:
             raise DataError("--model head trains on codes: give --codes (from `hybnn extract`)")
         train_codes = CodeStore.load(opts.codes)
         test_codes = CodeStore.load(opts.test_codes) if opts.test_codes else None
-        check_head(opts.hidden, "--hidden", train_codes.num_bits, train_codes.num_classes)
-        return train_head(train_codes, test_codes, config, opts.hidden, opts.scaling, opts.out,
+        hidden = opts.hidden or default_head_hidden(train_codes.num_classes)
+        check_head(hidden, "--hidden", train_codes.num_bits, train_codes.num_classes)
+        return train_head(train_codes, test_codes, config, hidden, opts.scaling, opts.out,
                           opts.resume, progress=opts.progress)
     train_set = load_split(opts.data, opts.task, "train")
     test_set = load_split(opts.data, opts.task, "test")

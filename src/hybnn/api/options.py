@@ -156,7 +156,8 @@ class TrainOptions(_Checked):
                          choices=MODEL_NAMES)
     codes: str | None = setting(None, "training code store (hybnn)")
     test_codes: str | None = setting(None, "code store evaluated every epoch (hybnn)")
-    hidden: list[int] = setting(help="hidden widths of the BNN head", factory=lambda: [128])
+    hidden: list[int] | None = setting(None, "hidden widths of the BNN head (default: 128 for "
+                                       "two classes, 512 for more)")
     data: str = setting(DEFAULT_DATA, "data source (bcnn, fpcnn)")
     task: str = setting("0v1", "task (bcnn, fpcnn)")
     prep: str = setting("centered", "input preparation for CNNs: unit = paper setting, "
@@ -172,6 +173,14 @@ class TrainOptions(_Checked):
                                        f"{SPECS['head'].code_noise:g} head, 0 for CNNs)")
     config: TrainConfig = setting(factory=TrainConfig)
     progress: bool = setting(True, "progress bars on a terminal, a line per step in a log")
+
+    def __post_init__(self) -> None:
+        default = TrainConfig()
+        for name in ("epochs", "lr", "code_noise"):  # each model has its own default
+            if getattr(self.config, name) != getattr(default, name):
+                raise DataError(f"set {name} on TrainOptions (its default depends on the "
+                                f"model), not on its config")
+        super().__post_init__()
 
 
 @dataclass(kw_only=True)

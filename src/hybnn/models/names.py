@@ -56,3 +56,9 @@ def run_key(model: str, prep: str | None = None) -> str:
     """Key of a run in reports: the model name, with the input preparation for variants
     of one model (``bcnn_unit`` is the paper's setting, ``bcnn_centered`` the fair one)."""
     return f"{model}_{prep}" if prep else model
+
+
+def default_head_hidden(num_classes: int) -> list[int]:
+    """The BNN head's hidden widths for ``num_classes``: 128 for two classes, 512 for more
+    (the widths the paper's pair tasks and the ten-class task are measured with)."""
+    return [128] if num_classes <= 2 else [512]

@@ -158,7 +158,7 @@ def check_settings(settings: Any) -> None:
         elif f.name in HEAD_WIDTHS:  # a string ("128,64", FedConfig) is its owner's to parse
             if isinstance(value, list | tuple):
                 check_head(value, flag_of(f))
-            elif not isinstance(value, str):
+            elif value is not None and not isinstance(value, str):
                 raise DataError(f"{flag_of(f)} must be a list of widths, got {value!r}")
         elif (limit := limit_of(type(settings), f.name)) is not None and value is not None:
             if isinstance(value, list | tuple):
