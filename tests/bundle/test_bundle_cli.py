@@ -57,6 +57,7 @@ def test_export_writes_a_bundle_and_refuses_a_foreign_encoder(tmp_path, capsys, 
     assert "trained on codes of encoder" in capsys.readouterr().err
     assert main(["export", str(head_dir), "--int8", "--out", str(tmp_path / "e")]) == 2
     assert "--encoder" in capsys.readouterr().err
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 8, 8), np.float32))
     assert main(["predict", "--model", str(bundle_fp32[0]), "--encoder",
                  str(tiny_encoder[0]), str(tmp_path / "x.npy")]) == 2
     assert "a bundle carries its encoder" in capsys.readouterr().err
