@@ -44,7 +44,7 @@ export HYBNN_NO_PROGRESS=1 OMP_NUM_THREADS=1
 "$F/hybnn" pretrain --data digits --epochs 1 --out enc --no-progress >/dev/null
 "$F/hybnn" extract --encoder enc --data digits --task 0v1 --split train --out tr.safetensors >/dev/null
 "$F/hybnn" extract --encoder enc --data digits --task 0v1 --split test --out te.safetensors >/dev/null
-"$F/hybnn" train --model hybnn --codes tr.safetensors --test-codes te.safetensors --epochs 2 \
+"$F/hybnn" train --model head --codes tr.safetensors --test-codes te.safetensors --epochs 2 \
   --out head --no-progress >/dev/null
 "$F/hybnn" export head --out head.engine >/dev/null
 "$F/hybnn" export head --encoder enc --out model.bundle >/dev/null

@@ -178,24 +178,24 @@ def bundle(tmp_path):
     return tmp_path / "art"
 
 
-def test_load_bundle_missing_directory(tmp_path):
+def test_load_artifact_missing_directory(tmp_path):
     with pytest.raises(ArtifactError, match="thing artifact not found"):
         load_artifact(tmp_path / "absent", "thing")
 
 
-def test_load_bundle_wrong_kind(bundle):
+def test_load_artifact_wrong_kind(bundle):
     with pytest.raises(ArtifactError, match="holds a 'thing' artifact, expected 'encoder'"):
         load_artifact(bundle, "encoder")
 
 
 @pytest.mark.parametrize("version", [FORMAT_VERSION + 1, 0, None, "1"])
-def test_load_bundle_unsupported_format_version(bundle, version):
+def test_load_artifact_unsupported_format_version(bundle, version):
     edit_meta(bundle, format_version=version)
     with pytest.raises(ArtifactError, match=r"format version .* is not supported"):
         load_artifact(bundle, "thing")
 
 
-def test_load_bundle_tampered_weights(bundle):
+def test_load_artifact_tampered_weights(bundle):
     weights = bundle / WEIGHTS_NAME
     raw = bytearray(weights.read_bytes())
     raw[-1] ^= 0x01  # one bit of one tensor value
@@ -204,19 +204,19 @@ def test_load_bundle_tampered_weights(bundle):
         load_artifact(bundle, "thing")
 
 
-def test_load_bundle_missing_weights(bundle):
+def test_load_artifact_missing_weights(bundle):
     (bundle / WEIGHTS_NAME).unlink()
     with pytest.raises(ArtifactError, match="weights missing"):
         load_artifact(bundle, "thing")
 
 
-def test_load_bundle_corrupt_meta(bundle):
+def test_load_artifact_corrupt_meta(bundle):
     (bundle / META_NAME).write_text('{"kind": "thing", ')
     with pytest.raises(ArtifactError, match="not valid JSON"):
         load_artifact(bundle, "thing")
 
 
-def test_load_bundle_unreadable_weights_with_matching_fingerprint(bundle):
+def test_load_artifact_unreadable_weights_with_matching_fingerprint(bundle):
     weights = bundle / WEIGHTS_NAME
     weights.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken!")
     edit_meta(bundle, fingerprint=sha256_file(weights))
@@ -267,7 +267,7 @@ def _load_engine_file(path):
     return engine_format.read(path)
 
 
-def _load_bundle_file(path):
+def _load_artifact_file(path):
     from hybnn.bundle import format as bundle_format
 
     return bundle_format.read(path)
@@ -275,7 +275,7 @@ def _load_bundle_file(path):
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
 @pytest.mark.parametrize("load", [_load_checkpoint, _load_code_store, _load_engine_file,
-                                  _load_bundle_file, sha256_file],
+                                  _load_artifact_file, sha256_file],
                          ids=["checkpoint", "code-store", "engine-file", "bundle-file", "sha256"])
 def test_every_artifact_file_loader_refuses_a_fifo_at_once(tmp_path, load):
     fifo = tmp_path / "artifact"
