@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the engine's C extension with AddressSanitizer + UndefinedBehaviorSanitizer into
-# build/sanitize (the normal build is untouched) and run tests/engine against it.
+# build/sanitize (the normal build is untouched) and run tests/engine against it (not the
+# tests marked slow: they train real models first, and run the same kernels).
 # Any memory error or undefined behaviour aborts the test run. Usage: scripts/engine_sanitize.sh [pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,4 +34,4 @@ assert "build/sanitize" in k.__file__, k.__file__
 assert "libasan" in maps, "AddressSanitizer runtime not loaded"
 print(f"sanitized engine: {k.__file__}", file=sys.stderr)
 EOF
-"$PY" -m pytest -q -p no:cacheprovider tests/engine "$@"
+"$PY" -m pytest -q -p no:cacheprovider -m "not slow" tests/engine "$@"
