@@ -95,3 +95,40 @@ def distilled(tmp_path_factory, digits):
                       {"source": "digits"}, test.x, progress=False, teacher_path="vae")
     return {"teacher_dir": root / "vae", "teacher": teacher, "student_dir": root / "bin",
             "student": student, "train": train, "test": test}
+
+
+CIFAR_CLASSES = "airplane automobile bird cat deer dog frog horse ship truck".split()
+
+
+def _write_cifar(folder, records=4, seed=0):
+    """CIFAR-10's binary version in ``folder``: each file ``records`` records of a label
+    byte and 3,072 pixel bytes (red, green, blue planes of 32 x 32)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        rec = rng.integers(0, 256, (records, 3073), dtype=np.uint8)
+        rec[:, 0] = np.arange(records) % 10
+        (folder / name).write_bytes(rec.tobytes())
+    (folder / "batches.meta.txt").write_text("\n".join(CIFAR_CLASSES) + "\n\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def write_cifar():
+    """``write_cifar(folder, records=4, seed=0)``: tiny CIFAR-10 binary-version files."""
+    return _write_cifar
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """``tmp_path/images``: 3 class folders of 4 RGB PNGs of different sizes each."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "images"
+    for c in ("cat", "dog", "fox"):
+        (root / c).mkdir(parents=True)
+        for i in range(4):
+            pixels = rng.integers(0, 256, (12 + 2 * i, 16, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / c / f"{i}.png")
+    return root

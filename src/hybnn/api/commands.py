@@ -35,7 +35,7 @@ from hybnn.artifacts import declared_kind
 from hybnn.data import load_source, load_split, prepare, read_inputs, train_test
 from hybnn.data.dataset import images_sha256
 from hybnn.data.labels import LabelSpace
-from hybnn.data.names import ARRAYS_SOURCE
+from hybnn.data.names import ARRAYS_SOURCE, FOLDER_PREFIX
 from hybnn.encoders import (
     ENCODE_BATCH,
     CodeEncoder,
@@ -52,7 +52,7 @@ from hybnn.errors import ArtifactError, CredentialError, DataError, HybnnWarning
 from hybnn.federated.config import FedConfig
 from hybnn.hooks import History
 from hybnn.models.io import load_classifier, load_model
-from hybnn.models.names import default_head_hidden
+from hybnn.models.names import RESNET_NAMES, default_head_hidden
 from hybnn.pipeline.codes import CodeStore, bits_to_signs
 from hybnn.pipeline.config import TrainConfig
 from hybnn.pipeline.extract import encode_to_codes
@@ -157,11 +157,39 @@ def train(opts: TrainOptions) -> tuple[nn.Module, History]:
         check_head(hidden, "--hidden", train_codes.num_bits, train_codes.num_classes)
         return train_head(train_codes, test_codes, config, hidden, opts.scaling, opts.out,
                           opts.resume, progress=opts.progress)
-    train_set = load_split(opts.data, opts.task, "train")
-    test_set = load_split(opts.data, opts.task, "test")
+    if opts.model in RESNET_NAMES:
+        return _train_resnet(opts, config)
+    task = opts.task or "0v1"
+    train_set = load_split(opts.data, task, "train")
+    test_set = load_split(opts.data, task, "test")
     return train_image_model(opts.model, train_set, test_set, opts.prep, config, opts.scaling,
                              opts.out, opts.resume, progress=opts.progress,
-                             extra={"task": opts.task})
+                             extra={"task": task})
+
+
+def _train_resnet(opts: TrainOptions, config: TrainConfig) -> tuple[nn.Module, History]:
+    """The binary ResNet-18 or its float twin, on in-memory images or a streamed folder."""
+    from hybnn.data.folder import folder_splits
+    from hybnn.pipeline.resnet import StreamedImages, TensorImages, train_resnet
+
+    task = opts.task or "all"
+    rcfg = opts.resnet
+    train_set: TensorImages | StreamedImages
+    test_set: TensorImages | StreamedImages
+    if opts.data.startswith(FOLDER_PREFIX):
+        size = rcfg.image_size or (224 if rcfg.stem == "imagenet" else 32)
+        tr, te = folder_splits(opts.data, task)
+        train_set = StreamedImages(tr, size, opts.prep, rcfg.workers)
+        test_set = StreamedImages(te, size, opts.prep, rcfg.workers)
+    else:
+        if rcfg.image_size is not None:
+            raise DataError("--image-size resizes the images of a folder: data; "
+                            f"{opts.data} is used at its own size")
+        train_set = TensorImages.of(load_split(opts.data, task, "train"), opts.prep)
+        test_set = TensorImages.of(load_split(opts.data, task, "test"), opts.prep)
+    return train_resnet(opts.model, train_set, test_set, opts.prep, config, rcfg, opts.out,
+                        opts.resume, opts.start, opts.teacher, opts.progress,
+                        extra={"task": task})
 
 
 def evaluate(opts: EvaluateOptions) -> dict[str, Any]:

@@ -20,8 +20,8 @@ from hybnn.errors import DataError
 from hybnn.experiments.config import DEFAULT_DATA, ReproduceConfig, StudyConfig
 from hybnn.experiments.continual_config import ContinualConfig
 from hybnn.federated.config import FedConfig
-from hybnn.models.names import CODE_LAYER_NAMES, MODEL_NAMES, SPECS
-from hybnn.pipeline.config import DistillConfig, PretrainConfig, TrainConfig
+from hybnn.models.names import CODE_LAYER_NAMES, MODEL_NAMES, RESNET_NAMES, SPECS
+from hybnn.pipeline.config import DistillConfig, PretrainConfig, ResNetConfig, TrainConfig
 from hybnn.pipeline.limits import check_settings
 from hybnn.settings import setting
 
@@ -147,19 +147,24 @@ class ExtractOptions(_Checked):
 
 @dataclass(kw_only=True)
 class TrainOptions(_Checked):
-    """Phase 3: the BNN head on codes (``hybnn``), or a CNN baseline on images."""
+    """Phase 3: the BNN head on codes (``hybnn``), a CNN baseline on images, or the binary
+    ResNet-18 and its float twin on images."""
 
-    READS: ClassVar[dict[str, str]] = {"codes": "code store", "test_codes": "code store"}
+    READS: ClassVar[dict[str, str]] = {"codes": "code store", "test_codes": "code store",
+                                       "start": "step-1 model", "teacher": "teacher model"}
 
     out: str = setting(help="model directory to write")
-    model: str = setting("head", "head: BNN head on codes; bcnn / fpcnn: CNN on images",
-                         choices=MODEL_NAMES)
+    model: str = setting("head", "head: BNN head on codes; bcnn / fpcnn: CNN on images; "
+                         "resnet18: binary ResNet-18 (ReActNet blocks), resnet18-float: its "
+                         "float twin", choices=MODEL_NAMES)
     codes: str | None = setting(None, "training code store (hybnn)")
     test_codes: str | None = setting(None, "code store evaluated every epoch (hybnn)")
     hidden: list[int] | None = setting(None, "hidden widths of the BNN head (default: 128 for "
                                        "two classes, 512 for more)")
-    data: str = setting(DEFAULT_DATA, "data source (bcnn, fpcnn)")
-    task: str = setting("0v1", "task (bcnn, fpcnn)")
+    data: str = setting(DEFAULT_DATA, "data source (CNNs and ResNets; ResNets also take "
+                        "cifar10:DIR and folder:DIR, an image folder streamed from disk)")
+    task: str | None = setting(None, "task (default: 0v1 for bcnn and fpcnn, all for the "
+                               "ResNets)")
     prep: str = setting("centered", "input preparation for CNNs: unit = paper setting, "
                         "centered = fair", choices=PREPS)
     scaling: str = setting("none", "scaling factors of the binary weights", choices=SCALINGS)
@@ -172,6 +177,12 @@ class TrainOptions(_Checked):
                                        "training, like dropout (codes only; default: "
                                        f"{SPECS['head'].code_noise:g} head, 0 for CNNs)")
     config: TrainConfig = setting(factory=TrainConfig)
+    resnet: ResNetConfig = setting(factory=ResNetConfig)
+    start: str | None = setting(None, "resnet18 --step 2: the step-1 model directory its "
+                                "weights start from", flag="--from", metavar="STEP1_DIR")
+    teacher: str | None = setting(None, "ResNets: distil from this resnet18-float model "
+                                  "(KL of the output distributions, ReActNet's loss)",
+                                  metavar="DIR")
     progress: bool = setting(True, "progress bars on a terminal, a line per step in a log")
 
     def __post_init__(self) -> None:
@@ -180,6 +191,13 @@ class TrainOptions(_Checked):
             if getattr(self.config, name) != getattr(default, name):
                 raise DataError(f"set {name} on TrainOptions (its default depends on the "
                                 f"model), not on its config")
+        self.resnet.validate()
+        if self.model not in RESNET_NAMES and (self.resnet.step or self.start or self.teacher):
+            raise DataError("--step, --from and --teacher train the ResNets (--model "
+                            f"{' or '.join(RESNET_NAMES)})")
+        if self.resnet.step == 2 and not self.start:
+            raise DataError("--step 2 binarizes the weights of a step-1 model: give --from "
+                            "STEP1_DIR (from `hybnn train --model resnet18 --step 1`)")
         super().__post_init__()
 
 

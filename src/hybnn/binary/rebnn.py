@@ -131,7 +131,8 @@ class ReBNN(Callback):
         for name, layer in self._layers.items():
             grad = self._grads.pop(name, None)
             w = layer.weight
-            if grad is not None:
+            if grad is not None and self.gamma == "paper":
+                grad = _mean_over_processes(grad)
                 gamma = self.layer_gamma(name, grad)
                 dw, dalpha = reconstruction_grads(w.detach(), layer.alpha.detach(), gamma)
                 _add_grad(w, dw)
@@ -152,6 +153,17 @@ class ReBNN(Callback):
         self._steps = 0
         self._gamma_sum = {n: torch.zeros((), device=layer.weight.device)
                            for n, layer in self._layers.items()}
+
+
+def _mean_over_processes(grad: torch.Tensor) -> torch.Tensor:
+    """∂L/∂ŵ of the whole batch in a data-parallel run (each process sees its share; the
+    same γ on every process keeps their weights equal)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return grad
+    grad = grad.contiguous()
+    dist.all_reduce(grad)
+    return grad / dist.get_world_size()
 
 
 def _add_grad(p: torch.Tensor, g: torch.Tensor) -> None:

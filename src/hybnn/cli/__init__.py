@@ -10,6 +10,7 @@ import argparse
 import difflib
 import json
 import math
+import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -97,6 +98,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     opts = build(api.TrainOptions, args)
     _, history = api.train(opts)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun: rank 0 reports
+        return 0
     acc = history.last("test_acc")
     msg = f"test accuracy {acc:.4f}" if acc == acc else "no test split given"
     print(f"trained {opts.model} for {len(history.epochs)} epochs -> {opts.out}; {msg}; "

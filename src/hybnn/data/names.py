@@ -5,3 +5,5 @@ PREPS = ("unit", "centered")  # input preparations, see hybnn.data.prep
 SPLITS = ("train", "test", "all")
 DEFAULT_SOURCE = "mnist-5k"
 ARRAYS_SOURCE = "arrays"  # the source an artifact records when trained on in-memory arrays
+CIFAR10_PREFIX = "cifar10:"  # --data cifar10:DIR: binary-version files (data.cifar)
+FOLDER_PREFIX = "folder:"  # --data folder:DIR: a subfolder of images per class (data.folder)

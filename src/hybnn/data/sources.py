@@ -6,6 +6,10 @@
 - ``digits``: scikit-learn's 8x8 digits (1,797 images, offline).
 - a path to ``.npz`` with arrays ``x`` and ``y`` (and optionally ``names``, one string per
   class), or ``IMAGES.idx[.gz],LABELS.idx[.gz][,NAMES.txt]`` (names: one a line).
+- ``cifar10:DIR``, or a folder holding them: CIFAR-10's binary-version files
+  (:mod:`hybnn.data.cifar`).
+- ``folder:DIR`` (one subfolder of images per class) is streamed, not loaded: only the
+  ResNet trainer reads it (:mod:`hybnn.data.folder`).
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from hybnn.artifacts import read_regular
+from hybnn.data import cifar
 from hybnn.data.dataset import Dataset
 from hybnn.data.download import RemoteFile, fetch
 from hybnn.data.idx import read_idx
 from hybnn.data.labels import MAX_NAME_LENGTH, SOURCE_NAMES, LabelSpace
+from hybnn.data.names import CIFAR10_PREFIX, FOLDER_PREFIX
 from hybnn.data.npfiles import npz_members, read_npz
 from hybnn.errors import DataError
 
@@ -80,6 +86,14 @@ def _load(spec: str) -> Dataset:
         return _mnist_5k()
     if spec == "digits":
         return _digits()
+    if spec.startswith(CIFAR10_PREFIX):
+        return cifar.read_cifar10(spec[len(CIFAR10_PREFIX):])
+    if spec.startswith(FOLDER_PREFIX):
+        raise DataError(f"{spec}: an image folder is streamed while training `--model "
+                        "resnet18` or `resnet18-float`; other commands take in-memory data "
+                        "(a .npz, IDX files, cifar10:DIR)")
+    if cifar.is_cifar10_folder(spec):
+        return cifar.read_cifar10(spec)
     if spec.endswith(".npz"):
         return load_npz(spec)
     if "," in spec:
@@ -89,7 +103,7 @@ def _load(spec: str) -> Dataset:
         return load_idx_pair(*parts)
     raise DataError(
         f"unknown data source {spec!r}: use one of {', '.join(BUILTIN_SOURCES)}, "
-        "a .npz file with x and y, or IMAGES,LABELS IDX files"
+        "a .npz file with x and y, IMAGES,LABELS IDX files, cifar10:DIR or folder:DIR"
     )
 
 

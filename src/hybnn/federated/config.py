@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from hybnn.errors import DataError
-from hybnn.models.names import MODEL_NAMES, spec
+from hybnn.models.names import PAPER_MODELS, spec
 from hybnn.pipeline.config import scheduled_lr
 from hybnn.pipeline.limits import check_head, check_settings
 from hybnn.settings import setting
@@ -61,7 +61,7 @@ class FedConfig:
     data: str = setting("mnist-5k", "data source")
     task: str = setting("0v1", "all, or a pair such as 0v1")
     model: str = setting("head", "head: BNN head on codes; bcnn/fpcnn: FedAvg of the whole CNN",
-                         choices=MODEL_NAMES)
+                         choices=PAPER_MODELS)
     clients: int = setting(3, "number of clients (SuperNodes)")
     rounds: int = setting(20, "federated rounds")
     local_epochs: int = setting(5, "local epochs per round")
@@ -142,7 +142,7 @@ class FedConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            (self.model in MODEL_NAMES, f"--model must be one of {', '.join(MODEL_NAMES)}"),
+            (self.model in PAPER_MODELS, f"--model must be one of {', '.join(PAPER_MODELS)}"),
             (self.encoding in ENCODINGS, f"--encoding must be one of {', '.join(ENCODINGS)}"),
             (self.strategy in STRATEGY_CHOICES,
              f"--strategy must be auto or one of {', '.join(STRATEGIES)}"),

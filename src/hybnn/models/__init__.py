@@ -13,12 +13,15 @@ _WHERE = {
     "BinaryCNN": "hybnn.models.binary_cnn",
     "BinaryEncoder": "hybnn.models.binary_encoder",
     "BinaryLatentVAE": "hybnn.models.vae",
+    "BinaryResNet": "hybnn.models.binary_resnet",
+    "FloatResNet": "hybnn.models.binary_resnet",
     "FloatCNN": "hybnn.models.float_cnn",
     "FullyBinaryHyBNN": "hybnn.models.fully_binary",
 }
 
 __all__ = [
-    "BNNHead", "BinaryCNN", "BinaryEncoder", "BinaryLatentVAE", "FloatCNN", "FullyBinaryHyBNN",
+    "BNNHead", "BinaryCNN", "BinaryEncoder", "BinaryLatentVAE", "BinaryResNet", "FloatCNN",
+    "FloatResNet", "FullyBinaryHyBNN",
 ]
 
 

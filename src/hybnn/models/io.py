@@ -11,6 +11,7 @@ from hybnn.artifacts import load_artifact, save_artifact
 from hybnn.data.names import PREPS
 from hybnn.errors import ArtifactError
 from hybnn.models.binary_cnn import BinaryCNN
+from hybnn.models.binary_resnet import BinaryResNet, FloatResNet
 from hybnn.models.bnn_head import BNNHead
 from hybnn.models.float_cnn import FloatCNN
 from hybnn.models.names import LEGACY_NAMES, MODEL_NAMES, VAE
@@ -22,6 +23,8 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     "head": BNNHead,
     "bcnn": BinaryCNN,
     "fpcnn": FloatCNN,
+    "resnet18": BinaryResNet,
+    "resnet18-float": FloatResNet,
     VAE: BinaryLatentVAE,
 }
 

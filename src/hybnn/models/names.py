@@ -29,8 +29,15 @@ SPECS: dict[str, ModelSpec] = {
                        100, 1e-2, 0.1),
     "bcnn": ModelSpec("bcnn", "BinaryCNN", "binary CNN", True, "images", 15, 1e-2),
     "fpcnn": ModelSpec("fpcnn", "FloatCNN", "full-precision CNN", False, "images", 15, 1e-3),
+    # ReBNN's released recipe: Adam at 1e-3 (ImageNet: 256 epochs; CIFAR-sized runs fewer)
+    "resnet18": ModelSpec("resnet18", "BinaryResNet", "binary ResNet-18 (ReActNet blocks)",
+                          True, "images", 120, 1e-3),
+    "resnet18-float": ModelSpec("resnet18-float", "FloatResNet", "float ResNet-18 (the "
+                                "binary one's twin and teacher)", False, "images", 120, 1e-3),
 }
-MODEL_NAMES = tuple(SPECS)  # the trainable models: head, bcnn, fpcnn
+MODEL_NAMES = tuple(SPECS)  # the trainable models: head, bcnn, fpcnn, resnet18, resnet18-float
+RESNET_NAMES = ("resnet18", "resnet18-float")  # trained by hybnn.pipeline.resnet
+PAPER_MODELS = ("head", "bcnn", "fpcnn")  # the HyBNN paper's models (federated learning too)
 VAE = "vae"  # the phase-1 encoder's architecture name
 BINARY_ENCODER = "binary-encoder"  # the encoder distilled from the VAE (`hybnn distill`)
 INT8_ENCODER = "int8-encoder"  # the VAE's encoder as a static int8 ONNX graph (`hybnn quantize`)

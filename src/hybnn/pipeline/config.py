@@ -11,7 +11,7 @@ from hybnn.models.names import SPECS
 from hybnn.pipeline.limits import check_settings
 from hybnn.settings import setting
 
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "linear", "constant")
 DISTILL_TARGETS = ("soft", "hard")
 _HEAD = SPECS["head"]
 
@@ -87,12 +87,15 @@ class TrainConfig:
 
 def scheduled_lr(lr: float, step: int, steps: int, schedule: str = "cosine") -> float:
     """The learning rate at ``step`` (0-based) of ``steps`` (epochs, or federated rounds):
-    cosine decay from ``lr`` towards 0, or ``constant``."""
+    cosine decay from ``lr`` towards 0, ``linear`` decay (ReActNet's and ReBNN's), or
+    ``constant``."""
     if schedule == "cosine":
         return 0.5 * lr * (1 + math.cos(math.pi * step / max(steps, 1)))
+    if schedule == "linear":
+        return lr * (1 - step / max(steps, 1))
     if schedule == "constant":
         return lr
-    raise ValueError(f"unknown schedule {schedule!r}; use {' or '.join(SCHEDULES)}")
+    raise ValueError(f"unknown schedule {schedule!r}; use {', '.join(SCHEDULES)}")
 
 
 def _check(config: object, name: str, ok: bool, what: str) -> None:
@@ -124,4 +127,43 @@ class DistillConfig:
         _check(self, "target", self.target in DISTILL_TARGETS,
                f"one of {', '.join(DISTILL_TARGETS)}")
         check_settings(self)
+        return self
+
+
+RESNET_STEPS = (1, 2)
+# Step 2's weight binarization: ste (sign), reactnet (sign x mean |w| per channel),
+# rebnn (learned scale + ReBNN's reconstruction loss with the paper's gamma), rebnn-const
+# (the same with the official code's constant gamma, see hybnn.binary.rebnn)
+RESNET_METHODS = ("ste", "reactnet", "rebnn", "rebnn-const")
+AUGMENTS = ("standard", "none")
+RESNET_STEMS = ("cifar", "imagenet")
+
+
+@dataclass
+class ResNetConfig:
+    """The binary ResNet-18 and its float twin (``--model resnet18`` / ``resnet18-float``)."""
+
+    width: int = setting(64, "base channels of the ResNet (then 2x, 4x, 8x)")
+    stem: str = setting("cifar", "cifar: 3x3 stride-1 stem (28x28, 32x32 images); imagenet: "
+                        "7x7 stride-2 stem + max pool", choices=RESNET_STEMS)
+    step: int | None = setting(None, "resnet18: 1 binarizes the activations with real weights "
+                               "(default), 2 binarizes the weights too, starting from --from")
+    method: str | None = setting(None, "resnet18 step 2: how the weights are binarized "
+                                 "(default: rebnn)", choices=RESNET_METHODS)
+    augment: str = setting("standard", "standard: random crop (4-pixel padding, 1/8 of the "
+                           "side for larger images) + horizontal flip; none", choices=AUGMENTS)
+    image_size: int | None = setting(None, "folder: data: images resized to this square side "
+                                     "(default: 32 for the cifar stem, 224 for imagenet)")
+    workers: int = setting(2, "folder: data: DataLoader worker processes reading images")
+
+    def validate(self) -> ResNetConfig:
+        _check(self, "stem", self.stem in RESNET_STEMS, f"one of {', '.join(RESNET_STEMS)}")
+        _check(self, "step", self.step is None or self.step in RESNET_STEPS, "1 or 2")
+        _check(self, "method", self.method is None or self.method in RESNET_METHODS,
+               f"one of {', '.join(RESNET_METHODS)}")
+        _check(self, "augment", self.augment in AUGMENTS, f"one of {', '.join(AUGMENTS)}")
+        check_settings(self)
+        if self.step != 2 and self.method is not None:
+            raise DataError("--method chooses how step 2 binarizes the weights: use it with "
+                            "--step 2")
         return self

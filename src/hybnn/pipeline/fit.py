@@ -70,7 +70,7 @@ def train_head(
         _checkpoint(out), resume, list(callbacks), progress, desc="train BNN head",
     )
     if out is not None:
-        _save(out, model, history, config, {
+        save_trained(out, model, history, config, {
             "encoder_fingerprint": train.encoder_fingerprint,
             "task": train.meta.get("task"),
             "source": train.meta.get("source"),
@@ -120,7 +120,7 @@ def train_image_model(
         config, _checkpoint(out), resume, list(callbacks), progress, desc=f"train {arch}",
     )
     if out is not None:
-        _save(out, model, history, config, {"prep": prep, "source": train.name,
+        save_trained(out, model, history, config, {"prep": prep, "source": train.name,
                                             "label_space": train.label_space.to_json(),
                                             **(extra or {})})
     return model, history
@@ -130,8 +130,10 @@ def _checkpoint(out: str | os.PathLike[str] | None) -> Path | None:
     return Path(out) / CHECKPOINT_NAME if out is not None else None
 
 
-def _save(out: str | os.PathLike[str], model: nn.Module, history: History,
-          config: TrainConfig, extra: dict[str, Any]) -> None:
+def save_trained(out: str | os.PathLike[str], model: nn.Module, history: History,
+                 config: TrainConfig, extra: dict[str, Any]) -> None:
+    """Save a trained classifier with its config, history, size and versions, and its
+    curves (every trainer's artifact)."""
     save_model(out, model, train_config=asdict(config), history=history.epochs,
                deployed_bytes=deployed_bytes(model), versions=versions(), **extra)
     write_curves(history, Path(out))

@@ -97,7 +97,8 @@ LIMITS: dict[str, Limit] = {
     # sizes of models and data
     "latent_bits": _WIDTH, "hidden": _WIDTH, "hidden_multiclass": _WIDTH,
     "head_hidden": _WIDTH, "head_hidden_multiclass": _WIDTH,
-    "width": Limit(1, 1024),  # distilled encoder: width, 2x, 4x filters
+    "width": Limit(1, 1024),  # distilled encoder: width, 2x, 4x filters; ResNet: up to 8x
+    "step": Limit(1, 2), "image_size": Limit(8, 1024), "workers": Limit(0, 64),
     "batch_size": _BATCH, "head_batch_size": _BATCH,
     "calibration_samples": Limit(1, MAX_WIDTH), "agreement_samples": Limit(0, MAX_WIDTH),
     "vae_samples": _SAMPLES, "max_train": _SAMPLES, "max_examples": _SAMPLES,

@@ -59,12 +59,15 @@ EpochEnd = Callable[[int, dict[str, Any]], None]
 def run_epochs(schedule: Schedule, n: int, model: nn.Module, optimizer: torch.optim.Optimizer,
                body: EpochBody, *, desc: str, progress: bool = True,
                checkpoint: Path | None = None, resume: bool = False, tag: str = "",
-               after: EpochEnd | None = None, history: History | None = None) -> History:
+               after: EpochEnd | None = None, history: History | None = None,
+               write_checkpoints: bool = True) -> History:
     """Run ``body(epoch, batches)`` for every epoch not yet done; its dict (a ``loss`` or
     ``train_loss`` key first among what it reports) goes into the history with ``epoch``,
     ``seconds`` (the body's time) and ``lr``. ``after(epoch, logs)`` may add held-out
     results (not timed). With ``checkpoint``, each finished epoch is saved there, and
-    ``resume`` continues from it when it holds a run of the same ``tag``."""
+    ``resume`` continues from it when it holds a run of the same ``tag``; with
+    ``write_checkpoints=False`` it is only read (the ranks of a distributed run but the
+    first)."""
     history = history if history is not None else History()
     start = 0
     if checkpoint is not None and resume and checkpoint.is_file():
@@ -88,7 +91,7 @@ def run_epochs(schedule: Schedule, n: int, model: nn.Module, optimizer: torch.op
                 after(epoch, logs)
             history.epochs.append(logs)
             report.epoch(logs)
-            if checkpoint is not None:
+            if checkpoint is not None and write_checkpoints:
                 save_checkpoint(checkpoint, model, optimizer, epoch + 1, history, tag)
     finally:
         report.close()
