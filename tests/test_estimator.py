@@ -67,8 +67,13 @@ def test_string_labels_and_a_subset_of_classes(arrays, encoder):
     pred = head.predict(encoder.encode(xte[keep_te]))
     assert pred.dtype.kind == "U" and set(pred) <= {"zero", "two", "seven"}
     assert np.mean(pred == words[yte[keep_te]]) > 0.9
-    pair = hybnn.Head(epochs=5).fit(encoder.encode(xtr[:50]), ytr[:50] % 2, encoder=encoder)
+    pair = hybnn.Head(epochs=5).fit(encoder.encode(xtr[:50]), ytr[:50] % 2, encoder=encoder,
+                                    validation=(encoder.encode(xte[:40]), yte[:40] % 2))
     assert pair.model.config["hidden"] == [128]  # two classes
+    assert len(pair.history.series("test_acc")) == 5  # the validation set, every epoch
+    with pytest.raises(DataError, match="not one of this head's classes"):
+        hybnn.Head(epochs=1).fit(encoder.encode(xtr[:50]), ytr[:50] % 2,
+                                 validation=(encoder.encode(xte[:5]), yte[:5] + 7))
 
 
 def test_save_load_and_the_commands_read_it(arrays, encoder, head, tmp_path):

@@ -162,19 +162,26 @@ class Head:
         self.history: History | None = None
 
     def fit(self, codes: Any, y: Any, names: Mapping[Any, str] | Sequence[str] | None = None,
-            *, encoder: Encoder | None = None) -> Head:
+            *, encoder: Encoder | None = None,
+            validation: tuple[Any, Any] | None = None) -> Head:
         """Train on bool codes (N, bits) and labels ``y`` (N,): integers or strings.
         ``names`` names integer labels, as a mapping or a list in sorted label order.
-        ``encoder`` is the one the codes came from: recorded, so the head meets no other."""
+        ``encoder`` is the one the codes came from: recorded, so the head meets no other.
+        ``validation`` (codes, labels) is evaluated after every epoch (``history``; shown
+        with the progress), never used to train or to select."""
         bits = _codes(codes)
         space, index, strings = _label_space(y, names, len(bits))
-        check_head(self.hidden or default_head_hidden(len(space)), "hidden", bits.shape[1],
-                   len(space))
-        fingerprint = encoder.fingerprint if encoder is not None else UNKNOWN_ENCODER
-        store = CodeStore(pack_code_bits(bits), index, bits.shape[1], fingerprint,
-                          {"num_classes": len(space), "label_space": space.to_json()})
         hidden = self.hidden or default_head_hidden(len(space))
-        self.model, self.history = train_head(store, None, self.config, hidden, self.scaling,
+        check_head(hidden, "hidden", bits.shape[1], len(space))
+        fingerprint = encoder.fingerprint if encoder is not None else UNKNOWN_ENCODER
+        meta = {"num_classes": len(space), "label_space": space.to_json()}
+        store = CodeStore(pack_code_bits(bits), index, bits.shape[1], fingerprint, meta)
+        test = None
+        if validation is not None:
+            v_bits = _codes(validation[0], bits.shape[1])
+            v_index = _indices_in(space, strings, validation[1], len(v_bits))
+            test = CodeStore(pack_code_bits(v_bits), v_index, bits.shape[1], fingerprint, meta)
+        self.model, self.history = train_head(store, test, self.config, hidden, self.scaling,
                                               progress=self.progress)
         self.label_space, self.string_labels = space, strings
         self.encoder_fingerprint = fingerprint
@@ -224,15 +231,8 @@ class Head:
 
     def _indices(self, y: Any, n: int) -> np.ndarray:
         """Output indices of labels ``y`` in this head's label space."""
-        y = np.asarray(y)
-        if y.shape != (n,):
-            raise DataError(f"labels must have shape ({n},), got {y.shape}")
-        lookup = {v: i for i, v in enumerate(self._labels().tolist())}
-        try:
-            return np.array([lookup[v] for v in y.tolist()], np.int64)
-        except KeyError as exc:
-            raise DataError(f"label {exc.args[0]!r} is not one of this head's classes "
-                            f"{list(lookup)[:20]}") from None
+        _, space = self._fitted()
+        return _indices_in(space, self.string_labels, y, n)
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Save as a model artifact (``hybnn evaluate``, ``export`` and ``predict`` take it)."""
@@ -290,6 +290,19 @@ class Model:
             from hybnn.bundle.export import export_bundle
 
             return export_bundle(head_dir, self.encoder.directory, out, int8)
+
+
+def _indices_in(space: LabelSpace, strings: bool, y: Any, n: int) -> np.ndarray:
+    """Output indices of labels ``y`` (N,) in ``space`` (its names when labels are strings)."""
+    y = np.asarray(y)
+    if y.shape != (n,):
+        raise DataError(f"labels must have shape ({n},), got {y.shape}")
+    lookup = {v: i for i, v in enumerate(space.names if strings else space.labels)}
+    try:
+        return np.array([lookup[v] for v in y.tolist()], np.int64)
+    except KeyError as exc:
+        raise DataError(f"label {exc.args[0]!r} is not one of this head's classes "
+                        f"{list(lookup)[:20]}") from None
 
 
 def _images(images: Any) -> np.ndarray:
