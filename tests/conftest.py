@@ -97,7 +97,8 @@ def distilled(tmp_path_factory, digits):
             "student": student, "train": train, "test": test}
 
 
-CIFAR_CLASSES = "airplane automobile bird cat deer dog frog horse ship truck".split()
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                 "ship", "truck"]
 
 
 def _write_cifar(folder, records=4, seed=0):

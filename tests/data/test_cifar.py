@@ -34,7 +34,7 @@ def test_truncated_file_is_refused_by_name(tmp_path, write_cifar):
     folder = write_cifar(tmp_path / "cifar")
     path = folder / "data_batch_3.bin"
     path.write_bytes(path.read_bytes()[:-10])
-    with pytest.raises(DataError, match="data_batch_3.bin.*whole number of CIFAR-10 records"):
+    with pytest.raises(DataError, match=r"data_batch_3\.bin.*whole number of CIFAR-10 records"):
         read_cifar10(folder)
 
 

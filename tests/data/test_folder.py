@@ -41,7 +41,7 @@ def test_images_are_resized_and_centre_cropped_to_rgb(image_folder):
 
 def test_non_image_and_empty_class_are_refused(image_folder):
     (image_folder / "dog" / "notes.txt").write_text("hello")
-    with pytest.raises(DataError, match="notes.txt is not an image file"):
+    with pytest.raises(DataError, match=r"notes\.txt is not an image file"):
         list_images(image_folder)
     (image_folder / "dog" / "notes.txt").unlink()
     (image_folder / "eel").mkdir()

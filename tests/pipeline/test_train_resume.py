@@ -85,7 +85,7 @@ def test_cosine_schedule_per_epoch():
 def test_constant_schedule_and_unknown_schedule():
     cfg = TrainConfig(epochs=2, lr=5e-3, schedule="constant")
     assert fit_classifier(head(), separable(), None, cfg, progress=False).series("lr") == [5e-3] * 2
-    with pytest.raises(ValueError, match="cosine or constant"):
+    with pytest.raises(ValueError, match="cosine, linear or constant"):
         fit_classifier(head(), separable(), None, TrainConfig(epochs=1, schedule="step"),
                        progress=False)
 

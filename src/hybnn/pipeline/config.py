@@ -95,7 +95,8 @@ def scheduled_lr(lr: float, step: int, steps: int, schedule: str = "cosine") -> 
         return lr * (1 - step / max(steps, 1))
     if schedule == "constant":
         return lr
-    raise ValueError(f"unknown schedule {schedule!r}; use {', '.join(SCHEDULES)}")
+    raise ValueError(f"unknown schedule {schedule!r}; use "
+                     f"{', '.join(SCHEDULES[:-1])} or {SCHEDULES[-1]}")
 
 
 def _check(config: object, name: str, ok: bool, what: str) -> None:
