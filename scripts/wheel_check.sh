@@ -5,7 +5,11 @@
 #   runtime: plain `pip install hybnn`: no torch; it loads the full venv's bundle and engine
 #            file and predicts, and every command that needs an extra ends in one line.
 # Both must pass `pip check`. Catches package data missing from the wheel (the C sources,
-# the Flower app, forward.c). Usage: scripts/wheel_check.sh [WORKDIR]  (default: build/wheel)
+# the Flower app, forward.c, the shipped encoder). Usage: scripts/wheel_check.sh [WORKDIR]
+# (default: build/wheel). The full venv sees the interpreter's site-packages, where
+# `make install` put the same dependencies (torch, Flower), so only the wheel is installed
+# into it (it shadows the editable checkout: asserted below); WHEEL_CHECK_ISOLATED=1 installs
+# every dependency into it from scratch instead (minutes more; prints its size).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -24,18 +28,24 @@ fi
 echo "wheel: $(basename "$WHEEL")"
 LISTING=$($PY -m zipfile -l "$WHEEL")
 for f in hybnn/engine/embedded/forward.c hybnn/federated/flower_app/pyproject.toml \
-         hybnn/py.typed hybnn/engine/_kernels; do
+         hybnn/py.typed hybnn/engine/_kernels hybnn/encoders/general/weights.safetensors \
+         hybnn/encoders/general/meta.json; do
   grep -q "^$f" <<<"$LISTING" || { echo "wheel lacks $f"; exit 1; }
 done
 
-venv() {  # venv DIR SPEC: a fresh venv with SPEC installed; prints its size
-  $PY -m venv "$1"
+venv() {  # venv DIR SPEC [VENV ARGS]: a fresh venv with SPEC installed; prints its size
+  $PY -m venv ${3:-} "$1"
   "$1/bin/pip" install -q --no-compile "$2" 2>&1 | grep -v '^WARNING: Location' || true
   "$1/bin/pip" check
-  echo "$(basename "$1") venv: $(du -sm "$1" | cut -f1) MB"
+  echo "$(basename "$1") venv: $(du -sm "$1" | cut -f1) MB${3:+ (beside the system site-packages)}"
 }
 
-venv "$WORK/full" "$WHEEL[all]"
+if [ -n "${WHEEL_CHECK_ISOLATED:-}" ]; then
+  venv "$WORK/full" "$WHEEL[all]"
+else
+  venv "$WORK/full" "$WHEEL[all]" --system-site-packages
+fi
+"$WORK/full/bin/python" -c "import hybnn, sys; assert '$WORK/full/' in hybnn.__file__, hybnn.__file__"
 venv "$WORK/runtime" "$WHEEL"
 
 cd "$WORK/data"
