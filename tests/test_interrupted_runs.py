@@ -151,8 +151,8 @@ def test_distill_and_train_resumed_after_kill_9_give_the_same_artifacts(tmp_path
           str(tmp_path / "codes.safetensors"))
     runs = {
         "distill": ["distill", "--encoder", str(tmp_path / "vae"), "--data", "digits",
-                    "--epochs", "12", "--seed", "3"],
-        "train": ["train", "--codes", str(tmp_path / "codes.safetensors"), "--epochs", "60",
+                    "--epochs", "6", "--seed", "3"],
+        "train": ["train", "--codes", str(tmp_path / "codes.safetensors"), "--epochs", "30",
                   "--seed", "3"],
     }
     for name, args in runs.items():
