@@ -101,7 +101,7 @@ def test_packed_engine_predicts_like_torch(workdir: Path) -> None:
     for a, b in zip(packed_rows, torch_rows, strict=True):
         assert a["probability"] == pytest.approx(b["probability"], abs=1e-4)
     out = hybnn("export", str(workdir / "head"), "--out", str(workdir / "head.hybe")).stdout
-    assert "hybnn" in out and (workdir / "head.hybe").stat().st_size > 0
+    assert "exported head" in out and (workdir / "head.hybe").stat().st_size > 0
 
 
 def test_extract_defaults_to_the_encoders_data_and_warns_on_other_data(tmp_path, capsys):
