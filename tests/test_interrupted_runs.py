@@ -130,7 +130,7 @@ def checkpoint_epoch(path: Path) -> int:
 
 @pytest.mark.slow
 def test_pretrain_resumed_after_kill_9_gives_the_same_encoder(tmp_path):
-    args = ["pretrain", "--data", "digits", "--epochs", "12", "--seed", "4"]
+    args = ["pretrain", "--data", "digits", "--epochs", "5", "--seed", "4"]
     killed = tmp_path / "killed"
     kill_when([*args, "--out", str(killed)],
               lambda: checkpoint_epoch(killed / "checkpoint.pt") >= 2)
