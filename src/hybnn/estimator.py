@@ -278,7 +278,8 @@ class Model:
     def evaluate(self, images: Any, y: Any) -> Report:
         return self.head.evaluate(self.encoder.encode(images), y)
 
-    def export(self, out: str | os.PathLike[str], *, int8: bool = False) -> dict[str, Any]:
+    def export(self, out: str | os.PathLike[str], *, int8: bool = False,
+               calibration_data: str | None = None) -> dict[str, Any]:
         """Deploy: a bundle (the encoder in ONNX Runtime, ``int8`` quantizes a VAE's) or, for a
         distilled encoder, one fully binary engine file. Returns the written header."""
         with tempfile.TemporaryDirectory(prefix="hybnn-head-") as tmp:
@@ -289,7 +290,8 @@ class Model:
                 return export_fully_binary(head_dir, self.encoder.directory, out)
             from hybnn.bundle.export import export_bundle
 
-            return export_bundle(head_dir, self.encoder.directory, out, int8)
+            return export_bundle(head_dir, self.encoder.directory, out, int8,
+                                 calibration_data=calibration_data)
 
 
 def _indices_in(space: LabelSpace, strings: bool, y: Any, n: int) -> np.ndarray:

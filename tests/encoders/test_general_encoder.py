@@ -97,3 +97,29 @@ def test_resize_keeps_the_corners_and_the_range():
     assert y.shape == (3, 28, 28) and y.dtype == np.float32
     assert np.allclose(y[:, [0, 0, -1, -1], [0, -1, 0, -1]], x[:, [0, 0, -1, -1], [0, -1, 0, -1]])
     assert 0 <= y.min() and y.max() <= 1
+
+
+def test_calibration_reads_every_source_the_encoder_records():
+    from hybnn.bundle.encoder_graph import recorded_sources
+
+    assert recorded_sources({"source": "digits"}) == ["digits"]
+    assert recorded_sources({"sources": [{"source": "fashion-mnist"}, {"source": "digits-28"}]}
+                            ) == ["fashion-mnist", "digits-28"]
+    assert recorded_sources({"sources": [{"name": 1}]}) == [] == recorded_sources(None)
+
+
+@pytest.mark.slow
+def test_an_int8_bundle_of_the_general_encoder_is_calibrated_on_its_sources(tmp_path):
+    from hybnn.cli import main
+
+    assert main(["extract", "--encoder", "general", "--data", "digits-28", "--task", "0v1",
+                 "--out", str(tmp_path / "tr.st")]) == 0
+    assert main(["train", "--codes", str(tmp_path / "tr.st"), "--epochs", "3", "--out",
+                 str(tmp_path / "head"), "--no-progress"]) == 0
+    assert main(["export", str(tmp_path / "head"), "--encoder", "general", "--int8",
+                 "--calibration-samples", "64", "--out", str(tmp_path / "m.bundle")]) == 0
+    from hybnn.bundle.format import read
+
+    calibration = read(tmp_path / "m.bundle").encoder["quantization"]["calibration"]
+    assert calibration["source"] == "fashion-mnist,mnist-5k,digits-28"
+    assert calibration["size"] == 64

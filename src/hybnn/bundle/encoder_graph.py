@@ -33,8 +33,8 @@ def calibration_images(encoder: VaeEncoder, samples: int = CALIBRATION_SAMPLES,
     replacement by ``numpy.random.default_rng(seed)``.
     """
     data = encoder.meta.get("data")
-    source = data_source or (data.get("source") if isinstance(data, dict) else None)
-    if not isinstance(source, str):
+    sources = [data_source] if data_source else recorded_sources(data)
+    if not sources:
         raise DataError("the encoder does not record its training data, which int8 "
                         "calibration samples: give the calibration data with "
                         "--calibration-data SOURCE")
@@ -42,18 +42,37 @@ def calibration_images(encoder: VaeEncoder, samples: int = CALIBRATION_SAMPLES,
         split = str(data.get("split", "train")) if isinstance(data, dict) else "train"
     if samples < 1:
         raise ValueError(f"calibration needs at least one sample, got {samples}")
-    try:
-        general = load_split(source, "all", split)
-    except DataError as exc:
-        how = ("given by --calibration-data" if data_source else
-               "the encoder's training data, as its metadata records it; give other "
-               "calibration data with --calibration-data SOURCE")
-        raise DataError(f"calibration data {source!r} ({how}): {exc}") from None
+    parts = []
+    for source in sources:
+        try:
+            parts.append(load_split(source, "all", split).x)
+        except DataError as exc:
+            how = ("given by --calibration-data" if data_source else
+                   "the encoder's training data, as its metadata records it; give other "
+                   "calibration data with --calibration-data SOURCE")
+            raise DataError(f"calibration data {source!r} ({how}): {exc}") from None
+    general = np.concatenate(parts) if len(parts) > 1 else parts[0]
     rng = np.random.default_rng(seed)
     index = np.sort(rng.choice(len(general), size=min(samples, len(general)), replace=False))
-    info = {"source": source, "split": split, "size": len(index), "seed": seed,
-            "selection": "numpy.random.default_rng(seed).choice without replacement, sorted"}
-    return np.ascontiguousarray(general.x[index]), info
+    info = {"source": ",".join(sources), "split": split, "size": len(index), "seed": seed,
+            "selection": "numpy.random.default_rng(seed).choice without replacement, sorted"
+                         + (" from the sources concatenated in this order" if
+                            len(sources) > 1 else "")}
+    return np.ascontiguousarray(general[index], dtype=np.float32), info
+
+
+def recorded_sources(data: object) -> list[str]:
+    """The data sources an encoder's ``meta["data"]`` records: one ``source``, or the
+    ``sources`` of an encoder trained on several (the shipped ``general`` one)."""
+    if not isinstance(data, dict):
+        return []
+    if isinstance(data.get("source"), str):
+        return [data["source"]]
+    many = data.get("sources")
+    if isinstance(many, list) and all(isinstance(s, dict) and isinstance(s.get("source"), str)
+                                      for s in many):
+        return [s["source"] for s in many]
+    return []
 
 
 def encoder_graph(encoder: VaeEncoder, int8: bool = False,

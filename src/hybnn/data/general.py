@@ -58,7 +58,7 @@ def general_source(name: str) -> Dataset:
     """One of :data:`GENERAL_SOURCES` by name."""
     if name not in GENERAL_SOURCES:
         raise DataError(f"unknown general source {name!r}: one of {', '.join(GENERAL_SOURCES)}")
-    return digits_28() if name == "digits-28" else load_source(name)
+    return load_source(name)
 
 
 def source_splits(name: str) -> tuple[Dataset, Dataset]:

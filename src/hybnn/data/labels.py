@@ -18,7 +18,7 @@ FASHION_MNIST_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "S
                        "Shirt", "Sneaker", "Bag", "Ankle boot")
 DIGIT_NAMES = tuple(str(d) for d in range(10))
 SOURCE_NAMES = {"fashion-mnist": FASHION_MNIST_NAMES, "mnist": DIGIT_NAMES,
-                "mnist-5k": DIGIT_NAMES, "digits": DIGIT_NAMES}
+                "mnist-5k": DIGIT_NAMES, "digits": DIGIT_NAMES, "digits-28": DIGIT_NAMES}
 MAX_NAME_LENGTH = 200
 MAX_LABEL = 2**31 - 1  # a label fits an int32 (the C export's type)
 

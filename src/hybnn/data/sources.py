@@ -65,7 +65,7 @@ FASHION_FILES = (
     RemoteFile("t10k-labels-idx1-ubyte.gz",
                "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34", True),
 )
-BUILTIN_SOURCES = ("mnist", "mnist-5k", "fashion-mnist", "digits")
+BUILTIN_SOURCES = ("mnist", "mnist-5k", "fashion-mnist", "digits", "digits-28")
 
 
 def load_source(spec: str) -> Dataset:
@@ -86,6 +86,10 @@ def _load(spec: str) -> Dataset:
         return _mnist_5k()
     if spec == "digits":
         return _digits()
+    if spec == "digits-28":  # the digits at 28x28, one of the general encoder's sources
+        from hybnn.data.general import digits_28
+
+        return digits_28()
     if spec.startswith(CIFAR10_PREFIX):
         return cifar.read_cifar10(spec[len(CIFAR10_PREFIX):])
     if spec.startswith(FOLDER_PREFIX):
