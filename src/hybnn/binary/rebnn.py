@@ -131,8 +131,9 @@ class ReBNN(Callback):
         for name, layer in self._layers.items():
             grad = self._grads.pop(name, None)
             w = layer.weight
-            if grad is not None and self.gamma == "paper":
-                grad = _mean_over_processes(grad)
+            if grad is not None:
+                if self.gamma == "paper":  # γ depends on the gradient: the whole batch's
+                    grad = _mean_over_processes(grad)
                 gamma = self.layer_gamma(name, grad)
                 dw, dalpha = reconstruction_grads(w.detach(), layer.alpha.detach(), gamma)
                 _add_grad(w, dw)
