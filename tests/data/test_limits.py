@@ -147,8 +147,11 @@ def test_png_above_the_pixel_limit_is_refused_before_decoding(tmp_path):
 
 # Through the CLI in a subprocess: one error line, and the child's peak memory stays small.
 
-CHILD = ("import resource, sys\nfrom hybnn.cli import main\nrc = main(sys.argv[1:])\n"
-         "print('maxrss_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+# The child's own peak: VmHWM of its address space. (ru_maxrss would carry the parent's peak
+# across fork and exec: a large pytest process made every child look 1.5 GB.)
+CHILD = ("import re, sys\nfrom hybnn.cli import main\nrc = main(sys.argv[1:])\n"
+         "hwm = re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read())\n"
+         "print('maxrss_kib', hwm.group(1))\n"
          "sys.exit(rc)\n")
 HOSTILE = {
     "png-12000": lambda d: _write(d / "a.png", png_bytes(12000, 12000)),
@@ -185,7 +188,8 @@ def memory_runs(tmp_path_factory):
     for name, make in cases.items():
         d = root / name
         d.mkdir()
-        path = make(d) if make else d / "missing.png"
+        # the baseline: a valid 8x8 image through the same command, torch and model loaded
+        path = make(d) if make else _write(d / "ok.png", png_bytes(8, 8))
         argv = [sys.executable, "-c", CHILD, *_argv(path)]
         env = {**os.environ, "HYBNN_NO_PROGRESS": "1"}
         procs[name] = subprocess.Popen(argv, env=env, text=True, stdout=subprocess.PIPE,
