@@ -46,14 +46,14 @@ from typing import Any
 
 import torch
 
-from bench.common import write_json, write_section
-from bench.federated_tables import (
+from bench._federated_tables import (
     default_markdown,
     markdown,
     physical_memory_mib,
     scale_markdown,
     targets,
 )
+from bench.common import write_json, write_section
 from hybnn.artifacts import atomic_write_json
 from hybnn.data import PAPER_TASKS
 from hybnn.federated import faults

@@ -1,5 +1,6 @@
-"""The federated benchmark's tables and targets, from its raw results (``bench/federated.py``
-writes them into BENCHMARKS.md)."""
+"""The federated benchmark's tables and targets, from its raw results: a module of
+``bench/federated.py``, not a script (the leading underscore). ``python -m bench.federated
+--json FILE`` writes these targets; ``--render`` re-renders them from saved results."""
 
 from __future__ import annotations
 
