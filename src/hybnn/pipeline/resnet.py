@@ -44,12 +44,12 @@ from hybnn.errors import ArtifactError, DataError
 from hybnn.hooks import Callback, History
 from hybnn.models.binary_resnet import BinaryResNet, FloatResNet
 from hybnn.models.io import MODEL_KIND, load_model
-from hybnn.pipeline.adam import adam_step, make_adam
+from hybnn.pipeline.adam import make_adam
 from hybnn.pipeline.checkpoint import CHECKPOINT_NAME, run_tag
 from hybnn.pipeline.config import ResNetConfig, TrainConfig
 from hybnn.pipeline.fit import save_trained
 from hybnn.pipeline.loop import Schedule, run_epochs
-from hybnn.pipeline.train import resolve_device
+from hybnn.pipeline.train import optimizer_step, resolve_device
 
 EVAL_BATCH = 256
 # step 2's --method -> the binary-layer method of hybnn.binary.methods
@@ -305,25 +305,13 @@ def fit_resnet(model: BinaryResNet, train: Images, test: Images | None, config: 
                 xb, yb = xb.to(device), yb.to(device)
                 logits = net(xb)
                 loss = F.cross_entropy(logits, yb)
-                total = loss
+                objective = loss
                 if teacher is not None:
                     with torch.no_grad():
                         soft = teacher(xb)
-                    total = distribution_loss(logits, soft)
-                    kd_sum += total.detach() * len(yb)
-                for cb in callbacks:
-                    term = cb.extra_loss(model)
-                    if term is not None:
-                        total = total + term
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                for cb in callbacks:
-                    cb.on_after_backward(model)
-                adam_step(optimizer)
-                for layer in latent:
-                    layer.clip_latent_()
-                for cb in callbacks:
-                    cb.on_step_end(model)
+                    objective = distribution_loss(logits, soft)
+                    kd_sum += objective.detach() * len(yb)
+                optimizer_step(model, optimizer, objective, callbacks, latent)
                 with torch.no_grad():
                     loss_sum += loss.detach() * len(yb)
                     correct += (logits.argmax(1) == yb).sum()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -130,25 +130,13 @@ def fit_classifier(
             xb, yb = x[idx].to(device), y[idx].to(device)
             if config.code_noise:
                 xb = flip_bits(xb, config.code_noise)
-            if step is not None:
+            if step is not None:  # the fused step leaves the gradients in place
                 loss, logits = step(xb, yb)
+                optimizer_step(model, optimizer, None, callbacks, latent)
             else:
                 logits = model(xb)
                 loss = F.cross_entropy(logits, yb)
-                total = loss
-                for cb in callbacks:
-                    term = cb.extra_loss(model)
-                    if term is not None:
-                        total = total + term
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                for cb in callbacks:
-                    cb.on_after_backward(model)
-            adam_step(optimizer)
-            for layer in latent:
-                layer.clip_latent_()
-            for cb in callbacks:
-                cb.on_step_end(model)
+                optimizer_step(model, optimizer, loss, callbacks, latent)
             with torch.no_grad():
                 loss_acc += loss.detach() * len(idx)
                 correct_acc += (logits.argmax(1) == yb).sum()
@@ -167,6 +155,29 @@ def fit_classifier(
                          tag=tag, after=after)
     model.eval()
     return history
+
+
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer,
+                   objective: torch.Tensor | None, callbacks: Sequence[Callback],
+                   latent: Sequence[Any]) -> None:
+    """One training step: ``objective`` plus the callbacks' extra loss terms backpropagated
+    (None: the gradients are already there), their hooks after the backward pass, Adam, the
+    binary layers' latent weights clipped, and the callbacks' step hooks."""
+    if objective is not None:
+        total = objective
+        for cb in callbacks:
+            term = cb.extra_loss(model)
+            if term is not None:
+                total = total + term
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        for cb in callbacks:
+            cb.on_after_backward(model)
+    adam_step(optimizer)
+    for layer in latent:
+        layer.clip_latent_()
+    for cb in callbacks:
+        cb.on_step_end(model)
 
 
 def flip_bits(codes: torch.Tensor, p: float) -> torch.Tensor:
