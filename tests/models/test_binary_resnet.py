@@ -27,6 +27,15 @@ def test_forward_backward_on_a_tiny_input():
     assert missing == []
 
 
+@pytest.mark.parametrize("side", [28, 7])
+def test_odd_sides_keep_the_shortcut_and_the_block_in_step(side):
+    """28x28 (Fashion-MNIST) halves to 14, 7, then 4: the shortcut's pooling rounds up as
+    the stride-2 convolution does."""
+    for weights in ("real", "binary"):
+        model = BinaryResNet(10, 1, width=2, weights=weights)
+        assert model(torch.randn(2, 1, side, side)).shape == (2, 10)
+
+
 def test_every_3x3_convolution_but_the_first_is_binary():
     model = binary_resnet18(num_classes=10, in_channels=3, width=4)
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d | BinaryConv2d)]

@@ -100,7 +100,9 @@ class BinaryBasicBlock(nn.Module):
         self.act = RPReLU(out_channels)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
-            pool: nn.Module = nn.AvgPool2d(2, stride) if stride != 1 else nn.Identity()
+            # ceil_mode: an odd side (7 of a 28x28 input) pools to the conv's ceil(7/2) = 4
+            pool: nn.Module = (nn.AvgPool2d(2, stride, ceil_mode=True) if stride != 1
+                               else nn.Identity())
             self.shortcut = nn.Sequential(
                 pool, nn.Conv2d(in_channels, out_channels, 1, bias=False),
                 nn.BatchNorm2d(out_channels),
