@@ -156,6 +156,8 @@ class ResNetConfig:
     image_size: int | None = setting(None, "folder: data: images resized to this square side "
                                      "(default: 32 for the cifar stem, 224 for imagenet)")
     workers: int = setting(2, "folder: data: DataLoader worker processes reading images")
+    amp: bool = setting(False, "mixed precision: the forward pass in bfloat16 autocast (for "
+                        "CUDA; weights, gradients and the optimizer stay float32)")
 
     def validate(self) -> ResNetConfig:
         _check(self, "stem", self.stem in RESNET_STEMS, f"one of {', '.join(RESNET_STEMS)}")

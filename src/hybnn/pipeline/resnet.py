@@ -265,9 +265,10 @@ def fit_resnet(model: BinaryResNet, train: Images, test: Images | None, config: 
                augmentation: str = "standard", teacher: nn.Module | None = None,
                callbacks: Sequence[Callback] = (), checkpoint: Path | None = None,
                resume: bool = False, progress: bool = True, desc: str = "train resnet",
-               tag_settings: dict[str, Any] | None = None) -> History:
+               tag_settings: dict[str, Any] | None = None, amp: bool = False) -> History:
     """Train ``model`` on ``train`` (the module docstring says how); evaluates on ``test``
-    after every epoch on rank 0. Returns the history (on rank 0 with the test results)."""
+    after every epoch on rank 0. Returns the history (on rank 0 with the test results).
+    ``amp`` runs the forward passes in bfloat16 autocast (no loss scaling needed)."""
     device = resolve_device(config.device)
     world = Distributed(device)
     try:
@@ -303,12 +304,14 @@ def fit_resnet(model: BinaryResNet, train: Images, test: Images | None, config: 
                 if augmentation == "standard":
                     xb = augment(xb, gen)
                 xb, yb = xb.to(device), yb.to(device)
-                logits = net(xb)
+                with torch.autocast(device.type, torch.bfloat16, enabled=amp):
+                    logits = net(xb).float()
+                    if teacher is not None:
+                        with torch.no_grad():
+                            soft = teacher(xb).float()
                 loss = F.cross_entropy(logits, yb)
                 objective = loss
                 if teacher is not None:
-                    with torch.no_grad():
-                        soft = teacher(xb)
                     objective = distribution_loss(logits, soft)
                     kd_sum += objective.detach() * len(yb)
                 optimizer_step(model, optimizer, objective, callbacks, latent)
@@ -344,9 +347,11 @@ def train_resnet(arch: str, train: Images, test: Images | None, prep: str, confi
                  resnet: ResNetConfig, out: str | os.PathLike[str] | None = None,
                  resume: bool = False, start: str | os.PathLike[str] | None = None,
                  teacher: str | os.PathLike[str] | None = None, progress: bool = True,
-                 extra: dict[str, Any] | None = None) -> tuple[BinaryResNet, History]:
+                 extra: dict[str, Any] | None = None,
+                 callbacks: Sequence[Callback] = ()) -> tuple[BinaryResNet, History]:
     """``hybnn train --model resnet18|resnet18-float``: build the model of ``resnet``'s step
-    (step 2 from the step-1 model in ``start``), train it, save it into ``out`` (rank 0)."""
+    (step 2 from the step-1 model in ``start``), train it, save it into ``out`` (rank 0).
+    ``callbacks`` run after the method's own (e.g. a :class:`FlipMonitor`)."""
     resnet.validate()
     step = resnet.step or 1
     if arch == "resnet18-float" and (resnet.step or start):
@@ -375,12 +380,12 @@ def train_resnet(arch: str, train: Images, test: Images | None, prep: str, confi
     if teacher is not None:
         frozen = load_teacher(teacher, model, prep)
         info["teacher"] = str(teacher)
-    callbacks = method_callbacks(binary, model) if binary else []
+    callbacks = [*(method_callbacks(binary, model) if binary else []), *callbacks]
     history = fit_resnet(model, train, test, config, resnet.augment, frozen, callbacks,
                          Path(out) / CHECKPOINT_NAME if out is not None else None, resume,
                          progress, desc=f"train {arch}" + (f" step {step}" if info["step"]
                                                            else ""),
-                         tag_settings={**asdict(resnet), **info})
+                         tag_settings={**asdict(resnet), **info}, amp=resnet.amp)
     if out is not None and int(os.environ.get("RANK", "0")) == 0:
         save_trained(out, model, history, config, {
             "prep": prep, "source": train.name, "label_space": train.label_space.to_json(),
