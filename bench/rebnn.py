@@ -1,12 +1,18 @@
 """The ReBNN study (``ste`` vs ``xnor`` vs ``rebnn`` vs ``rebnn-const`` on the binary CNN and
-the BNN head); writes BENCHMARKS.md's `rebnn` section.
+the BNN head); writes BENCHMARKS.md's `rebnn` section. ``--net resnet18``: the binary
+ResNet-18 study (ReActNet vs ReBNN, without and with a float teacher); writes the CPU part of
+the `rebnn-resnet18` section (``bench/rebnn_gpu.py`` writes its GPU part).
 
 Runs :func:`hybnn.experiments.rebnn_study.run_study` (what ``hybnn study rebnn`` runs, with
-the same options) and checks the target per family and ReBNN variant: at least 2x fewer late
-weight flips than ``ste`` and a higher accuracy.
+the same options) and checks the targets. CNN: per family and ReBNN variant, at least 2x
+fewer late weight flips than ``ste`` and a higher accuracy. ResNet: per teacher setting and
+ReBNN variant, at least 2x fewer late flips than ReActNet and an accuracy no lower (mean of
+the seeds); the best binary ResNet at or above 92.9 % (Fashion-MNIST, CBCNN's 92.86 %) and
+within 2 points of its float twin.
 
-    python -m bench.rebnn [--out runs/study-rebnn] [--threads 1] [--data D] [--quick]
-                          [--seeds S ...] [--epochs N] [--json FILE] [--no-write]
+    python -m bench.rebnn [--net cnn|resnet18] [--width W] [--out DIR] [--threads 1]
+                          [--data D] [--quick] [--seeds S ...] [--epochs N] [--json FILE]
+                          [--no-write]
 """
 
 from __future__ import annotations
@@ -19,19 +25,26 @@ if not __package__:  # run as `python bench/NAME.py`: import bench.* from the re
 
 import argparse
 import json
+import os
 import shlex
 from typing import Any
 
 from bench.common import target, write_json, write_section
-from hybnn.experiments.config import StudyConfig
+from hybnn.experiments.config import STUDY_NETS, StudyConfig
 from hybnn.experiments.rebnn_study import results_table, run_study
 
 SECTION = "rebnn"
-FLIP_CUT = 2.0  # ReBNN's late flip ratio at least this many times lower than ste's
+RESNET_SECTION = "rebnn-resnet18"
+FLIP_CUT = 2.0  # ReBNN's late flip ratio at least this many times lower than the baseline's
+RECORD = 0.929  # above the bitwise CBCNN's 92.86 % on Fashion-MNIST
+TWIN_GAP = 2.0  # points of the float twin the best binary ResNet stays within
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per family and ReBNN variant: the flip reduction and the accuracy change vs ``ste``."""
+    """Per family and ReBNN variant: the flip reduction and the accuracy change vs ``ste``
+    (vs ``reactnet`` on the ResNet, :func:`resnet_targets`)."""
+    if results["config"].get("net") == "resnet18":
+        return resnet_targets(results)
     found = []
     for family, res in results["models"].items():
         methods = res["methods"]
@@ -92,11 +105,110 @@ def section(results: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
+def best_binary(results: dict[str, Any]) -> tuple[str, str, float]:
+    """(family, method, mean accuracy) of the most accurate binary ResNet of the study."""
+    return max(((f, m, r["acc_mean"]) for f, res in results["models"].items()
+                for m, r in res["methods"].items()), key=lambda t: t[2])
+
+
+def resnet_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per teacher setting and ReBNN variant vs ReActNet: the late flip reduction (>= 2x) and
+    the accuracy change (no lower); then the best binary ResNet against the record and
+    against its float twin."""
+    found = []
+    cfg = results["config"]
+    for family, res in results["models"].items():
+        methods = res["methods"]
+        base = methods.get("reactnet")
+        for name in ("rebnn", "rebnn-const"):
+            if base is None or name not in methods:
+                continue
+            r = methods[name]
+            cut = (base["flip_ratio_late"] / r["flip_ratio_late"]
+                   if r["flip_ratio_late"] > 0 else float("inf"))
+            gain = 100 * (r["acc_mean"] - base["acc_mean"])
+            found.append(target(f"{family} {name} late flip ratio vs reactnet (times lower)",
+                                round(cut, 2), f">= {FLIP_CUT:g}x", cut >= FLIP_CUT))
+            found.append(target(f"{family} {name} accuracy vs reactnet (points)",
+                                round(gain, 2), ">= 0", gain >= 0))
+    family, method, acc = best_binary(results)
+    rc = cfg["resnet"]
+    where = (f"width {rc['width']}, {results['models'][family]['sizes']['train']} train "
+             f"images, {rc['epochs']} step-2 epochs")
+    found.append(target(f"best binary ResNet-18 test accuracy on {cfg['data']} ({family} "
+                        f"{method}; {where})", round(acc, 4), f">= {RECORD}", acc >= RECORD))
+    twin = results.get("float_twin")
+    if twin:
+        gap = 100 * (twin["acc"] - acc)
+        found.append(target(f"best binary ResNet-18 below its float twin (points; twin "
+                            f"{twin['acc']:.4f})", round(gap, 2), f"<= {TWIN_GAP:g}",
+                            gap <= TWIN_GAP))
+    return found
+
+
+def resnet_verdict(results: dict[str, Any]) -> list[str]:
+    """One line per target of :func:`resnet_targets`."""
+    return [f"- {t['name']}: {t['value']} (goal {t['goal']}): "
+            f"{'met' if t['met'] else 'not met'}." for t in resnet_targets(results)]
+
+
+def resnet_section(results: dict[str, Any], command: str, where: str) -> str:
+    """One part (``where``: CPU or GPU) of BENCHMARKS.md's ``rebnn-resnet18`` section."""
+    cfg = results["config"]
+    v = results["versions"]
+    shown = {k: cfg[k] for k in ("data", "methods", "seeds", "device", "threads")}
+    lines = [
+        f"### {where}",
+        "",
+        f"Command: `{command}` ({results['seconds'] / 60:.1f} min wall time)",
+        "",
+        f"Machine: {results['machine']}; hybnn {v['hybnn']}, torch {v.get('torch', '?')}.",
+        "",
+        f"Config: `{json.dumps(shown)}`, ResNet: `{json.dumps(cfg['resnet'])}`.",
+        "",
+        results_table(results),
+        "",
+        *resnet_verdict(results),
+    ]
+    return "\n".join(lines)
+
+
+RESNET_HEAD = """## ReBNN on the binary ResNet-18: ReActNet vs ReBNN, oscillation and accuracy
+
+`hybnn study rebnn --net resnet18`: the float twin trained once (the teacher); per seed,
+step 1 (binary activations, real weights), then step 2 from it with each method, without
+and with distillation from the twin (`resnet18` / `resnet18-kd`). Flip ratio = fraction of
+the 16 binary convolutions' latent weights whose sign differs from the previous epoch's end,
+averaged over the layers and the last quarter of step 2's epochs, then over seeds; γ per
+layer likewise. Targets: ReBNN ≥ 2× fewer late flips than ReActNet *and* accuracy no lower
+(mean of the seeds); the best binary ResNet-18 ≥ 92.9 % on Fashion-MNIST and within 2 points
+of its float twin."""
+
+
+def write_resnet_part(part: str, body: str, path: str | os.PathLike[str]) -> None:
+    """Write the ``cpu`` or ``gpu`` part of the ``rebnn-resnet18`` section (the section is
+    made, with both parts empty, where it is missing)."""
+    text = Path(path).read_text() if Path(path).is_file() else ""
+    if f"<!-- {RESNET_SECTION}:start -->" not in text:
+        empty = {"cpu": "### CPU\n\nNo CPU run yet.",
+                 "gpu": "### GPU\n\nNo GPU run exists yet: `bench/rebnn_gpu.py` is the "
+                        "script (full width 64, the whole of Fashion-MNIST, sized to 10 "
+                        "minutes of one H100), tested on CPU at a tiny width only."}
+        parts = [f"<!-- {RESNET_SECTION}-{p}:start -->\n{b}\n<!-- {RESNET_SECTION}-{p}:end -->"
+                 for p, b in empty.items()]
+        write_section(RESNET_SECTION, "\n\n".join([RESNET_HEAD, *parts]), path)
+    write_section(f"{RESNET_SECTION}-{part}", body, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="runs/study-rebnn", help="the study's directory")
+    parser.add_argument("--out", default="", help="the study's directory (default: "
+                        "runs/study-rebnn, runs/study-rebnn-resnet18)")
     parser.add_argument("--data", default=StudyConfig.data)
+    parser.add_argument("--net", default=StudyConfig.net, choices=STUDY_NETS)
+    parser.add_argument("--width", type=int, default=None,
+                        help="--net resnet18: base channels (default 8)")
     parser.add_argument("--quick", action="store_true", help="small subsets, few epochs, 2 seeds")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2")
     parser.add_argument("--epochs", type=int, default=None,
@@ -109,14 +221,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="leave BENCHMARKS.md alone")
     args = parser.parse_args(argv)
     cfg = StudyConfig.make(data=args.data, quick=args.quick, seeds=args.seeds,
-                           epochs=args.epochs, device=args.device, threads=args.threads)
-    results = run_study(cfg, args.out, progress=not args.no_progress)
+                           epochs=args.epochs, device=args.device, threads=args.threads,
+                           net=args.net, width=args.width)
+    out = args.out or ("runs/study-rebnn" if args.net == "cnn" else "runs/study-rebnn-resnet18")
+    results = run_study(cfg, out, progress=not args.no_progress)
     command = shlex.join(["python", "-m", "bench.rebnn", *argv])
-    body = section(results, command)
+    if args.net == "resnet18":
+        body = resnet_section(results, command, f"CPU ({cfg.threads} torch thread(s))")
+    else:
+        body = section(results, command)
     print(body)
     if not args.no_write:
-        write_section(SECTION, body, args.benchmarks)
-        print(f"{SECTION} section -> {args.benchmarks}")
+        if args.net == "resnet18":
+            write_resnet_part("cpu", body, args.benchmarks)
+        else:
+            write_section(SECTION, body, args.benchmarks)
+        print(f"{RESNET_SECTION if args.net == 'resnet18' else SECTION} section -> "
+              f"{args.benchmarks}")
     if args.json:
         write_json(args.json, targets(results), command=command, config=results["config"],
                    seconds=results["seconds"])

@@ -110,3 +110,33 @@ def plot_confusion(matrix: np.ndarray, names: Sequence[str], path: str | os.Path
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     return save_figure(fig, path)
+
+
+def plot_layer_epoch_maps(maps: Mapping[str, Sequence[Sequence[float]]],
+                          layers: Sequence[str], path: str | os.PathLike[str],
+                          title: str) -> Path:
+    """One heat map per named run (e.g. a training method): rows are ``layers``, columns
+    epochs, the colour a per-layer value such as the flip ratio; one shared log colour
+    scale, so the maps compare."""
+    from matplotlib.colors import LogNorm
+
+    arrays = {name: np.asarray(m, dtype=float) for name, m in maps.items()}
+    positive = np.concatenate([a[a > 0].ravel() for a in arrays.values()] or [np.ones(1)])
+    low, high = (positive.min(), positive.max()) if positive.size else (1e-6, 1.0)
+    norm = LogNorm(vmin=low, vmax=max(high, low * 10))
+    n = len(arrays)
+    fig, axes = plt.subplots(1, n, figsize=(2.2 * n + 1.8, 0.22 * len(layers) + 1.6),
+                             sharey=True, squeeze=False)
+    image = None
+    for ax, (name, a) in zip(axes[0], arrays.items(), strict=True):
+        # zero flips have no log: drawn at the scale's floor
+        image = ax.imshow(np.maximum(a, low), aspect="auto", norm=norm, cmap="viridis",
+                          extent=(0.5, a.shape[1] + 0.5, len(layers) - 0.5, -0.5))
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("epoch")
+        integer_axis(ax.xaxis)
+    axes[0, 0].set_yticks(range(len(layers)), list(layers), fontsize=6)
+    if image is not None:
+        fig.colorbar(image, ax=list(axes[0]), fraction=0.03, pad=0.02, label="flip ratio")
+    fig.suptitle(title, fontsize=9)
+    return save_figure(fig, path)

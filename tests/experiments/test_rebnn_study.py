@@ -50,3 +50,59 @@ def test_study_cli_writes_results_table_plots_and_the_bench_section(tmp_path, ca
     assert "python -m bench.rebnn --data digits" in text and "| rebnn |" in text
     assert text.count("target (≥2× fewer flips and higher accuracy)") == 4  # 2 families x 2
     assert {t["name"].split()[0] for t in targets(results)} == {"bcnn", "hybnn"}
+
+
+def test_resnet_study_quick_preset_and_refusals():
+    cfg = StudyConfig.make(net="resnet18", quick=True, width=4)
+    assert cfg.methods == ("ste", "reactnet", "rebnn", "rebnn-const")
+    assert cfg.resnet.width == 4 and cfg.resnet.teacher == (False, True)
+    assert cfg.resnet.train_size <= 1000 and len(cfg.seeds) == 2
+    assert StudyConfig.make(net="resnet18", epochs=5).resnet.epochs == 5
+    with pytest.raises(ValueError, match="resnet18"):
+        StudyConfig.make(width=4)
+    with pytest.raises(ValueError, match="unknown net"):
+        StudyConfig.make(net="vgg")
+
+
+def test_resnet_study_trains_teacher_step1_and_methods_and_reports_targets(tmp_path):
+    """A tiny binary ResNet-18 on digits: the float twin once, step 1 per teacher setting,
+    step 2 per method; per-layer flips and γ, the flips-per-layer-and-epoch plot, the
+    bench's targets and its part of the BENCHMARKS.md section."""
+    from bench.rebnn import resnet_section, write_resnet_part
+    from hybnn.experiments.rebnn_study import run_study
+
+    cfg = StudyConfig.make(data="digits", net="resnet18", seeds=[0], epochs=2, width=2,
+                           train_size=64, test_size=32, teacher_epochs=1, step1_epochs=1)
+    out = tmp_path / "study"
+    results = run_study(cfg, out, progress=False, log=lambda *_: None)
+    assert set(results["models"]) == {"resnet18", "resnet18-kd"}
+    assert 0.0 <= results["float_twin"]["acc"] <= 1.0
+    for res in results["models"].values():
+        assert set(res["methods"]) == set(cfg.methods) and len(res["step1_acc"]) == 1
+        for method, r in res["methods"].items():
+            assert len(r["flip_ratio_late_layers"]) == 16  # the 16 binary convolutions
+            assert all(len(c) == 2 for c in r["flip_curves"].values())
+            assert r["train_seconds"] > 0
+            assert bool(r["gamma_late_layers"]) == method.startswith("rebnn")
+        const = res["methods"]["rebnn-const"]["gamma_late_layers"]
+        assert list(const.values()) == pytest.approx([2e-4] * 16)
+    assert {p.name for p in (out / "plots").iterdir()} >= {
+        "resnet18_flips_per_layer.png", "resnet18-kd_flips_per_layer.png"}
+    table = (out / "table.md").read_text()
+    assert "| reactnet |" in table and "flip reduction vs reactnet" in table
+    assert "| blocks.15.conv |" in table
+
+    found = targets(results)
+    names = [t["name"] for t in found]
+    assert sum("vs reactnet" in n for n in names) == 8  # 2 families x 2 variants x 2
+    assert names[-2].startswith("best binary ResNet-18 test accuracy on digits")
+    assert names[-1].startswith("best binary ResNet-18 below its float twin")
+    bench = tmp_path / "BENCHMARKS.md"
+    bench.write_text("# Benchmarks\n")
+    write_resnet_part("cpu", resnet_section(results, "python -m bench.rebnn --net resnet18",
+                                            "CPU"), bench)
+    text = bench.read_text()
+    assert "No GPU run exists yet" in text and "| rebnn-const |" in text
+    write_resnet_part("gpu", "### GPU\n\nrows", bench)
+    text = bench.read_text()
+    assert "No GPU run exists yet" not in text and "rows" in text and "| rebnn-const |" in text

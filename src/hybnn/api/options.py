@@ -17,7 +17,7 @@ from typing import ClassVar
 from hybnn.binary.names import SCALINGS
 from hybnn.data.names import PREPS, SPLITS
 from hybnn.errors import DataError
-from hybnn.experiments.config import DEFAULT_DATA, ReproduceConfig, StudyConfig
+from hybnn.experiments.config import DEFAULT_DATA, STUDY_NETS, ReproduceConfig, StudyConfig
 from hybnn.experiments.continual_config import ContinualConfig
 from hybnn.federated.config import FedConfig
 from hybnn.models.names import CODE_LAYER_NAMES, MODEL_NAMES, RESNET_NAMES, SPECS
@@ -344,17 +344,24 @@ class PkiOptions(_Checked):
 
 @dataclass(kw_only=True)
 class StudyOptions(_Checked):
-    """ReBNN vs STE vs XNOR: accuracy and weight oscillation."""
+    """ReBNN vs STE vs XNOR (vs ReActNet on the ResNet): accuracy and weight oscillation."""
 
     out: str = setting("runs/study-rebnn", "output directory")
     data: str = setting(StudyConfig.data, "data source")
+    net: str = setting(StudyConfig.net, "cnn: the binary CNN and the HyBNN head; resnet18: "
+                       "the binary ResNet-18, two steps, without and with a float teacher",
+                       choices=STUDY_NETS)
+    width: int | None = setting(None, "--net resnet18: base channels (default 8; 64 in "
+                                "the paper)")
     quick: bool = setting(False, "small subsets, few epochs, 2 seeds")
     seeds: list[int] | None = setting(None, "seeds (default: 0 1 2)")
-    epochs: int | None = setting(None, "epochs of every BNN run (default: 8 bcnn, 25 head)")
+    epochs: int | None = setting(None, "epochs of every BNN run (default: 8 bcnn, 25 head; "
+                                 "resnet18: 8 of step 2)")
     device: str = setting(StudyConfig.device, DEVICE_HELP)
     threads: int = setting(StudyConfig.threads, "torch CPU threads")
     progress: bool = setting(True, "progress bars on a terminal, a line per step in a log")
 
     def study_config(self) -> StudyConfig:
         return StudyConfig.make(data=self.data, quick=self.quick, seeds=self.seeds,
-                                epochs=self.epochs, device=self.device, threads=self.threads)
+                                epochs=self.epochs, device=self.device, threads=self.threads,
+                                net=self.net, width=self.width)

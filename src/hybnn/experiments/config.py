@@ -83,6 +83,35 @@ STUDY_QUICK: dict[str, Any] = {
     "pretrain_size": 2000, "bcnn_epochs": 4, "head_epochs": 6, "pretrain_epochs": 2}
 
 
+STUDY_NETS = ("cnn", "resnet18")
+# Step 2's methods on the binary ResNet (hybnn.pipeline.config.RESNET_METHODS; reactnet is
+# sign x mean |w|, the ReActNet baseline ReBNN is compared with)
+RESNET_STUDY_METHODS = ("ste", "reactnet", "rebnn", "rebnn-const")
+# What --quick changes in the ResNet study (a few minutes on 2 cores).
+RESNET_STUDY_QUICK: dict[str, Any] = {"train_size": 600, "test_size": 300, "teacher_epochs": 2,
+                                      "step1_epochs": 2, "epochs": 3}
+
+
+@dataclass
+class ResNetStudyConfig:
+    """The binary ResNet-18 study (``--net resnet18``): per seed a step-1 model (binary
+    activations, real weights), then step 2 with each method, without and with the float
+    twin as teacher (trained once). The defaults finish in about 40 minutes on one core."""
+
+    width: int = setting(8, "base channels (64 in the paper; 8 to fit a CPU)")
+    train_size: int | None = setting(2000, "training subset (None: the whole split)")
+    test_size: int | None = setting(1000, "test subset (None: the whole split)")
+    teacher_epochs: int = setting(6, "epochs of the float twin")
+    step1_epochs: int = setting(4, "epochs of step 1")
+    epochs: int = setting(8, "epochs of step 2 (the flips are measured here)")
+    batch_size: int = setting(64, "batch size")
+    lr: float = setting(2e-3, "Adam learning rate of every run (linear decay)")
+    schedule: str = setting("linear", "learning-rate schedule (ReActNet's and ReBNN's)")
+    augment: str = setting("standard", "augmentation (random crop + flip)")
+    teacher: tuple[bool, ...] = setting((False, True), "without and/or with distillation")
+    amp: bool = setting(False, "bfloat16 autocast (CUDA)")
+
+
 @dataclass
 class StudyConfig:
     """Everything that defines a ReBNN study run (recorded in results.json)."""
@@ -106,17 +135,38 @@ class StudyConfig:
     device: str = setting("cpu", "torch device: cpu, cuda, cuda:1, ...")
     threads: int = setting(1, "torch CPU threads")
     subset_seed: int = setting(0, "seed of the subsets", cli=False)
+    net: str = setting("cnn", "cnn: the binary CNN and the HyBNN head; resnet18: the binary "
+                       "ResNet-18", choices=STUDY_NETS)
+    resnet: ResNetStudyConfig = setting(help="the ResNet study (net resnet18)",
+                                        factory=ResNetStudyConfig)
 
     @classmethod
     def make(cls, data: str = "fashion-mnist", quick: bool = False,
              seeds: list[int] | None = None, epochs: int | None = None,
-             device: str = "cpu", threads: int = 1) -> StudyConfig:
-        """The default study, or a few-minute ``quick`` one; ``epochs`` overrides both runs."""
-        cfg = cls(data=data, device=device, threads=threads)
-        if quick:
+             device: str = "cpu", threads: int = 1, net: str = "cnn",
+             width: int | None = None, **resnet: Any) -> StudyConfig:
+        """The default study, or a few-minute ``quick`` one; ``epochs`` overrides every
+        trained BNN's (step 2's for ``net="resnet18"``); ``width`` and ``resnet`` set fields
+        of :class:`ResNetStudyConfig`."""
+        if net not in STUDY_NETS:
+            raise ValueError(f"unknown net {net!r}; use {' or '.join(STUDY_NETS)}")
+        cfg = cls(data=data, device=device, threads=threads, net=net)
+        if net == "resnet18":
+            cfg.methods, cfg.models = RESNET_STUDY_METHODS, ("resnet18",)
+            values = {**(RESNET_STUDY_QUICK if quick else {}), **resnet}
+            if width is not None:
+                values["width"] = width
+            if epochs is not None:
+                values["epochs"] = int(epochs)
+            cfg.resnet = replace(cfg.resnet, **values)
+            if quick:
+                cfg.seeds = STUDY_QUICK["seeds"]
+        elif width is not None or resnet:
+            raise ValueError("width and the ResNet settings are for net resnet18")
+        elif quick:
             cfg = replace(cfg, **STUDY_QUICK)
         if seeds:
             cfg.seeds = tuple(seeds)
-        if epochs is not None:
+        if epochs is not None and net == "cnn":
             cfg.bcnn_epochs = cfg.head_epochs = int(epochs)
         return cfg

@@ -102,6 +102,8 @@ def summarize(histories: dict[str, list[History]]) -> dict[str, dict[str, Any]]:
         step_curves = {n: np.mean([h.series(f"{STEP_FLIP_KEY}/{n}") for h in runs],
                                   axis=0).tolist() for n in layers}
         gammas = [late_flip_ratio(h, "rebnn_gamma") for h in runs if h.series("rebnn_gamma")]
+        gamma_layers = {n: float(np.mean([late_flip_ratio(h, f"rebnn_gamma/{n}") for h in runs]))
+                        for n in layers if runs[0].series(f"rebnn_gamma/{n}")}
         out[method] = {
             "acc_mean": float(np.mean(accs)),
             "acc_std": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
@@ -110,7 +112,11 @@ def summarize(histories: dict[str, list[History]]) -> dict[str, dict[str, Any]]:
             "step_flip_ratio_late": float(np.mean([late_flip_ratio(h, STEP_FLIP_KEY)
                                                    for h in runs])),
             "gamma_late": float(np.mean(gammas)) if gammas else 0.0,
+            "flip_ratio_late_layers": {n: float(np.mean([late_flip_ratio(h, f"{FLIP_KEY}/{n}")
+                                                          for h in runs])) for n in layers},
+            "gamma_late_layers": gamma_layers,
             "seconds_per_epoch": float(np.mean([h.train_seconds_per_epoch() for h in runs])),
+            "train_seconds": float(np.mean([sum(h.series("seconds")) for h in runs])),
             "test_acc_curve": np.mean([h.series("test_acc") for h in runs], axis=0).tolist(),
             "flip_curves": curves,
             "step_flip_curves": step_curves,
@@ -121,9 +127,11 @@ def summarize(histories: dict[str, list[History]]) -> dict[str, dict[str, Any]]:
 def run_study(cfg: StudyConfig, out: str | os.PathLike[str] = "runs/study-rebnn",
               progress: bool = True, log: Any = print) -> dict[str, Any]:
     """Run the study described by ``cfg`` and write its results, table and plots to ``out``."""
-    for m in cfg.methods:
-        method_scaling(m)  # fail fast on an unknown method
-    unknown = set(cfg.models) - set(STUDY_MODELS)
+    from hybnn.pipeline.resnet import BINARY_METHOD
+
+    for m in cfg.methods:  # fail fast on an unknown method
+        method_scaling(BINARY_METHOD[m] if cfg.net == "resnet18" and m in BINARY_METHOD else m)
+    unknown = set(cfg.models) - set(STUDY_MODELS) if cfg.net == "cnn" else set()
     if unknown:
         raise ValueError(f"unknown model families {sorted(unknown)}; use {', '.join(STUDY_MODELS)}")
     out = Path(out)
@@ -133,9 +141,17 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike[str] = "runs/study-rebnn"
     t0 = time.perf_counter()
     try:
         train, test = train_test(load_source(cfg.data))
-        test = _subset(test, cfg.test_size, cfg.subset_seed)
         models: dict[str, Any] = {}
-        for family in cfg.models:
+        twin = None
+        if cfg.net == "resnet18":
+            from hybnn.experiments.rebnn_resnet import run_resnet
+
+            rc = cfg.resnet
+            models, twin = run_resnet(cfg, _subset(train, rc.train_size, cfg.subset_seed),
+                                      _subset(test, rc.test_size, cfg.subset_seed), out,
+                                      progress, log)
+        test = _subset(test, cfg.test_size, cfg.subset_seed)
+        for family in cfg.models if cfg.net == "cnn" else ():
             tf = time.perf_counter()
             if family == "bcnn":
                 fam_train: Any = _subset(train, cfg.train_size, cfg.subset_seed)
@@ -160,11 +176,12 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike[str] = "runs/study-rebnn"
         torch.set_num_threads(threads)
     from hybnn.artifacts import versions
 
-    top = cfg.models[0]
+    top = next(iter(models))
     results = {
         "methods": models[top]["methods"],
         "top_level_model": top,
         "models": models,
+        "float_twin": twin,
         "config": asdict(cfg),
         "seconds": time.perf_counter() - t0,
         "machine": machine_description(),
@@ -178,38 +195,81 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike[str] = "runs/study-rebnn"
     return results
 
 
+def baseline_method(methods: dict[str, Any]) -> str | None:
+    """The method flips are compared with: ReActNet's on the ResNet, else plain ``ste``."""
+    return next((m for m in ("reactnet", "ste") if m in methods), None)
+
+
+def _family_line(family: str, res: dict[str, Any], cfg: dict[str, Any]) -> str:
+    sizes, seeds = res["sizes"], ", ".join(map(str, cfg["seeds"]))
+    if family.startswith("resnet18"):
+        rc = cfg["resnet"]
+        kd = (f"distilled from the float twin ({rc['teacher_epochs']} epochs) in both steps"
+              if family.endswith("-kd") else "cross-entropy, no teacher")
+        step1 = ", ".join(f"{a:.4f}" for a in res.get("step1_acc", []))
+        return (f"**{family}**: binary ResNet-18, width {rc['width']}, {kd}; step 1 "
+                f"{rc['step1_epochs']} epochs (test acc per seed {step1}), step 2 "
+                f"{rc['epochs']} epochs; {sizes['train']} training / {sizes['test']} test "
+                f"images of {cfg['data']}, Adam {rc['lr']:g} {rc['schedule']}, batch "
+                f"{rc['batch_size']}, augment {rc['augment']}, seeds {seeds}.\n")
+    epochs = cfg["bcnn_epochs"] if family == "bcnn" else cfg["head_epochs"]
+    what = ("binary CNN on centred images" if family == "bcnn"
+            else f"HyBNN head {cfg['latent_bits']}-{'-'.join(map(str, cfg['hidden']))} "
+                 f"on VAE codes (VAE: {sizes.get('pretrain')} train images, "
+                 f"{cfg['pretrain_epochs']} epochs)")
+    return (f"**{family}**: {what}; {sizes['train']} training / {sizes['test']} test "
+            f"samples of {cfg['data']}, {epochs} epochs, seeds {seeds}.\n")
+
+
 def results_table(results: dict[str, Any]) -> str:
-    """Markdown: one table per model family, methods as rows."""
+    """Markdown: one table per model family, methods as rows (the ResNet's also its late
+    flips and γ per layer)."""
     cfg = results["config"]
     parts = []
+    twin = results.get("float_twin")
+    if twin:
+        parts.append(f"Float twin (resnet18-float, the teacher): test acc {twin['acc']:.4f} "
+                     f"after {twin['epochs']} epochs ({twin['train_seconds']:.0f} s).\n")
     for family, res in results["models"].items():
-        sizes = res["sizes"]
-        epochs = cfg["bcnn_epochs"] if family == "bcnn" else cfg["head_epochs"]
-        what = ("binary CNN on centred images" if family == "bcnn"
-                else f"HyBNN head {cfg['latent_bits']}-{'-'.join(map(str, cfg['hidden']))} "
-                     f"on VAE codes (VAE: {sizes.get('pretrain')} train images, "
-                     f"{cfg['pretrain_epochs']} epochs)")
-        parts.append(f"**{family}**: {what}; {sizes['train']} training / {sizes['test']} test "
-                     f"samples of {cfg['data']}, {epochs} epochs, seeds "
-                     f"{', '.join(map(str, cfg['seeds']))}.\n")
-        parts.append("| method | test acc (mean ± std) | flip ratio, last ¼ epochs | "
-                     "per-step flip ratio, last ¼ | flip reduction vs ste | mean γ, last ¼ |")
-        parts.append("|---|---|---|---|---|---|")
-        base = res["methods"].get("ste", {}).get("flip_ratio_late")
-        for method, r in res["methods"].items():
+        methods = res["methods"]
+        base_name = baseline_method(methods)
+        parts.append(_family_line(family, res, cfg))
+        parts.append(f"| method | test acc (mean ± std) | flip ratio, last ¼ epochs | "
+                     f"per-step flip ratio, last ¼ | flip reduction vs {base_name} | "
+                     "mean γ, last ¼ | train s |")
+        parts.append("|---|---|---|---|---|---|---|")
+        base = methods.get(base_name or "", {}).get("flip_ratio_late")
+        for method, r in methods.items():
             ratio = (f"{base / r['flip_ratio_late']:.2f}×"
                      if base and r["flip_ratio_late"] > 0 else "–")
             parts.append(
                 f"| {method} | {r['acc_mean']:.4f} ± {r['acc_std']:.4f} | "
                 f"{r['flip_ratio_late']:.5f} | {r['step_flip_ratio_late']:.6f} | {ratio} | "
-                f"{r['gamma_late']:.2e} |")
+                f"{r['gamma_late']:.2e} | {r.get('train_seconds', float('nan')):.0f} |")
         parts.append("")
+        if family.startswith("resnet18"):
+            parts.append(layer_table(methods))
+            parts.append("")
     return "\n".join(parts).rstrip()
+
+
+def layer_table(methods: dict[str, Any]) -> str:
+    """Markdown: per binary layer, each method's late flip ratio and each ReBNN's late γ."""
+    names = list(methods)
+    gammas = [m for m in names if methods[m].get("gamma_late_layers")]
+    layers = list(next(iter(methods.values()))["flip_ratio_late_layers"])
+    head = ["layer", *(f"flips {m}" for m in names), *(f"γ {m}" for m in gammas)]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for layer in layers:
+        cells = [layer, *(f"{methods[m]['flip_ratio_late_layers'][layer]:.5f}" for m in names),
+                 *(f"{methods[m]['gamma_late_layers'].get(layer, 0.0):.2e}" for m in gammas)]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
 
 
 def plot_study(results: dict[str, Any], directory: str | os.PathLike[str]) -> list[Path]:
     """One PNG per (model family, binary layer) with each method's flip-ratio curve."""
-    from hybnn.plots import plot_curves
+    from hybnn.plots import plot_curves, plot_layer_epoch_maps
 
     directory = Path(directory)
     paths = []
@@ -219,7 +279,13 @@ def plot_study(results: dict[str, Any], directory: str | os.PathLike[str]) -> li
     for family, res in results["models"].items():
         methods = res["methods"]
         first = next(iter(methods.values()))
-        for layer in first["flip_curves"]:
+        if family.startswith("resnet18"):  # 16 layers: one map per method, not 16 plots
+            layers = list(first["flip_curves"])
+            maps = {m: [r["flip_curves"][n] for n in layers] for m, r in methods.items()}
+            paths.append(plot_layer_epoch_maps(
+                maps, layers, directory / f"{family}_flips_per_layer.png",
+                f"{family} on {where}: weights whose sign flipped per layer and epoch"))
+        for layer in first["flip_curves"] if not family.startswith("resnet18") else ():
             curves = {m: r["flip_curves"][layer] for m, r in methods.items()}
             name = layer.replace(".", "_") or "root"
             paths.append(plot_curves(curves, directory / f"{family}_flip_{name}.png",
