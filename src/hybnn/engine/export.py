@@ -175,13 +175,22 @@ def _image_input(model: BinaryCNN | BinaryEncoder) -> tuple[dict[str, Any], tupl
     return {"kind": "image", "channels": chw[0], "height": chw[1], "width": chw[2]}, chw
 
 
+CHAINS = (BNNHead, BinaryCNN, FullyBinaryHyBNN)  # the models a version-2 chain holds
+
+
 def engine_header(
     model: nn.Module, metadata: dict[str, Any] | None = None
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """(engine header, arrays) of ``model`` (BNNHead, BinaryCNN or FullyBinaryHyBNN): what an
-    engine file holds."""
+    """(engine header, arrays) of ``model``: what an engine file holds. A BNNHead, BinaryCNN
+    or FullyBinaryHyBNN is a chain of binary layers; any other module (a binary ResNet) is
+    traced into a graph (:mod:`hybnn.engine.graph_export`)."""
     from hybnn import __version__
     from hybnn.models.io import arch_name
+
+    if not isinstance(model, CHAINS):
+        from hybnn.engine.graph_export import graph_header
+
+        return graph_header(model, metadata=metadata)
 
     was_training = model.training
     model.eval()
@@ -208,8 +217,9 @@ def engine_header(
 def export_model(
     model: nn.Module, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Export ``model`` (BNNHead, BinaryCNN or FullyBinaryHyBNN, any scaling) to ``path``;
-    returns the header."""
+    """Export ``model`` to ``path``; returns the header. A BNNHead, BinaryCNN or
+    FullyBinaryHyBNN (any scaling) is a chain; any module built from hybnn's binary layers and
+    the modules :mod:`hybnn.engine.graph_export` lists is a graph."""
     header, arrays = engine_header(model, metadata)
     fmt.write(path, header, arrays)
     return header

@@ -4,7 +4,8 @@ Like every hybnn artifact the arrays are safetensors tensors (dtypes ``<u8``, ``
 ``<f4``, ``|i1``) and the description is JSON. The safetensors metadata holds two strings:
 
 * ``"hybnn"``: the header, a JSON object with ``kind: "engine"``, ``format_version: 2``, the
-  input, the layers (they name their arrays) and the user's metadata;
+  input, the layers (they name their arrays) and the user's metadata; or ``format_version: 3``
+  and a ``"graph"`` of nodes instead of the layers (:mod:`hybnn.engine.graph`);
 * ``"fingerprint"``: :func:`fingerprint` of the header string and the arrays.
 
 The fingerprint is a checksum: it detects accidental corruption, it does not say who wrote the
@@ -33,7 +34,8 @@ from hybnn.errors import ArtifactError
 
 KIND = "engine"
 EXPORT_KINDS = (KIND, "bundle")  # what `hybnn export` writes (a bundle: hybnn.bundle.format)
-FORMAT_VERSION = 2
+FORMAT_VERSION = 2  # a chain of binary layers
+GRAPH_VERSION = 3  # a graph of binary and float32 nodes (hybnn.engine.graph)
 DTYPES = (np.dtype("<u8"), np.dtype("<i4"), np.dtype("<f4"), np.dtype("i1"))
 MAX_HEADER = 1 << 24  # bytes of the safetensors JSON header
 MAX_FILE_BYTES = 1 << 30
@@ -140,15 +142,18 @@ def open_container(data: bytes, where: str, noun: str) -> tuple[dict[str, Any], 
     return meta, header
 
 
-def check_version(header: dict[str, Any], where: str, current: int) -> None:
-    """Refuse a ``format_version`` other than ``current`` (newer ones: upgrade hybnn)."""
+def check_version(
+    header: dict[str, Any], where: str, current: int, older: tuple[int, ...] = ()
+) -> None:
+    """Refuse a ``format_version`` other than ``current`` or one of ``older`` (newer ones:
+    upgrade hybnn)."""
     version = header.get("format_version")
     if isinstance(version, int) and version > current:
         raise ArtifactError(
             f"{where} has format version {version}, newer than this hybnn reads "
             f"({current}); upgrade hybnn"
         )
-    if type(version) is not int or version != current:
+    if type(version) is not int or version not in (current, *older):
         raise ArtifactError(f"{where} has unknown format version {version!r}")
 
 
@@ -177,7 +182,7 @@ def decode(
     meta, header = open_container(data, where, "engine file")
     if header.get("kind") != KIND:
         raise ArtifactError(f"{where} does not describe a hybnn engine model")
-    check_version(header, where, FORMAT_VERSION)
+    check_version(header, where, GRAPH_VERSION, (FORMAT_VERSION,))
     arrays, digest = container_arrays(data, meta, where)
     return header, arrays, digest
 

@@ -12,6 +12,7 @@ from hybnn.data.labels import LabelSpace
 from hybnn.engine import format as fmt
 from hybnn.engine import geometry
 from hybnn.engine.dispatch import _kernels
+from hybnn.engine.graph import GraphModel
 from hybnn.engine.packing import words_for
 from hybnn.errors import ArtifactError, DataError
 
@@ -305,9 +306,13 @@ class PackedModel:
         return [o.transpose(0, 3, 1, 2) if o.ndim == 4 else o for o in outs]
 
 
-def load(path: str | os.PathLike[str], threads: int = 1) -> PackedModel:
-    """Load and validate an engine file written by :func:`hybnn.engine.export_model`."""
+def load(path: str | os.PathLike[str], threads: int = 1) -> PackedModel | GraphModel:
+    """Load and validate an engine file written by :func:`hybnn.engine.export_model` (a
+    chain: :class:`PackedModel`) or :func:`hybnn.engine.export_graph` (a graph of binary and
+    float nodes: :class:`~hybnn.engine.graph.GraphModel`)."""
     header, arrays, digest = fmt.read(path)
+    if header.get("format_version") == fmt.GRAPH_VERSION:
+        return GraphModel(header, arrays, digest, threads=threads, where=str(path))
     return PackedModel(header, arrays, digest, threads=threads, where=str(path))
 
 
