@@ -46,8 +46,11 @@ from hybnn.federated.encoding import (
 )
 from hybnn.federated.flower_strategies import ProximalTerm
 from hybnn.federated.privacy import client_dp_mod
+from hybnn.federated.scaffold import CONTROL, client_control, finish_control
 from hybnn.federated.secagg import to_transport
+from hybnn.federated.skew import skew_callbacks
 from hybnn.federated.transport_scale import transport_bounds
+from hybnn.hooks import Callback
 
 LATENT = "hybnn-latent"  # context.state key: this client's latent weights (1bit, xor)
 
@@ -74,10 +77,12 @@ def _setup(config: Mapping[str, Any], context: Context
 
 
 def local_round(cfg: FedConfig, pid: int, encoder: CodeEncoder | None,
-                arrays: dict[str, np.ndarray], config: Mapping[str, Any], context: Context
+                arrays: dict[str, np.ndarray], config: Mapping[str, Any], context: Context,
+                callbacks: Sequence[Callback] = ()
                 ) -> tuple[nn.Module, dict[str, np.ndarray], dict[str, Any]]:
-    """One round of local training from the encoded global model ``arrays``: the trained
-    model, its federated state and the reply's metrics."""
+    """One round of local training from the encoded global model ``arrays`` (with
+    ``callbacks``, e.g. SCAFFOLD's): the trained model, its federated state and the reply's
+    metrics."""
     train_xy, test_xy = task.client_tensors(cfg, pid, encoder, node_data(context))
     model = task.build_model(cfg, encoder)
     layout = Layout.of(model)
@@ -97,7 +102,8 @@ def local_round(cfg: FedConfig, pid: int, encoder: CodeEncoder | None,
     rnd = config.get("server-round")
     if not isinstance(rnd, int | float):
         raise UpdateError(f"server-round must be a number, got {rnd!r}")
-    history = task.train_local(model, train_xy, cfg, int(rnd), pid, prox)
+    extra = [*prox, *skew_callbacks(cfg, train_xy[1]), *callbacks]
+    history = task.train_local(model, train_xy, cfg, int(rnd), pid, extra)
     local = model_state(model, layout)
     if downlink(cfg.encoding) == "1bit":
         context.state[LATENT] = to_record({k: local[k] for k, b in
@@ -133,12 +139,17 @@ def train(msg: Message, context: Context) -> Message:
         raise DataError("this run uses --secagg: the client sends its update only masked, "
                         "through SecAgg+, never in the clear")
     received = from_record(arrays_of(msg.content))
-    model, local, metrics = local_round(cfg, pid, encoder, received, config, context)
+    control = client_control(msg.content, context.state)  # SCAFFOLD's, if the server sent c
+    model, local, metrics = local_round(cfg, pid, encoder, received, config, context,
+                                        [control] if control is not None else [])
     layout = Layout.of(model)
     # xor tells the signs that flipped against the global model received this round.
     reference = decode(received, layout, downlink(cfg.encoding))
     arrays: ArrayRecord = to_record(encode(local, layout, cfg.encoding, reference))
-    return Message(RecordDict({ARRAYS: arrays, METRICS: MetricRecord(metrics)}), reply_to=msg)
+    content = RecordDict({ARRAYS: arrays, METRICS: MetricRecord(metrics)})
+    if control is not None:
+        content[CONTROL] = finish_control(control, context.state)
+    return Message(content, reply_to=msg)
 
 
 def evaluate(msg: Message, context: Context) -> Message:

@@ -29,7 +29,9 @@ FLOWER_ENV = {
 }
 # Flower's strategies (flwr.serverapp.strategy), by name; see hybnn.federated.flower_strategies
 STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedmedian",
-              "trimmed", "krum", "multikrum", "bulyan")
+              "trimmed", "krum", "multikrum", "bulyan",
+              "scaffold")  # hybnn's own: hybnn.federated.scaffold
+SKEW_LOSSES = ("none", "fedrs", "fedlc")  # client losses for label skew, hybnn.federated.skew
 STRATEGY_CHOICES = ("auto", *STRATEGIES)  # auto: FedConfig.resolved_strategy
 ROBUST = ("fedmedian", "trimmed", "krum", "multikrum", "bulyan")  # for hostile clients
 ENCODINGS = ("fp32", "1bit", "xor")  # see hybnn.federated.encoding
@@ -76,6 +78,14 @@ class FedConfig:
                             "--secagg or --dp, fedadagrad (fp32) or fedyogi (1bit, xor), "
                             "else fedavg (BENCHMARKS.md, federated-default)",
                             choices=STRATEGY_CHOICES)
+    skew_loss: str = setting("none", "client loss for label skew: fedrs (restricted softmax: "
+                             "the logits of classes a client lacks x --restricted-alpha) or "
+                             "fedlc (logits calibrated by the client's label counts, "
+                             "--calibration-tau)", choices=SKEW_LOSSES)
+    restricted_alpha: float = setting(0.5, "--skew-loss fedrs: scale of the logit of a class "
+                                      "the client lacks")
+    calibration_tau: float = setting(1.0, "--skew-loss fedlc: tau of the calibration "
+                                     "tau·n_c^(-1/4)")
     trim_beta: float = setting(0.2, "fraction cut from each tail by --strategy trimmed")
     proximal_mu: float = setting(0.1, "--strategy fedprox: weight mu of the proximal term "
                                  "(mu/2)·||w - w_global||² every client adds to its loss")
@@ -146,6 +156,8 @@ class FedConfig:
             (self.encoding in ENCODINGS, f"--encoding must be one of {', '.join(ENCODINGS)}"),
             (self.strategy in STRATEGY_CHOICES,
              f"--strategy must be auto or one of {', '.join(STRATEGIES)}"),
+            (self.skew_loss in SKEW_LOSSES,
+             f"--skew-loss must be one of {', '.join(SKEW_LOSSES)}"),
             (self.partition in SCHEMES, f"--partition must be one of {', '.join(SCHEMES)}"),
             (self.clients >= 1, "--clients must be >= 1"),
             (self.rounds >= 1, "--rounds must be >= 1"),

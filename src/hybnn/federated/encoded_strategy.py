@@ -159,6 +159,7 @@ class EncodedStrategy(Strategy):
         # this training round's global state and the clipping norm sent with it (if any)
         self.sent: dict[str, np.ndarray] = {}
         self.sent_clip: float | None = None
+        self.sent_side: set[str] = set()  # names of the wrapped strategy's own records
 
     # -- sampling ----------------------------------------------------------------------
     def wait_for_nodes(self, what: str) -> list[int]:
@@ -252,11 +253,14 @@ class EncodedStrategy(Strategy):
         node_ids = sorted(int(m.metadata.dst_node_id) for m in planned)
         state = from_record(arrays)
         payload = to_record(encode(state, self.layout, downlink(self.cfg.encoding)))
-        content = RecordDict({ARRAYS: payload, CONFIG: config})
+        # the wrapped strategy's own records, e.g. SCAFFOLD's control variate
+        side = {k: v for k, v in planned[0].content.array_records.items() if k != ARRAYS}
+        content = RecordDict({ARRAYS: payload, CONFIG: config, **side})
         size = serialized_bytes(content)
         entry = self._round(server_round)
         if kind == "train":
             self.sent, self.sent_clip = state, sent_clipping_norm(config)
+            self.sent_side = set(side)
             entry["clipping_norm"] = current_clipping_norm(self.inner)
         for nid in node_ids:
             client = entry["clients"].setdefault(nid, self._blank(nid))
@@ -297,6 +301,10 @@ class EncodedStrategy(Strategy):
             client = self._client(entry, reply, "train")
             if client["status"] != "ok":
                 continue
+            # records named like those the wrapped strategy sent (SCAFFOLD's Δc_i) go back
+            # to it, which checks them; the model update is validated here
+            side = {k: v for k, v in reply.content.array_records.items() if k in self.sent_side}
+            reply.content = RecordDict({k: v for k, v in reply.content.items() if k not in side})
             try:
                 state, metrics, n = self._check_train_reply(client["node_id"], reply)
                 client["update_norm"] = norm = update_norm(state, self.sent, self.bounds)
@@ -310,7 +318,7 @@ class EncodedStrategy(Strategy):
             client["num_examples"] = n
             self._learn_partition(client, metrics)
             reply.content = RecordDict({ARRAYS: self._to_inner(to_record(state)),
-                                        METRICS: kept})
+                                        METRICS: kept, **side})
             passed.append(reply)
             stats.append((state, n))
         self._mark_missing(entry, "train")

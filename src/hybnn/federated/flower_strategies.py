@@ -16,6 +16,8 @@ Strategies (``--strategy``), all from ``flwr.serverapp.strategy``:
   ``fedadagrad`` (``--server-lr`` = eta; eta_l is only logged by Flower);
 - ``krum``, ``multikrum``, ``bulyan``: robust to ``--hostile`` f clients per round (MultiKrum
   averages the ``sampled - f`` best-scored updates; Bulyan needs ``4f + 3`` updates).
+
+and hybnn's own ``scaffold`` (:mod:`hybnn.federated.scaffold`: FedAvg plus control variates).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from flwr.serverapp.strategy import (
 from torch import nn
 
 from hybnn.federated.config import FedConfig
+from hybnn.federated.scaffold import Scaffold
 from hybnn.hooks import Callback
 
 DEFAULT_ETA = 0.1  # FedOpt's server learning rate when --server-lr is 0 (FedAdam's default)
@@ -81,6 +84,8 @@ def flower_strategy(cfg: FedConfig, weighted_by_key: str = "num-examples") -> St
                          num_nodes_to_select=max(1, cfg.sampled_per_round - f))
     if name == "bulyan":
         return Bulyan(**common, num_malicious_nodes=f)
+    if name == "scaffold":  # not in Flower: hybnn's, on FedAvg
+        return Scaffold(**common, num_clients=cfg.clients)
     raise ValueError(f"unknown strategy {name!r}")
 
 

@@ -131,6 +131,7 @@ LIMITS: dict[str, Limit] = {
     "secagg_shares": Limit(1, MAX_CLIENTS), "secagg_threshold": Limit(1, MAX_CLIENTS),
     "alpha": _POSITIVE, "trim_beta": _number(0, 0.5, open_high=True),
     "proximal_mu": _WEIGHT, "fraction": _number(0, 1, open_low=True),
+    "restricted_alpha": _number(0, 1), "calibration_tau": _WEIGHT,
     "fraction_evaluate": _number(0, 1), "noise_multiplier": _WEIGHT,
     "clipping_norm": _POSITIVE, "dp_delta": _number(0, 1, open_low=True, open_high=True),
     "local_epsilon": _POSITIVE, "secagg_clip": _POSITIVE,
