@@ -106,3 +106,41 @@ def test_resnet_study_trains_teacher_step1_and_methods_and_reports_targets(tmp_p
     write_resnet_part("gpu", "### GPU\n\nrows", bench)
     text = bench.read_text()
     assert "No GPU run exists yet" not in text and "rows" in text and "| rebnn-const |" in text
+
+
+def test_gpu_script_sizes_its_epochs_to_the_budget():
+    from bench.rebnn_gpu import plan_epochs
+
+    plan = plan_epochs(540, 5.0, seeds=3, families=1, methods=4)
+    used = (plan.teacher_epochs + 3 * (plan.step1_epochs + 4 * plan.epochs)) * 5.0
+    assert plan.epochs == 6 and used <= 540
+    assert plan_epochs(10, 5.0, 3, 2, 4).epochs == 1  # never below one epoch
+    assert plan_epochs(1e9, 0.1, 1, 1, 1).epochs == 40
+
+
+def test_gpu_script_probe_runs_the_full_width_step_on_the_meta_device():
+    """The full-width (64) step-2 ResNet with ReBNN, augmentation and the optimizer step,
+    shapes only (no GPU here)."""
+    from bench.rebnn_gpu import probe_epoch_seconds
+
+    assert probe_epoch_seconds(64, 60_000, 256, "meta", amp=False, steps=1, warmup=1) > 0
+
+
+@pytest.mark.slow
+def test_gpu_script_on_cpu_at_a_tiny_width(tmp_path):
+    """The GPU script's whole path (probe, plan, study, section, --json) with --device cpu,
+    bfloat16 autocast left off."""
+    from bench.rebnn_gpu import main as gpu_main
+
+    bench = tmp_path / "BENCHMARKS.md"
+    bench.write_text("# Benchmarks\n")
+    rc = gpu_main(["--device", "cpu", "--threads", "1", "--width", "2", "--data", "digits",
+                   "--train-size", "64", "--test-size", "32", "--seeds", "0", "--epochs",
+                   "1", "--out", str(tmp_path / "gpu"), "--benchmarks", str(bench),
+                   "--json", str(tmp_path / "gpu.json")])
+    assert rc == 0
+    record = json.loads((tmp_path / "gpu.json").read_text())
+    assert record["plan"]["epochs"] == 1 and record["config"]["resnet"]["width"] == 2
+    assert any(t["name"].startswith("resnet18-kd rebnn late flip") for t in record["targets"])
+    text = bench.read_text()
+    assert "### GPU (cpu, float32)" in text and "No CPU run yet" in text

@@ -20,6 +20,7 @@ each process's own samples on CPU (gloo); on CUDA it is synchronized (SyncBatchN
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -130,15 +131,23 @@ Images = TensorImages | StreamedImages
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random crop after zero padding by 1/8 of the side (4 pixels at 32), and a random
     horizontal flip, per image (zero is mid-grey in the centred preparation)."""
-    n, _, h, w = x.shape
+    n, c, h, w = x.shape
     pad = max(1, min(h, w) // 8)
     padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).tolist()
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).tolist()
-    out = torch.stack([padded[i, :, a:a + h, b:b + w] for i, (a, b) in enumerate(zip(dy, dx,
-                                                                                        strict=True))])
-    flip = torch.rand(n, generator=generator) < 0.5
+    # offsets drawn by the CPU generator, the crop one gather on x's device
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    out = padded[torch.arange(n, device=x.device)[:, None, None, None],
+                 torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
     return torch.where(flip.view(-1, 1, 1, 1), out.flip(3), out)
+
+
+def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[Any]:
+    """bfloat16 autocast on ``device`` with ``amp`` (no loss scaling needed), else nothing."""
+    return torch.autocast(device.type, torch.bfloat16) if amp else contextlib.nullcontext()
 
 
 def distribution_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -301,10 +310,10 @@ def fit_resnet(model: BinaryResNet, train: Images, test: Images | None, config: 
             seen = torch.zeros((), dtype=torch.long, device=device)
             shards = (idx[world.rank::world.world] for idx in batches if len(idx) >= world.world)
             for xb, yb in train.batches(shards):
+                xb, yb = xb.to(device), yb.to(device)
                 if augmentation == "standard":
                     xb = augment(xb, gen)
-                xb, yb = xb.to(device), yb.to(device)
-                with torch.autocast(device.type, torch.bfloat16, enabled=amp):
+                with autocast(device, amp):
                     logits = net(xb).float()
                     if teacher is not None:
                         with torch.no_grad():
