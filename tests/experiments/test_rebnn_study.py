@@ -10,6 +10,7 @@ import pytest
 from bench.common import write_section
 from bench.rebnn import section, targets
 from hybnn.cli import main
+from hybnn.errors import DataError
 from hybnn.experiments.config import StudyConfig
 
 
@@ -58,9 +59,9 @@ def test_resnet_study_quick_preset_and_refusals():
     assert cfg.resnet.width == 4 and cfg.resnet.teacher == (False, True)
     assert cfg.resnet.train_size <= 1000 and len(cfg.seeds) == 2
     assert StudyConfig.make(net="resnet18", epochs=5).resnet.epochs == 5
-    with pytest.raises(ValueError, match="resnet18"):
+    with pytest.raises(DataError, match="--width .* --net resnet18"):
         StudyConfig.make(width=4)
-    with pytest.raises(ValueError, match="unknown net"):
+    with pytest.raises(DataError, match="--net must be"):
         StudyConfig.make(net="vgg")
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from hybnn.binary.names import METHODS
 from hybnn.data.names import DEFAULT_SOURCE, PAPER_TASKS
+from hybnn.errors import DataError
 from hybnn.models.names import SPECS
 from hybnn.pipeline.config import PretrainConfig, TrainConfig
 from hybnn.settings import setting
@@ -149,7 +150,7 @@ class StudyConfig:
         trained BNN's (step 2's for ``net="resnet18"``); ``width`` and ``resnet`` set fields
         of :class:`ResNetStudyConfig`."""
         if net not in STUDY_NETS:
-            raise ValueError(f"unknown net {net!r}; use {' or '.join(STUDY_NETS)}")
+            raise DataError(f"--net must be {' or '.join(STUDY_NETS)}, got {net!r}")
         cfg = cls(data=data, device=device, threads=threads, net=net)
         if net == "resnet18":
             cfg.methods, cfg.models = RESNET_STUDY_METHODS, ("resnet18",)
@@ -162,7 +163,7 @@ class StudyConfig:
             if quick:
                 cfg.seeds = STUDY_QUICK["seeds"]
         elif width is not None or resnet:
-            raise ValueError("width and the ResNet settings are for net resnet18")
+            raise DataError("--width and the ResNet settings are for --net resnet18")
         elif quick:
             cfg = replace(cfg, **STUDY_QUICK)
         if seeds:
