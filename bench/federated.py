@@ -15,6 +15,10 @@
    Dirichlet(0.5) and Dirichlet(0.1) partitions, both encodings, five pairs, three seeds
    (partitions, initial head and training; centralized per seed), against the rule
    `--strategy auto` follows.
+7. Label skew on ten classes (`--only skew`): 10 clients on Dirichlet(0.5), Dirichlet(0.1),
+   1 and 2 classes per client; the default strategy, FedProx, SCAFFOLD and the client losses
+   FedRS and FedLC; both encodings, three seeds, against centralized per seed (the shipped
+   `general` encoder unless --encoder is given).
 
 Federations run on :class:`hybnn.federated.local_grid.LocalGrid` (Flower's ServerApp,
 strategies, ClientApp and mods in this process; `tests/federated/test_fed_strategies.py`
@@ -36,6 +40,7 @@ if not __package__:  # run as `python bench/NAME.py`: import bench.* from the re
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -51,6 +56,7 @@ from bench._federated_tables import (
     markdown,
     physical_memory_mib,
     scale_markdown,
+    skew10_markdown,
     targets,
 )
 from bench.common import write_json, write_section
@@ -62,6 +68,7 @@ from hybnn.federated.encoding import Layout
 from hybnn.federated.report import build_results, centralized_baseline, environment
 from hybnn.federated.simulation import ensure_encoder
 from hybnn.federated.task import encoder_at as task_encoder
+from hybnn.federated.task import task_splits
 from hybnn.models.bnn_head import BNNHead
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository
@@ -72,6 +79,13 @@ DEFAULT_CANDIDATES = ("fedavg", "fedyogi", "fedadam", "fedadagrad")
 DEFAULT_PARTITIONS = (("iid", 0.5), ("dirichlet", 0.5), ("dirichlet", 0.1))
 DEFAULT_ENCODINGS = ("fp32", "1bit")
 DEFAULT_SEEDS = (0, 1, 2)
+# --only skew: (scheme, alpha, classes per client); methods as FedConfig changes
+SKEW10_PARTITIONS = (("dirichlet", 0.5, 1), ("dirichlet", 0.1, 1), ("classes", 0.5, 1),
+                     ("classes", 0.5, 2))
+SKEW10_METHODS: dict[str, dict[str, str]] = {
+    "default": {}, "fedprox": {"strategy": "fedprox"}, "scaffold": {"strategy": "scaffold"},
+    "fedrs": {"skew_loss": "fedrs"}, "fedlc": {"skew_loss": "fedlc"}}
+SKEW10_ROUNDS, SKEW10_EPOCHS = 10, 2  # about 35 minutes on 2 shared cores, 1 thread
 
 
 def skew_name(scheme: str, alpha: float) -> str:
@@ -231,6 +245,39 @@ def default_rows(run: Runner, base: FedConfig, tasks: Sequence[str], quick: bool
                      for enc in DEFAULT_ENCODINGS}}
 
 
+def skew10_rows(run: Runner, base: FedConfig, quick: bool) -> dict[str, Any]:
+    """Ten classes, 10 clients: every method x partition x encoding x seed, and the
+    centralized head per seed (seeds outermost: an interrupted run leaves whole seeds)."""
+    seeds = DEFAULT_SEEDS[:1] if quick else DEFAULT_SEEDS
+    base = base.with_(task="all", clients=10, strategy="auto",
+                      rounds=2 if quick else SKEW10_ROUNDS,
+                      local_epochs=1 if quick else SKEW10_EPOCHS)
+    tag = f"skew10-r{base.rounds}x{base.local_epochs}"
+    central = {}
+    for seed in seeds:
+        name = f"{tag}-central-seed{seed}"
+        row = run.cached(name) or run.store(name, centralized_baseline(base.with_(seed=seed)))
+        central[str(seed)] = row["acc"]
+    rows = []
+    for seed in seeds:
+        for scheme, alpha, k in SKEW10_PARTITIONS:
+            part = (f"dirichlet {alpha:g}" if scheme == "dirichlet"
+                    else f"{k} class{'es' if k > 1 else ''} per client")
+            for enc in DEFAULT_ENCODINGS:
+                for method, changes in SKEW10_METHODS.items():
+                    cfg = base.with_(partition=scheme, alpha=alpha, classes_per_client=k,
+                                     encoding=enc, seed=seed, **changes)
+                    rows.append(run.federation(
+                        cfg, f"{tag}-{scheme}{alpha:g}k{k}-{enc}-{method}-seed{seed}",
+                        skew=part, method=method, seed=seed))
+    return {"central": central, "rows": rows, "seeds": list(seeds),
+            "methods": list(SKEW10_METHODS), "encodings": list(DEFAULT_ENCODINGS),
+            "config": base.to_dict(), "encoder": base.encoder,
+            "test_size": len(task_splits(base.data, base.task)[1].y),
+            "auto": {enc: base.with_(encoding=enc).resolved_strategy
+                     for enc in DEFAULT_ENCODINGS}}
+
+
 SCALE_CHILD = """import json, time, torch
 torch.set_num_threads(1)
 from bench.federated import local_federation, row_of
@@ -287,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--render", action="store_true",
                     help="only rewrite the section from --out/bench.json")
     ap.add_argument("--fresh", action="store_true", help="ignore cached runs")
-    ap.add_argument("--only", choices=("scale", "default"),
+    ap.add_argument("--only", choices=("scale", "default", "skew"),
                     help="measure only this part and rewrite only its section")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -306,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
             write_section("federated-scale", scale_markdown(raw), args.benchmarks)
         if only == "default":
             write_section("federated-default", default_markdown(raw), args.benchmarks)
+        if only == "skew":
+            write_section("federated-skew", skew10_markdown(raw), args.benchmarks)
     if args.json:
         write_json(args.json, targets(raw), command=raw["command"], config=raw["config"],
                    environment=raw["environment"])
@@ -326,6 +375,8 @@ def measure(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                      strategy="fedavg")
     if not args.encoder and (out / "encoder" / "weights.safetensors").is_file():
         base = base.with_(encoder=str((out / "encoder").resolve()))  # this bench's, cached
+    if args.only == "skew" and not args.encoder:
+        base = base.with_(encoder="general")  # the shipped encoder: no pretraining
     base = ensure_encoder(base, out, pretrain_epochs=20)
     encoder = task_encoder(base.encoder)
     print(f"encoder {base.encoder} ({encoder.fingerprint[:12]})", flush=True)
@@ -347,6 +398,16 @@ def measure(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                "seconds": time.perf_counter() - t_start}
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "bench-default.json", raw)
+        return raw
+    if args.only == "skew":
+        load = f"{os.getloadavg()[0]:.1f}"
+        skew = skew10_rows(run, base.with_(encoder=args.encoder or "general"), quick)
+        skew["encoder"] = args.encoder or "general"
+        raw = {"only": "skew", "skew10": skew, **common,
+               "load": {"start": load, "end": f"{os.getloadavg()[0]:.1f}"},
+               "seconds": time.perf_counter() - t_start}
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "bench-skew.json", raw)
         return raw
     central = {t: run.central(base.with_(task=t)) for t in tasks}
     raw = {

@@ -159,13 +159,42 @@ def client_tensors(cfg: FedConfig, partition_id: int, encoder: CodeEncoder | Non
                                 "'data=\"/path/train.npz\"'")
             train, test = node_datasets(str(Path(node_data).resolve()),
                                         tuple(cfg.label_list()), cfg.local_test, cfg.seed)
-        else:
-            train, test = client_datasets(cfg, partition_id)
-        _TENSOR_CACHE[key] = (as_tensors(cfg, train, encoder), as_tensors(cfg, test, encoder))
+            _TENSOR_CACHE[key] = (as_tensors(cfg, train, encoder),
+                                  as_tensors(cfg, test, encoder))
+        else:  # rows of the task's tensors: one encoding of the task serves every partition
+            if not 0 <= partition_id < cfg.clients:
+                raise DataError(f"partition id {partition_id} is outside 0..{cfg.clients - 1}")
+            tr, te = _partition_indices(cfg.data, cfg.task, cfg.clients, cfg.partition,
+                                        cfg.alpha, cfg.classes_per_client, cfg.seed)
+            train_xy, test_xy = task_tensors(cfg, encoder)
+            _TENSOR_CACHE[key] = (_rows(train_xy, tr[partition_id]),
+                                  _rows(test_xy, te[partition_id]))
         while len(_TENSOR_CACHE) > TENSOR_CACHE_SIZE:
             _TENSOR_CACHE.popitem(last=False)
     _TENSOR_CACHE.move_to_end(key)
     return _TENSOR_CACHE[key]
+
+
+_TASK_TENSORS: OrderedDict[tuple[Any, ...], tuple[Tensors, Tensors]] = OrderedDict()
+
+
+def task_tensors(cfg: FedConfig, encoder: CodeEncoder | None) -> tuple[Tensors, Tensors]:
+    """(train, test) tensors of the whole task, kept for the last two tasks and encoders of
+    this process (a benchmark runs many partitions of one task)."""
+    key = (cfg.model, cfg.data, cfg.task, cfg.prep,
+           encoder.fingerprint if encoder is not None and cfg.model == "head" else "")
+    if key not in _TASK_TENSORS:
+        train, test = task_splits(cfg.data, cfg.task)
+        _TASK_TENSORS[key] = (as_tensors(cfg, train, encoder), as_tensors(cfg, test, encoder))
+        while len(_TASK_TENSORS) > 2:
+            _TASK_TENSORS.popitem(last=False)
+    _TASK_TENSORS.move_to_end(key)
+    return _TASK_TENSORS[key]
+
+
+def _rows(data: Tensors, index: np.ndarray) -> Tensors:
+    rows = torch.from_numpy(np.asarray(index, dtype=np.int64))
+    return data[0][rows], data[1][rows]
 
 
 def build_model(cfg: FedConfig, encoder: CodeEncoder | None) -> nn.Module:
