@@ -336,20 +336,28 @@ def _conv(x: np.ndarray, node: Node) -> np.ndarray:
 
 
 def _pool2d(x: np.ndarray, node: Node) -> np.ndarray:
-    """Max or average pooling with torch's windows (ceil_mode: the last may be partial)."""
+    """Max or average pooling with torch's windows (ceil_mode: the last may be partial),
+    accumulated over the window's offsets in torch's order (rows, then columns)."""
     k, s, p = (node.params[key] for key in ("kernel_size", "stride", "padding"))
     h, w = x.shape[2:]
     _, ho, wo = node.out.shape
     # pad to cover every window: p before, enough after for the ceil_mode windows
     extra_h, extra_w = max(0, (ho - 1) * s + k - h - p), max(0, (wo - 1) * s + k - w - p)
     is_max = node.op == "maxpool2d"
-    fill = -np.inf if is_max else 0.0
-    xp = np.pad(x, ((0, 0), (0, 0), (p, extra_h), (p, extra_w)), constant_values=fill)
-    win = _windows(xp, k, s, ho, wo)
-    if is_max:
-        return np.ascontiguousarray(win.max(axis=(4, 5)))
-    total = win.sum(axis=(4, 5), dtype=np.float32)
-    return (total / _divisors(h, w, node)).astype(np.float32)
+    xp = np.pad(x, ((0, 0), (0, 0), (p, extra_h), (p, extra_w)),
+                constant_values=-np.inf if is_max else 0.0)
+    acc: np.ndarray | None = None
+    for di in range(k):
+        for dj in range(k):
+            part = xp[:, :, di : di + (ho - 1) * s + 1 : s, dj : dj + (wo - 1) * s + 1 : s]
+            if acc is None:
+                acc = part.copy()
+            elif is_max:
+                np.maximum(acc, part, out=acc)
+            else:
+                acc += part
+    assert acc is not None
+    return acc if is_max else acc / _divisors(h, w, node)
 
 
 def _divisors(h: int, w: int, node: Node) -> np.ndarray:
@@ -503,6 +511,12 @@ class GraphModel:
         collects seconds per node name."""
         values: dict[int, np.ndarray] = {-1: self._images(x)}
         t = threads or self.threads
+        with np.errstate(all="ignore"):  # inf and NaN are reported, by the sign or by logits
+            self._run(values, t, keep, times)
+        return values
+
+    def _run(self, values: dict[int, np.ndarray], t: int, keep: bool,
+             times: dict[str, float] | None) -> None:
         for i, (node, runner) in enumerate(zip(self.nodes, self._runners, strict=True)):
             start = time.perf_counter()
             values[i] = runner([values[j] for j in node.inputs], t)
@@ -512,11 +526,13 @@ class GraphModel:
                 for j in node.inputs:
                     if self._last_use[j] == i and j != self._output:
                         values.pop(j, None)
-        return values
 
     def logits(self, x: Any, threads: int | None = None) -> np.ndarray:
         """float32 logits (N, classes) of float32 images."""
         out = self.run(x, threads)[self._output]
+        if not np.isfinite(out).all():
+            raise DataError("the network's outputs are not finite for this input (values past "
+                            "float32's range)")
         return np.ascontiguousarray(out.reshape(out.shape[0], self.num_classes),
                                     dtype=np.float32)
 

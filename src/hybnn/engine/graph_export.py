@@ -99,6 +99,9 @@ class _GraphBuilder:
             raise ValueError(f"{node.name}: packed signs are read by a float op")
         return name
 
+    def _is_bits(self, node: fx.Node) -> bool:
+        return self.tensors[self.value[node]].kind == graph.BITS
+
     def bits_of(self, node: fx.Node) -> str:
         """The packed signs of ``node``'s value (a binary layer's input)."""
         if node in self.signed:
@@ -107,7 +110,7 @@ class _GraphBuilder:
             (src,) = node.all_input_nodes
             bias = cast(torch.Tensor, self.module(node).bias).reshape(-1)
             name = self.emit(str(node.target), "sign", [self.float_of(src)], shift=_f32(bias))
-        elif self.tensors[self.value[node]].kind == graph.BITS:
+        elif self._is_bits(node):
             name = self.value[node]
         else:
             name = self.emit(f"{node.name}.sign", "sign", [self.float_of(node)])
@@ -160,11 +163,11 @@ class _GraphBuilder:
         (src,) = node.all_input_nodes
         if isinstance(m, _BN) and node in self.value:
             return  # folded into the binary layer's thresholds
-        if isinstance(m, LearnableBias) and _users_binary(node, self.root):
+        if isinstance(m, LearnableBias) and _users_binary(node, self.root, flatten=False):
             self.deferred.add(node)
             return
-        if isinstance(m, _PASS):
-            self.value[node] = self.value[src]
+        if isinstance(m, _PASS) or (isinstance(m, nn.Flatten) and self._is_bits(src)):
+            self.value[node] = self.value[src]  # bdense reads bits (C, H, W) as flattened
             return
         x = self.float_of(src)
         c = self.tensors[x].shape[0]
@@ -218,7 +221,8 @@ class _GraphBuilder:
             if dims not in ([1], [1, -1]):
                 raise _Refused(node, f"{_fn_name(fn)}{tuple(dims)} (only flatten(x, 1))")
             (src,) = node.all_input_nodes
-            self.value[node] = self.emit(node.name, "flatten", [self.float_of(src)])
+            self.value[node] = (self.value[src] if self._is_bits(src) else
+                                self.emit(node.name, "flatten", [self.float_of(src)]))
         else:
             raise _Refused(node, f"{node.op} {_fn_name(fn)}")
 
@@ -261,11 +265,18 @@ def _sole_user(node: fx.Node, types: tuple[type, ...], root: nn.Module) -> fx.No
     return None
 
 
-def _users_binary(node: fx.Node, root: nn.Module) -> bool:
-    """Every reader of ``node`` is a binary layer (which takes only its signs)."""
+def _is_flatten(node: fx.Node, root: nn.Module) -> bool:
+    if node.op == "call_module":
+        return isinstance(root.get_submodule(str(node.target)), nn.Flatten)
+    return node.target in (torch.flatten, "flatten")
+
+
+def _users_binary(node: fx.Node, root: nn.Module, flatten: bool = True) -> bool:
+    """Every reader of ``node`` is a binary layer (which takes only its signs), directly or
+    (``flatten``) through a flatten."""
     return bool(node.users) and all(
-        u.op == "call_module" and isinstance(root.get_submodule(str(u.target)), BinaryLayer)
-        for u in node.users)
+        (u.op == "call_module" and isinstance(root.get_submodule(str(u.target)), BinaryLayer))
+        or (flatten and _is_flatten(u, root) and _users_binary(u, root)) for u in node.users)
 
 
 def build_graph(model: nn.Module, input_shape: Sequence[int]
