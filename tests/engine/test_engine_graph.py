@@ -464,3 +464,23 @@ def test_a_trained_resnet_gives_torchs_classes_on_real_images(tmp_path):
     got = engine.predict(xt)
     assert (got == want).mean() >= 0.999
     assert (want == test.y[:2000]).mean() > 0.5  # it learned something: a real network
+
+
+def test_hybnn_export_takes_a_binary_resnet_directory(tmp_path, capsys):
+    from hybnn.cli import main
+    from hybnn.models.io import save_model
+
+    torch.manual_seed(4)
+    model = _randomize(BinaryResNet(4, 1, 8, (1, 1), scaling="learned",
+                                    image_size=(28, 28)), 4)
+    save_model(tmp_path / "resnet", model, task="all")
+    assert main(["export", str(tmp_path / "resnet"), "--out", str(tmp_path / "r.engine")]) == 0
+    engine = load(tmp_path / "r.engine")
+    assert isinstance(engine, GraphModel) and engine.arch == "resnet18"
+    assert engine.metadata["source"]["task"] == "all"
+    x = torch.randn(16, 1, 28, 28)
+    with torch.no_grad():
+        assert (engine.predict(x.numpy()) == model(x).argmax(1).numpy()).all()
+    out = tmp_path / "c"
+    assert main(["export", str(tmp_path / "resnet"), "--out", str(out), "--format", "c"]) != 0
+    assert "graph" in capsys.readouterr().err

@@ -148,8 +148,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"bundle: {enc['precision']} encoder {enc['fingerprint'][:12]} + BNN head "
               f"({len(header['head']['layers'])} layers) -> {opts.out} ({size} bytes)")
         return 0
-    print(f"exported {header['arch']} ({len(header['layers'])} layers) -> {opts.out} "
-          f"({size} bytes)")
+    parts = (f"{len(header['layers'])} layers" if "layers" in header
+             else f"a graph of {len(header['graph']['nodes'])} nodes")
+    print(f"exported {header['arch']} ({parts}) -> {opts.out} ({size} bytes)")
     return 0
 
 

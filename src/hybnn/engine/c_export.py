@@ -345,6 +345,9 @@ def generate(
     from hybnn import __version__
 
     name = check_name(name)
+    if "graph" in header:
+        raise ValueError("the C export writes chains of binary layers; an engine graph (a "
+                         "binary ResNet) runs in the engine only, for now")
     model = PackedModel(header, arrays, fingerprint)  # every check of the loader, C included
     shift, _ = input_prep(model)
     sizes = _layout(model)
