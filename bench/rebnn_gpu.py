@@ -65,7 +65,7 @@ def plan_epochs(budget_s: float, epoch_s: float, seeds: int, families: int, meth
 
 def probe_epoch_seconds(width: int, n_train: int, batch_size: int, device: str, amp: bool,
                         shape: tuple[int, int, int] = (1, 28, 28), classes: int = 10,
-                        steps: int = 20, warmup: int = 5, overhead: float = 1.35) -> float:
+                        steps: int = 20, warmup: int = 5, overhead: float = 1.45) -> float:
     """Seconds of one step-2 epoch over ``n_train`` images: ``steps`` timed training steps of
     the binary ResNet with ReBNN (after ``warmup``, on random data), times the number of
     batches, times ``overhead`` (the teacher's forward pass, the flip monitor, the test

@@ -137,6 +137,22 @@ def test_resume_continues_exactly(tmp_path, digits):
         assert torch.equal(a, b)
 
 
+def test_amp_trains_in_bfloat16_autocast_and_keeps_float32_weights(digits):
+    """--amp on a CPU (the same autocast as on CUDA): the step runs, the weights, the
+    gradients' effect and the history stay float32 and finite."""
+    train, _ = train_test(digits.subset(torch.arange(40).numpy()))
+    images = TensorImages.of(train, "centered")
+    torch.manual_seed(0)
+    model = build_resnet("resnet18", images.shape, 10, ResNetConfig(width=2), step=2,
+                         scaling="learned")
+    before = model.stem[0].weight.detach().clone()
+    history = fit_resnet(model, images, images, TrainConfig(epochs=1, batch_size=16, lr=1e-2),
+                         progress=False, amp=True)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert not torch.equal(before, model.stem[0].weight)
+    assert 0.0 <= history.last("test_acc") <= 1.0 and history.last("train_loss") > 0
+
+
 @pytest.mark.parametrize("args, message", [
     (["--width", "0"], "--width must be an integer in 1..1,024"),
     (["--step", "2"], "--step 2 binarizes the weights of a step-1 model: give --from"),
