@@ -152,6 +152,26 @@ def resnet_verdict(results: dict[str, Any]) -> list[str]:
             f"{'met' if t['met'] else 'not met'}." for t in resnet_targets(results)]
 
 
+def resnet_bounds(results: dict[str, Any]) -> list[str]:
+    """What bounds this run next to the targets' setting, and the size of the paper's γ."""
+    cfg, rc = results["config"], results["config"]["resnet"]
+    sizes = next(iter(results["models"].values()))["sizes"]
+    lines = [f"- Bounds: width {rc['width']} (the target's: 64), {sizes['train']:,} training "
+             f"and {sizes['test']:,} test images of {cfg['data']} (the target's: 60,000 and "
+             f"10,000), float twin {rc['teacher_epochs']}, step 1 {rc['step1_epochs']} and "
+             f"step 2 {rc['epochs']} epochs (ReBNN: 256 on ImageNet); flips are compared over "
+             f"the last {max(1, -(-rc['epochs'] // 4))} epoch(s) of step 2."]
+    for family, res in results["models"].items():
+        r = res["methods"].get("rebnn")
+        if r and r["gamma_late_layers"]:
+            g = list(r["gamma_late_layers"].values())
+            lines.append(f"- {family}: the paper's γ, last quarter, ranges {min(g):.1e} to "
+                         f"{max(g):.1e} over the layers (mean {r['gamma_late']:.1e}), "
+                         f"{2e-4 / r['gamma_late']:.0f}× below the official constant 2e-4."
+                         if r["gamma_late"] > 0 else f"- {family}: the paper's γ stayed 0.")
+    return lines
+
+
 def resnet_section(results: dict[str, Any], command: str, where: str) -> str:
     """One part (``where``: CPU or GPU) of BENCHMARKS.md's ``rebnn-resnet18`` section."""
     cfg = results["config"]
@@ -169,6 +189,7 @@ def resnet_section(results: dict[str, Any], command: str, where: str) -> str:
         results_table(results),
         "",
         *resnet_verdict(results),
+        *resnet_bounds(results),
     ]
     return "\n".join(lines)
 

@@ -104,6 +104,7 @@ def test_resnet_study_trains_teacher_step1_and_methods_and_reports_targets(tmp_p
                                             "CPU"), bench)
     text = bench.read_text()
     assert "No GPU run exists yet" in text and "| rebnn-const |" in text
+    assert "- Bounds: width 2 (the target's: 64), 64 training" in text
     write_resnet_part("gpu", "### GPU\n\nrows", bench)
     text = bench.read_text()
     assert "No GPU run exists yet" not in text and "rows" in text and "| rebnn-const |" in text
