@@ -13,8 +13,13 @@ Fashion-MNIST is installed (``make data``) or downloadable, stage the four files
 ``.cache/hybnn/fashion-mnist`` (an ignored path, 30 MB); carry ``.cache/hybnn`` there::
 
     python -m bench.rebnn_gpu --stage-data
-    # on the GPU machine, from the repository root:
-    PYTHONPATH=src python -m bench.rebnn_gpu --json runs/rebnn-gpu.json
+    # on the GPU machine, from the repository root (.cache/hybnn carried):
+    PYTHONPATH=src python3 -m bench.rebnn_gpu --no-write --json $OUT/rebnn-gpu.json
+    # back here: its section into BENCHMARKS.md
+    python -m bench.rebnn_gpu --merge rebnn-gpu.json
+
+The ``--json`` file holds the targets, the section's text and the whole results, so a run
+whose working tree is thrown away loses nothing.
 
 ``--device cpu --width 2 --train-size 256 ...`` runs the same code path on a CPU (tests).
 """
@@ -133,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stage-data", action="store_true",
                         help="copy Fashion-MNIST into .cache/hybnn for the GPU machine; exit")
+    parser.add_argument("--merge", metavar="JSON", default="",
+                        help="write the section of a finished run's --json file into "
+                        "--benchmarks; exit")
     parser.add_argument("--out", default="runs/study-rebnn-resnet18-gpu")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--data", default="fashion-mnist", help="a data source (tests: digits)")
@@ -157,6 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.stage_data:
         print(f"Fashion-MNIST -> {stage_data()} (carry .cache/hybnn to the GPU machine)")
+        return 0
+    if args.merge:
+        import json
+
+        from bench.rebnn import write_resnet_part
+
+        write_resnet_part("gpu", json.loads(Path(args.merge).read_text())["section"],
+                          args.benchmarks)
+        print(f"GPU part of the rebnn-resnet18 section -> {args.benchmarks}")
         return 0
     t_start = time.perf_counter()
     import torch
@@ -206,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         write_resnet_part("gpu", body, args.benchmarks)
     if args.json:
         write_json(args.json, resnet_targets(results), command=command, device=device,
-                   config=results["config"], seconds=results["seconds"],
+                   section=body, results=results, seconds=results["seconds"],
                    plan={"epoch_s": epoch_s, "teacher_epochs": plan.teacher_epochs,
                          "step1_epochs": plan.step1_epochs, "epochs": plan.epochs})
     return 0

@@ -59,7 +59,7 @@ def test_resnet_study_quick_preset_and_refusals():
     assert cfg.resnet.width == 4 and cfg.resnet.teacher == (False, True)
     assert cfg.resnet.train_size <= 1000 and len(cfg.seeds) == 2
     assert StudyConfig.make(net="resnet18", epochs=5).resnet.epochs == 5
-    with pytest.raises(DataError, match="--width .* --net resnet18"):
+    with pytest.raises(DataError, match=r"--width .* --net resnet18"):
         StudyConfig.make(width=4)
     with pytest.raises(DataError, match="--net must be"):
         StudyConfig.make(net="vgg")
@@ -142,7 +142,11 @@ def test_gpu_script_on_cpu_at_a_tiny_width(tmp_path):
                    "--json", str(tmp_path / "gpu.json")])
     assert rc == 0
     record = json.loads((tmp_path / "gpu.json").read_text())
-    assert record["plan"]["epochs"] == 1 and record["config"]["resnet"]["width"] == 2
+    assert record["plan"]["epochs"] == 1 and record["results"]["config"]["resnet"]["width"] == 2
     assert any(t["name"].startswith("resnet18-kd rebnn late flip") for t in record["targets"])
     text = bench.read_text()
     assert "### GPU (cpu, float32)" in text and "No CPU run yet" in text
+    # a run elsewhere (--no-write) is merged from its --json file
+    other = tmp_path / "OTHER.md"
+    assert gpu_main(["--merge", str(tmp_path / "gpu.json"), "--benchmarks", str(other)]) == 0
+    assert record["section"] in other.read_text()
