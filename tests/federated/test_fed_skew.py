@@ -173,3 +173,22 @@ def test_a_scaffold_federation_carries_control_variates_both_ways(encoder_dir):
     assert not seen[0][0] and seen[0][1] and seen[0][2]  # round 1: c = 0, a Δc_i back
     assert seen[-1][0]  # later rounds: the server's c travels down
     assert set(seen[-1][0]) == set(seen[0][1])  # over the trainable parameters
+
+
+def test_a_record_the_server_did_not_send_is_still_rejected(encoder_dir):
+    """Only records named like the strategy's own go past validation to it: under FedAvg a
+    reply that smuggles a 'scaffold' record is rejected like any reply of two ArrayRecords."""
+    import json
+
+    from hybnn.federated.encoded_strategy import FederationError
+
+    def smuggle(msg, context, call_next):
+        reply = call_next(msg, context)
+        if msg.metadata.message_type == "train" and not reply.has_error():
+            reply.content[CONTROL] = _record(w=np.ones(2))
+        return reply
+
+    sink: dict = {}
+    with pytest.raises(FederationError):
+        run_local(fed_config(encoder_dir, rounds=1), mods=[smuggle], sink=sink)
+    assert "exactly one ArrayRecord" in json.dumps(sink["rounds"])
