@@ -3,6 +3,11 @@
 - ``bcnn``: the binary CNN (:class:`BinaryCNN`) on centred images;
 - ``hybnn``: the HyBNN head (:class:`BNNHead`) on codes of a VAE pretrained on the train split.
 
+With ``net="resnet18"`` the families are the binary ResNet-18 without and with a float
+teacher (``resnet18``, ``resnet18-kd``; methods ``ste``, ``reactnet``, ``rebnn``,
+``rebnn-const``; :mod:`hybnn.experiments.rebnn_resnet`), ``float_twin`` holds the teacher's
+accuracy, and the plots are one flips-per-layer-and-epoch map per family.
+
 For each family, method and seed it records the final test accuracy and the per-layer
 weight-flip curves (:class:`FlipMonitor`), then writes to ``out``:
 
@@ -11,8 +16,10 @@ weight-flip curves (:class:`FlipMonitor`), then writes to ``out``:
   ``methods`` maps a method to ``acc_mean``, ``acc_std``, ``acc`` (per seed),
   ``flip_ratio_late`` (epoch-wise flip ratio averaged over the last quarter of epochs and all
   binary layers, mean over seeds), ``step_flip_ratio_late``, ``gamma_late`` and per-layer
-  ``flip_curves`` (mean over seeds). The top-level ``methods`` is the first family studied
-  (the binary CNN unless only ``hybnn`` was asked for); ``top_level_model`` names it.
+  ``flip_curves`` (mean over seeds), ``flip_ratio_late_layers`` and ``gamma_late_layers``
+  (per binary layer, mean over seeds) and ``train_seconds``. The top-level ``methods`` is
+  the first family studied (the binary CNN unless only ``hybnn`` was asked for);
+  ``top_level_model`` names it.
 - ``table.md``: the Markdown tables; ``plots/<model>_flip_<layer>.png`` one flip-ratio plot
   per binary layer, ``plots/<model>_test_acc.png`` the accuracy curves.
 """
@@ -124,13 +131,47 @@ def summarize(histories: dict[str, list[History]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _run_cnn(cfg: StudyConfig, train: Dataset, test: Dataset, out: Path, progress: bool,
+             log: Any) -> dict[str, Any]:
+    """The binary CNN and the HyBNN head (``cfg.models``), every method and seed."""
+    models: dict[str, Any] = {}
+    test = _subset(test, cfg.test_size, cfg.subset_seed)
+    for family in cfg.models:
+        tf = time.perf_counter()
+        if family == "bcnn":
+            fam_train: Any = _subset(train, cfg.train_size, cfg.subset_seed)
+            fam_test: Any = test
+            runner = _run_bcnn
+            sizes = {"train": len(fam_train), "test": len(test)}
+        else:
+            fam_train, fam_test = _codes(cfg, train, test, out, progress)
+            runner = _run_head
+            sizes = {"train": len(fam_train), "test": len(fam_test),
+                     "pretrain": min(cfg.pretrain_size or len(train), len(train))}
+        histories: dict[str, list[History]] = {}
+        for method in cfg.methods:
+            for seed in cfg.seeds:
+                h = runner(cfg, fam_train, fam_test, method, seed, progress)
+                histories.setdefault(method, []).append(h)
+                log(f"[rebnn study] {family} {method} seed {seed}: test acc "
+                    f"{h.last('test_acc'):.4f}, late flip ratio {late_flip_ratio(h):.5f}")
+        models[family] = {"methods": summarize(histories), "sizes": sizes,
+                          "seconds": time.perf_counter() - tf}
+    return models
+
+
 def run_study(cfg: StudyConfig, out: str | os.PathLike[str] = "runs/study-rebnn",
               progress: bool = True, log: Any = print) -> dict[str, Any]:
-    """Run the study described by ``cfg`` and write its results, table and plots to ``out``."""
+    """Run the study described by ``cfg`` (``cfg.net``: the binary CNN and the HyBNN head, or
+    the binary ResNet-18, :mod:`hybnn.experiments.rebnn_resnet`) and write its results,
+    table and plots to ``out``."""
     from hybnn.pipeline.resnet import BINARY_METHOD
 
     for m in cfg.methods:  # fail fast on an unknown method
-        method_scaling(BINARY_METHOD[m] if cfg.net == "resnet18" and m in BINARY_METHOD else m)
+        if cfg.net == "cnn":
+            method_scaling(m)
+        elif m not in BINARY_METHOD:
+            raise ValueError(f"unknown ResNet method {m!r}; use {', '.join(BINARY_METHOD)}")
     unknown = set(cfg.models) - set(STUDY_MODELS) if cfg.net == "cnn" else set()
     if unknown:
         raise ValueError(f"unknown model families {sorted(unknown)}; use {', '.join(STUDY_MODELS)}")
@@ -139,10 +180,9 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike[str] = "runs/study-rebnn"
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
+    twin = None
     try:
         train, test = train_test(load_source(cfg.data))
-        models: dict[str, Any] = {}
-        twin = None
         if cfg.net == "resnet18":
             from hybnn.experiments.rebnn_resnet import run_resnet
 
@@ -150,28 +190,8 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike[str] = "runs/study-rebnn"
             models, twin = run_resnet(cfg, _subset(train, rc.train_size, cfg.subset_seed),
                                       _subset(test, rc.test_size, cfg.subset_seed), out,
                                       progress, log)
-        test = _subset(test, cfg.test_size, cfg.subset_seed)
-        for family in cfg.models if cfg.net == "cnn" else ():
-            tf = time.perf_counter()
-            if family == "bcnn":
-                fam_train: Any = _subset(train, cfg.train_size, cfg.subset_seed)
-                fam_test: Any = test
-                runner = _run_bcnn
-                sizes = {"train": len(fam_train), "test": len(test)}
-            else:
-                fam_train, fam_test = _codes(cfg, train, test, out, progress)
-                runner = _run_head
-                sizes = {"train": len(fam_train), "test": len(fam_test),
-                         "pretrain": min(cfg.pretrain_size or len(train), len(train))}
-            histories: dict[str, list[History]] = {}
-            for method in cfg.methods:
-                for seed in cfg.seeds:
-                    h = runner(cfg, fam_train, fam_test, method, seed, progress)
-                    histories.setdefault(method, []).append(h)
-                    log(f"[rebnn study] {family} {method} seed {seed}: test acc "
-                        f"{h.last('test_acc'):.4f}, late flip ratio {late_flip_ratio(h):.5f}")
-            models[family] = {"methods": summarize(histories), "sizes": sizes,
-                              "seconds": time.perf_counter() - tf}
+        else:
+            models = _run_cnn(cfg, train, test, out, progress, log)
     finally:
         torch.set_num_threads(threads)
     from hybnn.artifacts import versions
