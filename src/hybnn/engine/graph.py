@@ -311,12 +311,6 @@ def _pad(x: np.ndarray, p: int, value: float) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=value)
 
 
-def _windows(x: np.ndarray, k: int, s: int, ho: int, wo: int) -> np.ndarray:
-    """(N, C, Ho, Wo, k, k) strided view of the (padded) windows."""
-    view = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(2, 3))
-    return view[:, :, : (ho - 1) * s + 1 : s, : (wo - 1) * s + 1 : s]
-
-
 def _conv(x: np.ndarray, node: Node) -> np.ndarray:
     k, s, p = (node.params[key] for key in ("kernel_size", "stride", "padding"))
     w = node.arrays["weight"]
@@ -324,14 +318,17 @@ def _conv(x: np.ndarray, node: Node) -> np.ndarray:
     _, ho, wo = node.out.shape
     wm = w.reshape(o, c * k * k)
     out = np.empty((x.shape[0], o, ho * wo), np.float32)
+    cols = np.empty((c, k, k, ho, wo), np.float32)
+    span_h, span_w = (ho - 1) * s + 1, (wo - 1) * s + 1
     for i in range(x.shape[0]):  # one sample's patches at a time bounds the memory
-        xi = _pad(x[i : i + 1], p, 0.0)
-        if k == 1:
-            cols = xi[0, :, ::s, ::s][:, :ho, :wo].reshape(c, ho * wo)
-        else:
-            win = _windows(xi, k, s, ho, wo)[0]  # (C, Ho, Wo, k, k)
-            cols = win.transpose(0, 3, 4, 1, 2).reshape(c * k * k, ho * wo)
-        np.matmul(wm, cols, out=out[i])
+        xi = _pad(x[i : i + 1], p, 0.0)[0]
+        if k == 1 and s == 1:
+            np.matmul(wm, xi.reshape(c, ho * wo), out=out[i])
+            continue
+        for di in range(k):  # im2col as k*k strided copies (C, Ho, Wo) each
+            for dj in range(k):
+                cols[:, di, dj] = xi[:, di : di + span_h : s, dj : dj + span_w : s]
+        np.matmul(wm, cols.reshape(c * k * k, ho * wo), out=out[i])
     y = out.reshape(x.shape[0], o, ho, wo)
     if "bias" in node.arrays:
         y += _channels(node.arrays["bias"])
@@ -349,18 +346,21 @@ def _pool2d(x: np.ndarray, node: Node) -> np.ndarray:
     is_max = node.op == "maxpool2d"
     xp = np.pad(x, ((0, 0), (0, 0), (p, extra_h), (p, extra_w)),
                 constant_values=-np.inf if is_max else 0.0)
-    acc: np.ndarray | None = None
+    span_h, span_w = (ho - 1) * s + 1, (wo - 1) * s + 1
+    if is_max:  # max is exact in any order: columns first, then rows
+        rows = xp[:, :, :, 0:span_w:s].copy()
+        for dj in range(1, k):
+            np.maximum(rows, xp[:, :, :, dj : dj + span_w : s], out=rows)
+        acc = rows[:, :, 0:span_h:s].copy()
+        for di in range(1, k):
+            np.maximum(acc, rows[:, :, di : di + span_h : s], out=acc)
+        return acc
+    acc = xp[:, :, 0:span_h:s, 0:span_w:s].copy()
     for di in range(k):
         for dj in range(k):
-            part = xp[:, :, di : di + (ho - 1) * s + 1 : s, dj : dj + (wo - 1) * s + 1 : s]
-            if acc is None:
-                acc = part.copy()
-            elif is_max:
-                np.maximum(acc, part, out=acc)
-            else:
-                acc += part
-    assert acc is not None
-    return acc if is_max else acc / _divisors(h, w, node)
+            if di or dj:
+                acc += xp[:, :, di : di + span_h : s, dj : dj + span_w : s]
+    return acc / _divisors(h, w, node)
 
 
 def _divisors(h: int, w: int, node: Node) -> np.ndarray:
@@ -436,7 +436,10 @@ def _float_runner(node: Node) -> Callable[[list[np.ndarray]], np.ndarray]:
 
         return dense
     if op == "affine":
-        return lambda xs: xs[0] * _channels(a["scale"]) + _channels(a["shift"])
+        scale, shift = _channels(a["scale"]), _channels(a["shift"])
+        if (a["scale"] == 1).all():  # a learnable bias: x * 1 + b is x + b, one pass fewer
+            return lambda xs: xs[0] + shift
+        return lambda xs: xs[0] * scale + shift
     if op == "prelu":
         slope = _channels(a["slope"])
         # max(x, 0) + slope * min(x, 0): x where x > 0, slope * x elsewhere (3x np.where's speed)
