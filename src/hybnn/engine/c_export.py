@@ -345,9 +345,10 @@ def generate(
     from hybnn import __version__
 
     name = check_name(name)
-    if "graph" in header:
-        raise ValueError("the C export writes chains of binary layers; an engine graph (a "
-                         "binary ResNet) runs in the engine only, for now")
+    if "graph" in header:  # a graph of binary and float nodes (a binary ResNet)
+        from hybnn.engine.c_graph import generate_graph
+
+        return generate_graph(header, arrays, fingerprint, name)
     model = PackedModel(header, arrays, fingerprint)  # every check of the loader, C included
     shift, _ = input_prep(model)
     sizes = _layout(model)
@@ -404,6 +405,6 @@ def write_c(
         "name": name,
         "fingerprint": fingerprint,
         "arch": header.get("arch"),
-        "layers": len(header["layers"]),
+        "layers": len(header["layers"] if "layers" in header else header["graph"]["nodes"]),
         **sizes,
     }
