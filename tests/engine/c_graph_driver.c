@@ -21,5 +21,9 @@ int main(void) {
     for (uint32_t i = 0; i < n; i++) out[i] = classes[i];
     if (fwrite(out, sizeof(int32_t), n, stdout) != n) return 5;
     if (fwrite(logits, sizeof(float) * MODEL_NUM_CLASSES, n, stdout) != n) return 5;
+    free(in);
+    free(logits);
+    free(classes);
+    free(out);
     return 0;
 }

@@ -161,3 +161,19 @@ def test_a_graph_builds_for_the_cortex_m4(tmp_path):
     assert bss == 4 * floats + 8 * words and data == 0
     weights = int(header.split("MODEL_WEIGHT_BYTES ")[1].split("u")[0])
     assert weights < text < weights + 64 * 1024
+
+
+@needs_cc
+def test_generated_c_is_clean_under_address_and_undefined_behaviour_sanitizers(tmp_path):
+    """Every kernel of a graph with all op kinds reads and writes inside its buffers: the build
+    with AddressSanitizer and UBSan runs clean and still agrees with the engine."""
+    _, model, shape = _models()[1]  # max pooling, odd sides, both shortcut kinds
+    engine_path = _write(model, shape, tmp_path)
+    assert CC is not None
+    exe = _build(CC, tmp_path, "model-asan", "-fsanitize=address,undefined",
+                 "-fno-sanitize-recover=all", "-fno-omit-frame-pointer")
+    probe = subprocess.run([str(exe)], input=struct.pack("=I", 0), capture_output=True)
+    if probe.returncode != 0 and b"Sanitizer" in probe.stderr:
+        pytest.skip("the sanitizer runtimes cannot run here")
+    x = np.random.default_rng(7).standard_normal((6, *shape)).astype(np.float32)
+    _agree(engine_path, [str(exe)], x)
