@@ -413,6 +413,7 @@ NIID_BENCH_RATIO = 81.3 / 99  # NIID-Bench's FedProx with one label per client, 
 SKEW_TABLE_ORDER = ("dirichlet 0.5", "dirichlet 0.1", "1 class per client",
                     "2 classes per client")
 FEW_CLASSES = ("1 class per client", "2 classes per client")
+MAX_BYTES_RATIO = 2.0  # a default may cost at most this many times the bytes it replaces
 
 
 def skew10_stats(raw: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, list[float]]]:
@@ -528,12 +529,21 @@ def skew10_markdown(raw: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def skew10_bytes(d: dict[str, Any]) -> dict[tuple[str, str], float]:
+    """(encoding, method) -> mean bytes up + down per client and round."""
+    out: dict[tuple[str, str], list[float]] = {}
+    for r in d["rows"]:
+        out.setdefault((r["encoding"], r["method"]), []).append(
+            r["up_per_client_round"] + r["down_per_client_round"])
+    return {k: statistics.mean(v) for k, v in out.items()}
+
+
 def skew10_verdict(stats: dict[tuple[str, str, str], dict[str, list[float]]],
                    d: dict[str, Any]) -> list[str]:
-    """Per encoding: the method with the smallest gap averaged over the partitions, and
-    whether it *clearly* beats the default: a smaller mean gap on every partition and by
-    more than a point on average (else the default stays)."""
-    lines = []
+    """Per encoding: the method with the smallest gap averaged over the partitions, whether
+    it *clearly* beats the default (a smaller mean gap on every partition and by more than a
+    point on average), and what it costs in bytes against the default."""
+    lines, traffic, adopt = [], skew10_bytes(d), []
     for enc in d["encodings"]:
         mean_gap = {}
         for m in d["methods"]:
@@ -549,12 +559,22 @@ def skew10_verdict(stats: dict[tuple[str, str, str], dict[str, list[float]]],
                          for p in SKEW_TABLE_ORDER)
         clear = best != "default" and everywhere and \
             mean_gap["default"] - mean_gap[best] > TARGET_ACC_GAP
+        ratio = traffic[(enc, best)] / traffic[(enc, "default")]
+        if clear and ratio <= MAX_BYTES_RATIO:
+            adopt.append(f"`{best}` for {enc}")
         lines.append(f"- {enc}: smallest gap averaged over the four partitions: `{best}` "
                      f"({100 * mean_gap[best]:+.1f} points; default "
-                     f"{100 * mean_gap['default']:+.1f}): "
+                     f"{100 * mean_gap['default']:+.1f}), at {ratio:.1f}x the default's "
+                     f"bytes per client and round ({traffic[(enc, best)]:,.0f} B up + down): "
                      + ("clearly better than the default on every partition." if clear else
-                        "the default is not clearly beaten (better on every partition and by "
-                        "more than a point on average)."))
+                        "not clearly better than the default (that needs a smaller gap on "
+                        "every partition and by more than a point on average)."))
+    lines += ["", "`--strategy auto` takes a method from this table only where it is clearly "
+              f"better at no more than {MAX_BYTES_RATIO:g}x the default's bytes (an encoding "
+              "is chosen for its bytes): here "
+              + (", ".join(adopt) if adopt else "none, so the default stays (and the "
+                 "pair-task, IID and Dirichlet table that picked it, section "
+                 "federated-default, is unchanged)") + "."]
     return lines
 
 

@@ -339,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.render:
-        raw = json.loads((out / "bench.json").read_text())
+        raw = json.loads((out / ("bench-skew.json" if args.only == "skew"
+                                 else "bench.json")).read_text())
     else:
         if args.fresh:
             shutil.rmtree(out / "runs", ignore_errors=True)
