@@ -12,10 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 from hybnn.engine.dispatch import available_isas, detect_isa, isa, set_isa
+from hybnn.engine.graph import GraphModel
 from hybnn.engine.packed import PackedModel, load
 from hybnn.engine.packing import pack_codes, pack_images, pack_signs, unpack_signs
 
 __all__ = [
+    "GraphModel",
     "PackedModel",
     "available_isas",
     "detect_isa",

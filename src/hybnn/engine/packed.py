@@ -307,9 +307,9 @@ class PackedModel:
 
 
 def load(path: str | os.PathLike[str], threads: int = 1) -> PackedModel | GraphModel:
-    """Load and validate an engine file written by :func:`hybnn.engine.export_model` (a
-    chain: :class:`PackedModel`) or :func:`hybnn.engine.export_graph` (a graph of binary and
-    float nodes: :class:`~hybnn.engine.graph.GraphModel`)."""
+    """Load and validate an engine file written by :func:`hybnn.engine.export_model`: a chain
+    (:class:`PackedModel`) or a graph of binary and float nodes
+    (:class:`~hybnn.engine.graph.GraphModel`)."""
     header, arrays, digest = fmt.read(path)
     if header.get("format_version") == fmt.GRAPH_VERSION:
         return GraphModel(header, arrays, digest, threads=threads, where=str(path))
