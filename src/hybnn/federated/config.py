@@ -55,6 +55,8 @@ SERVER_ONLY = frozenset({"strategy", "trim-beta", "proximal-mu", "server-momentu
 # Settings a client reads only when the federation runs on node data (left at their
 # defaults, they are not sent: every byte of the config travels with every message).
 NODE_DATA_ONLY = frozenset({"node-data", "labels", "local-test"})
+# ... and settings a client reads only under a --skew-loss, sent only then for that reason
+SKEW_ONLY = frozenset({"skew-loss", "restricted-alpha", "calibration-tau"})
 SECAGG_STRATEGIES = ("fedavg", "fedprox")  # a masked sum admits no per-update rule
 
 
@@ -305,6 +307,8 @@ class FedConfig:
         """:meth:`to_record` without the server's own settings: what a client needs, sent
         with every message (a client rebuilds its FedConfig from it; the rest default)."""
         skip = SERVER_ONLY if self.node_data else SERVER_ONLY | NODE_DATA_ONLY
+        if self.skew_loss == "none":
+            skip = skip | SKEW_ONLY
         return {k: v for k, v in self.to_record().items() if k not in skip}
 
     @classmethod
