@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from engine_reference import randomize
 from test_engine_graph import Blocks, _randomize
 
 from hybnn.engine import format as fmt
@@ -20,6 +21,7 @@ from hybnn.engine.c_export import HOST_FLAGS, write_c
 from hybnn.engine.c_graph import plan
 from hybnn.engine.graph import GraphModel
 from hybnn.engine.graph_export import graph_header
+from hybnn.models import BinaryCNN
 from hybnn.models.binary_resnet import BinaryResNet
 
 HERE = Path(__file__).parent
@@ -75,11 +77,14 @@ def _models() -> list[tuple[str, torch.nn.Module, tuple[int, int, int]]]:
                                               "imagenet"), 2), (1, 29, 23)),
         ("resnet", _randomize(BinaryResNet(4, 1, 8, (1, 1, 1), image_size=(14, 14)), 3),
          (1, 14, 14)),
+        # thresholds (packed signs out), a binary dense layer, a float output: no float parts
+        ("bcnn", randomize(BinaryCNN(image_size=(9, 7), in_channels=2, num_classes=3,
+                                     fc=(70, 20), scaling="learned"), 4), (2, 9, 7)),
     ]
 
 
 @needs_cc
-@pytest.mark.parametrize("case", range(3), ids=[m[0] for m in _models()])
+@pytest.mark.parametrize("case", range(4), ids=[m[0] for m in _models()])
 def test_generated_c_agrees_with_the_engine(tmp_path, case):
     _, model, shape = _models()[case]
     engine_path = _write(model, shape, tmp_path)

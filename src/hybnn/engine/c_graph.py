@@ -82,8 +82,8 @@ def _calls(model: GraphModel, offsets: list[int], lines: list[str]) -> list[str]
         oc, oh, ow = node.out.shape
         names: dict[str, str] = {}
         for key, arr in a.items():
-            if key == "scale" and (arr == 1).all():
-                continue  # a learnable bias: x + shift
+            if (key == "scale" and (arr == 1).all()) or key == "flips":
+                continue  # a learnable bias: x + shift; flips are in the weights already
             names[key] = f"hyb_n{i}_{key}"
             if arr.dtype == np.uint64:
                 cx._array(lines, "uint64_t", names[key], cx._words(arr), 4)
