@@ -192,3 +192,39 @@ def test_a_record_the_server_did_not_send_is_still_rejected(encoder_dir):
     with pytest.raises(FederationError):
         run_local(fed_config(encoder_dir, rounds=1), mods=[smuggle], sink=sink)
     assert "exactly one ArrayRecord" in json.dumps(sink["rounds"])
+
+
+def test_binary_control_variates_are_signs_and_a_mean_magnitude_per_tensor():
+    from hybnn.federated.scaffold import SCALE, pack_signs, unpack_signs
+
+    values = {"w": np.array([[0.5, -1.5], [0.0, -2.0]], np.float32)}
+    packed = pack_signs(values)
+    assert packed["w"].dtype == np.uint8 and packed["w"].shape == (1,)  # 4 signs, one byte
+    assert packed["w" + SCALE].tolist() == [1.0]  # mean |w|
+    assert unpack_signs(packed, {"w": (2, 2)})["w"].tolist() == [[1, -1], [1, -1]]
+    for bad in ({"w": packed["w"]}, {**packed, "v": packed["w"]},
+                {"w": np.zeros(3, np.uint8), "w" + SCALE: packed["w" + SCALE]}):
+        with pytest.raises(ValueError):
+            unpack_signs(bad, {"w": (2, 2)})
+
+
+def test_a_binary_client_sends_its_delta_plus_what_earlier_rounds_left_out():
+    """Error feedback: over two rounds the server receives the sum of the client's Δc_i
+    up to one round's compression error, not two."""
+    from hybnn.federated.scaffold import RESIDUAL, finish_control, pack_signs, unpack_signs
+
+    model = torch.nn.Linear(2, 1, bias=False)
+    state, own, received = RecordDict(), {}, np.zeros((1, 2))
+    for x in ([3.0, 1.0], [1.0, -2.0]):
+        control = ControlVariates(pack_signs({}), own, binary=True)
+        control.on_train_begin(model)
+        model.zero_grad()
+        model(torch.tensor([x])).sum().backward()
+        control.on_after_backward(model)
+        record = finish_control(control, state)
+        received += unpack_signs({k: v.numpy() for k, v in record.items()},
+                                 {"weight": (1, 2)})["weight"]
+        own = {"weight": state[STATE]["weight"].numpy()}
+    left = state[RESIDUAL]["weight"].numpy()
+    assert np.allclose(received + left, own["weight"])  # Δc_1 + Δc_2 = the last c_i
+    assert np.abs(left).max() > 0  # one round's compression error remains

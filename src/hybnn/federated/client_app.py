@@ -139,7 +139,8 @@ def train(msg: Message, context: Context) -> Message:
         raise DataError("this run uses --secagg: the client sends its update only masked, "
                         "through SecAgg+, never in the clear")
     received = from_record(arrays_of(msg.content))
-    control = client_control(msg.content, context.state)  # SCAFFOLD's, if the server sent c
+    # SCAFFOLD's, if the server sent c (1bit and xor: packed like a 1bit model)
+    control = client_control(msg.content, context.state, downlink(cfg.encoding) == "1bit")
     model, local, metrics = local_round(cfg, pid, encoder, received, config, context,
                                         [control] if control is not None else [])
     layout = Layout.of(model)

@@ -85,7 +85,7 @@ def flower_strategy(cfg: FedConfig, weighted_by_key: str = "num-examples") -> St
     if name == "bulyan":
         return Bulyan(**common, num_malicious_nodes=f)
     if name == "scaffold":  # not in Flower: hybnn's, on FedAvg
-        return Scaffold(**common, num_clients=cfg.clients)
+        return Scaffold(**common, num_clients=cfg.clients, binary=cfg.encoding != "fp32")
     raise ValueError(f"unknown strategy {name!r}")
 
 

@@ -15,9 +15,12 @@ Flower 1.41 ships no SCAFFOLD, so both halves are here:
   option II's ``(x - y_i)/(K·lr)``). It keeps ``c_i`` in its node state between rounds.
 
 Control variates cover the trainable parameters (latent weights included), not the batch
-norm's running statistics; they travel as float32 both ways, whatever ``--encoding`` the
-model takes. A reply whose ``Δc_i`` does not match the model or is not finite is left out
-of ``c``'s step (logged); its model update is the wrapper's to validate.
+norm's running statistics. With ``--encoding fp32`` they travel as float32; with ``1bit`` or
+``xor`` as the 1bit encoding sends weights, each tensor's signs packed and its mean
+magnitude (``binary``), both ways: the server compresses all of ``c`` each round, a client
+its ``Δc_i`` plus what its earlier compressions left out (error feedback), so the server's
+sum of them does not drift. A reply whose ``Δc_i`` does not fit the model or is not finite
+is left out of ``c``'s step (logged); its model update is the wrapper's to validate.
 """
 
 from __future__ import annotations
@@ -38,24 +41,56 @@ from hybnn.hooks import Callback
 
 CONTROL = "scaffold"  # the record of a message that holds a control variate
 STATE = "hybnn-scaffold"  # a client's node state: its own control variate c_i
+RESIDUAL = "hybnn-scaffold-residual"  # ... and what its 1bit Δc_i have left out so far
+SCALE = "#scale"  # binary: the key of a tensor's mean magnitude, after the tensor's name
 DELTA_LIMIT = 1e6  # the largest |Δc_i| accepted (a gradient of a clipped, normalized model)
 
 
 def to_arrays(values: Mapping[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v, dtype=np.float32))
-                        for k, v in values.items()})
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in values.items()})
 
 
 def from_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in record.items()}
 
 
-class Scaffold(FedAvg):
-    """FedAvg with SCAFFOLD's server control variate; ``num_clients``: N of the step."""
+def pack_signs(values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Binary control variates: per tensor its signs (packbits order, sign(0) = +1) and its
+    mean magnitude, ``name#scale``."""
+    out: dict[str, np.ndarray] = {}
+    for k, v in values.items():
+        v = np.asarray(v, np.float32)
+        out[k] = np.packbits(v.ravel() >= 0)
+        out[k + SCALE] = np.array([np.abs(v).mean() if v.size else 0.0], np.float32)
+    return out
 
-    def __init__(self, *, num_clients: int, **kwargs: Any) -> None:
+
+def unpack_signs(packed: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]]
+                 ) -> dict[str, np.ndarray]:
+    """The tensors of :func:`pack_signs` (``scale · sign``), for the names in ``shapes``;
+    ValueError for a name, length or type that does not fit."""
+    names = {k for k in packed if not k.endswith(SCALE)}
+    if names != {k[:-len(SCALE)] for k in packed if k.endswith(SCALE)} or not names <= set(shapes):
+        raise ValueError("its tensors are not the model's, each as signs and a scale")
+    out = {}
+    for k in names:
+        n, bits, scale = int(np.prod(shapes[k])), packed[k], packed[k + SCALE]
+        if bits.dtype != np.uint8 or bits.shape != ((n + 7) // 8,) or scale.shape != (1,):
+            raise ValueError(f"{k}: {bits.dtype} {bits.shape} and a scale of shape "
+                             f"{scale.shape} do not pack {n} values")
+        signs = np.unpackbits(bits, count=n).astype(np.float32) * 2.0 - 1.0
+        out[k] = (signs * np.float32(scale[0])).reshape(shapes[k])
+    return out
+
+
+class Scaffold(FedAvg):
+    """FedAvg with SCAFFOLD's server control variate; ``num_clients``: N of the step;
+    ``binary``: control variates travel as packed signs and a scale per tensor."""
+
+    def __init__(self, *, num_clients: int, binary: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.num_clients = int(num_clients)
+        self.binary = bool(binary)
         self.control: dict[str, np.ndarray] = {}  # c; a missing key is zero
         self.shapes: dict[str, tuple[int, ...]] = {}  # of the global model sent this round
 
@@ -63,8 +98,9 @@ class Scaffold(FedAvg):
                         grid: Grid) -> Iterable[Message]:
         self.shapes = {k: tuple(v.shape) for k, v in arrays.items()}
         messages = list(super().configure_train(server_round, arrays, config, grid))
+        down = to_arrays(pack_signs(self.control) if self.binary else self.control)
         for msg in messages:
-            msg.content[CONTROL] = to_arrays(self.control)
+            msg.content[CONTROL] = down
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
@@ -92,12 +128,14 @@ class Scaffold(FedAvg):
         record = content.array_records.get(CONTROL)
         problem = "no control variate in the reply" if record is None else ""
         delta: dict[str, np.ndarray] = {}
-        for k, v in (record or {}).items():
-            try:
-                delta[k] = np.asarray(v.numpy(), dtype=np.float64)
-            except (ValueError, TypeError, EOFError, OSError) as exc:
-                problem = f"{k}: unreadable ({exc})"
-                break
+        try:
+            raw = {k: v.numpy() for k, v in (record or {}).items()}
+            if self.binary:
+                raw = unpack_signs(raw, self.shapes)
+        except (ValueError, TypeError, EOFError, OSError) as exc:
+            problem, raw = f"unreadable ({exc})", {}
+        for k, v in raw.items():
+            delta[k] = np.asarray(v, dtype=np.float64)
             if self.shapes.get(k) != delta[k].shape:
                 problem = f"{k}: shape {delta[k].shape} is no parameter of the model"
             elif not np.isfinite(delta[k]).all() or np.abs(delta[k]).max(initial=0) > DELTA_LIMIT:
@@ -111,11 +149,13 @@ class Scaffold(FedAvg):
 
 
 class ControlVariates(Callback):
-    """SCAFFOLD's client side for one round: ``server`` (c) and ``own`` (c_i, empty on a
-    client's first round) by parameter name, a missing name being zero."""
+    """SCAFFOLD's client side for one round: ``server`` (c; with ``binary``, as
+    :func:`pack_signs` packs it) and ``own`` (c_i, empty on a client's first round) by
+    parameter name, a missing name being zero."""
 
-    def __init__(self, server: Mapping[str, np.ndarray], own: Mapping[str, np.ndarray]) -> None:
-        self.server, self.own = dict(server), dict(own)
+    def __init__(self, server: Mapping[str, np.ndarray], own: Mapping[str, np.ndarray],
+                 binary: bool = False) -> None:
+        self.server, self.own, self.binary = dict(server), dict(own), binary
         self.params: dict[str, nn.Parameter] = {}
         self.correction: dict[str, torch.Tensor] = {}
         self.grad_sum: dict[str, torch.Tensor] = {}
@@ -123,6 +163,8 @@ class ControlVariates(Callback):
 
     def on_train_begin(self, model: nn.Module) -> None:
         self.params = {k: p for k, p in model.named_parameters() if p.requires_grad}
+        if self.binary:
+            self.server = unpack_signs(self.server, self.shapes())
         for k, p in self.params.items():
             c = self.server.get(k, np.zeros(tuple(p.shape), np.float32))
             ci = self.own.get(k, np.zeros(tuple(p.shape), np.float32))
@@ -138,6 +180,9 @@ class ControlVariates(Callback):
                     p.grad += self.correction[k]
         self.steps += 1
 
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(p.shape) for k, p in self.params.items()}
+
     def updated(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """(the new c_i, Δc_i = new c_i - old c_i) after the round's training."""
         new = {k: (g / max(self.steps, 1)).cpu().numpy().astype(np.float32)
@@ -146,18 +191,27 @@ class ControlVariates(Callback):
         return new, delta
 
 
-def client_control(content: RecordDict, state: RecordDict) -> ControlVariates | None:
+def client_control(content: RecordDict, state: RecordDict, binary: bool = False
+                   ) -> ControlVariates | None:
     """A training message's SCAFFOLD callback (None when the server runs no SCAFFOLD), with
     this node's own control variate from its state."""
     record = content.array_records.get(CONTROL)
     if record is None:
         return None
     own = from_arrays(state.array_records[STATE]) if STATE in state.array_records else {}
-    return ControlVariates(from_arrays(record), own)
+    return ControlVariates(from_arrays(record), own, binary)
 
 
 def finish_control(control: ControlVariates, state: RecordDict) -> ArrayRecord:
-    """Keep the new c_i in the node's ``state``; the reply's record of Δc_i."""
+    """Keep the new c_i in the node's ``state``; the reply's record of Δc_i (binary: of
+    Δc_i plus the residual of earlier rounds, the new residual kept)."""
     new, delta = control.updated()
     state[STATE] = to_arrays(new)
-    return to_arrays(delta)
+    if not control.binary:
+        return to_arrays(delta)
+    left = from_arrays(state.array_records[RESIDUAL]) if RESIDUAL in state.array_records else {}
+    due = {k: d + left.get(k, np.zeros_like(d)) for k, d in delta.items()}
+    packed = pack_signs(due)
+    sent = unpack_signs(packed, control.shapes())
+    state[RESIDUAL] = to_arrays({k: due[k] - sent[k] for k in due})
+    return to_arrays(packed)
