@@ -207,9 +207,9 @@ def hostile_rows(run: Runner, base: FedConfig, task: str, quick: bool) -> list[d
             for strategy in ("fedavg", *ROBUST):
                 if strategy == "bulyan" and HOSTILE_CLIENTS < 4 * k + 3:
                     continue  # Bulyan needs 4f + 3 updates
+                f = k if strategy in ("krum", "multikrum", "bulyan") else 0
                 cfg = base.with_(task=task, clients=HOSTILE_CLIENTS, strategy=strategy,
-                                 hostile=k if strategy in ("krum", "multikrum", "bulyan")
-                                 else 0, partition="iid", encoding="fp32")
+                                 partition="iid", encoding="fp32").with_group("robust", hostile=f)
                 rows.append(run.federation(cfg, f"hostile-{task}-k{k}-{attack}-{strategy}",
                                            mods, attack=attack, attackers=k))
     for strategy in ("fedavg", *ROBUST):  # the reference: nobody attacks

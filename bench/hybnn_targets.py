@@ -35,7 +35,7 @@ if not __package__:  # run as `python bench/NAME.py`: import bench.* from the re
 import argparse
 import datetime as dt
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
@@ -140,28 +140,26 @@ def code_width_sweep(config: ReproduceConfig, widths: list[int], out: Path
     from hybnn.data import load_source, select_task, train_test
     from hybnn.encoders.vae import load as load_encoder
     from hybnn.experiments.reproduce import _subsample
-    from hybnn.pipeline.config import PretrainConfig
     from hybnn.pipeline.extract import encode_to_codes
     from hybnn.pipeline.fit import train_head
     from hybnn.pipeline.pretrain import pretrain
 
     train, test = train_test(load_source(config.data))
-    general = _subsample(train, min(config.vae_samples or len(train), WIDTH_VAE_SAMPLES), 0)
+    general = _subsample(train, min(config.vae.samples or len(train), WIDTH_VAE_SAMPLES), 0)
     tr = _subsample(select_task(train, "all"), config.max_train, 0)
     te = select_task(test, "all")
     rows = []
-    noise, bits0, weight0 = config.head_code_noise, config.latent_bits, config.vae_contrastive
+    noise, bits0, weight0 = config.head.code_noise, config.vae.latent_bits, config.vae.contrastive
     variants = ([(w, weight0, noise) for w in widths] + [(bits0, 0.0, noise)]
                 + ([(bits0, weight0, 0.0)] if noise else []))
     for bits, weight, code_noise in variants:
         stem = f"bits{bits}-contrastive{weight:g}"
         cache = out / f"{stem}-noise{code_noise:g}.json"
-        pcfg = PretrainConfig(latent_bits=bits, epochs=config.vae_epochs, beta=config.vae_beta,
-                              shift=config.vae_shift, contrastive=weight, seed=0)
-        hcfg = TrainConfig(config.head_epochs, config.head_batch, config.head_lr,
-                           code_noise=code_noise, seed=0)
+        pcfg = replace(config.vae.pretrain_config(0, "cpu"), latent_bits=bits,
+                       contrastive=weight)
+        hcfg = replace(config.head_train_config(0), code_noise=code_noise, device="cpu")
         settings = {"pretrain": asdict(pcfg), "head": asdict(hcfg),
-                    "hidden": config.head_hidden_multiclass, "samples": len(tr),
+                    "hidden": config.head.hidden_multiclass, "samples": len(tr),
                     "vae_samples": len(general)}
         if cache.is_file() and json.loads(cache.read_text())["settings"] == settings:
             rows.append(json.loads(cache.read_text()))
@@ -176,7 +174,7 @@ def code_width_sweep(config: ReproduceConfig, widths: list[int], out: Path
             {"source": config.data, "split": "train", "samples": len(general)},
             progress=False, plots=False)
         _, history = train_head(encode_to_codes(encoder, tr), encode_to_codes(encoder, te),
-                                hcfg, config.head_hidden_multiclass, progress=False)
+                                hcfg, config.head.hidden_multiclass, progress=False)
         row = {"bits": bits, "bytes_per_code": -(-bits // 8), "contrastive": weight,
                "code_noise": code_noise, "acc": history.last("test_acc"),
                "encoder": encoder.fingerprint[:12], "settings": settings}
@@ -243,14 +241,14 @@ def code_ceiling(config: ReproduceConfig, run_dir: Path) -> dict[str, Any]:
     torch.manual_seed(0)
     layers: list[nn.Module] = []
     width = tr.num_bits
-    for h in config.head_hidden_multiclass:
+    for h in config.head.hidden_multiclass:
         layers += [nn.Linear(width, h), nn.BatchNorm1d(h), nn.ReLU(), nn.Dropout(0.2)]
         width = h
     model = nn.Sequential(*layers, nn.Linear(width, tr.num_classes))
     cfg = TrainConfig(epochs=30, batch_size=config.batch_size, lr=1e-3, seed=0)
     history = fit_classifier(model, (xt.float(), yt), (xe.float(), ye), cfg, progress=False)
     return {"acc": history.last("test_acc"), "encoder": tr.encoder_fingerprint[:12],
-            "shape": [tr.num_bits, *config.head_hidden_multiclass, tr.num_classes],
+            "shape": [tr.num_bits, *config.head.hidden_multiclass, tr.num_classes],
             "epochs": cfg.epochs, "lr": cfg.lr}
 
 
@@ -477,7 +475,7 @@ def main() -> None:
             results["wide_codes"] = wide_code_rows(config, out / "run0" / "encoder",
                                                    out / "wide")
             measured += wide_code_targets(data, results["wide_codes"], results["tasks"]["all"],
-                                          -(-config.latent_bits // 8))
+                                          -(-config.vae.latent_bits // 8))
         found += measured
         bound = extraction_line(results["extraction_speed"])
         if "int8_clock" in results:

@@ -89,8 +89,7 @@ def int8_clocks(runs: list[tuple[ReproduceConfig, Path]], encoder_dir: Path, thr
                 test_codes = encode_to_codes(int8, te, {"task": task, "split": "test"})
                 same_bits = float(np.mean(encoder.encode(tr.x) == codes.bits()))
                 cfg = config.head_train_config(seed)
-                hidden = (config.head_hidden if tr.num_classes == 2
-                          else config.head_hidden_multiclass)
+                hidden = config.head.widths(tr.num_classes)
                 _, history = train_head(codes, test_codes, cfg, hidden, progress=False)
                 clock = TrainingClock.from_history("hybnn_int8", history, extract_s)
                 rows.append({**time_to_same_accuracy(clock, _baseline_clock(run_dir, task, seed)),

@@ -41,7 +41,7 @@ import torch
 from bench.common import target, write_json, write_section
 from hybnn.data import PAPER_TASKS
 from hybnn.federated import task as fed_task
-from hybnn.federated.config import FedConfig
+from hybnn.federated.config import FedConfig, PrivacyConfig
 from hybnn.federated.encoding import Layout, model_state
 from hybnn.federated.report import environment
 from hybnn.federated.simulation import ensure_encoder, federate
@@ -49,7 +49,7 @@ from hybnn.federated.transport_scale import transport_bounds
 
 # The default of --clipping-norm (see docs/federated.md for how it was chosen), a norm in
 # transport coordinates.
-CLIPPING_NORM = FedConfig().clipping_norm
+CLIPPING_NORM = PrivacyConfig().clipping_norm
 NOISE = (0.0, 0.3, 1.0, 3.0, 10.0)  # 0: no DP; 10 rounds: epsilon 104, 19, 5.0, 1.3
 CLIENTS = (10, 100)
 DELTA = 1e-5
@@ -91,11 +91,11 @@ def run(cfg: FedConfig, out: Path, name: str) -> dict[str, Any]:
     norms = [c["update_norm"] for r in res["rounds"] for c in r["clients"]
              if c["status"] == "ok"]
     row = {
-        "name": name, "task": cfg.task, "encoding": cfg.encoding, "dp": cfg.dp,
+        "name": name, "task": cfg.task, "encoding": cfg.encoding, "dp": cfg.dp.mode,
         "clients": cfg.clients,
-        "noise_multiplier": cfg.noise_multiplier if cfg.dp == "server-fixed" else 0.0,
-        "clipping_norm": cfg.clipping_norm if cfg.dp != "none" else None,
-        "local_epsilon": cfg.local_epsilon if cfg.dp == "local" else None,
+        "noise_multiplier": cfg.dp.noise_multiplier if cfg.dp.mode == "server-fixed" else 0.0,
+        "clipping_norm": cfg.dp.clipping_norm if cfg.dp.enabled else None,
+        "local_epsilon": cfg.dp.local_epsilon if cfg.dp.mode == "local" else None,
         "final_acc": res["final_acc"], "best_acc": res["best_acc"],
         "epsilon": res["epsilon"], "delta": res["delta"],
         "update_norm_median": statistics.median(norms) if norms else None,
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     noise = (0.0, 1.0, 10.0) if args.quick else NOISE
     base = FedConfig(data="mnist-5k", clients=CLIENTS[0], rounds=rounds, local_epochs=epochs,
                      fraction_evaluate=0.0, seed=args.seed, encoder=args.encoder,
-                     clipping_norm=CLIPPING_NORM, dp_delta=DELTA)
+                     dp=PrivacyConfig(clipping_norm=CLIPPING_NORM, delta=DELTA))
     if not args.encoder and (out / "encoder" / "weights.safetensors").is_file():
         base = base.with_(encoder=str((out / "encoder").resolve()))  # this bench's, cached
     base = ensure_encoder(base, out, pretrain_epochs=3 if args.quick else 20)
@@ -153,9 +153,11 @@ def main(argv: list[str] | None = None) -> int:
             for encoding in ("fp32", "1bit"):
                 for z in noise:
                     cfg = base.with_(task=t, encoding=encoding, clients=n)
-                    cfg = cfg.with_(dp="server-fixed", noise_multiplier=z) if z > 0 else cfg
+                    if z > 0:
+                        cfg = cfg.with_group("dp", mode="server-fixed", noise_multiplier=z)
                     rows.append(run(cfg, out, f"{t}-n{n}-{encoding}-z{z:g}"))
-            cfg = base.with_(task=t, clients=n, dp="local", local_epsilon=LOCAL_EPSILON)
+            cfg = base.with_(task=t, clients=n).with_group("dp", mode="local",
+                                                           local_epsilon=LOCAL_EPSILON)
             rows.append(run(cfg, out, f"{t}-n{n}-fp32-local"))
 
     raw = {"rows": rows, "update_parts": {"task": tasks[0], "clients": CLIENTS[0], **parts},
@@ -226,10 +228,10 @@ def markdown(raw: dict[str, Any]) -> str:
         f"), seed "
         f"{cfg['seed']} for partitions, initial head and training; the DP noise is not "
         "seeded. Clipping norm "
-        f"{cfg['clipping_norm']:g} on the decoded update (for 1bit: scale · sign) in "
+        f"{cfg['dp']['clipping_norm']:g} on the decoded update (for 1bit: scale · sign) in "
         "transport coordinates (batch-norm running means / K, running variances / K², K "
         "the fan-in of the layer before; latent weights as they are); epsilon "
-        f"at delta {cfg['dp_delta']:g} from Flower's RDP accountant (client-level, "
+        f"at delta {cfg['dp']['delta']:g} from Flower's RDP accountant (client-level, "
         "add-or-remove-one, no sampling amplification): it depends only on the noise "
         "multiplier and the rounds, not on the number of clients. The noise on the mean "
         "update has stddev z · C / clients per value: ten times less at 100 clients.",

@@ -49,7 +49,7 @@ def secagg_rows(base: FedConfig, out: Path, engine: str = "local") -> list[dict[
     """One row per run of :data:`RUNS` on ``base`` (its encoder set): accuracy and bytes."""
     rows = []
     for encoding, secagg in RUNS:
-        cfg = base.with_(encoding=encoding, secagg=secagg)
+        cfg = base.with_(encoding=encoding).with_group("secagg", enabled=secagg)
         name = name_of(encoding, secagg)
         t0 = time.perf_counter()
         res = federate(cfg, out / name.replace(" ", "-"), centralized=False, engine=engine)

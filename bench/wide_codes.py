@@ -26,6 +26,7 @@ from typing import Any
 
 from bench.common import target, write_json
 from hybnn.experiments.config import ReproduceConfig
+from hybnn.settings import from_dict
 
 LAYERS = ("conv3", "conv2")
 
@@ -49,7 +50,7 @@ def wide_code_rows(config: ReproduceConfig, encoder_dir: Path, out: Path,
     for layer in layers:
         settings = {"layer": layer, "encoder": source.fingerprint, "seeds": list(config.seeds),
                     "head": asdict(config.head_train_config(0)),
-                    "hidden": config.head_hidden_multiclass, "samples": len(tr)}
+                    "hidden": config.head.hidden_multiclass, "samples": len(tr)}
         cache = out / f"{layer}.json"
         if cache.is_file() and json.loads(cache.read_text())["settings"] == settings:
             rows[layer] = json.loads(cache.read_text())
@@ -63,7 +64,7 @@ def wide_code_rows(config: ReproduceConfig, encoder_dir: Path, out: Path,
         accs, epoch_s = [], []
         for seed in config.seeds:
             _, history = train_head(train_codes, test_codes, config.head_train_config(seed),
-                                    config.head_hidden_multiclass, progress=False)
+                                    config.head.hidden_multiclass, progress=False)
             accs.append(history.last("test_acc"))
             epoch_s.append(statistics.mean(history.series("seconds")))
             print(f"wide codes {config.data} {layer} seed {seed}: {100 * accs[-1]:.2f} %",
@@ -127,12 +128,12 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     results = all_run_results(parser, args.run)
-    config = ReproduceConfig(**results["config"])
+    config = from_dict(ReproduceConfig, results["config"])
     encoder = args.encoder or Path(results["encoder"]["path"])
     rows = wide_code_rows(config, encoder, args.out or args.run.parent / "wide",
                           tuple(args.layers))
     found = wide_code_targets(config.data, rows, results["tasks"]["all"],
-                              -(-config.latent_bits // 8))
+                              -(-config.vae.latent_bits // 8))
     for t in found:
         print(t["detail"])
     if args.json:

@@ -8,7 +8,7 @@ import pytest
 
 from hybnn import api
 from hybnn.cli import build_parser
-from hybnn.cli.flags import build, fields_of, given
+from hybnn.cli.flags import build, fields_of, given_settings
 from hybnn.errors import DataError
 from hybnn.experiments.config import REPRODUCE_QUICK, ReproduceConfig
 from hybnn.experiments.continual_config import ContinualConfig
@@ -43,8 +43,9 @@ def test_code_noise_flag_overrides_the_models_default():
 
 def test_quick_preset_fills_only_what_the_user_left_out():
     args = parse("reproduce", "--quick", "--head-epochs", "9")
-    cfg = ReproduceConfig.make(**given(args, "config__"))
-    assert cfg.quick and cfg.head_epochs == 9 and cfg.cnn_epochs == REPRODUCE_QUICK["cnn_epochs"]
+    cfg = ReproduceConfig.make(**given_settings(ReproduceConfig, args, "config__"))
+    assert cfg.quick and cfg.head.epochs == 9 and cfg.cnn.epochs == REPRODUCE_QUICK["cnn_epochs"]
+    assert cfg.vae.samples == REPRODUCE_QUICK["vae_samples"] and cfg.seeds == [0]
 
 
 @pytest.mark.parametrize("options", [api.PretrainOptions, api.ExtractOptions, api.TrainOptions,

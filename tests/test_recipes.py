@@ -25,12 +25,16 @@ def test_every_shipped_recipe_is_valid_for_its_commands(path):
     tables = [name for name, value in doc.items() if isinstance(value, dict)]
     assert tables, f"{path.name} names the command it is for in a table"
     for command in tables:
-        args = parse(build_parser(), [command, *COMMANDS.get(command, []), "--config",
-                                      str(path)])
+        parser = build_parser()
+        args = parse(parser, [command, *COMMANDS.get(command, []), "--config", str(path)])
+        sub = next(a for a in parser._actions if a.choices and command in a.choices)
+        actions = [a for a in sub.choices[command]._actions if a.option_strings]
+        dest = {a.dest.split("__")[-1]: a.dest for a in actions}  # by field name
+        dest.update({flag.lstrip("-").replace("-", "_"): a.dest
+                     for a in actions for flag in a.option_strings})  # by flag
         for key, value in doc[command].items():
-            got = {k.split("__")[-1]: v for k, v in vars(args).items()}
-            field = key if key in got else {"bits": "latent_bits"}.get(key, key)
-            assert got[field] == value, (path.name, key)
+            got = vars(args)
+            assert got[dest.get(key, key)] == value, (path.name, key)
 
 
 def test_flags_override_the_recipe_and_the_recipe_fills_the_rest(tmp_path):

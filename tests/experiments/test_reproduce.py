@@ -53,7 +53,7 @@ def test_the_head_trains_at_its_own_batch_size(quick_run: Path) -> None:
     assert batch("hybnn-seed0") == 32  # --head-batch-size
     assert batch("bcnn_centered-seed0") == batch("fpcnn-seed0") == 64  # the phase-3 batch
     config = json.loads((quick_run / "results.json").read_text())["config"]
-    assert config["head_batch_size"] == 32 and config["batch_size"] == 64
+    assert config["head"]["batch_size"] == 32 and config["batch_size"] == 64
 
 
 def test_hybnn_beats_the_paper_setting_baseline(quick_run: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from local_runs import settings
 
 from hybnn.cli import main
 from hybnn.errors import DataError
@@ -25,7 +26,7 @@ NAN, INF = float("nan"), float("inf")
 ])
 def test_an_invalid_value_is_refused_with_one_line(field, value, flag):
     with pytest.raises(DataError, match=flag) as info:
-        FedConfig(**{field: value})
+        settings(**{field: value})
     assert "\n" not in str(info.value)
 
 

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from local_runs import settings
 
 from hybnn.data import load_source
 from hybnn.data.splits import stratified_split
 from hybnn.errors import DataError
-from hybnn.federated.config import FedConfig
+from hybnn.federated.config import LocalDataConfig
 from hybnn.federated.local_grid import run_local
 
 
@@ -39,9 +40,9 @@ def node_files(tmp_path_factory):
 
 
 def _cfg(encoder_dir, clients, **kw):
-    return FedConfig(data="digits", task="0v1", clients=clients, rounds=2, local_epochs=2,
-                     encoder=encoder_dir, node_data=True, labels="0,1", min_clients=2,
-                     node_wait=5.0, **kw)
+    return settings(data="digits", task="0v1", clients=clients, rounds=2, local_epochs=2,
+                    encoder=encoder_dir, node_data=True, labels="0,1", min_clients=2,
+                    node_wait=5.0, **kw)
 
 
 def test_each_node_trains_on_exactly_its_file(encoder_dir, node_files):
@@ -81,11 +82,11 @@ def test_a_node_with_foreign_labels_or_no_file_is_refused_and_the_rest_go_on(
 
 def test_node_data_settings_are_checked():
     with pytest.raises(DataError, match="labels must be at least two"):
-        FedConfig(node_data=True, labels="3")
+        LocalDataConfig(enabled=True, labels="3")
     with pytest.raises(DataError, match="labels must be integers"):
-        FedConfig(node_data=True, labels="a,b")
+        LocalDataConfig(enabled=True, labels="a,b")
     with pytest.raises(DataError, match="--model head"):
-        FedConfig(node_data=True, labels="0,1", model="bcnn")
+        settings(node_data=True, labels="0,1", model="bcnn")
 
 
 def test_federate_node_data_through_the_cli(encoder_dir, node_files, tmp_path, capsys):
@@ -99,7 +100,8 @@ def test_federate_node_data_through_the_cli(encoder_dir, node_files, tmp_path, c
             "--out", str(tmp_path / "run"), "--node-data", *map(str, files)]
     assert main(argv) == 0, capsys.readouterr().err
     res = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert res["config"]["node_data"] and res["config"]["labels"] == "0,1"
+    assert res["config"]["local_data"] == {**res["config"]["local_data"], "enabled": True,
+                                             "labels": "0,1"}
     assert res["config"]["clients"] == 3 and res["status"] == "completed"
     assert str(root) not in json.dumps(res["config"]).replace(str(root / "server-test.npz"), "")
     assert main(["federate", "--encoder", encoder_dir, "--out", str(tmp_path / "r2"),
@@ -135,9 +137,9 @@ def test_several_hosts_each_on_its_own_file(encoder_dir, node_files, tmp_path, s
     assert main(["pki", "--out", str(tmp_path / "pki"), "--server-name", "127.0.0.2",
                  "--nodes", "3"]) == 0
     nodes = [str(files[0]), str(files[1]), str(root / "has-7.npz")]
-    cfg = FedConfig(data="digits", task="0v1", rounds=2, local_epochs=1, encoder=encoder_dir,
-                    node_data=True, labels="0,1", clients=3, min_clients=2,
-                    fraction_evaluate=1.0, round_timeout=120.0, node_wait=60.0)
+    cfg = settings(data="digits", task="0v1", rounds=2, local_epochs=1, encoder=encoder_dir,
+                   node_data=True, labels="0,1", clients=3, min_clients=2,
+                   fraction_evaluate=1.0, round_timeout=120.0, node_wait=60.0)
     res = deploy(cfg, tmp_path / "run", centralized=False, run_timeout=600,
                  certificates=tmp_path / "pki", supernode_keys=tmp_path / "pki",
                  server_address="127.0.0.2", node_data=nodes,

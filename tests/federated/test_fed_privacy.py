@@ -5,6 +5,7 @@ within the clipping norm where the aggregator sees them; invalid settings are re
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
     FedAvg,
 )
-from local_runs import fed_config
+from local_runs import fed_config, settings
 
 from hybnn.errors import DataError
 from hybnn.federated import faults
@@ -68,7 +69,7 @@ def test_every_dp_mode_completes_a_federation(encoder_dir, dp):
     eps = _epsilons(log)
     if dp in ("server-fixed", "client-fixed", "local"):  # accounted
         assert all(math.isfinite(e) and e > 0 for e in eps)
-        assert all(r["delta"] == cfg.dp_delta for r in log["rounds"])
+        assert all(r["delta"] == cfg.dp.delta for r in log["rounds"])
     else:  # no DP, or adaptive clipping: Flower has no accountant
         assert eps == [None, None]
     if dp != "none":
@@ -84,14 +85,16 @@ def test_server_side_fixed_clipping_works_with_1bit_updates(encoder_dir):
 def test_epsilon_grows_with_the_rounds_and_with_less_noise(encoder_dir):
     eps = {}
     for z in (0.5, 2.0):
-        log = _run(_cfg(encoder_dir, dp="server-fixed", noise_multiplier=z, rounds=3))
+        cfg = _cfg(encoder_dir, dp="server-fixed", noise_multiplier=z, rounds=3)
+        log = _run(cfg)
         eps[z] = _epsilons(log)
         assert all(math.isfinite(e) for e in eps[z])
         assert eps[z][0] < eps[z][1] < eps[z][2]
         # one Gaussian release per round, as an accountant of our own counts them
-        own = accountant(log_cfg := FedConfig(**log["config"]), log_cfg.clients)
+        assert log["config"]["dp"] == asdict(cfg.dp)
+        own = accountant(cfg, cfg.clients)
         own.compose(GaussianPrivacyEvent(z, 3, 3), 3)
-        assert eps[z][2] == pytest.approx(own.get_epsilon(log_cfg.dp_delta))
+        assert eps[z][2] == pytest.approx(own.get_epsilon(cfg.dp.delta))
     assert all(a > b for a, b in zip(eps[0.5], eps[2.0], strict=True))
 
 
@@ -267,24 +270,25 @@ def test_local_dp_noises_every_update_and_counts_its_releases(encoder_dir):
 
 
 def test_each_mode_gets_flowers_wrapper_and_client_mod():
-    cfg = FedConfig(clients=10, fraction=0.5, noise_multiplier=0.3, clipping_norm=4.0)
-    s = private_strategy(cfg.with_(dp="server-fixed"))
+    cfg = settings(clients=10, fraction=0.5, noise_multiplier=0.3, clipping_norm=4.0)
+    s = private_strategy(cfg.with_group("dp", mode="server-fixed"))
     assert isinstance(s, DifferentialPrivacyServerSideFixedClipping)
     assert s.accountant is not None and s.num_sampled_clients == 5 and s.clipping_norm == 4.0
     assert s.strategy.weighted_by_key == UNIFORM_WEIGHT  # equal weights: the accountant's rule
-    assert isinstance(private_strategy(cfg.with_(dp="client-fixed")),
+    assert isinstance(private_strategy(cfg.with_group("dp", mode="client-fixed")),
                       DifferentialPrivacyClientSideFixedClipping)
-    assert isinstance(private_strategy(cfg.with_(dp="server-adaptive")),
+    assert isinstance(private_strategy(cfg.with_group("dp", mode="server-adaptive")),
                       DifferentialPrivacyServerSideAdaptiveClipping)
-    assert isinstance(private_strategy(cfg.with_(dp="client-adaptive")),
+    assert isinstance(private_strategy(cfg.with_group("dp", mode="client-adaptive")),
                       DifferentialPrivacyClientSideAdaptiveClipping)
-    assert isinstance(private_strategy(cfg.with_(dp="local")), LocalDpAccounting)
-    assert private_strategy(cfg.with_(dp="local")).strategy.weighted_by_key == "num-examples"
-    assert client_mod(cfg.with_(dp="client-fixed")) is fixedclipping_mod
-    assert client_mod(cfg.with_(dp="client-adaptive")) is adaptiveclipping_mod
-    local = client_mod(cfg.with_(dp="local", local_epsilon=0.5))
+    local_dp = private_strategy(cfg.with_group("dp", mode="local"))
+    assert isinstance(local_dp, LocalDpAccounting)
+    assert local_dp.strategy.weighted_by_key == "num-examples"
+    assert client_mod(cfg.with_group("dp", mode="client-fixed")) is fixedclipping_mod
+    assert client_mod(cfg.with_group("dp", mode="client-adaptive")) is adaptiveclipping_mod
+    local = client_mod(cfg.with_group("dp", mode="local", local_epsilon=0.5))
     assert isinstance(local, LocalDpMod) and local.epsilon == 0.5 and local.sensitivity == 8.0
-    assert client_mod(cfg) is None and client_mod(cfg.with_(dp="server-fixed")) is None
+    assert client_mod(cfg) is None and client_mod(cfg.with_group("dp", mode="server-fixed")) is None
 
 
 @pytest.mark.parametrize(("changes", "message"), [
@@ -304,15 +308,15 @@ def test_each_mode_gets_flowers_wrapper_and_client_mod():
 ])
 def test_invalid_privacy_settings_are_refused_with_one_line(changes, message):
     with pytest.raises(DataError, match=message) as info:
-        FedConfig(clients=3, **changes)
+        settings(clients=3, **changes)
     assert "\n" not in str(info.value)
 
 
 def test_the_noise_settings_reach_the_clients():
     """A client rebuilds its FedConfig from the server's config: the cross checks of --dp
     must hold there too (noise multiplier included)."""
-    cfg = FedConfig(clients=3, dp="server-adaptive", noise_multiplier=0.2)
-    assert FedConfig.from_record(cfg.client_record()).noise_multiplier == 0.2
+    cfg = settings(clients=3, dp="server-adaptive", noise_multiplier=0.2)
+    assert FedConfig.from_record(cfg.client_record()).dp.noise_multiplier == 0.2
 
 
 def test_a_projected_noisy_state_passes_validation():

@@ -20,6 +20,7 @@ from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.common import bytes_to_ndarray, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from local_runs import settings
 
 from hybnn.cli import main
 from hybnn.errors import DataError
@@ -49,7 +50,7 @@ def _cfg(encoder_dir, **kw) -> FedConfig:
     base = {"data": "digits", "task": "0v1", "clients": 3, "rounds": 2, "local_epochs": 1,
             "encoder": encoder_dir, "secagg": True, "node_wait": 60.0,
             "round_timeout": 60.0}
-    return FedConfig(**{**base, **kw})
+    return settings(**{**base, **kw})
 
 
 # -- configuration ------------------------------------------------------------------------
@@ -64,14 +65,14 @@ def _cfg(encoder_dir, **kw) -> FedConfig:
 ])
 def test_invalid_secagg_settings_are_refused_with_one_line(changes, flag):
     with pytest.raises(DataError, match=flag) as info:
-        FedConfig(**{"clients": 3, "secagg": True, **changes})
+        settings(**{"clients": 3, "secagg": True, **changes})
     assert "\n" not in str(info.value)
 
 
 def test_the_settings_only_matter_with_secagg_and_raise_the_round_minimum():
-    FedConfig(clients=2, strategy="krum", secagg_shares=9)  # secagg off: not checked
-    assert FedConfig(clients=5, secagg=True).min_nodes == 3  # min-clients 2, 3 shares
-    assert FedConfig(clients=5, secagg=True, min_clients=4).min_nodes == 4
+    settings(clients=2, strategy="krum", secagg_shares=9)  # secagg off: not checked
+    assert settings(clients=5, secagg=True).min_nodes == 3  # min-clients 2, 3 shares
+    assert settings(clients=5, secagg=True, min_clients=4).min_nodes == 4
     assert FedConfig(clients=5).min_nodes == 2
 
 
@@ -200,7 +201,7 @@ def test_no_update_reaches_the_server_in_the_clear(tiny_encoder, aggregates, tas
     masked = [a for a in received if a.dtype == np.int64 and a.size > 1]
     assert len(masked) == 2 * 3 * len(LAYOUT.keys)  # rounds x clients x tensors
     assert all(a.size == 0 for a in received if a.dtype != np.int64)  # nothing else
-    clip, levels = cfg.secagg_clip, QUANTIZATION_RANGE
+    clip, levels = cfg.secagg.clip, QUANTIZATION_RANGE
     max_weight = log["secagg"]["max_weight"]
     for update in plain:
         ratio = update["n"] / max_weight
@@ -226,8 +227,8 @@ def test_no_update_reaches_the_server_in_the_clear(tiny_encoder, aggregates, tas
 def test_secagg_matches_plain_fedavg(tmp_path, tiny_encoder, encoding, task_identity):
     cfg = _cfg(str(tiny_encoder[0]), rounds=3, encoding=encoding)
     secure = federate(cfg, tmp_path / "secure", centralized=False, engine="local")
-    plain = federate(cfg.with_(secagg=False, strategy="fedavg"), tmp_path / "plain",
-                     centralized=False, engine="local")
+    plain_cfg = cfg.with_(strategy="fedavg").with_group("secagg", enabled=False)
+    plain = federate(plain_cfg, tmp_path / "plain", centralized=False, engine="local")
     assert secure["status"] == plain["status"] == "completed"
     assert abs(secure["final_acc"] - plain["final_acc"]) <= 0.02
     assert secure["final_acc"] > secure["initial_acc"]
@@ -244,7 +245,7 @@ def test_secagg_matches_plain_fedavg(tmp_path, tiny_encoder, encoding, task_iden
     assert 0 < secure["bytes_down_per_client_round"] - plain["bytes_down_per_client_round"] \
         < 6_000
     saved = json.loads((tmp_path / "secure" / "results.json").read_text())
-    assert saved["secagg"]["shares"] == 3 and saved["config"]["secagg"] is True
+    assert saved["secagg"]["shares"] == 3 and saved["config"]["secagg"]["enabled"] is True
 
 
 def test_a_client_dropping_out_mid_protocol_is_unmasked_from_its_neighbours(

@@ -18,7 +18,7 @@ from flwr.serverapp.strategy import (
     Krum,
     MultiKrum,
 )
-from local_runs import fed_config
+from local_runs import fed_config, settings
 
 from hybnn.errors import DataError
 from hybnn.federated import faults
@@ -48,7 +48,7 @@ def test_every_strategy_completes_a_federation(encoder_dir, strategy, encoding):
 
 
 def test_strategies_are_flowers_own_with_our_settings():
-    cfg = FedConfig(clients=10, fraction=0.5, hostile=2, server_momentum=0.8, proximal_mu=0.3)
+    cfg = settings(clients=10, fraction=0.5, hostile=2, server_momentum=0.8, proximal_mu=0.3)
     assert isinstance(flower_strategy(cfg.with_(strategy="fedprox")), FedProx)
     assert flower_strategy(cfg.with_(strategy="fedprox")).proximal_mu == 0.3
     assert flower_strategy(cfg.with_(strategy="fedavgm")).server_momentum == 0.8
@@ -60,7 +60,7 @@ def test_strategies_are_flowers_own_with_our_settings():
     assert isinstance(flower_strategy(cfg.with_(strategy="krum")), Krum)
     assert isinstance(flower_strategy(cfg.with_(strategy="fedavgm")), FedAvgM)
     with pytest.raises(DataError, match="--hostile"):
-        FedConfig(clients=3, hostile=3)
+        settings(clients=3, hostile=3)
     with pytest.raises(DataError, match="--server-momentum"):
         FedConfig(server_momentum=1.0)
 
@@ -166,12 +166,12 @@ def test_auto_strategy_is_the_tables_pick_for_the_head_and_fedavg_where_a_mean_i
     assert FedConfig(encoding="xor").resolved_strategy == "fedyogi"
     assert FedConfig(strategy="krum").resolved_strategy == "krum"
     assert FedConfig(model="fpcnn").resolved_strategy == "fedavg"
-    assert FedConfig(dp="server-fixed").resolved_strategy == "fedavg"  # no error: a mean
-    assert FedConfig(secagg=True).resolved_strategy == "fedavg"
+    assert settings(dp="server-fixed").resolved_strategy == "fedavg"  # no error: a mean
+    assert settings(secagg=True).resolved_strategy == "fedavg"
     assert isinstance(flower_strategy(FedConfig(encoding="1bit")), FedYogi)
     assert isinstance(flower_strategy(FedConfig()), FedAdagrad)
     with pytest.raises(DataError, match="--strategy must be fedavg or fedprox"):
-        FedConfig(secagg=True, strategy="fedyogi")
+        settings(secagg=True, strategy="fedyogi")
 
 
 def test_the_narrow_grids_refuse_what_they_do_not_offer():

@@ -101,7 +101,7 @@ def eval_reply(nid: int, **metrics) -> Message:
 
 
 def ledger(strategy: EncodedStrategy, nid: int, server_round: int = 1) -> dict:
-    return strategy.rounds[server_round]["clients"][nid]
+    return strategy.ledger[server_round].clients[nid].to_json()
 
 
 # -- sample counts: bounded by the handshake's count and the cap -----------------------
@@ -116,7 +116,7 @@ def test_a_huge_sample_count_cannot_take_over_fedavg():
     np.testing.assert_allclose(w, 0.6 * 0.5 + 0.4 * -0.5, rtol=1e-6)  # the attacker: 1.0
     assert ledger(s, 13)["status"] == "rejected"
     assert "num-examples" in ledger(s, 13)["reason"] and "100" in ledger(s, 13)["reason"]
-    assert s.rounds[1]["valid_updates"] == 2
+    assert s.ledger[1].valid_updates == 2
 
 
 @pytest.mark.parametrize("count", [10**15, NUM_TRAIN + 1, 0, -3, 2.5, 50.0, INF, NAN, [50]])
@@ -124,7 +124,7 @@ def test_a_sample_count_outside_the_handshake_count_is_rejected(count):
     s = make_strategy()
     arrays, _ = s.aggregate_train(1, [train_reply(11), train_reply(12, **{"num-examples":
                                                                            count})])
-    assert arrays is not None and s.rounds[1]["valid_updates"] == 1
+    assert arrays is not None and s.ledger[1].valid_updates == 1
     assert ledger(s, 12)["status"] == "rejected" and "num-examples" in ledger(s, 12)["reason"]
 
 
@@ -160,7 +160,7 @@ def test_a_state_outside_its_domain_is_rejected(encoding, overrides, needle):
     s = make_strategy(encoding)
     arrays, _ = s.aggregate_train(1, [train_reply(11, encoding=encoding),
                                       train_reply(12, state(fill, **overrides), encoding)])
-    assert s.rounds[1]["valid_updates"] == 1
+    assert s.ledger[1].valid_updates == 1
     assert ledger(s, 12)["status"] == "rejected" and needle in ledger(s, 12)["reason"]
     agg = from_record(arrays)
     assert all((agg[k] > 0).all() for k in LAYOUT.keys if k.endswith("running_var"))
@@ -192,7 +192,7 @@ def test_xor_replies_average_like_1bit_replies():
         replies = [train_reply(nid, st, encoding, reference=received, **{"num-examples": n})
                    for nid, st, n in honest]
         arrays, _ = s.aggregate_train(1, replies)
-        assert s.rounds[1]["valid_updates"] == 2
+        assert s.ledger[1].valid_updates == 2
         aggregates[encoding] = from_record(arrays)
     for k, is_binary in zip(LAYOUT.keys, LAYOUT.binary, strict=True):
         if is_binary:
@@ -231,7 +231,7 @@ def test_an_xor_state_outside_its_domain_is_rejected(overrides, needle):
     arrays, _ = s.aggregate_train(1, [
         train_reply(11, encoding="xor", reference=received),
         train_reply(12, state(fill, **overrides), "xor", reference=received)])
-    assert s.rounds[1]["valid_updates"] == 1
+    assert s.ledger[1].valid_updates == 1
     assert ledger(s, 12)["status"] == "rejected" and needle in ledger(s, 12)["reason"]
     agg = from_record(arrays)
     assert all((agg[k] > 0).all() for k in LAYOUT.keys if k.endswith("running_var"))

@@ -362,7 +362,7 @@ def federate(opts: FederateOptions) -> dict[str, Any]:
 
 def node_data_config(cfg: FedConfig, files: list[str], supported: bool) -> FedConfig:
     """``cfg`` for a federation whose node i trains on ``files[i]`` alone: one client per
-    file, the label space every file's labels (unless ``cfg.labels`` names it)."""
+    file, the label space every file's labels (unless ``cfg.local_data.labels`` names it)."""
     if not supported:
         raise DataError("--node-data runs with --deploy or --engine local (Flower's Ray "
                         "simulation gives its virtual nodes no config of their own)")
@@ -372,14 +372,15 @@ def node_data_config(cfg: FedConfig, files: list[str], supported: bool) -> FedCo
     for f in files:
         if not Path(f).exists():
             raise DataError(f"node data file not found: {f}")
-    labels = cfg.labels
+    labels = cfg.local_data.labels
     if not labels:
         found: set[int] = set()
         for f in files:
             data = load_source(f)
             found.update(np.asarray(data.label_space.labels)[np.unique(data.y)].tolist())
         labels = ",".join(str(v) for v in sorted(found))
-    return cfg.with_(node_data=True, clients=len(files), labels=labels)
+    return cfg.with_(clients=len(files)).with_group("local_data", enabled=True,
+                                                     labels=labels)
 
 
 def study_rebnn(opts: StudyOptions) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from hybnn import api
-from hybnn.cli.flags import add_flags, build, given
+from hybnn.cli.flags import add_flags, build, given, given_settings
 from hybnn.errors import HybnnError, HybnnWarning
 
 Handler = Callable[[argparse.Namespace], int]
@@ -162,7 +162,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from hybnn.experiments.config import ReproduceConfig
 
-    config = ReproduceConfig.make(**given(args, "config__"))
+    config = ReproduceConfig.make(**given_settings(ReproduceConfig, args, "config__"))
     api.reproduce(build(api.ReproduceOptions, args, config=config))
     return 0
 

@@ -44,12 +44,18 @@ def recipe_defaults(parser: argparse.ArgumentParser, settings: dict[str, Any], p
     """``settings`` as argparse defaults of ``parser`` (dest -> value), each checked against
     the flag it stands for."""
     actions: dict[str, argparse.Action] = {}
+    by_field: dict[str, list[argparse.Action]] = {}
     for action in parser._actions:
         if not action.option_strings or action.dest in ("help", "recipe"):
             continue
-        actions[action.dest.split("__")[-1]] = action
+        by_field.setdefault(action.dest.split("__")[-1], []).append(action)
         for flag in action.option_strings:
             actions[flag.lstrip("-").replace("-", "_")] = action
+    # a field name stands for its flag only where one group has it (``epochs`` of reproduce's
+    # VAE, head and CNN groups is ambiguous: vae_epochs, head_epochs, cnn_epochs are not)
+    for name, group in by_field.items():
+        if len(group) == 1:
+            actions.setdefault(name, group[0])
     out: dict[str, Any] = {}
     for key, value in settings.items():
         found = actions.get(key.replace("-", "_"))

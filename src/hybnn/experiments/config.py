@@ -3,19 +3,75 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 from hybnn.binary.names import METHODS
 from hybnn.data.names import DEFAULT_SOURCE, PAPER_TASKS
 from hybnn.errors import DataError
 from hybnn.models.names import SPECS
 from hybnn.pipeline.config import PretrainConfig, TrainConfig
-from hybnn.settings import setting
+from hybnn.settings import setting, unflatten
 
 DEFAULT_DATA = DEFAULT_SOURCE
-# What --quick changes (< 3 minutes on 2 cores); every other field keeps its default.
+# What --quick changes (< 3 minutes on 2 cores), by flag name; every other setting keeps its
+# default.
 REPRODUCE_QUICK = {"seeds": [0], "vae_epochs": 5, "head_epochs": 40, "cnn_epochs": 3,
                    "vae_samples": 4000, "max_train": 1000, "continual": False}
+
+
+@dataclass(frozen=True)
+class VaeStage:
+    """Phase 1: the binary-latent VAE, pretrained once on the general data."""
+
+    latent_bits: int = setting(PretrainConfig.latent_bits, "latent bits of the VAE",
+                               flag="--bits")
+    epochs: int = setting(PretrainConfig.epochs, "phase-1 epochs (quick: 5)",
+                          flag="--vae-epochs")
+    samples: int | None = setting(None, "subsample the general data for phase 1 (default: "
+                                  "all; quick: 4000)", flag="--vae-samples")
+    beta: float = setting(PretrainConfig.beta, "KL weight of the VAE", flag="--vae-beta")
+    shift: int = setting(PretrainConfig.shift, "VAE shift augmentation in pixels",
+                         flag="--vae-shift")
+    contrastive: float = setting(PretrainConfig.contrastive, "weight per bit of the VAE's "
+                                 "label-free contrastive term (0: plain VAE)",
+                                 flag="--vae-contrastive")
+
+    def pretrain_config(self, seed: int, device: str) -> PretrainConfig:
+        return PretrainConfig(latent_bits=self.latent_bits, epochs=self.epochs, beta=self.beta,
+                              shift=self.shift, contrastive=self.contrastive, seed=seed,
+                              device=device)
+
+
+@dataclass(frozen=True)
+class HeadStage:
+    """Phase 3: the BNN head on the codes."""
+
+    hidden: list[int] = setting(help="hidden widths of the pair-task head",
+                                factory=lambda: [128], flag="--head-hidden")
+    hidden_multiclass: list[int] = setting(help="hidden widths of the head on more than two "
+                                           "classes", factory=lambda: [512],
+                                           flag="--head-hidden-multiclass")
+    epochs: int = setting(SPECS["head"].epochs, "BNN-head epochs (quick: 40)",
+                          flag="--head-epochs")
+    lr: float = setting(SPECS["head"].lr, "BNN-head learning rate", flag="--head-lr")
+    batch_size: int | None = setting(None, "BNN-head batch size (default: the phase-3 batch "
+                                     "size)", flag="--head-batch-size")
+    code_noise: float = setting(SPECS["head"].code_noise, "probability of flipping each code "
+                                "bit in BNN-head training (0: off)", flag="--head-code-noise")
+
+    def widths(self, num_classes: int) -> list[int]:
+        """The hidden widths of a head on ``num_classes`` classes."""
+        return self.hidden if num_classes == 2 else self.hidden_multiclass
+
+
+@dataclass(frozen=True)
+class CnnStage:
+    """The baselines: binary and full-precision CNNs trained on the images."""
+
+    epochs: int = setting(SPECS["bcnn"].epochs, "baseline CNN epochs (quick: 3)",
+                          flag="--cnn-epochs")
+    binary_lr: float = setting(SPECS["bcnn"].lr, "binary CNN learning rate")
+    float_lr: float = setting(SPECS["fpcnn"].lr, "full-precision CNN learning rate")
 
 
 @dataclass
@@ -24,28 +80,9 @@ class ReproduceConfig:
     tasks: list[str] = setting(help="tasks (default: the paper's five pairs and all ten "
                                "classes)", factory=lambda: [*PAPER_TASKS, "all"])
     seeds: list[int] = setting(help="seeds (default: 0 1 2; quick: 0)", factory=lambda: [0, 1, 2])
-    latent_bits: int = setting(PretrainConfig.latent_bits, "latent bits of the VAE",
-                               flag="--bits")
-    vae_epochs: int = setting(PretrainConfig.epochs, "phase-1 epochs (quick: 5)")
-    vae_samples: int | None = setting(None, "subsample the general data for phase 1 "
-                                      "(default: all; quick: 4000)")
-    vae_beta: float = setting(PretrainConfig.beta, "KL weight of the VAE")
-    vae_shift: int = setting(PretrainConfig.shift, "VAE shift augmentation in pixels")
-    vae_contrastive: float = setting(PretrainConfig.contrastive, "weight per bit of the VAE's "
-                                     "label-free contrastive term (0: plain VAE)")
-    head_hidden: list[int] = setting(help="hidden widths of the pair-task head",
-                                     factory=lambda: [128])
-    head_hidden_multiclass: list[int] = setting(help="hidden widths of the head on more than "
-                                                "two classes", factory=lambda: [512])
-    head_epochs: int = setting(SPECS["head"].epochs, "BNN-head epochs (quick: 40)")
-    head_lr: float = setting(SPECS["head"].lr, "BNN-head learning rate")
-    head_batch_size: int | None = setting(None, "BNN-head batch size (default: the phase-3 "
-                                          "batch size)")
-    head_code_noise: float = setting(SPECS["head"].code_noise, "probability of flipping "
-                                     "each code bit in BNN-head training (0: off)")
-    cnn_epochs: int = setting(SPECS["bcnn"].epochs, "baseline CNN epochs (quick: 3)")
-    binary_lr: float = setting(SPECS["bcnn"].lr, "binary CNN learning rate")
-    float_lr: float = setting(SPECS["fpcnn"].lr, "full-precision CNN learning rate")
+    vae: VaeStage = setting(factory=VaeStage)
+    head: HeadStage = setting(factory=HeadStage)
+    cnn: CnnStage = setting(factory=CnnStage)
     batch_size: int = setting(64, "batch size of phase 3")
     max_train: int | None = setting(None, "cap on training samples per task "
                                     "(default: all; quick: 1000)")
@@ -56,25 +93,28 @@ class ReproduceConfig:
                               "head (class-incremental, every strategy of `hybnn continual`) "
                               "and add its table: minutes more", negatable=True)
 
-    @property
-    def head_batch(self) -> int:
-        """The BNN head's batch size: its own where set, else the phase-3 one."""
-        return self.batch_size if self.head_batch_size is None else self.head_batch_size
-
     def head_train_config(self, seed: int) -> TrainConfig:
         """How the BNN head trains in this run, with ``seed``."""
-        return TrainConfig(self.head_epochs, self.head_batch, self.head_lr,
-                           code_noise=self.head_code_noise, seed=seed, device=self.device)
+        batch = self.batch_size if self.head.batch_size is None else self.head.batch_size
+        return TrainConfig(self.head.epochs, batch, self.head.lr,
+                           code_noise=self.head.code_noise, seed=seed, device=self.device)
+
+    def cnn_train_config(self, binary: bool, seed: int) -> TrainConfig:
+        """How the binary (or the full-precision) baseline CNN trains, with ``seed``."""
+        lr = self.cnn.binary_lr if binary else self.cnn.float_lr
+        return TrainConfig(self.cnn.epochs, self.batch_size, lr, seed=seed, device=self.device)
 
     @classmethod
     def make(cls, quick: bool = False, **values: Any) -> ReproduceConfig:
-        """The full run, or the ``--quick`` preset; ``values`` override either."""
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise TypeError(f"unknown reproduce setting(s): {', '.join(sorted(unknown))}")
+        """The full run, or the ``--quick`` preset; ``values`` override either. Settings are
+        named by their flags, underscores for dashes (``head_epochs=9``, ``bits=64``), in
+        whichever group they live; ``None`` leaves a setting as it is."""
         preset = REPRODUCE_QUICK if quick else {}
-        return cls(**{**preset, **{k: v for k, v in values.items() if v is not None},
-                      "quick": quick})
+        given = {**preset, **{k: v for k, v in values.items() if v is not None}, "quick": quick}
+        try:
+            return cast(ReproduceConfig, unflatten(cls, given))
+        except DataError as exc:
+            raise TypeError(str(exc)) from None
 
 
 STUDY_MODELS = ("bcnn", "hybnn")

@@ -60,7 +60,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines += ["", "BNN-head training speed-up per epoch over the binary CNN (same samples, "
               "same batch size): " + ", ".join(
                   f"{t} {r['head_speedup_vs_bcnn']:.1f}x" for t, r in results["tasks"].items()),
-              "", "Config:", "", "```", *(f"{k}: {v}" for k, v in results["config"].items()),
+              "", "Config:", "", "```", *_config_lines(results["config"]),
               "```", "", "Versions: " + ", ".join(f"{k} {v}" for k, v in
                                                    results["versions"].items()), ""]
     return "\n".join(lines)
@@ -101,3 +101,12 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     for task, row in results["tasks"].items():
         out.append(f"{task:<6}" + "".join(f"{_acc(row[m]):>22}" for m, _ in MODEL_COLUMNS))
     return out
+
+
+def _config_lines(config: dict[str, Any], prefix: str = "") -> list[str]:
+    """``name: value`` per setting, a group's settings as ``group.name``."""
+    lines = []
+    for k, v in config.items():
+        lines += (_config_lines(v, f"{prefix}{k}.") if isinstance(v, dict)
+                  else [f"{prefix}{k}: {v}"])
+    return lines

@@ -168,12 +168,9 @@ def _encoder(config: ReproduceConfig, train: Dataset, out: Path, progress: bool,
              resume: bool) -> tuple[CodeEncoder, float]:
     if config.encoder is not None:
         return open_encoder(config.encoder, config.device), 0.0
-    general = _subsample(train, config.vae_samples, 0)
+    general = _subsample(train, config.vae.samples, 0)
     t0 = time.perf_counter()
-    pcfg = PretrainConfig(latent_bits=config.latent_bits, epochs=config.vae_epochs,
-                          beta=config.vae_beta, shift=config.vae_shift,
-                          contrastive=config.vae_contrastive, seed=config.seeds[0],
-                          device=config.device)
+    pcfg = config.vae.pretrain_config(config.seeds[0], config.device)
     info = {"source": config.data, "split": "train", "samples": len(general)}
     if resume and (done := _finished_encoder(out / "encoder", pcfg, info)) is not None:
         return done, float(done.meta.get("train_seconds", 0.0))
@@ -202,7 +199,7 @@ def _bit_usage(config: ReproduceConfig, encoder: CodeEncoder, train: Dataset,
     written = out / "encoder" / "bit_usage.json"
     if config.encoder is None and written.is_file():  # absent if phase 1 was interrupted
         return json.loads(written.read_text())
-    return bit_usage(encoder.encode(_subsample(train, config.vae_samples, 0).x))
+    return bit_usage(encoder.encode(_subsample(train, config.vae.samples, 0).x))
 
 
 def _train_all(config: ReproduceConfig, encoder: CodeEncoder, tr: Dataset, te: Dataset,
@@ -217,15 +214,12 @@ def _train_all(config: ReproduceConfig, encoder: CodeEncoder, tr: Dataset, te: D
     if seed == config.seeds[0]:
         train_codes.save(code_dir / f"{task}-train.safetensors")
         test_codes.save(code_dir / f"{task}-test.safetensors")
-    dev = config.device
     head_cfg = config.head_train_config(seed)
-    bin_cfg = TrainConfig(config.cnn_epochs, config.batch_size, config.binary_lr, seed=seed,
-                          device=dev)
-    fp_cfg = TrainConfig(config.cnn_epochs, config.batch_size, config.float_lr, seed=seed,
-                         device=dev)
+    bin_cfg = config.cnn_train_config(binary=True, seed=seed)
+    fp_cfg = config.cnn_train_config(binary=False, seed=seed)
     model_dir = out / "models" / task
     runs: dict[str, tuple[History, Any]] = {}
-    hidden = config.head_hidden if tr.num_classes == 2 else config.head_hidden_multiclass
+    hidden = config.head.widths(tr.num_classes)
     head_dir = model_dir / f"hybnn-seed{seed}"
     extra = {"task": task, "train_samples": len(tr)}
     runs["hybnn"] = (_finished_model(head_dir, head_cfg, len(tr), encoder.fingerprint)

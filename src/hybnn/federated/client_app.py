@@ -135,7 +135,7 @@ def global_scores(cfg: FedConfig, pid: int, encoder: CodeEncoder | None,
 def train(msg: Message, context: Context) -> Message:
     config = msg.content[CONFIG]
     cfg, pid, encoder = _setup(config, context)
-    if cfg.secagg:
+    if cfg.secagg.enabled:
         raise DataError("this run uses --secagg: the client sends its update only masked, "
                         "through SecAgg+, never in the clear")
     received = from_record(arrays_of(msg.content))
@@ -200,12 +200,13 @@ class SecAggClient(NumPyClient):
     def fit(self, parameters: list[np.ndarray], config: dict[str, Scalar]
             ) -> tuple[list[np.ndarray], int, dict[str, Scalar]]:
         cfg, pid, encoder = _setup(config, self.node)
-        if not cfg.secagg:
+        if not cfg.secagg.enabled:
             raise DataError("a SecAgg+ round in a run without --secagg")
         model, layout, arrays = self._arrays(cfg, encoder, parameters)
         _, local, metrics = local_round(cfg, pid, encoder, arrays, config, self.node)
         upload = decode(encode(local, layout, cfg.encoding), layout, cfg.encoding)
-        up = to_transport(upload, layout, transport_bounds(model, layout), cfg.secagg_clip)
+        up = to_transport(upload, layout, transport_bounds(model, layout),
+                          cfg.secagg.clip)
         return up, int(metrics["num-examples"]), dict(metrics)
 
     def evaluate(self, parameters: list[np.ndarray], config: dict[str, Scalar]

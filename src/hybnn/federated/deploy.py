@@ -340,7 +340,7 @@ def deploy(cfg: FedConfig, out: str | os.PathLike[str], pretrain_epochs: int = 2
            server_address: str | None = None, node_data: Sequence[str] = (),
            node_hosts: Sequence[str] = ()) -> dict[str, Any]:
     """Run ``cfg`` on a real local deployment; write and return results.json's content.
-    ``node_data``: SuperNode i's own data file (its node config ``data``, ``cfg.node_data``);
+    ``node_data``: SuperNode i's own data file (its node config ``data``, ``cfg.local_data``);
     ``node_hosts``: the local addresses the nodes' Runtime APIs listen on, in turn.
 
     The SuperLink listens on ``server_address`` (``HOST[:PORT]``, default 127.0.0.1 and a

@@ -37,7 +37,7 @@ state) and aggregates the validated, decoded updates; around it:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from logging import INFO, WARNING
 from typing import Any
 
@@ -60,6 +60,7 @@ from hybnn.errors import HybnnError
 from hybnn.federated.config import FedConfig
 from hybnn.federated.encoding import Layout, UpdateError, downlink, encode
 from hybnn.federated.flower_strategies import SampledGrid
+from hybnn.federated.ledger import ClientRow, Ledger, RoundEntry, Stage
 from hybnn.federated.privacy import (
     check_clipped,
     current_clipping_norm,
@@ -81,9 +82,6 @@ from hybnn.federated.validation import (
 )
 
 ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
-TRAIN_METRICS = ("train-loss", "train-acc", "local-loss", "local-acc")
-
-
 # Strategies whose server step moves each array by a learning rate (momentum, Adam, Yogi,
 # Adagrad: at most about eta per round). Batch-norm running statistics are no parameters to
 # step: they are measured on the clients' data, on the scale of a binary layer's fan-in, so
@@ -151,8 +149,8 @@ class EncodedStrategy(Strategy):
         self.inner = inner or private_strategy(cfg)
         self.bounds = dict(bounds) if bounds is not None else dict.fromkeys(layout.keys, 1.0)
         self.partitions = partitions
-        self.rounds: dict[int, dict[str, Any]] = {}
         self.partition_of: dict[int, int] = {}
+        self.ledger = Ledger(self.partition_of.get)
         self.counts: dict[int, dict[str, int]] = {}  # node -> its handshake's num-train/-test
         self.excluded: set[int] = set()  # nodes that refused or failed the handshake
         self.grid: Grid | None = None
@@ -171,7 +169,7 @@ class EncodedStrategy(Strategy):
                 raise FederationError(
                     f"{what}: {len(nodes)} usable node(s) after {self.cfg.node_wait:g} s "
                     f"({len(self.excluded)} excluded), need {need} (--min-clients"
-                    f"{', --secagg-shares' if self.cfg.secagg else ''})")
+                    f"{', --secagg-shares' if self.cfg.secagg.enabled else ''})")
             log(INFO, "waiting for nodes: %d usable, need %d", len(nodes), need)
             time.sleep(1.0)
         return nodes
@@ -223,7 +221,7 @@ class EncodedStrategy(Strategy):
                     self.partition_of[nid] = info["partition-id"]
                     self.counts[nid] = info
                     row.update(status="ok", **{k.replace("-", "_"): v for k, v in info.items()})
-            if row["status"] == "missing" and self.cfg.secagg:
+            if row["status"] == "missing" and self.cfg.secagg.enabled:
                 # Its reply may still come, and would race SecAgg+'s state on that node.
                 self.excluded.add(nid)
                 log(WARNING, "handshake: node %d did not reply within %g s and is excluded "
@@ -235,13 +233,13 @@ class EncodedStrategy(Strategy):
         return rows
 
     def _messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                  grid: Grid, kind: str, fraction: float) -> list[Message]:
+                  grid: Grid, stage: Stage, fraction: float) -> list[Message]:
         if fraction <= 0:
             return []
         node_ids = self.sample_nodes(grid, server_round, fraction)
-        if kind == "train":
+        if stage == "train":
             set_sample_size(self.inner, len(node_ids))
-        configure = self.inner.configure_train if kind == "train" else \
+        configure = self.inner.configure_train if stage == "train" else \
             self.inner.configure_evaluate
         planned = list(configure(server_round, self._to_inner(arrays),
                                  ConfigRecord(dict(config)), SampledGrid(grid, node_ids)))
@@ -257,24 +255,23 @@ class EncodedStrategy(Strategy):
         side = {k: v for k, v in planned[0].content.array_records.items() if k != ARRAYS}
         content = RecordDict({ARRAYS: payload, CONFIG: config, **side})
         size = serialized_bytes(content)
-        entry = self._round(server_round)
-        if kind == "train":
+        if stage == "train":
             self.sent, self.sent_clip = state, sent_clipping_norm(config)
             self.sent_side = set(side)
-            entry["clipping_norm"] = current_clipping_norm(self.inner)
+            self.ledger[server_round].clipping_norm = current_clipping_norm(self.inner)
         for nid in node_ids:
-            client = entry["clients"].setdefault(nid, self._blank(nid))
-            client[f"{kind}_bytes_down"] = size
-            client[f"{kind}_sampled"] = True
-        log(INFO, "%s round %d: %d node(s), %d B down each (%s)", kind, server_round,
+            client = self.ledger.client(server_round, nid)
+            client.count(stage, "down", size)
+            client.sampled(stage)
+        log(INFO, "%s round %d: %d node(s), %d B down each (%s)", stage, server_round,
             len(node_ids), size, self.cfg.encoding)
-        mtype = MessageType.TRAIN if kind == "train" else MessageType.EVALUATE
+        mtype = MessageType.TRAIN if stage == "train" else MessageType.EVALUATE
         return [Message(content=content, message_type=mtype, dst_node_id=nid)
                 for nid in node_ids]
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        self._round(server_round)["t_start"] = time.perf_counter()
+        self.ledger[server_round].start()
         return self._messages(server_round, arrays, config, grid, "train", self.cfg.fraction)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -288,52 +285,49 @@ class EncodedStrategy(Strategy):
         try:
             return self._aggregate_train(server_round, replies)
         finally:  # the privacy spent so far, aggregated or not
-            entry, privacy = self._round(server_round), spent(self.inner)
-            entry["epsilon"] = privacy.epsilon if privacy else None
-            entry["delta"] = privacy.delta if privacy else None
+            entry, privacy = self.ledger[server_round], spent(self.inner)
+            entry.epsilon = privacy.epsilon if privacy else None
+            entry.delta = privacy.delta if privacy else None
 
     def _aggregate_train(self, server_round: int, replies: Iterable[Message]
                          ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        entry = self._round(server_round)
+        entry = self.ledger[server_round]
         passed: list[Message] = []
         stats: list[tuple[dict[str, np.ndarray], int]] = []  # (state, samples) of each update
         for reply in replies:
-            client = self._client(entry, reply, "train")
-            if client["status"] != "ok":
+            client = self._client(server_round, reply, "train")
+            if client.status != "ok":
                 continue
             # records named like those the wrapped strategy sent (SCAFFOLD's Δc_i) go back
             # to it, which checks them; the model update is validated here
             side = {k: v for k, v in reply.content.array_records.items() if k in self.sent_side}
             reply.content = RecordDict({k: v for k, v in reply.content.items() if k not in side})
             try:
-                state, metrics, n = self._check_train_reply(client["node_id"], reply)
-                client["update_norm"] = norm = update_norm(state, self.sent, self.bounds)
+                state, metrics, n = self._check_train_reply(client.node_id, reply)
+                client.update_norm = norm = update_norm(state, self.sent, self.bounds)
                 if self.sent_clip is not None:
                     check_clipped(norm, self.sent_clip)
                 kept = reply_metrics(self.cfg, n, metrics)
             except UpdateError as exc:
                 self._reject(client, "train", server_round, exc)
                 continue
-            client.update({k.replace("-", "_"): metrics.get(k) for k in TRAIN_METRICS})
-            client["num_examples"] = n
+            client.trained(metrics, n)
             self._learn_partition(client, metrics)
             reply.content = RecordDict({ARRAYS: self._to_inner(to_record(state)),
                                         METRICS: kept, **side})
             passed.append(reply)
             stats.append((state, n))
         self._mark_missing(entry, "train")
-        entry["valid_updates"] = len(passed)
-        entry["train_seconds"] = time.perf_counter() - entry.get("t_start", time.perf_counter())
+        entry.finish_training(len(passed))
         if len(passed) < self.cfg.min_clients:
-            entry["aggregated"] = False
             log(WARNING, "round %d: %d valid update(s), need %d: global model unchanged",
                 server_round, len(passed), self.cfg.min_clients)
             return None, None
-        entry["aggregated"] = True
+        entry.aggregated = True
         set_sample_size(self.inner, len(passed))  # DP noise for the mean of these updates
         arrays, _ = self.inner.aggregate_train(server_round, passed)
         if arrays is None:  # e.g. Bulyan with fewer than 4f + 3 updates
-            entry["aggregated"] = False
+            entry.aggregated = False
             log(WARNING, "round %d: %s did not aggregate %d update(s): global model "
                 "unchanged", server_round, self.cfg.resolved_strategy, len(passed))
             return None, None
@@ -346,37 +340,37 @@ class EncodedStrategy(Strategy):
     def _to_inner(self, arrays: ArrayRecord) -> ArrayRecord:
         """What the wrapped strategy sees of a model: under ``--dp``, transport
         coordinates (DP clips and noises there); else the model as it is."""
-        if self.cfg.dp == "none":
+        if not self.cfg.dp.enabled:
             return arrays
         return to_record(scaled(from_record(arrays), self.bounds))
 
     def _from_inner(self, arrays: ArrayRecord) -> dict[str, np.ndarray]:
         """The float32 state of the wrapped strategy's aggregate."""
-        if self.cfg.dp == "none":
+        if not self.cfg.dp.enabled:
             return from_record(arrays)
         return unscaled(from_record(arrays), self.bounds)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
-        entry = self._round(server_round)
+        entry = self.ledger[server_round]
         total, weighted = 0, 0.0
         for reply in replies:
-            client = self._client(entry, reply, "eval")
-            if client["status_eval"] != "ok":
+            client = self._client(server_round, reply, "eval")
+            if client.status_eval != "ok":
                 continue
             try:
-                n, acc, metrics = self._check_eval_reply(client["node_id"], reply)
+                n, acc, metrics = self._check_eval_reply(client.node_id, reply)
             except UpdateError as exc:
                 self._reject(client, "eval", server_round, exc)
                 continue
-            client["global_acc_local"] = acc
+            client.global_acc_local = acc
             self._learn_partition(client, metrics)
             if n > 0:
                 total, weighted = total + n, weighted + n * acc
         self._mark_missing(entry, "eval")
         if total == 0:
             return None
-        entry["clients_global_acc"] = weighted / total
+        entry.clients_global_acc = weighted / total
         return MetricRecord({"acc": weighted / total})
 
     def _check_train_reply(self, nid: int, reply: Message
@@ -385,7 +379,7 @@ class EncodedStrategy(Strategy):
         # xor replies are coded against the round's global state; --dp local: LocalDpMod's
         # noise leaves the domain, and projecting is post-processing
         state, metrics = train_update(reply.content, self.layout, self.cfg.encoding,
-                                      self.sent or None, projected=self.cfg.dp == "local")
+                                      self.sent or None, projected=self.cfg.dp.mode == "local")
         n = self._checked_count(nid, metrics, "num-train", 1)
         return state, metrics, n
 
@@ -405,83 +399,42 @@ class EncodedStrategy(Strategy):
         check_partition(metrics, known.get("partition-id"), self.cfg.clients)
         return sample_count(metrics, low, known.get(what), self.cfg.max_examples, what)
 
-    def _learn_partition(self, client: dict[str, Any], metrics: dict[str, Any]) -> None:
+    def _learn_partition(self, client: ClientRow, metrics: dict[str, Any]) -> None:
         """A valid reply's partition id (the handshake's, or new for a node without one)."""
         pid = metrics.get("partition-id")
         if pid is not None:
-            self.partition_of[client["node_id"]] = client["partition"] = pid
+            self.partition_of[client.node_id] = client.partition = pid
 
-    def _reject(self, client: dict[str, Any], kind: str, server_round: int,
+    def _reject(self, client: ClientRow, stage: Stage, server_round: int,
                 exc: UpdateError) -> None:
-        suffix = "" if kind == "train" else "_eval"
-        client.update({f"status{suffix}": "rejected", f"reason{suffix}": str(exc)})
+        client.set(stage, "rejected", str(exc))
         log(WARNING, "round %d: rejected the %s reply of node %d (partition %s): %s",
-            server_round, kind, client["node_id"], client["partition"], exc)
+            server_round, stage, client.node_id, client.partition, exc)
 
     # -- ledger ------------------------------------------------------------------------
-    def _round(self, server_round: int) -> dict[str, Any]:
-        return self.rounds.setdefault(server_round, {"round": server_round, "clients": {}})
-
-    def _blank(self, node_id: int) -> dict[str, Any]:
-        return {"node_id": node_id, "partition": self.partition_of.get(node_id),
-                "status": "not sampled", "status_eval": "not sampled"}
-
-    def _client(self, entry: dict[str, Any], reply: Message, kind: str) -> dict[str, Any]:
+    def _client(self, server_round: int, reply: Message, stage: Stage) -> ClientRow:
+        """The ledger row of a reply's node: ``ok`` with its bytes, or ``error``."""
         nid = int(reply.metadata.src_node_id)
-        client = entry["clients"].setdefault(nid, self._blank(nid))
-        status = "status" if kind == "train" else "status_eval"
+        client = self.ledger.client(server_round, nid)
         if reply.has_error():
-            client[status] = "error"
-            client[f"reason{'' if kind == 'train' else '_eval'}"] = reply.error.reason
-            log(WARNING, "round %d: node %d (partition %s) failed in %s: %s", entry["round"],
-                nid, client["partition"], kind, reply.error.reason)
+            client.set(stage, "error", reply.error.reason)
+            log(WARNING, "round %d: node %d (partition %s) failed in %s: %s", server_round,
+                nid, client.partition, stage, reply.error.reason)
             return client
-        client[status] = "ok"
-        client[f"{kind}_bytes_up"] = serialized_bytes(reply.content)
+        client.set(stage, "ok")
+        client.count(stage, "up", serialized_bytes(reply.content))
         return client
 
-    def _mark_missing(self, entry: dict[str, Any], kind: str) -> None:
-        status = "status" if kind == "train" else "status_eval"
-        for client in entry["clients"].values():
-            if client.get(f"{kind}_sampled") and client[status] == "not sampled":
-                client[status] = "missing"
+    def _mark_missing(self, entry: RoundEntry, stage: Stage) -> None:
+        """Clients sampled for ``stage`` whose reply never came."""
+        for client in entry.sampled(stage):
+            if client.status_of(stage) == "not sampled":  # sampled, and no reply came
+                client.set(stage, "missing")
                 log(WARNING, "round %d: no %s reply from node %d (partition %s) within "
-                    "%g s", entry["round"], kind, client["node_id"], client["partition"],
+                    "%g s", entry.round, stage, client.node_id, client.partition,
                     self.cfg.round_timeout)
 
     def summary(self) -> None:
         log(INFO, "\t├──> hybnn: encoding %s, min clients %d, node wait %g s, seeded sampling",
             self.cfg.encoding, self.cfg.min_clients, self.cfg.node_wait)
         self.inner.summary()
-
-
-def round_log(rounds: Mapping[int, dict[str, Any]],
-              evaluate: Callable[[int], dict[str, float | None]]) -> list[dict[str, Any]]:
-    """The ledger (a strategy's ``rounds``) as JSON rows: per round the global metrics, byte
-    sums and every client."""
-    rows = []
-    for r in sorted(rounds):
-        e = rounds[r]
-        clients = sorted(e["clients"].values(), key=lambda c: (c["partition"] is None,
-                                                                c["partition"], c["node_id"]))
-        rows.append({
-            "round": r,
-            **evaluate(r),
-            "bytes_down": sum(c.get("train_bytes_down", 0) for c in clients),
-            "bytes_up": sum(c.get("train_bytes_up", 0) for c in clients),
-            "eval_bytes_down": sum(c.get("eval_bytes_down", 0) for c in clients),
-            "eval_bytes_up": sum(c.get("eval_bytes_up", 0) for c in clients),
-            "sampled": sum(1 for c in clients if c.get("train_sampled")),
-            "valid_updates": e.get("valid_updates", 0),
-            "aggregated": e.get("aggregated", False),
-            **({"reason": e["reason"]} if "reason" in e else {}),  # why it was not applied
-            "clients_global_acc": e.get("clients_global_acc"),
-            "clipping_norm": e.get("clipping_norm"),
-            "epsilon": e.get("epsilon"),
-            "delta": e.get("delta"),
-            "seconds": e.get("train_seconds"),
-            "clients": [{k: v for k, v in c.items() if k not in ("train_sampled",
-                                                                   "eval_sampled")}
-                        for c in clients if c.get("train_sampled") or c.get("eval_sampled")],
-        })
-    return rows

@@ -58,7 +58,7 @@ def flower_strategy(cfg: FedConfig, weighted_by_key: str = "num-examples") -> St
     common: dict[str, Any] = {"fraction_train": 1.0, "fraction_evaluate": 1.0,
                               "min_train_nodes": 1, "min_evaluate_nodes": 1,
                               "min_available_nodes": 1, "weighted_by_key": weighted_by_key}
-    name, f = cfg.resolved_strategy, cfg.hostile
+    name, f = cfg.resolved_strategy, cfg.robust.hostile
     eta = cfg.server_lr or DEFAULT_ETA
     if name == "fedavg":
         return FedAvg(**common)
@@ -76,7 +76,7 @@ def flower_strategy(cfg: FedConfig, weighted_by_key: str = "num-examples") -> St
     if name == "fedmedian":
         return FedMedian(**common)
     if name == "trimmed":
-        return FedTrimmedAvg(**common, beta=cfg.trim_beta)
+        return FedTrimmedAvg(**common, beta=cfg.robust.trim_beta)
     if name == "krum":
         return Krum(**common, num_malicious_nodes=f)
     if name == "multikrum":

@@ -76,7 +76,7 @@ from flwr.serverapp.strategy import (
 from flwr.serverapp.strategy.dp_adaptive_clipping import DifferentialPrivacyAdaptiveBase
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, KEY_NORM_BIT
 
-from hybnn.federated.config import CENTRAL_DP, FedConfig
+from hybnn.federated.config import FedConfig
 from hybnn.federated.encoding import UpdateError
 from hybnn.federated.flower_strategies import flower_strategy
 from hybnn.federated.transport_scale import scaled, unscaled
@@ -86,33 +86,33 @@ CLIP_TOLERANCE = 1e-4  # relative: float32 rounding of a client's clip (update +
 
 
 def accountant(cfg: FedConfig, population: int) -> RdpAccountant:
-    """Flower's RDP accountant reporting epsilon at ``cfg.dp_delta``."""
+    """Flower's RDP accountant reporting epsilon at ``cfg.dp.delta``."""
     return RdpAccountant(PrivacyConfig(
-        target_delta=cfg.dp_delta, population_size=population,
+        target_delta=cfg.dp.delta, population_size=population,
         neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
         sampling_method=SamplingMethod.NO_AMPLIFICATION))
 
 
 def private_strategy(cfg: FedConfig) -> Strategy:
-    """The Flower strategy of ``cfg.strategy`` inside the DP wrapper ``cfg.dp`` asks for
+    """The Flower strategy of ``cfg.strategy`` inside the DP wrapper ``cfg.dp.mode`` asks for
     (the plain strategy with ``--dp none``)."""
-    if cfg.dp == "none":
+    if not cfg.dp.enabled:
         return flower_strategy(cfg)
-    if cfg.dp == "local":
+    if cfg.dp.mode == "local":
         return LocalDpAccounting(flower_strategy(cfg), cfg)
     inner = flower_strategy(cfg, weighted_by_key=UNIFORM_WEIGHT)
-    z, c, k = cfg.noise_multiplier, cfg.clipping_norm, cfg.sampled_per_round
-    if cfg.dp == "server-fixed":
+    z, c, k = cfg.dp.noise_multiplier, cfg.dp.clipping_norm, cfg.sampled_per_round
+    if cfg.dp.mode == "server-fixed":
         return DifferentialPrivacyServerSideFixedClipping(
             inner, z, c, k, accountant=accountant(cfg, cfg.clients))
-    if cfg.dp == "client-fixed":
+    if cfg.dp.mode == "client-fixed":
         return DifferentialPrivacyClientSideFixedClipping(
             inner, z, c, k, accountant=accountant(cfg, cfg.clients))
-    if cfg.dp == "server-adaptive":
+    if cfg.dp.mode == "server-adaptive":
         return ServerSideAdaptiveClipping(inner, z, k, initial_clipping_norm=c)
-    if cfg.dp == "client-adaptive":
+    if cfg.dp.mode == "client-adaptive":
         return ClientSideAdaptiveClipping(inner, z, k, initial_clipping_norm=c)
-    raise ValueError(f"unknown --dp {cfg.dp!r}")
+    raise ValueError(f"unknown --dp {cfg.dp.mode!r}")
 
 
 def _toward_the_quantile(wrapper: DifferentialPrivacyAdaptiveBase,
@@ -163,9 +163,9 @@ def reply_metrics(cfg: FedConfig, n: int, metrics: dict[str, Any]) -> MetricReco
     """What the wrapped strategy sees of a valid reply: its sample count, plus the uniform
     weight of central DP and the norm bit of client-side adaptive clipping."""
     out: dict[str, Any] = {"num-examples": n}
-    if cfg.dp in CENTRAL_DP:
+    if cfg.dp.central:
         out[UNIFORM_WEIGHT] = 1
-    if cfg.dp == "client-adaptive":
+    if cfg.dp.mode == "client-adaptive":
         bit = metrics.get(KEY_NORM_BIT)
         if bit not in (0, 1):
             raise UpdateError(f"{KEY_NORM_BIT} must be 0 or 1 with --dp client-adaptive, "
@@ -198,19 +198,19 @@ def check_clipped(norm: float, bound: float) -> None:
 # -- clients -------------------------------------------------------------------------------
 def local_noise_multiplier(cfg: FedConfig) -> float:
     """LocalDpMod's noise stddev over its sensitivity: sqrt(2 ln(1.25/δ)) / ε."""
-    return math.sqrt(2 * math.log(1.25 / cfg.dp_delta)) / cfg.local_epsilon
+    return math.sqrt(2 * math.log(1.25 / cfg.dp.delta)) / cfg.dp.local_epsilon
 
 
 def client_mod(cfg: FedConfig) -> Mod | None:
-    """The client mod ``cfg.dp`` needs on training messages, or None."""
-    if cfg.dp == "client-fixed":
+    """The client mod ``cfg.dp.mode`` needs on training messages, or None."""
+    if cfg.dp.mode == "client-fixed":
         return fixedclipping_mod
-    if cfg.dp == "client-adaptive":
+    if cfg.dp.mode == "client-adaptive":
         return adaptiveclipping_mod
-    if cfg.dp == "local":
-        c = cfg.clipping_norm
-        return LocalDpMod(clipping_norm=c, sensitivity=2 * c, epsilon=cfg.local_epsilon,
-                          delta=cfg.dp_delta)
+    if cfg.dp.mode == "local":
+        c = cfg.dp.clipping_norm
+        return LocalDpMod(clipping_norm=c, sensitivity=2 * c, epsilon=cfg.dp.local_epsilon,
+                          delta=cfg.dp.delta)
     return None
 
 
@@ -257,7 +257,7 @@ class LocalDpAccounting(Strategy):
 
     def __init__(self, strategy: Strategy, cfg: FedConfig) -> None:
         self.strategy = strategy
-        self.clipping_norm = cfg.clipping_norm
+        self.clipping_norm = cfg.dp.clipping_norm
         self.noise_multiplier = local_noise_multiplier(cfg)
         self.accountant = accountant(cfg, 1)
 

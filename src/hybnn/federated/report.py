@@ -81,7 +81,7 @@ def build_results(log: dict[str, Any], central: dict[str, Any] | None,
                            + r["eval_bytes_down"] for r in rounds),
         "model_payload_bytes": log.get("model_payload_bytes"),
         "secagg": log.get("secagg"),
-        "dp": cfg.get("dp", "none"),
+        "dp": cfg["dp"]["mode"],
         "epsilon": rounds[-1].get("epsilon") if rounds else None,
         "delta": rounds[-1].get("delta") if rounds else None,
         "rounds": rounds,
@@ -167,7 +167,7 @@ def results_markdown(res: dict[str, Any]) -> str:
 
 def privacy_line(res: dict[str, Any]) -> str:
     """results.md's line on differential privacy: the mode, its settings, epsilon spent."""
-    cfg, dp = res["config"], res["dp"]
+    cfg, dp = res["config"]["dp"], res["dp"]
     noise = (f"local epsilon {cfg['local_epsilon']:g} per round" if dp == "local"
              else f"noise multiplier {cfg['noise_multiplier']:g}")
     spent = (f"spent epsilon {res['epsilon']:.3g} at delta {res['delta']:g} (RDP accountant)"

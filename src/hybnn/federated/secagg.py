@@ -49,7 +49,6 @@ A round whose sum holds a client whose visible reply fails validation is not app
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Mapping
 from logging import INFO, WARNING
 from typing import Any
@@ -78,13 +77,13 @@ from flwr.supercore import log
 from hybnn.federated.config import FedConfig
 from hybnn.federated.encoded_strategy import (
     METRICS,
-    TRAIN_METRICS,
     EncodedStrategy,
     project,
     serialized_bytes,
     to_record,
 )
 from hybnn.federated.encoding import Layout, UpdateError, encode, wire_keys
+from hybnn.federated.ledger import ClientRow, Ledger, Stage
 from hybnn.federated.transport_scale import scaled, unscaled
 from hybnn.federated.validation import (
     VAR_FLOOR,
@@ -166,7 +165,7 @@ class SecAggFedAvg(FedAvg):
         self.nodes = nodes
         self.max_weight = max_weight
         self.grid: Grid | None = None
-        self.rounds: dict[int, dict[str, Any]] = {}
+        self.ledger = Ledger(nodes.partition_of.get)
 
     @staticmethod
     def _global(state: Mapping[str, np.ndarray], layout: Layout) -> Parameters:
@@ -178,8 +177,8 @@ class SecAggFedAvg(FedAvg):
     def protocol(self) -> dict[str, Any]:
         """The SecAgg+ settings, for the federation log."""
         return {"protocol": "SecAgg+ (flwr.server.workflow.SecAggPlusWorkflow)",
-                "shares": self.cfg.secagg_shares, "threshold": self.cfg.secagg_threshold,
-                "clip": self.cfg.secagg_clip, "quantization_range": QUANTIZATION_RANGE,
+                "shares": self.cfg.secagg.shares, "threshold": self.cfg.secagg.threshold,
+                "clip": self.cfg.secagg.clip, "quantization_range": QUANTIZATION_RANGE,
                 "modulus_range": MODULUS_RANGE, "max_weight": self.max_weight,
                 "bounds": {k: b for k, b in self.bounds.items() if b != 1.0},
                 "per_update_validation": False}
@@ -187,10 +186,10 @@ class SecAggFedAvg(FedAvg):
     def run(self, grid: Grid, context: Context) -> None:
         """``cfg.rounds`` rounds of SecAgg+ FedAvg through Flower's legacy workflow."""
         self.grid = grid
-        fit = SecAggPlusWorkflow(num_shares=self.cfg.secagg_shares,
-                                 reconstruction_threshold=self.cfg.secagg_threshold,
+        fit = SecAggPlusWorkflow(num_shares=self.cfg.secagg.shares,
+                                 reconstruction_threshold=self.cfg.secagg.threshold,
                                  max_weight=float(self.max_weight),
-                                 clipping_range=self.cfg.secagg_clip,
+                                 clipping_range=self.cfg.secagg.clip,
                                  quantization_range=QUANTIZATION_RANGE,
                                  modulus_range=MODULUS_RANGE, timeout=self.cfg.round_timeout)
         legacy = LegacyContext(context, config=ServerConfig(num_rounds=self.cfg.rounds),
@@ -199,7 +198,7 @@ class SecAggFedAvg(FedAvg):
 
     # -- configure ------------------------------------------------------------------------
     def _instructions(self, server_round: int, parameters: Parameters,
-                      client_manager: ClientManager, kind: str, fraction: float
+                      client_manager: ClientManager, stage: Stage, fraction: float
                       ) -> list[tuple[ClientProxy, dict[str, Scalar], Parameters]]:
         if fraction <= 0 or self.grid is None:
             return []
@@ -212,18 +211,17 @@ class SecAggFedAvg(FedAvg):
         encoded = encode(self._state(parameters), self.layout, self.cfg.encoding)
         down = ndarrays_to_parameters([encoded[k] for k in wire_keys(self.layout,
                                                                       self.cfg.encoding)])
-        entry = self._round(server_round)
         for nid in node_ids:
-            client = entry["clients"].setdefault(nid, self._blank(nid))
-            client[f"{kind}_sampled"] = True
-            client["status" if kind == "train" else "status_eval"] = "ok"  # until a stage fails
-        log(INFO, "secagg %s round %d: %d node(s) (%s down)", kind, server_round,
+            client = self.ledger.client(server_round, nid)
+            client.sampled(stage)
+            client.set(stage, "ok")  # until a stage of the protocol fails
+        log(INFO, "secagg %s round %d: %d node(s) (%s down)", stage, server_round,
             len(node_ids), self.cfg.encoding)
         return [(proxies[nid], config, down) for nid in node_ids]
 
     def configure_fit(self, server_round: int, parameters: Parameters,
                       client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
-        self._round(server_round)["t_start"] = time.perf_counter()
+        self.ledger[server_round].start()
         return [(p, FitIns(down, config)) for p, config, down in
                 self._instructions(server_round, parameters, client_manager, "train",
                                    self.cfg.fraction)]
@@ -241,26 +239,22 @@ class SecAggFedAvg(FedAvg):
                       ) -> tuple[Parameters | None, dict[str, Scalar]]:
         """``results`` all carry the same unmasked aggregate (SecAgg+ already averaged):
         check the clients' visible replies and the aggregate, then apply it."""
-        entry = self._round(server_round)
-        entry["valid_updates"] = len(results)
-        entry["train_seconds"] = time.perf_counter() - entry.get("t_start", time.perf_counter())
-        entry["aggregated"] = False
+        entry = self.ledger[server_round]
+        entry.finish_training(len(results))
         rejected = 0
         for proxy, res in results:
-            client = entry["clients"].setdefault(int(proxy.node_id),
-                                                 self._blank(int(proxy.node_id)))
+            client = self.ledger.client(server_round, int(proxy.node_id))
             try:
                 metrics = self._checked(int(proxy.node_id), res.metrics, res.num_examples,
                                         "num-train", 1)
             except UpdateError as exc:
                 rejected += 1
-                client.update(status="rejected", reason=f"{exc} (its masked update is in the "
-                              "sum: SecAgg+ cannot take it out; the round is not applied)")
+                client.set("train", "rejected", f"{exc} (its masked update is in the sum: "
+                           "SecAgg+ cannot take it out; the round is not applied)")
                 log(WARNING, "round %d: node %d's reply is invalid: %s", server_round,
                     proxy.node_id, exc)
                 continue
-            client.update({k.replace("-", "_"): metrics.get(k) for k in TRAIN_METRICS})
-            client["num_examples"] = res.num_examples
+            client.trained(metrics, res.num_examples)
         if rejected or len(results) < self.cfg.min_clients or not results:
             log(WARNING, "round %d: %d update(s) in the sum, %d invalid reply(ies), need %d "
                 "valid: global model unchanged", server_round, len(results), rejected,
@@ -271,35 +265,35 @@ class SecAggFedAvg(FedAvg):
                 from_transport(parameters_to_ndarrays(results[0][1].parameters), self.layout,
                                self.bounds), self.layout)
         except UpdateError as exc:
-            entry["reason"] = f"aggregate rejected: {exc}"
+            entry.reason = f"aggregate rejected: {exc}"
             log(WARNING, "round %d: the unmasked aggregate is rejected: %s", server_round, exc)
             return None, {}
-        entry["aggregated"] = True
+        entry.aggregated = True
         return self._global(state, self.layout), {"valid-updates": len(results)}
 
     def aggregate_evaluate(self, server_round: int,
                            results: list[tuple[ClientProxy, EvaluateRes]],
                            failures: list[tuple[ClientProxy, EvaluateRes] | BaseException]
                            ) -> tuple[float | None, dict[str, Scalar]]:
-        entry = self._round(server_round)
+        entry = self.ledger[server_round]
         total, weighted = 0, 0.0
         for proxy, res in results:
             nid = int(proxy.node_id)
-            client = entry["clients"].setdefault(nid, self._blank(nid))
+            client = self.ledger.client(server_round, nid)
             try:
                 metrics = self._checked(nid, res.metrics, res.num_examples, "num-test", 0)
                 acc = metrics.get("acc", -1)
                 if res.num_examples > 0 and not 0.0 <= acc <= 1.0:
                     raise UpdateError(f"acc = {acc!r} for {res.num_examples} samples")
             except UpdateError as exc:
-                client.update(status_eval="rejected", reason_eval=str(exc))
+                client.set("eval", "rejected", str(exc))
                 continue
-            client["global_acc_local"] = float(acc)
+            client.global_acc_local = float(acc)
             if res.num_examples > 0:
                 total, weighted = total + res.num_examples, weighted + res.num_examples * acc
         if total == 0:
             return None, {}
-        entry["clients_global_acc"] = weighted / total
+        entry.clients_global_acc = weighted / total
         return None, {"acc": weighted / total}
 
     def evaluate(self, server_round: int, parameters: Parameters
@@ -321,46 +315,31 @@ class SecAggFedAvg(FedAvg):
         return checked
 
     # -- ledger ---------------------------------------------------------------------------
-    def _round(self, server_round: int) -> dict[str, Any]:
-        return self.rounds.setdefault(server_round, {"round": server_round, "clients": {}})
-
-    def _blank(self, node_id: int) -> dict[str, Any]:
-        return {"node_id": node_id, "partition": self.nodes.partition_of.get(node_id),
-                "status": "not sampled", "status_eval": "not sampled"}
-
     def sent(self, msg: Message) -> None:
         """Count a message to a node into its round's ledger row."""
-        client = self._row(msg, int(msg.metadata.dst_node_id))
-        kind = _kind(msg)
-        client[f"{kind}_bytes_down"] = client.get(f"{kind}_bytes_down", 0) + \
-            serialized_bytes(msg.content)
+        client = self._row(msg)
+        client.count(_kind(msg), "down", serialized_bytes(msg.content), add=True)
 
     def received(self, msg: Message, reply: Message | None, timeout: float) -> None:
         """Count a node's reply (``None``: none came within ``timeout``); a failed stage
         marks the node ``error`` or ``missing`` for the round."""
-        client = self._row(msg, int(msg.metadata.dst_node_id))
-        kind = _kind(msg)
-        status, reason = ("status", "reason") if kind == "train" else ("status_eval",
-                                                                        "reason_eval")
-        where = f"stage {_stage(msg)}" if kind == "train" else "evaluation"
+        client, stage = self._row(msg), _kind(msg)
+        where = f"stage {_stage(msg)}" if stage == "train" else "evaluation"
         if reply is None:
-            client.update({status: "missing", reason: f"no reply in {where} within "
-                                                      f"{timeout:g} s"})
+            client.set(stage, "missing", f"no reply in {where} within {timeout:g} s")
             return
         if reply.has_content():
-            client[f"{kind}_bytes_up"] = client.get(f"{kind}_bytes_up", 0) + \
-                serialized_bytes(reply.content)
+            client.count(stage, "up", serialized_bytes(reply.content), add=True)
         else:
-            client.update({status: "error", reason: f"{where}: {reply.error.reason}"})
+            client.set(stage, "error", f"{where}: {reply.error.reason}")
             log(WARNING, "round %s: node %d failed in %s: %s", msg.metadata.group_id,
                 msg.metadata.dst_node_id, where, reply.error.reason)
 
-    def _row(self, msg: Message, nid: int) -> dict[str, Any]:
-        entry = self._round(int(msg.metadata.group_id))
-        return entry["clients"].setdefault(nid, self._blank(nid))
+    def _row(self, msg: Message) -> ClientRow:
+        return self.ledger.client(int(msg.metadata.group_id), int(msg.metadata.dst_node_id))
 
 
-def _kind(msg: Message) -> str:
+def _kind(msg: Message) -> Stage:
     return "train" if msg.metadata.message_type == MessageType.TRAIN else "eval"
 
 

@@ -26,7 +26,6 @@ from hybnn.federated.encoded_strategy import (
     EncodedStrategy,
     FederationError,
     from_record,
-    round_log,
     to_record,
 )
 from hybnn.federated.encoding import Layout, encode, load_state, model_state, payload_bytes
@@ -50,14 +49,14 @@ def run_server(grid: Grid, context: Context, cfg: FedConfig | None = None,
         cfg = cfg.with_(encoder_fingerprint=encoder.fingerprint)
     # With node data the server holds none of it: its own test file if given, and the
     # clients' counts are bounded by their handshakes and max_examples alone.
-    test_data = (task.server_dataset(cfg) if cfg.node_data
+    test_data = (task.server_dataset(cfg) if cfg.local_data.enabled
                  else task.task_splits(cfg.data, cfg.task)[1])
     test = task.as_tensors(cfg, test_data, encoder) if test_data is not None else None
     model = task.build_model(cfg, encoder)
     layout = Layout.of(model)
     initial = model_state(model, layout)
     # The server cuts the task as the clients do: their handshake counts must match.
-    partitions = None if cfg.node_data else task.partition_sizes(cfg)
+    partitions = None if cfg.local_data.enabled else task.partition_sizes(cfg)
     bounds = transport_bounds(model, layout)
     strategy = EncodedStrategy(cfg, layout, partitions=partitions, bounds=bounds)
     evals: dict[int, dict[str, float]] = {}
@@ -88,13 +87,13 @@ def run_server(grid: Grid, context: Context, cfg: FedConfig | None = None,
         "model_payload_bytes": {name: payload_bytes(encode(initial, layout, name))
                                 for name in _encodings_for(cfg)},
     }
-    if cfg.secagg:  # Flower's legacy path; the EncodedStrategy shakes hands and samples
+    if cfg.secagg.enabled:  # Flower's legacy path; the EncodedStrategy shakes hands and samples
         secure = SecAggFedAvg(cfg, layout, bounds, initial,
                               evaluate_fn, strategy,
                               max_weight=max(1, *(p["train"] for p in partitions))
                               if partitions else cfg.max_examples)
         log["secagg"] = secure.protocol()
-    ledger = secure.rounds if secure else strategy.rounds
+    ledger = secure.ledger if secure else strategy.ledger
     try:
         log["handshake"] = strategy.handshake(grid, ConfigRecord(cfg.client_record()))
         if secure:
@@ -105,7 +104,7 @@ def run_server(grid: Grid, context: Context, cfg: FedConfig | None = None,
                            train_config=ConfigRecord(cfg.client_record()),
                            evaluate_config=ConfigRecord(cfg.client_record()),
                            evaluate_fn=evaluate_fn)
-        if not any(r.get("aggregated") for r in ledger.values()):
+        if not any(r.aggregated for r in ledger.rounds.values()):
             raise FederationError(
                 f"no valid update in any of the {cfg.rounds} round(s): every sampled client "
                 "failed, was rejected or went missing (see the round ledger)")
@@ -115,7 +114,7 @@ def run_server(grid: Grid, context: Context, cfg: FedConfig | None = None,
         raise
     finally:
         log["initial_acc"] = evals.get(0, {}).get("global_acc")
-        log["rounds"] = round_log(ledger, round_metrics)
+        log["rounds"] = ledger.rows(round_metrics)
         if cfg.out:
             atomic_write_json(Path(cfg.out) / FEDERATION_LOG, log)
         if sink is not None:

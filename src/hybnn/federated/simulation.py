@@ -63,7 +63,7 @@ def federate(
 
     ``mods`` are Flower client mods wrapped around every client (e.g. the fault injectors
     of :mod:`hybnn.federated.faults`). ``node_data``: node i trains on its own file
-    ``node_data[i]`` (``cfg.node_data``; the local engine only).
+    ``node_data[i]`` (``cfg.local_data``; the local engine only).
     """
     if engine not in ENGINES:
         raise DataError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")

@@ -107,10 +107,10 @@ def node_datasets(path: str, labels: tuple[int, ...], test_fraction: float, seed
 
 def server_dataset(cfg: FedConfig) -> Dataset | None:
     """The server's own test set with node data (``server_test``), or None without one."""
-    if not cfg.server_test:
+    if not cfg.local_data.server_test:
         return None
-    return in_label_space(load_source(cfg.server_test), cfg.label_list(),
-                          f"the server's test data {cfg.server_test}")
+    return in_label_space(load_source(cfg.local_data.server_test), cfg.local_data.label_list(),
+                          f"the server's test data {cfg.local_data.server_test}")
 
 
 def partition_sizes(cfg: FedConfig) -> list[dict[str, Any]]:
@@ -148,17 +148,18 @@ def client_tensors(cfg: FedConfig, partition_id: int, encoder: CodeEncoder | Non
     """(train, test) tensors of a client, kept for the next rounds in this process: of its
     own file ``node_data`` when the federation runs on node data, else of its partition."""
     key = (cfg.model, cfg.data, cfg.task, cfg.clients, cfg.partition, cfg.alpha,
-           cfg.classes_per_client, cfg.seed, cfg.prep, partition_id, cfg.node_data,
-           node_data, cfg.labels, cfg.local_test,
+           cfg.classes_per_client, cfg.seed, cfg.prep, partition_id,
+           cfg.local_data, node_data,
            encoder.fingerprint if encoder is not None and cfg.model == "head" else "")
     if key not in _TENSOR_CACHE:
-        if cfg.node_data:
+        if cfg.local_data.enabled:
             if not node_data:
                 raise DataError("the federation runs on node data, but this node's config "
                                 "names no data file: start it with --node-config "
                                 "'data=\"/path/train.npz\"'")
             train, test = node_datasets(str(Path(node_data).resolve()),
-                                        tuple(cfg.label_list()), cfg.local_test, cfg.seed)
+                                        tuple(cfg.local_data.label_list()),
+                                        cfg.local_data.local_test, cfg.seed)
             _TENSOR_CACHE[key] = (as_tensors(cfg, train, encoder),
                                   as_tensors(cfg, test, encoder))
         else:  # rows of the task's tensors: one encoding of the task serves every partition
@@ -202,7 +203,7 @@ def build_model(cfg: FedConfig, encoder: CodeEncoder | None) -> nn.Module:
     if cfg.model == "head":
         if encoder is None:
             raise DataError("the hybnn model needs an encoder")
-        classes = (len(cfg.label_list()) if cfg.node_data
+        classes = (len(cfg.local_data.label_list()) if cfg.local_data.enabled
                    else task_splits(cfg.data, cfg.task)[0].num_classes)
         torch.manual_seed(cfg.seed)
         return BNNHead(encoder.latent_bits, classes, cfg.hidden_widths())

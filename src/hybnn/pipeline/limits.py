@@ -31,7 +31,7 @@ MAX_WIDTHS = MAX_CONFIG_LIST  # hidden widths (layers) of one head, seeds of one
 # latent weights, about 10,000 times the paper's head (25,856).
 MAX_HEAD_WEIGHTS = 2**28
 # The settings that are hidden widths of a BNN head (checked together by check_head).
-HEAD_WIDTHS = ("hidden", "hidden_multiclass", "head_hidden", "head_hidden_multiclass")
+HEAD_WIDTHS = ("hidden", "hidden_multiclass")
 # Devices a run may ask torch for (torch also knows meta, xla, ...: nothing to train on).
 DEVICE_PATTERN = re.compile(r"cpu|mps|cuda(:\d{1,2})?")
 
@@ -96,29 +96,28 @@ _SECONDS = _number(0, 7 * 24 * 3600, open_low=True)  # a timeout: up to a week
 LIMITS: dict[str, Limit] = {
     # sizes of models and data
     "latent_bits": _WIDTH, "hidden": _WIDTH, "hidden_multiclass": _WIDTH,
-    "head_hidden": _WIDTH, "head_hidden_multiclass": _WIDTH,
     "width": Limit(1, 1024),  # distilled encoder: width, 2x, 4x filters; ResNet: up to 8x
     "step": Limit(1, 2), "image_size": Limit(8, 1024), "workers": Limit(0, 64),
-    "batch_size": _BATCH, "head_batch_size": _BATCH,
+    "batch_size": _BATCH,
     "calibration_samples": Limit(1, MAX_WIDTH), "agreement_samples": Limit(0, MAX_WIDTH),
-    "vae_samples": _SAMPLES, "max_train": _SAMPLES, "max_examples": _SAMPLES,
+    "VaeStage.samples": _SAMPLES, "max_train": _SAMPLES, "max_examples": _SAMPLES,
     "generator_bits": Limit(1, 8),
     "threads": Limit(1, 256),
     # how long
-    "epochs": _EPOCHS, "vae_epochs": _EPOCHS, "head_epochs": _EPOCHS, "cnn_epochs": _EPOCHS,
+    "epochs": _EPOCHS, "vae_epochs": _EPOCHS, "head_epochs": _EPOCHS,
     "local_epochs": _EPOCHS, "pretrain_epochs": _EPOCHS, "rounds": _EPOCHS,
     "round_timeout": _SECONDS, "node_wait": _SECONDS,
     # randomness
     "seed": _SEED, "seeds": _SEED, "calibration_seed": _SEED,
     # optimisation
-    "lr": _RATE, "head_lr": _RATE, "binary_lr": _RATE, "float_lr": _RATE,
+    "lr": _RATE, "binary_lr": _RATE, "float_lr": _RATE,
     "FedConfig.lr": _number(0, 10), "server_lr": _number(0, 10),  # 0: the default
     "weight_decay": _number(0, 10), "server_momentum": _number(0, 1, open_high=True),
-    "code_noise": _NOISE, "head_code_noise": _NOISE,
+    "code_noise": _NOISE,
     # losses and augmentation
-    "beta": _WEIGHT, "vae_beta": _WEIGHT, "contrastive": _WEIGHT, "vae_contrastive": _WEIGHT,
+    "beta": _WEIGHT, "contrastive": _WEIGHT,
     "tau": _POSITIVE, "temperature": _POSITIVE, "ewc_lambda": _number(0, 1e9),
-    "shift": Limit(0, 64), "vae_shift": Limit(0, 64),
+    "shift": Limit(0, 64),
     "rotation": _number(0, 180), "zoom": _number(0, 0.5),
     # continual learning
     "memory_fraction": _number(0, 1, open_low=True),
@@ -128,13 +127,15 @@ LIMITS: dict[str, Limit] = {
     "clients": Limit(1, MAX_CLIENTS), "min_clients": Limit(1, MAX_CLIENTS),
     "nodes": Limit(1, MAX_CLIENTS),
     "hostile": Limit(0, MAX_CLIENTS - 1), "classes_per_client": Limit(1, MAX_WIDTH),
-    "secagg_shares": Limit(1, MAX_CLIENTS), "secagg_threshold": Limit(1, MAX_CLIENTS),
+    "SecAggConfig.shares": Limit(1, MAX_CLIENTS),
+    "SecAggConfig.threshold": Limit(1, MAX_CLIENTS),
     "alpha": _POSITIVE, "trim_beta": _number(0, 0.5, open_high=True),
     "proximal_mu": _WEIGHT, "fraction": _number(0, 1, open_low=True),
     "restricted_alpha": _number(0, 1), "calibration_tau": _WEIGHT,
     "fraction_evaluate": _number(0, 1), "noise_multiplier": _WEIGHT,
-    "clipping_norm": _POSITIVE, "dp_delta": _number(0, 1, open_low=True, open_high=True),
-    "local_epsilon": _POSITIVE, "secagg_clip": _POSITIVE,
+    "clipping_norm": _POSITIVE,
+    "PrivacyConfig.delta": _number(0, 1, open_low=True, open_high=True),
+    "local_epsilon": _POSITIVE, "SecAggConfig.clip": _POSITIVE,
 }
 
 
