@@ -16,6 +16,7 @@ SOURCES = [
         "network",
         "dispatch",
         "threads",
+        "float_ops",
         "kernels_scalar",
         "kernels_avx2",
         "kernels_avx512",

@@ -54,7 +54,7 @@ BINARY = "binary ResNet-18, engine"
 VARIANTS = (BINARY, "float twin, torch eager fp32", "float twin, ONNX Runtime fp32",
             "float twin, ONNX Runtime int8 (static QDQ)")
 FLOAT_OPS = ("conv2d", "dense", "affine", "prelu", "add", "maxpool2d", "avgpool2d",
-             "global_avgpool", "flatten")
+             "global_avgpool", "flatten", "epilogue")
 
 
 def interleaved(fns: dict[str, Callable[[], Any]], rounds: int
@@ -118,10 +118,12 @@ def node_times(engine: GraphModel, x: np.ndarray, rounds: int) -> dict[str, floa
 
 
 def shares(engine: GraphModel, per_node: dict[str, float]) -> dict[str, float]:
-    """Seconds per op kind, binary parts (sign, bconv2d) separate from float ones."""
+    """Seconds per op kind, binary parts (sign, bconv2d) separate from float ones (a fused
+    step's epilogue counts as float)."""
+    kinds = engine.time_kinds()
     out: dict[str, float] = {}
-    for node in engine.nodes:
-        out[node.op] = out.get(node.op, 0.0) + per_node[node.name]
+    for name, sec in per_node.items():
+        out[kinds[name]] = out.get(kinds[name], 0.0) + sec
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 

@@ -31,7 +31,7 @@ from torch import nn
 
 from hybnn.binary.layers import PAD_VALUE, BinaryConv2d, BinaryLayer
 from hybnn.binary.quantizers import sign
-from hybnn.engine import export_model, load
+from hybnn.engine import available_isas, export_model, load, set_isa
 from hybnn.engine import format as fmt
 from hybnn.engine.graph import GraphModel
 from hybnn.engine.graph_export import graph_header
@@ -233,6 +233,24 @@ def test_blocks_are_bit_exact_in_binary_parts_and_bounded_in_float_parts(tmp_pat
     got = engine.logits(x.numpy())
     assert (got.argmax(1) == want.argmax(1)).all()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    _assert_fused_equals_node_by_node(engine, x.numpy())
+
+
+def _assert_fused_equals_node_by_node(engine: GraphModel, x: np.ndarray) -> None:
+    """The fused plan (compiled epilogues) leaves every value it outputs exactly as the
+    node-by-node numpy run computes it, on every ISA and thread count."""
+    assert engine._plan is not None and any(step.fused for step in engine._plan)
+    want = engine.run(x, keep=True, fused=False)
+    try:
+        for name in available_isas():
+            set_isa(name)
+            for threads in (1, 3):
+                got = engine.run(x, threads=threads, keep=True)
+                assert np.array_equal(got[engine._output], want[engine._output])
+                for i, value in got.items():
+                    assert np.array_equal(value, want[i]), (name, threads, i)
+    finally:
+        set_isa(None)
 
 
 @pytest.mark.parametrize("stem,size", [("cifar", (28, 28)), ("cifar", (32, 32)),
@@ -250,6 +268,7 @@ def test_binary_resnet_exports_through_export_model(tmp_path, stem, size):
     assert _check_nodes(model, engine, x) > 20
     with torch.no_grad():
         assert (engine.predict(x.numpy()) == model(x).argmax(1).numpy()).all()
+    _assert_fused_equals_node_by_node(engine, x.numpy())
 
 
 def test_batch_norms_read_only_by_binary_layers_fold_to_thresholds(tmp_path):
@@ -492,3 +511,35 @@ def test_hybnn_export_takes_a_binary_resnet_directory(tmp_path, capsys):
     out = tmp_path / "c"
     assert main(["export", str(tmp_path / "resnet"), "--out", str(out), "--format", "c"]) == 0
     assert "as C99" in capsys.readouterr().out and (out / "hybnn_model.c").is_file()
+
+
+def test_the_compiled_epilogue_checks_its_arguments():
+    from hybnn.engine.dispatch import _kernels
+
+    n, c, hw = 2, 5, 3
+    x = np.zeros(n * c * hw, np.float32)
+    ok = np.ones(c, np.float32)
+    out = np.empty(n * c * hw, np.float32)
+    bits = np.empty(n * hw, np.uint64)
+    assert not _kernels.epilogue(x, None, n, c, hw, ((0, ok, ok, None),), out, ok, bits, 1)
+    assert (out == 1).all() and (bits == 0).all()
+    bad = {
+        "short source": (x[:-1], None, n, c, hw, (), out, None, None, 1),
+        "short out": (x, None, n, c, hw, (), out[:-1], None, None, 1),
+        "int source with no alpha": (x.view(np.int32), None, n, c, hw, (), out, None, None, 1),
+        "short alpha": (x.view(np.int32), ok[:-1], n, c, hw, (), out, None, None, 1),
+        "add without its tensor": (x, None, n, c, hw, ((1, None, None, None),), out, None,
+                                   None, 1),
+        "prelu with a tensor": (x, None, n, c, hw, ((3, ok, None, x),), out, None, None, 1),
+        "unknown step": (x, None, n, c, hw, ((9, ok, ok, None),), out, None, None, 1),
+        "too many steps": (x, None, n, c, hw, ((0, ok, ok, None),) * 17, out, None, None, 1),
+        "nothing to write": (x, None, n, c, hw, (), None, None, None, 1),
+        "zero channels": (x, None, n, 0, hw, (), out, None, None, 1),
+        "short bits": (x, None, n, c, hw, (), None, None, bits[:-1], 1),
+    }
+    for case, args in bad.items():
+        with pytest.raises(ValueError):
+            _kernels.epilogue(*args)
+            pytest.fail(case)
+    x[4] = np.nan
+    assert _kernels.epilogue(x, None, n, c, hw, (), None, None, bits, 1)

@@ -379,9 +379,10 @@ def _divisors(h: int, w: int, node: Node) -> np.ndarray:
     return np.outer(sides(h, ho), sides(w, wo)).astype(np.float32)
 
 
-def _binary_runner(node: Node, layer: geometry.Layer, in_shape: tuple[int, int, int]
-                   ) -> Callable[[np.ndarray, int], np.ndarray]:
-    """The compiled kernel of one binary node: packed words in, packed words or alpha*d out."""
+def _binary_runner(node: Node, layer: geometry.Layer, in_shape: tuple[int, int, int],
+                   raw: bool = False) -> Callable[[np.ndarray, int], np.ndarray]:
+    """The compiled kernel of one binary node: packed words in, packed words or alpha*d out
+    (``raw``: the int32 dot products d, NHWC, for a fused epilogue to scale)."""
     signs = node.params["mode"] == "signs"
     thr = node.arrays.get("thresholds")
     flips = node.arrays.get("flips", np.ones(layer.out_channels, np.int8))
@@ -404,7 +405,7 @@ def _binary_runner(node: Node, layer: geometry.Layer, in_shape: tuple[int, int, 
         status = net.run(x, IN_WORDS, n, out, OUT_WORDS if signs else OUT_ACC, threads)
         if status:
             raise DataError(_STATUS.get(status, f"engine status {status}"))
-        if signs:
+        if signs or raw:
             return out
         assert alpha is not None
         # float32(d) * alpha in one pass (d is exact in float32: K <= 2^24 in float mode)
@@ -453,15 +454,194 @@ def _float_runner(node: Node) -> Callable[[list[np.ndarray]], np.ndarray]:
     return lambda xs: xs[0].reshape(xs[0].shape[0], -1, 1, 1)  # flatten
 
 
+# ---- the fused plan ----------------------------------------------------------------------
+_EW = {"affine": 0, "add": 1, "add_affine": 2, "prelu": 3}  # the C extension's step codes
+_FUSABLE = ("affine", "prelu", "add")
+
+
+@dataclass
+class Step:
+    """One call of the fused plan: a single node, or a chain of per-channel float nodes run by
+    the compiled epilogue in one pass (``members``), optionally started by a binary conv in
+    float mode and ended by the next sign. ``outputs`` are the node values it leaves."""
+
+    name: str
+    members: list[int]
+    inputs: list[int]
+    outputs: list[int]
+    run: Callable[[dict[int, np.ndarray], int, dict[str, float] | None], None]
+    fused: bool = False
+
+
+def _consumers(nodes: list[Node]) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {i: [] for i in range(-1, len(nodes))}
+    for k, n in enumerate(nodes):
+        for j in dict.fromkeys(n.inputs):
+            out[j].append(k)
+    return out
+
+
+def _chain(start: int, nodes: list[Node], cons: dict[int, list[int]], taken: set[int],
+           output: int) -> tuple[list[int], list[tuple], int | None, int | None] | None:
+    """(members, steps, float output, sign node) of the longest fusable chain from ``start``,
+    or None when fusing would not save a pass. A step is (op, a, b, other value index)."""
+    node = nodes[start]
+    members, steps = [start], []
+    if node.op == "bconv2d":
+        cur = start
+    elif node.op == "sign":
+        return [start], [], None, start
+    else:
+        cur = start
+        step = _ew_step(start, node.inputs[0], nodes, cons, taken, output)
+        if step is None:
+            return None
+        steps.append(step[0])
+        members += step[1]
+    while cur != output and len(cons[cur]) == 1:
+        k = cons[cur][0]
+        if k in taken or nodes[k].op not in _FUSABLE:
+            break
+        step = _ew_step(k, cur, nodes, cons, taken, output)
+        if step is None:
+            break
+        steps.append(step[0])
+        members += [k, *step[1]]
+        cur = k
+    signs = [k for k in cons[cur] if nodes[k].op == "sign" and k not in taken]
+    sign = signs[0] if signs else None
+    if sign is not None:
+        members.append(sign)
+    keep = cur == output or any(k != sign for k in cons[cur])
+    if node.op != "bconv2d" and len(members) == 1:
+        return None
+    return members, steps, cur if keep else None, sign
+
+
+def _ew_step(k: int, cur: int, nodes: list[Node], cons: dict[int, list[int]],
+             taken: set[int], output: int) -> tuple[tuple, list[int]] | None:
+    """The epilogue step of node ``k`` that reads ``cur``, and the extra nodes it absorbs (the
+    affine of a shortcut that only this add reads)."""
+    node = nodes[k]
+    a = node.arrays
+    if node.op == "affine":
+        return (_EW["affine"], a["scale"], a["shift"], None), []
+    if node.op == "prelu":
+        return (_EW["prelu"], a["slope"], None, None), []
+    if node.op != "add" or node.inputs.count(cur) != 1:
+        return None
+    other = node.inputs[1] if node.inputs[0] == cur else node.inputs[0]
+    if (other >= 0 and nodes[other].op == "affine" and cons[other] == [k]
+            and other not in taken and other != output and nodes[other].inputs[0] != cur):
+        o = nodes[other]
+        return (_EW["add_affine"], o.arrays["scale"], o.arrays["shift"], o.inputs[0]), [other]
+    return (_EW["add"], None, None, other), []
+
+
+def fused_plan(nodes: list[Node], layers: list[geometry.Layer | None],
+               in_shape: tuple[int, int, int], output: int,
+               single: Callable[[int], Callable[[list[np.ndarray], int], np.ndarray]]
+               ) -> list[Step] | None:
+    """The graph as steps: per-channel float chains fused into one compiled pass each
+    (binary conv in float mode -> affine / + shortcut / PReLU ... -> next sign), every other
+    node alone (``single(i)`` its runner). None if the steps cannot run in node order."""
+    cons = _consumers(nodes)
+    taken: set[int] = set()
+    chains: dict[int, tuple] = {}
+    first = [i for i, n in enumerate(nodes) if n.op == "bconv2d" and n.params["mode"] == "float"]
+    rest = [i for i, n in enumerate(nodes) if n.op in (*_FUSABLE, "sign")]
+    for i in first + rest:
+        if i in taken:
+            continue
+        found = _chain(i, nodes, cons, taken, output)
+        if found is not None:
+            taken.update(found[0])
+            chains[i] = found
+    steps: list[Step] = []
+    for i, node in enumerate(nodes):
+        if i in chains:
+            steps.append(_fused_step(i, chains[i], nodes, layers, in_shape))
+        elif i not in taken:
+            steps.append(_single_step(i, node, single(i)))
+    steps.sort(key=lambda st: max(st.members))
+    ready = {-1}
+    for st in steps:
+        if not set(st.inputs) <= ready:
+            return None
+        ready.update(st.outputs)
+    return steps
+
+
+def _single_step(i: int, node: Node, run: Callable[[list[np.ndarray], int], np.ndarray]
+                 ) -> Step:
+    def call(values: dict[int, np.ndarray], threads: int, times: dict[str, float] | None
+             ) -> None:
+        values[i] = run([values[j] for j in node.inputs], threads)
+
+    return Step(node.name, [i], list(node.inputs), [i], call)
+
+
+def _fused_step(start: int, chain: tuple, nodes: list[Node], layers: list[geometry.Layer | None],
+                in_shape: tuple[int, int, int]) -> Step:
+    members, ew, keep, sign = chain
+    node = nodes[start]
+    conv = None
+    if node.op == "bconv2d":
+        src = node.inputs[0]
+        layer = layers[start]
+        assert layer is not None
+        conv = _binary_runner(node, layer, in_shape if src < 0 else nodes[src].out.shape, raw=True)
+        alpha = node.arrays["alpha"]
+        c, h, w = node.out.shape
+    else:
+        src = node.inputs[0]
+        c, h, w = nodes[start].out.shape
+    shift = nodes[sign].arrays.get("shift") if sign is not None else None
+    others = [st[3] for st in ew if st[3] is not None]
+    outputs = [k for k in (keep, sign) if k is not None]
+    name = nodes[members[-1] if keep is None else keep].name
+    conv_key, ew_key = f"{name}:bconv2d", f"{name}:epilogue"
+
+    def call(values: dict[int, np.ndarray], threads: int, times: dict[str, float] | None
+             ) -> None:
+        t0 = time.perf_counter()
+        x = np.ascontiguousarray(values[src])
+        if conv is not None:
+            x = conv(x, threads)
+        t1 = time.perf_counter()
+        n = x.shape[0]
+        out = np.empty((n, c, h, w), np.float32) if keep is not None else None
+        bits = np.empty((n, h, w, words_for(c)), np.uint64) if sign is not None else None
+        args = tuple((op, a, b, None if o is None else np.ascontiguousarray(values[o]))
+                     for op, a, b, o in ew)
+        if _kernels.epilogue(x, alpha if conv is not None else None, n, c, h * w, args, out,
+                             shift, bits, threads):
+            raise DataError(_STATUS[1])
+        if keep is not None and out is not None:
+            values[keep] = out
+        if sign is not None and bits is not None:
+            values[sign] = bits
+        if times is not None:
+            t2 = time.perf_counter()
+            if conv is not None:
+                times[conv_key] = times.get(conv_key, 0.0) + t1 - t0
+            times[ew_key] = times.get(ew_key, 0.0) + t2 - t1
+
+    return Step(name, members, [src, *others], outputs, call, fused=True)
+
+
 # ---- the model -------------------------------------------------------------------------
 class GraphModel:
     """A version-3 engine file: a graph of binary and float32 nodes, images in, logits out.
 
-    ``predict``/``logits`` take float32 NCHW images as the torch model does.
+    ``predict``/``logits`` take float32 NCHW images as the torch model does. ``fused``
+    (default) runs chains of per-channel float nodes as one compiled pass each
+    (:func:`fused_plan`); the result equals the node-by-node run value for value.
     """
 
     def __init__(self, header: dict[str, Any], arrays: dict[str, np.ndarray],
-                 fingerprint: str, threads: int = 1, where: str = "engine file") -> None:
+                 fingerprint: str, threads: int = 1, where: str = "engine file",
+                 fused: bool = True) -> None:
         try:
             shape, nodes, layers = check_graph(header, arrays)
             runners = []
@@ -492,6 +672,10 @@ class GraphModel:
         self.input_prep: str | None = None
         self._runners = runners
         self._output = nodes.index(out_node)
+        self._plan = fused_plan(nodes, layers, shape, self._output,
+                                lambda i: runners[i]) if fused else None
+        steps = self._plan or [_single_step(i, n, runners[i]) for i, n in enumerate(nodes)]
+        self._steps_last_use = {j: k for k, st in enumerate(steps) for j in st.inputs}
         # the last reader of each value: it is freed after that node runs
         self._last_use = {j: i for i, n in enumerate(nodes) for j in n.inputs}
         source = self.metadata.get("source")
@@ -516,14 +700,40 @@ class GraphModel:
         return np.ascontiguousarray(arr)
 
     def run(self, x: Any, threads: int | None = None, keep: bool = False,
-            times: dict[str, float] | None = None) -> dict[int, np.ndarray]:
-        """Every node's output (``keep``) or the output node's alone, by node index; ``times``
-        collects seconds per node name."""
+            times: dict[str, float] | None = None, fused: bool = True
+            ) -> dict[int, np.ndarray]:
+        """The output node's value by node index, and with ``keep`` every value computed
+        (``fused=False``: every node's, node by node); ``times`` collects seconds per node
+        name (per ``NAME:bconv2d`` and ``NAME:epilogue`` of a fused step; :meth:`time_kinds`
+        names their kinds)."""
         values: dict[int, np.ndarray] = {-1: self._images(x)}
         t = threads or self.threads
         with np.errstate(all="ignore"):  # inf and NaN are reported, by the sign or by logits
-            self._run(values, t, keep, times)
+            if self._plan is not None and fused:
+                self._run_plan(self._plan, values, t, keep, times)
+            else:
+                self._run(values, t, keep, times)
         return values
+
+    def _run_plan(self, plan: list[Step], values: dict[int, np.ndarray], t: int, keep: bool,
+                  times: dict[str, float] | None) -> None:
+        for k, step in enumerate(plan):
+            start = time.perf_counter()
+            step.run(values, t, times)
+            if times is not None and not step.fused:
+                times[step.name] = times.get(step.name, 0.0) + time.perf_counter() - start
+            for j in step.inputs:
+                if not keep and self._steps_last_use[j] == k and j != self._output:
+                    values.pop(j, None)
+
+    def time_kinds(self) -> dict[str, str]:
+        """The op kind of each key that :meth:`run` writes to ``times`` (fused plan)."""
+        kinds = {n.name: n.op for n in self.nodes}
+        for step in self._plan or []:
+            if step.fused:
+                kinds[f"{step.name}:bconv2d"] = "bconv2d"
+                kinds[f"{step.name}:epilogue"] = "epilogue"
+        return kinds
 
     def _run(self, values: dict[int, np.ndarray], t: int, keep: bool,
              times: dict[str, float] | None) -> None:
@@ -552,7 +762,7 @@ class GraphModel:
 
     def node_outputs(self, x: Any) -> dict[str, np.ndarray]:
         """Every node's output by name: float NCHW arrays, packed NHWC words for bits."""
-        values = self.run(x, keep=True)
+        values = self.run(x, keep=True, fused=False)
         return {n.name: values[i] for i, n in enumerate(self.nodes)}
 
     def run_node(self, name: str, inputs: list[np.ndarray], threads: int = 1) -> np.ndarray:

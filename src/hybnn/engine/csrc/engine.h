@@ -121,4 +121,28 @@ static inline int hyb_count(size_t a, size_t b, size_t c, size_t *r) {
 typedef void (*hyb_range_fn)(void *ctx, size_t lo, size_t hi);
 void hyb_parallel_for(int nthreads, size_t ntasks, hyb_range_fn fn, void *ctx);
 
+/* float_ops.c: the fused float32 epilogue of a residual block (one pass per tile of pixels).
+ * source: acc (n, hw, c) int32 dot products times alpha (c), or x (n, c, hw) float;
+ * steps in order, per channel ch: AFFINE v*a+b; ADD v+other; ADD_AFFINE v+(other*a+b);
+ * PRELU max(v,0)+a*min(v,0) (other: (n, c, hw) float). Writes out (n, c, hw) if not NULL, and
+ * bits (n, hw, words(c)) = sign(v + shift) if not NULL (shift NULL: sign(v)).
+ * Returns 0, 1 if a packed value was NaN, -1 if out of memory. */
+enum { HYB_EW_AFFINE = 0, HYB_EW_ADD = 1, HYB_EW_ADD_AFFINE = 2, HYB_EW_PRELU = 3 };
+#define HYB_EW_MAX_STEPS 16
+typedef struct {
+    int op;
+    const float *a, *b, *other;
+} hyb_ew_step;
+typedef struct {
+    size_t n, c, hw;
+    const int32_t *acc;
+    const float *alpha, *x;
+    hyb_ew_step steps[HYB_EW_MAX_STEPS];
+    int nsteps;
+    float *out;
+    const float *shift;
+    uint64_t *bits;
+} hyb_ew;
+int hyb_epilogue(const hyb_ew *e, int nthreads);
+
 #endif

@@ -561,6 +561,98 @@ static PyTypeObject NetworkType = {
     .tp_new = PyType_GenericNew,
 };
 
+/* ---- fused float epilogue ------------------------------------------------------------------ */
+
+#define EW_BUFS (5 + 3 * HYB_EW_MAX_STEPS)
+
+/* Get an optional buffer (None: *ptr = NULL) into bufs[*nb]. */
+static int ew_buf(PyObject *obj, Py_buffer *bufs, int *nb, dkind k, size_t count, int writable,
+                  const char *what, void **ptr) {
+    *ptr = NULL;
+    if (obj == Py_None) return 0;
+    if (get_buf(obj, &bufs[*nb], k, (Py_ssize_t)count, writable, what) < 0) return -1;
+    *ptr = bufs[(*nb)++].buf;
+    return 0;
+}
+
+/* epilogue(source, alpha, n, c, hw, steps, out, shift, bits, threads) -> NaN seen; see
+ * hyb_epilogue (engine.h). alpha None: source is float (n, c, hw), else int32 (n, hw, c).
+ * steps: ((op, a, b, other), ...) with None for what an op does not use. */
+static PyObject *py_epilogue(PyObject *self, PyObject *args) {
+    PyObject *src, *alpha, *steps, *out, *shift, *bits;
+    Py_ssize_t n, c, hw;
+    int threads;
+    if (!PyArg_ParseTuple(args, "OOnnnOOOOi", &src, &alpha, &n, &c, &hw, &steps, &out, &shift, &bits,
+                          &threads))
+        return NULL;
+    size_t a, count, words;
+    if (n < 0 || !DIM_OK(c) || !DIM_OK(hw) || !mul_ok((size_t)n, (size_t)c, &a) ||
+        !mul_ok(a, (size_t)hw, &count) || !mul_ok((size_t)n * (size_t)hw, hyb_words((size_t)c), &words))
+        return PyErr_Format(PyExc_ValueError, "bad epilogue shape");
+    if (!PyTuple_Check(steps) || PyTuple_GET_SIZE(steps) > HYB_EW_MAX_STEPS)
+        return PyErr_Format(PyExc_ValueError, "steps must be a tuple of at most %d steps", HYB_EW_MAX_STEPS);
+    if (out == Py_None && bits == Py_None) return PyErr_Format(PyExc_ValueError, "nothing to write");
+    hyb_ew e;
+    memset(&e, 0, sizeof e);
+    e.n = (size_t)n;
+    e.c = (size_t)c;
+    e.hw = (size_t)hw;
+    Py_buffer bufs[EW_BUFS];
+    int nb = 0, rc = -1;
+    void *p;
+    if (alpha != Py_None) {
+        if (ew_buf(src, bufs, &nb, I32, count, 0, "source", &p) < 0) goto done;
+        e.acc = (const int32_t *)p;
+        if (ew_buf(alpha, bufs, &nb, F32, (size_t)c, 0, "alpha", &p) < 0) goto done;
+        e.alpha = (const float *)p;
+    } else {
+        if (src == Py_None) {
+            PyErr_SetString(PyExc_ValueError, "source is missing");
+            goto done;
+        }
+        if (ew_buf(src, bufs, &nb, F32, count, 0, "source", &p) < 0) goto done;
+        e.x = (const float *)p;
+    }
+    for (Py_ssize_t s = 0; s < PyTuple_GET_SIZE(steps); s++) {
+        PyObject *st = PyTuple_GET_ITEM(steps, s), *ao, *bo, *oo;
+        int op;
+        if (!PyArg_ParseTuple(st, "iOOO", &op, &ao, &bo, &oo)) goto done;
+        if (op < HYB_EW_AFFINE || op > HYB_EW_PRELU) {
+            PyErr_Format(PyExc_ValueError, "unknown step %d", op);
+            goto done;
+        }
+        const int need_a = op != HYB_EW_ADD, need_b = op == HYB_EW_AFFINE || op == HYB_EW_ADD_AFFINE,
+                  need_o = op == HYB_EW_ADD || op == HYB_EW_ADD_AFFINE;
+        if (need_a != (ao != Py_None) || need_b != (bo != Py_None) || need_o != (oo != Py_None)) {
+            PyErr_Format(PyExc_ValueError, "step %zd has the wrong arrays for op %d", s, op);
+            goto done;
+        }
+        hyb_ew_step *es = &e.steps[e.nsteps++];
+        es->op = op;
+        if (ew_buf(ao, bufs, &nb, F32, (size_t)c, 0, "step a", &p) < 0) goto done;
+        es->a = (const float *)p;
+        if (ew_buf(bo, bufs, &nb, F32, (size_t)c, 0, "step b", &p) < 0) goto done;
+        es->b = (const float *)p;
+        if (ew_buf(oo, bufs, &nb, F32, count, 0, "step other", &p) < 0) goto done;
+        es->other = (const float *)p;
+    }
+    if (ew_buf(out, bufs, &nb, F32, count, 1, "out", &p) < 0) goto done;
+    e.out = (float *)p;
+    if (ew_buf(shift, bufs, &nb, F32, (size_t)c, 0, "shift", &p) < 0) goto done;
+    e.shift = (const float *)p;
+    if (ew_buf(bits, bufs, &nb, U64, words, 1, "bits", &p) < 0) goto done;
+    e.bits = (uint64_t *)p;
+    if (e.n) {
+        Py_BEGIN_ALLOW_THREADS rc = hyb_epilogue(&e, threads);
+        Py_END_ALLOW_THREADS
+    } else
+        rc = 0;
+    if (rc < 0) PyErr_NoMemory();
+done:
+    for (int b = 0; b < nb; b++) PyBuffer_Release(&bufs[b]);
+    return rc < 0 ? NULL : PyBool_FromLong(rc);
+}
+
 static PyMethodDef module_methods[] = {
     {"isa", py_isa, METH_NOARGS, "Name of the ISA the kernels use now."},
     {"detect_isa", py_detect_isa, METH_NOARGS, "Best ISA this CPU supports."},
@@ -570,6 +662,8 @@ static PyMethodDef module_methods[] = {
     {"pack_nchw", py_pack_nchw, METH_VARARGS, "pack_nchw(x, out, n, c, hw) -> NaN seen"},
     {"pack_bytes", py_pack_bytes, METH_VARARGS, "pack_bytes(codes, out, rows, nbits)"},
     {"maxpool", py_maxpool, METH_VARARGS, "maxpool(x, out, n, h, w, cw, k, stride)"},
+    {"epilogue", py_epilogue, METH_VARARGS,
+     "epilogue(source, alpha, n, c, hw, steps, out, shift, bits, threads) -> NaN seen"},
     {NULL, NULL, 0, NULL},
 };
 
