@@ -172,8 +172,15 @@ def resnet_bounds(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def resnet_section(results: dict[str, Any], command: str, where: str) -> str:
-    """One part (``where``: CPU or GPU) of BENCHMARKS.md's ``rebnn-resnet18`` section."""
+def load_average() -> str:
+    """The machine's 1/5/15-minute load averages, for the record beside a timing."""
+    return "/".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def resnet_section(results: dict[str, Any], command: str, where: str,
+                   load: tuple[str, str] | None = None) -> str:
+    """One part (``where``: CPU or GPU) of BENCHMARKS.md's ``rebnn-resnet18`` section;
+    ``load``: the load averages at the start and the end of the run."""
     cfg = results["config"]
     v = results["versions"]
     shown = {k: cfg[k] for k in ("data", "methods", "seeds", "device", "threads")}
@@ -182,7 +189,9 @@ def resnet_section(results: dict[str, Any], command: str, where: str) -> str:
         "",
         f"Command: `{command}` ({results['seconds'] / 60:.1f} min wall time)",
         "",
-        f"Machine: {results['machine']}; hybnn {v['hybnn']}, torch {v.get('torch', '?')}.",
+        f"Machine: {results['machine']}; hybnn {v['hybnn']}."
+        + (f" Load average (1/5/15 min): {load[0]} at the start, {load[1]} at the end (the "
+           "cores are shared with other jobs)." if load else ""),
         "",
         f"Config: `{json.dumps(shown)}`, ResNet: `{json.dumps(cfg['resnet'])}`.",
         "",
@@ -206,15 +215,24 @@ layer likewise. Targets: ReBNN ≥ 2× fewer late flips than ReActNet *and* accu
 of its float twin."""
 
 
+NO_GPU_RUN = """### GPU
+
+**No GPU run exists yet.** `bench/rebnn_gpu.py` is the script: width 64, all 60,000 / 10,000
+images of Fashion-MNIST, bfloat16 autocast, the float twin and distillation in both steps, the
+four methods, seeds 0 1 2, its epochs sized by a probe of training steps to 9 minutes (inside
+10 of one H100). Its code path is tested on the meta device (the full-width step) and on a
+CPU at width 2 only. To run it: `python -m bench.rebnn_gpu --stage-data` here (Fashion-MNIST
+into `.cache/hybnn`, carried along), `PYTHONPATH=src python3 -m bench.rebnn_gpu --no-write
+--json rebnn-gpu.json` on the GPU machine, then `python -m bench.rebnn_gpu --merge
+rebnn-gpu.json` here."""
+
+
 def write_resnet_part(part: str, body: str, path: str | os.PathLike[str]) -> None:
     """Write the ``cpu`` or ``gpu`` part of the ``rebnn-resnet18`` section (the section is
     made, with both parts empty, where it is missing)."""
     text = Path(path).read_text() if Path(path).is_file() else ""
     if f"<!-- {RESNET_SECTION}:start -->" not in text:
-        empty = {"cpu": "### CPU\n\nNo CPU run yet.",
-                 "gpu": "### GPU\n\nNo GPU run exists yet: `bench/rebnn_gpu.py` is the "
-                        "script (full width 64, the whole of Fashion-MNIST, sized to 10 "
-                        "minutes of one H100), tested on CPU at a tiny width only."}
+        empty = {"cpu": "### CPU\n\nNo CPU run yet.", "gpu": NO_GPU_RUN}
         parts = [f"<!-- {RESNET_SECTION}-{p}:start -->\n{b}\n<!-- {RESNET_SECTION}-{p}:end -->"
                  for p, b in empty.items()]
         write_section(RESNET_SECTION, "\n\n".join([RESNET_HEAD, *parts]), path)
@@ -245,10 +263,12 @@ def main(argv: list[str] | None = None) -> int:
                            epochs=args.epochs, device=args.device, threads=args.threads,
                            net=args.net, width=args.width)
     out = args.out or ("runs/study-rebnn" if args.net == "cnn" else "runs/study-rebnn-resnet18")
+    start_load = load_average()
     results = run_study(cfg, out, progress=not args.no_progress)
     command = shlex.join(["python", "-m", "bench.rebnn", *argv])
     if args.net == "resnet18":
-        body = resnet_section(results, command, f"CPU ({cfg.threads} torch thread(s))")
+        body = resnet_section(results, command, f"CPU ({cfg.threads} torch thread(s))",
+                              (start_load, load_average()))
     else:
         body = section(results, command)
     print(body)
