@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from bench.common import write_json
-    from bench.rebnn import resnet_section, resnet_targets, write_resnet_part
+    from bench.rebnn import load_average, resnet_section, resnet_targets, write_resnet_part
     from hybnn.experiments.config import RESNET_STUDY_METHODS, StudyConfig
     from hybnn.experiments.rebnn_study import run_study
 
@@ -209,12 +209,14 @@ def main(argv: list[str] | None = None) -> int:
         teacher_epochs=plan.teacher_epochs,
         step1_epochs=plan.step1_epochs, batch_size=args.batch_size, lr=args.lr,
         teacher=teacher, amp=amp)
+    start_load = load_average()
     results = run_study(cfg, args.out, progress=False)
     results["seconds"] = time.perf_counter() - t_start  # the probe included
     command = shlex.join(["python", "-m", "bench.rebnn_gpu", *argv])
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device
     precision = "bfloat16 autocast" if amp else "float32"
-    body = resnet_section(results, command, f"GPU ({device}, {precision})")
+    body = resnet_section(results, command, f"GPU ({device}, {precision})",
+                          (start_load, load_average()))
     body += (f"\n\nSizing: the probe measured {epoch_s:.1f} s per step-2 epoch; budget "
              f"{args.minutes:g} min, {results['seconds'] / 60:.1f} min used (probe "
              "included).")
