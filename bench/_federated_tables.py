@@ -489,7 +489,7 @@ def skew10_markdown(raw: dict[str, Any]) -> str:
         "centralized: " + ", ".join(f"{100 * c:.1f}" for c in central) + " %.", "",
         "Methods: `default` is `--strategy auto` ("
         + ", ".join(f"`{a}` with {e}" for e, a in d["auto"].items())
-        + "); `fedprox` (mu = 0.1) and `scaffold` replace the server rule; `fedrs` "
+        + "); `fedavg`, `fedprox` (mu = 0.1) and `scaffold` replace the server rule; `fedrs` "
         "(alpha = 0.5) and `fedlc` (tau = 1) are `--skew-loss` on the clients with the "
         "default server rule. Cells: final accuracy %, mean ± std over the seeds, and the "
         "gap to centralized in points (mean). Partitions: Dirichlet(alpha) class shares, or "

@@ -16,9 +16,9 @@
    (partitions, initial head and training; centralized per seed), against the rule
    `--strategy auto` follows.
 7. Label skew on ten classes (`--only skew`): 10 clients on Dirichlet(0.5), Dirichlet(0.1),
-   1 and 2 classes per client; the default strategy, FedProx, SCAFFOLD and the client losses
-   FedRS and FedLC; both encodings, three seeds, against centralized per seed (the shipped
-   `general` encoder unless --encoder is given).
+   1 and 2 classes per client; the default strategy, FedAvg, FedProx, SCAFFOLD and the
+   client losses FedRS and FedLC; both encodings, three seeds, against centralized per seed
+   (the shipped `general` encoder unless --encoder is given).
 
 Federations run on :class:`hybnn.federated.local_grid.LocalGrid` (Flower's ServerApp,
 strategies, ClientApp and mods in this process; `tests/federated/test_fed_strategies.py`
@@ -83,8 +83,9 @@ DEFAULT_SEEDS = (0, 1, 2)
 SKEW10_PARTITIONS = (("dirichlet", 0.5, 1), ("dirichlet", 0.1, 1), ("classes", 0.5, 1),
                      ("classes", 0.5, 2))
 SKEW10_METHODS: dict[str, dict[str, str]] = {
-    "default": {}, "fedprox": {"strategy": "fedprox"}, "scaffold": {"strategy": "scaffold"},
-    "fedrs": {"skew_loss": "fedrs"}, "fedlc": {"skew_loss": "fedlc"}}
+    "default": {}, "fedavg": {"strategy": "fedavg"}, "fedprox": {"strategy": "fedprox"},
+    "scaffold": {"strategy": "scaffold"}, "fedrs": {"skew_loss": "fedrs"},
+    "fedlc": {"skew_loss": "fedlc"}}
 SKEW10_ROUNDS, SKEW10_EPOCHS = 10, 2  # about 35 minutes on 2 shared cores, 1 thread
 
 
