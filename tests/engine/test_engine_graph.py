@@ -240,10 +240,10 @@ def _assert_fused_equals_node_by_node(engine: GraphModel, x: np.ndarray) -> None
     """The fused plan (compiled epilogues) leaves every value it outputs exactly as the
     node-by-node numpy run computes it, on every ISA and thread count."""
     assert engine._plan is not None and any(step.fused for step in engine._plan)
-    want = engine.run(x, keep=True, fused=False)
     try:
         for name in available_isas():
-            set_isa(name)
+            set_isa(name)  # float convolutions round differently per ISA (FMA or not)
+            want = engine.run(x, keep=True, fused=False)
             for threads in (1, 3):
                 got = engine.run(x, threads=threads, keep=True)
                 assert np.array_equal(got[engine._output], want[engine._output])
@@ -543,3 +543,41 @@ def test_the_compiled_epilogue_checks_its_arguments():
             pytest.fail(case)
     x[4] = np.nan
     assert _kernels.epilogue(x, None, n, c, hw, (), None, None, bits, 1)
+
+
+@pytest.mark.parametrize("n,c,h,w,o,k,s,p", [
+    (2, 3, 17, 13, 7, 7, 2, 3),  # an ImageNet stem on odd sides
+    (1, 3, 12, 12, 13, 3, 1, 1),  # a CIFAR stem; 13 channels: a partial block of 6
+    (3, 5, 9, 11, 8, 1, 1, 0),  # a 1x1 shortcut (read as rows of pixels)
+    (2, 4, 8, 8, 5, 1, 2, 0),
+    (2, 2, 10, 7, 9, 3, 3, 2),
+])
+def test_the_compiled_float_convolution_is_within_float32_rounding_on_every_isa(n, c, h, w, o,
+                                                                                 k, s, p):
+    """|conv - exact| <= 2 (K + 1) u M, M the convolution of absolute values, K = c k k."""
+    from hybnn.engine.dispatch import _kernels
+
+    rng = np.random.default_rng(n * 100 + k)
+    x = rng.standard_normal((n, c, h, w), dtype=np.float32)
+    wt = rng.standard_normal((o, c, k, k), dtype=np.float32)
+    b = rng.standard_normal(o, dtype=np.float32)
+
+    def exact(x, wt, b):
+        return F.conv2d(torch.from_numpy(x).double(), torch.from_numpy(wt).double(),
+                        torch.from_numpy(b).double(), stride=s, padding=p).numpy()
+
+    want, mag = exact(x, wt, b), exact(np.abs(x), np.abs(wt), np.abs(b))
+    bound = 2 * (c * k * k + 1) * U * mag
+    try:
+        for name in available_isas():
+            set_isa(name)
+            for threads in (1, 3):
+                out = np.full(want.shape, np.nan, np.float32)
+                _kernels.conv2d(x, wt, b, out, n, c, h, w, o, k, s, p, threads)
+                assert (np.abs(out - want) <= bound).all(), (name, threads)
+    finally:
+        set_isa(None)
+    with pytest.raises(ValueError):
+        _kernels.conv2d(x, wt, b, out.reshape(-1)[:-1], n, c, h, w, o, k, s, p, 1)
+    with pytest.raises(ValueError):
+        _kernels.conv2d(x, wt, None, out, n, c, h, w, o, k, s, k, 1)  # padding >= kernel

@@ -30,9 +30,11 @@ flatten            float        (C, H, W) -> (C*H*W, 1, 1), NCHW order
 =================  ===========  ===========================================================
 
 The sign of ``x + shift`` is exact: a float32 sum rounds to a negative number exactly when the
-real sum is negative. Binary nodes run on the compiled packed kernels; float nodes in numpy
-float32. Every geometry, size and array is checked here before anything runs; violations
-raise ``ValueError`` (the loader's ``ArtifactError``).
+real sum is negative. Binary nodes run on the compiled packed kernels, float convolutions on a
+compiled float32 kernel, chains of per-channel float nodes fused into compiled passes
+(:func:`fused_plan`), the other float nodes in numpy float32. Every geometry, size and array
+is checked here before anything runs; violations raise ``ValueError`` (the loader's
+``ArtifactError``).
 """
 
 from __future__ import annotations
@@ -305,34 +307,24 @@ def _channels(v: np.ndarray) -> np.ndarray:
     return v[None, :, None, None]
 
 
-def _pad(x: np.ndarray, p: int, value: float) -> np.ndarray:
-    if not p:
-        return x
-    return np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=value)
-
-
-def _conv(x: np.ndarray, node: Node) -> np.ndarray:
+def _conv_runner(node: Node, bn: dict[str, np.ndarray] | None = None
+                 ) -> Callable[[list[np.ndarray], int], np.ndarray]:
+    """A float convolution on the compiled kernel (csrc/float_ops.c: direct, no im2col copy,
+    AVX2 FMA where the ISA has it), threaded over output rows; ``bn``: the scale and shift of
+    an affine node that follows, applied as the kernel stores."""
     k, s, p = (node.params[key] for key in ("kernel_size", "stride", "padding"))
-    w = node.arrays["weight"]
+    w, bias = node.arrays["weight"], node.arrays.get("bias")
     o, c = w.shape[:2]
-    _, ho, wo = node.out.shape
-    wm = w.reshape(o, c * k * k)
-    out = np.empty((x.shape[0], o, ho * wo), np.float32)
-    cols = np.empty((c, k, k, ho, wo), np.float32)
-    span_h, span_w = (ho - 1) * s + 1, (wo - 1) * s + 1
-    for i in range(x.shape[0]):  # one sample's patches at a time bounds the memory
-        xi = _pad(x[i : i + 1], p, 0.0)[0]
-        if k == 1 and s == 1:
-            np.matmul(wm, xi.reshape(c, ho * wo), out=out[i])
-            continue
-        for di in range(k):  # im2col as k*k strided copies (C, Ho, Wo) each
-            for dj in range(k):
-                cols[:, di, dj] = xi[:, di : di + span_h : s, dj : dj + span_w : s]
-        np.matmul(wm, cols.reshape(c * k * k, ho * wo), out=out[i])
-    y = out.reshape(x.shape[0], o, ho, wo)
-    if "bias" in node.arrays:
-        y += _channels(node.arrays["bias"])
-    return y
+    scale, shift = (bn["scale"], bn["shift"]) if bn else (None, None)
+
+    def run(xs: list[np.ndarray], threads: int) -> np.ndarray:
+        x = np.ascontiguousarray(xs[0])
+        n, _, h, wd = x.shape
+        out = np.empty((n, *node.out.shape), np.float32)
+        _kernels.conv2d(x, w, bias, out, n, c, h, wd, o, k, s, p, threads, scale, shift)
+        return out
+
+    return run
 
 
 def _pool2d(x: np.ndarray, node: Node) -> np.ndarray:
@@ -426,8 +418,6 @@ def _float_runner(node: Node) -> Callable[[list[np.ndarray]], np.ndarray]:
             return pack_images(np.ascontiguousarray(x, dtype=np.float32))
 
         return sign
-    if op == "conv2d":
-        return lambda xs: _conv(xs[0], node)
     if op == "dense":
         def dense(xs: list[np.ndarray]) -> np.ndarray:
             y = xs[0].reshape(xs[0].shape[0], -1) @ a["weight"].T
@@ -550,16 +540,20 @@ def fused_plan(nodes: list[Node], layers: list[geometry.Layer | None],
     chains: dict[int, tuple] = {}
     first = [i for i, n in enumerate(nodes) if n.op == "bconv2d" and n.params["mode"] == "float"]
     rest = [i for i, n in enumerate(nodes) if n.op in (*_FUSABLE, "sign")]
-    for i in first + rest:
-        if i in taken:
-            continue
-        found = _chain(i, nodes, cons, taken, output)
-        if found is not None:
-            taken.update(found[0])
-            chains[i] = found
+    for i in first:
+        _take(chains, taken, i, _chain(i, nodes, cons, taken, output))
+    for i, node in enumerate(nodes):  # a float conv and the batch norm only it reads
+        k = cons[i][0] if node.op == "conv2d" and len(cons[i]) == 1 else -1
+        if i != output and k >= 0 and k not in taken and nodes[k].op == "affine":
+            _take(chains, taken, i, ([i, k], [], k, None))
+    for i in rest:
+        if i not in taken:
+            _take(chains, taken, i, _chain(i, nodes, cons, taken, output))
     steps: list[Step] = []
     for i, node in enumerate(nodes):
-        if i in chains:
+        if i in chains and node.op == "conv2d":
+            steps.append(_conv_step(i, chains[i][2], nodes))
+        elif i in chains:
             steps.append(_fused_step(i, chains[i], nodes, layers, in_shape))
         elif i not in taken:
             steps.append(_single_step(i, node, single(i)))
@@ -570,6 +564,28 @@ def fused_plan(nodes: list[Node], layers: list[geometry.Layer | None],
             return None
         ready.update(st.outputs)
     return steps
+
+
+def _take(chains: dict[int, tuple], taken: set[int], i: int, found: tuple | None) -> None:
+    if found is not None:
+        taken.update(found[0])
+        chains[i] = found
+
+
+def _conv_step(i: int, bn: int, nodes: list[Node]) -> Step:
+    """A float convolution with the batch norm that follows it applied as it stores (rounded
+    as the affine node rounds)."""
+    conv = _conv_runner(nodes[i], nodes[bn].arrays)
+    name = nodes[bn].name
+
+    def call(values: dict[int, np.ndarray], threads: int, times: dict[str, float] | None
+             ) -> None:
+        t0 = time.perf_counter()
+        values[bn] = conv([values[nodes[i].inputs[0]]], threads)
+        if times is not None:
+            times[f"{name}:conv2d"] = times.get(f"{name}:conv2d", 0.0) + time.perf_counter() - t0
+
+    return Step(name, [i, bn], list(nodes[i].inputs), [bn], call, fused=True)
 
 
 def _single_step(i: int, node: Node, run: Callable[[list[np.ndarray], int], np.ndarray]
@@ -646,7 +662,9 @@ class GraphModel:
             shape, nodes, layers = check_graph(header, arrays)
             runners = []
             for node, layer in zip(nodes, layers, strict=True):
-                if layer is None:
+                if node.op == "conv2d":
+                    runners.append(_conv_runner(node))
+                elif layer is None:
                     runners.append(_ignore_threads(_float_runner(node)))
                 else:  # the C extension checks every size again
                     src = node.inputs[0]
@@ -731,6 +749,7 @@ class GraphModel:
         kinds = {n.name: n.op for n in self.nodes}
         for step in self._plan or []:
             if step.fused:
+                kinds[f"{step.name}:conv2d"] = "conv2d"
                 kinds[f"{step.name}:bconv2d"] = "bconv2d"
                 kinds[f"{step.name}:epilogue"] = "epilogue"
         return kinds

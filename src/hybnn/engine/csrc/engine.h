@@ -145,4 +145,15 @@ typedef struct {
 } hyb_ew;
 int hyb_epilogue(const hyb_ew *e, int nthreads);
 
+/* float_ops.c: float32 convolution, NCHW, zero padding: x (n, c, h, w), wt (o, c, k, k), bias
+ * (o) or NULL, out (n, o, ho, wo) with ho = (h + 2p - k) / s + 1 (wo alike); then, if scale is
+ * not NULL, out * scale + shift per channel (a batch norm). Returns 0, or -1 if out of memory. */
+typedef struct {
+    size_t n, c, h, w, o, k, s, p, ho, wo;
+    const float *x, *wt, *bias, *scale, *shift;
+    float *out;
+    int failed;
+} hyb_conv;
+int hyb_conv2d_f32(hyb_conv *cv, int nthreads);
+
 #endif

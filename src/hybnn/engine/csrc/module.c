@@ -653,6 +653,59 @@ done:
     return rc < 0 ? NULL : PyBool_FromLong(rc);
 }
 
+/* conv2d(x, weight, bias, out, n, c, h, w, o, k, stride, pad, threads[, scale, shift]): see
+ * hyb_conv2d_f32 */
+static PyObject *py_conv2d(PyObject *self, PyObject *args) {
+    PyObject *xo, *wo_, *bo, *oo, *so = Py_None, *to = Py_None;
+    Py_ssize_t n, c, h, w, o, k, s, p;
+    int threads;
+    if (!PyArg_ParseTuple(args, "OOOOnnnnnnnni|OO", &xo, &wo_, &bo, &oo, &n, &c, &h, &w, &o, &k, &s, &p, &threads,
+                          &so, &to))
+        return NULL;
+    if ((so == Py_None) != (to == Py_None)) return PyErr_Format(PyExc_ValueError, "scale and shift go together");
+    if (n < 0 || !DIM_OK(c) || !DIM_OK(h) || !DIM_OK(w) || !DIM_OK(o) || !DIM_OK(k) || !DIM_OK(s) || p < 0 ||
+        p >= k || (size_t)k > (size_t)h + 2 * (size_t)p || (size_t)k > (size_t)w + 2 * (size_t)p)
+        return PyErr_Format(PyExc_ValueError, "bad convolution geometry");
+    hyb_conv cv = {.n = (size_t)n, .c = (size_t)c, .h = (size_t)h, .w = (size_t)w, .o = (size_t)o,
+                   .k = (size_t)k, .s = (size_t)s, .p = (size_t)p};
+    cv.ho = (cv.h + 2 * cv.p - cv.k) / cv.s + 1;
+    cv.wo = (cv.w + 2 * cv.p - cv.k) / cv.s + 1;
+    size_t per_in, per_out, nw, nin, nout, pad_in;
+    if (!hyb_count(cv.c, cv.h, cv.w, &per_in) || !hyb_count(cv.o, cv.ho, cv.wo, &per_out) ||
+        !hyb_count(cv.o, cv.c, cv.k * cv.k, &nw) || !hyb_count(cv.c, cv.h + 2 * cv.p + cv.s, cv.w + 2 * cv.p + 64, &pad_in) ||
+        !mul_ok(cv.n, per_in, &nin) || !mul_ok(cv.n, per_out, &nout))
+        return PyErr_Format(PyExc_ValueError, "convolution too large");
+    Py_buffer bufs[6];
+    int nb = 0, rc = -1;
+    void *ptr;
+    if (ew_buf(so, bufs, &nb, F32, cv.o, 0, "scale", &ptr) < 0) goto done;
+    cv.scale = (const float *)ptr;
+    if (ew_buf(to, bufs, &nb, F32, cv.o, 0, "shift", &ptr) < 0) goto done;
+    cv.shift = (const float *)ptr;
+    if (ew_buf(xo, bufs, &nb, F32, nin, 0, "x", &ptr) < 0) goto done;
+    cv.x = (const float *)ptr;
+    if (ew_buf(wo_, bufs, &nb, F32, nw, 0, "weight", &ptr) < 0) goto done;
+    cv.wt = (const float *)ptr;
+    if (ew_buf(bo, bufs, &nb, F32, cv.o, 0, "bias", &ptr) < 0) goto done;
+    cv.bias = (const float *)ptr;
+    if (ew_buf(oo, bufs, &nb, F32, nout, 1, "out", &ptr) < 0) goto done;
+    cv.out = (float *)ptr;
+    if (!cv.x || !cv.wt || !cv.out) {
+        PyErr_SetString(PyExc_ValueError, "x, weight and out are required");
+        goto done;
+    }
+    if (cv.n) {
+        Py_BEGIN_ALLOW_THREADS rc = hyb_conv2d_f32(&cv, threads);
+        Py_END_ALLOW_THREADS
+    } else
+        rc = 0;
+    if (rc < 0) PyErr_NoMemory();
+done:
+    for (int b = 0; b < nb; b++) PyBuffer_Release(&bufs[b]);
+    if (rc < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
     {"isa", py_isa, METH_NOARGS, "Name of the ISA the kernels use now."},
     {"detect_isa", py_detect_isa, METH_NOARGS, "Best ISA this CPU supports."},
@@ -664,6 +717,8 @@ static PyMethodDef module_methods[] = {
     {"maxpool", py_maxpool, METH_VARARGS, "maxpool(x, out, n, h, w, cw, k, stride)"},
     {"epilogue", py_epilogue, METH_VARARGS,
      "epilogue(source, alpha, n, c, hw, steps, out, shift, bits, threads) -> NaN seen"},
+    {"conv2d", py_conv2d, METH_VARARGS,
+     "conv2d(x, weight, bias, out, n, c, h, w, o, k, stride, pad, threads): float32 NCHW"},
     {NULL, NULL, 0, NULL},
 };
 
