@@ -63,3 +63,36 @@ def test_flower_app_run_config_is_fedconfig_defaults():
 
     app = tomllib.loads((APP_DIR / "pyproject.toml").read_text())
     assert app["tool"]["flwr"]["app"]["config"] == FedConfig().to_record()
+
+
+def test_groups_check_their_own_settings_and_keep_flat_record_keys():
+    from hybnn.federated.config import PrivacyConfig, SecAggConfig
+
+    with pytest.raises(DataError, match="--dp-delta"):
+        PrivacyConfig(delta=1.0)
+    with pytest.raises(DataError, match="--secagg-threshold"):
+        SecAggConfig(enabled=True, shares=3, threshold=3)
+    SecAggConfig(shares=2)  # off: its settings are not checked
+    cfg = FedConfig(clients=4, dp=PrivacyConfig("local", local_epsilon=0.5))
+    record = cfg.to_record()
+    assert record["dp"] == "local" and record["local-epsilon"] == 0.5 and "mode" not in record
+    assert FedConfig.from_record(record) == cfg
+    assert cfg.with_group("secagg", enabled=True).secagg.enabled
+    with pytest.raises(ValueError, match="no settings group"):
+        cfg.with_group("privacy", mode="none")
+
+
+def test_an_unknown_setting_is_named_when_strict_and_ignored_from_a_newer_server():
+    with pytest.raises(DataError, match=r"noise-multipler \(did you mean noise-multiplier\?\)"):
+        FedConfig.from_record({"noise-multipler": 0.5}, strict=True)
+    assert FedConfig.from_record({"a-newer-setting": 1, "rounds": 4}).rounds == 4
+
+
+def test_the_help_lists_each_group_under_its_title(capsys):
+    with pytest.raises(SystemExit):
+        main(["federate", "--help"])
+    out = capsys.readouterr().out
+    for title, flag in [("Differential privacy:", "--noise-multiplier"),
+                        ("Secure aggregation (Flower's SecAgg+):", "--secagg-shares"),
+                        ("Robust aggregation (trimmed mean, Krum, Bulyan):", "--trim-beta")]:
+        assert out.index(title) < out.index(f"\n  {flag}")  # its help line, not the usage
