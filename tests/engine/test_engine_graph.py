@@ -581,3 +581,44 @@ def test_the_compiled_float_convolution_is_within_float32_rounding_on_every_isa(
         _kernels.conv2d(x, wt, b, out.reshape(-1)[:-1], n, c, h, w, o, k, s, p, 1)
     with pytest.raises(ValueError):
         _kernels.conv2d(x, wt, None, out, n, c, h, w, o, k, s, k, 1)  # padding >= kernel
+
+
+def test_the_compiled_pooling_matches_torch_on_every_isa():
+    """Random windows, strides, paddings, ceil_mode and count_include_pad: max pooling equal
+    to torch's (NaN included), average pooling within 2 (k k + 1) u M."""
+    from hybnn.engine.dispatch import _kernels
+    from hybnn.engine.graph import _pool_size
+
+    rng = np.random.default_rng(5)
+    cases = 0
+    try:
+        for name in available_isas():
+            set_isa(name)
+            for _ in range(60):
+                k, s = int(rng.integers(1, 5)), int(rng.integers(1, 4))
+                p = int(rng.integers(0, k // 2 + 1))
+                ceil, incl = bool(rng.integers(2)), bool(rng.integers(2))
+                c, h, w = (int(v) for v in (rng.integers(1, 4), *rng.integers(k, 12, size=2)))
+                ho, wo = _pool_size(h, k, s, p, ceil), _pool_size(w, k, s, p, ceil)
+                x = rng.standard_normal((2, c, h, w), dtype=np.float32)
+                x[0, 0, 0, int(rng.integers(w))] = np.nan
+                t = torch.from_numpy(x)
+                for avg in (False, True):
+                    out = np.empty((2, c, ho, wo), np.float32)
+                    _kernels.pool2d(x, out, 2 * c, h, w, ho, wo, k, s, p, avg, incl,
+                                    int(rng.integers(1, 4)))
+                    if not avg:
+                        want = F.max_pool2d(t, k, s, p, ceil_mode=ceil).numpy()
+                        assert np.array_equal(out, want, equal_nan=True)
+                        continue
+                    exact = F.avg_pool2d(t.double(), k, s, p, ceil, incl).numpy()
+                    mag = F.avg_pool2d(t.double().abs(), k, s, p, ceil, incl).numpy()
+                    ok = np.isnan(exact) | (np.abs(out - exact) <= 2 * (k * k + 1) * U * mag)
+                    assert ok.all() and (np.isnan(out) == np.isnan(exact)).all()
+                    cases += 1
+    finally:
+        set_isa(None)
+    assert cases >= 100
+    with pytest.raises(ValueError):  # a last window that starts past the input
+        _kernels.pool2d(x, np.empty(2 * c * 100, np.float32), 2 * c, h, w, 10, 10, 2, 2, 0,
+                        False, False, 1)

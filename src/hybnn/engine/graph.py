@@ -30,8 +30,8 @@ flatten            float        (C, H, W) -> (C*H*W, 1, 1), NCHW order
 =================  ===========  ===========================================================
 
 The sign of ``x + shift`` is exact: a float32 sum rounds to a negative number exactly when the
-real sum is negative. Binary nodes run on the compiled packed kernels, float convolutions on a
-compiled float32 kernel, chains of per-channel float nodes fused into compiled passes
+real sum is negative. Binary nodes run on the compiled packed kernels, float convolutions and
+pooling on compiled float32 kernels, chains of per-channel float nodes fused into compiled passes
 (:func:`fused_plan`), the other float nodes in numpy float32. Every geometry, size and array
 is checked here before anything runs; violations raise ``ValueError`` (the loader's
 ``ArtifactError``).
@@ -327,48 +327,22 @@ def _conv_runner(node: Node, bn: dict[str, np.ndarray] | None = None
     return run
 
 
-def _pool2d(x: np.ndarray, node: Node) -> np.ndarray:
-    """Max or average pooling with torch's windows (ceil_mode: the last may be partial),
-    accumulated over the window's offsets in torch's order (rows, then columns)."""
+def _pool_runner(node: Node) -> Callable[[list[np.ndarray], int], np.ndarray]:
+    """Max or average pooling with torch's windows on the compiled kernel (csrc/float_ops.c;
+    max exact, NaN propagating; average summed in torch's window order), threaded over rows."""
     k, s, p = (node.params[key] for key in ("kernel_size", "stride", "padding"))
-    h, w = x.shape[2:]
-    _, ho, wo = node.out.shape
-    # pad to cover every window: p before, enough after for the ceil_mode windows
-    extra_h, extra_w = max(0, (ho - 1) * s + k - h - p), max(0, (wo - 1) * s + k - w - p)
-    is_max = node.op == "maxpool2d"
-    xp = np.pad(x, ((0, 0), (0, 0), (p, extra_h), (p, extra_w)),
-                constant_values=-np.inf if is_max else 0.0)
-    span_h, span_w = (ho - 1) * s + 1, (wo - 1) * s + 1
-    if is_max:  # max is exact in any order: columns first, then rows
-        rows = xp[:, :, :, 0:span_w:s].copy()
-        for dj in range(1, k):
-            np.maximum(rows, xp[:, :, :, dj : dj + span_w : s], out=rows)
-        acc = rows[:, :, 0:span_h:s].copy()
-        for di in range(1, k):
-            np.maximum(acc, rows[:, :, di : di + span_h : s], out=acc)
-        return acc
-    acc = xp[:, :, 0:span_h:s, 0:span_w:s].copy()
-    for di in range(k):
-        for dj in range(k):
-            if di or dj:
-                acc += xp[:, :, di : di + span_h : s, dj : dj + span_w : s]
-    return acc / _divisors(h, w, node)
+    avg = node.op == "avgpool2d"
+    include_pad = bool(node.params.get("count_include_pad"))
+    c, ho, wo = node.out.shape
 
+    def run(xs: list[np.ndarray], threads: int) -> np.ndarray:
+        x = np.ascontiguousarray(xs[0])
+        n, _, h, w = x.shape
+        out = np.empty((n, c, ho, wo), np.float32)
+        _kernels.pool2d(x, out, n * c, h, w, ho, wo, k, s, p, avg, include_pad, threads)
+        return out
 
-def _divisors(h: int, w: int, node: Node) -> np.ndarray:
-    """torch's avg_pool2d divisor per output position: the window clipped to the padded input
-    (count_include_pad) or to the input itself."""
-    k, s, p = (node.params[key] for key in ("kernel_size", "stride", "padding"))
-    _, ho, wo = node.out.shape
-
-    def sides(size: int, count: int) -> np.ndarray:
-        start = np.arange(count) * s - p
-        end = np.minimum(start + k, size + p)
-        if node.params["count_include_pad"]:
-            return end - start
-        return np.minimum(end, size) - np.maximum(start, 0)
-
-    return np.outer(sides(h, ho), sides(w, wo)).astype(np.float32)
+    return run
 
 
 def _binary_runner(node: Node, layer: geometry.Layer, in_shape: tuple[int, int, int],
@@ -437,8 +411,6 @@ def _float_runner(node: Node) -> Callable[[list[np.ndarray]], np.ndarray]:
         return lambda xs: np.maximum(xs[0], 0) + slope * np.minimum(xs[0], 0)
     if op == "add":
         return lambda xs: xs[0] + xs[1]
-    if op in ("maxpool2d", "avgpool2d"):
-        return lambda xs: _pool2d(xs[0], node)
     if op == "global_avgpool":
         return lambda xs: xs[0].mean(axis=(2, 3), dtype=np.float32, keepdims=True)
     return lambda xs: xs[0].reshape(xs[0].shape[0], -1, 1, 1)  # flatten
@@ -664,6 +636,8 @@ class GraphModel:
             for node, layer in zip(nodes, layers, strict=True):
                 if node.op == "conv2d":
                     runners.append(_conv_runner(node))
+                elif node.op in ("maxpool2d", "avgpool2d"):
+                    runners.append(_pool_runner(node))
                 elif layer is None:
                     runners.append(_ignore_threads(_float_runner(node)))
                 else:  # the C extension checks every size again

@@ -156,4 +156,15 @@ typedef struct {
 } hyb_conv;
 int hyb_conv2d_f32(hyb_conv *cv, int nthreads);
 
+/* float_ops.c: max (avg = 0) or average pooling of planes (h, w) into (ho, wo), torch's windows
+ * (the caller computes ho and wo, ceil_mode included: every window starts inside the input
+ * or its left/top padding, p <= k / 2). */
+typedef struct {
+    size_t planes, h, w, ho, wo, k, s, p;
+    int avg, include_pad;
+    const float *x;
+    float *out;
+} hyb_pool;
+int hyb_pool2d_f32(const hyb_pool *pl, int nthreads); /* 0, or -1 if out of memory */
+
 #endif

@@ -303,3 +303,100 @@ int hyb_conv2d_f32(hyb_conv *cv, int nthreads) {
     free(wpk);
     return cv->failed ? -1 : 0;
 }
+
+/* ---- float32 pooling ------------------------------------------------------------------------
+ * torch's windows (padding p, the last window of ceil_mode possibly partial), one output row
+ * at a time. Max: exact in any order, NaN propagates; the padding never wins (-inf). Average:
+ * the window summed in torch's order (rows, then columns; the padding adds +0.0) and divided
+ * by torch's divisor, exactly as the numpy reference rounds. */
+typedef struct {
+    const hyb_pool *pl;
+    void (*maxrow)(float *m, const float *row, size_t w);
+    int failed;
+} pool_job;
+
+/* m = max(m, row), NaN propagating (the vertical pass of max pooling, vectorizable) */
+static inline __attribute__((always_inline)) void maxrow_body(float *m, const float *row, size_t w) {
+    for (size_t q = 0; q < w; q++) {
+        const float v = row[q], a = m[q];
+        m[q] = (v > a || v != v) && a == a ? v : a;
+    }
+}
+static void maxrow_plain(float *m, const float *row, size_t w) { maxrow_body(m, row, w); }
+#if HYB_X86
+__attribute__((target("avx2"))) static void maxrow_avx2(float *m, const float *row, size_t w) {
+    maxrow_body(m, row, w);
+}
+#endif
+
+static size_t pool_count(const hyb_pool *pl, long start, size_t size) {
+    long end = start + (long)pl->k;
+    if (end > (long)size + (long)pl->p) end = (long)size + (long)pl->p;
+    if (pl->include_pad) return (size_t)(end - start);
+    if (end > (long)size) end = (long)size;
+    return (size_t)(end - (start < 0 ? 0 : start));
+}
+
+/* Max: the rows of each window reduced first, then its columns (both as vector passes over a
+ * row padded with -inf, which never wins), then every s-th column kept. m holds w + 2p + k. */
+static void max_row(const pool_job *j, const float *x, size_t y, float *out, float *m) {
+    const hyb_pool *pl = j->pl;
+    const long k = (long)pl->k, r0 = (long)y * (long)pl->s - (long)pl->p;
+    const long lo = r0 < 0 ? 0 : r0, hi = r0 + k > (long)pl->h ? (long)pl->h : r0 + k;
+    const size_t span = (pl->wo - 1) * pl->s + 1, padded = pl->w + 2 * pl->p + pl->k;
+    float *row = m + padded; /* the vertical maxima, padded */
+    for (size_t q = 0; q < padded; q++) row[q] = -__builtin_inff();
+    memcpy(row + pl->p, x + (size_t)lo * pl->w, pl->w * sizeof(float));
+    for (long r = lo + 1; r < hi; r++) j->maxrow(row + pl->p, x + (size_t)r * pl->w, pl->w);
+    memcpy(m, row, span * sizeof(float));
+    for (size_t d = 1; d < pl->k; d++) j->maxrow(m, row + d, span);
+    for (size_t xo = 0; xo < pl->wo; xo++) out[xo] = m[xo * pl->s];
+}
+
+/* Average: the window summed in torch's order (rows, then columns; the padding adds +0.0). */
+static void avg_row(const hyb_pool *pl, const float *x, size_t y, float *out) {
+    const long k = (long)pl->k, r0 = (long)y * (long)pl->s - (long)pl->p;
+    const long h = (long)pl->h, w = (long)pl->w;
+    const float dh = (float)pool_count(pl, r0, pl->h);
+    for (size_t xo = 0; xo < pl->wo; xo++) {
+        const long q0 = (long)xo * (long)pl->s - (long)pl->p;
+        float acc = 0.0f;
+        int first = 1;
+        for (long r = r0; r < r0 + k; r++)
+            for (long q = q0; q < q0 + k; q++) {
+                const float v = r >= 0 && r < h && q >= 0 && q < w ? x[r * w + q] : 0.0f;
+                acc = first ? v : acc + v;
+                first = 0;
+            }
+        out[xo] = acc / (dh * (float)pool_count(pl, q0, pl->w));
+    }
+}
+
+static void pool_rows(void *ctx, size_t lo, size_t hi) {
+    pool_job *j = (pool_job *)ctx;
+    const hyb_pool *pl = j->pl;
+    float *m = pl->avg ? NULL : (float *)malloc(2 * (pl->w + 2 * pl->p + pl->k) * sizeof(float));
+    if (!pl->avg && !m) {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    for (size_t task = lo; task < hi; task++) { /* task = (plane, output row) */
+        const size_t plane = task / pl->ho, y = task % pl->ho;
+        const float *x = pl->x + plane * pl->h * pl->w;
+        float *out = pl->out + (plane * pl->ho + y) * pl->wo;
+        if (pl->avg)
+            avg_row(pl, x, y, out);
+        else
+            max_row(j, x, y, out, m);
+    }
+    free(m);
+}
+
+int hyb_pool2d_f32(const hyb_pool *pl, int nthreads) {
+    pool_job j = {pl, maxrow_plain, 0};
+#if HYB_X86
+    if (hyb_get_isa() != HYB_ISA_SCALAR) j.maxrow = maxrow_avx2;
+#endif
+    hyb_parallel_for(nthreads, pl->planes * pl->ho, pool_rows, &j);
+    return j.failed ? -1 : 0;
+}

@@ -706,6 +706,41 @@ done:
     Py_RETURN_NONE;
 }
 
+/* pool2d(x, out, planes, h, w, ho, wo, k, stride, pad, avg, include_pad, threads): see
+ * hyb_pool2d_f32; every window must start inside the input or its top/left padding. */
+static PyObject *py_pool2d(PyObject *self, PyObject *args) {
+    PyObject *xo, *oo;
+    Py_ssize_t planes, h, w, ho, wo, k, s, p;
+    int avg, incl, threads;
+    if (!PyArg_ParseTuple(args, "OOnnnnnnnniii", &xo, &oo, &planes, &h, &w, &ho, &wo, &k, &s, &p, &avg, &incl,
+                          &threads))
+        return NULL;
+    if (planes < 0 || !DIM_OK(h) || !DIM_OK(w) || !DIM_OK(ho) || !DIM_OK(wo) || !DIM_OK(k) || !DIM_OK(s) ||
+        p < 0 || p > k / 2 || (size_t)(ho - 1) * (size_t)s >= (size_t)h + (size_t)p ||
+        (size_t)(wo - 1) * (size_t)s >= (size_t)w + (size_t)p)
+        return PyErr_Format(PyExc_ValueError, "bad pooling geometry");
+    size_t a, nin, nout;
+    if (!mul_ok((size_t)planes, (size_t)h, &a) || !mul_ok(a, (size_t)w, &nin) ||
+        !mul_ok((size_t)planes, (size_t)ho, &a) || !mul_ok(a, (size_t)wo, &nout))
+        return PyErr_Format(PyExc_ValueError, "bad shape");
+    hyb_pool pl = {.planes = (size_t)planes, .h = (size_t)h, .w = (size_t)w, .ho = (size_t)ho, .wo = (size_t)wo,
+                   .k = (size_t)k, .s = (size_t)s, .p = (size_t)p, .avg = avg != 0, .include_pad = incl != 0};
+    Py_buffer x, o;
+    if (get_buf(xo, &x, F32, (Py_ssize_t)nin, 0, "x") < 0) return NULL;
+    if (get_buf(oo, &o, F32, (Py_ssize_t)nout, 1, "out") < 0) {
+        PyBuffer_Release(&x);
+        return NULL;
+    }
+    pl.x = (const float *)x.buf;
+    pl.out = (float *)o.buf;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS rc = hyb_pool2d_f32(&pl, threads);
+    Py_END_ALLOW_THREADS PyBuffer_Release(&x);
+    PyBuffer_Release(&o);
+    if (rc < 0) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
     {"isa", py_isa, METH_NOARGS, "Name of the ISA the kernels use now."},
     {"detect_isa", py_detect_isa, METH_NOARGS, "Best ISA this CPU supports."},
@@ -717,6 +752,8 @@ static PyMethodDef module_methods[] = {
     {"maxpool", py_maxpool, METH_VARARGS, "maxpool(x, out, n, h, w, cw, k, stride)"},
     {"epilogue", py_epilogue, METH_VARARGS,
      "epilogue(source, alpha, n, c, hw, steps, out, shift, bits, threads) -> NaN seen"},
+    {"pool2d", py_pool2d, METH_VARARGS,
+     "pool2d(x, out, planes, h, w, ho, wo, k, stride, pad, avg, include_pad, threads)"},
     {"conv2d", py_conv2d, METH_VARARGS,
      "conv2d(x, weight, bias, out, n, c, h, w, o, k, stride, pad, threads): float32 NCHW"},
     {NULL, NULL, 0, NULL},
