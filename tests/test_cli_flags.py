@@ -209,3 +209,22 @@ def test_a_head_too_large_for_its_codes_is_refused_after_reading_the_store(tmp_p
         api.train(api.TrainOptions(codes=str(codes), out=str(tmp_path / "h"), hidden=[8192],
                                    progress=False))
     assert not (tmp_path / "h").exists()
+
+
+@pytest.mark.parametrize(("command", "config"), [("federate", FedConfig),
+                                                 ("reproduce", ReproduceConfig)])
+def test_every_setting_of_a_grouped_config_is_a_flag(command, config):
+    """Each setting of every group has its flag (a group's field name never hides one)."""
+    sub = next(a for a in build_parser()._actions if a.choices and command in a.choices)
+    flags = {f for a in sub.choices[command]._actions for f in a.option_strings}
+    wanted = {f"--{key}" for path, f, _ in fields_of(config)
+              for key in [str(f.metadata.get("flag") or f.name.replace("_", "-")).lstrip("-")]}
+    assert wanted <= flags, sorted(wanted - flags)
+    assert {"--secagg", "--dp", "--hostile", "--labels"} <= flags or command == "reproduce"
+
+
+def test_grouped_flags_build_their_groups():
+    opts = build(api.FederateOptions, parse("federate", "--secagg", "--clients", "4",
+                                            "--secagg-shares", "4", "--trim-beta", "0.1"))
+    assert opts.config.secagg.enabled and opts.config.secagg.shares == 4
+    assert opts.config.robust.trim_beta == 0.1 and opts.config.dp.mode == "none"

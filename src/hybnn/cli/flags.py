@@ -53,7 +53,7 @@ def fields_of(cls: type) -> list[tuple[str, dataclasses.Field[Any], Any]]:
     """(dotted path, field, resolved type) of every CLI field of ``cls``, nested included."""
     hints = typing.get_type_hints(cls)
     own = [f for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]
-    flags = {setting_key(f) for f in own}
+    flags = {setting_key(f) for f in own if not _is_group(hints[f.name])}
     out: list[tuple[str, dataclasses.Field[Any], Any]] = []
     for f in own:
         tp = hints[f.name]
@@ -63,6 +63,10 @@ def fields_of(cls: type) -> list[tuple[str, dataclasses.Field[Any], Any]]:
         else:
             out.append((f.name, f, tp))
     return out
+
+
+def _is_group(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
 def _owner(cls: type, path: str) -> type:
