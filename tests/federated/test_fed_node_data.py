@@ -15,7 +15,7 @@ from hybnn.data import load_source
 from hybnn.data.splits import stratified_split
 from hybnn.errors import DataError
 from hybnn.federated.config import LocalDataConfig
-from hybnn.federated.local_grid import run_local
+from hybnn.federated.local_grid import FIRST_NODE_ID, run_local
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +78,62 @@ def test_a_node_with_foreign_labels_or_no_file_is_refused_and_the_rest_go_on(
     trained = sorted(c["partition"] for c in log["rounds"][-1]["clients"]
                      if c["status"] == "ok")
     assert trained == [0, 1], log["rounds"][-1]["clients"]
+
+
+def _refused(log):
+    """Node index -> the reason of each node the handshake refused."""
+    return {c["node_id"] - FIRST_NODE_ID: c["reason"] for c in log["handshake"]
+            if c["status"] != "ok"}
+
+
+@pytest.fixture(scope="module")
+def png_folders(node_files):
+    """Node files 0 and 1 written as folders of real 8x8 PNGs: one named by label numbers
+    (0/, 1/), one by label names (zero/, one/)."""
+    from PIL import Image
+
+    root, files, _ = node_files
+    folders = []
+    for i, names in enumerate([("0", "1"), ("zero", "one")]):
+        d = np.load(files[i])
+        folder = root / f"site-{i}-png"
+        for label, name in enumerate(names):
+            (folder / name).mkdir(parents=True)
+            for j in np.flatnonzero(d["y"] == label):
+                Image.fromarray(d["x"][j]).save(folder / name / f"{j:04d}.png")
+        folders.append(folder)
+    return folders
+
+
+def test_a_node_trains_on_a_folder_of_images_one_subfolder_per_class(encoder_dir, node_files,
+                                                                     png_folders):
+    root, files, _ = node_files
+    nodes = [str(png_folders[0]), f"folder:{png_folders[1]}", str(files[2])]
+    log, _ = run_local(_cfg(encoder_dir, 3, label_names="zero,one",
+                            server_test=str(root / "server-test.npz")), node_data=nodes)
+    assert log["status"] == "completed"
+    # the same images as the node files, so the same stratified training counts
+    want = {i: len(stratified_split(np.load(f)["y"], 0.2, 0)[0]) for i, f in enumerate(files)}
+    for r in log["rounds"]:
+        assert {c["partition"]: c["num_examples"] for c in r["clients"]} == want
+    assert log["rounds"][-1]["global_acc"] > 0.6
+
+
+def test_a_folder_of_unknown_class_names_or_unreadable_images_is_refused(
+        encoder_dir, node_files, png_folders, tmp_path):
+    _, files, _ = node_files
+    broken = tmp_path / "broken"
+    shutil.copytree(png_folders[0], broken)
+    bad = sorted((broken / "1").iterdir())[0]
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    nodes = [str(files[0]), str(files[1]), str(png_folders[1]), str(broken)]
+    log, _ = run_local(_cfg(encoder_dir, 4), node_data=nodes)  # no label names given
+    assert log["status"] == "completed"
+    refused = _refused(log)
+    assert set(refused) == {2, 3}, log["handshake"]
+    assert "zero: a class folder is named by its label" in refused[2] or \
+        "one: a class folder is named by its label" in refused[2]
+    assert str(bad) in refused[3] and "\n" not in refused[3]
 
 
 def test_node_data_settings_are_checked():

@@ -34,6 +34,7 @@ from hybnn.api.options import (
 from hybnn.artifacts import declared_kind
 from hybnn.data import load_source, load_split, prepare, read_inputs, train_test
 from hybnn.data.dataset import images_sha256
+from hybnn.data.folder import folder_label_space, folder_path, is_image_folder, list_images
 from hybnn.data.labels import LabelSpace
 from hybnn.data.names import ARRAYS_SOURCE, FOLDER_PREFIX
 from hybnn.encoders import (
@@ -370,12 +371,19 @@ def node_data_config(cfg: FedConfig, files: list[str], supported: bool) -> FedCo
         raise DataError("--node-data needs --encoder: the server holds no data to pretrain "
                         "one on; copy the same frozen encoder to every node")
     for f in files:
-        if not Path(f).exists():
+        if not folder_path(f).exists():
             raise DataError(f"node data file not found: {f}")
     labels = cfg.local_data.labels
+    if cfg.local_data.label_names and not labels:
+        raise DataError("--label-names needs --labels: the label of each name, in order")
     if not labels:
         found: set[int] = set()
         for f in files:
+            if is_image_folder(f):  # the class folders say it: no image is read
+                root = folder_path(f)
+                names = list_images(root, min_classes=1).label_space.names
+                found.update(folder_label_space(names, {}, root).labels)
+                continue
             data = load_source(f)
             found.update(np.asarray(data.label_space.labels)[np.unique(data.y)].tolist())
         labels = ",".join(str(v) for v in sorted(found))

@@ -6,6 +6,10 @@ is split from a seed as other sources without an official test set are
 (:func:`hybnn.data.splits.stratified_split`). Only the file list is held in memory:
 :class:`FolderImages` reads, converts and resizes one image when asked (a map-style data
 set for torch's ``DataLoader`` and its worker processes; no torch import here).
+
+A federated node's folder is small enough to hold: :func:`load_folder` reads it into memory
+as a :class:`~hybnn.data.dataset.Dataset` (the encoder turns it into codes once), each
+class folder named by its label number or by one of the federation's label names.
 """
 
 from __future__ import annotations
@@ -16,7 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from hybnn.data.labels import MAX_NAME_LENGTH, LabelSpace
+from hybnn.data import cifar
+from hybnn.data.dataset import Dataset
+from hybnn.data.inputs import read_gray_image
+from hybnn.data.labels import MAX_LABEL, MAX_NAME_LENGTH, LabelSpace
+from hybnn.data.limits import MAX_INPUT_IMAGES, check_elements
 from hybnn.data.names import FOLDER_PREFIX
 from hybnn.data.splits import stratified_split
 from hybnn.data.tasks import task_classes
@@ -25,6 +33,7 @@ from hybnn.errors import DataError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".webp", ".tif", ".tiff")
 CHANNELS = 3  # every image is read as RGB
 MAX_FOLDER_IMAGES = 100_000_000  # far above ImageNet's 1.3 million
+MAX_LOADED_IMAGES = MAX_INPUT_IMAGES  # a folder read into memory (a node's data)
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,58 @@ def folder_path(spec: str) -> Path:
     return Path(spec[len(FOLDER_PREFIX):] if spec.startswith(FOLDER_PREFIX) else spec)
 
 
+def is_image_folder(spec: str) -> bool:
+    """Whether a data spec names an image folder: ``folder:DIR``, or a directory that does
+    not hold CIFAR-10's files."""
+    return spec.startswith(FOLDER_PREFIX) or (Path(spec).is_dir()
+                                               and not cifar.is_cifar10_folder(spec))
+
+
+def folder_label_space(classes: tuple[str, ...], named: dict[str, int],
+                       root: Path) -> LabelSpace:
+    """The labels of class folders ``classes``: a folder named by a number (``7``) is that
+    label, any other by its label in ``named`` (a label name -> its label)."""
+    labels = []
+    for name in classes:
+        if name.isdigit() and int(name) <= MAX_LABEL:
+            labels.append(int(name))
+        elif name in named:
+            labels.append(named[name])
+        else:
+            given = f" {sorted(named)[:10]}" if named else " (none given: --label-names)"
+            raise DataError(f"{root / name}: a class folder is named by its label (e.g. 3) or "
+                            f"by one of the federation's label names{given}")
+    if len(set(labels)) != len(labels):
+        raise DataError(f"{root}: two class folders name the same label ({classes})")
+    return LabelSpace(tuple(labels), classes)
+
+
+def load_folder(spec: str, named: dict[str, int] | None = None) -> Dataset:
+    """Every image of an image folder in memory, as ``hybnn predict`` reads images
+    (grayscale, at their own size, which must be one size for all), labelled by
+    :func:`folder_label_space`. A folder of more than ``MAX_LOADED_IMAGES`` images, or whose
+    pixels exceed :data:`~hybnn.data.limits.MAX_ARRAY_ELEMENTS`, is refused before it is read."""
+    root = folder_path(spec)
+    if not root.is_dir():
+        raise DataError(f"image folder not found: {root}")
+    listed = list_images(root, min_classes=1)  # a federated node may hold one class
+    space = folder_label_space(listed.label_space.names, dict(named or {}), root)
+    if len(listed) > MAX_LOADED_IMAGES:
+        raise DataError(f"{root}: {len(listed):,} images, above the limit of "
+                        f"{MAX_LOADED_IMAGES:,} for a folder read into memory")
+    first = read_gray_image(listed.files[0])  # list_images refuses an empty class
+    check_elements((len(listed), *first.shape), 4, str(root))
+    x = np.empty((len(listed), 1, *first.shape), dtype=np.float32)
+    for i, path in enumerate(listed.files):
+        pixels = first if i == 0 else read_gray_image(path)
+        if pixels.shape != x.shape[2:]:
+            raise DataError(f"{path}: image of {pixels.shape[1]}x{pixels.shape[0]} pixels, but "
+                            f"{listed.files[0].name} is {x.shape[3]}x{x.shape[2]}; every image "
+                            "of a folder has one size")
+        x[i, 0] = pixels / np.float32(255) if pixels.dtype == np.uint8 else pixels
+    return Dataset(root.name, x, listed.labels, len(space), label_space=space)
+
+
 def folder_splits(spec: str, task: str = "all") -> tuple[ImageFiles, ImageFiles]:
     """(train, test) image files of ``folder:DIR`` restricted to ``task``."""
     root = folder_path(spec)
@@ -79,13 +140,13 @@ def folder_splits(spec: str, task: str = "all") -> tuple[ImageFiles, ImageFiles]
     return train.select(task), test.select(task)
 
 
-def list_images(root: Path) -> ImageFiles:
+def list_images(root: Path, min_classes: int = 2) -> ImageFiles:
     """Every image of ``root/CLASS/``, classes in sorted order; hidden files are skipped,
     anything else that is not an image, and an empty class, are refused."""
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if len(classes) < 2:
-        raise DataError(f"{root}: an image folder needs a subfolder per class, at least 2, "
-                        f"found {len(classes)}")
+    if len(classes) < min_classes:
+        raise DataError(f"{root}: an image folder needs a subfolder per class, at least "
+                        f"{min_classes}, found {len(classes)}")
     files: list[Path] = []
     labels: list[int] = []
     for label, name in enumerate(classes):

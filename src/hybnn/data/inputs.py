@@ -61,7 +61,7 @@ def _read_one(path: Path) -> np.ndarray:
         return read_npy(path)
     if suffix == ".npz":
         return read_npz(path, ["x"])["x"]
-    return _read_image(path)
+    return read_gray_image(path)
 
 
 # What Pillow's decoders raise for hostile bytes (a TIFF tag of the wrong type: TypeError).
@@ -69,8 +69,9 @@ _IMAGE_ERRORS = (ValueError, OSError, SyntaxError, TypeError, IndexError, KeyErr
                  struct.error, ArithmeticError, RuntimeError)
 
 
-def _read_image(path: Path) -> np.ndarray:
-    """A grayscale image, its size checked before its pixels are decoded."""
+def read_gray_image(path: Path) -> np.ndarray:
+    """A grayscale image (H, W), its size checked before its pixels are decoded: uint8, or
+    float32 in [0, 1] for deeper ones (:func:`gray_pixels`)."""
     from PIL import Image, UnidentifiedImageError
 
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # Pillow refuses bombs above twice this

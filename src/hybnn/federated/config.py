@@ -55,7 +55,7 @@ SERVER_ONLY = frozenset({"strategy", "trim-beta", "proximal-mu", "server-momentu
                          "round-timeout", "node-wait", "out", "server-test"})
 # Settings a client reads only when the federation runs on node data (left at their
 # defaults, they are not sent: every byte of the config travels with every message).
-NODE_DATA_ONLY = frozenset({"node-data", "labels", "local-test"})
+NODE_DATA_ONLY = frozenset({"node-data", "labels", "label-names", "local-test"})
 # ... and settings a client reads only under a --skew-loss, sent only then for that reason
 SKEW_ONLY = frozenset({"skew-loss", "restricted-alpha", "calibration-tau"})
 SECAGG_STRATEGIES = ("fedavg", "fedprox")  # a masked sum admits no per-update rule
@@ -169,6 +169,9 @@ class LocalDataConfig:
     labels: str = setting("", "with node data: the federation's label space, the original "
                           "labels comma separated (e.g. 3,5,7); a node holding others is "
                           "refused (default with --node-data: every label the files hold)")
+    label_names: str = setting("", "with node data: a name per label of --labels, comma "
+                               "separated, in that order; a node's image folder may name its "
+                               "class folders by them (else by the label, e.g. 3)")
     local_test: float = setting(0.2, "with node data: the fraction of each node's file it "
                                 "holds out as its own test set (stratified, --seed)")
     server_test: str = setting("", "with node data: a data file the server evaluates the "
@@ -177,7 +180,7 @@ class LocalDataConfig:
 
     def __post_init__(self) -> None:
         if self.enabled:
-            self.label_list()
+            self.named_labels()
             if not 0.0 < self.local_test < 1.0:
                 raise DataError(f"local test fraction must be in (0, 1), got {self.local_test}")
 
@@ -192,6 +195,17 @@ class LocalDataConfig:
             raise DataError(f"labels must be at least two distinct integers >= 0, got "
                             f"{self.labels!r}")
         return labels
+
+    def named_labels(self) -> dict[str, int]:
+        """Each of ``label_names`` -> its label (empty without names)."""
+        labels = self.label_list()
+        if not self.label_names:
+            return {}
+        names = [n.strip() for n in self.label_names.split(",")]
+        if len(names) != len(labels) or len(set(names)) != len(names) or not all(names):
+            raise DataError(f"label names must be {len(labels)} distinct names, one per label "
+                            f"of {self.labels!r}, comma separated; got {self.label_names!r}")
+        return dict(zip(names, labels, strict=True))
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ seconds per round are the sum of the sampled clients' work. ``hybnn federate --e
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from uuid import uuid4
 
@@ -41,17 +41,21 @@ SERVER_NODE_ID = 0
 
 class LocalGrid(Grid):
     """``clients`` nodes with partition ids 0..clients-1 running ``app``; with
-    ``node_data``, node i's config names its own data file ``node_data[i]``."""
+    ``node_data``, node i's config names its own data file ``node_data[i]``, and
+    ``node_configs[i]`` adds to it (e.g. the node's own ``encoder``)."""
 
     def __init__(self, app: ClientApp, clients: int, run_id: int = 1,
                  run_config: dict[str, Any] | None = None,
-                 node_data: Sequence[str] = ()) -> None:
+                 node_data: Sequence[str] = (),
+                 node_configs: Sequence[Mapping[str, Any]] = ()) -> None:
         self.app = app
         self.run_id = run_id
         configs: list[dict[str, Any]] = [{"partition-id": i, "num-partitions": clients}
                                          for i in range(clients)]
         for config, path in zip(configs, node_data, strict=False):
             config["data"] = str(path)
+        for config, extra in zip(configs, node_configs, strict=False):
+            config.update(extra)
         self.contexts = {
             FIRST_NODE_ID + i: Context(run_id=run_id, node_id=FIRST_NODE_ID + i,
                                        node_config=configs[i],
@@ -102,12 +106,15 @@ class LocalGrid(Grid):
 
 
 def run_local(cfg: FedConfig, mods: Sequence[Mod] = (), sink: dict[str, Any] | None = None,
-              node_data: Sequence[str] = ()) -> tuple[dict[str, Any], LocalGrid]:
+              node_data: Sequence[str] = (), node_configs: Sequence[Mapping[str, Any]] = ()
+              ) -> tuple[dict[str, Any], LocalGrid]:
     """Run ``cfg``'s federation on a :class:`LocalGrid` of ``cfg.clients`` nodes, each
     ClientApp behind ``mods``: (the federation log of
     :func:`~hybnn.federated.server_app.run_server`, the grid). Raises as ``run_server``
-    does; ``sink`` receives the log even then. ``node_data``: each node's own data file."""
-    grid = LocalGrid(make_client_app(mods), cfg.clients, node_data=node_data)
+    does; ``sink`` receives the log even then. ``node_data``: each node's own data file;
+    ``node_configs``: more of each node's config (``{"encoder": DIR}``)."""
+    grid = LocalGrid(make_client_app(mods), cfg.clients, node_data=node_data,
+                     node_configs=node_configs)
     context = Context(run_id=grid.run_id, node_id=SERVER_NODE_ID, node_config={},
                       state=RecordDict(), run_config={})
     return run_server(grid, context, cfg, sink), grid

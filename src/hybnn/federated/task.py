@@ -22,7 +22,9 @@ from torch import nn
 
 from hybnn.data import load_source, select_task, train_test
 from hybnn.data.dataset import Dataset
+from hybnn.data.folder import is_image_folder, load_folder
 from hybnn.data.labels import LabelSpace
+from hybnn.data.names import FOLDER_PREFIX
 from hybnn.data.splits import stratified_split
 from hybnn.encoders import CodeEncoder, open_encoder, resolve
 from hybnn.errors import DataError, FingerprintMismatch
@@ -95,12 +97,20 @@ def in_label_space(data: Dataset, labels: Sequence[int], where: str) -> Dataset:
     return Dataset(data.name, data.x, y, len(labels), None, data.info, space)
 
 
+def node_source(path: str, named: dict[str, int] | None = None) -> Dataset:
+    """A node's own data: an image folder (one subfolder per class, named by its label or
+    by one of ``named``; :func:`hybnn.data.folder.load_folder`) or any source ``--data``
+    takes."""
+    return load_folder(path, named) if is_image_folder(path) else load_source(path)
+
+
 @lru_cache(maxsize=4)
-def node_datasets(path: str, labels: tuple[int, ...], test_fraction: float, seed: int
-                  ) -> tuple[Dataset, Dataset]:
-    """(train, test) of a node's own data file (any format ``--data`` takes), in the
-    federation's label space; the test part is held out by a stratified, seeded split."""
-    data = in_label_space(load_source(path), labels, f"this node's data {path}")
+def node_datasets(path: str, labels: tuple[int, ...], test_fraction: float, seed: int,
+                  names: tuple[tuple[str, int], ...] = ()) -> tuple[Dataset, Dataset]:
+    """(train, test) of a node's own data (:func:`node_source`), in the federation's label
+    space (``names``: label name -> label pairs); the test part is held out by a
+    stratified, seeded split."""
+    data = in_label_space(node_source(path, dict(names)), labels, f"this node's data {path}")
     train, test = stratified_split(data.y, test_fraction, seed)
     return data.subset(train), data.subset(test)
 
@@ -157,9 +167,12 @@ def client_tensors(cfg: FedConfig, partition_id: int, encoder: CodeEncoder | Non
                 raise DataError("the federation runs on node data, but this node's config "
                                 "names no data file: start it with --node-config "
                                 "'data=\"/path/train.npz\"'")
-            train, test = node_datasets(str(Path(node_data).resolve()),
+            spec = (node_data if node_data.startswith(FOLDER_PREFIX)
+                    else str(Path(node_data).resolve()))
+            train, test = node_datasets(spec,
                                         tuple(cfg.local_data.label_list()),
-                                        cfg.local_data.local_test, cfg.seed)
+                                        cfg.local_data.local_test, cfg.seed,
+                                        tuple(cfg.local_data.named_labels().items()))
             _TENSOR_CACHE[key] = (as_tensors(cfg, train, encoder),
                                   as_tensors(cfg, test, encoder))
         else:  # rows of the task's tensors: one encoding of the task serves every partition
