@@ -14,23 +14,65 @@
 
 #include "engine.h"
 
+/* t[ch * tn + p] = float(a[p * c + ch]) * alpha[ch] for p in [p_lo, tn), every ch */
+static inline void load_acc_plain(const int32_t *a, const float *alpha, size_t c, size_t tn,
+                                  size_t p_lo, float *t) {
+    for (size_t p = p_lo; p < tn; p++)
+        for (size_t ch = 0; ch < c; ch++) t[ch * tn + p] = (float)a[p * c + ch] * alpha[ch];
+}
+
+#if HYB_X86
+#include <immintrin.h>
+/* The same, 8 pixels x 8 channels at a time through an 8x8 register transpose. */
+__attribute__((target("avx2"))) static inline void load_acc_avx2(const int32_t *a, const float *alpha, size_t c,
+                                                                size_t tn, size_t p_lo, float *t) {
+    (void)p_lo;
+    const size_t p8 = tn / 8 * 8, c8 = c / 8 * 8;
+    for (size_t p = 0; p < p8; p += 8) {
+        for (size_t ch = 0; ch < c8; ch += 8) {
+            __m256 r[8];
+            for (int q = 0; q < 8; q++)
+                r[q] = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(a + (p + q) * c + ch)));
+            const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+            const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+            const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+            const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+            const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+            const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+            const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+            const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+            const __m256 col[8] = {
+                _mm256_permute2f128_ps(u0, u4, 0x20), _mm256_permute2f128_ps(u1, u5, 0x20),
+                _mm256_permute2f128_ps(u2, u6, 0x20), _mm256_permute2f128_ps(u3, u7, 0x20),
+                _mm256_permute2f128_ps(u0, u4, 0x31), _mm256_permute2f128_ps(u1, u5, 0x31),
+                _mm256_permute2f128_ps(u2, u6, 0x31), _mm256_permute2f128_ps(u3, u7, 0x31)};
+            for (int q = 0; q < 8; q++) /* channel ch + q, pixels p..p+7 */
+                _mm256_storeu_ps(t + (ch + q) * tn + p, _mm256_mul_ps(col[q], _mm256_set1_ps(alpha[ch + q])));
+        }
+        for (size_t q = p; q < p + 8; q++) /* channels past the last multiple of 8 */
+            for (size_t ch = c8; ch < c; ch++) t[ch * tn + q] = (float)a[q * c + ch] * alpha[ch];
+    }
+    load_acc_plain(a, alpha, c, tn, p8, t); /* pixels past the last multiple of 8 */
+}
+#endif
+
 /* Apply the steps to one tile t (c rows of tn pixels: t[ch * tn + p]) starting at pixel p0 of
- * sample i. Inline body shared by the plain and the AVX2 instantiation. */
+ * sample i. Inline body shared by the plain and the AVX2 instantiation (load: how it reads the
+ * binary conv's dot products). */
 static inline __attribute__((always_inline)) void
-tile_body(const hyb_ew *e, size_t i, size_t p0, size_t tn, float *t) {
+tile_body(const hyb_ew *e, size_t i, size_t p0, size_t tn, float *t,
+          void (*load)(const int32_t *, const float *, size_t, size_t, size_t, float *)) {
     const size_t c = e->c, hw = e->hw;
     if (e->acc) { /* transpose (tn, c) int32 to (c, tn) float, times alpha */
-        const int32_t *a = e->acc + (i * hw + p0) * c;
-        for (size_t p = 0; p < tn; p++)
-            for (size_t ch = 0; ch < c; ch++) t[ch * tn + p] = (float)a[p * c + ch] * e->alpha[ch];
+        load(e->acc + (i * hw + p0) * c, e->alpha, c, tn, 0, t);
     } else {
         for (size_t ch = 0; ch < c; ch++)
             memcpy(t + ch * tn, e->x + (i * c + ch) * hw + p0, tn * sizeof(float));
     }
-    for (int s = 0; s < e->nsteps; s++) {
-        const hyb_ew_step *st = &e->steps[s];
-        for (size_t ch = 0; ch < c; ch++) {
-            float *r = t + ch * tn;
+    for (size_t ch = 0; ch < c; ch++) { /* every step on one channel's row while it is in L1 */
+        float *r = t + ch * tn;
+        for (int s = 0; s < e->nsteps; s++) {
+            const hyb_ew_step *st = &e->steps[s];
             const float *o = st->other ? st->other + (i * c + ch) * hw + p0 : NULL;
             const float a = st->a ? st->a[ch] : 0.0f, b = st->b ? st->b[ch] : 0.0f;
             switch (st->op) {
@@ -51,26 +93,22 @@ tile_body(const hyb_ew *e, size_t i, size_t p0, size_t tn, float *t) {
                 break;
             }
         }
-    }
-    if (e->out)
-        for (size_t ch = 0; ch < c; ch++)
-            memcpy(e->out + (i * c + ch) * hw + p0, t + ch * tn, tn * sizeof(float));
-    if (e->shift)
-        for (size_t ch = 0; ch < c; ch++) {
-            float *r = t + ch * tn;
+        if (e->out) memcpy(e->out + (i * c + ch) * hw + p0, r, tn * sizeof(float));
+        if (e->shift) {
             const float b = e->shift[ch];
             for (size_t p = 0; p < tn; p++) r[p] = r[p] + b;
         }
+    }
 }
 
 static void tile_plain(const hyb_ew *e, size_t i, size_t p0, size_t tn, float *t) {
-    tile_body(e, i, p0, tn, t);
+    tile_body(e, i, p0, tn, t, load_acc_plain);
 }
 
 #if HYB_X86
 __attribute__((target("avx2"))) static void tile_avx2(const hyb_ew *e, size_t i, size_t p0, size_t tn,
                                                       float *t) {
-    tile_body(e, i, p0, tn, t);
+    tile_body(e, i, p0, tn, t, load_acc_avx2);
 }
 #endif
 
@@ -106,9 +144,11 @@ int hyb_epilogue(const hyb_ew *e, int nthreads) {
     ew_job j;
     memset(&j, 0, sizeof j);
     j.e = e;
-    /* about 32 KiB of floats per tile (L1), a multiple of 8 pixels, 8 to 256 pixels */
-    size_t tile = 8192 / e->c / 8 * 8;
-    tile = tile < 8 ? 8 : tile > 256 ? 256 : tile;
+    /* about 16 KiB of floats per tile (half of L1), a multiple of 8 pixels, 64 to 256 pixels:
+     * the steps run one channel's row of the tile at a time, so a row must be long enough to
+     * pay for its setup more than the whole tile must fit in L1 */
+    size_t tile = 4096 / e->c / 8 * 8;
+    tile = tile < 64 ? 64 : tile > 256 ? 256 : tile;
     j.tile = tile < e->hw ? tile : e->hw;
     j.tiles = (e->hw + j.tile - 1) / j.tile;
     j.body = tile_plain;
@@ -162,7 +202,6 @@ static void conv_block_plain(const conv_job *j, const float *const *bp, size_t x
 }
 
 #if HYB_X86
-#include <immintrin.h>
 /* R output channels (R <= 6, a constant after inlining) x 16 pixels; the accumulators are
  * named variables so that they stay in registers. */
 #define CONV_ROW(q)                                                                                  \
@@ -358,10 +397,21 @@ static void avg_row(const hyb_pool *pl, const float *x, size_t y, float *out) {
     const long k = (long)pl->k, r0 = (long)y * (long)pl->s - (long)pl->p;
     const long h = (long)pl->h, w = (long)pl->w;
     const float dh = (float)pool_count(pl, r0, pl->h);
+    const int rows_inside = r0 >= 0 && r0 + k <= h;
     for (size_t xo = 0; xo < pl->wo; xo++) {
         const long q0 = (long)xo * (long)pl->s - (long)pl->p;
         float acc = 0.0f;
         int first = 1;
+        if (rows_inside && q0 >= 0 && q0 + k <= w) { /* no padding in the window */
+            const float *win = x + r0 * w + q0;
+            for (long r = 0; r < k; r++)
+                for (long q = 0; q < k; q++) {
+                    acc = first ? win[r * w + q] : acc + win[r * w + q];
+                    first = 0;
+                }
+            out[xo] = acc / (dh * (float)pool_count(pl, q0, pl->w));
+            continue;
+        }
         for (long r = r0; r < r0 + k; r++)
             for (long q = q0; q < q0 + k; q++) {
                 const float v = r >= 0 && r < h && q >= 0 && q < w ? x[r * w + q] : 0.0f;
