@@ -136,6 +136,74 @@ def test_a_folder_of_unknown_class_names_or_unreadable_images_is_refused(
     assert str(bad) in refused[3] and "\n" not in refused[3]
 
 
+@pytest.fixture(scope="module")
+def other_encoder(tmp_path_factory, digits):
+    """An encoder pretrained like the federation's, from another seed: other weights."""
+    from hybnn.pipeline.config import PretrainConfig
+    from hybnn.pipeline.pretrain import pretrain
+
+    out = tmp_path_factory.mktemp("other-encoder")
+    pretrain(np.ascontiguousarray(digits.x[:100]), out,
+             PretrainConfig(latent_bits=200, epochs=1, batch_size=64, seed=1),
+             {"source": "digits", "n": 100}, progress=False, plots=False)
+    return out
+
+
+def _oversized_npz(path):
+    """An .npz whose x claims 2^34 pixels in its header (and holds 64 bytes)."""
+    import io
+    import zipfile
+
+    from numpy.lib import format as npformat
+
+    header, labels = io.BytesIO(), io.BytesIO()
+    npformat.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
+                                             "shape": (2**28, 8, 8)})
+    np.save(labels, np.zeros(10, dtype=np.int64))
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("x.npy", header.getvalue() + bytes(64))
+        zf.writestr("y.npy", labels.getvalue())
+
+
+def _tree(folder):
+    """Every file under ``folder``: its path, bytes and modification time."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_another_encoder_a_corrupt_or_oversized_file_is_refused_and_left_as_it_was(
+        encoder_dir, node_files, png_folders, other_encoder, tmp_path, monkeypatch):
+    from hybnn.data import folder
+
+    _, files, _ = node_files
+    sites = {name: tmp_path / name for name in ("encoder", "corrupt", "oversized", "big-folder")}
+    for site in sites.values():
+        site.mkdir()
+    shutil.copy(files[2], sites["encoder"] / "train.npz")
+    shutil.copytree(other_encoder, sites["encoder"] / "encoder")
+    (sites["corrupt"] / "train.npz").write_bytes(np.random.default_rng(0).bytes(4096))
+    _oversized_npz(sites["oversized"] / "train.npz")
+    shutil.copytree(png_folders[0], sites["big-folder"] / "images")
+    monkeypatch.setattr(folder, "MAX_LOADED_IMAGES", 50)  # site 0's folder holds 100
+    nodes = [str(files[0]), str(files[1]), str(sites["encoder"] / "train.npz"),
+             str(sites["corrupt"] / "train.npz"), str(sites["oversized"] / "train.npz"),
+             str(sites["big-folder"] / "images")]
+    before = {name: _tree(site) for name, site in sites.items()}
+    log, _ = run_local(_cfg(encoder_dir, 6), node_data=nodes,
+                       node_configs=[{}, {}, {"encoder": str(sites["encoder"] / "encoder")}])
+    assert log["status"] == "completed"
+    refused = _refused(log)
+    assert set(refused) == {2, 3, 4, 5}, log["handshake"]
+    assert "but the federation uses encoder" in refused[2]
+    assert "train.npz: not a readable .npz file" in refused[3]
+    assert "above the limit" in refused[4] and "oversized" in refused[4]
+    assert "100 images, above the limit of 50" in refused[5]
+    assert not any("\n" in r for r in refused.values())
+    for r in log["rounds"]:
+        assert sorted(c["partition"] for c in r["clients"] if c["status"] == "ok") == [0, 1]
+    assert {name: _tree(site) for name, site in sites.items()} == before
+
+
 def test_node_data_settings_are_checked():
     with pytest.raises(DataError, match="labels must be at least two"):
         LocalDataConfig(enabled=True, labels="3")
