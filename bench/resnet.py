@@ -134,7 +134,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"`{result['command']}` on {result['machine']}; engine kernels: {result['isa']}; "
         f"ONNX Runtime {result['versions']['onnxruntime']}, torch "
         f"{result['versions'].get('torch', torch.__version__)}. Random weights; "
-        f"{result['rounds']} interleaved rounds; microseconds per image, median (fastest).",
+        f"{result['rounds']} interleaved rounds; microseconds per image, median (fastest). "
+        f"Load average (1 min) {result['load'][0]:.1f} at the start, {result['load'][1]:.1f} at "
+        "the end: other jobs shared the cores.",
         "",
         "| geometry | batch | threads | " + " | ".join(VARIANTS) + " | int8 / engine |",
         "|---|---:|---:|" + "---:|" * (len(VARIANTS) + 1),
@@ -148,9 +150,12 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", "Other jobs only add time: on a shared machine the fastest round is the "
               "better estimate of each variant alone, and rows of more than 1 thread mean "
               "something only when the machine is otherwise idle. The engine runs its binary "
-              "convolutions on every thread, its float parts (numpy) on one.", "",
+              "convolutions, float convolutions, pooling and fused epilogues on the given "
+              "threads (the classifier and the global average in numpy, on one).", "",
               "Engine time per op kind, batch 1, 1 thread (ms per image, fastest of the "
-              "rounds; `sign` and `bconv2d` are the binary parts):", ""]
+              "rounds; `sign` and `bconv2d` are the binary parts, `epilogue` the fused "
+              "per-channel float passes of each block, which end in the next sign and pack):",
+              ""]
     for geometry, ops in result["op_ms"].items():
         total = sum(ops.values())
         binary = ops.get("sign", 0.0) + ops.get("bconv2d", 0.0)
@@ -174,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     cores = os.cpu_count() or 1
     thread_counts = [1] if args.quick or cores == 1 else [1, cores]
     t_start = time.perf_counter()
+    load_start = os.getloadavg()[0]
     speed, op_ms, layer_ms = [], {}, {}
     with tempfile.TemporaryDirectory(prefix="hybnn-bench-resnet-") as tmp:
         for stem, (side, _) in GEOMETRIES.items():
@@ -212,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": shlex.join(["python", "-m", "bench.resnet", *(argv or sys.argv[1:])]),
         "versions": {**versions(), "onnxruntime": onnxruntime.__version__},
         "rounds": rounds,
+        "load": [load_start, os.getloadavg()[0]],
         "targets": targets,
         "speed": speed,
         "op_ms": op_ms,

@@ -178,16 +178,17 @@ typedef struct {
     size_t hp, wp;      /* phase plane rows and columns */
     const float *phase; /* (n, c, s, s, hp, wp) */
     const float *wpk;   /* weights repacked (O/R blocks, K, R) */
+    const size_t *taps; /* tap_offset of every tap */
     size_t k2;          /* taps: c * k * k */
     int avx2;
 } conv_job;
 
-static const float *tap_ptr(const conv_job *j, size_t i, size_t y, size_t t) {
+/* Offset of tap t (c, di, dj) in a sample's phase planes, for output row 0. */
+static size_t tap_offset(const conv_job *j, size_t t) {
     const hyb_conv *cv = j->cv;
     const size_t kk = cv->k * cv->k, c = t / kk, di = t % kk / cv->k, dj = t % cv->k;
     const size_t a = di % cv->s, b = dj % cv->s;
-    return j->phase + ((((i * cv->c + c) * cv->s + a) * cv->s + b) * j->hp + y + di / cv->s) * j->wp +
-           dj / cv->s;
+    return (((c * cv->s + a) * cv->s + b) * j->hp + di / cv->s) * j->wp + dj / cv->s;
 }
 
 static void conv_block_plain(const conv_job *j, const float *const *bp, size_t x0, size_t o0, size_t r,
@@ -252,7 +253,8 @@ static void conv_rows(void *ctx, size_t lo, size_t hi) {
     const size_t plane = cv->ho * cv->wo;
     for (size_t task = lo; task < hi; task++) {
         const size_t i = task / j->vh, y = task % j->vh;
-        for (size_t t = 0; t < j->k2; t++) bp[t] = tap_ptr(j, i, y, t);
+        const float *base = j->phase + i * cv->c * cv->s * cv->s * j->hp * j->wp + y * j->wp;
+        for (size_t t = 0; t < j->k2; t++) bp[t] = base + j->taps[t];
         for (size_t o0 = 0; o0 < cv->o; o0 += CONV_R) {
             const size_t r = cv->o - o0 < CONV_R ? cv->o - o0 : CONV_R;
             for (size_t x0 = 0; x0 < j->vw; x0 += CONV_PX) {
@@ -304,11 +306,15 @@ int hyb_conv2d_f32(hyb_conv *cv, int nthreads) {
     const size_t planes = cv->n * cv->c * s * s, per = j.hp * j.wp;
     float *phase = (float *)calloc(planes * per, sizeof(float));
     float *wpk = (float *)malloc(cv->o * j.k2 * sizeof(float));
-    if (!phase || !wpk) {
+    size_t *taps = (size_t *)malloc(j.k2 * sizeof(size_t));
+    if (!phase || !wpk || !taps) {
         free(phase);
         free(wpk);
+        free(taps);
         return -1;
     }
+    for (size_t t = 0; t < j.k2; t++) taps[t] = tap_offset(&j, t);
+    j.taps = taps;
     for (size_t ic = 0; ic < cv->n * cv->c; ic++) { /* split the padded input into phases */
         const float *src = cv->x + ic * cv->h * cv->w;
         if (flat) {
@@ -319,14 +325,16 @@ int hyb_conv2d_f32(hyb_conv *cv, int nthreads) {
         for (size_t a = 0; a < s; a++)
             for (size_t b = 0; b < s; b++) {
                 float *dst = phase + ((ic * s + a) * s + b) * per;
+                /* columns q with p <= q*s + b < w + p: from q_lo to q_hi (exclusive) */
+                const size_t q_lo = b >= cv->p ? 0 : (cv->p - b + s - 1) / s;
+                size_t q_hi = cv->w + cv->p > b ? (cv->w + cv->p - b + s - 1) / s : 0;
+                q_hi = q_hi < j.wp ? q_hi : j.wp;
                 for (size_t r = 0; r < j.hp; r++) {
                     const size_t row = r * s + a; /* in padded coordinates */
                     if (row < cv->p || row - cv->p >= cv->h) continue;
-                    const float *line = src + (row - cv->p) * cv->w;
-                    for (size_t q = 0; q < j.wp; q++) {
-                        const size_t col = q * s + b;
-                        if (col >= cv->p && col - cv->p < cv->w) dst[r * j.wp + q] = line[col - cv->p];
-                    }
+                    const float *line = src + (row - cv->p) * cv->w + (q_lo * s + b - cv->p);
+                    float *d = dst + r * j.wp;
+                    for (size_t q = q_lo; q < q_hi; q++) d[q] = line[(q - q_lo) * s];
                 }
             }
     }
@@ -340,6 +348,7 @@ int hyb_conv2d_f32(hyb_conv *cv, int nthreads) {
     hyb_parallel_for(nthreads, cv->n * j.vh, conv_rows, &j);
     free(phase);
     free(wpk);
+    free(taps);
     return cv->failed ? -1 : 0;
 }
 
