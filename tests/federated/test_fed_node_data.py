@@ -228,9 +228,28 @@ def test_federate_node_data_through_the_cli(encoder_dir, node_files, tmp_path, c
                                              "labels": "0,1"}
     assert res["config"]["clients"] == 3 and res["status"] == "completed"
     assert str(root) not in json.dumps(res["config"]).replace(str(root / "server-test.npz"), "")
-    assert main(["federate", "--encoder", encoder_dir, "--out", str(tmp_path / "r2"),
-                 "--node-data", *map(str, files)]) == 2  # the Ray engine: refused
-    assert "--engine local" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_ray_simulation_gives_each_virtual_node_its_own_file(encoder_dir, node_files,
+                                                                 png_folders, tmp_path):
+    """Flower's Ray engine, the same ClientApp: each virtual node's node config names its
+    file (one of them a folder of PNGs), as a SuperNode's does."""
+    import json
+
+    from hybnn.cli import main
+
+    _, files, _ = node_files
+    nodes = [f"folder:{png_folders[0]}", str(files[1]), str(files[2])]
+    argv = ["federate", "--engine", "ray", "--encoder", encoder_dir, "--rounds", "2",
+            "--local-epochs", "1", "--out", str(tmp_path / "run"), "--node-data", *nodes]
+    assert main(argv) == 0
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["status"] == "completed" and res["runtime"] == "simulation"
+    want = {i: len(stratified_split(np.load(f)["y"], 0.2, 0)[0]) for i, f in enumerate(files)}
+    for r in res["rounds"]:
+        assert {c["partition"]: c["num_examples"] for c in r["clients"]} == want, r["clients"]
+    assert str(files[1].parent) not in json.dumps(res["config"])
 
 
 def test_the_flower_app_ships_inside_the_package():

@@ -34,7 +34,13 @@ from hybnn.api.options import (
 from hybnn.artifacts import declared_kind
 from hybnn.data import load_source, load_split, prepare, read_inputs, train_test
 from hybnn.data.dataset import images_sha256
-from hybnn.data.folder import folder_label_space, folder_path, is_image_folder, list_images
+from hybnn.data.folder import (
+    absolute_spec,
+    folder_label_space,
+    folder_path,
+    is_image_folder,
+    list_images,
+)
 from hybnn.data.labels import LabelSpace
 from hybnn.data.names import ARRAYS_SOURCE, FOLDER_PREFIX
 from hybnn.encoders import (
@@ -338,9 +344,9 @@ def continual(opts: ContinualOptions) -> dict[str, Any]:
 def federate(opts: FederateOptions) -> dict[str, Any]:
     """FedHyBNN on Flower, in simulation or (``deploy``) as real local processes."""
     cfg = opts.config
-    files = [str(Path(f).resolve()) for f in opts.node_data or []]
+    files = [absolute_spec(f) for f in opts.node_data or []]
     if files:
-        cfg = node_data_config(cfg, files, opts.deploy or opts.engine == "local")
+        cfg = node_data_config(cfg, files)
     cfg = cfg.with_(min_clients=min(cfg.min_clients, cfg.clients))
     resolve_device(cfg.device)
     centralized = opts.centralized and not files  # no one holds the pooled data
@@ -361,12 +367,9 @@ def federate(opts: FederateOptions) -> dict[str, Any]:
                     centralized=centralized, engine=opts.engine, node_data=files)
 
 
-def node_data_config(cfg: FedConfig, files: list[str], supported: bool) -> FedConfig:
+def node_data_config(cfg: FedConfig, files: list[str]) -> FedConfig:
     """``cfg`` for a federation whose node i trains on ``files[i]`` alone: one client per
     file, the label space every file's labels (unless ``cfg.local_data.labels`` names it)."""
-    if not supported:
-        raise DataError("--node-data runs with --deploy or --engine local (Flower's Ray "
-                        "simulation gives its virtual nodes no config of their own)")
     if not cfg.encoder:
         raise DataError("--node-data needs --encoder: the server holds no data to pretrain "
                         "one on; copy the same frozen encoder to every node")

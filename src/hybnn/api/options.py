@@ -319,10 +319,10 @@ class FederateOptions(_Checked):
                                          "key pairs supernode-<i>, supernode-<i>.pub (EC "
                                          "P-384, OpenSSH; default: new ones)", metavar="DIR")
     node_data: list[str] | None = setting(None, "each node's own data file, one node per "
-                                          "file (any format --data takes): the nodes train "
-                                          "on these alone and the server holds none "
-                                          "(--deploy or --engine local; needs --encoder)",
-                                          metavar="FILE")
+                                          "file (any format --data takes, or a folder with "
+                                          "a subfolder of images per class): the nodes "
+                                          "train on these alone and the server holds none "
+                                          "(needs --encoder)", metavar="FILE")
     pretrain_epochs: int = setting(PretrainConfig.epochs,
                                    "VAE epochs when no --encoder is given")
     centralized: bool = setting(True, "the centralized reference run")

@@ -184,8 +184,15 @@ def cmd_federate(args: argparse.Namespace) -> int:
     cfg = opts.config
     up, down = res["bytes_up_per_client_round"] or 0, res["bytes_down_per_client_round"] or 0
     central = res["centralized_acc"]
+    clients_acc = res["rounds"][-1].get("clients_global_acc") if res["rounds"] else None
+    if res["final_acc"] is not None:
+        accuracy = f"global accuracy {res['final_acc']:.4f}"
+    elif clients_acc is not None:  # node data without --server-test: the nodes' test sets
+        accuracy = f"federated evaluation {clients_acc:.4f} (the nodes' own test sets)"
+    else:
+        accuracy = "no accuracy (no server test set, no client evaluation)"
     print(f"{res['model']} {cfg.task}, {res['clients']} clients x {cfg.rounds} rounds "
-          f"({res.get('runtime')}): global accuracy {res['final_acc']:.4f}"
+          f"({res.get('runtime')}): {accuracy}"
           + (f" (centralized {central:.4f})" if central is not None else "")
           + f"; per client per round {up:,.0f} B up, {down:,.0f} B down ({res['encoding']})"
           f" -> {opts.out}/results.json")

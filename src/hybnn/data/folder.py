@@ -71,6 +71,13 @@ def folder_path(spec: str) -> Path:
     return Path(spec[len(FOLDER_PREFIX):] if spec.startswith(FOLDER_PREFIX) else spec)
 
 
+def absolute_spec(spec: str) -> str:
+    """A data file's or image folder's spec with its path made absolute (``folder:`` kept)."""
+    if spec.startswith(FOLDER_PREFIX):
+        return FOLDER_PREFIX + str(folder_path(spec).resolve())
+    return str(Path(spec).resolve())
+
+
 def is_image_folder(spec: str) -> bool:
     """Whether a data spec names an image folder: ``folder:DIR``, or a directory that does
     not hold CIFAR-10's files."""

@@ -1,6 +1,7 @@
 """FedHyBNN ClientApp: check the encoder, train the head on local codes, send the head only.
 
-Node config (``flower-supernode --node-config``, set automatically in simulation):
+Node config (``flower-supernode --node-config``, set automatically in simulation, where
+:func:`node_data_mod` adds each virtual node's ``data``):
 ``partition-id``, ``num-partitions`` and optionally ``encoder`` (this node's encoder
 directory; default: the path in the server's config, for runs on one machine) and ``data``
 (this node's own data file, when the run config sets ``node-data``: the node trains on that
@@ -58,6 +59,23 @@ LATENT = "hybnn-latent"  # context.state key: this client's latent weights (1bit
 def node_data(context: Context) -> str:
     """This node's own data file (node config ``data``); empty on a partition of --data."""
     return str(context.node_config.get("data", ""))
+
+
+def node_data_mod(files: Sequence[str]) -> Mod:
+    """A mod that gives virtual node ``i`` of Flower's simulation its own data file
+    ``files[i]`` as node config ``data``, as ``flower-supernode --node-config`` gives a
+    real node (the simulation sets only ``partition-id`` and ``num-partitions``), so the
+    same ClientApp reads it; the server's side never sees the paths."""
+    paths = tuple(str(f) for f in files)
+
+    def give_data(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        pid = int(context.node_config.get("partition-id", -1))
+        if not 0 <= pid < len(paths):
+            raise DataError(f"virtual node {pid} has no data file ({len(paths)} given)")
+        context.node_config["data"] = paths[pid]
+        return call_next(msg, context)
+
+    return give_data
 
 
 def _setup(config: Mapping[str, Any], context: Context

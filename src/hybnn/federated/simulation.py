@@ -63,7 +63,9 @@ def federate(
 
     ``mods`` are Flower client mods wrapped around every client (e.g. the fault injectors
     of :mod:`hybnn.federated.faults`). ``node_data``: node i trains on its own file
-    ``node_data[i]`` (``cfg.local_data``; the local engine only).
+    ``node_data[i]`` (``cfg.local_data``), given as its node config ``data`` on either
+    engine (Ray's virtual nodes get it from
+    :func:`~hybnn.federated.client_app.node_data_mod`).
     """
     if engine not in ENGINES:
         raise DataError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -71,7 +73,7 @@ def federate(
         os.environ.setdefault(k, v)
     from flwr.simulation import run_simulation
 
-    from hybnn.federated.client_app import make_client_app
+    from hybnn.federated.client_app import make_client_app, node_data_mod
     from hybnn.federated.flower_logs import plain_flower_logs
     from hybnn.federated.report import build_results, centralized_baseline, write_report
     from hybnn.federated.server_app import make_server_app
@@ -88,9 +90,9 @@ def federate(
 
         with contextlib.suppress(FederationError):  # the sink says why; raised below
             run_local(cfg, mods, sink, node_data)
-    elif node_data:
-        raise DataError("node data runs with --deploy or --engine local")
     else:
+        if node_data:  # outermost, so every other mod sees the node's config
+            mods = (node_data_mod(node_data), *mods)
         run_simulation(
             server_app=make_server_app(cfg, sink),
             client_app=make_client_app(mods),

@@ -13,7 +13,6 @@ import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,9 +21,8 @@ from torch import nn
 
 from hybnn.data import load_source, select_task, train_test
 from hybnn.data.dataset import Dataset
-from hybnn.data.folder import is_image_folder, load_folder
+from hybnn.data.folder import absolute_spec, is_image_folder, load_folder
 from hybnn.data.labels import LabelSpace
-from hybnn.data.names import FOLDER_PREFIX
 from hybnn.data.splits import stratified_split
 from hybnn.encoders import CodeEncoder, open_encoder, resolve
 from hybnn.errors import DataError, FingerprintMismatch
@@ -167,9 +165,7 @@ def client_tensors(cfg: FedConfig, partition_id: int, encoder: CodeEncoder | Non
                 raise DataError("the federation runs on node data, but this node's config "
                                 "names no data file: start it with --node-config "
                                 "'data=\"/path/train.npz\"'")
-            spec = (node_data if node_data.startswith(FOLDER_PREFIX)
-                    else str(Path(node_data).resolve()))
-            train, test = node_datasets(spec,
+            train, test = node_datasets(absolute_spec(node_data),
                                         tuple(cfg.local_data.label_list()),
                                         cfg.local_data.local_test, cfg.seed,
                                         tuple(cfg.local_data.named_labels().items()))
