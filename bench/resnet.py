@@ -11,7 +11,7 @@ tests/engine/test_engine_graph.py). Repetitions of all variants are interleaved 
 and the medians reported, so load from other jobs hits all alike. The engine's time per node
 (batch 1, 1 thread) shows the real-valued parts' share.
 
-    python -m bench.resnet [--quick] [--json FILE] [--no-write]
+    python -m bench.resnet [--quick] [--json FILE] [--no-write] [--render JSON]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ if not __package__:  # run as `python bench/NAME.py`: import bench.* from the re
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
+import json
 import os
 import platform
 import random
@@ -161,10 +162,38 @@ def markdown(result: dict[str, Any]) -> str:
         binary = ops.get("sign", 0.0) + ops.get("bconv2d", 0.0)
         lines.append(f"* {geometry}: {total:.1f} ms, binary parts {100 * binary / total:.0f} %: "
                      + ", ".join(f"{op} {ms:.2f}" for op, ms in ops.items()))
+    lines += ["", _bound(result)]
     lines += ["", "| target | value | goal | met |", "|---|---|---|---|"]
     lines += [f"| {t['name']} | {t['value']} | {t['goal']} | {'yes' if t['met'] else 'no'} |"
               for t in result["targets"]]
     return "\n".join(lines) + "\n"
+
+
+def _bound(result: dict[str, Any]) -> str:
+    """What bounds the 224x224 batch-1 ratio, from the op times: the engine time the 3x target
+    needs against the time its parts take now."""
+    ops = result["op_ms"]["224x224"]
+    key = next(r for r in result["speed"] if r["geometry"] == "224x224" and r["batch"] == 1
+               and r["threads"] == 1)["us_per_image_fastest"]
+    need = key[VARIANTS[3]] / 3e3
+    binary = ops.get("bconv2d", 0.0) + ops.get("sign", 0.0)
+    return (f"What bounds it (224x224, batch 1, 1 thread): 3x ONNX Runtime int8's fastest round "
+            f"needs the engine at {need:.1f} ms per image; its 16 binary convolutions alone take "
+            f"{binary:.1f} ms, the float convolutions (7x7 stem, 1x1 shortcuts) "
+            f"{ops.get('conv2d', 0.0):.1f} ms, the fused per-channel epilogues "
+            f"{ops.get('epilogue', 0.0):.1f} ms (each moves about 12 bytes per value: it reads "
+            f"its dot products and shortcut and writes its float output), pooling "
+            f"{ops.get('maxpool2d', 0.0) + ops.get('avgpool2d', 0.0):.1f} ms.")
+
+
+def render(path: str, benchmarks: str) -> int:
+    """Rewrite the section from a ``--json FILE`` of an earlier run (no timing)."""
+    result = json.loads(Path(path).read_text())
+    result["machine"] = result.get("machine_full", result["machine"])
+    md = markdown(result)
+    print(md)
+    write_section("resnet", md, benchmarks)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,7 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", metavar="FILE")
     ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     ap.add_argument("--benchmarks", default="BENCHMARKS.md")
+    ap.add_argument("--render", metavar="JSON", help="rewrite the section from the --json FILE "
+                    "of an earlier run, timing nothing")
     args = ap.parse_args(argv)
+    if args.render:
+        return render(args.render, args.benchmarks)
     rounds = args.rounds or (3 if args.quick else 7)
     cores = os.cpu_count() or 1
     thread_counts = [1] if args.quick or cores == 1 else [1, cores]
@@ -228,8 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     md = markdown(result)
     print(md)
     if args.json:
-        write_json(args.json, targets, **{k: v for k, v in result.items()
-                                          if k not in ("machine", "targets")})
+        write_json(args.json, targets, machine_full=result["machine"],
+                   **{k: v for k, v in result.items() if k not in ("machine", "targets")})
     if not args.no_write:
         write_section("resnet", md, args.benchmarks)
     return 0
