@@ -241,6 +241,37 @@ __attribute__((target("avx2,fma"))) static void conv_block_avx2(const conv_job *
 }
 #endif
 
+/* Output channels o0.. (at most CONV_R) x pixels x0.. (at most CONV_PX) of row y of sample i. */
+static inline void conv_block(const conv_job *j, const float *const *bp, size_t i, size_t y, size_t x0,
+                              size_t o0, float *acc) {
+    const hyb_conv *cv = j->cv;
+    const size_t r = cv->o - o0 < CONV_R ? cv->o - o0 : CONV_R, plane = cv->ho * cv->wo;
+#if HYB_X86
+    if (j->avx2)
+        conv_block_avx2(j, bp, x0, o0, r, acc);
+    else
+#endif
+        conv_block_plain(j, bp, x0, o0, r, acc);
+    const size_t first = y * j->vw + x0; /* linear output pixel of x0 */
+    size_t len = j->vw - x0 < CONV_PX ? j->vw - x0 : CONV_PX;
+    if (first >= plane) return;
+    if (plane - first < len) len = plane - first;
+    for (size_t q = 0; q < r; q++) {
+        float *dst = cv->out + (i * cv->o + o0 + q) * plane + first;
+        const float *v = acc + q * CONV_PX;
+        if (cv->bias) {
+            const float b = cv->bias[o0 + q];
+            for (size_t p = 0; p < len; p++) dst[p] = v[p] + b;
+            v = dst;
+        }
+        if (cv->scale) { /* the batch norm that follows, rounded as its own node */
+            const float a = cv->scale[o0 + q], b = cv->shift[o0 + q];
+            for (size_t p = 0; p < len; p++) dst[p] = v[p] * a + b;
+        } else if (!cv->bias)
+            memcpy(dst, v, len * sizeof(float));
+    }
+}
+
 static void conv_rows(void *ctx, size_t lo, size_t hi) {
     const conv_job *j = (const conv_job *)ctx;
     const hyb_conv *cv = j->cv;
@@ -250,40 +281,20 @@ static void conv_rows(void *ctx, size_t lo, size_t hi) {
         __atomic_store_n(&((hyb_conv *)cv)->failed, 1, __ATOMIC_RELAXED);
         return;
     }
-    const size_t plane = cv->ho * cv->wo;
+    /* small weights (the stem's): pixels outer, so that the 16 pixels of every tap stay in L1
+     * while all channels use them; large weights (1x1 shortcuts): channels outer, so that a
+     * block of weights stays in L1 while all pixels use it */
+    const int pixels_outer = cv->o * j->k2 <= 16384;
     for (size_t task = lo; task < hi; task++) {
         const size_t i = task / j->vh, y = task % j->vh;
         const float *base = j->phase + i * cv->c * cv->s * cv->s * j->hp * j->wp + y * j->wp;
         for (size_t t = 0; t < j->k2; t++) bp[t] = base + j->taps[t];
-        for (size_t o0 = 0; o0 < cv->o; o0 += CONV_R) {
-            const size_t r = cv->o - o0 < CONV_R ? cv->o - o0 : CONV_R;
-            for (size_t x0 = 0; x0 < j->vw; x0 += CONV_PX) {
-#if HYB_X86
-                if (j->avx2)
-                    conv_block_avx2(j, bp, x0, o0, r, acc);
-                else
-#endif
-                    conv_block_plain(j, bp, x0, o0, r, acc);
-                const size_t first = y * j->vw + x0; /* linear output pixel of x0 */
-                size_t len = j->vw - x0 < CONV_PX ? j->vw - x0 : CONV_PX;
-                if (first >= plane) continue;
-                if (plane - first < len) len = plane - first;
-                for (size_t q = 0; q < r; q++) {
-                    float *dst = cv->out + (i * cv->o + o0 + q) * plane + first;
-                    const float *v = acc + q * CONV_PX;
-                    if (cv->bias) {
-                        const float b = cv->bias[o0 + q];
-                        for (size_t p = 0; p < len; p++) dst[p] = v[p] + b;
-                        v = dst;
-                    }
-                    if (cv->scale) { /* the batch norm that follows, rounded as its own node */
-                        const float a = cv->scale[o0 + q], b = cv->shift[o0 + q];
-                        for (size_t p = 0; p < len; p++) dst[p] = v[p] * a + b;
-                    } else if (!cv->bias)
-                        memcpy(dst, v, len * sizeof(float));
-                }
-            }
-        }
+        if (pixels_outer)
+            for (size_t x0 = 0; x0 < j->vw; x0 += CONV_PX)
+                for (size_t o0 = 0; o0 < cv->o; o0 += CONV_R) conv_block(j, bp, i, y, x0, o0, acc);
+        else
+            for (size_t o0 = 0; o0 < cv->o; o0 += CONV_R)
+                for (size_t x0 = 0; x0 < j->vw; x0 += CONV_PX) conv_block(j, bp, i, y, x0, o0, acc);
     }
     free(bp);
 }
@@ -407,18 +418,18 @@ static void avg_row(const hyb_pool *pl, const float *x, size_t y, float *out) {
     const long h = (long)pl->h, w = (long)pl->w;
     const float dh = (float)pool_count(pl, r0, pl->h);
     const int rows_inside = r0 >= 0 && r0 + k <= h;
+    const float inner = dh * (float)k; /* the divisor of a window inside the input */
     for (size_t xo = 0; xo < pl->wo; xo++) {
         const long q0 = (long)xo * (long)pl->s - (long)pl->p;
         float acc = 0.0f;
         int first = 1;
         if (rows_inside && q0 >= 0 && q0 + k <= w) { /* no padding in the window */
             const float *win = x + r0 * w + q0;
-            for (long r = 0; r < k; r++)
-                for (long q = 0; q < k; q++) {
-                    acc = first ? win[r * w + q] : acc + win[r * w + q];
-                    first = 0;
-                }
-            out[xo] = acc / (dh * (float)pool_count(pl, q0, pl->w));
+            acc = win[0];
+            for (long q = 1; q < k; q++) acc = acc + win[q];
+            for (long r = 1; r < k; r++)
+                for (long q = 0; q < k; q++) acc = acc + win[r * w + q];
+            out[xo] = acc / inner;
             continue;
         }
         for (long r = r0; r < r0 + k; r++)
