@@ -1,6 +1,8 @@
-"""Server optimizers step parameters, not batch-norm statistics: under FedAvgM, FedAdam,
-FedYogi and FedAdagrad the global running mean and variance are the clients' sample-weighted
-mean (a server step of about eta a round would leave them near their initial 0 and 1)."""
+"""Server optimizers step the latent binary weights only: under FedAvgM, FedAdam, FedYogi and
+FedAdagrad every real-valued tensor of the head (batch-norm weights, biases, running means and
+variances) is the clients' sample-weighted mean. A server step of about eta a round would
+leave the statistics near their initial 0 and 1, and walk a batch-norm weight across zero
+(which flips its unit, or its class's logit)."""
 
 from __future__ import annotations
 
@@ -8,20 +10,26 @@ import numpy as np
 import pytest
 from local_runs import fed_config
 
-from hybnn.federated.encoded_strategy import mean_statistics
+from hybnn.federated.encoded_strategy import mean_real_tensors
+from hybnn.federated.encoding import Layout
 from hybnn.federated.local_grid import run_local
+from hybnn.models.bnn_head import BNNHead
 
 
-def test_mean_statistics_weights_by_samples_and_ignores_parameters():
-    a = {"bn.running_mean": np.array([1.0, 2.0], np.float32), "bn.weight": np.ones(2, np.float32),
-         "bn.running_var": np.array([4.0], np.float32)}
-    b = {"bn.running_mean": np.array([4.0, 8.0], np.float32), "bn.weight": np.zeros(2, np.float32),
-         "bn.running_var": np.array([1.0], np.float32)}
-    out = mean_statistics([(a, 1), (b, 2)])
-    assert set(out) == {"bn.running_mean", "bn.running_var"}
-    np.testing.assert_allclose(out["bn.running_mean"], [3.0, 6.0])
-    np.testing.assert_allclose(out["bn.running_var"], [2.0])
-    assert mean_statistics([]) == {}
+def test_the_real_tensors_are_the_weighted_mean_and_latent_weights_are_left_out():
+    layout = Layout.of(BNNHead(16, 3, (8,)))
+    rng = np.random.default_rng(0)
+    a = {k: rng.standard_normal(s).astype(np.float32) for k, s in zip(layout.keys,
+                                                                       layout.shapes, strict=True)}
+    b = {k: rng.standard_normal(s).astype(np.float32) for k, s in zip(layout.keys,
+                                                                       layout.shapes, strict=True)}
+    out = mean_real_tensors([(a, 1), (b, 3)], layout)
+    real = {k for k, binary in zip(layout.keys, layout.binary, strict=True) if not binary}
+    assert set(out) == real and {"net.1.weight", "net.1.bias", "net.3.weight",
+                                 "net.1.running_var"} <= real
+    for k in real:
+        np.testing.assert_allclose(out[k], (a[k] + 3 * b[k]) / 4, rtol=1e-6, atol=1e-6)
+    assert mean_real_tensors([], layout) == {}
 
 
 @pytest.mark.parametrize("strategy", ["fedadagrad", "fedyogi"])
