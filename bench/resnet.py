@@ -178,7 +178,9 @@ def _bound(result: dict[str, Any]) -> str:
     need = key[VARIANTS[3]] / 3e3
     binary = ops.get("bconv2d", 0.0) + ops.get("sign", 0.0)
     return (f"What bounds it (224x224, batch 1, 1 thread): 3x ONNX Runtime int8's fastest round "
-            f"needs the engine at {need:.1f} ms per image; its 16 binary convolutions alone take "
+            f"needs the engine at {need:.1f} ms per image; its fastest round took "
+            f"{key[BINARY] / 1e3:.1f} ms, its parts (each at its fastest) "
+            f"{sum(ops.values()):.1f} ms: the 16 binary convolutions "
             f"{binary:.1f} ms, the float convolutions (7x7 stem, 1x1 shortcuts) "
             f"{ops.get('conv2d', 0.0):.1f} ms, the fused per-channel epilogues "
             f"{ops.get('epilogue', 0.0):.1f} ms (each moves about 12 bytes per value: it reads "
