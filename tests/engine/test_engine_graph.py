@@ -551,6 +551,7 @@ def test_the_compiled_epilogue_checks_its_arguments():
     (3, 5, 9, 11, 8, 1, 1, 0),  # a 1x1 shortcut (read as rows of pixels)
     (2, 4, 8, 8, 5, 1, 2, 0),
     (2, 2, 10, 7, 9, 3, 3, 2),
+    (1, 2, 30, 23, 3, 2, 9, 1),  # a stride past the window: only min(s, k) phases stored
 ])
 def test_the_compiled_float_convolution_is_within_float32_rounding_on_every_isa(n, c, h, w, o,
                                                                                  k, s, p):

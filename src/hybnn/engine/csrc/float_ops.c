@@ -166,9 +166,10 @@ int hyb_epilogue(const hyb_ew *e, int nthreads) {
  * (+ bias[o]), xpad the input zero-padded by p. The padded input is split once into s*s phase
  * planes, plane (a, b)[r][q] = xpad[s*r + a][s*q + b], so that for every tap the pixels of an
  * output row are contiguous: the kernel reads them as vectors, with no im2col copy. A 1x1
- * stride-1 convolution without padding reads its input as rows of 32 pixels instead. Sums run
- * over (c, di, dj) in order; AVX2 uses FMA (one rounding per tap), the scalar reference
- * multiplies and adds (two): both are within float32 rounding of the exact sum. */
+ * stride-1 convolution without padding reads its input as rows of 32 pixels instead. Only the
+ * min(s, k) phases per axis that a tap reads are stored. Sums run over (c, di, dj) in order;
+ * AVX2 uses FMA (one rounding per tap), the scalar reference multiplies and adds (two): both
+ * are within float32 rounding of the exact sum. */
 #define CONV_PX 16 /* output pixels per microkernel call (two AVX2 vectors) */
 #define CONV_R 6   /* output channels per microkernel call */
 
@@ -176,6 +177,7 @@ typedef struct {
     const hyb_conv *cv;
     size_t vh, vw;      /* virtual output rows and row length */
     size_t hp, wp;      /* phase plane rows and columns */
+    size_t ph;          /* phases per axis: min(s, k), the only ones a tap reads */
     const float *phase; /* (n, c, s, s, hp, wp) */
     const float *wpk;   /* weights repacked (O/R blocks, K, R) */
     const size_t *taps; /* tap_offset of every tap */
@@ -187,8 +189,8 @@ typedef struct {
 static size_t tap_offset(const conv_job *j, size_t t) {
     const hyb_conv *cv = j->cv;
     const size_t kk = cv->k * cv->k, c = t / kk, di = t % kk / cv->k, dj = t % cv->k;
-    const size_t a = di % cv->s, b = dj % cv->s;
-    return (((c * cv->s + a) * cv->s + b) * j->hp + di / cv->s) * j->wp + dj / cv->s;
+    const size_t a = di % cv->s, b = dj % cv->s; /* both < j->ph */
+    return (((c * j->ph + a) * j->ph + b) * j->hp + di / cv->s) * j->wp + dj / cv->s;
 }
 
 static void conv_block_plain(const conv_job *j, const float *const *bp, size_t x0, size_t o0, size_t r,
@@ -287,7 +289,7 @@ static void conv_rows(void *ctx, size_t lo, size_t hi) {
     const int pixels_outer = cv->o * j->k2 <= 16384;
     for (size_t task = lo; task < hi; task++) {
         const size_t i = task / j->vh, y = task % j->vh;
-        const float *base = j->phase + i * cv->c * cv->s * cv->s * j->hp * j->wp + y * j->wp;
+        const float *base = j->phase + i * cv->c * j->ph * j->ph * j->hp * j->wp + y * j->wp;
         for (size_t t = 0; t < j->k2; t++) bp[t] = base + j->taps[t];
         if (pixels_outer)
             for (size_t x0 = 0; x0 < j->vw; x0 += CONV_PX)
@@ -314,8 +316,12 @@ int hyb_conv2d_f32(hyb_conv *cv, int nthreads) {
 #if HYB_X86
     j.avx2 = hyb_get_isa() != HYB_ISA_SCALAR && __builtin_cpu_supports("fma");
 #endif
-    const size_t planes = cv->n * cv->c * s * s, per = j.hp * j.wp;
-    float *phase = (float *)calloc(planes * per, sizeof(float));
+    j.ph = s < cv->k ? s : cv->k;
+    size_t planes, per, total; /* checked: a hostile geometry must not wrap the sizes */
+    if (!hyb_mul(cv->n * cv->c, j.ph * j.ph, &planes) || !hyb_mul(j.hp, j.wp, &per) ||
+        !hyb_mul(planes, per, &total) || total > SIZE_MAX / sizeof(float))
+        return -1;
+    float *phase = (float *)calloc(total, sizeof(float));
     float *wpk = (float *)malloc(cv->o * j.k2 * sizeof(float));
     size_t *taps = (size_t *)malloc(j.k2 * sizeof(size_t));
     if (!phase || !wpk || !taps) {
@@ -333,9 +339,9 @@ int hyb_conv2d_f32(hyb_conv *cv, int nthreads) {
             for (size_t q = 0; q < cv->h * cv->w; q++) dst[q / 32 * j.wp + q % 32] = src[q];
             continue;
         }
-        for (size_t a = 0; a < s; a++)
-            for (size_t b = 0; b < s; b++) {
-                float *dst = phase + ((ic * s + a) * s + b) * per;
+        for (size_t a = 0; a < j.ph; a++)
+            for (size_t b = 0; b < j.ph; b++) {
+                float *dst = phase + ((ic * j.ph + a) * j.ph + b) * per;
                 /* columns q with p <= q*s + b < w + p: from q_lo to q_hi (exclusive) */
                 const size_t q_lo = b >= cv->p ? 0 : (cv->p - b + s - 1) / s;
                 size_t q_hi = cv->w + cv->p > b ? (cv->w + cv->p - b + s - 1) / s : 0;
