@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
+import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,3 +39,22 @@ def write_json(path: str | os.PathLike[str], targets: list[dict[str, Any]],
     """The ``--json FILE`` every bench script writes: ``{"machine", "targets", ...}``."""
     record = {"machine": machine_description(), "targets": targets, **fields}
     return atomic_write(path, lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], rounds: int
+                ) -> dict[str, tuple[float, float]]:
+    """(median, fastest) seconds per call of each function after one warm-up call,
+    repetitions interleaved in random order: on a shared machine other jobs only ever add
+    time, so the fastest is the better estimate of each variant alone, the median of what a
+    user sees."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for f in fns.values():
+        f()
+    order = list(fns)
+    for _ in range(rounds):
+        random.shuffle(order)
+        for k in order:
+            t0 = time.perf_counter()
+            fns[k]()
+            times[k].append(time.perf_counter() - t0)
+    return {k: (statistics.median(v), min(v)) for k, v in times.items()}

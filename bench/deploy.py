@@ -22,7 +22,6 @@ if not __package__:  # run as `python bench/NAME.py`: import bench.* from the re
 import argparse
 import json
 import platform
-import random
 import shlex
 import shutil
 import statistics
@@ -37,7 +36,7 @@ import onnxruntime
 import torch
 from torch import nn
 
-from bench.common import write_section
+from bench.common import interleaved, write_section
 from hybnn import runtime
 from hybnn.artifacts import versions
 from hybnn.bundle.export import build_bundle, encoder_graph
@@ -75,21 +74,6 @@ class Variant:
     predict: Callable[[np.ndarray], np.ndarray]
     bytes_on_disk: int
     note: str
-
-
-def interleaved(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
-    """Median seconds per call of each function, repetitions interleaved in random order."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for f in fns.values():
-        f()
-    order = list(fns)
-    for _ in range(rounds):
-        random.shuffle(order)
-        for k in order:
-            t0 = time.perf_counter()
-            fns[k]()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 class Prepared(nn.Module):
@@ -319,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         if len(x) < int(batch):
             x = np.ascontiguousarray(np.resize(timed_test.x, (int(batch), *x.shape[1:])))
         fns = {v.name: (lambda v=v, x=x: v.predict(x)) for v in timed_variants}
-        speed[batch] = {k: s / int(batch) for k, s in interleaved(fns, n_rounds).items()}
+        speed[batch] = {k: median / int(batch)
+                        for k, (median, _) in interleaved(fns, n_rounds).items()}
     for name, row in rows.items():
         row["us_batch_1"] = 1e6 * speed["1"][name]
         row["us_batch_256"] = 1e6 * speed["256"][name]

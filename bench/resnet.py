@@ -26,9 +26,7 @@ import argparse
 import json
 import os
 import platform
-import random
 import shlex
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -38,7 +36,7 @@ import numpy as np
 import onnxruntime
 import torch
 
-from bench.common import target, write_json, write_section
+from bench.common import interleaved, target, write_json, write_section
 from hybnn.artifacts import versions
 from hybnn.bundle.onnx_export import INPUT_NAME, export_onnx
 from hybnn.bundle.quantize import quantize_int8
@@ -56,24 +54,6 @@ VARIANTS = (BINARY, "float twin, torch eager fp32", "float twin, ONNX Runtime fp
             "float twin, ONNX Runtime int8 (static QDQ)")
 FLOAT_OPS = ("conv2d", "dense", "affine", "prelu", "add", "maxpool2d", "avgpool2d",
              "global_avgpool", "flatten", "epilogue")
-
-
-def interleaved(fns: dict[str, Callable[[], Any]], rounds: int
-                ) -> dict[str, tuple[float, float]]:
-    """(median, fastest) seconds per call of each function, repetitions interleaved in random
-    order: on a shared machine other jobs only ever add time, so the fastest is the better
-    estimate of each variant alone, the median of what a user sees."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for f in fns.values():
-        f()
-    order = list(fns)
-    for _ in range(rounds):
-        random.shuffle(order)
-        for k in order:
-            t0 = time.perf_counter()
-            fns[k]()
-            times[k].append(time.perf_counter() - t0)
-    return {k: (statistics.median(v), min(v)) for k, v in times.items()}
 
 
 def variants(stem: str, work: Path, thread_counts: list[int]
