@@ -40,6 +40,14 @@ RECORD = 0.929  # above the bitwise CBCNN's 92.86 % on Fashion-MNIST
 TWIN_GAP = 2.0  # points of the float twin the best binary ResNet stays within
 
 
+def versus(base: dict[str, Any], method: dict[str, Any]) -> tuple[float, float]:
+    """(how many times fewer late flips, accuracy gain in points) of ``method`` over
+    ``base``, two rows of a study's methods."""
+    cut = (base["flip_ratio_late"] / method["flip_ratio_late"]
+           if method["flip_ratio_late"] > 0 else float("inf"))
+    return cut, 100 * (method["acc_mean"] - base["acc_mean"])
+
+
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Per family and ReBNN variant: the flip reduction and the accuracy change vs ``ste``
     (vs ``reactnet`` on the ResNet, :func:`resnet_targets`)."""
@@ -54,10 +62,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         for name in ("rebnn", "rebnn-const"):
             if name not in methods:
                 continue
-            r = methods[name]
-            cut = (base["flip_ratio_late"] / r["flip_ratio_late"]
-                   if r["flip_ratio_late"] > 0 else float("inf"))
-            gain = 100 * (r["acc_mean"] - base["acc_mean"])
+            cut, gain = versus(base, methods[name])
             found.append(target(f"{family} {name} late flip ratio vs ste (times lower)",
                                 round(cut, 2), f">= {FLIP_CUT:g}x", cut >= FLIP_CUT))
             found.append(target(f"{family} {name} accuracy vs ste (points)", round(gain, 2),
@@ -123,10 +128,7 @@ def resnet_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         for name in ("rebnn", "rebnn-const"):
             if base is None or name not in methods:
                 continue
-            r = methods[name]
-            cut = (base["flip_ratio_late"] / r["flip_ratio_late"]
-                   if r["flip_ratio_late"] > 0 else float("inf"))
-            gain = 100 * (r["acc_mean"] - base["acc_mean"])
+            cut, gain = versus(base, methods[name])
             found.append(target(f"{family} {name} late flip ratio vs reactnet (times lower)",
                                 round(cut, 2), f">= {FLIP_CUT:g}x", cut >= FLIP_CUT))
             found.append(target(f"{family} {name} accuracy vs reactnet (points)",
