@@ -67,12 +67,12 @@ def unflatten(cls: type, values: Mapping[str, Any], strict: bool = True,
     declares it; the rest keep ``base``'s values (default: the defaults). ``strict`` refuses
     a key that names no setting; ``convert(value, type of the default)`` coerces values."""
     given = {k.replace("_", "-"): v for k, v in values.items()}
-    if strict and (unknown := sorted(set(given) - set(flatten(base or cls())))):
-        known = list(flatten(base or cls()))
+    base = base or cls()
+    if strict and (unknown := sorted(set(given) - set(known := list(flatten(base))))):
         close = difflib.get_close_matches(unknown[0], known, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise DataError(f"not a setting of {cls.__name__}: {', '.join(unknown)}{hint}")
-    return _unflatten(cls, given, convert, base or cls())
+    return _unflatten(cls, given, convert, base)
 
 
 def _unflatten(cls: type, given: Mapping[str, Any], convert: Callable[[Any, type], Any] | None,
