@@ -21,6 +21,17 @@ takes random ±1 codes; the image networks take real test images (``--data``).
     python -m bench.aarch64 [--fb FILE] [--head FILE] [--cnn FILE] [--data mnist-5k]
                             [--images 32] [--json FILE] [--no-write]
 
+Engine graphs (:func:`write_graph`): the driver's ``graph`` mode runs the fused plan of
+``hybnn.engine.graph`` step by step with the engine's kernels (binary layers, the fused float
+epilogues, float convolutions and pooling of ``csrc/float_ops.c``), end to end or replayed on
+the x86 engine's inputs of each step. ``--resnet cifar imagenet`` counts the binary ResNet-18
+at 32x32 and 224x224 (batch 1), per part (binary layers, epilogues, float convolutions, other
+float ops: each part's steps run three times instead of once), with each kernel table, next to
+its C export (``hybnn export --format c`` built for aarch64), and writes the ``aarch64-resnet``
+section instead of ``aarch64``:
+
+    python -m bench.aarch64 --resnet cifar imagenet [--json FILE] [--no-write]
+
 ``tests/engine/test_neon.py`` uses the build and run helpers here for its exactness checks.
 """
 
@@ -38,12 +49,14 @@ import shutil
 import struct
 import subprocess
 import tempfile
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from hybnn.engine import format as fmt
 from hybnn.engine import load, packed
+from hybnn.engine.graph import GraphModel
 from hybnn.engine.packed import IN_FLOAT, IN_WORDS, OUT_LOGITS, PackedModel
 
 HERE = Path(__file__).resolve().parent
@@ -57,8 +70,8 @@ CC, QEMU = "aarch64-linux-gnu-gcc", "qemu-aarch64"
 CFLAGS = ("-O3", "-std=gnu11", "-ffp-contract=off", "-fno-strict-aliasing", "-Wall", "-Wextra",
           "-Werror", "-Wno-unknown-pragmas", "-static")
 # every C source of the extension except the CPython module
-SOURCES = ("network", "dispatch", "threads", "kernels_scalar", "kernels_avx2", "kernels_avx512",
-           "kernels_neon")
+SOURCES = ("network", "dispatch", "threads", "float_ops", "kernels_scalar", "kernels_avx2",
+           "kernels_avx512", "kernels_neon")
 ISAS = ("scalar", "neon")
 GOAL_RATIO = 2.0  # NEON: at least 2x fewer instructions per image than scalar on conv networks
 _KIND = {"conv": 0, "dense": 1, "out": 2}
@@ -100,14 +113,23 @@ def write_net(engine_path: str | Path, path: Path) -> PackedModel:
     shift_bits = struct.unpack("=I", struct.pack("=f", shift))[0]
     parts = [b"HYBNET01", struct.pack("=6q", image, c, h, w, shift_bits, len(native))]
     for spec in native:
-        dims, blobs = (spec[1:8], spec[8:]) if spec[0] == "conv" else (
-            (*spec[1:4], 0, 0, 0, 0), spec[4:])
-        parts.append(struct.pack("=8q", _KIND[spec[0]], *dims))
-        for arr in blobs:
-            data = b"" if arr is None else np.ascontiguousarray(arr).tobytes()
-            parts += [struct.pack("=q", len(data)), data]
+        parts += _layer_record(spec)
     path.write_bytes(b"".join(parts))
-    return load(engine_path)
+    model = load(engine_path)
+    assert isinstance(model, PackedModel)
+    return model
+
+
+def _layer_record(spec: tuple) -> list[bytes]:
+    """One layer tuple of the C extension as the driver reads it (``read_layer``)."""
+    dims, blobs = (spec[1:8], spec[8:]) if spec[0] == "conv" else (
+        (*spec[1:4], 0, 0, 0, 0), spec[4:])
+    return [struct.pack("=8q", _KIND[spec[0]], *dims), *map(_blob, blobs)]
+
+
+def _blob(arr: np.ndarray | None) -> bytes:
+    data = b"" if arr is None else np.ascontiguousarray(arr).tobytes()
+    return struct.pack("=q", len(data)) + data
 
 
 def _feed(x: np.ndarray) -> bytes:
@@ -151,6 +173,181 @@ def x86_reference(model: PackedModel, x: np.ndarray, words: bool,
     return logits, accs
 
 
+# ---- graphs: the fused plan of hybnn.engine.graph as a program for the driver -------------
+
+# parts of a graph run, bit p of the driver's MASK: each step belongs to one
+GRAPH_PARTS = ("binary layers", "fused epilogues", "float convolutions", "other float ops")
+_STEP = {"bin": 0, "ew": 1, "conv": 2, "pool": 3, "dense": 4, "affine": 5, "prelu": 6, "add": 7,
+         "mean": 8, "copy": 9}
+_VALUE = {"float": 0, "bits": 1, "acc": 2}
+_PART = {"bin": 0, "ew": 1, "conv": 2}  # every other step: part 3
+
+
+@dataclass
+class GraphStep:
+    """One compiled call (or numpy op) of the plan; value ids: 0 the input, node j's j + 1."""
+
+    kind: str
+    feed: list[int]  # values it reads that the x86 engine's run keeps (replay feeds them)
+    out: list[int]  # values it writes
+    ints: list[int]
+    blobs: list[np.ndarray | None] = field(default_factory=list)
+    layer: tuple | None = None  # a binary layer's tuple (graph.binary_spec)
+
+    @property
+    def part(self) -> int:
+        return _PART.get(self.kind, 3)
+
+
+def _id(j: int | None) -> int:
+    return -1 if j is None else j + 1
+
+
+def graph_steps(model: GraphModel, arrays: dict[str, np.ndarray]
+                ) -> tuple[list[GraphStep], list[tuple[str, tuple]]]:
+    """(steps, values (kind, (C, H, W))) of the model's fused plan, in its order; ``arrays``:
+    the engine file's."""
+    from hybnn.engine.graph import binary_spec, check_graph
+
+    _, nodes, layers = check_graph(model.header, arrays)
+    values = [("float", model.input_shape)] + [(n.out.kind, n.out.shape) for n in nodes]
+    assert model._plan is not None
+    steps: list[GraphStep] = []
+    for st in model._plan:
+        members, ew, keep, sign = st.chain or (st.members, None, None, None)
+        i = members[0]
+        node = nodes[i]
+        src, a, p = _id(node.inputs[0]), node.arrays, node.params
+        if node.op == "conv2d":  # with the batch norm it stores through, if fused
+            bn = nodes[keep].arrays if st.chain else {}
+            out = _id(keep if st.chain else i)
+            steps.append(GraphStep("conv", [src], [out], [src, out, p["kernel_size"], p["stride"],
+                                   p["padding"]], [a["weight"], a.get("bias"), bn.get("scale"),
+                                                   bn.get("shift")]))
+        elif st.chain is not None:  # [binary conv ->] per-channel float steps [-> sign]
+            source, feed = src, [src]
+            if node.op == "bconv2d":
+                source, feed = len(values), []
+                values.append(("acc", node.out.shape))
+                steps.append(GraphStep("bin", [src], [], [src, source, 1], [None],
+                                       binary_spec(node, layers[i])))
+            ints = [source, _id(keep), _id(sign), len(ew)]
+            blobs = [a.get("alpha") if node.op == "bconv2d" else None,
+                     nodes[sign].arrays.get("shift") if sign is not None else None]
+            for op, sa, sb, other in ew:
+                ints += [op, _id(other)]
+                blobs += [sa, sb]
+                feed += [_id(other)] if other is not None else []
+            steps.append(GraphStep("ew", feed, [_id(k) for k in st.outputs], ints, blobs))
+        elif node.op in ("bconv2d", "bdense"):
+            mode = 0 if p["mode"] == "signs" else 2
+            steps.append(GraphStep("bin", [src], [_id(i)], [src, _id(i), mode],
+                                   [a.get("alpha")], binary_spec(node, layers[i])))
+        elif node.op in ("maxpool2d", "avgpool2d"):
+            steps.append(GraphStep("pool", [src], [_id(i)], [
+                src, _id(i), p["kernel_size"], p["stride"], p["padding"],
+                int(node.op == "avgpool2d"), int(bool(p.get("count_include_pad")))]))
+        elif node.op in ("dense", "affine", "prelu", "global_avgpool", "flatten", "add"):
+            kind = {"global_avgpool": "mean", "flatten": "copy"}.get(node.op, node.op)
+            ins = [_id(j) for j in node.inputs]
+            extra: list[np.ndarray | None] = []
+            if node.op == "dense":
+                extra = [a["weight"], a.get("bias")]
+            elif node.op == "affine":  # scale 1: x + shift, as numpy runs it
+                extra = [None if (a["scale"] == 1).all() else a["scale"], a["shift"]]
+            elif node.op == "prelu":
+                extra = [a["slope"]]
+            steps.append(GraphStep(kind, ins, [_id(i)], [*ins, _id(i)], extra))
+        else:
+            raise ValueError(f"no driver step for {node.op}")
+    return steps, values
+
+
+def write_graph(engine_path: str | Path, path: Path) -> tuple[GraphModel, list[GraphStep]]:
+    """Write the engine graph's fused plan for the driver (``neon_driver graph``); returns the
+    model loaded on this host and the steps."""
+    model = load(engine_path)
+    if not isinstance(model, GraphModel):
+        raise ValueError(f"{engine_path} is not an engine graph")
+    steps, values = graph_steps(model, fmt.read(engine_path)[1])
+    parts = [b"HYBGRF01", struct.pack("=2q", len(values), model._output + 1)]
+    parts += [struct.pack("=4q", _VALUE[kind], *shape) for kind, shape in values]
+    parts.append(struct.pack("=q", len(steps)))
+    for st in steps:
+        parts.append(struct.pack("=2q", _STEP[st.kind], st.part))
+        for ids in (st.feed, st.out, st.ints):
+            parts.append(struct.pack(f"={1 + len(ids)}q", len(ids), *ids))
+        if st.layer is not None:
+            parts += _layer_record(st.layer)
+        parts.append(struct.pack("=q", len(st.blobs)))
+        parts += [_blob(None if b is None else np.asarray(b)) for b in st.blobs]
+    path.write_bytes(b"".join(parts))
+    return model, steps
+
+
+def _value_dtype(model: GraphModel, j: int) -> np.dtype:
+    return np.dtype(np.uint64) if j > 0 and model.nodes[j - 1].out.kind == "bits" else np.dtype(
+        np.float32)
+
+
+def _value_shape(model: GraphModel, j: int, n: int) -> tuple[int, ...]:
+    if j == 0:
+        return (n, *model.input_shape)
+    out = model.nodes[j - 1].out
+    c, h, w = out.shape
+    return (n, h, w, -(-c // 64)) if out.kind == "bits" else (n, c, h, w)
+
+
+def _read_values(model: GraphModel, raw: bytes, ids: list[int], n: int, at: int
+                 ) -> tuple[list[np.ndarray], int]:
+    got = []
+    for j in ids:
+        shape, dtype = _value_shape(model, j, n), _value_dtype(model, j)
+        size = int(np.prod(shape)) * dtype.itemsize
+        got.append(np.frombuffer(raw[at : at + size], dtype).reshape(shape))
+        at += size
+    return got, at
+
+
+def run_graph(exe: Path, prog: Path, model: GraphModel, steps: list[GraphStep], x: np.ndarray,
+              isa: str, mode: str = "run", values: dict[int, np.ndarray] | None = None
+              ) -> tuple[np.ndarray, list[list[np.ndarray]]]:
+    """The aarch64 build on images ``x``: (the output value, each step's outputs). ``mode``
+    "run": the outputs stay empty; "trace": every step's, of the run; "replay": each step on
+    ``values`` (``GraphModel.run(x, keep=True)`` of this host: node index -> value) for its
+    inputs."""
+    n = len(x)
+    feed = [_feed(x)]
+    if mode == "replay":
+        assert values is not None
+        feed = [struct.pack("=I", n)] + [np.ascontiguousarray(values[j - 1]).tobytes()
+                                        for st in steps for j in st.feed]
+    proc = _run([QEMU, str(exe), "graph", str(prog), isa, mode, "1", "0"],
+                input=b"".join(feed), timeout=600)
+    raw, at, outs = proc.stdout, 0, []
+    if mode == "replay":
+        for st in steps:
+            got, at = _read_values(model, raw, st.out, n, at)
+            outs.append(got)
+    (logits,), at = _read_values(model, raw, [model._output + 1], n, at)
+    if mode == "trace":
+        for st in steps:
+            got, at = _read_values(model, raw, st.out, n, at)
+            outs.append(got)
+    if at != len(raw):
+        raise RuntimeError(f"driver wrote {len(raw)} bytes, expected {at}")
+    return logits.reshape(n, -1), outs
+
+
+def graph_instructions(exe: Path, plugin: Path, prog: Path, x: np.ndarray, isa: str,
+                       mask: int) -> int:
+    """Guest instructions of the driver running the graph with the parts in ``mask`` three
+    times."""
+    proc = _run([QEMU, "-plugin", str(plugin), str(exe), "graph", str(prog), isa, "run", "3",
+                 str(mask)], input=_feed(x), timeout=900)
+    return _plugin_count(proc)
+
+
 def build_plugin(out: Path) -> Path:
     """The instruction-counting TCG plugin, built with the host's C compiler."""
     cc = shutil.which("cc") or shutil.which("gcc")
@@ -166,6 +363,10 @@ def instructions(exe: Path, plugin: Path, net: Path, x: np.ndarray, isa: str, re
     """Guest instructions of the whole driver process running the batch ``reps`` times."""
     proc = _run([QEMU, "-plugin", str(plugin), str(exe), "net", str(net), "floats", isa, "run",
                  str(reps)], input=_feed(x), timeout=600)
+    return _plugin_count(proc)
+
+
+def _plugin_count(proc: subprocess.CompletedProcess) -> int:
     lines = [ln for ln in proc.stderr.decode().splitlines() if ln.startswith("insns ")]
     if len(lines) != 1:
         raise RuntimeError(f"the plugin reported no count: {proc.stderr[-300:]!r}")
@@ -300,6 +501,152 @@ def markdown(res: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---- the binary ResNet-18 graphs (--resnet) ----------------------------------------------
+
+GEOMETRIES = {"cifar": (32, 10), "imagenet": (224, 1000)}  # stem -> (side, classes): bench.resnet
+C_DRIVER = ROOT / "tests" / "engine" / "c_graph_driver.c"
+CHECK_IMAGES = {"cifar": 4, "imagenet": 2}  # random images compared with the x86 engine
+
+
+def _agreement(logits: np.ndarray, want: np.ndarray) -> dict[str, Any]:
+    """Classes equal and the largest logit difference relative to the largest logit (the C
+    export test's bound: 1e-4)."""
+    return {"classes_equal": int((logits.argmax(1) == want.argmax(1)).sum()),
+            "max_rel_diff": float(np.abs(logits - want).max() / np.abs(want).max()),
+            "images_checked": len(want)}
+
+
+def _c_export_row(engine_path: Path, x: np.ndarray, want: np.ndarray, plugin: Path,
+                  tmp: Path) -> dict[str, Any]:
+    """``hybnn export --format c`` built for aarch64 (the host flags, -static) with the C
+    export test's driver: agreement, and (3 images - 1 image) / 2 instructions."""
+    from hybnn.engine.c_export import HOST_FLAGS, write_c
+
+    write_c(engine_path, tmp / "c", "model")
+    exe = tmp / "c" / "model-aarch64"
+    _run([CC, *HOST_FLAGS, "-static", f"-I{tmp / 'c'}", str(tmp / "c" / "model.c"),
+          str(C_DRIVER), "-o", str(exe)], text=True)
+    proc = _run([QEMU, str(exe)], input=_feed(x), timeout=900)
+    n, k = want.shape
+    logits = np.frombuffer(proc.stdout[4 * n :], np.float32).reshape(n, k)
+    counts = [_plugin_count(_run([QEMU, "-plugin", str(plugin), str(exe)],
+                                 input=_feed(np.repeat(x[:1], reps, axis=0)), timeout=900))
+              for reps in (1, 3)]
+    return {"build": "C export (portable C99, -O2)", "insns_per_image": (counts[1] - counts[0]) / 2,
+            "flags": " ".join((*HOST_FLAGS, "-static")), **_agreement(logits, want)}
+
+
+def measure_resnet(stems: list[str], tmp: Path) -> dict[str, Any]:
+    """Per geometry: the engine's fused plan under the driver with each kernel table
+    (instructions per image at batch 1, split by part), and the C export."""
+    import torch
+
+    from hybnn.engine import export_model
+    from hybnn.machine import cpu_model
+    from hybnn.models.binary_resnet import BinaryResNet
+
+    exe, plugin = build_driver(tmp / "build"), build_plugin(tmp / "build")
+    rows: list[dict[str, Any]] = []
+    for stem in stems:
+        side, classes = GEOMETRIES[stem]
+        torch.manual_seed(0)
+        engine_path = tmp / f"resnet18-{stem}.engine"
+        export_model(BinaryResNet(classes, 3, 64, stem=stem, image_size=(side, side)).eval(),
+                     engine_path)
+        prog = tmp / f"resnet18-{stem}.graph"
+        model, steps = write_graph(engine_path, prog)
+        x = np.random.default_rng(0).standard_normal((CHECK_IMAGES[stem], 3, side, side),
+                                                     dtype=np.float32)
+        want = model.logits(x)
+        geometry = f"{side}x{side} ({stem} stem, {classes} classes)"
+        for isa in ISAS:
+            logits = run_graph(exe, prog, model, steps, x, isa)[0]
+            once = graph_instructions(exe, plugin, prog, x[:1], isa, 0)
+            per_part = {name: (graph_instructions(exe, plugin, prog, x[:1], isa, 1 << p) - once)
+                        / 2 for p, name in enumerate(GRAPH_PARTS)}
+            total = (graph_instructions(exe, plugin, prog, x[:1], isa, 2**len(GRAPH_PARTS) - 1)
+                     - once) / 2
+            rows.append({"geometry": geometry, "stem": stem, "build": f"engine, {isa} kernels",
+                         "isa": isa, "insns_per_image": total, "parts": per_part,
+                         "real_share": 1 - per_part[GRAPH_PARTS[0]] / total,
+                         **_agreement(logits, want)})
+            print(f"ResNet-18 {geometry}, engine {isa}: {total:,.0f} instructions per image",
+                  file=sys.stderr)
+        rows.append({"geometry": geometry, "stem": stem, "isa": None,
+                     **_c_export_row(engine_path, x, want, plugin, tmp / stem)})
+        print(f"ResNet-18 {geometry}, C export: {rows[-1]['insns_per_image']:,.0f}",
+              file=sys.stderr)
+    return {"rows": rows, "date": dt.date.today().isoformat(), "host": cpu_model(),
+            "compiler": _version(CC), "qemu": _version(QEMU), "flags": " ".join(CFLAGS)}
+
+
+def resnet_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
+    from bench.common import target
+
+    found = []
+    for r in res["rows"]:
+        n, name = r["images_checked"], f"aarch64 ResNet-18 {r['geometry']}, {r['build']}"
+        ok = r["classes_equal"] == n and r["max_rel_diff"] <= 1e-4
+        found += [
+            target(f"{name}: logits vs the x86 engine",
+                   f"{r['classes_equal']}/{n} classes, largest difference "
+                   f"{r['max_rel_diff']:.1e} of the largest logit",
+                   "classes equal, within float32 rounding (1e-4)", ok),
+            target(f"{name}: instructions per image", round(r["insns_per_image"]),
+                   "measured (qemu TCG plugin, exact count)", ok),
+        ]
+    for stem in dict.fromkeys(r["stem"] for r in res["rows"]):
+        by = {r["isa"]: r for r in res["rows"] if r["stem"] == stem}
+        found.append(target(f"aarch64 ResNet-18 {by['neon']['geometry']}: scalar / NEON "
+                            "instructions per image (x)",
+                            round(by["scalar"]["insns_per_image"] / by["neon"]["insns_per_image"],
+                                  2), "recorded (the float parts run the same C on both)", True))
+    return found
+
+
+def resnet_markdown(res: dict[str, Any], command: str) -> str:
+    lines = ["## aarch64: binary ResNet-18 graphs (qemu-aarch64, instructions per image)", "",
+             f"Command: `{command}` ({res['date']}), emulated on {res['host']}. "
+             f"{res['compiler']}; {res['qemu']}. ReActNet's binary ResNet-18 "
+             "(`hybnn.models.binary_resnet`, width 64, random weights: the counts do not depend "
+             "on them) exported to an engine graph. **Engine**: the engine's C core (flags "
+             f"`{res['flags']}`) run by `tests/engine/neon_driver.c` as "
+             "`hybnn.engine.graph` runs its fused plan: binary layers, fused float epilogues "
+             "(batch norm, shortcut add, RPReLU, the next sign packed), float convolutions (stem "
+             "and 1x1 shortcuts, with their batch norm) and pooling in the engine's kernels "
+             "(`csrc/float_ops.c`: its portable loops on aarch64, no NEON intrinsics); the global "
+             "mean, flatten and the classifier as plain C loops where the engine uses numpy. "
+             "Instructions of one image (batch 1, 1 thread), counted exactly by a TCG plugin: "
+             "each part's steps run three times instead of once, difference / 2. **C export**: "
+             "`hybnn export --format c` built with its host flags for aarch64 (portable C99, "
+             "no intrinsics) and `tests/engine/c_graph_driver.c`; (3 images - 1 image) / 2, "
+             "reading an image included. Real-valued share: every part but the binary layers. "
+             "**Instructions, not cycles**: qemu-user does not model a core's timing. "
+             "Agreement: random normal images, logits against the x86 engine's (its AVX2 float "
+             "convolutions use FMA, so within float32 rounding, not bit-exact; bit-exactness of "
+             "each kernel is tests/engine/test_neon.py).", "",
+             "| geometry | build | instructions per image | binary layers | fused epilogues "
+             "| float convolutions | other float ops | real-valued share | vs the x86 engine |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in res["rows"]:
+        parts = ([f"{r['parts'][p]:,.0f}" for p in GRAPH_PARTS] + [f"{100 * r['real_share']:.1f} %"]
+                 if "parts" in r else ["–"] * (len(GRAPH_PARTS) + 1))
+        lines.append(f"| {r['geometry']} | {r['build']} | {r['insns_per_image']:,.0f} | "
+                     f"{' | '.join(parts)} | {r['classes_equal']}/{r['images_checked']} classes, "
+                     f"{r['max_rel_diff']:.1e} |")
+    lines.append("")
+    for stem in dict.fromkeys(r["stem"] for r in res["rows"]):
+        by = {r["isa"]: r for r in res["rows"] if r["stem"] == stem}
+        s, n, c = by["scalar"], by["neon"], by[None]
+        b = GRAPH_PARTS[0]
+        lines.append(f"- {n['geometry']}: scalar / NEON "
+                     f"{s['insns_per_image'] / n['insns_per_image']:.2f}x in all, "
+                     f"{s['parts'][b] / n['parts'][b]:.2f}x in the binary layers; the C export "
+                     f"takes {c['insns_per_image'] / n['insns_per_image']:.2f}x the engine's "
+                     "NEON instructions.")
+    return "\n".join(lines) + "\n"
+
+
 def _version(cmd: str) -> str:
     proc = subprocess.run([cmd, "--version"], capture_output=True, text=True)
     return proc.stdout.splitlines()[0] if proc.returncode == 0 and proc.stdout else cmd
@@ -314,6 +661,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=32, help="images per pass")
     parser.add_argument("--json", type=Path, help="write the targets as JSON here")
     parser.add_argument("--no-write", action="store_true", help="leave BENCHMARKS.md alone")
+    parser.add_argument("--resnet", nargs="+", choices=sorted(GEOMETRIES), metavar="STEM",
+                        help="measure the binary ResNet-18 graphs of these geometries (cifar: "
+                        "32x32, imagenet: 224x224) instead of the chain networks; writes the "
+                        "aarch64-resnet section")
     args = parser.parse_args(argv)
     missing = missing_tools()
     if missing:
@@ -321,17 +672,17 @@ def main(argv: list[str] | None = None) -> int:
     from bench.common import write_json, write_section
 
     with tempfile.TemporaryDirectory() as tmp:
-        res = measure(args, Path(tmp))
-    found = targets(res)
+        res = measure_resnet(args.resnet, Path(tmp)) if args.resnet else measure(args, Path(tmp))
+    found = resnet_targets(res) if args.resnet else targets(res)
     for t in found:
         print(f"- {t['name']}: {t['value']} — {t['goal']}: {'met' if t['met'] else 'MISSED'}")
     command = "python -m bench.aarch64 " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = markdown(res, command.strip())
+    text = (resnet_markdown if args.resnet else markdown)(res, command.strip())
     print(text)
     if not args.no_write:
-        write_section("aarch64", text)
+        write_section("aarch64-resnet" if args.resnet else "aarch64", text)
     if args.json:
-        write_json(args.json, found, aarch64=res)
+        write_json(args.json, found, **{"aarch64_resnet" if args.resnet else "aarch64": res})
     return 0
 
 

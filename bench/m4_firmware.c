@@ -33,6 +33,22 @@ extern uint32_t __stack_bottom[], __stack_top[];
 #define TIMER0 ((volatile uint32_t *)0x40000000u) /* CTRL, VALUE, RELOAD, INTSTATUS */
 #define SCB_CPACR (*(volatile uint32_t *)0xe000ed88u)
 
+/* GCC may call memcpy and memset even from freestanding code (a copy or fill loop of the model
+ * becomes a call), and there is no libc here: byte loops (this file is built without the loop
+ * patterns that would turn them back into calls). Unused, --gc-sections drops them. */
+void *memcpy(void *dst, const void *src, size_t n) {
+    unsigned char *d = (unsigned char *)dst;
+    const unsigned char *s = (const unsigned char *)src;
+    while (n--) *d++ = *s++;
+    return dst;
+}
+
+void *memset(void *dst, int c, size_t n) {
+    unsigned char *d = (unsigned char *)dst;
+    while (n--) *d++ = (unsigned char)c;
+    return dst;
+}
+
 static uint32_t semihost(uint32_t op, uintptr_t arg) {
     register uint32_t r0 __asm__("r0") = op;
     register uintptr_t r1 __asm__("r1") = arg;

@@ -54,3 +54,33 @@ def test_a_firmware_that_fails_is_reported(tmp_path):
     elf = cortex_m4.build_firmware(tmp_path / "fb.engine", x, tmp_path / "fw")
     with pytest.raises(RuntimeError, match="firmware failed"):
         cortex_m4.run_firmware(elf)
+
+
+def test_a_binary_resnet_graph_on_a_cortex_m4_agrees_with_the_engine(tmp_path):
+    """A small binary ResNet (bench/cortex_m4.py's RESNET geometry: float 7x7 stem and max
+    pool, binary blocks, float 1x1 shortcuts, random weights) as M4 firmware on real test
+    images: the engine's classes, its logits within float32 rounding (the float convolutions
+    sum in another order), and it fits a 256 KiB flash / 64 KiB RAM M4."""
+    import torch
+    from test_c_export import _real_data
+    from test_engine_graph import _randomize
+
+    from hybnn.engine import export_model
+    from hybnn.models.binary_resnet import BinaryResNet
+
+    torch.manual_seed(1)
+    model = _randomize(BinaryResNet(**{**cortex_m4.RESNET, "width": 12}), 1)
+    export_model(model, tmp_path / "resnet.engine")
+    test = _real_data()[1]  # ordered by class: images spread over it
+    pick = np.linspace(0, len(test) - 1, 24).astype(int)
+    x = np.ascontiguousarray(test.x[pick] - np.float32(0.5))
+    want = load(tmp_path / "resnet.engine").logits(x)
+    assert len(set(want.argmax(1).tolist())) > 1
+    elf = cortex_m4.build_firmware(tmp_path / "resnet.engine", x, tmp_path / "fw")
+    run = cortex_m4.run_firmware(elf)
+    np.testing.assert_array_equal(run.classes, want.argmax(1))
+    np.testing.assert_allclose(run.logits, want, rtol=cortex_m4.TOLERANCE,
+                               atol=cortex_m4.TOLERANCE * np.abs(want).max())
+    size = cortex_m4.sizes(elf)
+    assert size["flash_bytes"] < 256 * 1024
+    assert size["data_bss_bytes"] + run.stack_bytes < 64 * 1024

@@ -18,7 +18,15 @@ counts their instructions) and run under ``qemu-aarch64``:
   (tails in each pixel's last word; 36 words per dot product, past one K block), dense
   100 -> 2100 -> 37 (a 33-word dot product with thresholds) and a 10-class output. The trained
   models are marked slow (their training takes most of the time); the awkward network runs on
-  real test images without training.
+  real test images without training;
+* graph level (binary ResNets, small random widths, on real test images): the engine's fused
+  plan, step by step as hybnn.engine.graph runs it (binary layers, fused float epilogues, float
+  convolutions, pooling), replayed on the x86 engine's own inputs of each step: binary layers,
+  epilogues (signs packed included), pooling and the other per-value ops bit-exact, float
+  convolutions (and the classifier's sums) within twice the float32 rounding bound the x86
+  float-convolution test uses (both sides round); run end to end, every value up to the global
+  pooling equals the x86 engine's on its scalar ISA (the same C float loops, no FMA) bit for
+  bit, and the logits are within float32 rounding of the x86 engine's default run, classes equal.
 
 Skips without aarch64-linux-gnu-gcc or qemu-aarch64 (Debian: gcc-aarch64-linux-gnu, qemu-user).
 """
@@ -30,12 +38,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from engine_reference import randomize
 from test_c_export import N_REAL, _real_data, real  # noqa: F401  (real: a fixture)
 
 from bench import aarch64
 from hybnn.data.prep import prepare
-from hybnn.engine import export_model, pack_images
+from hybnn.engine import export_model, pack_images, set_isa
 
 MISSING = aarch64.missing_tools()
 pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"needs {', '.join(MISSING)} (Debian: "
@@ -98,3 +108,89 @@ def test_awkward_widths_on_real_images_equal_the_x86_engine(driver, tmp_path):
     x = np.ascontiguousarray(_real_data()[1].x[:N_AWKWARD])  # in [0, 1]; the engine centres
     _assert_same_on_aarch64(driver, engine_path, x, pack_images(prepare(x, "centered")),
                             tmp_path)
+
+
+# ---- graphs -------------------------------------------------------------------------------
+U = 2.0**-24
+N_GRAPH = 16  # real test images through each ResNet
+
+
+def _resnet(stem: str, tmp_path: Path) -> Path:
+    from test_engine_graph import _randomize
+
+    from hybnn.models.binary_resnet import BinaryResNet
+
+    width = int(np.random.default_rng(len(stem)).integers(5, 24))  # tails in every word
+    torch.manual_seed(1)
+    model = _randomize(BinaryResNet(10, 1, width, (1, 1, 1, 1), scaling="learned", stem=stem,
+                                    image_size=(28, 28)), 2)
+    export_model(model, tmp_path / f"{stem}.engine")
+    return tmp_path / f"{stem}.engine"
+
+
+def _float_sum_bound(step: aarch64.GraphStep, xs: list[np.ndarray], want: np.ndarray
+                     ) -> np.ndarray:
+    """2 x (K + 2) u M per value, M the op on absolute values, K the terms of a sum: the x86
+    float-convolution test's bound for each side (plus a batch norm's two roundings)."""
+    x = torch.from_numpy(np.abs(xs[0]).astype(np.float64))
+    if step.kind == "mean":
+        k, mag = xs[0].shape[2] * xs[0].shape[3], x.mean(dim=(2, 3), keepdim=True).numpy()
+    else:
+        w, bias = (torch.from_numpy(np.abs(b).astype(np.float64)) if b is not None else None
+                   for b in step.blobs[:2])
+        assert w is not None
+        if step.kind == "dense":
+            k, mag = w.shape[1], F.linear(x.reshape(len(x), -1), w, bias).numpy()
+        else:
+            _, _, kk, s, p = step.ints
+            k, mag = w.shape[1] * kk * kk, F.conv2d(x, w, bias, s, p).numpy()
+            scale, shift = step.blobs[2:]
+            if scale is not None and shift is not None:  # the batch norm it stores through
+                mag = mag * _channels(np.abs(scale)) + _channels(np.abs(shift))
+    return 2 * (k + 2) * U * mag.reshape(want.shape)
+
+
+def _channels(v: np.ndarray) -> np.ndarray:
+    return v[None, :, None, None]
+
+
+def _same_bits(got: np.ndarray, want: np.ndarray) -> bool:
+    want = np.ascontiguousarray(want)
+    return got.dtype == want.dtype and got.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("stem", ["cifar", "imagenet"])
+def test_binary_resnet_graphs_on_real_images_equal_the_x86_engine(driver, stem, tmp_path):
+    engine_path = _resnet(stem, tmp_path)
+    model, steps = aarch64.write_graph(engine_path, tmp_path / "model.graph")
+    prog = tmp_path / "model.graph"
+    assert {"bin", "ew", "conv", "pool", "mean", "dense"} <= {st.kind for st in steps}
+    test = _real_data()[1]  # ordered by class: images spread over it, centred
+    pick = np.linspace(0, len(test) - 1, N_GRAPH).astype(int)
+    x = np.ascontiguousarray(test.x[pick] - np.float32(0.5))
+    values = model.run(x, keep=True)  # this host's default ISA: float convolutions with FMA
+    want = model.logits(x)
+    assert len(set(want.argmax(1).tolist())) > 1
+    try:
+        set_isa("scalar")
+        plain = model.run(x, keep=True)  # the portable float loops aarch64 runs too
+    finally:
+        set_isa(None)
+    first_mean = next(k for k, st in enumerate(steps) if st.kind == "mean")
+    for isa in aarch64.ISAS:
+        _, outs = aarch64.run_graph(driver, prog, model, steps, x, isa, "replay", values)
+        for step, got in zip(steps, outs, strict=True):
+            for j, value in zip(step.out, got, strict=True):
+                ref = values[j - 1]
+                if step.kind in ("conv", "dense", "mean"):
+                    xs = [values[i - 1] for i in step.feed]
+                    err = np.abs(value.astype(np.float64) - ref.reshape(value.shape))
+                    assert (err <= _float_sum_bound(step, xs, value)).all(), (isa, step.kind, j)
+                else:
+                    assert _same_bits(value, ref), (isa, step.kind, j)
+        logits, trace = aarch64.run_graph(driver, prog, model, steps, x, isa, "trace")
+        for step, got in list(zip(steps, trace, strict=True))[:first_mean]:
+            for j, value in zip(step.out, got, strict=True):
+                assert _same_bits(value, plain[j - 1]), (isa, step.kind, j)
+        np.testing.assert_allclose(logits, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+        assert (logits.argmax(1) == want.argmax(1)).all()

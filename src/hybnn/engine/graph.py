@@ -345,20 +345,24 @@ def _pool_runner(node: Node) -> Callable[[list[np.ndarray], int], np.ndarray]:
     return run
 
 
+def binary_spec(node: Node, layer: geometry.Layer) -> tuple:
+    """The layer tuple the C extension's ``Network`` takes for one binary node (float mode:
+    no thresholds, the dot products are scaled afterwards)."""
+    thr = node.arrays.get("thresholds")
+    flips = node.arrays.get("flips", np.ones(layer.out_channels, np.int8))
+    w = node.arrays["weights"]
+    if layer.op == "conv2d":
+        return ("conv", *layer.in_shape, layer.out_channels, layer.kernel_size, layer.stride,
+                layer.padding, w, thr, flips)
+    return ("dense", layer.in_channels, layer.in_words, layer.out_channels, w, thr, flips)
+
+
 def _binary_runner(node: Node, layer: geometry.Layer, in_shape: tuple[int, int, int],
                    raw: bool = False) -> Callable[[np.ndarray, int], np.ndarray]:
     """The compiled kernel of one binary node: packed words in, packed words or alpha*d out
     (``raw``: the int32 dot products d, NHWC, for a fused epilogue to scale)."""
     signs = node.params["mode"] == "signs"
-    thr = node.arrays.get("thresholds")
-    flips = node.arrays.get("flips", np.ones(layer.out_channels, np.int8))
-    w = node.arrays["weights"]
-    if layer.op == "conv2d":
-        spec: tuple = ("conv", *layer.in_shape, layer.out_channels, layer.kernel_size,
-                       layer.stride, layer.padding, w, thr, flips)
-    else:
-        spec = ("dense", layer.in_channels, layer.in_words, layer.out_channels, w, thr, flips)
-    net = _kernels.Network(("image", *in_shape), [spec])
+    net = _kernels.Network(("image", *in_shape), [binary_spec(node, layer)])
     oc, oh, ow = layer.out_shape
     alpha = node.arrays.get("alpha")
 
@@ -433,6 +437,9 @@ class Step:
     outputs: list[int]
     run: Callable[[dict[int, np.ndarray], int, dict[str, float] | None], None]
     fused: bool = False
+    # a fused step's call as data: (members, epilogue steps (op, a, b, other), kept float
+    # value, sign node); a float convolution's is ([conv, bn], [], bn, None)
+    chain: tuple | None = None
 
 
 def _consumers(nodes: list[Node]) -> dict[int, list[int]]:
@@ -557,7 +564,8 @@ def _conv_step(i: int, bn: int, nodes: list[Node]) -> Step:
         if times is not None:
             times[f"{name}:conv2d"] = times.get(f"{name}:conv2d", 0.0) + time.perf_counter() - t0
 
-    return Step(name, [i, bn], list(nodes[i].inputs), [bn], call, fused=True)
+    return Step(name, [i, bn], list(nodes[i].inputs), [bn], call, fused=True,
+                chain=([i, bn], [], bn, None))
 
 
 def _single_step(i: int, node: Node, run: Callable[[list[np.ndarray], int], np.ndarray]
@@ -615,7 +623,7 @@ def _fused_step(start: int, chain: tuple, nodes: list[Node], layers: list[geomet
                 times[conv_key] = times.get(conv_key, 0.0) + t1 - t0
             times[ew_key] = times.get(ew_key, 0.0) + t2 - t1
 
-    return Step(name, members, [src, *others], outputs, call, fused=True)
+    return Step(name, members, [src, *others], outputs, call, fused=True, chain=chain)
 
 
 # ---- the model -------------------------------------------------------------------------
