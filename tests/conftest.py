@@ -97,6 +97,21 @@ def distilled(tmp_path_factory, digits):
             "student": student, "train": train, "test": test}
 
 
+@pytest.fixture(scope="session")
+def distilled_resnet(distilled):
+    """The resnet18 student (width 4) distilled for 4 epochs from the ``distilled`` teacher,
+    saved. Returns a dict: dir, student (the DistilledEncoder)."""
+    from hybnn.pipeline.config import DistillConfig
+    from hybnn.pipeline.distill import distill
+
+    out = distilled["student_dir"].parent / "resnet"
+    config = DistillConfig(epochs=4, shift=0, seed=0, student="resnet18", width=4)
+    student = distill(distilled["teacher"], distilled["train"].x, out, config,
+                      {"source": "digits"}, distilled["test"].x, progress=False,
+                      teacher_path="vae")
+    return {"dir": out, "student": student}
+
+
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                  "ship", "truck"]
 

@@ -82,7 +82,8 @@ def pretrain(opts: PretrainOptions) -> VaeEncoder:
 
 
 def distill(opts: DistillOptions) -> DistilledEncoder:
-    """A fully binary encoder distilled from a frozen VAE on the general data, labels unused."""
+    """A binary encoder distilled from a frozen VAE on the general data, labels unused: the
+    fully binary cnn student, or the binary ResNet-18 (``config.student``)."""
     from hybnn.pipeline.distill import distill as distill_encoder
 
     resolve_device(opts.config.device)
@@ -92,7 +93,7 @@ def distill(opts: DistillOptions) -> DistilledEncoder:
             "agreement_split": "test"}
     return distill_encoder(teacher, general.x, opts.out, opts.config, info, held_out.x,
                            progress=opts.progress, teacher_path=str(opts.encoder),
-                           resume=opts.resume)
+                           resume=opts.resume, student_init=opts.student_init)
 
 
 def quantize(opts: QuantizeOptions) -> Int8Graph:

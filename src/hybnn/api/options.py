@@ -84,7 +84,8 @@ class PretrainOptions(_Checked):
 class DistillOptions(_Checked):
     """Distil a fully binary encoder from a frozen VAE, label-free, on the general data."""
 
-    READS: ClassVar[dict[str, str]] = {"encoder": "encoder artifact"}
+    READS: ClassVar[dict[str, str]] = {"encoder": "encoder artifact",
+                                       "student_init": "--student-init model"}
 
     encoder: str = setting(help="VAE encoder directory from `hybnn pretrain` (the teacher)")
     out: str = setting("runs/binary-encoder", "binary encoder directory to write")
@@ -92,7 +93,16 @@ class DistillOptions(_Checked):
                         "unused), reports bit agreement on its test split")
     resume: bool = setting(False, "continue from out/checkpoint.pt (after an interrupt)")
     config: DistillConfig = setting(factory=DistillConfig)
+    student_init: str | None = setting(None, "--student resnet18: start from this `hybnn "
+                                       "train --model resnet18` directory (e.g. ReBNN step "
+                                       "2), its classifier replaced", metavar="DIR")
     progress: bool = setting(True, "progress bars on a terminal, a line per step in a log")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.student_init is not None and self.config.student != "resnet18":
+            raise DataError("--student-init starts the resnet18 student: add --student "
+                            "resnet18")
 
 
 @dataclass(kw_only=True)

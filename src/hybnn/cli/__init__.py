@@ -59,7 +59,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     opts = build(api.DistillOptions, args)
     enc = api.distill(opts)
     agree = enc.meta["bit_agreement"]
-    print(f"binary encoder {enc.fingerprint[:12]} (teacher {enc.teacher_fingerprint[:12]}) -> "
+    print(f"binary encoder {enc.fingerprint[:12]} ({enc.meta['student']} student, teacher "
+          f"{enc.teacher_fingerprint[:12]}) -> "
           f"{opts.out}; bit agreement with the teacher: train {100 * agree['train']:.2f} %, "
           f"test {100 * agree['test']:.2f} %")
     return 0

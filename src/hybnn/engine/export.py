@@ -1,10 +1,13 @@
 """Export a trained BNNHead, BinaryCNN or fully binary HyBNN to an engine file.
 
 See :mod:`hybnn.engine.format` for the file. A :class:`FullyBinaryHyBNN` (distilled binary
-encoder + BNN head) becomes one network, images in, logits out: the encoder's convolutions
-and its dense layer to the code bits fold to thresholds like any hidden layer, then the head
-follows. Its input spec records ``"prep": "centered"``: the runtime subtracts 0.5 from the
-[0, 1] pixels before the sign, as the torch model does.
+encoder + BNN head) becomes one network, images in, logits out. With the cnn student
+(:class:`BinaryEncoder`) it is a chain: the encoder's convolutions and its dense layer to
+the code bits fold to thresholds like any hidden layer, then the head follows; its input
+spec records ``"prep": "centered"``: the runtime subtracts 0.5 from the [0, 1] pixels before
+the sign, as the torch model does. With the resnet18 student (:class:`ResNetEncoder`) it is
+a graph (:mod:`hybnn.engine.graph_export`): the student's preparation is an affine node, its
+real-valued classifier's outputs are signed into the head's first binary layer.
 """
 
 from __future__ import annotations
@@ -152,7 +155,7 @@ def build(model: nn.Module) -> tuple[dict[str, Any], list[dict[str, Any]], dict[
         pairs = _pairs(list(model.classifier))
         for i, (layer, bn) in enumerate(pairs):
             b.dense(layer, bn, chw if i == 0 else None, last=i == len(pairs) - 1)
-    elif isinstance(model, FullyBinaryHyBNN):
+    elif isinstance(model, FullyBinaryHyBNN) and isinstance(model.encoder, BinaryEncoder):
         spec, chw = _image_input(model.encoder)
         spec["prep"] = "centered"
         for layer, bn in _pairs(list(model.encoder.features)):
@@ -187,6 +190,12 @@ def engine_header(
     from hybnn import __version__
     from hybnn.models.io import arch_name
 
+    if isinstance(model, FullyBinaryHyBNN) and not isinstance(model.encoder, BinaryEncoder):
+        from hybnn.engine.graph_export import graph_header
+
+        c = int(model.encoder.config["in_channels"])
+        header, arrays = graph_header(model, (c, *model.encoder.image_size), metadata)
+        return {**header, "arch": FULLY_BINARY}, arrays
     if not isinstance(model, CHAINS):
         from hybnn.engine.graph_export import graph_header
 
@@ -264,5 +273,6 @@ def export_fully_binary(
     return export_model(FullyBinaryHyBNN(encoder.model, head), path, metadata={
         "source": {"model_dir": str(head_dir), **source},
         "encoder": {"dir": str(encoder_dir), "fingerprint": encoder.fingerprint,
-                    "teacher_fingerprint": encoder.teacher_fingerprint},
+                    "teacher_fingerprint": encoder.teacher_fingerprint,
+                    "student": encoder.meta.get("student", "cnn")},
     })

@@ -1,4 +1,4 @@
-"""Models: binary-latent VAE (phase 1), BNN head (phase 3), CNN baselines, binary encoder.
+"""Models: binary-latent VAE (phase 1), BNN head (phase 3), CNN baselines, binary encoders.
 
 Classes are imported on first use, so :mod:`hybnn.models.names` is usable without torch.
 """
@@ -17,11 +17,12 @@ _WHERE = {
     "FloatResNet": "hybnn.models.binary_resnet",
     "FloatCNN": "hybnn.models.float_cnn",
     "FullyBinaryHyBNN": "hybnn.models.fully_binary",
+    "ResNetEncoder": "hybnn.models.binary_encoder",
 }
 
 __all__ = [
     "BNNHead", "BinaryCNN", "BinaryEncoder", "BinaryLatentVAE", "BinaryResNet", "FloatCNN",
-    "FloatResNet", "FullyBinaryHyBNN",
+    "FloatResNet", "FullyBinaryHyBNN", "ResNetEncoder",
 ]
 
 

@@ -13,6 +13,11 @@ from hybnn.settings import setting
 
 SCHEDULES = ("cosine", "linear", "constant")
 DISTILL_TARGETS = ("soft", "hard")
+# The distilled encoder's network: cnn, three binary convolutions and a binary dense layer
+# (fully binary); resnet18, the binary ResNet-18 with one classifier output per code bit
+DISTILL_STUDENTS = ("cnn", "resnet18")
+STUDENT_WIDTH = {"cnn": 32, "resnet18": 16}  # default --width of each student
+RESNET_STEMS = ("cifar", "imagenet")
 _HEAD = SPECS["head"]
 
 
@@ -116,7 +121,17 @@ class DistillConfig:
     target: str = setting("soft", "soft: sigmoid of the VAE's logits / temperature; "
                           "hard: the VAE's bits", choices=DISTILL_TARGETS)
     temperature: float = setting(1.0, "temperature of the soft targets")
-    width: int = setting(32, "filters of the first binary conv (then 2x and 4x)")
+    student: str = setting("cnn", "the network that learns the codes: cnn (three binary "
+                           "convs and a binary dense layer: fully binary) or resnet18 (the "
+                           "binary ResNet-18, real-valued stem, shortcuts and classifier)",
+                           choices=DISTILL_STUDENTS)
+    width: int | None = setting(None, "cnn: filters of the first binary conv, then 2x and 4x "
+                                f"(default {STUDENT_WIDTH['cnn']}); resnet18: base channels, "
+                                f"then 2x, 4x, 8x (default {STUDENT_WIDTH['resnet18']}, or "
+                                "--student-init's)")
+    stem: str | None = setting(None, "resnet18: cifar (3x3 stride-1 stem) or imagenet (7x7 "
+                               "stride 2 + max pool); default cifar, or --student-init's",
+                               choices=RESNET_STEMS)
     # shifts measured to raise held-out bit agreement on mnist-5k (hard targets: +1.5 points)
     shift: int = setting(2, "augmentation: random shifts of up to this many pixels (0: none)")
     seed: int = setting(0, "random seed")
@@ -127,6 +142,12 @@ class DistillConfig:
         any work."""
         _check(self, "target", self.target in DISTILL_TARGETS,
                f"one of {', '.join(DISTILL_TARGETS)}")
+        _check(self, "student", self.student in DISTILL_STUDENTS,
+               f"one of {', '.join(DISTILL_STUDENTS)}")
+        _check(self, "stem", self.stem is None or self.stem in RESNET_STEMS,
+               f"one of {', '.join(RESNET_STEMS)}")
+        if self.student != "resnet18" and self.stem is not None:
+            raise DataError("--stem is the resnet18 student's: add --student resnet18")
         check_settings(self)
         return self
 
@@ -137,7 +158,6 @@ RESNET_STEPS = (1, 2)
 # (the same with the official code's constant gamma, see hybnn.binary.rebnn)
 RESNET_METHODS = ("ste", "reactnet", "rebnn", "rebnn-const")
 AUGMENTS = ("standard", "none")
-RESNET_STEMS = ("cifar", "imagenet")
 
 
 @dataclass
