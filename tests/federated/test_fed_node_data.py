@@ -266,41 +266,87 @@ def test_the_flower_app_ships_inside_the_package():
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("flower-superlink") is None,
                     reason="the fed extra is not installed")
-def test_several_hosts_each_on_its_own_file(encoder_dir, node_files, tmp_path, spawned):
-    """The SuperLink on 127.0.0.2 with a certificate for 127.0.0.2 only; SuperNodes on
-    127.0.0.3 and 127.0.0.4, each with its own working directory, FLWR_HOME and data file;
-    TLS and node authentication on, 2 rounds; a third node's file holds a foreign label."""
+def test_several_hosts_each_on_its_own_file(encoder_dir, node_files, other_encoder, tmp_path,
+                                            spawned):
+    """The SuperLink on 127.0.0.2 with a certificate for 127.0.0.2 only (`hybnn pki`, used
+    read-only); SuperNodes on 127.0.0.3 and 127.0.0.4, each with its own working directory,
+    FLWR_HOME and data file, and keys the deployment generates; TLS and node authentication
+    on, 2 rounds. Three more nodes are hostile: a foreign label in the file, another
+    encoder, a corrupt file. Each is refused in one line on that node and logged by the
+    server; the run completes with the other two, and every node's folder is left as it
+    was."""
     import json
+    import stat
+
+    from cryptography import x509
 
     from hybnn.cli import main
+    from hybnn.federated import pki
     from hybnn.federated.deploy import deploy
 
     root, files, _ = node_files
     commands = spawned
     assert main(["pki", "--out", str(tmp_path / "pki"), "--server-name", "127.0.0.2",
-                 "--nodes", "3"]) == 0
-    nodes = [str(files[0]), str(files[1]), str(root / "has-7.npz")]
+                 "--nodes", "1"]) == 0
+    mine = {p: p.read_bytes() for p in (tmp_path / "pki").iterdir()}
+    server_cert = tmp_path / "pki" / "server.pem"
+    assert pki.san_names(x509.load_pem_x509_certificate(server_cert.read_bytes())) == [
+        "127.0.0.2"]
+    sites = {name: tmp_path / name for name in ("encoder", "corrupt")}
+    for site in sites.values():
+        site.mkdir()
+    shutil.copy(files[2], sites["encoder"] / "train.npz")
+    shutil.copytree(other_encoder, sites["encoder"] / "encoder")
+    (sites["corrupt"] / "train.npz").write_bytes(np.random.default_rng(0).bytes(4096))
+    nodes = [str(files[0]), str(files[1]), str(root / "has-7.npz"),
+             str(sites["encoder"] / "train.npz"), str(sites["corrupt"] / "train.npz")]
+    before = {name: _tree(site) for name, site in sites.items()}
     cfg = settings(data="digits", task="0v1", rounds=2, local_epochs=1, encoder=encoder_dir,
-                   node_data=True, labels="0,1", clients=3, min_clients=2,
-                   fraction_evaluate=1.0, round_timeout=120.0, node_wait=60.0)
+                   node_data=True, labels="0,1", clients=5, min_clients=2,
+                   fraction_evaluate=1.0, round_timeout=120.0, node_wait=90.0)
     res = deploy(cfg, tmp_path / "run", centralized=False, run_timeout=600,
-                 certificates=tmp_path / "pki", supernode_keys=tmp_path / "pki",
-                 server_address="127.0.0.2", node_data=nodes,
-                 node_hosts=["127.0.0.3", "127.0.0.4"])
+                 certificates=tmp_path / "pki", server_address="127.0.0.2", node_data=nodes,
+                 node_hosts=["127.0.0.3", "127.0.0.4"],
+                 node_configs=[{}, {}, {}, {"encoder": str(sites["encoder"] / "encoder")}])
     assert res["run_status"] == "finished:completed" and res["status"] == "completed"
     assert res["security"] == {"tls": True, "supernode_auth": True}
     want = {i: len(stratified_split(np.load(nodes[i])["y"], 0.2, 0)[0]) for i in (0, 1)}
     for r in res["rounds"]:
         got = {c["partition"]: c["num_examples"] for c in r["clients"] if c["status"] == "ok"}
         assert got == want, r["clients"]
-    refused = [c for c in res["handshake"] if c.get("status") != "ok"]
-    assert len(refused) == 1 and "outside the federation's label space" in str(refused)
+    refused = {c["node_id"]: c["reason"] for c in res["handshake"] if c["status"] != "ok"}
+    assert len(refused) == 3, res["handshake"]
+    reasons = list(refused.values())
+    for why in ("but the federation uses encoder", "outside the federation's label space",
+                "train.npz: not a readable .npz file"):
+        assert sum(why in r for r in reasons) == 1, reasons
+    deployment = (tmp_path / "run" / "deployment").resolve()
+    link_log = (deployment / "superlink.log").read_text()
+    assert "Uvicorn running on https://127.0.0.2" in link_log
+    assert link_log.count("Activated node_id=") >= 5
+    for i in (2, 3, 4):  # the refused node says why in one line, not a traceback
+        node_log = (deployment / f"supernode-{i}.log").read_text()
+        errors = [ln for ln in node_log.splitlines() if ln.startswith("hybnn: error: ")]
+        assert len(errors) == 1 and errors[0][len("hybnn: error: "):] in reasons, node_log
+        assert "Traceback" not in node_log
+    assert {name: _tree(site) for name, site in sites.items()} == before
+    assert {p: p.read_bytes() for p in (tmp_path / "pki").iterdir()} == mine
+    # the processes: who listens where, which files each was given
     link = commands["superlink"]
     assert link[link.index("--host") + 1] == "127.0.0.2"
-    for i, host in enumerate(["127.0.0.3", "127.0.0.4", "127.0.0.3"]):
+    assert link[link.index("--ssl-certfile") + 1] == str(server_cert)
+    assert "--enable-supernode-auth" in link and "--insecure" not in link
+    for i, host in enumerate(["127.0.0.3", "127.0.0.4", "127.0.0.3", "127.0.0.4",
+                              "127.0.0.3"]):
         node = commands[f"supernode-{i}"]
         assert node[node.index("--host") + 1] == host
         assert node[node.index("--superlink") + 1].startswith("127.0.0.2:")
         assert f'data="{nodes[i]}"' in node[node.index("--node-config") + 1]
+        assert node[node.index("--root-certificates") + 1] == str(tmp_path / "pki" / "ca.crt")
+        key = deployment / "pki" / f"supernode-{i}"
+        assert node[node.index("--auth-supernode-private-key") + 1] == str(key)
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+        assert str(tmp_path / "pki" / "server.key") not in node  # the SuperLink's key stays
+    assert 'address = "127.0.0.2:' in (deployment / "flwr-cli" / "config.toml").read_text()
     server_side = json.dumps(link) + json.dumps(res["config"])
     assert not any(str(Path(f).parent) in server_side for f in nodes)

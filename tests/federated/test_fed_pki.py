@@ -207,35 +207,5 @@ def test_a_certificate_for_another_address_is_refused_before_anything_starts(tmp
     assert not (tmp_path / "run" / "encoder").exists()
 
 
-@needs_flower
-@pytest.mark.slow
-@pytest.mark.skipif(not _can_listen("127.0.0.2"), reason="127.0.0.2 is not on this host")
-def test_a_superlink_on_127_0_0_2_with_a_certificate_for_it_only(tmp_path, spawned):
-    """`hybnn pki --server-name 127.0.0.2` material, nothing naming 127.0.0.1: the node
-    reaches the SuperLink at 127.0.0.2 and comes online."""
-    from hybnn.federated.deploy import LocalFederation
-
-    commands = spawned
-    assert main(["pki", "--out", str(tmp_path / "pki"), "--server-name", "127.0.0.2",
-                 "--nodes", "1"]) == 0
-    creds = pki.credentials(tmp_path / "unused", 1, certificates=tmp_path / "pki",
-                            supernode_keys=tmp_path / "pki", address="127.0.0.2")
-    cert = x509.load_pem_x509_certificate(creds.tls.server_cert.read_bytes())
-    assert pki.san_names(cert) == ["127.0.0.2"]
-    node = {"partition-id": 0, "num-partitions": 1}
-    with LocalFederation(tmp_path / "fed", [node], 90.0, creds, host="127.0.0.2") as fed:
-        nodes = fed.flwr("supernode", "list", "hybnn-local")["nodes"]
-        address = fed.superlink_address
-    assert [n["status"] for n in nodes] == ["online"], nodes
-    assert address == f"127.0.0.2:{fed.superlink_port}"
-    link = commands["superlink"]
-    assert link[link.index("--host") + 1] == "127.0.0.2"
-    assert link[link.index("--ssl-certfile") + 1] == str(creds.tls.server_cert)
-    supernode = commands["supernode-0"]
-    assert supernode[supernode.index("--superlink") + 1] == address
-    assert supernode[supernode.index("--host") + 1] == "127.0.0.1"  # its own Runtime API
-    assert str(creds.tls.server_key) not in supernode  # the SuperLink's key stays there
-    assert 'address = "127.0.0.2:' in (tmp_path / "fed" / "flwr-cli" / "config.toml"
-                                       ).read_text()
-    assert "Uvicorn running on https://127.0.0.2" in (tmp_path / "fed" / "superlink.log"
-                                                      ).read_text()
+# A SuperLink on 127.0.0.2 with a certificate for that name only, reached by nodes on other
+# addresses: tests/federated/test_fed_node_data.py::test_several_hosts_each_on_its_own_file.

@@ -159,42 +159,9 @@ def test_security_flags_need_deploy(tmp_path):
         federate(FederateOptions(out=str(tmp_path), insecure=True))
 
 
-# -- a real deployment on loopback (slow) -----------------------------------------------
-@needs_flower
-@pytest.mark.slow
-def test_secure_deployment_completes(tmp_path, tiny_encoder, spawned):
-    """The user's TLS files (used read-only) and generated SuperNode keys, in one run."""
-    from hybnn.federated.config import FedConfig
-    from hybnn.federated.deploy import deploy
-
-    commands = spawned
-    mine = pki.generate_tls(tmp_path / "mine")
-    before = {p: p.read_bytes() for p in (tmp_path / "mine").iterdir()}
-    cfg = FedConfig(data="digits", task="0v1", clients=2, rounds=1, local_epochs=1,
-                    encoder=str(tiny_encoder[0]), fraction_evaluate=0.0, min_clients=2,
-                    round_timeout=120.0, node_wait=120.0)
-    res = deploy(cfg, tmp_path / "run", centralized=False, run_timeout=300,
-                 certificates=tmp_path / "mine")
-    assert res["run_status"] == "finished:completed" and res["status"] == "completed"
-    assert res["security"] == {"tls": True, "supernode_auth": True}
-    assert sorted(c["partition"] for c in res["rounds"][0]["clients"]
-                  if c["status"] == "ok") == [0, 1]
-    root = (tmp_path / "run" / "deployment").resolve()
-    link_log = (root / "superlink.log").read_text()
-    assert "Uvicorn running on https://127.0.0.1" in link_log
-    assert link_log.count("Activated node_id=") >= 2
-    link = commands["superlink"]
-    assert link[link.index("--ssl-certfile") + 1] == str(mine.server_cert)
-    assert "--enable-supernode-auth" in link and "--insecure" not in link
-    for i in range(2):
-        node = commands[f"supernode-{i}"]
-        assert node[node.index("--root-certificates") + 1] == str(mine.ca_cert)
-        assert node[node.index("--auth-supernode-private-key") + 1] == str(
-            root / "pki" / f"supernode-{i}")
-    assert {p: p.read_bytes() for p in (tmp_path / "mine").iterdir()} == before
-    assert sorted(p.name for p in (root / "pki").iterdir()) == [
-        "supernode-0", "supernode-0.pub", "supernode-1", "supernode-1.pub"]
-    assert all(_mode(root / "pki" / f"supernode-{i}") == 0o600 for i in range(2))
+# -- the secure deployment itself (TLS, SuperNode authentication, the user's certificates
+# used read-only, generated node keys) runs in
+# tests/federated/test_fed_node_data.py::test_several_hosts_each_on_its_own_file --------
 
 
 def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int | None:

@@ -19,6 +19,7 @@ from hybnn.api.options import (
     ExportOptions,
     ExtractOptions,
     FederateOptions,
+    PartitionOptions,
     PkiOptions,
     PredictOptions,
     PretrainOptions,
@@ -31,7 +32,8 @@ from hybnn.api.options import (
 )
 
 COMMANDS = ("pretrain", "distill", "quantize", "recode", "extract", "train", "evaluate", "predict",
-            "export", "summary", "reproduce", "federate", "study_rebnn", "continual", "pki")
+            "export", "summary", "reproduce", "federate", "study_rebnn", "continual", "pki",
+            "partition")
 
 __all__ = [
     "COMMANDS",
@@ -41,6 +43,7 @@ __all__ = [
     "ExportOptions",
     "ExtractOptions",
     "FederateOptions",
+    "PartitionOptions",
     "PkiOptions",
     "PredictOptions",
     "PretrainOptions",
@@ -59,6 +62,8 @@ def __getattr__(name: str) -> Any:
         return import_module("hybnn.api.bundle_predict").predict
     if name == "pki":  # certificates need neither torch nor Flower
         return import_module("hybnn.api.certificates").pki
+    if name == "partition":  # node files need neither torch nor Flower
+        return import_module("hybnn.api.node_files").partition
     if name in COMMANDS:
         return getattr(import_module("hybnn.api.commands"), name)
     raise AttributeError(f"module 'hybnn.api' has no attribute {name!r}")

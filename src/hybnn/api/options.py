@@ -19,7 +19,7 @@ from hybnn.data.names import PREPS, SPLITS
 from hybnn.errors import DataError
 from hybnn.experiments.config import DEFAULT_DATA, STUDY_NETS, ReproduceConfig, StudyConfig
 from hybnn.experiments.continual_config import ContinualConfig
-from hybnn.federated.config import FedConfig
+from hybnn.federated.config import SCHEMES, FedConfig
 from hybnn.models.names import CODE_LAYER_NAMES, MODEL_NAMES, RESNET_NAMES, SPECS
 from hybnn.pipeline.config import DistillConfig, PretrainConfig, ResNetConfig, TrainConfig
 from hybnn.pipeline.limits import check_settings
@@ -350,6 +350,33 @@ class PkiOptions(_Checked):
                                      factory=list, metavar="NAME")
     nodes: int = setting(FedConfig.clients, "SuperNode key pairs to make, one per machine "
                          "that will run a SuperNode")
+
+
+@dataclass(kw_only=True)
+class PartitionOptions(_Checked):
+    """A federation's partition of a data set written as one data file per node (and the
+    test split as the server's test file), for machines that each keep only their own."""
+
+    out: str = setting(help="new directory to write (refused if not empty)")
+    data: str = setting(FedConfig.data, "data source")
+    task: str = setting(FedConfig.task, "task: a pair like 0v1, all, or a class list")
+    clients: int = setting(FedConfig.clients, "nodes: one file each")
+    partition: str = setting(FedConfig.partition, "iid, dirichlet (see --alpha) or classes "
+                             "(see --classes-per-client)", choices=SCHEMES)
+    alpha: float = setting(FedConfig.alpha, "Dirichlet alpha (smaller: more skewed)")
+    classes_per_client: int = setting(FedConfig.classes_per_client,
+                                      "classes per node (--partition classes)")
+    seed: int = setting(FedConfig.seed, "random seed of the partition")
+
+    def fed_config(self) -> FedConfig:
+        """The federation settings whose partition this writes (checked as FedConfig's)."""
+        return FedConfig(data=self.data, task=self.task, clients=self.clients,
+                         partition=self.partition, alpha=self.alpha,
+                         classes_per_client=self.classes_per_client, seed=self.seed)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.fed_config()
 
 
 @dataclass(kw_only=True)

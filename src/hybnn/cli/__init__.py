@@ -11,6 +11,7 @@ import difflib
 import json
 import math
 import os
+import shlex
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -222,6 +223,20 @@ def cmd_pki(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_partition(args: argparse.Namespace) -> int:
+    opts = build(api.PartitionOptions, args)
+    files = api.partition(opts)
+    manifest = json.loads((files.root / "partitions.json").read_text())
+    sizes = [n["samples"] for n in manifest["nodes"]]
+    print(f"{len(sizes)} node files ({opts.partition}, {min(sizes)}-{max(sizes)} images each) "
+          f"and the server's test file ({manifest['server_test']['samples']} images) -> "
+          f"{files.root}")
+    print("copy node-<i>.npz to node i's machine only; run the federation on them with")
+    print("  hybnn federate --encoder DIR " + " ".join(shlex.quote(f)
+                                                       for f in files.federate_flags()))
+    return 0
+
+
 def cmd_study_rebnn(args: argparse.Namespace) -> int:
     opts = build(api.StudyOptions, args)
     api.study_rebnn(opts)
@@ -257,6 +272,8 @@ COMMANDS: list[tuple[str, type, Handler, str]] = [
      "processes on 127.0.0.1"),
     ("pki", api.PkiOptions, cmd_pki,
      "certificates and keys for a deployment over several machines, and where each goes"),
+    ("partition", api.PartitionOptions, cmd_partition,
+     "a federation's partition of a data set as one data file per node"),
 ]
 
 

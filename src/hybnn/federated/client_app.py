@@ -10,21 +10,23 @@ file alone, any format ``--data`` takes, holding out ``local-test`` of it as its
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.client import NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common import Scalar
+from flwr.common.constant import ErrorCode
 from torch import nn
 
 from hybnn.encoders import CodeEncoder
-from hybnn.errors import DataError
+from hybnn.errors import DataError, HybnnError
 from hybnn.federated import task
 from hybnn.federated.config import FedConfig
 from hybnn.federated.encoded_strategy import (
@@ -180,9 +182,19 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 
 def query(msg: Message, context: Context) -> Message:
-    """The server's handshake: check the encoder and prepare this client's partition."""
-    cfg, pid, encoder = _setup(msg.content[CONFIG], context)
-    train_xy, test_xy = task.client_tensors(cfg, pid, encoder, node_data(context))
+    """The server's handshake: check the encoder and prepare this client's partition.
+
+    A node that cannot take part (its data missing, corrupt, oversized or outside the label
+    space, another encoder) says why in one ``hybnn: error:`` line on its own stderr, not a
+    traceback, and answers with an error reply whose reason is that line's message: the
+    server logs it and excludes the node."""
+    try:
+        cfg, pid, encoder = _setup(msg.content[CONFIG], context)
+        train_xy, test_xy = task.client_tensors(cfg, pid, encoder, node_data(context))
+    except HybnnError as exc:
+        print(f"hybnn: error: {exc}", file=sys.stderr, flush=True)
+        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=str(exc)),
+                       reply_to=msg)
     return Message(RecordDict({METRICS: MetricRecord({
         "partition-id": pid, "num-train": len(train_xy[1]), "num-test": len(test_xy[1])})}),
         reply_to=msg)

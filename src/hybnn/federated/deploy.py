@@ -36,7 +36,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -338,10 +338,12 @@ def deploy(cfg: FedConfig, out: str | os.PathLike[str], pretrain_epochs: int = 2
            certificates: str | os.PathLike[str] | None = None,
            supernode_keys: str | os.PathLike[str] | None = None,
            server_address: str | None = None, node_data: Sequence[str] = (),
-           node_hosts: Sequence[str] = ()) -> dict[str, Any]:
+           node_hosts: Sequence[str] = (),
+           node_configs: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """Run ``cfg`` on a real local deployment; write and return results.json's content.
     ``node_data``: SuperNode i's own data file (its node config ``data``, ``cfg.local_data``);
-    ``node_hosts``: the local addresses the nodes' Runtime APIs listen on, in turn.
+    ``node_hosts``: the local addresses the nodes' Runtime APIs listen on, in turn;
+    ``node_configs``: more node config for SuperNode i (e.g. its own ``encoder``).
 
     The SuperLink listens on ``server_address`` (``HOST[:PORT]``, default 127.0.0.1 and a
     free port). TLS and SuperNode authentication unless ``insecure``: with the CA and
@@ -375,6 +377,8 @@ def deploy(cfg: FedConfig, out: str | os.PathLike[str], pretrain_epochs: int = 2
              for i in range(cfg.clients)]
     for node, path in zip(nodes, node_data, strict=False):  # each node's own file
         node["data"] = str(Path(path).resolve())
+    for node, extra in zip(nodes, node_configs, strict=False):
+        node.update(extra)
     timeout = run_timeout or cfg.rounds * 2 * cfg.round_timeout + cfg.node_wait + 120
     t0 = time.perf_counter()
     with LocalFederation(root, nodes, startup_timeout, creds, host, port, node_hosts) as fed:

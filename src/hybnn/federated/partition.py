@@ -16,10 +16,14 @@ client holds at least ``min_size`` training samples.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
+from hybnn.data import load_source, select_task, train_test
+from hybnn.data.dataset import Dataset
 from hybnn.errors import DataError
-from hybnn.federated.config import SCHEMES
+from hybnn.federated.config import SCHEMES, FedConfig
 
 MAX_REDRAWS = 100
 
@@ -92,3 +96,23 @@ def partition(
         f"partition {scheme!r} leaves a client with {min(sizes)} training samples "
         f"(sizes {sizes}, need >= {min_size}); use fewer clients, a larger alpha or more data"
     )
+
+
+@lru_cache(maxsize=4)
+def task_splits(data: str, task: str) -> tuple[Dataset, Dataset]:
+    """(train, test) of ``task`` on source ``data``, labels relabelled 0..k-1."""
+    train, test = train_test(load_source(data))
+    return select_task(train, task), select_task(test, task)
+
+
+def partition_indices(cfg: FedConfig) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(train rows, test rows) of every client of ``cfg``'s federation on ``cfg.data``."""
+    return _indices(cfg.data, cfg.task, cfg.clients, cfg.partition, cfg.alpha,
+                    cfg.classes_per_client, cfg.seed)
+
+
+@lru_cache(maxsize=8)
+def _indices(data: str, task: str, clients: int, scheme: str, alpha: float, k: int,
+             seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    train, test = task_splits(data, task)
+    return partition(train.y, test.y, train.num_classes, clients, scheme, alpha, k, seed)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hybnn.data import load_source, select_task, train_test
+from hybnn.data import load_source
 from hybnn.data.dataset import Dataset
 from hybnn.data.folder import absolute_spec, is_image_folder, load_folder
 from hybnn.data.labels import LabelSpace
@@ -28,7 +28,7 @@ from hybnn.encoders import CodeEncoder, open_encoder, resolve
 from hybnn.errors import DataError, FingerprintMismatch
 from hybnn.federated.config import FedConfig
 from hybnn.federated.encoding import Layout
-from hybnn.federated.partition import partition
+from hybnn.federated.partition import partition_indices, task_splits
 from hybnn.hooks import Callback, History
 from hybnn.models.bnn_head import BNNHead
 from hybnn.pipeline.config import TrainConfig
@@ -37,13 +37,6 @@ from hybnn.pipeline.fit import build_image_model, image_tensors
 from hybnn.pipeline.train import evaluate_classifier, fit_classifier
 
 Tensors = tuple[torch.Tensor, torch.Tensor]
-
-
-@lru_cache(maxsize=4)
-def task_splits(data: str, task: str) -> tuple[Dataset, Dataset]:
-    """(train, test) of ``task`` on source ``data``, labels relabelled 0..k-1."""
-    train, test = train_test(load_source(data))
-    return select_task(train, task), select_task(test, task)
 
 
 def encoder_at(path: str | os.PathLike[str], device: str = "cpu") -> CodeEncoder:
@@ -75,8 +68,7 @@ def client_datasets(cfg: FedConfig, partition_id: int) -> tuple[Dataset, Dataset
     if not 0 <= partition_id < cfg.clients:
         raise DataError(f"partition id {partition_id} is outside 0..{cfg.clients - 1}")
     train, test = task_splits(cfg.data, cfg.task)
-    tr, te = _partition_indices(cfg.data, cfg.task, cfg.clients, cfg.partition, cfg.alpha,
-                                cfg.classes_per_client, cfg.seed)
+    tr, te = partition_indices(cfg)
     return train.subset(tr[partition_id]), test.subset(te[partition_id])
 
 
@@ -124,18 +116,10 @@ def server_dataset(cfg: FedConfig) -> Dataset | None:
 def partition_sizes(cfg: FedConfig) -> list[dict[str, Any]]:
     """Per client: train and test sizes and the class histogram of its training data."""
     train, _ = task_splits(cfg.data, cfg.task)
-    tr, te = _partition_indices(cfg.data, cfg.task, cfg.clients, cfg.partition, cfg.alpha,
-                                cfg.classes_per_client, cfg.seed)
+    tr, te = partition_indices(cfg)
     return [{"partition": i, "train": len(a), "test": len(b),
              "classes": np.bincount(train.y[a], minlength=train.num_classes).tolist()}
             for i, (a, b) in enumerate(zip(tr, te, strict=True))]
-
-
-@lru_cache(maxsize=8)
-def _partition_indices(data: str, task: str, clients: int, scheme: str, alpha: float, k: int,
-                       seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    train, test = task_splits(data, task)
-    return partition(train.y, test.y, train.num_classes, clients, scheme, alpha, k, seed)
 
 
 def as_tensors(cfg: FedConfig, data: Dataset, encoder: CodeEncoder | None) -> Tensors:
@@ -174,8 +158,7 @@ def client_tensors(cfg: FedConfig, partition_id: int, encoder: CodeEncoder | Non
         else:  # rows of the task's tensors: one encoding of the task serves every partition
             if not 0 <= partition_id < cfg.clients:
                 raise DataError(f"partition id {partition_id} is outside 0..{cfg.clients - 1}")
-            tr, te = _partition_indices(cfg.data, cfg.task, cfg.clients, cfg.partition,
-                                        cfg.alpha, cfg.classes_per_client, cfg.seed)
+            tr, te = partition_indices(cfg)
             train_xy, test_xy = task_tensors(cfg, encoder)
             _TENSOR_CACHE[key] = (_rows(train_xy, tr[partition_id]),
                                   _rows(test_xy, te[partition_id]))
