@@ -95,3 +95,25 @@ def test_a_federation_on_the_node_files_trains_each_node_on_exactly_its_file(
     assert log["rounds"][-1]["global_acc"] > 0.8  # on the server's own test file
     assert str(files.root) not in json.dumps(log.get("config", {})).replace(
         str(files.server_test), "")
+
+
+def test_federate_node_files_writes_them_and_runs_on_them(encoder_dir, tmp_path, capsys):
+    """`hybnn federate --node-files`: the partition of --data as node files in OUT/nodes,
+    each node trained on its own; a second run replaces them, a foreign file is refused."""
+    out = tmp_path / "run"
+    argv = ["federate", "--engine", "local", "--data", "digits", "--task", "0v1",
+            "--clients", "3", "--rounds", "1", "--local-epochs", "1", "--encoder",
+            encoder_dir, "--node-files", "--no-centralized", "--out", str(out)]
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    files = sorted((out / "nodes").glob("node-*.npz"))
+    want = {i: len(stratified_split(np.load(p)["y"], 0.2, 0)[0]) for i, p in enumerate(files)}
+    assert {c["partition"]: c["num_examples"] for c in res["rounds"][0]["clients"]} == want
+    assert res["config"]["local_data"]["server_test"] == str(out / "nodes" / "server-test.npz")
+    assert main(argv) == 0  # the earlier run's node files are replaced
+    (out / "nodes" / "mine.txt").write_text("keep")
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "holds files that --node-files did not write" in capsys.readouterr().err
+    assert (out / "nodes" / "mine.txt").read_text() == "keep"
+    assert main([*argv, "--node-data", str(files[0])]) == 2

@@ -6,6 +6,7 @@ Nothing here parses arguments or prints; :mod:`hybnn.cli` does both around these
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -57,6 +58,7 @@ from hybnn.encoders.int8 import Int8Graph
 from hybnn.encoders.vae import VaeEncoder
 from hybnn.errors import ArtifactError, CredentialError, DataError, HybnnWarning
 from hybnn.federated.config import FedConfig
+from hybnn.federated.node_files import NodeFiles
 from hybnn.hooks import History
 from hybnn.models.io import load_classifier, load_model
 from hybnn.models.names import RESNET_NAMES, default_head_hidden
@@ -346,11 +348,17 @@ def federate(opts: FederateOptions) -> dict[str, Any]:
     """FedHyBNN on Flower, in simulation or (``deploy``) as real local processes."""
     cfg = opts.config
     files = [absolute_spec(f) for f in opts.node_data or []]
+    written = written_node_files(cfg, Path(opts.out), files) if opts.node_files else None
+    if written:
+        files = [str(p) for p in written.nodes]
+        cfg = cfg.with_group("local_data", server_test=str(written.server_test),
+                             labels=",".join(map(str, written.labels)))
     if files:
         cfg = node_data_config(cfg, files)
     cfg = cfg.with_(min_clients=min(cfg.min_clients, cfg.clients))
     resolve_device(cfg.device)
-    centralized = opts.centralized and not files  # no one holds the pooled data
+    # with node data no one holds the pooled data, unless this launcher wrote the files
+    centralized = opts.centralized and (not files or written is not None)
     if opts.deploy:
         from hybnn.federated.deploy import deploy
 
@@ -366,6 +374,29 @@ def federate(opts: FederateOptions) -> dict[str, Any]:
 
     return simulate(cfg, opts.out, pretrain_epochs=opts.pretrain_epochs,
                     centralized=centralized, engine=opts.engine, node_data=files)
+
+
+def written_node_files(cfg: FedConfig, out: Path, given: list[str]) -> NodeFiles:
+    """``--node-files``: ``cfg``'s partition written into ``out/nodes`` (an earlier run's
+    node files there are replaced; anything else there is refused)."""
+    from hybnn.federated.node_files import MANIFEST, SERVER_TEST, write_node_files
+
+    if given:
+        raise DataError("--node-files writes the node files from --data; --node-data names "
+                        "files that exist: give one of them")
+    if not cfg.encoder:
+        raise DataError("--node-files needs --encoder: every node holds the same frozen "
+                        "encoder")
+    target = out / "nodes"
+    if target.is_dir():
+        names = {p.name for p in target.iterdir()}
+        ours = {MANIFEST, SERVER_TEST} | {n for n in names
+                                           if n.startswith("node-") and n.endswith(".npz")}
+        if names and (MANIFEST not in names or not names <= ours):
+            raise DataError(f"{target} holds files that --node-files did not write: move "
+                            "them, or choose another --out")
+        shutil.rmtree(target)
+    return write_node_files(cfg, target)
 
 
 def node_data_config(cfg: FedConfig, files: list[str]) -> FedConfig:

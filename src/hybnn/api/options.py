@@ -333,6 +333,10 @@ class FederateOptions(_Checked):
                                           "a subfolder of images per class): the nodes "
                                           "train on these alone and the server holds none "
                                           "(needs --encoder)", metavar="FILE")
+    node_files: bool = setting(False, "write the partition of --data as one data file per "
+                               "node into OUT/nodes (as `hybnn partition` does) and run the "
+                               "federation on them: each node reads only its own file, in "
+                               "simulation as in --deploy (needs --encoder)")
     pretrain_epochs: int = setting(PretrainConfig.epochs,
                                    "VAE epochs when no --encoder is given")
     centralized: bool = setting(True, "the centralized reference run")
