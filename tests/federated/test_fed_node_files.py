@@ -117,3 +117,21 @@ def test_federate_node_files_writes_them_and_runs_on_them(encoder_dir, tmp_path,
     assert "holds files that --node-files did not write" in capsys.readouterr().err
     assert (out / "nodes" / "mine.txt").read_text() == "keep"
     assert main([*argv, "--node-data", str(files[0])]) == 2
+
+
+def test_a_relative_server_test_path_reaches_the_server_absolute(written, encoder_dir,
+                                                                 tmp_path, monkeypatch):
+    """The ServerApp of a deployment runs in its own working directory: the launcher hands
+    it the server test file's absolute path, and refuses a missing one before starting."""
+    from hybnn.api.commands import node_data_config
+    from hybnn.federated.config import LocalDataConfig
+
+    _, files = written
+    monkeypatch.chdir(files.root)
+    cfg = FedConfig(encoder=encoder_dir, local_data=LocalDataConfig(server_test="server-test.npz"))
+    cfg = node_data_config(cfg, [str(p) for p in files.nodes])
+    assert cfg.local_data.server_test == str(files.server_test)
+    with pytest.raises(DataError, match=r"--server-test file not found: gone\.npz"):
+        node_data_config(cfg.with_group("local_data", server_test="gone.npz"),
+                         [str(p) for p in files.nodes])
+

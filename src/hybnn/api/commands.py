@@ -33,7 +33,7 @@ from hybnn.api.options import (
     TrainOptions,
 )
 from hybnn.artifacts import declared_kind
-from hybnn.data import load_source, load_split, prepare, read_inputs, train_test
+from hybnn.data import BUILTIN_SOURCES, load_source, load_split, prepare, read_inputs, train_test
 from hybnn.data.dataset import images_sha256
 from hybnn.data.folder import (
     absolute_spec,
@@ -422,8 +422,14 @@ def node_data_config(cfg: FedConfig, files: list[str]) -> FedConfig:
             data = load_source(f)
             found.update(np.asarray(data.label_space.labels)[np.unique(data.y)].tolist())
         labels = ",".join(str(v) for v in sorted(found))
+    server_test = cfg.local_data.server_test
+    # A file's path made absolute: a deployment's ServerApp runs in another working directory.
+    if server_test and folder_path(server_test).exists():
+        server_test = absolute_spec(server_test)
+    elif server_test and server_test not in BUILTIN_SOURCES and "," not in server_test:
+        raise DataError(f"--server-test file not found: {server_test}")
     return cfg.with_(clients=len(files)).with_group("local_data", enabled=True,
-                                                     labels=labels)
+                                                     labels=labels, server_test=server_test)
 
 
 def study_rebnn(opts: StudyOptions) -> dict[str, Any]:
