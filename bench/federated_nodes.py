@@ -12,7 +12,7 @@ final accuracies on the server's test file).
 
     python -m bench.federated_nodes [--data mnist-5k] [--task all] [--clients 3]
         [--alpha 0.5] [--seeds 0 1 2] [--rounds 10] [--local-epochs 2] [--encoder general]
-        [--out runs/bench-federated-nodes] [--json FILE] [--no-write]
+        [--out runs/bench-federated-nodes] [--json FILE] [--no-write] [--render]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import statistics
 import time
 from typing import Any
 
-from bench.common import target, write_json, write_section
+from bench.common import machine_description, target, write_json, write_section
 from hybnn import api
 from hybnn.federated.config import FedConfig
 from hybnn.federated.report import environment
@@ -83,6 +83,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         row["same_every_round"] = row["simulation"]["accs"] == row["deployment"]["accs"]
         rows.append(row)
     return {"rows": rows, "settings": vars(args), "environment": environment(),
+            "date": str(dt.date.today()), "machine": machine_description(),
             "load_end": f"{os.getloadavg()[0]:.1f}"}
 
 
@@ -91,8 +92,11 @@ def markdown(raw: dict[str, Any]) -> str:
     rows = raw["rows"]
     gap = statistics.fmean(r["gap_points"] for r in rows)
     lines = [
-        f"Command: `python -m bench.federated_nodes` ({dt.date.today()}; "
-        f"{raw['environment'].get('hybnn', '')} flwr {raw['environment'].get('flwr', '')}). "
+        "## Federated: a deployment against the simulation on the same node files",
+        "",
+        f"Command: `python -m bench.federated_nodes` ({raw.get('date', dt.date.today())}; "
+        f"hybnn {raw['environment'].get('hybnn', '')}, flwr {raw['environment'].get('flwr', '')}; "
+        f"{raw.get('machine', '')}). "
         f"`hybnn partition` writes a Dirichlet({s['alpha']:g}) partition of {s['data']} "
         f"`{s['task']}` as {s['clients']} node files (and the test split as the server's test "
         f"file); the same federation ({s['rounds']} rounds x {s['local_epochs']} local epochs, "
@@ -139,10 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--benchmarks", default="BENCHMARKS.md")
     ap.add_argument("--json", metavar="FILE", help="write the targets here as JSON")
     ap.add_argument("--no-write", action="store_true", help="leave BENCHMARKS.md alone")
+    ap.add_argument("--render", action="store_true",
+                    help="only rewrite the section from --out/bench.json")
     args = ap.parse_args(argv)
-    raw = measure(args)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "bench.json").write_text(json.dumps(raw, indent=1) + "\n")
+    if args.render:
+        raw = json.loads((Path(args.out) / "bench.json").read_text())
+    else:
+        raw = measure(args)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "bench.json").write_text(json.dumps(raw, indent=1) + "\n")
     if not args.no_write:
         write_section("federated-nodes", markdown(raw), args.benchmarks)
     if args.json:
