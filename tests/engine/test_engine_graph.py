@@ -623,3 +623,31 @@ def test_the_compiled_pooling_matches_torch_on_every_isa():
     with pytest.raises(ValueError):  # a last window that starts past the input
         _kernels.pool2d(x, np.empty(2 * c * 100, np.float32), 2 * c, h, w, 10, 10, 2, 2, 0,
                         False, False, 1)
+
+
+def test_the_compiled_pooling_is_the_same_on_every_isa_on_wide_rows():
+    """Rows wide enough for the vector blocks of stride 2 (8 windows at a time, the ResNet's
+    stem and shortcuts) and their tails: every ISA gives the scalar kernel's bits."""
+    from hybnn.engine.dispatch import _kernels
+    from hybnn.engine.graph import _pool_size
+
+    rng = np.random.default_rng(6)
+    try:
+        for _ in range(40):
+            k, s = int(rng.integers(1, 5)), int(rng.choice([1, 2, 2, 3]))
+            p = int(rng.integers(0, k // 2 + 1))
+            ceil, incl = bool(rng.integers(2)), bool(rng.integers(2))
+            h, w = int(rng.integers(k, 9)), int(rng.integers(30, 70))
+            ho, wo = _pool_size(h, k, s, p, ceil), _pool_size(w, k, s, p, ceil)
+            x = rng.standard_normal((3, h, w)).astype(np.float32)
+            x[0, int(rng.integers(h)), int(rng.integers(w))] = np.nan
+            for avg in (False, True):
+                outs = []
+                for name in available_isas():  # scalar first
+                    set_isa(name)
+                    out = np.empty((3, ho, wo), np.float32)
+                    _kernels.pool2d(x, out, 3, h, w, ho, wo, k, s, p, avg, incl, 1)
+                    outs.append(out)
+                assert all(o.tobytes() == outs[0].tobytes() for o in outs), (k, s, p, avg)
+    finally:
+        set_isa(None)

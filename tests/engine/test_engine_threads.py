@@ -21,6 +21,7 @@ from engine_reference import randomize
 import hybnn.engine
 from hybnn.engine import available_isas, export_model, load, set_isa
 from hybnn.models import BinaryCNN, BNNHead
+from hybnn.models.binary_resnet import BinaryResNet
 
 CSRC = Path(hybnn.engine.__file__).parent / "csrc"
 CC = shutil.which("gcc") or shutil.which("clang")
@@ -66,6 +67,23 @@ def test_concurrent_predictions_on_one_model_equal_the_sequential_ones(models):
         np.testing.assert_array_equal(logits, want[0][j])
         np.testing.assert_array_equal(classes, want[1][j])
 
+
+
+def test_concurrent_runs_of_one_graph_model_equal_the_sequential_ones(tmp_path):
+    """A binary ResNet graph (stem, pooling, fused epilogues, shortcuts): every call keeps its
+    own activations, so threads that share the model never see each other's values."""
+    model = randomize(BinaryResNet(5, 3, 8, (1, 1, 1, 1), stem="imagenet",
+                                   image_size=(40, 36)), seed=7)
+    export_model(model, tmp_path / "r.engine")
+    engine = load(tmp_path / "r.engine")
+    rng = np.random.default_rng(1)
+    images = [rng.standard_normal((n, 3, 40, 36)).astype(np.float32) for n in (1, 2, 3, 5)]
+    want = [engine.logits(x) for x in images]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda i: engine.logits(images[i % 4], threads=1 + i % 2),
+                            range(24)))
+    for i, logits in enumerate(got):
+        np.testing.assert_array_equal(logits, want[i % 4])
 
 @pytest.mark.skipif(CC is None, reason="needs a C compiler")
 def test_no_data_races_under_thread_sanitizer(tmp_path):

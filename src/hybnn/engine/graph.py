@@ -557,12 +557,16 @@ def _conv_step(i: int, bn: int, nodes: list[Node]) -> Step:
     conv = _conv_runner(nodes[i], nodes[bn].arrays)
     name = nodes[bn].name
 
+    src, key = nodes[i].inputs[0], f"{name}:conv2d"
+
     def call(values: dict[int, np.ndarray], threads: int, times: dict[str, float] | None
              ) -> None:
+        if times is None:
+            values[bn] = conv([values[src]], threads)
+            return
         t0 = time.perf_counter()
-        values[bn] = conv([values[nodes[i].inputs[0]]], threads)
-        if times is not None:
-            times[f"{name}:conv2d"] = times.get(f"{name}:conv2d", 0.0) + time.perf_counter() - t0
+        values[bn] = conv([values[src]], threads)
+        times[key] = times.get(key, 0.0) + time.perf_counter() - t0
 
     return Step(name, [i, bn], list(nodes[i].inputs), [bn], call, fused=True,
                 chain=([i, bn], [], bn, None))
@@ -598,24 +602,25 @@ def _fused_step(start: int, chain: tuple, nodes: list[Node], layers: list[geomet
     name = nodes[members[-1] if keep is None else keep].name
     conv_key, ew_key = f"{name}:bconv2d", f"{name}:epilogue"
 
+    scale = alpha if conv is not None else None
+    words = words_for(c)
+
+    # every value of a run is C-contiguous (the C extension refuses any other), so the call
+    # passes them as they are: this runs once per block per image, its Python is overhead
     def call(values: dict[int, np.ndarray], threads: int, times: dict[str, float] | None
              ) -> None:
-        t0 = time.perf_counter()
-        x = np.ascontiguousarray(values[src])
-        if conv is not None:
-            x = conv(x, threads)
-        t1 = time.perf_counter()
+        t0 = time.perf_counter() if times is not None else 0.0
+        x = values[src] if conv is None else conv(values[src], threads)
+        t1 = time.perf_counter() if times is not None else 0.0
         n = x.shape[0]
         out = np.empty((n, c, h, w), np.float32) if keep is not None else None
-        bits = np.empty((n, h, w, words_for(c)), np.uint64) if sign is not None else None
-        args = tuple((op, a, b, None if o is None else np.ascontiguousarray(values[o]))
-                     for op, a, b, o in ew)
-        if _kernels.epilogue(x, alpha if conv is not None else None, n, c, h * w, args, out,
-                             shift, bits, threads):
+        bits = np.empty((n, h, w, words), np.uint64) if sign is not None else None
+        args = tuple((op, a, b, None if o is None else values[o]) for op, a, b, o in ew)
+        if _kernels.epilogue(x, scale, n, c, h * w, args, out, shift, bits, threads):
             raise DataError(_STATUS[1])
-        if keep is not None and out is not None:
+        if out is not None:
             values[keep] = out
-        if sign is not None and bits is not None:
+        if bits is not None:
             values[sign] = bits
         if times is not None:
             t2 = time.perf_counter()
@@ -675,7 +680,10 @@ class GraphModel:
         self._plan = fused_plan(nodes, layers, shape, self._output,
                                 lambda i: runners[i]) if fused else None
         steps = self._plan or [_single_step(i, n, runners[i]) for i, n in enumerate(nodes)]
-        self._steps_last_use = {j: k for k, st in enumerate(steps) for j in st.inputs}
+        last = {j: k for k, st in enumerate(steps) for j in st.inputs}
+        # the values each step reads for the last time: freed after it runs
+        self._frees = [[j for j in dict.fromkeys(st.inputs) if last[j] == k and j != self._output]
+                       for k, st in enumerate(steps)]
         # the last reader of each value: it is freed after that node runs
         self._last_use = {j: i for i, n in enumerate(nodes) for j in n.inputs}
         source = self.metadata.get("source")
@@ -717,13 +725,15 @@ class GraphModel:
 
     def _run_plan(self, plan: list[Step], values: dict[int, np.ndarray], t: int, keep: bool,
                   times: dict[str, float] | None) -> None:
-        for k, step in enumerate(plan):
-            start = time.perf_counter()
-            step.run(values, t, times)
-            if times is not None and not step.fused:
+        for step, frees in zip(plan, self._frees, strict=True):
+            if times is None or step.fused:
+                step.run(values, t, times)
+            else:
+                start = time.perf_counter()
+                step.run(values, t, times)
                 times[step.name] = times.get(step.name, 0.0) + time.perf_counter() - start
-            for j in step.inputs:
-                if not keep and self._steps_last_use[j] == k and j != self._output:
+            if not keep:
+                for j in frees:
                     values.pop(j, None)
 
     def time_kinds(self) -> dict[str, str]:

@@ -377,20 +377,103 @@ int hyb_conv2d_f32(hyb_conv *cv, int nthreads) {
 typedef struct {
     const hyb_pool *pl;
     void (*maxrow)(float *m, const float *row, size_t w);
+    void (*maxcols)(float *out, const float *row, size_t n, size_t s, size_t k, size_t avail);
+    void (*avgrow)(float *out, const float *win, size_t n, size_t s, size_t k, size_t w,
+                   size_t avail, float inner);
     int failed;
 } pool_job;
 
+/* max(a, v), NaN propagating: the one rule every max pass uses */
+static inline __attribute__((always_inline)) float nanmax(float a, float v) {
+    return (v > a || v != v) && a == a ? v : a;
+}
+
 /* m = max(m, row), NaN propagating (the vertical pass of max pooling, vectorizable) */
 static inline __attribute__((always_inline)) void maxrow_body(float *m, const float *row, size_t w) {
-    for (size_t q = 0; q < w; q++) {
-        const float v = row[q], a = m[q];
-        m[q] = (v > a || v != v) && a == a ? v : a;
-    }
+    for (size_t q = 0; q < w; q++) m[q] = nanmax(m[q], row[q]);
 }
+
+/* The horizontal pass of max pooling: out[xo] = max over d < k of row[xo s + d], d in order. */
+static inline __attribute__((always_inline)) void maxcols_body(float *out, const float *row, size_t n,
+                                                               size_t s, size_t k) {
+    for (size_t xo = 0; xo < n; xo++) out[xo] = row[xo * s];
+    for (size_t d = 1; d < k; d++)
+        for (size_t xo = 0; xo < n; xo++) out[xo] = nanmax(out[xo], row[xo * s + d]);
+}
+
+/* The windows of one output row that lie inside the input (win: the first one's corner),
+ * summed in torch's order (rows, then columns) one tap at a time for every window: a vector
+ * pass per tap instead of a dependency chain per window. */
+static inline __attribute__((always_inline)) void avgrow_body(float *out, const float *win, size_t n,
+                                                              size_t s, size_t k, size_t w,
+                                                              float inner) {
+    for (size_t xo = 0; xo < n; xo++) out[xo] = win[xo * s];
+    for (size_t q = 1; q < k; q++)
+        for (size_t xo = 0; xo < n; xo++) out[xo] = out[xo] + win[xo * s + q];
+    for (size_t r = 1; r < k; r++)
+        for (size_t q = 0; q < k; q++)
+            for (size_t xo = 0; xo < n; xo++) out[xo] = out[xo] + win[r * w + xo * s + q];
+    for (size_t xo = 0; xo < n; xo++) out[xo] = out[xo] / inner;
+}
+
 static void maxrow_plain(float *m, const float *row, size_t w) { maxrow_body(m, row, w); }
+static void maxcols_plain(float *out, const float *row, size_t n, size_t s, size_t k,
+                          size_t avail) {
+    (void)avail;
+    maxcols_body(out, row, n, s, k);
+}
+static void avgrow_plain(float *out, const float *win, size_t n, size_t s, size_t k, size_t w,
+                         size_t avail, float inner) {
+    (void)avail;
+    avgrow_body(out, win, n, s, k, w, inner);
+}
+
 #if HYB_X86
 __attribute__((target("avx2"))) static void maxrow_avx2(float *m, const float *row, size_t w) {
     maxrow_body(m, row, w);
+}
+
+/* p[0], p[2], ..., p[14] (reads p[15] too) */
+__attribute__((target("avx2"))) static inline __m256 evens_avx2(const float *p) {
+    const __m256 e = _mm256_shuffle_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8), 0x88);
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xD8));
+}
+
+__attribute__((target("avx2"))) static inline __m256 nanmax_avx2(__m256 a, __m256 v) {
+    const __m256 take = _mm256_and_ps(_mm256_or_ps(_mm256_cmp_ps(v, a, _CMP_GT_OQ),
+                                                   _mm256_cmp_ps(v, v, _CMP_UNORD_Q)),
+                                      _mm256_cmp_ps(a, a, _CMP_ORD_Q));
+    return _mm256_blendv_ps(a, v, take);
+}
+
+/* Stride 2 (the stem's max pooling, the shortcuts' average): 8 windows at a time, each one's
+ * taps in the same order as the plain pass. A block reads 2 * 8 + k - 1 floats of a row, so it
+ * runs while that stays inside the avail floats readable from the row's start. */
+__attribute__((target("avx2"))) static void maxcols_avx2(float *out, const float *row, size_t n,
+                                                         size_t s, size_t k, size_t avail) {
+    size_t xo = 0;
+    if (s == 2)
+        for (; xo + 8 <= n && 2 * xo + k + 15 <= avail; xo += 8) {
+            __m256 m = evens_avx2(row + 2 * xo);
+            for (size_t d = 1; d < k; d++) m = nanmax_avx2(m, evens_avx2(row + 2 * xo + d));
+            _mm256_storeu_ps(out + xo, m);
+        }
+    maxcols_body(out + xo, row + xo * s, n - xo, s, k);
+}
+
+__attribute__((target("avx2"))) static void avgrow_avx2(float *out, const float *win, size_t n, size_t s,
+                                                        size_t k, size_t w, size_t avail,
+                                                        float inner) {
+    size_t xo = 0;
+    if (s == 2)
+        for (; xo + 8 <= n && 2 * xo + k + 15 <= avail; xo += 8) {
+            __m256 acc = evens_avx2(win + 2 * xo);
+            for (size_t r = 0; r < k; r++)
+                for (size_t q = r == 0; q < k; q++)
+                    acc = _mm256_add_ps(acc, evens_avx2(win + r * w + 2 * xo + q));
+            _mm256_storeu_ps(out + xo, _mm256_div_ps(acc, _mm256_set1_ps(inner)));
+        }
+    avgrow_body(out + xo, win + xo * s, n - xo, s, k, w, inner);
 }
 #endif
 
@@ -402,42 +485,40 @@ static size_t pool_count(const hyb_pool *pl, long start, size_t size) {
     return (size_t)(end - (start < 0 ? 0 : start));
 }
 
-/* Max: the rows of each window reduced first, then its columns (both as vector passes over a
- * row padded with -inf, which never wins), then every s-th column kept. m holds w + 2p + k. */
-static void max_row(const pool_job *j, const float *x, size_t y, float *out, float *m) {
+/* Max: the rows of each window reduced first (a vector pass per row into a row padded with
+ * -inf, which never wins), then its columns. row holds w + 2p + k floats. */
+static void max_row(const pool_job *j, const float *x, size_t y, float *out, float *row) {
     const hyb_pool *pl = j->pl;
     const long k = (long)pl->k, r0 = (long)y * (long)pl->s - (long)pl->p;
     const long lo = r0 < 0 ? 0 : r0, hi = r0 + k > (long)pl->h ? (long)pl->h : r0 + k;
-    const size_t span = (pl->wo - 1) * pl->s + 1, padded = pl->w + 2 * pl->p + pl->k;
-    float *row = m + padded; /* the vertical maxima, padded */
-    for (size_t q = 0; q < padded; q++) row[q] = -__builtin_inff();
+    const size_t padded = pl->w + 2 * pl->p + pl->k;
+    for (size_t q = 0; q < pl->p; q++) row[q] = -__builtin_inff();
+    for (size_t q = pl->p + pl->w; q < padded; q++) row[q] = -__builtin_inff();
     memcpy(row + pl->p, x + (size_t)lo * pl->w, pl->w * sizeof(float));
     for (long r = lo + 1; r < hi; r++) j->maxrow(row + pl->p, x + (size_t)r * pl->w, pl->w);
-    memcpy(m, row, span * sizeof(float));
-    for (size_t d = 1; d < pl->k; d++) j->maxrow(m, row + d, span);
-    for (size_t xo = 0; xo < pl->wo; xo++) out[xo] = m[xo * pl->s];
+    j->maxcols(out, row, pl->wo, pl->s, pl->k, padded);
 }
 
 /* Average: the window summed in torch's order (rows, then columns; the padding adds +0.0). */
-static void avg_row(const hyb_pool *pl, const float *x, size_t y, float *out) {
+static void avg_row(const pool_job *j, const float *x, size_t y, float *out) {
+    const hyb_pool *pl = j->pl;
     const long k = (long)pl->k, r0 = (long)y * (long)pl->s - (long)pl->p;
     const long h = (long)pl->h, w = (long)pl->w;
     const float dh = (float)pool_count(pl, r0, pl->h);
     const int rows_inside = r0 >= 0 && r0 + k <= h;
     const float inner = dh * (float)k; /* the divisor of a window inside the input */
+    /* the windows xa <= xo < xb lie inside the input's columns */
+    const long s = (long)pl->s, xa = ((long)pl->p + s - 1) / s, last = w - k + (long)pl->p;
+    long xb = last < 0 ? 0 : last / s + 1;
+    if (xb > (long)pl->wo) xb = (long)pl->wo;
+    if (rows_inside && xa < xb)
+        j->avgrow(out + xa, x + r0 * w + xa * s - (long)pl->p, (size_t)(xb - xa), pl->s, pl->k,
+                  pl->w, (size_t)(w - (xa * s - (long)pl->p)), inner);
     for (size_t xo = 0; xo < pl->wo; xo++) {
         const long q0 = (long)xo * (long)pl->s - (long)pl->p;
         float acc = 0.0f;
         int first = 1;
-        if (rows_inside && q0 >= 0 && q0 + k <= w) { /* no padding in the window */
-            const float *win = x + r0 * w + q0;
-            acc = win[0];
-            for (long q = 1; q < k; q++) acc = acc + win[q];
-            for (long r = 1; r < k; r++)
-                for (long q = 0; q < k; q++) acc = acc + win[r * w + q];
-            out[xo] = acc / inner;
-            continue;
-        }
+        if (rows_inside && (long)xo >= xa && (long)xo < xb) continue; /* done above */
         for (long r = r0; r < r0 + k; r++)
             for (long q = q0; q < q0 + k; q++) {
                 const float v = r >= 0 && r < h && q >= 0 && q < w ? x[r * w + q] : 0.0f;
@@ -451,7 +532,7 @@ static void avg_row(const hyb_pool *pl, const float *x, size_t y, float *out) {
 static void pool_rows(void *ctx, size_t lo, size_t hi) {
     pool_job *j = (pool_job *)ctx;
     const hyb_pool *pl = j->pl;
-    float *m = pl->avg ? NULL : (float *)malloc(2 * (pl->w + 2 * pl->p + pl->k) * sizeof(float));
+    float *m = pl->avg ? NULL : (float *)malloc((pl->w + 2 * pl->p + pl->k) * sizeof(float));
     if (!pl->avg && !m) {
         __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
         return;
@@ -461,7 +542,7 @@ static void pool_rows(void *ctx, size_t lo, size_t hi) {
         const float *x = pl->x + plane * pl->h * pl->w;
         float *out = pl->out + (plane * pl->ho + y) * pl->wo;
         if (pl->avg)
-            avg_row(pl, x, y, out);
+            avg_row(j, x, y, out);
         else
             max_row(j, x, y, out, m);
     }
@@ -469,9 +550,13 @@ static void pool_rows(void *ctx, size_t lo, size_t hi) {
 }
 
 int hyb_pool2d_f32(const hyb_pool *pl, int nthreads) {
-    pool_job j = {pl, maxrow_plain, 0};
+    pool_job j = {pl, maxrow_plain, maxcols_plain, avgrow_plain, 0};
 #if HYB_X86
-    if (hyb_get_isa() != HYB_ISA_SCALAR) j.maxrow = maxrow_avx2;
+    if (hyb_get_isa() != HYB_ISA_SCALAR) {
+        j.maxrow = maxrow_avx2;
+        j.maxcols = maxcols_avx2;
+        j.avgrow = avgrow_avx2;
+    }
 #endif
     hyb_parallel_for(nthreads, pl->planes * pl->ho, pool_rows, &j);
     return j.failed ? -1 : 0;
