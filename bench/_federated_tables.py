@@ -9,6 +9,7 @@ import statistics
 from typing import Any
 
 from bench.common import target
+from hybnn.federated.config import FedConfig
 
 TARGET_ACC_GAP = 0.01  # within 1 point of centralized
 TARGET_UP_RATIO = 30.0  # >= 30x fewer bytes up than fp32
@@ -351,9 +352,16 @@ def _mean_std(xs: list[float]) -> str:
     return f"{100 * statistics.mean(xs):+.1f} ± {100 * sd:.1f}"
 
 
+def current_auto(encoding: str) -> str:
+    """What ``--strategy auto`` runs now for the HyBNN head with ``encoding`` (a table
+    records what it ran when measured, which may have changed since)."""
+    return FedConfig(encoding=encoding).resolved_strategy
+
+
 def _default_targets(raw: dict[str, Any]) -> list[dict[str, Any]]:
     stats, found = default_stats(raw), []
-    for enc, auto in raw["default"]["auto"].items():
+    for enc in raw["default"]["auto"]:
+        auto = current_auto(enc)
         st = stats.get(("dirichlet 0.5", enc, auto))
         worst = statistics.mean(st["worst"]) if st else None
         found.append(target(f"dirichlet 0.5 default ({auto}) {enc} worst gap vs centralized "
@@ -383,7 +391,8 @@ def default_markdown(raw: dict[str, Any]) -> str:
              "tasks, in points, then mean ± std over the seeds; mean accuracy over tasks and "
              "seeds.", ""]
     parts = d["partitions"]
-    for enc, auto in d["auto"].items():
+    for enc, measured in d["auto"].items():
+        auto = current_auto(enc)
         lines += [f"**{enc}**", "", "| strategy | " + " | ".join(
             f"{p}: worst gap | {p}: mean %" for p in parts) + " |",
             "|---|" + "---:|---:|" * len(parts)]
@@ -397,11 +406,13 @@ def default_markdown(raw: dict[str, Any]) -> str:
         pick = default_pick(stats, enc, parts)
         lines += ["", f"- {enc}: smallest worst gap averaged over the {len(parts)} partitions: "
                   + (f"`{pick[0]}` ({100 * pick[1]:+.1f} points); `--strategy auto` runs "
-                     f"`{auto}`: " + ("the table's pick." if pick[0] == auto else
-                                      "**not the table's pick.**")
+                     f"`{auto}`" + (f" (`{measured}` when this table was measured)"
+                                    if measured != auto else "") + ": "
+                     + ("the table's pick." if pick[0] == auto else
+                        "**not the table's pick.**")
                      if pick else "incomplete."), ""]
     lines += ["`--strategy auto` (the default) runs, for the HyBNN head, "
-              + ", ".join(f"`{a}` with {e}" for e, a in d["auto"].items())
+              + ", ".join(f"`{current_auto(e)}` with {e}" for e in d["auto"])
               + " (`xor` as `1bit`), and FedAvg under `--secagg` or `--dp` (both need a mean "
               "of the updates) and for `--model bcnn|fpcnn` (a server step of 0.1 is sized "
               "for latent weights in [-1, 1], not for a float CNN's)."]
@@ -448,9 +459,11 @@ def _skew10_targets(raw: dict[str, Any]) -> list[dict[str, Any]]:
     d, stats, found = raw["skew10"], skew10_stats(raw), []
     central = [d["central"][str(s)] for s in d["seeds"]]
     for enc in d["encodings"]:
-        st = stats.get(("dirichlet 0.5", enc, "default"))
+        now = current_auto(enc)
+        method = "default" if d["auto"][enc] == now else now
+        st = stats.get(("dirichlet 0.5", enc, method))
         gap = statistics.mean(st["gap"]) if st else None
-        found.append(target(f"ten classes, dirichlet 0.5, default ({d['auto'][enc]}) {enc}: "
+        found.append(target(f"ten classes, dirichlet 0.5, default ({now}) {enc}: "
                             f"gap to centralized (points, mean of "
                             f"{len(st['seeds']) if st else 0} seeds)",
                             None if gap is None else round(100 * gap, 2),
@@ -487,9 +500,12 @@ def skew10_markdown(raw: dict[str, Any]) -> str:
         f"same seed. Encoder `{d['encoder']}` ({raw['encoder_fingerprint'][:12]}). Seeds "
         f"{', '.join(map(str, d['seeds']))} (partitions, initial head, training); "
         "centralized: " + ", ".join(f"{100 * c:.1f}" for c in central) + " %.", "",
-        "Methods: `default` is `--strategy auto` ("
+        "Methods: `default` is what `--strategy auto` ran when this table was measured ("
         + ", ".join(f"`{a}` with {e}" for e, a in d["auto"].items())
-        + "); `fedavg`, `fedprox` (mu = 0.1) and `scaffold` replace the server rule; `fedrs` "
+        + "; it runs "
+        + ", ".join(f"`{current_auto(e)}` with {e}" for e in d["auto"])
+        + " now, the table's own rows of that name); `fedavg`, `fedprox` (mu = 0.1) and "
+        "`scaffold` replace the server rule; `fedrs` "
         "(alpha = 0.5) and `fedlc` (tau = 1) are `--skew-loss` on the clients with the "
         "default server rule. Cells: final accuracy %, mean ± std over the seeds, and the "
         "gap to centralized in points (mean). Partitions: Dirichlet(alpha) class shares, or "
@@ -572,9 +588,8 @@ def skew10_verdict(stats: dict[tuple[str, str, str], dict[str, list[float]]],
     lines += ["", "`--strategy auto` takes a method from this table only where it is clearly "
               f"better at no more than {MAX_BYTES_RATIO:g}x the default's bytes (an encoding "
               "is chosen for its bytes): here "
-              + (", ".join(adopt) if adopt else "none, so the default stays (and the "
-                 "pair-task, IID and Dirichlet table that picked it, section "
-                 "federated-default, is unchanged)") + "."]
+              + (", ".join(adopt) if adopt else "none, so the default is the pick of the "
+                 "pair-task, IID and Dirichlet table (section federated-default)") + "."]
     return lines
 
 

