@@ -271,6 +271,23 @@ def test_binary_resnet_exports_through_export_model(tmp_path, stem, size):
     _assert_fused_equals_node_by_node(engine, x.numpy())
 
 
+def test_a_large_batch_runs_in_chunks_of_samples_with_the_same_logits(tmp_path):
+    """Chunks keep a block's values in cache; every node but the classifier's BLAS product is
+    per sample and exact, so the chunked logits are the whole batch's up to that rounding."""
+    model = _randomize(BinaryResNet(7, 3, 8, (1, 1, 1, 1), scaling="learned", stem="imagenet",
+                                    image_size=(40, 36)), 4)
+    export_model(model, tmp_path / "r.engine")
+    engine = load(tmp_path / "r.engine")
+    assert engine._chunk >= 16  # a small image: a usual batch is one chunk
+    x = np.random.default_rng(3).standard_normal((7, 3, 40, 36)).astype(np.float32)
+    whole = engine.run(x)[engine._output].reshape(7, -1)
+    engine._chunk = 3  # as if each sample were large
+    np.testing.assert_allclose(engine.logits(x), whole, rtol=1e-6, atol=1e-5)
+    body = next(i for i, n in enumerate(engine.nodes) if n.op == "global_avgpool")
+    for i in range(0, 7, 3):  # the values before the classifier: the same bits
+        np.testing.assert_array_equal(engine.run(x[i:i + 3], keep=True)[body],
+                                      engine.run(x, keep=True)[body][i:i + 3])
+
 def test_batch_norms_read_only_by_binary_layers_fold_to_thresholds(tmp_path):
     """A BinaryCNN traced as a graph: every hidden layer packs signs, like the chain engine."""
     model = randomize(BinaryCNN(image_size=(12, 12), num_classes=4, fc=(40, 24)), seed=5)

@@ -55,6 +55,7 @@ from hybnn.errors import ArtifactError, DataError
 
 IN_WORDS, OUT_WORDS, OUT_ACC = 2, 2, 3  # the C extension's codes (hybnn.engine.packed)
 MAX_NODES = 4096
+CHUNK_BYTES = 2 << 20  # a batch runs in chunks whose largest value per chunk is about this
 FLOAT, BITS = "float", "bits"
 MODES = ("signs", "float")
 _STATUS = {1: "an activation is NaN; the sign of NaN is undefined",
@@ -693,6 +694,12 @@ class GraphModel:
         except ArtifactError as exc:
             raise ArtifactError(f"{where} is invalid: {exc}") from None
         self.weight_bytes = sum(a.nbytes for n in nodes for a in n.arrays.values())
+        # A large batch runs in chunks of samples: a block's values (its dot products, its
+        # shortcut, its output) then stay in the last-level cache from the step that writes
+        # them to the one that reads them, instead of a round trip through memory. Every node
+        # is per sample; only a dense node's BLAS product may round by the number of rows.
+        largest = max(4 * n.out.size for n in nodes)
+        self._chunk = max(1, CHUNK_BYTES // largest)
 
     def __repr__(self) -> str:
         return (f"GraphModel(arch={self.arch!r}, input={self.input_shape}, "
@@ -760,7 +767,11 @@ class GraphModel:
 
     def logits(self, x: Any, threads: int | None = None) -> np.ndarray:
         """float32 logits (N, classes) of float32 images."""
-        out = self.run(x, threads)[self._output]
+        x = self._images(x)
+        step = self._chunk
+        out = (self.run(x, threads)[self._output] if len(x) <= step else
+               np.concatenate([self.run(x[i:i + step], threads)[self._output]
+                               for i in range(0, len(x), step)]))
         if not np.isfinite(out).all():
             raise DataError("the network's outputs are not finite for this input (values past "
                             "float32's range)")
