@@ -287,6 +287,7 @@ def test_a_large_batch_runs_in_chunks_of_samples_with_the_same_logits(tmp_path):
     for i in range(0, 7, 3):  # the values before the classifier: the same bits
         np.testing.assert_array_equal(engine.run(x[i:i + 3], keep=True)[body],
                                       engine.run(x, keep=True)[body][i:i + 3])
+    assert engine.logits(x[:0]).shape == (0, 7) and engine.predict(x[:0]).shape == (0,)
 
 def test_batch_norms_read_only_by_binary_layers_fold_to_thresholds(tmp_path):
     """A BinaryCNN traced as a graph: every hidden layer packs signs, like the chain engine."""

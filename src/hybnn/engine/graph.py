@@ -768,6 +768,8 @@ class GraphModel:
     def logits(self, x: Any, threads: int | None = None) -> np.ndarray:
         """float32 logits (N, classes) of float32 images."""
         x = self._images(x)
+        if len(x) == 0:  # nothing to run: no node's arrays are built for an empty batch
+            return np.zeros((0, self.num_classes), np.float32)
         step = self._chunk
         out = (self.run(x, threads)[self._output] if len(x) <= step else
                np.concatenate([self.run(x[i:i + step], threads)[self._output]
