@@ -64,7 +64,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                                     partition="dirichlet", alpha=args.alpha, seed=seed)
         shutil.rmtree(part.out, ignore_errors=True)
         files = api.partition(part)
-        manifest = json.loads((files.root / "partitions.json").read_text())
+        manifest = files.manifest
         cfg = FedConfig(data=args.data, task=args.task, clients=args.clients,
                         rounds=args.rounds, local_epochs=args.local_epochs, seed=seed,
                         encoder=args.encoder, min_clients=args.clients, fraction_evaluate=0.0,

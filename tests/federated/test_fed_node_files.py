@@ -3,6 +3,7 @@ federation that runs on those files as a deployment's nodes would."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -37,6 +38,9 @@ def test_each_node_file_holds_exactly_its_partition_and_the_server_the_test_spli
     server = load_source(str(files.server_test))
     assert np.array_equal(server.x, test.x) and np.array_equal(server.y, test.y)
     manifest = json.loads((files.root / "partitions.json").read_text())
+    assert manifest == files.manifest
+    for n in manifest["nodes"]:
+        assert n["sha256"] == hashlib.sha256((files.root / n["file"]).read_bytes()).hexdigest()
     assert [n["samples"] for n in manifest["nodes"]] == [len(r) for r in rows]
     assert sum(np.array(n["classes"]) for n in manifest["nodes"]).tolist() == np.bincount(
         train.y, minlength=10).tolist()

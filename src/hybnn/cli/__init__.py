@@ -226,7 +226,7 @@ def cmd_pki(args: argparse.Namespace) -> int:
 def cmd_partition(args: argparse.Namespace) -> int:
     opts = build(api.PartitionOptions, args)
     files = api.partition(opts)
-    manifest = json.loads((files.root / "partitions.json").read_text())
+    manifest = files.manifest
     sizes = [n["samples"] for n in manifest["nodes"]]
     print(f"{len(sizes)} node files ({opts.partition}, {min(sizes)}-{max(sizes)} images each) "
           f"and the server's test file ({manifest['server_test']['samples']} images) -> "

@@ -17,6 +17,7 @@ transport.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -38,13 +39,14 @@ SERVER_TEST = "server-test.npz"
 
 @dataclass(frozen=True)
 class NodeFiles:
-    """What :func:`write_node_files` wrote: one file per node, the server's test file, and
-    the label space the files share."""
+    """What :func:`write_node_files` wrote: one file per node, the server's test file, the
+    label space the files share, and the manifest (``partitions.json``'s content)."""
 
     root: Path
     nodes: list[Path]
     server_test: Path
     labels: list[int]
+    manifest: dict[str, Any]
 
     def federate_flags(self) -> list[str]:
         """The ``hybnn federate`` flags of a federation on these files."""
@@ -89,7 +91,7 @@ def write_node_files(cfg: FedConfig, out: str | os.PathLike[str]) -> NodeFiles:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return NodeFiles(root, [root / node_file_name(i) for i in range(len(parts))],
-                     root / SERVER_TEST, labels)
+                     root / SERVER_TEST, labels, manifest)
 
 
 def _write(path: Path, data: Dataset) -> dict[str, Any]:
@@ -105,7 +107,8 @@ def _write(path: Path, data: Dataset) -> dict[str, Any]:
     arrays: dict[str, np.ndarray] = {"x": x, "y": y}
     if list(space.labels) == list(range(len(space.labels))):
         arrays["names"] = np.asarray(space.names, dtype=str)
-    with path.open("wb") as fh:
-        np.savez(fh, **arrays)  # type: ignore[arg-type]
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
+    path.write_bytes(buffer.getvalue())
     return {"file": path.name, "samples": len(data),
-            "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+            "sha256": hashlib.sha256(buffer.getvalue()).hexdigest()}
